@@ -1,0 +1,6 @@
+"""styletx's built-in plugins. They register through the same hooks as third-party ones."""
+
+BUILTIN_PLUGINS = [
+    "styletx.plugins.image",
+    "styletx.plugins.cyclegan",
+]

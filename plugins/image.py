@@ -1,0 +1,319 @@
+"""The ``image`` domain and the ``rgb`` / ``gray`` encoders.
+
+A loaded image is an ``ImageSample``: float32 pixels ``(H, W, C)`` in [0, 1] with C = 1 or 3,
+the alpha channel kept aside (training ignores it, conversion puts it back), and enough of the
+source's metadata (mode, format, bit depth) to write the converted file like the original.
+Encoders map pixels to tensors ``(C, H, W)`` in [-1, 1], the range of a tanh generator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+import styletx
+from styletx import BadInputError, UsageError
+
+ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}  # formats that can store transparency
+SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}  # formats Pillow writes 16-bit grayscale to
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+GRAY_MODES = {"1", "L", "LA", "La"} | SIXTEEN_BIT_MODES
+ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
+SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+
+
+# -----------------------------------------------------------------------------
+# the sample
+
+
+@dataclasses.dataclass
+class ImageSample:
+    """One image in memory.
+
+    pixels: float32 ``(H, W, C)`` in [0, 1], C = 1 (gray) or 3 (RGB)
+    alpha:  float32 ``(H, W)`` in [0, 1], or None when the image is opaque
+    mode:   the source's Pillow mode ("RGB", "RGBA", "L", "LA", "P", "I;16", ...)
+    format: the source's Pillow format ("PNG", "JPEG", ...), None for arrays
+    bits:   bits per channel of the source, 8 or 16
+    """
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None = None
+    mode: str = ""  # empty: named from the channels ("L", "LA", "RGB", "RGBA")
+    format: str | None = None
+    bits: int = 8
+
+    def __post_init__(self):
+        p = self.pixels
+        if p.dtype != np.float32 or p.ndim != 3 or p.shape[2] not in (1, 3):
+            raise ValueError(f"pixels must be float32 (H, W, 1|3), got {p.dtype} {p.shape}")
+        if self.alpha is not None and self.alpha.shape != p.shape[:2]:
+            raise ValueError(f"alpha {self.alpha.shape} does not match pixels {p.shape[:2]}")
+        self.mode = self.mode or _mode_for(p.shape[2], self.alpha is not None)
+
+    @property
+    def channels(self) -> int:
+        return self.pixels.shape[2]
+
+    @classmethod
+    def from_array(cls, arr: np.ndarray) -> ImageSample:
+        """From ``(H, W)``, ``(H, W, 1|2|3|4)`` uint8, uint16 or float (in [0, 1]) arrays.
+
+        2 and 4 channels are gray + alpha and RGB + alpha.
+        """
+        arr = np.asarray(arr)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
+            raise ValueError(f"expected an (H, W) or (H, W, 1|2|3|4) array, got {arr.shape}")
+        bits = 8
+        if arr.dtype == np.uint8:
+            values = arr.astype(np.float32) / 255
+        elif arr.dtype == np.uint16:
+            values, bits = arr.astype(np.float32) / 65535, 16
+        elif np.issubdtype(arr.dtype, np.floating):
+            # A float image in [0, 255] would silently clip to white: refuse it instead.
+            if not (arr.min() >= -1e-3 and arr.max() <= 1 + 1e-3):
+                raise ValueError(f"float pixels must lie in [0, 1], got [{arr.min()}, {arr.max()}]")
+            values = np.clip(arr, 0, 1).astype(np.float32)
+        else:
+            raise TypeError(f"pixels must be uint8, uint16 or float, got {arr.dtype}")
+        colour = values.shape[2] >= 3
+        has_alpha = values.shape[2] in (2, 4)
+        pixels = values[:, :, :3] if colour else values[:, :, :1]
+        alpha = values[:, :, -1] if has_alpha else None
+        mode = "I;16" if bits == 16 and not colour and not has_alpha else ""
+        return cls(np.ascontiguousarray(pixels), alpha, mode, None, bits)
+
+
+def _mode_for(channels: int, has_alpha: bool) -> str:
+    return ("L" if channels == 1 else "RGB") + ("A" if has_alpha else "")
+
+
+def _resize(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bicubic resize of one float plane ``(h, w)`` -> ``(height, width)``, kept in [0, 1]."""
+    if plane.shape == (height, width):
+        return plane
+    out = Image.fromarray(plane.astype(np.float32)).resize(
+        (width, height), Image.Resampling.BICUBIC
+    )
+    # Bicubic overshoots at sharp edges; the result must stay a valid image.
+    return np.clip(np.asarray(out, dtype=np.float32), 0, 1)
+
+
+def _quantise(values: np.ndarray, dtype: type) -> np.ndarray:
+    """[0, 1] floats -> integers of ``dtype``, rounded (truncation would darken every save)."""
+    top = np.iinfo(dtype).max
+    return np.round(np.clip(values, 0, 1) * top).astype(dtype)
+
+
+# -----------------------------------------------------------------------------
+# reading
+
+
+def _open(path: Path) -> tuple[Image.Image, str | None]:
+    """Open and fully decode ``path``; every failure becomes a ``BadInputError``."""
+    if not path.exists():
+        raise BadInputError(path, "no such file")
+    if not path.is_file():
+        raise BadInputError(path, "not a file")
+    if path.stat().st_size == 0:
+        raise BadInputError(path, "empty file (0 bytes)")
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError:
+        raise BadInputError(path, "not an image file (unrecognised format)") from None
+    except Image.DecompressionBombError as exc:
+        raise BadInputError(path, f"image too large ({_reason(exc)})") from None
+    except PermissionError:
+        raise BadInputError(path, "cannot read file (permission denied)") from None
+    # Any other failure on a header Pillow recognised means a bad file, never a crash.
+    except Exception as exc:  # noqa: BLE001
+        raise BadInputError(path, f"corrupt or truncated image ({_reason(exc)})") from None
+    fmt = img.format
+    try:
+        with img:
+            # Decode now: Pillow is lazy, and truncation only shows when pixels are read.
+            img.load()
+            img = ImageOps.exif_transpose(img)  # a copy with orientation applied
+    # Decoders raise OSError, ValueError, SyntaxError, struct.error, EOFError...: catch all.
+    except Exception as exc:  # noqa: BLE001
+        raise BadInputError(path, f"corrupt or truncated image ({_reason(exc)})") from None
+    return img, fmt
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _to_sample(img: Image.Image, fmt: str | None) -> ImageSample:
+    """Any Pillow mode -> gray or RGB float pixels, alpha apart, 16-bit values kept."""
+    mode = img.mode
+    if mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(img).astype(np.float32)
+        # "I" is how some Pillow versions open 16-bit PNGs; "F" is a float TIFF, in [0, 1].
+        scale = 1.0 if mode == "F" else 65535.0
+        pixels = np.clip(values / scale, 0, 1)[:, :, None]
+        return ImageSample(np.ascontiguousarray(pixels), None, mode, fmt, 16)
+    has_alpha = mode in ALPHA_MODES or "transparency" in img.info
+    gray = mode in GRAY_MODES
+    target = _mode_for(1 if gray else 3, has_alpha)  # P, CMYK, YCbCr, ... become RGB(A)
+    values = np.asarray(img.convert(target), dtype=np.float32) / 255
+    if values.ndim == 2:
+        values = values[:, :, None]
+    channels = 1 if gray else 3
+    pixels = np.ascontiguousarray(values[:, :, :channels])
+    alpha = np.ascontiguousarray(values[:, :, channels]) if has_alpha else None
+    return ImageSample(pixels, alpha, mode, fmt, 8)
+
+
+# -----------------------------------------------------------------------------
+# writing
+
+
+def _format_for(path: Path) -> str:
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise UsageError(f"{path}: cannot write images with suffix {path.suffix!r}")
+    return fmt
+
+
+def _to_pil(sample: ImageSample, fmt: str) -> Image.Image:
+    """The Pillow image to write: L / I;16 / LA / RGB / RGBA, as far as ``fmt`` allows."""
+    alpha = sample.alpha if fmt in ALPHA_FORMATS else None
+    if sample.channels == 1 and sample.bits == 16 and alpha is None and fmt in SIXTEEN_BIT_FORMATS:
+        return Image.fromarray(_quantise(sample.pixels[:, :, 0], np.uint16))  # I;16
+    # Pillow has no 16-bit RGB or LA: everything else is written with 8 bits per channel.
+    planes = sample.pixels if alpha is None else np.dstack([sample.pixels, alpha])
+    values = _quantise(planes, np.uint8)
+    return Image.fromarray(values[:, :, 0] if values.shape[2] == 1 else values)
+
+
+# -----------------------------------------------------------------------------
+# the domain
+
+
+class ImageDomain(styletx.Domain):
+    """Image files read and written with Pillow."""
+
+    name = "image"
+    extensions = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+    flip_augment = True
+
+    def load(self, path: Path) -> ImageSample:
+        img, fmt = _open(Path(path))
+        return _to_sample(img, fmt)
+
+    def save(self, sample: ImageSample, path: Path) -> None:
+        """Write in the format named by the suffix, so a temporary file must keep it."""
+        path = Path(path)
+        fmt = _format_for(path)
+        _to_pil(sample, fmt).save(path, format=fmt, **SAVE_OPTIONS.get(fmt, {}))
+
+    def output_name(self, source: Path) -> str:
+        return Path(source).name
+
+    def from_array(self, array: np.ndarray) -> ImageSample:
+        try:
+            return ImageSample.from_array(array)
+        except (TypeError, ValueError) as exc:
+            raise styletx.UsageError(f"array: {exc}") from None
+
+    def to_array(self, sample: ImageSample) -> np.ndarray:
+        """Float32 ``(H, W, C)`` in [0, 1]; alpha, if any, as the last channel."""
+        if sample.alpha is None:
+            return sample.pixels
+        return np.concatenate([sample.pixels, sample.alpha[:, :, None]], axis=2)
+
+    def default_encoder(self, samples: Sequence[ImageSample]) -> str:
+        return "gray" if samples and all(s.channels == 1 for s in samples) else "rgb"
+
+    def prepare_for_training(self, sample: ImageSample, size: int) -> ImageSample:
+        """Shorter side -> ``round(size * 286 / 256)`` (the CycleGAN reference loads 286 for
+        256 crops, so random crops also shift the content); alpha dropped."""
+        load = round(size * 286 / 256)
+        h, w = sample.pixels.shape[:2]
+        scale = load / min(h, w)
+        new_h, new_w = (load, round(w * scale)) if h <= w else (round(h * scale), load)
+        planes = [_resize(sample.pixels[:, :, c], new_h, new_w) for c in range(sample.channels)]
+        return dataclasses.replace(sample, pixels=np.stack(planes, axis=2), alpha=None)
+
+
+# -----------------------------------------------------------------------------
+# the encoders
+
+
+def _pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """``(H, W, C)`` in [0, 1] -> float32 ``(C, H, W)`` in [-1, 1] (0 -> -1, 1 -> 1 exactly)."""
+    # Arithmetic first: a fresh array, so read-only pixels never become a shared tensor.
+    return torch.from_numpy(pixels * 2 - 1).permute(2, 0, 1).contiguous()
+
+
+def _tensor_to_sample(tensor: torch.Tensor, channels: int, like: ImageSample | None):
+    """``(C, H, W)`` in [-1, 1] -> ImageSample, with ``like``'s alpha and metadata."""
+    if tensor.ndim != 3 or tensor.shape[0] != channels:
+        raise ValueError(f"expected a ({channels}, H, W) tensor, got {tuple(tensor.shape)}")
+    values = (tensor.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    pixels = values.permute(1, 2, 0).contiguous().numpy()
+    if like is None:
+        return ImageSample(pixels)
+    h, w = pixels.shape[:2]
+    alpha = None if like.alpha is None else _resize(like.alpha, h, w)
+    # Same channel count: keep the source's mode (P, I;16, ...); else name what we now hold.
+    mode = like.mode if like.channels == channels else _mode_for(channels, alpha is not None)
+    return ImageSample(pixels, alpha, mode, like.format, like.bits)
+
+
+class RGBEncoder(styletx.Encoder):
+    """Pixels -> ``(3, H, W)`` in [-1, 1]; gray images are repeated to 3 channels."""
+
+    name = "rgb"
+    domain = "image"
+    channels = 3
+
+    def encode(self, sample: ImageSample) -> torch.Tensor:
+        x = _pixels_to_tensor(sample.pixels)
+        return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
+
+    def decode(self, tensor: torch.Tensor, like: ImageSample | None = None) -> ImageSample:
+        return _tensor_to_sample(tensor, 3, like)
+
+
+class GrayEncoder(styletx.Encoder):
+    """Pixels -> ``(1, H, W)`` in [-1, 1]; colour becomes luma Y = 0.299 R + 0.587 G + 0.114 B."""
+
+    name = "gray"
+    domain = "image"
+    channels = 1
+
+    def encode(self, sample: ImageSample) -> torch.Tensor:
+        pixels = sample.pixels
+        if pixels.shape[2] == 3:
+            weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            # ITU-R BT.601 luma, as Pillow's "L"; clipped as float sums may pass 1 by an ulp.
+            pixels = np.clip(pixels @ weights, 0, 1)[:, :, None]
+        return _pixels_to_tensor(pixels)
+
+    def decode(self, tensor: torch.Tensor, like: ImageSample | None = None) -> ImageSample:
+        return _tensor_to_sample(tensor, 1, like)
+
+
+# -----------------------------------------------------------------------------
+# hooks
+
+
+@styletx.hookimpl
+def register_domains(register):
+    register(ImageDomain)
+
+
+@styletx.hookimpl
+def register_encoders(register):
+    register(RGBEncoder)
+    register(GrayEncoder)

@@ -1,0 +1,168 @@
+"""Conversion with a trained run: the Python API behind ``styletx convert``.
+
+    run = load_run("runs/summer2winter")        # load once
+    run.convert_files(["a.jpg", "album/"], "out/")
+    winter = run.convert_array(pixels)           # numpy in, numpy out
+
+Inputs are translated at their full size: padded to the network's multiple, translated and
+cropped back. Inputs are encoded with the *source* side's fitted encoder and decoded with the
+*target* side's, so each domain's statistics are used where they belong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from .data import expand_inputs, is_inside
+from .errors import BadInputError, StyletxError, UsageError
+from .interfaces import DIRECTIONS, Sample
+from .model import build_from_config, load_model_tensors, pick_device
+from .registry import Registry, get_registry
+from .runs import CONFIG, WEIGHTS, atomic_path, load_weights, read_config
+
+log = logging.getLogger("styletx")
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    converted: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)
+    failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+
+
+def load_run(path: Path | str, device: str = "auto", registry: Registry | None = None) -> "Run":
+    """Load a run folder's model for conversion (weights only; no code runs from the files)."""
+    return Run(Path(path), device, registry or get_registry())
+
+
+class Run:
+    def __init__(self, path: Path, device: str, registry: Registry):
+        self.path = path
+        self.config = read_config(path)
+        self.domain, self.encoders, self.translator = build_from_config(self.config, registry)
+        tensors, self.step = load_weights(path)
+        try:
+            load_model_tensors(self.translator, self.encoders, tensors)
+        except (RuntimeError, KeyError) as exc:
+            raise StyletxError(f"{path / WEIGHTS}: does not match {path / CONFIG} ({exc})") from None
+        self.device = pick_device(device)
+        self.translator.to(self.device, amp=False)
+        self.translator.train(False)
+
+    # -- tensors and samples -----------------------------------------------------------------
+    def convert_tensor(self, x: torch.Tensor, direction: str = "a2b") -> torch.Tensor:
+        """Translate a batch ``(N, C, H, W)`` of any H, W (padded to the multiple, cropped back)."""
+        _check_direction(direction)
+        h, w = x.shape[-2:]
+        m = self.translator.size_multiple
+        pad_h, pad_w = -h % m, -w % m
+        if pad_h or pad_w:
+            # Reflection hides the border best; tiny inputs can only be replicated.
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        y = self.translator.translate(x.to(self.device), direction)
+        return y[..., :h, :w].float().cpu()
+
+    def convert_sample(self, sample: Sample, direction: str = "a2b") -> Sample:
+        source, target = _sides(direction)
+        x = self.encoders[source].encode(sample)[None]
+        return self.encoders[target].decode(self.convert_tensor(x, direction)[0], like=sample)
+
+    def convert_array(self, array: Any, direction: str = "a2b") -> Any:
+        """Convert an in-memory array (e.g. an image ``(H, W, C)``) of the run's domain."""
+        sample = self.domain.from_array(array)
+        return self.domain.to_array(self.convert_sample(sample, direction))
+
+    # -- files -------------------------------------------------------------------------------
+    def convert_files(
+        self,
+        inputs: Iterable[Path | str],
+        out_dir: Path | str,
+        direction: str = "a2b",
+        batch_size: int = 1,
+        on_file: Callable[[Path, Path | None, str | None], None] | None = None,
+    ) -> ConversionReport:
+        """Convert files and folders (recursively) into ``out_dir``, mirroring relative paths.
+
+        A file that cannot be read is reported (``on_file(src, None, problem)``) and skipped; the
+        rest are converted. Inputs of equal size are translated ``batch_size`` at a time.
+        """
+        _check_direction(direction)
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+        out_dir, jobs = Path(out_dir), self._plan(inputs, Path(out_dir))
+        report = ConversionReport()
+        on_file = on_file or (lambda *_: None)
+        pending: list[tuple[Path, Path, Sample, torch.Tensor]] = []
+        source, _ = _sides(direction)
+        for src, dst in jobs:
+            try:
+                sample = self.domain.load(src)
+                x = self.encoders[source].encode(sample)
+            except BadInputError as err:
+                report.failed.append((src, err.problem))
+                on_file(src, None, err.problem)
+                continue
+            if pending and (len(pending) == batch_size or pending[0][3].shape != x.shape):
+                self._flush(pending, direction, report, on_file)
+            pending.append((src, dst, sample, x))
+        self._flush(pending, direction, report, on_file)
+        return report
+
+    def _plan(self, inputs: Iterable[Path | str], out_dir: Path) -> list[tuple[Path, Path]]:
+        jobs, seen = [], {}
+        for item in map(Path, inputs):
+            ignored = []
+            if not item.exists():
+                raise UsageError(f"{item}: no such file or folder")
+            if item.is_dir() and is_inside(out_dir, item):
+                raise UsageError(f"-o {out_dir} is inside the input folder {item}; choose another")
+            for src, rel in expand_inputs([item]):
+                if item.is_dir() and not self.domain.handles(src):
+                    ignored.append(src)  # folders may hold other files; named files are tried
+                    continue
+                dst = out_dir / rel.parent / self.domain.output_name(src)
+                if dst in seen:
+                    raise UsageError(f"{src} and {seen[dst]} would both be written to {dst}")
+                seen[dst] = src
+                jobs.append((src, dst))
+            if ignored:
+                log.warning("ignoring %d file(s) in %s that are not %s files, e.g. %s",
+                            len(ignored), item, self.domain.name, ignored[0].name)
+        if not jobs:
+            raise UsageError(f"no {self.domain.name} files to convert in the given inputs")
+        return jobs
+
+    def _flush(self, pending, direction, report, on_file) -> None:
+        if not pending:
+            return
+        _, target = _sides(direction)
+        batch = torch.stack([x for *_, x in pending])
+        out = self.convert_tensor(batch, direction)
+        for (src, dst, sample, _), y in zip(pending, out):
+            converted = self.encoders[target].decode(y, like=sample)
+            try:
+                with atomic_path(dst) as tmp:
+                    self.domain.save(converted, tmp)
+            except (OSError, ValueError) as exc:
+                problem = f"cannot write {dst} ({exc})"
+                report.failed.append((src, problem))
+                on_file(src, None, problem)
+                continue
+            report.converted.append((src, dst))
+            on_file(src, dst, None)
+        pending.clear()
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise UsageError(f"--direction {direction!r}: use a2b or b2a")
+
+
+def _sides(direction: str) -> tuple[str, str]:
+    return (direction[0], direction[2])

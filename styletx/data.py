@@ -1,0 +1,181 @@
+"""Finding, validating and streaming training files.
+
+Every file is checked up front; unusable ones are reported by name and skipped, and a folder
+without usable files stops the run before any training. Encoded examples are kept in memory
+(float16) and random crops are drawn from them with a seeded ``torch.Generator`` whose state is
+checkpointed, so a resumed run draws exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .errors import BadInputError, UsageError
+from .interfaces import Domain, Encoder, Sample
+
+log = logging.getLogger("styletx")
+
+
+def list_files(folder: Path) -> list[Path]:
+    """All regular files below ``folder``, sorted, skipping hidden files and folders."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def check_folder(folder: Path, option: str) -> Path:
+    if not folder.exists():
+        raise UsageError(f"{option} {folder}: no such folder")
+    if not folder.is_dir():
+        raise UsageError(f"{option} {folder}: not a folder")
+    return folder.resolve()
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+@dataclasses.dataclass
+class FolderData:
+    """The usable samples of one training folder, and what was skipped and why."""
+
+    folder: Path
+    files: list[Path]
+    samples: list[Sample]
+    skipped: list[tuple[Path, str]]
+
+
+def load_folder(folder: Path, domain: Domain, option: str, exclude: Path | None = None) -> FolderData:
+    """Load every file of ``folder`` that ``domain`` reads; report and skip the rest."""
+    files = [f for f in list_files(folder) if exclude is None or not is_inside(f, exclude)]
+    if not files:
+        raise UsageError(f"{option} {folder}: the folder is empty")
+    readable = [f for f in files if domain.handles(f)]
+    others = [f for f in files if not domain.handles(f)]
+    if not readable:
+        kinds = " ".join(domain.extensions)
+        raise UsageError(f"{option} {folder}: no {domain.name} files ({kinds}) in the folder")
+    if others:
+        log.warning(
+            "skipping %d file(s) in %s that are not %s files, e.g. %s",
+            len(others), folder, domain.name, others[0].name,
+        )
+    data = FolderData(folder, [], [], [])
+    for path in readable:
+        try:
+            data.samples.append(domain.load(path))
+            data.files.append(path)
+        except BadInputError as err:
+            data.skipped.append((path, err.problem))
+            log.warning("skipping %s: %s", path, err.problem)
+    if not data.samples:
+        raise UsageError(
+            f"{option} {folder}: none of the {len(readable)} {domain.name} files is usable"
+        )
+    log.info(
+        "%s: %d usable %s file(s)%s", folder, len(data.samples), domain.name,
+        f", {len(data.skipped)} skipped" if data.skipped else "",
+    )
+    return data
+
+
+def encode_all(samples: Sequence[Sample], encoder: Encoder) -> list[torch.Tensor]:
+    """Encode each sample once; stored as float16 to halve memory (ample precision for crops)."""
+    return [encoder.encode(s).to(torch.float16) for s in samples]
+
+
+class CropSampler:
+    """Draws training batches of random crops (and flips) from encoded examples.
+
+    ``crop`` is (height or None for the full height, width). Paired translators get the same
+    index, crop and flip for a and b; unpaired ones draw a and b independently.
+    """
+
+    def __init__(
+        self,
+        examples: dict[str, list[torch.Tensor]],
+        crop: tuple[int | None, int],
+        batch_size: int,
+        flip: bool,
+        paired: bool,
+        seed: int,
+    ):
+        self.examples, self.crop, self.batch_size = examples, crop, batch_size
+        self.flip, self.paired = flip, paired
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(high, (1,), generator=self.generator))
+
+    def _example(self, side: str, index: int) -> torch.Tensor:
+        return _pad_to(self.examples[side][index].float(), self.crop[0], self.crop[1])
+
+    def _position(self, x: torch.Tensor) -> tuple[int, int, bool]:
+        """Random (top, left, flip) of a crop inside ``x``."""
+        h = self.crop[0] or x.shape[1]
+        top = self._randint(x.shape[1] - h + 1)
+        left = self._randint(x.shape[2] - self.crop[1] + 1)
+        return top, left, self.flip and bool(self._randint(2))
+
+    def _cut(self, x: torch.Tensor, position: tuple[int, int, bool]) -> torch.Tensor:
+        h, w = self.crop[0] or x.shape[1], self.crop[1]
+        top, left = min(position[0], x.shape[1] - h), min(position[1], x.shape[2] - w)
+        x = x[:, top : top + h, left : left + w]
+        return x.flip(-1) if position[2] else x
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        batch: dict[str, list[torch.Tensor]] = {"a": [], "b": []}
+        for _ in range(self.batch_size):
+            index_a = self._randint(len(self.examples["a"]))
+            index_b = index_a if self.paired else self._randint(len(self.examples["b"]))
+            a, b = self._example("a", index_a), self._example("b", index_b)
+            position_a = self._position(a)
+            # A pair shares its crop and flip so the two halves stay aligned.
+            position_b = position_a if self.paired else self._position(b)
+            batch["a"].append(self._cut(a, position_a))
+            batch["b"].append(self._cut(b, position_b))
+        return {side: torch.stack(items) for side, items in batch.items()}
+
+    def fixed_batch(self) -> dict[str, torch.Tensor]:
+        """A deterministic centre crop of the first example of each side (for previews)."""
+        out = {}
+        for side in self.examples:
+            x = self._example(side, 0)
+            h = self.crop[0] or x.shape[1]
+            centre = ((x.shape[1] - h) // 2, (x.shape[2] - self.crop[1]) // 2, False)
+            out[side] = self._cut(x, centre)[None]
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def _pad_to(x: torch.Tensor, h: int | None, w: int) -> torch.Tensor:
+    """Replicate-pad ``(C, H, W)`` up to at least ``h`` (None: any) × ``w`` (small examples)."""
+    dh, dw = max(0, (h or 0) - x.shape[1]), max(0, w - x.shape[2])
+    if dh or dw:
+        x = F.pad(x[None], (0, dw, 0, dh), mode="replicate")[0]
+    return x
+
+
+def expand_inputs(inputs: Iterable[Path]) -> list[tuple[Path, Path]]:
+    """(file, path relative to where it was named) for files and folders (recursively)."""
+    pairs = []
+    for item in inputs:
+        if item.is_dir():
+            pairs += [(f, f.relative_to(item)) for f in list_files(item)]
+        else:
+            pairs.append((item, Path(item.name)))
+    return pairs

@@ -1,0 +1,191 @@
+"""The three plugin interfaces: Domain, Encoder and Translator.
+
+A *domain* knows a modality's files, an *encoder* turns one loaded sample into a tensor
+``(C, H, W)`` and back, and a *translator* is the model that maps tensors of domain A to
+domain B and back. Plugins subclass these and register them through the hooks in
+``styletx.hookspecs``. Everything here is public API; keep it small.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+Sample = Any  # whatever a domain loads: an image array with its metadata, a waveform, ...
+DIRECTIONS = ("a2b", "b2a")
+
+
+class Domain(ABC):
+    """A modality's files: which ones it reads, how to load, validate and save them."""
+
+    name: ClassVar[str]
+    extensions: ClassVar[tuple[str, ...]]  # lower-case suffixes with the dot, e.g. (".png",)
+    flip_augment: ClassVar[bool] = False  # may training mirror examples left-right?
+
+    def handles(self, path: Path) -> bool:
+        return path.suffix.lower() in self.extensions
+
+    @abstractmethod
+    def load(self, path: Path) -> Sample:
+        """Read one file; raise ``BadInputError(path, problem)`` if it cannot be used."""
+
+    @abstractmethod
+    def save(self, sample: Sample, path: Path) -> None:
+        """Write ``sample`` to ``path`` (the caller makes the write atomic)."""
+
+    def output_name(self, source: Path) -> str:
+        """File name of the converted version of ``source`` (same format by default)."""
+        return source.name
+
+    def from_array(self, array: Any) -> Sample:
+        """An in-memory array (e.g. an image ``(H, W, C)``) as a sample, for the Python API."""
+        raise NotImplementedError(f"the {self.name} domain does not convert arrays")
+
+    def to_array(self, sample: Sample) -> Any:
+        """The inverse of ``from_array``."""
+        raise NotImplementedError(f"the {self.name} domain does not convert arrays")
+
+    def default_encoder(self, samples: Sequence[Sample]) -> str:
+        """Name of the encoder to use for a folder holding ``samples``."""
+        raise NotImplementedError
+
+    def prepare_for_training(self, sample: Sample, size: int) -> Sample:
+        """Bring a sample to training scale (e.g. resize an image to the load size)."""
+        return sample
+
+    def training_crop(self, size: int) -> tuple[int | None, int]:
+        """(height, width) of a training crop of the encoded tensor; None = full height."""
+        return size, size
+
+
+class Encoder(ABC):
+    """Sample <-> tensor ``(C, H, W)``. May be fitted per training folder.
+
+    ``params`` are JSON-serialisable settings (saved in ``config.json``); the fitted state is a
+    dict of tensors (saved in ``model.safetensors``). Rebuilding with the same params and loading
+    the state must give exactly the training-time encoder.
+    """
+
+    name: ClassVar[str]
+    domain: ClassVar[str]  # name of the domain whose samples it encodes
+    channels: int  # C of the tensors it produces
+
+    def __init__(self, **params: Any):
+        self.params = params
+
+    def fit(self, samples: Sequence[Sample]) -> None:
+        """Learn statistics from one training folder's samples; default: nothing to learn."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"encoder {self.name!r} has no state but got {sorted(state)}")
+
+    @abstractmethod
+    def encode(self, sample: Sample) -> torch.Tensor:
+        """Sample -> float32 tensor ``(C, H, W)``."""
+
+    @abstractmethod
+    def decode(self, tensor: torch.Tensor, like: Sample | None = None) -> Sample:
+        """Tensor ``(C, H, W)`` -> sample; ``like`` is the source sample, for its metadata."""
+
+
+@dataclasses.dataclass
+class Preset:
+    """Named settings: overrides for the translator's Config and for the trainer."""
+
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)  # steps, batch_size, size
+    description: str = ""
+
+
+class Translator(ABC):
+    """The model. Owns its networks, optimizers and the logic of one training step.
+
+    Life cycle: ``__init__(config, channels_a, channels_b)`` builds the networks;
+    ``to(device, amp=...)``; ``configure_optimizers(total_steps)`` for training; then
+    ``training_step`` repeatedly, or ``translate`` for inference.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type]  # a dataclass; every field has a default and a comment
+    presets: ClassVar[dict[str, Preset]] = {"default": Preset()}
+    paired: ClassVar[bool] = False  # needs (a, b) examples that belong together
+
+    device: torch.device = torch.device("cpu")
+    amp: bool = False
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+
+    def __init__(self, config: Any, channels_a: int, channels_b: int):
+        self.config = config
+        self.channels = {"a": channels_a, "b": channels_b}
+        self.optimizers, self.schedulers = {}, {}
+
+    # -- networks -------------------------------------------------------------------------
+    @abstractmethod
+    def networks(self) -> dict[str, nn.Module]:
+        """Every network by a stable name; saved, loaded and (later) wrapped for DDP by name."""
+
+    @property
+    def size_multiple(self) -> int:
+        """Inputs to ``translate`` must have H and W divisible by this (the caller pads)."""
+        return 1
+
+    def to(self, device: torch.device | str, amp: bool = False) -> Translator:
+        """Move the networks; ``amp`` enables bf16 autocast on CUDA (ignored on CPU)."""
+        self.device = torch.device(device)
+        self.amp = amp and self.device.type == "cuda"
+        for net in self.networks().values():
+            net.to(self.device)
+        return self
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Context for forward passes: bf16 autocast when enabled, else nothing."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def train(self, mode: bool = True) -> None:
+        for net in self.networks().values():
+            net.train(mode)
+
+    # -- training -------------------------------------------------------------------------
+    @abstractmethod
+    def configure_optimizers(self, total_steps: int) -> None:
+        """Fill ``self.optimizers`` and ``self.schedulers`` (the trainer steps the schedulers)."""
+
+    @abstractmethod
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        """One optimisation step on ``{"a": (N,C,H,W), "b": (N,C,H,W)}``; returns the losses."""
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Training state beyond weights and optimizers (e.g. image pools), as tensors."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    # -- inference ------------------------------------------------------------------------
+    @abstractmethod
+    def translate(self, x: torch.Tensor, direction: str) -> torch.Tensor:
+        """Map a batch ``(N, C, H, W)`` in ``direction`` ("a2b" or "b2a")."""
+
+    def preview(self, batch: dict[str, torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Rows of tensors ``(C, H, W)`` for a preview grid: input, translated, reconstructed."""
+        rows = []
+        with torch.no_grad():
+            for src, direction, back in (("a", "a2b", "b2a"), ("b", "b2a", "a2b")):
+                x = batch[src][:1]
+                y = self.translate(x, direction)
+                rows.append([x[0], y[0], self.translate(y, back)[0]])
+        return rows

@@ -1,0 +1,105 @@
+"""Building a model (domain, encoders, translator) from names and settings, and its state.
+
+The same functions serve a new training run, a resumed one and conversion, so a run folder's
+``config.json`` is always enough to rebuild exactly the trained model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import torch
+
+from .errors import StyletxError, UsageError
+from .interfaces import Domain, Encoder, Translator
+from .registry import Registry
+from .runs import split_prefix
+
+SIDES = ("a", "b")
+
+
+def make_config(cls: type[Translator], preset: str, overrides: dict[str, Any]) -> Any:
+    """The translator's Config with the preset's values, then the user's overrides, applied."""
+    if preset not in cls.presets:
+        raise UsageError(
+            f"unknown --preset {preset!r} for {cls.name} (available: {', '.join(cls.presets)})"
+        )
+    values = {**cls.presets[preset].config, **overrides}
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UsageError(
+            f"unknown setting {unknown[0]!r} for {cls.name} (settings: {', '.join(fields)})"
+        )
+    return cls.Config(**values)
+
+
+def parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("ngf=32", "upsample=resize")`` -> ``{"ngf": 32, "upsample": "resize"}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value  # a bare string such as resize
+    return out
+
+
+def encoder_record(encoder: Encoder) -> dict[str, Any]:
+    return {"name": encoder.name, "params": encoder.params, "channels": encoder.channels}
+
+
+def build_from_config(config: dict[str, Any], registry: Registry):
+    """(domain, {side: encoder}, translator) described by a run's config.json."""
+    missing = _missing_plugins(config, registry)
+    if missing:
+        raise StyletxError(f"this run needs {missing}, which no loaded plugin provides")
+    domain: Domain = registry.domain(config["domain"])
+    encoders = {
+        side: registry.encoder(config["encoders"][side]["name"])(**config["encoders"][side]["params"])
+        for side in SIDES
+    }
+    cls = registry.translator(config["translator"])
+    translator = cls(cls.Config(**config["config"]), encoders["a"].channels, encoders["b"].channels)
+    return domain, encoders, translator
+
+
+def _missing_plugins(config: dict[str, Any], registry: Registry) -> str:
+    wanted = [("translator", config["translator"], registry.translators),
+              ("domain", config["domain"], registry.domains)]
+    wanted += [("encoder", config["encoders"][s]["name"], registry.encoders) for s in SIDES]
+    return ", ".join(f"{kind} {name!r}" for kind, name, table in wanted if name not in table)
+
+
+def model_tensors(translator: Translator, encoders: dict[str, Encoder]) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for name, net in translator.networks().items():
+        tensors.update({f"net.{name}.{k}": v for k, v in net.state_dict().items()})
+    for side, encoder in encoders.items():
+        tensors.update({f"encoder.{side}.{k}": v for k, v in encoder.state_dict().items()})
+    return tensors
+
+
+def load_model_tensors(
+    translator: Translator, encoders: dict[str, Encoder], tensors: dict[str, torch.Tensor]
+) -> None:
+    for name, net in translator.networks().items():
+        net.load_state_dict(split_prefix(tensors, f"net.{name}."))
+    for side, encoder in encoders.items():
+        encoder.load_state_dict(split_prefix(tensors, f"encoder.{side}."))
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device}: not a device (use auto, cpu or cuda)") from None

@@ -1,0 +1,223 @@
+"""Network building blocks shared by the model families (CycleGAN, pix2pix, UNIT).
+
+Shapes are ``(N, C, H, W)``. Defaults follow the reference implementations
+(pytorch-CycleGAN-and-pix2pix): instance norm without affine parameters, reflection padding,
+weights drawn from N(0, 0.02), LeakyReLU 0.2 in the PatchGAN, least-squares GAN loss and a
+history pool of 50 generated images for the discriminators.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+NORMS = ("instance", "batch", "none")
+PADDINGS = ("reflect", "replicate", "zeros")
+UPSAMPLES = ("transpose", "resize")
+GAN_MODES = ("lsgan", "vanilla")
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
+    """Reference "normal" init: conv/linear weights ~ N(0, gain), norm weights ~ N(1, gain),
+    biases 0. Spectral-normalised layers get their underlying (original) weight initialised."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            if parametrize.is_parametrized(m, "weight"):
+                weight = m.parametrizations.weight.original
+            else:
+                weight = m.weight
+            nn.init.normal_(weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)):
+            if m.weight is not None:  # instance norm is affine=False by default: no weight
+                nn.init.normal_(m.weight, 1.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return net
+
+
+def norm_layer(kind: str) -> Callable[[int], nn.Module]:
+    """Factory ``channels -> normalisation module`` for "instance", "batch" or "none".
+
+    Instance norm is affine=False and keeps no running statistics (the reference), so it acts
+    the same in train and eval mode; batch norm is affine with running statistics.
+    """
+    if kind == "instance":
+        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    if kind == "batch":
+        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
+    if kind == "none":
+        return lambda channels: nn.Identity()
+    raise ValueError(f"unknown norm {kind!r} (choose from {', '.join(NORMS)})")
+
+
+def conv_bias(norm: str) -> bool:
+    """Convs followed by batch norm need no bias (its affine shift does the job)."""
+    return norm != "batch"
+
+
+def _padding_mode(padding: str) -> str:
+    if padding == "zero":
+        padding = "zeros"
+    if padding not in PADDINGS:
+        raise ValueError(f"unknown padding {padding!r} (choose from {', '.join(PADDINGS)})")
+    return padding
+
+
+class ResnetBlock(nn.Module):
+    """``x + conv-norm-relu-[dropout]-conv-norm(x)`` with 3x3 convs; ``(N, dim, H, W)`` in and out."""
+
+    def __init__(self, dim: int, norm: str = "instance", padding: str = "reflect",
+                 dropout: float = 0.0):
+        super().__init__()
+        make_norm, bias, mode = norm_layer(norm), conv_bias(norm), _padding_mode(padding)
+        layers: list[nn.Module] = [
+            nn.Conv2d(dim, dim, 3, padding=1, padding_mode=mode, bias=bias),
+            make_norm(dim),
+            nn.ReLU(True),
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.Conv2d(dim, dim, 3, padding=1, padding_mode=mode, bias=bias), make_norm(dim)]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class Upsample(nn.Sequential):
+    """x2 up-sampling, then norm and ReLU: ``(N, in_ch, H, W) -> (N, out_ch, 2H, 2W)``.
+
+    "transpose": ConvTranspose2d(k3, s2, p1, output_padding 1), the reference. Its uneven kernel
+    overlap is the usual source of checkerboard artifacts. "resize": nearest-neighbour x2
+    followed by a reflect-padded 3x3 conv, the usual remedy (Odena et al., 2016).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, mode: str = "transpose", norm: str = "instance"):
+        bias = conv_bias(norm)
+        if mode == "transpose":
+            up: list[nn.Module] = [
+                nn.ConvTranspose2d(in_ch, out_ch, 3, stride=2, padding=1, output_padding=1,
+                                   bias=bias)
+            ]
+        elif mode == "resize":
+            up = [nn.Upsample(scale_factor=2, mode="nearest"),
+                  nn.Conv2d(in_ch, out_ch, 3, padding=1, padding_mode="reflect", bias=bias)]
+        else:
+            raise ValueError(f"unknown upsample {mode!r} (choose from {', '.join(UPSAMPLES)})")
+        super().__init__(*up, norm_layer(norm)(out_ch), nn.ReLU(True))
+
+
+class PatchDiscriminator(nn.Module):
+    """The reference PatchGAN: ``(N, in_ch, H, W) -> (N, 1, h, w)`` real/fake logits per patch.
+
+    k4 convs with LeakyReLU 0.2; the first layer has no norm; ``n_layers`` stride-2 layers
+    (channels ndf, 2ndf, 4ndf, ... capped at 8ndf), one stride-1 layer, then a 1-channel
+    stride-1 output. With n_layers=3 each output sees a 70x70 patch (34x34 for 2, 16x16 for 1);
+    a 256x256 input gives a 30x30 map. ``spectral_norm`` wraps every conv (Miyato et al., 2018).
+    """
+
+    def __init__(self, in_ch: int, ndf: int = 64, n_layers: int = 3, norm: str = "instance",
+                 spectral_norm: bool = False):
+        super().__init__()
+        make_norm, bias = norm_layer(norm), conv_bias(norm)
+        layers: list[nn.Module] = [nn.Conv2d(in_ch, ndf, 4, stride=2, padding=1),
+                                   nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            stride = 2 if n < n_layers else 1  # the last of these keeps the resolution
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=bias),
+                       make_norm(ndf * mult), nn.LeakyReLU(0.2, True)]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
+        self.model = nn.Sequential(*layers)
+        init_weights(self)
+        if spectral_norm:
+            for m in self.model:
+                if isinstance(m, nn.Conv2d):
+                    nn.utils.parametrizations.spectral_norm(m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class GANLoss(nn.Module):
+    """``loss(prediction, target_is_real)``: "lsgan" = MSE against 1/0 (the CycleGAN reference),
+    "vanilla" = binary cross-entropy on logits (pix2pix). Computed in float32."""
+
+    def __init__(self, mode: str = "lsgan"):
+        super().__init__()
+        if mode not in GAN_MODES:
+            raise ValueError(f"unknown gan_mode {mode!r} (choose from {', '.join(GAN_MODES)})")
+        self.mode = mode
+
+    def forward(self, prediction: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+        prediction = prediction.float()
+        target = torch.full_like(prediction, 1.0 if target_is_real else 0.0)
+        if self.mode == "lsgan":
+            return F.mse_loss(prediction, target)
+        return F.binary_cross_entropy_with_logits(prediction, target)
+
+
+class ImagePool:
+    """History of generated images for the discriminator (Shrivastava et al., 2017).
+
+    ``query(images)`` returns a batch of the same shape: while the pool fills, the new images
+    themselves (and they are stored); once full, each image is with probability 0.5 swapped
+    for a random stored one (which it replaces), else passed through. ``size=0`` disables it.
+    Randomness comes from torch's global RNG, so checkpointing ``torch.get_rng_state()``
+    together with ``state_dict()`` makes a resumed run draw the same images.
+    """
+
+    def __init__(self, size: int = 50):
+        self.size = size
+        self.images: list[torch.Tensor] = []  # each (C, H, W), detached
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return images
+        images = images.detach()
+        swap = (torch.rand(len(images)) > 0.5).tolist()
+        slot = torch.randint(self.size, (len(images),)).tolist()
+        out = []
+        for image, do_swap, i in zip(images, swap, slot):
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif do_swap:
+                out.append(self.images[i].to(image))  # may come from a checkpoint on the CPU
+                self.images[i] = image.clone()
+            else:
+                out.append(image)
+        return torch.stack(out)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``{"images": (n, C, H, W)}`` with n <= size (an empty tensor when nothing is stored)."""
+        return {"images": torch.stack(self.images) if self.images else torch.empty(0)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        images = state["images"]
+        if len(images) > self.size:
+            raise ValueError(f"pool state holds {len(images)} images, more than size {self.size}")
+        self.images = [image.clone() for image in images]
+
+
+def linear_decay(total_steps: int, decay_start_fraction: float = 0.5) -> Callable[[int], float]:
+    """LambdaLR factor: 1.0 for the first ``decay_start_fraction`` of the steps, then linear
+    to 0.0 at ``total_steps`` (the reference's n_epochs + n_epochs_decay schedule, per step)."""
+    start = int(total_steps * decay_start_fraction)
+    span = max(total_steps - start, 1)
+
+    def factor(step: int) -> float:
+        return max(0.0, min(1.0, (total_steps - step) / span))
+
+    return factor

@@ -1,0 +1,40 @@
+"""Preview grids: rows of tensors ``(C, H, W)`` in [-1, 1] as one PNG picture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .runs import atomic_path
+
+
+MIN_TILE = 128  # small training crops are enlarged (nearest) so a preview can be looked at
+
+
+def to_picture(x: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` in [-1, 1] -> uint8 ``(H, W, 3)``; 3 channels as colour, else channel 0."""
+    x = x.detach().float().cpu().clamp(-1, 1)
+    x = x if x.shape[0] == 3 else x[:1].expand(3, -1, -1)
+    picture = ((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    scale = max(1, MIN_TILE // max(1, min(picture.shape[:2])))
+    return picture.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def save_grid(rows: list[list[torch.Tensor]], path: Path, gap: int = 2) -> None:
+    """Tiles placed row by row with a white gap; tiles of different sizes are top-left aligned."""
+    tiles = [[to_picture(t) for t in row] for row in rows]
+    tile_h = max(t.shape[0] for row in tiles for t in row)
+    tile_w = max(t.shape[1] for row in tiles for t in row)
+    cols = max(len(row) for row in tiles)
+    grid = np.full(
+        (len(tiles) * (tile_h + gap) - gap, cols * (tile_w + gap) - gap, 3), 255, np.uint8
+    )
+    for r, row in enumerate(tiles):
+        for c, t in enumerate(row):
+            y, x = r * (tile_h + gap), c * (tile_w + gap)
+            grid[y : y + t.shape[0], x : x + t.shape[1]] = t
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp)

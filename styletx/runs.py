@@ -1,0 +1,124 @@
+"""The run folder: everything needed to resume training or convert with a trained model.
+
+    RUN/config.json        styletx version, translator + config, domain, encoders, data, step
+    RUN/model.safetensors  network weights ("net.<name>.<param>") and fitted encoder state
+                           ("encoder.<a|b>.<key>"); metadata records the step
+    RUN/resume.pt          optimizers, schedulers, translator extra state, RNG and data-sampler
+                           state; tensors and plain containers only (loaded with weights_only=True)
+    RUN/log.jsonl          one JSON line per logged step
+    RUN/samples/           preview grids
+
+Every file is written to a temporary name and renamed into place, so a crash mid-save leaves
+the previous checkpoint usable. Nothing here unpickles classes or runs code from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .errors import StyletxError, UsageError
+
+CONFIG, WEIGHTS, RESUME, LOG, SAMPLES = (
+    "config.json", "model.safetensors", "resume.pt", "log.jsonl", "samples",
+)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); rename it into place on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    with atomic_path(path) as tmp:
+        write(tmp)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / CONFIG).is_file()
+
+
+def read_config(run: Path) -> dict[str, Any]:
+    if not run.exists():
+        raise UsageError(f"{run}: no such run folder")
+    if not is_run_folder(run):
+        raise UsageError(f"{run}: not a styletx run folder (no {CONFIG})")
+    try:
+        return json.loads((run / CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise StyletxError(f"{run / CONFIG}: unreadable run config ({exc})") from None
+
+
+def save_weights(run: Path, tensors: dict[str, torch.Tensor], step: int) -> None:
+    # safetensors refuses shared or non-contiguous storage: give it plain copies.
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    write_atomic(run / WEIGHTS, lambda tmp: save_file(plain, tmp, metadata={"step": str(step)}))
+
+
+def load_weights(run: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """The tensors of ``model.safetensors`` and the step they were saved at."""
+    path = run / WEIGHTS
+    if not path.is_file():
+        raise StyletxError(f"{path}: weights file is missing (has training saved a checkpoint?)")
+    try:
+        tensors = load_file(path)
+        with safe_open(path, "pt") as f:
+            step = int((f.metadata() or {}).get("step", -1))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise StyletxError(f"{path}: weights file is corrupt or truncated ({exc})") from None
+    return tensors, step
+
+
+def save_resume(run: Path, state: dict[str, Any]) -> None:
+    write_atomic(run / RESUME, lambda tmp: torch.save(state, tmp))
+
+
+def load_resume(run: Path) -> dict[str, Any]:
+    path = run / RESUME
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise StyletxError(f"{path}: resume state is missing; cannot continue training") from None
+    except Exception as exc:  # noqa: BLE001 -- torch raises many types for damaged files
+        raise StyletxError(f"{path}: resume state is corrupt ({exc})") from None
+
+
+def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under ``prefix`` (e.g. "net.G_A."), with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def append_log(run: Path, record: dict[str, Any]) -> None:
+    with open(run / LOG, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_log(run: Path, step: int) -> None:
+    """Drop log lines past ``step`` (written after the checkpoint a resume starts from)."""
+    path = run / LOG
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))

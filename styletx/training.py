@@ -1,0 +1,351 @@
+"""Training: from two folders to a run folder, with resume.
+
+The loop is flat on purpose: draw a batch, let the translator take its step (GANs own several
+optimizers, so the step is theirs), step the schedulers, then log, preview and checkpoint on
+their schedules. Running ``train`` again on the same run folder resumes from the last checkpoint
+with the optimizer, scheduler, image pool, RNG and data-sampler state, so N + N steps give the
+same weights as 2N uninterrupted steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from . import __version__
+from .data import CropSampler, check_folder, encode_all, is_inside, list_files, load_folder
+from .errors import StyletxError, UsageError
+from .interfaces import Domain, Encoder, Translator
+from .model import (
+    SIDES,
+    build_from_config,
+    encoder_record,
+    load_model_tensors,
+    make_config,
+    model_tensors,
+    pick_device,
+)
+from .previews import save_grid
+from .registry import Registry, get_registry
+from .runs import (
+    CONFIG,
+    SAMPLES,
+    WEIGHTS,
+    append_log,
+    is_run_folder,
+    load_resume,
+    load_weights,
+    read_config,
+    save_resume,
+    save_weights,
+    truncate_log,
+    write_json,
+)
+
+log = logging.getLogger("styletx")
+
+# Used when neither the user nor the preset says otherwise.
+TRAIN_DEFAULTS = {"steps": 10_000, "batch_size": 1, "size": 256}
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    steps: int | None = None  # total optimisation steps (None: the preset's)
+    batch_size: int | None = None  # examples per step (None: the preset's)
+    size: int | None = None  # training crop in pixels / frames (None: the preset's)
+    seed: int = 0  # weights init, data order, crops, image pool
+    device: str = "auto"  # auto = CUDA when available, else CPU
+    amp: bool = True  # bf16 autocast for forward passes on CUDA (ignored on CPU)
+    save_every: int = 500  # checkpoint period in steps (and always at the end)
+    log_every: int = 25  # log.jsonl period in steps
+    preview_every: int = 500  # samples/ grid period in steps (and at the end)
+    progress: bool = True  # progress bar on a terminal
+
+
+class TrainingInterrupted(StyletxError):
+    exit_code = 130
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run: Path
+    step: int
+    losses: dict[str, float]
+
+
+def train(
+    a_dir: Path | str,
+    b_dir: Path | str,
+    out: Path | str,
+    model: str | None = None,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    settings: TrainSettings | None = None,
+    domain: str | None = None,
+    encoder: str | None = None,
+    registry: Registry | None = None,
+) -> TrainResult:
+    """Train ``model`` to map the files of ``a_dir`` to the style of ``b_dir`` into ``out``.
+
+    ``model`` defaults to cyclegan and ``preset`` to default; when ``out`` already holds a run,
+    training resumes and both default to the saved ones.
+    """
+    registry = registry or get_registry()
+    settings = settings or TrainSettings()
+    overrides = overrides or {}
+    a_dir, b_dir, out = check_folder(Path(a_dir), "A_DIR"), check_folder(Path(b_dir), "B_DIR"), Path(out)
+    if a_dir == b_dir:
+        raise UsageError(f"A_DIR and B_DIR are the same folder ({a_dir})")
+    for folder in (a_dir, b_dir):
+        if is_inside(out, folder):
+            raise UsageError(f"--out {out} is inside the input folder {folder}; put the run elsewhere")
+    saved = _saved_config(out)
+    if saved:
+        return _resume(saved, a_dir, b_dir, out, model, preset, overrides, settings, registry)
+    cls = registry.translator(model or "cyclegan")
+    preset = preset or "default"
+    config = make_config(cls, preset, overrides)
+    train_values = _train_values(cls, preset, settings)
+    dom = registry.domain(domain) if domain else _guess_domain(registry, a_dir, b_dir)
+    folders = _load_folders(dom, a_dir, b_dir, out, train_values["size"])
+    encoders = {
+        side: registry.encoder(encoder or dom.default_encoder(folders[side]))() for side in SIDES
+    }
+    for side, enc in encoders.items():
+        _check_encoder(enc, dom)
+        enc.fit(folders[side])
+    run_config = {
+        "styletx_version": __version__,
+        "translator": cls.name,
+        "preset": preset,
+        "config": dataclasses.asdict(config),
+        "domain": dom.name,
+        "encoders": {side: encoder_record(enc) for side, enc in encoders.items()},
+        "data": {"a": str(a_dir), "b": str(b_dir)},
+        "train": {**train_values, "seed": settings.seed},
+        "step": 0,
+    }
+    torch.manual_seed(settings.seed)  # weight initialisation
+    translator = cls(config, encoders["a"].channels, encoders["b"].channels)
+    return _run_loop(run_config, dom, encoders, translator, folders, out, settings, resume=False)
+
+
+def _resume(saved, a_dir, b_dir, out, model, preset, overrides, settings, registry):
+    _check_same(saved, a_dir, b_dir, model, preset, overrides, settings)
+    if settings.steps is not None:
+        saved["train"]["steps"] = settings.steps
+    dom, encoders, translator = build_from_config(saved, registry)
+    tensors, step = load_weights(out)
+    try:
+        load_model_tensors(translator, encoders, tensors)
+    except (RuntimeError, KeyError) as exc:
+        raise StyletxError(f"{out / WEIGHTS}: does not match {out / CONFIG} ({exc})") from None
+    folders = _load_folders(dom, a_dir, b_dir, out, saved["train"]["size"])
+    log.info("resuming %s from step %d", out, step)
+    saved["step"] = step
+    return _run_loop(saved, dom, encoders, translator, folders, out, settings, resume=True)
+
+
+def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: Path,
+              settings: TrainSettings, resume: bool) -> TrainResult:
+    train_values = run_config["train"]
+    total, start = train_values["steps"], run_config["step"]
+    if start >= total:
+        log.info("%s is already trained to step %d of %d; raise --steps to continue", out, start, total)
+        return TrainResult(out, start, {})
+    device = pick_device(settings.device)
+    translator.to(device, amp=settings.amp)
+    translator.configure_optimizers(total)
+    crop = dom.training_crop(train_values["size"])
+    _check_size_multiple(crop, translator)
+    sampler = CropSampler(
+        {side: encode_all(folders[side], encoders[side]) for side in SIDES},
+        crop, train_values["batch_size"], dom.flip_augment, translator.paired,
+        seed=train_values["seed"],
+    )
+    if resume:
+        _load_training_state(out, translator, sampler)
+        truncate_log(out, start)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CONFIG, run_config)
+    preview_batch = sampler.fixed_batch()
+    step, losses, saved_step = start, {}, start
+    bar = tqdm(total=total, initial=start, file=sys.stderr, dynamic_ncols=True,
+               disable=None if settings.progress else True, unit="step")
+    tick, tick_step = time.perf_counter(), start
+    translator.train(True)
+    try:
+        while step < total:
+            batch = {k: v.to(device, non_blocking=True) for k, v in sampler.next_batch().items()}
+            losses = translator.training_step(batch, step)
+            for scheduler in translator.schedulers.values():
+                scheduler.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix_str(_format_losses(losses), refresh=False)
+            if step % settings.log_every == 0 or step == total:
+                rate = (step - tick_step) / max(time.perf_counter() - tick, 1e-9)
+                tick, tick_step = time.perf_counter(), step
+                _log_step(out, step, total, losses, rate, translator, quiet=not bar.disable)
+            if step % settings.preview_every == 0 or step == total:
+                _save_preview(out, step, translator, preview_batch, device)
+            if step % settings.save_every == 0 or step == total:
+                _save_checkpoint(out, run_config, step, translator, encoders, sampler)
+                saved_step = step
+    except KeyboardInterrupt:
+        bar.close()
+        if step > saved_step:
+            _save_checkpoint(out, run_config, step, translator, encoders, sampler)
+        raise TrainingInterrupted(
+            f"interrupted at step {step}; checkpoint saved in {out}; run the same command to resume"
+        ) from None
+    bar.close()
+    log.info("trained %s to step %d; model in %s", translator.name, step, out)
+    return TrainResult(out, step, losses)
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+def _save_checkpoint(out, run_config, step, translator, encoders, sampler) -> None:
+    save_weights(out, model_tensors(translator, encoders), step)
+    save_resume(out, {
+        "step": step,
+        "optimizers": {k: o.state_dict() for k, o in translator.optimizers.items()},
+        "schedulers": {k: s.state_dict() for k, s in translator.schedulers.items()},
+        "translator": translator.extra_state(),
+        "sampler": sampler.state_dict(),
+        "rng": _rng_state(),
+    })
+    run_config["step"] = step
+    write_json(out / CONFIG, run_config)
+
+
+def _load_training_state(out: Path, translator: Translator, sampler: CropSampler) -> None:
+    state = load_resume(out)
+    _, weights_step = load_weights(out)
+    if state["step"] != weights_step:
+        raise StyletxError(
+            f"{out}: weights (step {weights_step}) and resume state (step {state['step']}) "
+            "disagree; the last save was cut short"
+        )
+    for kind in ("optimizers", "schedulers"):
+        for name, obj in getattr(translator, kind).items():
+            obj.load_state_dict(state[kind][name])
+    translator.load_extra_state(state["translator"])
+    sampler.load_state_dict(state["sampler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if torch.cuda.is_available() and state["rng"].get("cuda"):
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+# -- reporting --------------------------------------------------------------------------------
+
+def _format_losses(losses: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.3f}" for k, v in losses.items())
+
+
+def _log_step(out, step, total, losses, rate, translator, quiet: bool) -> None:
+    lrs = {k: o.param_groups[0]["lr"] for k, o in translator.optimizers.items()}
+    append_log(out, {"step": step, "time": time.time(), "steps_per_s": round(rate, 3),
+                     "lr": lrs, "losses": losses})
+    if not quiet:  # no progress bar (not a terminal): a plain line instead
+        log.info("step %d/%d  %s  (%.1f steps/s)", step, total, _format_losses(losses), rate)
+
+
+def _save_preview(out: Path, step: int, translator: Translator, batch, device) -> None:
+    translator.train(False)
+    rows = translator.preview({k: v.to(device) for k, v in batch.items()})
+    translator.train(True)
+    save_grid(rows, out / SAMPLES / f"step-{step:06d}.png")
+
+
+# -- setup checks -----------------------------------------------------------------------------
+
+def _train_values(cls: type[Translator], preset: str, settings: TrainSettings) -> dict[str, int]:
+    values = {**TRAIN_DEFAULTS, **cls.presets[preset].train}
+    for key in TRAIN_DEFAULTS:
+        if getattr(settings, key) is not None:
+            values[key] = getattr(settings, key)
+    option = {"steps": "--steps", "batch_size": "--batch-size", "size": "--size"}
+    for key, value in values.items():
+        if value < 1:
+            raise UsageError(f"{option[key]} must be at least 1 (got {value})")
+    return values
+
+
+def _check_size_multiple(crop: tuple[int | None, int], translator: Translator) -> None:
+    multiple = translator.size_multiple
+    for size in crop:
+        if size is not None and size % multiple:
+            raise UsageError(f"--size {size}: {translator.name} needs a multiple of {multiple}")
+
+
+def _guess_domain(registry: Registry, a_dir: Path, b_dir: Path) -> Domain:
+    suffixes = {p.suffix.lower() for d in (a_dir, b_dir) for p in list_files(d)}
+    dom = registry.domain_for(suffixes)
+    if dom is None:
+        for option, folder in (("A_DIR", a_dir), ("B_DIR", b_dir)):
+            if not list_files(folder):
+                raise UsageError(f"{option} {folder}: the folder is empty")
+        known = " ".join(sorted({e for d in registry.domains.values() for e in d.extensions}))
+        raise UsageError(f"no supported files in {a_dir} or {b_dir} (styletx reads {known})")
+    return dom
+
+
+def _load_folders(dom: Domain, a_dir: Path, b_dir: Path, out: Path, size: int):
+    folders = {}
+    for side, folder in (("a", a_dir), ("b", b_dir)):
+        data = load_folder(folder, dom, f"{side.upper()}_DIR", exclude=out)
+        folders[side] = [dom.prepare_for_training(s, size) for s in data.samples]
+    return folders
+
+
+def _check_encoder(enc: Encoder, dom: Domain) -> None:
+    if enc.domain != dom.name:
+        raise UsageError(f"--encoder {enc.name} encodes {enc.domain} files, not {dom.name} files")
+
+
+def _saved_config(out: Path) -> dict[str, Any] | None:
+    """The config of a resumable run in ``out``; None for a new (or never saved) run."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    if is_run_folder(out):
+        return read_config(out) if (out / WEIGHTS).exists() else None
+    if any(out.iterdir()):
+        raise UsageError(f"--out {out}: folder exists, is not empty and is not a styletx run")
+    return None
+
+
+def _check_same(saved, a_dir, b_dir, model, preset, overrides, settings) -> None:
+    """A resumed run must be the same run: refuse options that contradict the saved ones."""
+    given = {
+        "--model": (model, saved["translator"]),
+        "--preset": (preset, saved["preset"]),
+        "A_DIR": (str(a_dir), saved["data"]["a"]),
+        "B_DIR": (str(b_dir), saved["data"]["b"]),
+        "--size": (settings.size, saved["train"]["size"]),
+        "--batch-size": (settings.batch_size, saved["train"]["batch_size"]),
+    }
+    given.update({f"--set {k}": (v, saved["config"].get(k)) for k, v in overrides.items()})
+    for option, (now, before) in given.items():
+        if now is not None and now != before:
+            raise UsageError(
+                f"the run folder was trained with {option} {before}, not {now}; "
+                "use the same options to resume, or a new --out"
+            )

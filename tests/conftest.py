@@ -1,0 +1,63 @@
+"""Shared fixtures: small generated data and a CLI runner that checks for tracebacks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from styletx.cli import cli
+from styletx.demo import make_image_dataset
+
+
+@pytest.fixture(scope="session")
+def scenes(tmp_path_factory) -> dict[str, Path]:
+    """Unpaired a/ and b/ (b = winterized other scenes), held-out test_a/ and its truth test_b/."""
+    return make_image_dataset(tmp_path_factory.mktemp("scenes"), n_train=12, n_test=3, size=40)
+
+
+@pytest.fixture
+def data(scenes, tmp_path) -> dict[str, Path]:
+    """A private copy of the scenes that a test may change."""
+    return {name: Path(shutil.copytree(folder, tmp_path / name)) for name, folder in scenes.items()}
+
+
+class Result:
+    def __init__(self, result):
+        self.exit_code, self.stdout, self.stderr = result.exit_code, result.stdout, result.stderr
+        self.exception = result.exception
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture
+def styletx():
+    """Run the CLI in-process; fails the test on any traceback (an unhandled exception)."""
+
+    def run(*args: str | Path) -> Result:
+        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        assert "Traceback" not in result.output
+        return Result(result)
+
+    return run
+
+
+TINY = ("--preset", "tiny", "--device", "cpu")
+
+
+@pytest.fixture(scope="session")
+def trained_run(scenes, tmp_path_factory) -> Path:
+    """A tiny CycleGAN trained for a few steps (for conversion and error tests)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    result = CliRunner().invoke(
+        cli, ["train", str(scenes["a"]), str(scenes["b"]), "--out", str(run), *TINY,
+              "--steps", "4", "--size", "16"],
+    )
+    assert result.exit_code == 0, result.output
+    return run

@@ -1,0 +1,166 @@
+"""Each kind of bad input gets one specific one-line error, the right exit code, no traceback
+and no partial output."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY
+
+
+def train_args(a, b, out, *extra):
+    return ("train", a, b, "--out", out, *TINY, "--steps", "2", "--size", "16", *extra)
+
+
+def assert_usage_error(result, *fragments):
+    assert result.exit_code == 2, result.stderr
+    assert len(result.error_lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.error_lines[0]
+
+
+def test_empty_folder(styletx, data, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = styletx(*train_args(empty, data["b"], tmp_path / "run"))
+    assert_usage_error(result, str(empty), "empty")
+    assert not (tmp_path / "run").exists()
+
+
+def test_folder_without_images(styletx, data, tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "notes.txt").write_text("hello")
+    result = styletx(*train_args(texts, data["b"], tmp_path / "run"))
+    assert_usage_error(result, str(texts), "no image files")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_folder(styletx, data, tmp_path):
+    result = styletx(*train_args(tmp_path / "nope", data["b"], tmp_path / "run"))
+    assert_usage_error(result, "nope", "no such folder")
+
+
+def test_same_folder(styletx, data, tmp_path):
+    result = styletx(*train_args(data["a"], data["a"], tmp_path / "run"))
+    assert_usage_error(result, "same folder")
+
+
+def test_unknown_model(styletx, data, tmp_path):
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "run", "--model", "nope"))
+    assert_usage_error(result, "'nope'", "--model", "cyclegan")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--steps", "0"), ("--size", "-8"),
+                                           ("--batch-size", "0")])
+def test_bad_numbers(styletx, data, tmp_path, option, value):
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "run", option, value))
+    assert_usage_error(result, option, value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_size_not_a_multiple(styletx, data, tmp_path):
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "run", "--size", "18"))
+    assert_usage_error(result, "--size 18", "multiple of 4")
+
+
+def test_unknown_setting(styletx, data, tmp_path):
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "run", "--set", "ngff=3"))
+    assert_usage_error(result, "'ngff'")
+
+
+def test_run_inside_input_folder(styletx, data):
+    result = styletx(*train_args(data["a"], data["b"], data["a"] / "run"))
+    assert_usage_error(result, "inside the input folder")
+    assert not (data["a"] / "run").exists()
+
+
+def test_out_folder_that_is_not_a_run(styletx, data, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "thesis.tex").write_text("precious")
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "busy"))
+    assert_usage_error(result, "not a styletx run")
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["thesis.tex"]
+
+
+@pytest.mark.parametrize("make_bad, problem", [
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.write_text("this is not a picture"), "not an image"),
+    (lambda p: p.write_bytes(p.with_name("scene000.png").read_bytes()[:300]), "corrupt"),
+])
+def test_bad_training_file_is_reported_and_skipped(styletx, data, tmp_path, make_bad, problem):
+    bad = data["a"] / "zzz.png"
+    make_bad(bad)
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "run"))
+    assert result.exit_code == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "zzz.png" in line]
+    assert len(warning) == 1 and problem in warning[0] and "skipping" in warning[0]
+
+
+def test_folder_of_only_bad_files(styletx, data, tmp_path):
+    for f in data["a"].iterdir():
+        f.write_bytes(b"")
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "run"))
+    assert_usage_error(result, str(data["a"]), "none of the")
+
+
+def test_convert_reports_bad_file_and_converts_the_rest(styletx, trained_run, data, tmp_path):
+    (data["test_a"] / "broken.png").write_bytes(b"")
+    (data["test_a"] / "fake.jpg").write_text("not an image")
+    out = tmp_path / "out"
+    result = styletx("convert", trained_run, data["test_a"], "-o", out)
+    assert result.exit_code == 1
+    assert any("broken.png" in line and "empty file" in line for line in result.error_lines)
+    assert any("fake.jpg" in line and "not an image" in line for line in result.error_lines)
+    written = sorted(p.name for p in out.rglob("*"))
+    assert written == sorted(p.name for p in data["test_a"].glob("held*.png"))  # no partials
+
+
+def test_convert_output_inside_input_folder(styletx, trained_run, data):
+    result = styletx("convert", trained_run, data["test_a"], "-o", data["test_a"] / "out")
+    assert_usage_error(result, "inside the input folder")
+    assert not (data["test_a"] / "out").exists()
+
+
+def test_convert_missing_input(styletx, trained_run, tmp_path):
+    result = styletx("convert", trained_run, tmp_path / "ghost.png", "-o", tmp_path / "out")
+    assert_usage_error(result, "ghost.png", "no such file")
+
+
+def test_not_a_run_folder(styletx, data, tmp_path):
+    result = styletx("convert", data["b"], data["test_a"], "-o", tmp_path / "out")
+    assert_usage_error(result, "not a styletx run folder")
+    assert not (tmp_path / "out").exists()
+
+
+def copy_run(trained_run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+def test_missing_weights(styletx, trained_run, data, tmp_path):
+    run = copy_run(trained_run, tmp_path)
+    (run / "model.safetensors").unlink()
+    result = styletx("convert", run, data["test_a"], "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert len(result.error_lines) == 1 and "model.safetensors" in result.error_lines[0]
+    assert "missing" in result.error_lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_weights(styletx, trained_run, data, tmp_path):
+    run = copy_run(trained_run, tmp_path)
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    result = styletx("convert", run, data["test_a"], "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert len(result.error_lines) == 1 and "corrupt or truncated" in result.error_lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_direction(styletx, trained_run, data, tmp_path):
+    result = styletx("convert", trained_run, data["test_a"], "-o", tmp_path / "out", "-d", "x2y")
+    assert_usage_error(result, "--direction")

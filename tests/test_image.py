@@ -1,0 +1,336 @@
+"""The image domain and the rgb / gray encoders: formats, modes, bit depths, bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from styletx.plugins import image
+from styletx.plugins.image import GrayEncoder, ImageDomain, ImageSample, RGBEncoder
+
+from styletx import BadInputError, UsageError
+
+H, W = 24, 40
+
+
+def gradient_rgb(h: int = H, w: int = W) -> np.ndarray:
+    """A smooth uint8 (h, w, 3) image: lossy codecs keep it within a few levels."""
+    y, x = np.mgrid[0:h, 0:w]
+    r = x * 255 // (w - 1)
+    g = y * 255 // (h - 1)
+    b = (x + y) * 255 // (w + h - 2)
+    return np.stack([r, g, b], axis=2).astype(np.uint8)
+
+
+def write(path, arr: np.ndarray, **options):
+    Image.fromarray(arr).save(path, **options)
+    return path
+
+
+@pytest.fixture
+def domain():
+    return ImageDomain()
+
+
+# -- round trips per format ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "suffix, fmt, lossy",
+    [(".png", "PNG", False), (".bmp", "BMP", False), (".tif", "TIFF", False),
+     (".tiff", "TIFF", False), (".jpg", "JPEG", True), (".jpeg", "JPEG", True),
+     (".webp", "WEBP", True)],
+)  # fmt: skip
+def test_round_trip(tmp_path, domain, suffix, fmt, lossy):
+    arr = gradient_rgb()
+    sample = domain.load(write(tmp_path / f"in{suffix}", arr))
+    assert (sample.format, sample.mode, sample.bits, sample.alpha) == (fmt, "RGB", 8, None)
+    assert sample.pixels.dtype == np.float32 and sample.pixels.shape == (H, W, 3)
+    assert_close(sample.pixels * 255, arr, lossy)
+
+    enc = RGBEncoder()
+    out = enc.decode(enc.encode(sample), like=sample)
+    domain.save(out, tmp_path / f"out{suffix}")
+    with Image.open(tmp_path / f"out{suffix}") as img:
+        assert (img.format, img.mode) == (fmt, "RGB")
+        assert_close(np.asarray(img), arr, lossy)
+
+
+def assert_close(values: np.ndarray, expected: np.ndarray, lossy: bool):
+    """Exact for lossless formats; a few levels on average for JPEG / WebP at quality 95."""
+    error = np.abs(values.astype(np.float32) - expected)
+    assert error.mean() < 3 if lossy else error.max() == 0
+
+
+def test_grayscale_stays_gray(tmp_path, domain):
+    arr = gradient_rgb()[:, :, 0]
+    sample = domain.load(write(tmp_path / "g.png", arr))
+    assert (sample.mode, sample.channels, sample.bits) == ("L", 1, 8)
+    enc = GrayEncoder()
+    out = enc.decode(enc.encode(sample), like=sample)
+    assert out.mode == "L"
+    domain.save(out, tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as img:
+        assert img.mode == "L"
+        np.testing.assert_array_equal(np.asarray(img), arr)
+
+
+def test_rgba_keeps_alpha_exactly(tmp_path, domain):
+    arr = np.dstack([gradient_rgb(), np.arange(H * W, dtype=np.uint8).reshape(H, W)])
+    sample = domain.load(write(tmp_path / "a.png", arr))
+    assert (sample.mode, sample.channels) == ("RGBA", 3)
+    np.testing.assert_array_equal(np.round(sample.alpha * 255), arr[:, :, 3])
+    enc = RGBEncoder()
+    assert enc.encode(sample).shape == (3, H, W)  # alpha is not part of the tensor
+    out = enc.decode(enc.encode(sample), like=sample)
+    domain.save(out, tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as img:
+        assert img.mode == "RGBA"
+        np.testing.assert_array_equal(np.asarray(img), arr)
+
+
+def test_gray_alpha_png(tmp_path, domain):
+    arr = np.dstack([gradient_rgb()[:, :, 0], np.full((H, W), 128, np.uint8)])
+    sample = domain.load(write(tmp_path / "la.png", arr))
+    assert (sample.mode, sample.channels) == ("LA", 1)
+    domain.save(sample, tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as img:
+        assert img.mode == "LA"
+        np.testing.assert_array_equal(np.asarray(img), arr)
+
+
+def test_16_bit_gray_png_keeps_16_bits(tmp_path, domain):
+    arr = np.full((H, W), 1000, np.uint16)
+    arr[0, 0], arr[-1, -1] = 0, 65535
+    sample = domain.load(write(tmp_path / "d.png", arr))
+    assert (sample.bits, sample.channels) == (16, 1)
+    assert abs(sample.pixels[5, 5, 0] * 65535 - 1000) < 0.5
+    enc = GrayEncoder()
+    out = enc.decode(enc.encode(sample), like=sample)
+    assert out.bits == 16
+    domain.save(out, tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as img:
+        assert img.mode.startswith("I")  # 16-bit, not L
+        saved = np.asarray(img).astype(int)
+    assert np.abs(saved - arr).max() <= 1
+
+
+def test_16_bit_rgb_is_written_with_8_bits(tmp_path, domain):
+    sample = ImageSample.from_array(gradient_rgb().astype(np.uint16) * 257)
+    assert sample.bits == 16
+    domain.save(sample, tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as img:
+        assert img.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(img), gradient_rgb())
+
+
+def test_palette_images(tmp_path, domain):
+    opaque = Image.fromarray(gradient_rgb()).convert("P")
+    opaque.save(tmp_path / "p.png")
+    sample = domain.load(tmp_path / "p.png")
+    assert (sample.mode, sample.channels, sample.alpha) == ("P", 3, None)
+
+    see_through = opaque.copy()
+    see_through.save(tmp_path / "pt.png", transparency=0)
+    sample = domain.load(tmp_path / "pt.png")
+    assert sample.channels == 3 and sample.alpha is not None
+    assert sample.alpha.min() == 0 and sample.alpha.max() == 1
+
+
+def test_bilevel_and_cmyk_images(tmp_path, domain):
+    Image.fromarray(gradient_rgb()[:, :, 0] > 127).save(tmp_path / "b.png")
+    sample = domain.load(tmp_path / "b.png")
+    assert (sample.mode, sample.channels) == ("1", 1)
+    assert set(np.unique(sample.pixels)) == {0.0, 1.0}
+
+    Image.fromarray(gradient_rgb()).convert("CMYK").save(tmp_path / "c.jpg")
+    sample = domain.load(tmp_path / "c.jpg")
+    assert (sample.mode, sample.channels) == ("CMYK", 3)
+
+
+def test_exif_orientation_is_applied(tmp_path, domain):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(gradient_rgb()).save(tmp_path / "o.jpg", exif=exif.tobytes())
+    assert domain.load(tmp_path / "o.jpg").pixels.shape == (W, H, 3)
+
+
+# -- saving -------------------------------------------------------------------------------
+
+
+def test_alpha_is_dropped_where_the_format_has_none(tmp_path, domain):
+    rgba = np.dstack([gradient_rgb(), np.full((H, W), 7, np.uint8)])
+    sample = ImageSample.from_array(rgba)
+    for suffix in (".jpg", ".bmp"):
+        domain.save(sample, tmp_path / f"out{suffix}")
+        with Image.open(tmp_path / f"out{suffix}") as img:
+            assert img.mode == "RGB"
+    domain.save(sample, tmp_path / "out.webp")
+    with Image.open(tmp_path / "out.webp") as img:
+        assert img.mode == "RGBA"
+
+
+def test_save_rounds_instead_of_truncating(tmp_path, domain):
+    sample = ImageSample.from_array(np.full((2, 2), 0.999 * 200 / 255, np.float32))
+    domain.save(sample, tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as img:
+        assert np.asarray(img)[0, 0] == 200
+
+
+def test_save_format_comes_from_suffix(tmp_path, domain):
+    sample = ImageSample.from_array(gradient_rgb())
+    domain.save(sample, tmp_path / ".out.tmp.jpg")
+    with Image.open(tmp_path / ".out.tmp.jpg") as img:
+        assert img.format == "JPEG"
+    with pytest.raises(UsageError, match="suffix"):
+        domain.save(sample, tmp_path / "out.xyz")
+
+
+# -- encoders -----------------------------------------------------------------------------
+
+
+def test_encoders_map_to_exact_endpoints():
+    sample = ImageSample.from_array(np.array([[0, 255]], np.uint8))
+    for enc in (RGBEncoder(), GrayEncoder()):
+        x = enc.encode(sample)
+        assert x.dtype == torch.float32 and x.shape == (enc.channels, 1, 2)
+        assert torch.all(x[:, 0, 0] == -1) and torch.all(x[:, 0, 1] == 1)
+    white = ImageSample.from_array(np.full((1, 1, 3), 255, np.uint8))
+    assert GrayEncoder().encode(white).item() == 1
+
+
+def test_gray_encoder_luminance():
+    colours = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 200, 30]]], np.uint8)
+    y = (GrayEncoder().encode(ImageSample.from_array(colours))[0, 0] + 1) / 2
+    expected = colours.astype(np.float32) / 255 @ np.array([0.299, 0.587, 0.114])
+    np.testing.assert_allclose(y.numpy(), expected[0], atol=1e-6)
+
+
+def test_decode_clamps_and_adjusts_mode():
+    like = ImageSample.from_array(np.zeros((4, 6), np.uint8))
+    out = RGBEncoder().decode(torch.full((3, 4, 6), 5.0), like=like)
+    assert out.mode == "RGB" and out.pixels.max() == 1  # gray source, colour output
+    out = GrayEncoder().decode(torch.full((1, 4, 6), -5.0))
+    assert (out.mode, out.format, out.bits, out.alpha) == ("L", None, 8, None)
+    assert out.pixels.min() == 0
+    with pytest.raises(ValueError, match="expected"):
+        GrayEncoder().decode(torch.zeros(3, 4, 6))
+
+
+def test_decode_resizes_alpha_to_the_output():
+    like = ImageSample.from_array(np.dstack([gradient_rgb(), np.full((H, W), 255, np.uint8)]))
+    out = RGBEncoder().decode(torch.zeros(3, 2 * H, 2 * W), like=like)
+    assert out.alpha.shape == (2 * H, 2 * W)
+    np.testing.assert_allclose(out.alpha, 1)
+    assert (out.mode, out.bits) == ("RGBA", 8)
+
+
+# -- from_array ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arr, channels, has_alpha, mode, bits",
+    [(np.zeros((4, 5), np.uint8), 1, False, "L", 8),
+     (np.zeros((4, 5, 1), np.uint8), 1, False, "L", 8),
+     (np.zeros((4, 5, 2), np.uint8), 1, True, "LA", 8),
+     (np.zeros((4, 5, 3), np.uint8), 3, False, "RGB", 8),
+     (np.zeros((4, 5, 4), np.uint8), 3, True, "RGBA", 8),
+     (np.zeros((4, 5), np.uint16), 1, False, "I;16", 16),
+     (np.zeros((4, 5, 3), np.uint16), 3, False, "RGB", 16),
+     (np.zeros((4, 5, 3), np.float64), 3, False, "RGB", 8)],
+)  # fmt: skip
+def test_from_array(arr, channels, has_alpha, mode, bits):
+    s = ImageSample.from_array(arr)
+    assert s.pixels.shape == (4, 5, channels) and s.pixels.dtype == np.float32
+    assert (s.alpha is not None, s.mode, s.bits, s.format) == (has_alpha, mode, bits, None)
+
+
+def test_from_array_scales_and_refuses_bad_input():
+    assert ImageSample.from_array(np.full((1, 1), 65535, np.uint16)).pixels.item() == 1
+    assert ImageSample.from_array(np.full((1, 1), 0.25)).pixels.item() == 0.25
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ImageSample.from_array(np.full((2, 2, 3), 255.0))
+    with pytest.raises(TypeError, match="int64"):
+        ImageSample.from_array(np.zeros((2, 2), np.int64))
+    with pytest.raises(ValueError, match="array"):
+        ImageSample.from_array(np.zeros((2, 2, 5), np.uint8))
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+
+def truncated(path, arr, **options):
+    write(path, arr, **options)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, problem",
+    [(lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
+     (lambda p: p.write_text("hello, I am not a picture\n"), "not an image file"),
+     (lambda p: truncated(p, np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)),
+      "corrupt or truncated image"),
+     (lambda p: None, "no such file")],
+    ids=["empty", "text", "truncated", "missing"],
+)  # fmt: skip
+def test_bad_png(tmp_path, domain, make, problem):
+    path = tmp_path / "bad.png"
+    make(path)
+    with pytest.raises(BadInputError) as info:
+        domain.load(path)
+    assert str(path) in str(info.value) and problem in str(info.value)
+    assert info.value.path == path
+
+
+def test_truncated_jpeg(tmp_path, domain):
+    path = truncated(tmp_path / "bad.jpg", gradient_rgb(128, 128))
+    with pytest.raises(BadInputError, match="corrupt or truncated image"):
+        domain.load(path)
+
+
+def test_directory_is_not_an_image(tmp_path, domain):
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(BadInputError, match="not a file"):
+        domain.load(tmp_path / "dir.png")
+
+
+# -- training and domain rules ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("h, w", [(40, 100), (100, 40), (300, 300)])
+def test_prepare_for_training_sets_the_shorter_side(domain, h, w):
+    sample = ImageSample.from_array(np.zeros((h, w, 4), np.uint8))
+    out = domain.prepare_for_training(sample, 64)
+    load = round(64 * 286 / 256)  # 72
+    assert min(out.pixels.shape[:2]) == load
+    assert max(out.pixels.shape[:2]) == round(max(h, w) * load / min(h, w))
+    assert out.alpha is None and out.pixels.dtype == np.float32
+    assert domain.training_crop(64) == (64, 64)
+
+
+def test_domain_rules(domain, tmp_path):
+    gray = ImageSample.from_array(np.zeros((2, 2), np.uint8))
+    rgb = ImageSample.from_array(np.zeros((2, 2, 3), np.uint8))
+    assert domain.default_encoder([gray, gray]) == "gray"
+    assert domain.default_encoder([gray, rgb]) == "rgb"
+    assert domain.output_name(tmp_path / "x" / "photo.JPG") == "photo.JPG"
+    assert domain.handles(tmp_path / "a.TIFF") and not domain.handles(tmp_path / "a.gif")
+    assert ImageDomain.flip_augment
+
+
+def test_plugin_registers_through_the_registry(monkeypatch):
+    import styletx.plugins
+
+    from styletx.registry import Registry
+
+    # Only this plugin, so the test does not depend on the other built-ins.
+    monkeypatch.setattr(styletx.plugins, "BUILTIN_PLUGINS", ["styletx.plugins.image"])
+    r = Registry().load(autoload=False)
+    assert r.errors == []
+    assert r.domains["image"] is ImageDomain
+    assert {"rgb", "gray"} <= set(r.encoders)
+    assert all(issubclass(r.encoders[n], styletx.Encoder) for n in ("rgb", "gray"))
+    assert r.encoders["gray"].domain == r.encoders["rgb"].domain == image.ImageDomain.name
