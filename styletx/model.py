@@ -65,7 +65,11 @@ def build_from_config(config: dict[str, Any], registry: Registry):
         for side in SIDES
     }
     cls = registry.translator(config["translator"])
-    translator = cls(cls.Config(**config["config"]), encoders["a"].channels, encoders["b"].channels)
+    try:
+        translator_config = cls.Config(**config["config"])
+    except TypeError as exc:  # the plugin's settings changed since the run was trained
+        raise StyletxError(f"the run's {cls.name} settings do not fit the installed plugin ({exc})")
+    translator = cls(translator_config, encoders["a"].channels, encoders["b"].channels)
     return domain, encoders, translator
 
 

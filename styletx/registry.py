@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
+import inspect
 import os
 from typing import Any
 
@@ -54,7 +55,7 @@ class Registry:
             module = importlib.import_module(module_name)
             self._add(module_name.rsplit(".", 1)[-1], module, __version__, builtin=True)
         if autoload is None:
-            autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
+            autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "").lower() in ("", "0", "false", "no")
         if autoload:
             for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
                 version = ep.dist.version if ep.dist else "?"
@@ -71,8 +72,11 @@ class Registry:
         self.plugins.append(info)
         try:
             self.manager.register(module, name=name)
+            self.manager.check_pending()  # a misspelled hook name is an error, not a no-op
         except Exception as exc:  # noqa: BLE001 -- a broken plugin is reported, not fatal
             info.error = _one_line(exc)
+            if self.manager.is_registered(module):
+                self.manager.unregister(module)
             return
         staged: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
         try:
@@ -82,6 +86,11 @@ class Registry:
                         impl.function(register=self._stager(kind, staged[kind]))
         except Exception as exc:  # noqa: BLE001 -- a broken plugin is reported, not fatal
             info.error = _one_line(exc)
+            self.manager.unregister(module)
+            return
+        if not any(staged.values()):
+            info.error = ("registers nothing (hooks must be named register_domains, "
+                          "register_encoders or register_translators and use @styletx.hookimpl)")
             self.manager.unregister(module)
             return
         # Commit only when the whole plugin registered cleanly: no half-loaded plugins.
@@ -99,6 +108,9 @@ class Registry:
             name = getattr(cls, "name", None)
             if not name:
                 raise TypeError(f"{cls.__name__} has no name")
+            if inspect.isabstract(cls):
+                missing = ", ".join(sorted(cls.__abstractmethods__))
+                raise TypeError(f"{cls.__name__} does not implement {missing}")
             if name in table or name in staged:
                 owner = self._owner(kind, name) or "this plugin"
                 raise ValueError(f'{kind[:-1]} "{name}" is already registered by {owner}')
@@ -140,8 +152,8 @@ class Registry:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    text = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
 _registry: Registry | None = None

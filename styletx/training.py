@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -181,8 +183,8 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
                disable=None if settings.progress else True, unit="step")
     tick, tick_step = time.perf_counter(), start
     translator.train(True)
-    try:
-        while step < total:
+    with _StopAtStepBoundary() as stop:
+        while step < total and not stop.requested:
             batch = {k: v.to(device, non_blocking=True) for k, v in sampler.next_batch().items()}
             losses = translator.training_step(batch, step)
             for scheduler in translator.schedulers.values():
@@ -196,19 +198,39 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
                 _log_step(out, step, total, losses, rate, translator, quiet=not bar.disable)
             if step % settings.preview_every == 0 or step == total:
                 _save_preview(out, step, translator, preview_batch, device)
-            if step % settings.save_every == 0 or step == total:
+            if step % settings.save_every == 0 or step == total or stop.requested:
                 _save_checkpoint(out, run_config, step, translator, encoders, sampler)
-                saved_step = step
-    except KeyboardInterrupt:
-        bar.close()
-        if step > saved_step:
-            _save_checkpoint(out, run_config, step, translator, encoders, sampler)
+    bar.close()
+    if step < total:
         raise TrainingInterrupted(
             f"interrupted at step {step}; checkpoint saved in {out}; run the same command to resume"
-        ) from None
-    bar.close()
+        )
     log.info("trained %s to step %d; model in %s", translator.name, step, out)
     return TrainResult(out, step, losses)
+
+
+class _StopAtStepBoundary:
+    """The first Ctrl-C (SIGINT) asks the loop to stop after the current step, so the checkpoint
+    it saves is a consistent state; a second Ctrl-C stops at once (the last checkpoint stays
+    intact, as every write is atomic)."""
+
+    requested = False
+
+    def __enter__(self) -> "_StopAtStepBoundary":
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this step (Ctrl-C again to stop at once)")
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 # -- checkpoints ------------------------------------------------------------------------------

@@ -1,0 +1,124 @@
+"""Plugin discovery: built-ins, entry points, and broken plugins that must not break styletx."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sys
+import textwrap
+
+import pytest
+
+from styletx.registry import Registry
+
+GOOD = """
+import styletx
+from styletx.plugins.cyclegan import CycleGAN
+
+class Renamed(CycleGAN):
+    name = "cyclegan2"
+
+@styletx.hookimpl
+def register_translators(register):
+    register(Renamed)
+"""
+
+BROKEN = {
+    "importerror": ("import not_a_module_anywhere\n", "ModuleNotFoundError"),
+    "hookerror": (
+        "import styletx\n@styletx.hookimpl\ndef register_translators(register):\n"
+        "    raise RuntimeError('boom')\n",
+        "RuntimeError: boom",
+    ),
+    "duplicate": (
+        "import styletx\nfrom styletx.plugins.cyclegan import CycleGAN\n"
+        "@styletx.hookimpl\ndef register_translators(register):\n    register(CycleGAN)\n",
+        'translator "cyclegan" is already registered by plugin "cyclegan"',
+    ),
+    "misspelled": (
+        "import styletx\n@styletx.hookimpl\ndef register_translaters(register):\n    pass\n",
+        "register_translaters",
+    ),
+    "abstract": (
+        "import styletx\nclass Half(styletx.Translator):\n    name = 'half'\n"
+        "@styletx.hookimpl\ndef register_translators(register):\n    register(Half)\n",
+        "does not implement",
+    ),
+    "nothing": ("def register_translators(register):\n    pass\n", "registers nothing"),
+}
+
+
+@pytest.fixture
+def fake_entry_points(tmp_path, monkeypatch):
+    """Install modules as ``styletx`` entry points for the duration of a test."""
+
+    def install(modules: dict[str, str]):
+        eps = []
+        for name, source in modules.items():
+            (tmp_path / f"plug_{name}.py").write_text(textwrap.dedent(source))
+            eps.append(importlib.metadata.EntryPoint(name, f"plug_{name}", "styletx"))
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps)
+        for name in modules:
+            sys.modules.pop(f"plug_{name}", None)
+
+    return install
+
+
+def test_builtins_register_through_the_hooks():
+    registry = Registry().load(autoload=False)
+    assert "image" in registry.domains and {"rgb", "gray"} <= set(registry.encoders)
+    assert "cyclegan" in registry.translators
+    assert all(p.builtin and not p.error for p in registry.plugins)
+
+
+def test_entry_point_plugin_is_found(fake_entry_points):
+    fake_entry_points({"good": GOOD})
+    registry = Registry().load()
+    assert registry.translators["cyclegan2"].name == "cyclegan2"
+    good = [p for p in registry.plugins if p.name == "good"][0]
+    assert good.registers == {"translators": ["cyclegan2"]} and not good.builtin
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_broken_plugin_is_reported_and_the_rest_works(fake_entry_points, name):
+    source, message = BROKEN[name]
+    fake_entry_points({name: source, "good": GOOD})
+    registry = Registry().load()
+    assert len(registry.errors) == 1
+    error = registry.errors[0]
+    assert error.startswith(f'Error loading plugin "{name}": ') and message in error
+    assert "\n" not in error
+    assert {"cyclegan", "cyclegan2"} <= set(registry.translators)  # the others still load
+    assert "half" not in registry.translators
+
+
+def test_autoload_can_be_disabled(fake_entry_points, monkeypatch):
+    fake_entry_points({"good": GOOD})
+    monkeypatch.setenv("STYLETX_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert "cyclegan2" not in Registry().load().translators
+    monkeypatch.setenv("STYLETX_DISABLE_PLUGIN_AUTOLOAD", "0")
+    assert "cyclegan2" in Registry().load().translators
+
+
+def test_plugins_command_reports_broken_plugin(styletx, fake_entry_points, monkeypatch):
+    import styletx.registry as registry_module
+
+    fake_entry_points({"importerror": BROKEN["importerror"][0], "good": GOOD})
+    monkeypatch.setattr(registry_module, "_registry", None)
+    try:
+        result = styletx("plugins", "--json")
+    finally:
+        registry_module.reset_registry()
+    assert result.exit_code == 0
+    assert 'Error loading plugin "importerror"' in result.stderr
+    listed = {p["name"]: p for p in json.loads(result.stdout)}
+    assert listed["cyclegan"]["registers"] == {"translators": ["cyclegan"]}
+    assert listed["good"]["registers"] == {"translators": ["cyclegan2"]}
+    assert "ModuleNotFoundError" in listed["importerror"]["error"]
+
+
+def test_plugins_command_text(styletx):
+    result = styletx("plugins")
+    assert result.exit_code == 0
+    assert "cyclegan 0.1.0 (built-in)" in result.stdout and "translators: cyclegan" in result.stdout

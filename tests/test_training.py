@@ -1,0 +1,122 @@
+"""Training end to end: the run folder, resume, and learning a transform with a known answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from styletx.demo import score_folder
+from styletx.plugins.cyclegan import CycleGAN
+from styletx.runs import load_resume
+from styletx.training import TrainingInterrupted, TrainSettings, train
+
+
+def settings(steps: int, **kw) -> TrainSettings:
+    base = dict(steps=steps, size=16, batch_size=2, device="cpu", progress=False,
+                save_every=1000, preview_every=1000, log_every=1)
+    return TrainSettings(**{**base, **kw})
+
+
+def test_run_folder_contents(scenes, tmp_path):
+    run = tmp_path / "run"
+    result = train(scenes["a"], scenes["b"], run, preset="tiny", settings=settings(3))
+    assert result.step == 3
+    config = json.loads((run / "config.json").read_text())
+    assert config["translator"] == "cyclegan" and config["step"] == 3
+    assert config["encoders"]["a"]["name"] == "rgb" and config["train"]["size"] == 16
+    weights = load_file(run / "model.safetensors")
+    assert any(k.startswith("net.G_A.") for k in weights)
+    state = load_resume(run)  # weights_only=True: no code can run from the file
+    assert state["step"] == 3 and set(state["optimizers"]) == set(state["schedulers"])
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and "G_A" in log[-1]["losses"]
+    assert (run / "samples" / "step-000003.png").is_file()
+    assert not list(run.glob(".*tmp*"))  # atomic writes leave no temporary files
+
+
+def test_resume_after_interruption_gives_identical_weights(scenes, tmp_path, monkeypatch):
+    """2N uninterrupted steps == N steps, Ctrl-C, then the same command again (bit-exact on CPU:
+    optimizer, scheduler, image pools, torch RNG and the data sampler are all restored)."""
+    n = 5  # Ctrl-C arrives during step n - 1, so the run stops and saves after n steps
+    straight = train(scenes["a"], scenes["b"], tmp_path / "straight", preset="tiny",
+                     settings=settings(2 * n))
+
+    original = CycleGAN.training_step
+
+    def interrupt_at_n(self, batch, step):
+        if step == n - 1:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, mid-step
+        return original(self, batch, step)
+
+    monkeypatch.setattr(CycleGAN, "training_step", interrupt_at_n)
+    with pytest.raises(TrainingInterrupted, match=f"step {n}"):
+        train(scenes["a"], scenes["b"], tmp_path / "resumed", preset="tiny",
+              settings=settings(2 * n))
+    assert load_resume(tmp_path / "resumed")["step"] == n
+    monkeypatch.setattr(CycleGAN, "training_step", original)
+    resumed = train(scenes["a"], scenes["b"], tmp_path / "resumed", settings=settings(2 * n))
+
+    assert resumed.step == straight.step == 2 * n
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    sa, sb = load_resume(tmp_path / "straight"), load_resume(tmp_path / "resumed")
+    assert sa["schedulers"] == sb["schedulers"]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "log.jsonl").open()]
+    assert steps == list(range(1, 2 * n + 1))  # no duplicated log lines after resume
+
+
+def test_resume_refuses_contradicting_options(scenes, tmp_path):
+    from styletx.errors import UsageError
+
+    train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny", settings=settings(2))
+    with pytest.raises(UsageError, match="--size 16, not 24"):
+        train(scenes["a"], scenes["b"], tmp_path / "run", settings=settings(4, size=24))
+
+
+def test_finished_run_is_not_retrained(scenes, tmp_path):
+    train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny", settings=settings(2))
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    result = train(scenes["a"], scenes["b"], tmp_path / "run", settings=settings(2))
+    assert result.step == 2
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+
+
+def test_crash_while_saving_keeps_previous_checkpoint(scenes, tmp_path, monkeypatch):
+    import styletx.runs as runs
+
+    train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny", settings=settings(2))
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+
+    def crash(tensors, path, metadata=None):
+        path.write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(runs, "save_file", crash)
+    with pytest.raises(OSError):
+        train(scenes["a"], scenes["b"], tmp_path / "run", settings=settings(4))
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+    assert not list((tmp_path / "run").glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_tiny_cyclegan_learns_the_hidden_colour_transform(tmp_path):
+    """B is A under a fixed colour transform; trained on disjoint unpaired halves, held-out
+    conversions must be closer to the true answers than the untouched inputs are."""
+    from styletx.convert import load_run
+    from styletx.demo import make_image_dataset
+
+    data = make_image_dataset(tmp_path / "data", n_train=32, n_test=6, size=48, seed=1)
+    train(data["a"], data["b"], tmp_path / "run", preset="tiny",
+          settings=settings(300, size=32, batch_size=4, log_every=50))
+    load_run(tmp_path / "run", device="cpu").convert_files([data["test_a"]], tmp_path / "out")
+    before, after = score_folder(tmp_path / "out", data["test_a"], data["test_b"])
+    print(f"PSNR untouched {before:.2f} dB, converted {after:.2f} dB")
+    assert after > before + 3.0
