@@ -60,7 +60,9 @@ class Run:
         _check_direction(direction)
         h, w = x.shape[-2:]
         m = self.translator.size_multiple
-        pad_h, pad_w = -h % m, -w % m
+        # Round up to the multiple, and to at least two multiples so that even a tiny input
+        # keeps more than one element at the network's coarsest scale (instance norm needs it).
+        pad_h, pad_w = max(-h % m, 2 * m - h), max(-w % m, 2 * m - w)
         if pad_h or pad_w:
             # Reflection hides the border best; tiny inputs can only be replicated.
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
@@ -165,4 +167,6 @@ def _check_direction(direction: str) -> None:
 
 
 def _sides(direction: str) -> tuple[str, str]:
+    """"a2b" -> ("a", "b")."""
+    _check_direction(direction)
     return (direction[0], direction[2])
