@@ -33,7 +33,22 @@ def make_config(cls: type[Translator], preset: str, overrides: dict[str, Any]) -
         raise UsageError(
             f"unknown setting {unknown[0]!r} for {cls.name} (settings: {', '.join(fields)})"
         )
+    for key, value in overrides.items():
+        _check_type(cls, key, value, fields[key])
     return cls.Config(**values)
+
+
+def _check_type(cls: type[Translator], key: str, value: Any, field: dataclasses.Field) -> None:
+    """Refuse ``--set ngf=abc`` with a clear message instead of failing deep in the model."""
+    default = field.default
+    if default is dataclasses.MISSING or default is None:
+        return
+    expected = (int, float) if type(default) is float else type(default)
+    if isinstance(value, bool) and not isinstance(default, bool) or not isinstance(value, expected):
+        raise UsageError(
+            f"--set {key}={value!r}: {cls.name} expects {type(default).__name__} "
+            f"(default {default!r})"
+        )
 
 
 def parse_settings(items: tuple[str, ...]) -> dict[str, Any]:

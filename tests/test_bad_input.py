@@ -164,3 +164,8 @@ def test_truncated_weights(styletx, trained_run, data, tmp_path):
 def test_bad_direction(styletx, trained_run, data, tmp_path):
     result = styletx("convert", trained_run, data["test_a"], "-o", tmp_path / "out", "-d", "x2y")
     assert_usage_error(result, "--direction")
+
+
+def test_setting_of_the_wrong_type(styletx, data, tmp_path):
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "run", "--set", "ngf=wide"))
+    assert_usage_error(result, "ngf", "expects int")
