@@ -94,7 +94,8 @@ def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, see
           domain, encoder, save_every, preview_every, log_every, amp):
     """Train a model that turns files like A_DIR's into files like B_DIR's."""
     from styletx.model import parse_settings
-    from styletx.training import TrainSettings, train as run_training
+    from styletx.training import TrainSettings
+    from styletx.training import train as run_training
 
     out = out or Path("runs") / f"{a_dir.name}2{b_dir.name}"
     result = run_training(
@@ -159,7 +160,8 @@ def plugins(as_json):
 @cli.command()
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("styletx-demo"),
               show_default=True, help="Folder for the demo data, run and results.")
-@click.option("--steps", type=int, default=None, help="Training steps (default: the tiny preset's).")
+@click.option("--steps", type=int, default=None,
+              help="Training steps (default: the tiny preset's).")
 @click.option("--device", default="auto", show_default=True)
 @reports_errors
 def demo(out, steps, device):

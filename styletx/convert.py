@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,9 @@ class Run:
         try:
             load_model_tensors(self.translator, self.encoders, tensors)
         except (RuntimeError, KeyError) as exc:
-            raise StyletxError(f"{path / WEIGHTS}: does not match {path / CONFIG} ({exc})") from None
+            raise StyletxError(
+                f"{path / WEIGHTS}: does not match {path / CONFIG} ({exc})"
+            ) from None
         self.device = pick_device(device)
         self.translator.to(self.device, amp=False)
         self.translator.train(False)

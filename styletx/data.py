@@ -54,7 +54,9 @@ class FolderData:
     skipped: list[tuple[Path, str]]
 
 
-def load_folder(folder: Path, domain: Domain, option: str, exclude: Path | None = None) -> FolderData:
+def load_folder(
+    folder: Path, domain: Domain, option: str, exclude: Path | None = None
+) -> FolderData:
     """Load every file of ``folder`` that ``domain`` reads; report and skip the rest."""
     files = [f for f in list_files(folder) if exclude is None or not is_inside(f, exclude)]
     if not files:

@@ -75,15 +75,17 @@ def build_from_config(config: dict[str, Any], registry: Registry):
     if missing:
         raise StyletxError(f"this run needs {missing}, which no loaded plugin provides")
     domain: Domain = registry.domain(config["domain"])
+    records = config["encoders"]
     encoders = {
-        side: registry.encoder(config["encoders"][side]["name"])(**config["encoders"][side]["params"])
-        for side in SIDES
+        side: registry.encoder(records[side]["name"])(**records[side]["params"]) for side in SIDES
     }
     cls = registry.translator(config["translator"])
     try:
         translator_config = cls.Config(**config["config"])
     except TypeError as exc:  # the plugin's settings changed since the run was trained
-        raise StyletxError(f"the run's {cls.name} settings do not fit the installed plugin ({exc})")
+        raise StyletxError(
+            f"the run's {cls.name} settings do not fit the installed plugin ({exc})"
+        ) from None
     translator = cls(translator_config, encoders["a"].channels, encoders["b"].channels)
     return domain, encoders, translator
 

@@ -102,12 +102,13 @@ def train(
     registry = registry or get_registry()
     settings = settings or TrainSettings()
     overrides = overrides or {}
-    a_dir, b_dir, out = check_folder(Path(a_dir), "A_DIR"), check_folder(Path(b_dir), "B_DIR"), Path(out)
+    a_dir, b_dir = check_folder(Path(a_dir), "A_DIR"), check_folder(Path(b_dir), "B_DIR")
+    out = Path(out)
     if a_dir == b_dir:
         raise UsageError(f"A_DIR and B_DIR are the same folder ({a_dir})")
     for folder in (a_dir, b_dir):
         if is_inside(out, folder):
-            raise UsageError(f"--out {out} is inside the input folder {folder}; put the run elsewhere")
+            raise UsageError(f"--out {out} is inside the input folder {folder}; choose another")
     saved = _saved_config(out)
     if saved:
         return _resume(saved, a_dir, b_dir, out, model, preset, overrides, settings, registry)
@@ -160,7 +161,8 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     train_values = run_config["train"]
     total, start = train_values["steps"], run_config["step"]
     if start >= total:
-        log.info("%s is already trained to step %d of %d; raise --steps to continue", out, start, total)
+        log.info("%s is already trained to step %d of %d; raise --steps to continue",
+                 out, start, total)
         return TrainResult(out, start, {})
     device = pick_device(settings.device)
     translator.to(device, amp=settings.amp)
@@ -178,7 +180,7 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CONFIG, run_config)
     preview_batch = sampler.fixed_batch()
-    step, losses, saved_step = start, {}, start
+    step, losses = start, {}
     bar = tqdm(total=total, initial=start, file=sys.stderr, dynamic_ncols=True,
                disable=None if settings.progress else True, unit="step")
     tick, tick_step = time.perf_counter(), start
