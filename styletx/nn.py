@@ -71,7 +71,7 @@ def _padding_mode(padding: str) -> str:
 
 
 class ResnetBlock(nn.Module):
-    """``x + conv-norm-relu-[dropout]-conv-norm(x)`` with 3x3 convs; ``(N, dim, H, W)`` in and out."""
+    """``x + conv-norm-relu-[dropout]-conv-norm(x)``, 3x3 convs; ``(N, dim, H, W)`` in and out."""
 
     def __init__(self, dim: int, norm: str = "instance", padding: str = "reflect",
                  dropout: float = 0.0):
@@ -186,6 +186,9 @@ class ImagePool:
         if self.size == 0:
             return images
         images = images.detach()
+        stored = self.images[0] if self.images else images
+        if (stored.device, stored.dtype) != (images.device, images.dtype):  # e.g. resumed
+            self.images = [image.to(images) for image in self.images]
         swap = (torch.rand(len(images)) > 0.5).tolist()
         slot = torch.randint(self.size, (len(images),)).tolist()
         out = []
@@ -194,7 +197,7 @@ class ImagePool:
                 self.images.append(image.clone())
                 out.append(image)
             elif do_swap:
-                out.append(self.images[i].to(image))  # may come from a checkpoint on the CPU
+                out.append(self.images[i])
                 self.images[i] = image.clone()
             else:
                 out.append(image)
