@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from styletx import __version__
+from styletx.demo import DEMO_STEPS
 from styletx.errors import StyletxError
 
 log = logging.getLogger("styletx")
@@ -116,9 +117,11 @@ def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, see
               help="Output folder; names mirror the inputs.")
 @click.option("--direction", "-d", default="a2b", show_default=True, help="a2b or b2a.")
 @click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option("--format", "out_format", default=None,
+              help="Output format by suffix, e.g. png (default: each input's own).")
 @click.option("--device", default="auto", show_default=True)
 @reports_errors
-def convert(run, inputs, out_dir, direction, batch_size, device):
+def convert(run, inputs, out_dir, direction, batch_size, out_format, device):
     """Convert files and folders (recursively) with the model in RUN."""
     from tqdm import tqdm
 
@@ -132,7 +135,8 @@ def convert(run, inputs, out_dir, direction, batch_size, device):
             if problem:
                 tqdm.write(f"Error: {src}: {problem}", file=sys.stderr)
 
-        report = model.convert_files(inputs, out_dir, direction, batch_size, on_file=on_file)
+        report = model.convert_files(inputs, out_dir, direction, batch_size, on_file=on_file,
+                                     out_format=out_format)
     click.echo(f"converted {len(report.converted)} file(s) into {out_dir}"
                + (f"; {len(report.failed)} failed" if report.failed else ""))
     if report.failed:
@@ -160,8 +164,8 @@ def plugins(as_json):
 @cli.command()
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("styletx-demo"),
               show_default=True, help="Folder for the demo data, run and results.")
-@click.option("--steps", type=int, default=None,
-              help="Training steps (default: the tiny preset's).")
+@click.option("--steps", type=int, default=DEMO_STEPS, show_default=True,
+              help="Training steps.")
 @click.option("--device", default="auto", show_default=True)
 @reports_errors
 def demo(out, steps, device):

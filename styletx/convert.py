@@ -91,16 +91,19 @@ class Run:
         direction: str = "a2b",
         batch_size: int = 1,
         on_file: Callable[[Path, Path | None, str | None], None] | None = None,
+        out_format: str | None = None,
     ) -> ConversionReport:
         """Convert files and folders (recursively) into ``out_dir``, mirroring relative paths.
 
         A file that cannot be read is reported (``on_file(src, None, problem)``) and skipped; the
-        rest are converted. Inputs of equal size are translated ``batch_size`` at a time.
+        rest are converted. Inputs of equal size are translated ``batch_size`` at a time. Outputs
+        keep each input's format unless ``out_format`` (a suffix such as "png") says otherwise.
         """
         _check_direction(direction)
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
-        out_dir, jobs = Path(out_dir), self._plan(inputs, Path(out_dir))
+        suffix = self._output_suffix(out_format)
+        out_dir, jobs = Path(out_dir), self._plan(inputs, Path(out_dir), suffix)
         report = ConversionReport()
         on_file = on_file or (lambda *_: None)
         pending: list[tuple[Path, Path, Sample, torch.Tensor]] = []
@@ -119,7 +122,18 @@ class Run:
         self._flush(pending, direction, report, on_file)
         return report
 
-    def _plan(self, inputs: Iterable[Path | str], out_dir: Path) -> list[tuple[Path, Path]]:
+    def _output_suffix(self, out_format: str | None) -> str | None:
+        if out_format is None:
+            return None
+        suffix = "." + out_format.lower().lstrip(".")
+        if suffix not in self.domain.extensions:
+            known = ", ".join(e.lstrip(".") for e in self.domain.extensions)
+            raise UsageError(f"--format {out_format}: not a {self.domain.name} format ({known})")
+        return suffix
+
+    def _plan(
+        self, inputs: Iterable[Path | str], out_dir: Path, suffix: str | None
+    ) -> list[tuple[Path, Path]]:
         jobs, seen = [], {}
         for item in map(Path, inputs):
             ignored = []
@@ -132,6 +146,7 @@ class Run:
                     ignored.append(src)  # folders may hold other files; named files are tried
                     continue
                 dst = out_dir / rel.parent / self.domain.output_name(src)
+                dst = dst.with_suffix(suffix) if suffix else dst
                 if dst in seen:
                     raise UsageError(f"{src} and {seen[dst]} would both be written to {dst}")
                 seen[dst] = src

