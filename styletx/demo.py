@@ -18,9 +18,12 @@ from .metrics import psnr
 
 log = logging.getLogger("styletx")
 DEMO_STEPS = 1500  # about two minutes on a 2-core CPU
-# The tiny preset, widened: on the demo task 1000 steps of this reach +4.2 dB PSNR over the
-# untouched inputs, where plain tiny plateaus near +2.5-2.9 dB even after 3000 steps.
-DEMO_SETTINGS = {"ngf": 16, "n_blocks": 3}
+# The tiny preset, widened and with batch norm. Measured on the demo data (PSNR of held-out
+# conversions minus that of the untouched inputs): plain tiny +2.5 dB (1000 steps) to +2.9 dB
+# (3000); ngf 16 + 3 blocks, 1500 steps: +4.5 dB at lr 1e-3, +5.4 dB at lr 2e-4, and +8.4 dB
+# with batch norm (instance norm erases each image's mean colour, the very thing to change here;
+# no norm: +2.7 dB; a residual generator: -2.0 dB).
+DEMO_SETTINGS = {"ngf": 16, "n_blocks": 3, "lr": 2e-4, "norm": "batch"}
 DEMO_IMAGE_SIZE = 40  # close to the training scale (crops of 32 from images loaded at 36)
 
 
