@@ -1,0 +1,82 @@
+"""The audio domain: formats, mono mixing, silence trimming, writing without clipping, and the
+one-line errors for unusable files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from styletx.errors import BadInputError
+from styletx.plugins.audio import AudioDomain, AudioSample
+
+RATE = 22050
+
+
+def tone(seconds=0.5, freq=220.0, amp=0.3):
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("suffix, fmt, subtype", [
+    (".wav", "WAV", "PCM_16"), (".flac", "FLAC", "PCM_16"),
+    (".ogg", "OGG", "VORBIS"), (".mp3", "MP3", "MPEG_LAYER_III"),
+])
+def test_reads_each_format_and_mixes_stereo_to_mono(tmp_path, suffix, fmt, subtype):
+    left, right = tone(freq=220), tone(freq=330)
+    path = tmp_path / f"voice{suffix}"
+    sf.write(path, np.stack([left, right], axis=1), RATE, format=fmt, subtype=subtype)
+    sample = AudioDomain().load(path)
+    assert sample.rate == RATE and sample.format == fmt and sample.wave.ndim == 1
+    assert abs(len(sample.wave) - len(left)) < 0.05 * RATE  # codecs may pad a little
+    if fmt in ("WAV", "FLAC"):  # lossless: exactly the mean of the channels
+        assert np.allclose(sample.wave, (left + right) / 2, atol=1e-4)
+
+
+def test_writes_wav_and_flac_without_clipping(tmp_path):
+    loud = AudioSample(tone(amp=1.0) * 1.7, RATE)
+    domain = AudioDomain()
+    for suffix in (".wav", ".flac"):
+        domain.save(loud, tmp_path / f"out{suffix}")
+        back, rate = sf.read(tmp_path / f"out{suffix}", dtype="float32")
+        assert rate == RATE and np.abs(back).max() <= 1.0
+        ratio = back / np.where(np.abs(loud.wave) > 0.1, loud.wave, np.nan)
+        assert np.nanstd(ratio) < 1e-3  # scaled as a whole, not clipped
+
+
+def test_output_container_follows_the_input():
+    domain = AudioDomain()
+    assert domain.output_name(Path("a/b.flac")) == "b.flac"
+    assert domain.output_name(Path("a/b.mp3")) == "b.wav"
+    assert domain.output_name(Path("a/b.ogg")) == "b.wav"
+
+
+def test_training_preparation_trims_silence():
+    wave = np.concatenate([np.zeros(RATE, np.float32), tone(1.0), np.zeros(RATE, np.float32)])
+    trimmed = AudioDomain().prepare_for_training(AudioSample(wave, RATE), 64)
+    assert 0.9 * RATE < len(trimmed.wave) < 1.2 * RATE
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
+    (lambda p: p.write_text("just some text, not a recording"), "not an audio file"),
+    (lambda p: sf.write(p, np.zeros(RATE, np.float32), RATE), "pure silence"),
+    (lambda p: (sf.write(p.with_suffix(".flac"), tone(2.0), RATE),
+                p.write_bytes(p.with_suffix(".flac").read_bytes()[:3000])), "corrupt"),
+])
+def test_unusable_files_get_one_line_errors(tmp_path, make, problem):
+    path = tmp_path / "bad.wav"
+    make(path)
+    if problem == "corrupt":
+        path = path.rename(tmp_path / "bad.flac")
+    with pytest.raises(BadInputError) as err:
+        AudioDomain().load(path)
+    assert problem in str(err.value) and str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unsupported_extension_is_not_handled(tmp_path):
+    assert not AudioDomain().handles(tmp_path / "song.aac")
+    assert AudioDomain().handles(tmp_path / "SONG.MP3")
