@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from styletx.plugins import image
-from styletx.plugins.image import GrayEncoder, ImageDomain, ImageSample, RGBEncoder
 
 from styletx import BadInputError, UsageError
+from styletx.plugins import image
+from styletx.plugins.image import GrayEncoder, ImageDomain, ImageSample, RGBEncoder
 
 H, W = 24, 40
 
@@ -323,7 +323,6 @@ def test_domain_rules(domain, tmp_path):
 
 def test_plugin_registers_through_the_registry(monkeypatch):
     import styletx.plugins
-
     from styletx.registry import Registry
 
     # Only this plugin, so the test does not depend on the other built-ins.
