@@ -71,6 +71,9 @@ class CycleGANConfig:
                                  f"not {value!r}")
         if min(self.ngf, self.ndf, self.n_layers_d) < 1 or self.n_blocks < 0:
             raise UsageError("cyclegan: ngf, ndf and n_layers_d must be >= 1, n_blocks >= 0")
+        if self.lr <= 0 or self.pool_size < 0 or min(self.lambda_cycle, self.lambda_identity) < 0:
+            raise UsageError("cyclegan: lr must be > 0; pool_size, lambda_cycle and "
+                             "lambda_identity must be >= 0")
         if not 0.0 <= self.decay_start <= 1.0:
             raise UsageError(f"cyclegan: decay_start must be in [0, 1], not {self.decay_start}")
 

@@ -3,6 +3,7 @@
 Public API::
 
     import styletx
+    styletx.train("photos/summer", "photos/winter", "runs/summer2winter", preset="tiny")
     run = styletx.load_run("runs/summer2winter")
     run.convert_files(["photo.jpg"], "out/")        # or run.convert_array(pixels)
 
@@ -12,9 +13,12 @@ Plugins subclass ``Domain``, ``Encoder`` and ``Translator`` and register them wi
 
 __version__ = "0.1.0"
 
+
+from .convert import load_run  # noqa: E402
 from .errors import BadInputError, StyletxError, UsageError
 from .hookspecs import hookimpl
 from .interfaces import DIRECTIONS, Domain, Encoder, Preset, Translator
+from .training import TrainSettings, train  # noqa: E402
 
 __all__ = [
     "DIRECTIONS",
@@ -22,9 +26,12 @@ __all__ = [
     "Domain",
     "Encoder",
     "Preset",
+    "TrainSettings",
     "StyletxError",
     "Translator",
     "UsageError",
     "__version__",
     "hookimpl",
+    "load_run",
+    "train",
 ]

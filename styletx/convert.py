@@ -70,7 +70,8 @@ class Run:
             # Reflection hides the border best; tiny inputs can only be replicated.
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        y = self.translator.translate(x.to(self.device), direction)
+        with torch.inference_mode():
+            y = self.translator.translate(x.to(self.device), direction)
         return y[..., :h, :w].float().cpu()
 
     def convert_sample(self, sample: Sample, direction: str = "a2b") -> Sample:
@@ -110,6 +111,9 @@ class Run:
         source, _ = _sides(direction)
         for src, dst in jobs:
             try:
+                if dst is None:
+                    kinds = " ".join(self.domain.extensions)
+                    raise BadInputError(src, f"not a {self.domain.name} file ({kinds})")
                 sample = self.domain.load(src)
                 x = self.encoders[source].encode(sample)
             except BadInputError as err:
@@ -133,8 +137,10 @@ class Run:
 
     def _plan(
         self, inputs: Iterable[Path | str], out_dir: Path, suffix: str | None
-    ) -> list[tuple[Path, Path]]:
-        jobs, seen = [], {}
+    ) -> list[tuple[Path, Path | None]]:
+        """(input, output) for every file; output None for a named file of another kind."""
+        jobs: list[tuple[Path, Path | None]] = []
+        seen: dict[Path, Path] = {}
         for item in map(Path, inputs):
             ignored = []
             if not item.exists():
@@ -142,11 +148,16 @@ class Run:
             if item.is_dir() and is_inside(out_dir, item):
                 raise UsageError(f"-o {out_dir} is inside the input folder {item}; choose another")
             for src, rel in expand_inputs([item]):
-                if item.is_dir() and not self.domain.handles(src):
-                    ignored.append(src)  # folders may hold other files; named files are tried
+                if not self.domain.handles(src):
+                    if item.is_dir():
+                        ignored.append(src)  # folders may hold other files
+                    else:
+                        jobs.append((src, None))  # a named file must not be passed over
                     continue
                 dst = out_dir / rel.parent / self.domain.output_name(src)
                 dst = dst.with_suffix(suffix) if suffix else dst
+                if dst.resolve() == src.resolve():
+                    raise UsageError(f"{src}: the output would overwrite the input; use another -o")
                 if dst in seen:
                     raise UsageError(f"{src} and {seen[dst]} would both be written to {dst}")
                 seen[dst] = src

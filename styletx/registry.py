@@ -52,8 +52,13 @@ class Registry:
     def load(self, autoload: bool | None = None) -> Registry:
         builtins = importlib.import_module("styletx.plugins")
         for module_name in builtins.BUILTIN_PLUGINS:
-            module = importlib.import_module(module_name)
-            self._add(module_name.rsplit(".", 1)[-1], module, __version__, builtin=True)
+            name = module_name.rsplit(".", 1)[-1]
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as exc:  # noqa: BLE001 -- e.g. a missing optional dependency
+                self.plugins.append(PluginInfo(name, __version__, True, error=_one_line(exc)))
+                continue
+            self._add(name, module, __version__, builtin=True)
         if autoload is None:
             autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "").lower() in ("", "0", "false", "no")
         if autoload:

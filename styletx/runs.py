@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from .errors import StyletxError, UsageError
 CONFIG, WEIGHTS, RESUME, LOG, SAMPLES = (
     "config.json", "model.safetensors", "resume.pt", "log.jsonl", "samples",
 )
+PREVIOUS = ".previous"  # the checkpoint pair before the last one
+REQUIRED_KEYS = ("translator", "config", "domain", "encoders", "data", "train", "step")
 
 
 @contextlib.contextmanager
@@ -65,9 +68,13 @@ def read_config(run: Path) -> dict[str, Any]:
     if not is_run_folder(run):
         raise UsageError(f"{run}: not a styletx run folder (no {CONFIG})")
     try:
-        return json.loads((run / CONFIG).read_text())
+        config = json.loads((run / CONFIG).read_text())
     except (OSError, ValueError) as exc:
         raise StyletxError(f"{run / CONFIG}: unreadable run config ({exc})") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise UsageError(f"{run}: not a styletx run folder ({CONFIG} lacks {', '.join(missing)})")
+    return config
 
 
 def save_weights(run: Path, tensors: dict[str, torch.Tensor], step: int) -> None:
@@ -90,8 +97,50 @@ def load_weights(run: Path) -> tuple[dict[str, torch.Tensor], int]:
     return tensors, step
 
 
-def save_resume(run: Path, state: dict[str, Any]) -> None:
+def save_checkpoint(run: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any],
+                    step: int) -> None:
+    """Weights and resume state of one step. Each file is replaced atomically, and the pair
+    before is kept (hard links in ``.previous/``), so a crash between the two replacements still
+    leaves a matching pair for ``load_checkpoint``."""
+    _keep_previous(run)
+    save_weights(run, tensors, step)
     write_atomic(run / RESUME, lambda tmp: torch.save(state, tmp))
+
+
+def _keep_previous(run: Path) -> None:
+    if not ((run / WEIGHTS).is_file() and (run / RESUME).is_file()):
+        return
+    tmp = run / f".previous.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name in (WEIGHTS, RESUME):
+        try:
+            os.link(run / name, tmp / name)
+        except OSError:  # a file system without hard links
+            shutil.copy2(run / name, tmp / name)
+    shutil.rmtree(run / PREVIOUS, ignore_errors=True)
+    os.replace(tmp, run / PREVIOUS)
+
+
+def load_checkpoint(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The newest weights and resume state saved at the same step (see ``save_checkpoint``)."""
+    tensors, step = load_weights(run)
+    state = load_resume(run)
+    if state["step"] == step:
+        return tensors, state
+    previous = run / PREVIOUS
+    for weights_dir, resume_dir in ((run, previous), (previous, run), (previous, previous)):
+        try:
+            other_tensors, other_step = load_weights(weights_dir)
+            other_state = load_resume(resume_dir)
+        except StyletxError:
+            continue
+        if other_step == other_state["step"]:
+            return other_tensors, other_state
+    raise StyletxError(
+        f"{run}: weights (step {step}) and resume state (step {state['step']}) disagree and no "
+        "earlier matching pair exists; the last save was cut short"
+    )
 
 
 def load_resume(run: Path) -> dict[str, Any]:
@@ -119,6 +168,11 @@ def truncate_log(run: Path, step: int) -> None:
     path = run / LOG
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:
+            continue  # a line cut short by a kill
     write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))

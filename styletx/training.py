@@ -42,11 +42,9 @@ from .runs import (
     WEIGHTS,
     append_log,
     is_run_folder,
-    load_resume,
-    load_weights,
+    load_checkpoint,
     read_config,
-    save_resume,
-    save_weights,
+    save_checkpoint,
     truncate_log,
     write_json,
 )
@@ -111,7 +109,8 @@ def train(
             raise UsageError(f"--out {out} is inside the input folder {folder}; choose another")
     saved = _saved_config(out)
     if saved:
-        return _resume(saved, a_dir, b_dir, out, model, preset, overrides, settings, registry)
+        return _resume(saved, a_dir, b_dir, out, model, preset, overrides, settings, domain,
+                       encoder, registry)
     cls = registry.translator(model or "cyclegan")
     preset = preset or "default"
     config = make_config(cls, preset, overrides)
@@ -137,33 +136,36 @@ def train(
     }
     torch.manual_seed(settings.seed)  # weight initialisation
     translator = cls(config, encoders["a"].channels, encoders["b"].channels)
-    return _run_loop(run_config, dom, encoders, translator, folders, out, settings, resume=False)
+    return _run_loop(run_config, dom, encoders, translator, folders, out, settings, None)
 
 
-def _resume(saved, a_dir, b_dir, out, model, preset, overrides, settings, registry):
-    _check_same(saved, a_dir, b_dir, model, preset, overrides, settings)
+def _resume(saved, a_dir, b_dir, out, model, preset, overrides, settings, domain, encoder,
+            registry):
+    _check_same(saved, a_dir, b_dir, model, preset, overrides, settings, domain, encoder)
     if settings.steps is not None:
+        if settings.steps < 1:
+            raise UsageError(f"--steps must be at least 1 (got {settings.steps})")
         saved["train"]["steps"] = settings.steps
     dom, encoders, translator = build_from_config(saved, registry)
-    tensors, step = load_weights(out)
+    tensors, state = load_checkpoint(out)
     try:
         load_model_tensors(translator, encoders, tensors)
     except (RuntimeError, KeyError) as exc:
         raise StyletxError(f"{out / WEIGHTS}: does not match {out / CONFIG} ({exc})") from None
+    saved["step"] = state["step"]
+    if saved["step"] >= saved["train"]["steps"]:
+        log.info("%s is already trained to step %d of %d; raise --steps to continue",
+                 out, saved["step"], saved["train"]["steps"])
+        return TrainResult(out, saved["step"], {})
     folders = _load_folders(dom, a_dir, b_dir, out, saved["train"]["size"])
-    log.info("resuming %s from step %d", out, step)
-    saved["step"] = step
-    return _run_loop(saved, dom, encoders, translator, folders, out, settings, resume=True)
+    log.info("resuming %s from step %d", out, saved["step"])
+    return _run_loop(saved, dom, encoders, translator, folders, out, settings, state)
 
 
 def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: Path,
-              settings: TrainSettings, resume: bool) -> TrainResult:
+              settings: TrainSettings, resume_state: dict[str, Any] | None) -> TrainResult:
     train_values = run_config["train"]
     total, start = train_values["steps"], run_config["step"]
-    if start >= total:
-        log.info("%s is already trained to step %d of %d; raise --steps to continue",
-                 out, start, total)
-        return TrainResult(out, start, {})
     device = pick_device(settings.device)
     translator.to(device, amp=settings.amp)
     translator.configure_optimizers(total)
@@ -174,8 +176,8 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
         crop, train_values["batch_size"], dom.flip_augment, translator.paired,
         seed=train_values["seed"],
     )
-    if resume:
-        _load_training_state(out, translator, sampler)
+    if resume_state is not None:
+        _load_training_state(resume_state, translator, sampler)
         truncate_log(out, start)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CONFIG, run_config)
@@ -238,27 +240,20 @@ class _StopAtStepBoundary:
 # -- checkpoints ------------------------------------------------------------------------------
 
 def _save_checkpoint(out, run_config, step, translator, encoders, sampler) -> None:
-    save_weights(out, model_tensors(translator, encoders), step)
-    save_resume(out, {
+    save_checkpoint(out, model_tensors(translator, encoders), {
         "step": step,
         "optimizers": {k: o.state_dict() for k, o in translator.optimizers.items()},
         "schedulers": {k: s.state_dict() for k, s in translator.schedulers.items()},
         "translator": translator.extra_state(),
         "sampler": sampler.state_dict(),
         "rng": _rng_state(),
-    })
+    }, step)
     run_config["step"] = step
     write_json(out / CONFIG, run_config)
 
 
-def _load_training_state(out: Path, translator: Translator, sampler: CropSampler) -> None:
-    state = load_resume(out)
-    _, weights_step = load_weights(out)
-    if state["step"] != weights_step:
-        raise StyletxError(
-            f"{out}: weights (step {weights_step}) and resume state (step {state['step']}) "
-            "disagree; the last save was cut short"
-        )
+def _load_training_state(state: dict[str, Any], translator: Translator,
+                         sampler: CropSampler) -> None:
     for kind in ("optimizers", "schedulers"):
         for name, obj in getattr(translator, kind).items():
             obj.load_state_dict(state[kind][name])
@@ -312,10 +307,13 @@ def _train_values(cls: type[Translator], preset: str, settings: TrainSettings) -
 
 
 def _check_size_multiple(crop: tuple[int | None, int], translator: Translator) -> None:
+    """Crops must be a multiple of the network's and, like conversion's padding, at least two
+    multiples (so the coarsest scale keeps more than one element)."""
     multiple = translator.size_multiple
     for size in crop:
-        if size is not None and size % multiple:
-            raise UsageError(f"--size {size}: {translator.name} needs a multiple of {multiple}")
+        if size is not None and (size % multiple or size < 2 * multiple):
+            raise UsageError(f"--size {size}: {translator.name} needs a multiple of {multiple} "
+                             f"of at least {2 * multiple}")
 
 
 def _guess_domain(registry: Registry, a_dir: Path, b_dir: Path) -> Domain:
@@ -356,7 +354,8 @@ def _saved_config(out: Path) -> dict[str, Any] | None:
     return None
 
 
-def _check_same(saved, a_dir, b_dir, model, preset, overrides, settings) -> None:
+def _check_same(saved, a_dir, b_dir, model, preset, overrides, settings, domain,
+                encoder) -> None:
     """A resumed run must be the same run: refuse options that contradict the saved ones."""
     given = {
         "--model": (model, saved["translator"]),
@@ -364,6 +363,8 @@ def _check_same(saved, a_dir, b_dir, model, preset, overrides, settings) -> None
         "A_DIR": (str(a_dir), saved["data"]["a"]),
         "B_DIR": (str(b_dir), saved["data"]["b"]),
         "--size": (settings.size, saved["train"]["size"]),
+        "--domain": (domain, saved["domain"]),
+        "--encoder": (encoder, saved["encoders"]["a"]["name"]),
         "--batch-size": (settings.batch_size, saved["train"]["batch_size"]),
     }
     given.update({f"--set {k}": (v, saved["config"].get(k)) for k, v in overrides.items()})

@@ -168,3 +168,45 @@ def test_bad_direction(styletx, trained_run, data, tmp_path):
 def test_setting_of_the_wrong_type(styletx, data, tmp_path):
     result = styletx(*train_args(data["a"], data["b"], tmp_path / "run", "--set", "ngf=wide"))
     assert_usage_error(result, "ngf", "expects int")
+
+
+def test_convert_never_overwrites_its_input(styletx, trained_run, data):
+    src = data["test_a"] / "held000.png"
+    before = src.read_bytes()
+    result = styletx("convert", trained_run, src, "-o", data["test_a"])
+    assert_usage_error(result, "overwrite the input")
+    assert src.read_bytes() == before
+
+
+def test_named_file_of_another_kind_is_reported(styletx, trained_run, data, tmp_path):
+    notes = tmp_path / "notes.dat"
+    notes.write_bytes((data["test_a"] / "held000.png").read_bytes())
+    result = styletx("convert", trained_run, notes, data["test_a"] / "held001.png",
+                     "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert any("notes.dat" in line and "not a image file" in line for line in result.error_lines)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["held001.png"]
+
+
+@pytest.mark.parametrize("setting", ["lr=-1", "pool_size=-1"])
+def test_invalid_setting_values(styletx, data, tmp_path, setting):
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "run", "--set", setting))
+    assert_usage_error(result, "cyclegan:")
+
+
+def test_size_too_small_for_the_network(styletx, data, tmp_path):
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "run", "--size", "4"))
+    assert_usage_error(result, "--size 4", "at least 8")
+
+
+def test_run_folder_with_a_broken_config(styletx, trained_run, data, tmp_path):
+    run = copy_run(trained_run, tmp_path)
+    (run / "config.json").write_text("{}")
+    result = styletx("convert", run, data["test_a"], "-o", tmp_path / "out")
+    assert_usage_error(result, "not a styletx run folder", "lacks")
+
+
+def test_steps_zero_on_an_existing_run(styletx, trained_run, scenes, tmp_path):
+    run = copy_run(trained_run, tmp_path)
+    result = styletx("train", scenes["a"], scenes["b"], "--out", run, "--steps", "0")
+    assert_usage_error(result, "--steps must be at least 1")
