@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 
 import styletx
 
@@ -87,6 +88,8 @@ class AudioDomain(styletx.Domain):
     name = "audio"
     extensions = (".wav", ".flac", ".ogg", ".mp3")
     flip_augment = False  # speech reversed in time is not speech
+    chunk_frames = 256  # conversion works on ~3 s chunks (at 22.05 kHz, hop 256) ...
+    chunk_overlap = 32  # ... cross-faded over ~0.37 s
 
     def load(self, path: Path) -> AudioSample:
         path = Path(path)
@@ -137,7 +140,160 @@ class AudioDomain(styletx.Domain):
     def training_crop(self, size: int) -> tuple[int | None, int]:
         return None, size  # every frequency bin, ``size`` frames
 
+    def save_preview(self, rows, encoders, stem: Path) -> None:
+        """Spectrogram pictures (low frequencies at the bottom) as ``stem.png`` and the audio of
+        every tile as ``stem-<row><col>.wav`` (e.g. ``-a1`` is A translated to B)."""
+        from styletx.previews import save_grid
+
+        # Normalised log spectrograms span about +-3 standard deviations: fit them to [-1, 1].
+        save_grid([[t.flip(-2) / 3 for t in row] for row in rows], stem.with_suffix(".png"))
+        for side, row, row_encoders in zip("ab", rows, encoders):
+            for col, (tensor, encoder) in enumerate(zip(row, row_encoders)):
+                clip = stem.with_name(f"{stem.name}-{side}{col}.wav")
+                self.save(encoder.decode(tensor.float().cpu()), clip)
+
+
+# -----------------------------------------------------------------------------
+# the encoders: normalised log spectrograms, inverted by Griffin-Lim
+
+FEATURE_DEFAULTS = {
+    "rate": 22050,  # Hz; every sample is resampled to this
+    "n_fft": 1024,  # STFT size (46 ms at 22.05 kHz)
+    "hop": 256,  # STFT hop (11.6 ms): one spectrogram frame
+    "n_mels": 80,  # mel bins (mel encoder only)
+    "fmin": 0.0,  # lowest mel frequency in Hz
+    "fmax": None,  # highest mel frequency in Hz; None = rate / 2
+    "log_floor": 1e-5,  # magnitudes are clamped here before the log
+    "gl_iters": 32,  # Griffin-Lim iterations when decoding
+}
+
+
+class SpectrogramEncoder(styletx.Encoder):
+    """Waveform <-> normalised log-magnitude spectrogram ``(1, bins, frames)``.
+
+    Normalisation is per frequency bin, with the mean and standard deviation fitted on one
+    training folder, so each voice keeps its own statistics: a converted spectrogram is
+    de-normalised by the *target* side's encoder (the one that decodes it).
+    """
+
+    domain = "audio"
+    channels = 1
+
+    def __init__(self, **params):
+        unknown = set(params) - set(FEATURE_DEFAULTS)
+        if unknown:
+            raise styletx.UsageError(f"{self.name} encoder: unknown setting {sorted(unknown)[0]!r}")
+        super().__init__(**{**FEATURE_DEFAULTS, **params})
+        p = self.params
+        if p["hop"] < 1 or p["n_fft"] < p["hop"] or p["rate"] < 1000:
+            raise styletx.UsageError(
+                f"{self.name} encoder: need rate >= 1000 and n_fft >= hop >= 1, got {p}"
+            )
+        self.mean = np.zeros(self.bins, np.float32)
+        self.std = np.ones(self.bins, np.float32)
+
+    # -- subclass parts: the log spectrogram and its linear magnitude ------------------------
+    def log_spectrogram(self, wave: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def linear_magnitude(self, log_spec: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- Encoder interface -------------------------------------------------------------------
+    def resample(self, sample: AudioSample) -> np.ndarray:
+        if sample.rate == self.params["rate"]:
+            return sample.wave
+        import librosa
+
+        return librosa.resample(sample.wave, orig_sr=sample.rate, target_sr=self.params["rate"])
+
+    def fit(self, samples: Sequence[AudioSample]) -> None:
+        frames = np.concatenate([self.log_spectrogram(self.resample(s)) for s in samples], axis=1)
+        self.mean = frames.mean(axis=1).astype(np.float32)
+        self.std = np.maximum(frames.std(axis=1), 1e-3).astype(np.float32)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.mean = state["mean"].numpy().astype(np.float32)
+        self.std = state["std"].numpy().astype(np.float32)
+
+    def encode(self, sample: AudioSample) -> torch.Tensor:
+        log_spec = self.log_spectrogram(self.resample(sample))
+        normalised = (log_spec - self.mean[:, None]) / self.std[:, None]
+        return torch.from_numpy(normalised.astype(np.float32))[None]
+
+    def decode(self, tensor: torch.Tensor, like: AudioSample | None = None) -> AudioSample:
+        from styletx.dsp import griffinlim
+
+        log_spec = tensor[0].detach().float().cpu().numpy() * self.std[:, None] + self.mean[:, None]
+        p = self.params
+        length = None  # default: (frames - 1) * hop
+        if like is not None:  # keep the source's duration when it fits the frame count
+            source_length = round(len(like.wave) * p["rate"] / like.rate)
+            if 1 + source_length // p["hop"] == log_spec.shape[1]:
+                length = source_length
+        wave = griffinlim(self.linear_magnitude(log_spec), n_fft=p["n_fft"], hop=p["hop"],
+                          n_iter=p["gl_iters"], length=length)
+        return AudioSample(np.asarray(wave, np.float32), p["rate"], like.format if like else None)
+
+
+class MelEncoder(SpectrogramEncoder):
+    """Log-mel spectrogram (80 bins at 22.05 kHz by default), inverted by a clipped mel
+    pseudo-inverse and Griffin-Lim."""
+
+    name = "mel"
+
+    @property
+    def bins(self) -> int:
+        return self.params["n_mels"]
+
+    def _mel_args(self) -> dict:
+        p = self.params
+        return dict(sr=p["rate"], n_fft=p["n_fft"], n_mels=p["n_mels"], fmin=p["fmin"],
+                    fmax=p["fmax"])
+
+    def log_spectrogram(self, wave: np.ndarray) -> np.ndarray:
+        from styletx.dsp import mel_filterbank, stft_magnitude
+
+        p = self.params
+        mel = mel_filterbank(**self._mel_args()) @ stft_magnitude(wave, p["n_fft"], p["hop"])
+        return np.log(np.maximum(mel, p["log_floor"]))
+
+    def linear_magnitude(self, log_spec: np.ndarray) -> np.ndarray:
+        from styletx.dsp import mel_to_linear
+
+        p = self.params
+        return mel_to_linear(np.exp(log_spec), sr=p["rate"], n_fft=p["n_fft"], fmin=p["fmin"],
+                             fmax=p["fmax"])
+
+
+class StftEncoder(SpectrogramEncoder):
+    """Log-magnitude linear spectrogram (n_fft / 2 + 1 bins), inverted by Griffin-Lim."""
+
+    name = "stft"
+
+    @property
+    def bins(self) -> int:
+        return self.params["n_fft"] // 2 + 1
+
+    def log_spectrogram(self, wave: np.ndarray) -> np.ndarray:
+        from styletx.dsp import stft_magnitude
+
+        p = self.params
+        return np.log(np.maximum(stft_magnitude(wave, p["n_fft"], p["hop"]), p["log_floor"]))
+
+    def linear_magnitude(self, log_spec: np.ndarray) -> np.ndarray:
+        return np.exp(log_spec)
+
 
 @styletx.hookimpl
 def register_domains(register):
     register(AudioDomain)
+
+
+@styletx.hookimpl
+def register_encoders(register):
+    register(MelEncoder)
+    register(StftEncoder)

@@ -59,8 +59,40 @@ class Run:
 
     # -- tensors and samples -----------------------------------------------------------------
     def convert_tensor(self, x: torch.Tensor, direction: str = "a2b") -> torch.Tensor:
-        """Translate a batch ``(N, C, H, W)`` of any H, W (padded to the multiple, cropped back)."""
+        """Translate a batch ``(N, C, H, W)`` of any H, W (padded to the multiple, cropped back).
+
+        For domains with ``chunk_frames`` (audio), inputs wider than that are translated in
+        overlapping chunks along W, cross-faded, so memory stays bounded for any length.
+        """
         _check_direction(direction)
+        chunk = self.domain.chunk_frames
+        if chunk and x.shape[-1] > chunk:
+            return self._convert_chunked(x, direction, chunk, self.domain.chunk_overlap)
+        return self._convert_whole(x, direction)
+
+    def _convert_chunked(self, x: torch.Tensor, direction: str, chunk: int,
+                         overlap: int) -> torch.Tensor:
+        """Chunks of ``chunk`` frames every ``chunk - overlap``; in each overlap the two chunks
+        are blended with complementary linear ramps, so there is no step at the seam."""
+        width = x.shape[-1]
+        starts = list(range(0, width - chunk, chunk - overlap)) + [width - chunk]
+        out, weight = None, torch.zeros(width)
+        for i, start in enumerate(starts):
+            y = self._convert_whole(x[..., start : start + chunk], direction)
+            w = torch.ones(chunk)
+            if i > 0:  # fade in over the overlap with the previous chunk
+                fade = min(overlap, starts[i - 1] + chunk - start)
+                w[:fade] = torch.linspace(0, 1, fade + 2)[1:-1]
+            if i < len(starts) - 1:  # fade out over the overlap with the next chunk
+                fade = min(overlap, start + chunk - starts[i + 1])
+                w[chunk - fade :] = torch.linspace(1, 0, fade + 2)[1:-1]
+            if out is None:
+                out = torch.zeros(*y.shape[:-1], width)
+            out[..., start : start + chunk] += y * w
+            weight[start : start + chunk] += w
+        return out / weight
+
+    def _convert_whole(self, x: torch.Tensor, direction: str) -> torch.Tensor:
         h, w = x.shape[-2:]
         m = self.translator.size_multiple
         # Round up to the multiple, and to at least two multiples so that even a tiny input

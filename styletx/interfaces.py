@@ -28,6 +28,10 @@ class Domain(ABC):
     name: ClassVar[str]
     extensions: ClassVar[tuple[str, ...]]  # lower-case suffixes with the dot, e.g. (".png",)
     flip_augment: ClassVar[bool] = False  # may training mirror examples left-right?
+    # Conversion translates tensors wider than chunk_frames in overlapping, cross-faded chunks
+    # (bounded memory for long recordings); None = always whole (images).
+    chunk_frames: ClassVar[int | None] = None
+    chunk_overlap: ClassVar[int] = 0
 
     def handles(self, path: Path) -> bool:
         return path.suffix.lower() in self.extensions
@@ -63,6 +67,14 @@ class Domain(ABC):
     def training_crop(self, size: int) -> tuple[int | None, int]:
         """(height, width) of a training crop of the encoded tensor; None = full height."""
         return size, size
+
+    def save_preview(self, rows: list[list[torch.Tensor]], encoders: list[list[Encoder]],
+                     stem: Path) -> None:
+        """Write a training preview: ``rows`` of tensors ``(C, H, W)`` (input, translated,
+        reconstructed) and the encoder that decodes each; default: one picture ``stem.png``."""
+        from .previews import save_grid
+
+        save_grid(rows, stem.with_suffix(".png"))
 
 
 class Encoder(ABC):
@@ -119,6 +131,13 @@ class Translator(ABC):
     name: ClassVar[str]
     Config: ClassVar[type]  # a dataclass; every field has a default and a comment
     presets: ClassVar[dict[str, Preset]] = {"default": Preset()}
+    # Presets for one domain replace ``presets`` there, e.g. {"audio": {"default": ..., "tiny":
+    # ...}} for a spectrogram-shaped network and 64-frame crops when the files are audio.
+    domain_presets: ClassVar[dict[str, dict[str, Preset]]] = {}
+
+    @classmethod
+    def presets_for(cls, domain: str) -> dict[str, Preset]:
+        return cls.domain_presets.get(domain, cls.presets)
     paired: ClassVar[bool] = False  # needs (a, b) examples that belong together
 
     device: torch.device = torch.device("cpu")

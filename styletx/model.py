@@ -20,13 +20,18 @@ from .runs import split_prefix
 SIDES = ("a", "b")
 
 
-def make_config(cls: type[Translator], preset: str, overrides: dict[str, Any]) -> Any:
-    """The translator's Config with the preset's values, then the user's overrides, applied."""
-    if preset not in cls.presets:
+def make_config(
+    cls: type[Translator], preset: str, overrides: dict[str, Any], domain: str
+) -> Any:
+    """The translator's Config with the preset's values (for this domain), then the user's
+    overrides, applied."""
+    presets = cls.presets_for(domain)
+    if preset not in presets:
         raise UsageError(
-            f"unknown --preset {preset!r} for {cls.name} (available: {', '.join(cls.presets)})"
+            f"unknown --preset {preset!r} for {cls.name} on {domain} files "
+            f"(available: {', '.join(presets)})"
         )
-    values = {**cls.presets[preset].config, **overrides}
+    values = {**presets[preset].config, **overrides}
     fields = {f.name: f for f in dataclasses.fields(cls.Config)}
     unknown = sorted(set(values) - set(fields))
     if unknown:

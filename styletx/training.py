@@ -24,7 +24,7 @@ from tqdm import tqdm
 from . import __version__
 from .data import CropSampler, check_folder, encode_all, is_inside, list_files, load_folder
 from .errors import StyletxError, UsageError
-from .interfaces import Domain, Encoder, Translator
+from .interfaces import Domain, Encoder, Preset, Translator
 from .model import (
     SIDES,
     build_from_config,
@@ -34,7 +34,6 @@ from .model import (
     model_tensors,
     pick_device,
 )
-from .previews import save_grid
 from .registry import Registry, get_registry
 from .runs import (
     CONFIG,
@@ -113,9 +112,9 @@ def train(
                        encoder, registry)
     cls = registry.translator(model or "cyclegan")
     preset = preset or "default"
-    config = make_config(cls, preset, overrides)
-    train_values = _train_values(cls, preset, settings)
     dom = registry.domain(domain) if domain else _guess_domain(registry, a_dir, b_dir)
+    config = make_config(cls, preset, overrides, dom.name)
+    train_values = _train_values(cls.presets_for(dom.name)[preset], settings)
     folders = _load_folders(dom, a_dir, b_dir, out, train_values["size"])
     encoders = {
         side: registry.encoder(encoder or dom.default_encoder(folders[side]))() for side in SIDES
@@ -201,7 +200,7 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
                 tick, tick_step = time.perf_counter(), step
                 _log_step(out, step, total, losses, rate, translator, quiet=not bar.disable)
             if step % settings.preview_every == 0 or step == total:
-                _save_preview(out, step, translator, preview_batch, device)
+                _save_preview(out, step, translator, preview_batch, device, dom, encoders)
             if step % settings.save_every == 0 or step == total or stop.requested:
                 _save_checkpoint(out, run_config, step, translator, encoders, sampler)
     bar.close()
@@ -285,17 +284,21 @@ def _log_step(out, step, total, losses, rate, translator, quiet: bool) -> None:
         log.info("step %d/%d  %s  (%.1f steps/s)", step, total, _format_losses(losses), rate)
 
 
-def _save_preview(out: Path, step: int, translator: Translator, batch, device) -> None:
+def _save_preview(out: Path, step: int, translator: Translator, batch, device, dom: Domain,
+                  encoders: dict[str, Encoder]) -> None:
     translator.train(False)
     rows = translator.preview({k: v.to(device) for k, v in batch.items()})
     translator.train(True)
-    save_grid(rows, out / SAMPLES / f"step-{step:06d}.png")
+    # The preview layout: row a is (a, a2b, a2b2a), row b is (b, b2a, b2a2b).
+    sides = [["a", "b", "a"], ["b", "a", "b"]]
+    grid = [[encoders[side] for side, _ in zip(s, row)] for s, row in zip(sides, rows)]
+    dom.save_preview(rows, grid, out / SAMPLES / f"step-{step:06d}")
 
 
 # -- setup checks -----------------------------------------------------------------------------
 
-def _train_values(cls: type[Translator], preset: str, settings: TrainSettings) -> dict[str, int]:
-    values = {**TRAIN_DEFAULTS, **cls.presets[preset].train}
+def _train_values(preset: Preset, settings: TrainSettings) -> dict[str, int]:
+    values = {**TRAIN_DEFAULTS, **preset.train}
     for key in TRAIN_DEFAULTS:
         if getattr(settings, key) is not None:
             values[key] = getattr(settings, key)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from styletx.errors import BadInputError
 from styletx.plugins.audio import AudioDomain, AudioSample
@@ -80,3 +81,65 @@ def test_unusable_files_get_one_line_errors(tmp_path, make, problem):
 def test_unsupported_extension_is_not_handled(tmp_path):
     assert not AudioDomain().handles(tmp_path / "song.aac")
     assert AudioDomain().handles(tmp_path / "SONG.MP3")
+
+
+# -- encoders ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def voices():
+    from styletx.synthvoice import HIGH, LOW, utterance
+
+    return {"low": AudioSample(utterance(LOW, 1.5, seed=0), RATE),
+            "high": AudioSample(utterance(HIGH, 1.5, seed=1), RATE)}
+
+
+@pytest.mark.parametrize("name, bins", [("mel", 80), ("stft", 513)])
+def test_encoder_round_trip(voices, name, bins):
+    from styletx.plugins.audio import MelEncoder, StftEncoder
+    from styletx.voice_metrics import mcd
+
+    encoder = {"mel": MelEncoder, "stft": StftEncoder}[name]()
+    encoder.fit([voices["low"]])
+    x = encoder.encode(voices["low"])
+    assert x.shape[:2] == (1, bins) and x.dtype == torch.float32
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 0.05  # fitted statistics
+    back = encoder.decode(x, like=voices["low"])
+    assert back.rate == RATE and len(back.wave) == len(voices["low"].wave)
+    assert mcd(back.wave, voices["low"].wave, RATE) < 2.0  # dB; the two voices differ by far more
+
+
+def test_encoder_state_and_resampling(voices):
+    from styletx.plugins.audio import MelEncoder
+
+    a = MelEncoder(n_mels=64, rate=16000)
+    a.fit([voices["high"]])
+    b = MelEncoder(**a.params)
+    b.load_state_dict(a.state_dict())
+    x = b.encode(voices["high"])  # 22.05 kHz input resampled to 16 kHz
+    assert x.shape[1] == 64 and torch.equal(x, a.encode(voices["high"]))
+    assert b.decode(x).rate == 16000
+
+
+def test_decoding_uses_the_decoders_own_statistics(voices):
+    """A converted spectrogram is de-normalised with the *target* voice's statistics."""
+    from styletx.plugins.audio import MelEncoder
+
+    low, high = MelEncoder(), MelEncoder()
+    low.fit([voices["low"]])
+    high.fit([voices["high"]])
+    x = low.encode(voices["low"])
+    assert not np.allclose(low.mean, high.mean)
+    via_high = high.log_spectrogram(high.decode(x).wave)
+    assert np.abs(via_high.mean(axis=1) - high.mean).mean() < np.abs(
+        via_high.mean(axis=1) - low.mean).mean()
+
+
+def test_bad_encoder_settings():
+    from styletx.errors import UsageError
+    from styletx.plugins.audio import MelEncoder
+
+    with pytest.raises(UsageError, match="unknown setting 'bins'"):
+        MelEncoder(bins=3)
+    with pytest.raises(UsageError, match="n_fft >= hop"):
+        MelEncoder(n_fft=128, hop=256)
