@@ -30,7 +30,7 @@ class Voice:
     f0_hz: float
     formants: tuple[float, ...]
     bandwidths: tuple[float, ...]
-    breathiness: float = 0.02  # breath-noise level relative to the voiced source's RMS
+    breathiness: float = 0.02  # RMS of the breath noise relative to the glottal source's
 
     def __post_init__(self):
         if self.f0_hz <= 0:
@@ -43,7 +43,7 @@ class Voice:
 
 # A low, dark voice and a high, bright one: an octave apart in pitch, formants 20-45 % apart.
 LOW = Voice(110.0, (600.0, 1040.0, 2250.0, 2450.0), (60.0, 70.0, 110.0, 120.0), breathiness=0.02)
-HIGH = Voice(220.0, (800.0, 1350.0, 2900.0, 3600.0), (80.0, 90.0, 120.0, 150.0), breathiness=0.04)
+HIGH = Voice(220.0, (800.0, 1350.0, 2900.0, 3600.0), (80.0, 90.0, 120.0, 150.0), breathiness=0.05)
 
 # Vowels as factors on the voice's neutral F1 and F2 (higher formants move little): roughly
 # /a/, /e/, /i/, /o/, /u/ and a neutral schwa.
@@ -84,21 +84,24 @@ def utterance(voice: Voice, seconds: float, rate: int = 22050, seed: int = 0,
     drift = _smooth_noise(rng, n, rate, cutoff_hz=1.5) * 0.03
     vibrato = 0.008 * np.sin(2 * np.pi * rng.uniform(4.5, 6.0) * t + rng.uniform(0, 2 * np.pi))
     jitter = _smooth_noise(rng, n, rate, cutoff_hz=60.0) * 0.004
-    f0 = voice.f0_hz * np.exp(text["intonation"] + drift + vibrato + jitter)
+    log_ratio = text["intonation"] + drift + vibrato + jitter
+    voiced = text["voicing"] > 0.5
+    if voiced.any():  # centre the contour on the voice's F0 where it is heard
+        log_ratio -= np.median(log_ratio[voiced])
+    f0 = voice.f0_hz * np.exp(log_ratio)
     phase = np.cumsum(f0 / rate)
     source = _glottal_flow_derivative(phase % 1.0)
     source /= np.sqrt(np.mean(source**2)) + 1e-12
 
     # Breath noise comes in bursts during the open phase of each cycle, as in real voices.
-    open_phase = (phase % 1.0) < 0.6
-    breath = rng.standard_normal(n) * (0.4 + open_phase) * voice.breathiness * 3.0
+    pulsing = np.where(phase % 1.0 < 0.6, 1.0, 0.3)
+    breath = rng.standard_normal(n) * pulsing * (voice.breathiness / np.sqrt(np.mean(pulsing**2)))
     out = _formant_filter((source + breath) * text["voicing"], voice, text["vowel_factors"], rate)
     # A first-order lift (~ +6 dB/octave from ~800 Hz up) with the higher poles in the cascade
     # keeps the harmonics up to ~8 kHz, as in speech.
     out = lfilter([1.0, -0.8], [1.0], out)
     # Fricatives bypass the vowel tract: high-passed noise, its band tied to the voice's top
     # formant, at a fixed level below the vowels.
-    voiced = text["voicing"] > 0.5
     level = 0.3 * np.sqrt(np.mean(out[voiced] ** 2)) if voiced.any() else 0.0
     cutoff = min(1.4 * voice.formants[-1], 0.4 * rate)
     out += level * _highpass_noise(rng, n, rate, cutoff) * text["frication"]
@@ -113,8 +116,9 @@ def write_voice_folders(root: str | Path, n_train: int = 8, n_test: int = 2,
 
     ``a/`` holds the LOW voice saying texts ``0 .. n_train-1``; ``b/`` the HIGH voice saying
     *other* texts (unpaired). ``test_a/`` and ``test_b/`` hold held-out texts said by both
-    voices, under the same file names, so a conversion of ``test_a/x`` can be scored against
-    ``test_b/x``.
+    voices, under the same file names (``held000.flac`` ...), so a conversion of ``test_a/x``
+    can be scored against ``test_b/x``. Every file has its own performance seed; each file is
+    ``seconds`` long, 16-bit FLAC at ``rate`` Hz.
     """
     import soundfile as sf
 
@@ -143,18 +147,18 @@ def _text(rng: np.random.Generator, n: int, rate: int) -> dict[str, np.ndarray]:
     targets = np.ones((n, 2))
     intonation = np.zeros(n)
     pos = int(rng.uniform(0.03, 0.08) * rate)  # a short lead-in of silence
-    last_vowel = VOWELS[-1]
     while pos < n:
         if rng.random() < 0.35:  # an unvoiced consonant before the vowel
             length = int(rng.uniform(0.04, 0.08) * rate)
             frication[pos:pos + length] = _raised_cosine(length, 0.3)[: max(0, n - pos)]
             pos += length
+            if pos >= n:
+                break
         length = int(rng.uniform(0.14, 0.28) * rate)
         end = min(pos + length, n)
         voicing[pos:end] = _raised_cosine(length, 0.15)[: end - pos]
         # Vowel targets hold through the following pause, so formants glide between syllables.
-        last_vowel = VOWELS[rng.integers(len(VOWELS))]
-        targets[pos:] = last_vowel
+        targets[pos:] = VOWELS[rng.integers(len(VOWELS))]
         intonation[pos:end] = rng.normal(0, 0.03)  # per-syllable accent, about +-0.5 semitone
         pos = end
         # Short gaps between syllables, longer ones between "words".
@@ -164,7 +168,6 @@ def _text(rng: np.random.Generator, n: int, rate: int) -> dict[str, np.ndarray]:
     vowel_factors = np.stack([_moving_average(targets[:, i], int(0.04 * rate)) for i in range(2)],
                              axis=1)
     intonation = _moving_average(intonation, int(0.06 * rate))
-    intonation -= np.median(intonation[voicing > 0.5]) if np.any(voicing > 0.5) else 0.0
     return {"voicing": voicing, "frication": frication, "vowel_factors": vowel_factors,
             "intonation": intonation}
 
@@ -235,16 +238,17 @@ def _highpass_noise(rng: np.random.Generator, n: int, rate: int, cutoff_hz: floa
 def _moving_average(x: np.ndarray, width: int) -> np.ndarray:
     if width <= 1:
         return x.copy()
-    kernel = np.ones(width) / width
-    return np.convolve(np.pad(x, (width // 2, width - 1 - width // 2), mode="edge"), kernel,
-                       mode="valid")
+    # A running sum: O(n) for any width (np.convolve would be O(n * width)).
+    padded = np.pad(x, (width // 2, width - 1 - width // 2), mode="edge")
+    sums = np.cumsum(np.concatenate([[0.0], padded]))
+    return (sums[width:] - sums[:-width]) / width
 
 
 def _raised_cosine(length: int, ramp: float) -> np.ndarray:
     """A flat envelope with cosine ramps over ``ramp`` of its length at each end."""
-    env = np.ones(max(length, 1))
-    r = max(1, int(ramp * length))
+    env = np.ones(length)
+    r = max(1, min(int(ramp * length), length // 2))
     edge = 0.5 - 0.5 * np.cos(np.pi * np.arange(r) / r)
-    env[:r] = edge[: len(env)]
-    env[-r:] = np.minimum(env[-r:], edge[::-1][-len(env[-r:]):])
+    env[:r] = edge
+    env[length - r:] = edge[::-1]
     return env
