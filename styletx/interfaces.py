@@ -138,6 +138,13 @@ class Translator(ABC):
     @classmethod
     def presets_for(cls, domain: str) -> dict[str, Preset]:
         return cls.domain_presets.get(domain, cls.presets)
+
+    @classmethod
+    def config_for_data(cls, config: Any, shapes: dict[str, tuple[int, ...]]) -> Any:
+        """Fill settings that depend on the data before the networks are built (e.g. the
+        number of frequency bins); ``shapes`` holds one encoded example's ``(C, H, W)`` per
+        side. The result is saved in config.json, so conversion rebuilds the same networks."""
+        return config
     paired: ClassVar[bool] = False  # needs (a, b) examples that belong together
 
     device: torch.device = torch.device("cpu")

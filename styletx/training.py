@@ -122,6 +122,8 @@ def train(
     for side, enc in encoders.items():
         _check_encoder(enc, dom)
         enc.fit(folders[side])
+    shapes = {side: tuple(enc.encode(folders[side][0]).shape) for side, enc in encoders.items()}
+    config = cls.config_for_data(config, shapes)
     run_config = {
         "styletx_version": __version__,
         "translator": cls.name,
