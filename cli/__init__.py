@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from styletx import __version__
-from styletx.demo import DEMO_STEPS
+from styletx.demo import DEMO_STEPS, VOICE_DEMO_STEPS
 from styletx.errors import StyletxError
 
 log = logging.getLogger("styletx")
@@ -164,23 +164,37 @@ def plugins(as_json):
 @cli.command()
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("styletx-demo"),
               show_default=True, help="Folder for the demo data, run and results.")
-@click.option("--steps", type=int, default=DEMO_STEPS, show_default=True,
-              help="Training steps.")
+@click.option("--steps", type=int, default=None,
+              help=f"Training steps (default: {DEMO_STEPS} images, {VOICE_DEMO_STEPS} voice).")
+@click.option("--part", type=click.Choice(["all", "images", "voice"]), default="all",
+              show_default=True, help="Which demo to run.")
 @click.option("--device", default="auto", show_default=True)
 @reports_errors
-def demo(out, steps, device):
-    """Generate demo images offline, train a tiny CycleGAN and convert held-out images."""
-    from styletx.demo import run_demo
+def demo(out, steps, part, device):
+    """Offline demos: synthetic images with a hidden colour transform, and two bundled voices."""
+    from styletx.demo import run_demo, run_voice_demo
 
     registry()
-    result = run_demo(out, steps=steps, device=device)
-    click.echo(
-        f"\nconverted {result['files']} held-out images into {result['converted']}\n"
-        f"previews during training: {result['samples']}\n"
-        f"PSNR against the true winter images: {result['psnr_before']:.2f} dB untouched -> "
-        f"{result['psnr_after']:.2f} dB converted\n"
-        f"try: styletx convert {result['run']} YOUR_IMAGES -o OUT"
-    )
+    if part in ("all", "images"):
+        result = run_demo(out, steps=steps or DEMO_STEPS, device=device)
+        click.echo(
+            f"\nconverted {result['files']} held-out images into {result['converted']}\n"
+            f"previews during training: {result['samples']}\n"
+            f"PSNR against the true winter images: {result['psnr_before']:.2f} dB untouched -> "
+            f"{result['psnr_after']:.2f} dB converted\n"
+            f"try: styletx convert {result['run']} YOUR_IMAGES -o OUT\n"
+        )
+    if part in ("all", "voice"):
+        voice = run_voice_demo(out, steps=steps or VOICE_DEMO_STEPS, device=device)
+        click.echo(
+            f"\nconverted a held-out sentence of voice A into voice B: {voice['audio']}\n"
+            f"spectrograms (input above, converted below): {voice['picture']}\n"
+            f"mel-cepstral distortion to voice B saying the same words: "
+            f"{voice['mcd_before']:.2f} dB untouched -> {voice['mcd_after']:.2f} dB converted\n"
+            f"median F0: source {voice['f0_source']:.0f} Hz, converted "
+            f"{voice['f0_converted']:.0f} Hz, target {voice['f0_target']:.0f} Hz\n"
+            f"try: styletx convert {voice['run']} YOUR_RECORDING.wav -o OUT"
+        )
 
 
 def main() -> None:

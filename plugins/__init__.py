@@ -2,5 +2,6 @@
 
 BUILTIN_PLUGINS = [
     "styletx.plugins.image",
+    "styletx.plugins.audio",
     "styletx.plugins.cyclegan",
 ]

@@ -127,6 +127,10 @@ class AudioDomain(styletx.Domain):
     def to_array(self, sample: AudioSample) -> np.ndarray:
         return sample.wave
 
+    def describe(self, samples: Sequence[AudioSample]) -> str:
+        seconds = sum(s.seconds for s in samples)
+        return f"{len(samples)} usable audio file(s), {seconds / 60:.1f} min after trimming silence"
+
     def default_encoder(self, samples: Sequence[AudioSample]) -> str:
         return "mel"
 

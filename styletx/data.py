@@ -83,10 +83,6 @@ def load_folder(
         raise UsageError(
             f"{option} {folder}: none of the {len(readable)} {domain.name} files is usable"
         )
-    log.info(
-        "%s: %d usable %s file(s)%s", folder, len(data.samples), domain.name,
-        f", {len(data.skipped)} skipped" if data.skipped else "",
-    )
     return data
 
 

@@ -48,6 +48,10 @@ class Domain(ABC):
         """File name of the converted version of ``source`` (same format by default)."""
         return source.name
 
+    def describe(self, samples: Sequence[Sample]) -> str:
+        """A short summary of a training folder's usable samples, printed before training."""
+        return f"{len(samples)} usable {self.name} file(s)"
+
     def from_array(self, array: Any) -> Sample:
         """An in-memory array (e.g. an image ``(H, W, C)``) as a sample, for the Python API."""
         raise NotImplementedError(f"the {self.name} domain does not convert arrays")

@@ -22,7 +22,15 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
-from .data import CropSampler, check_folder, encode_all, is_inside, list_files, load_folder
+from .data import (
+    CropSampler,
+    FolderData,
+    check_folder,
+    encode_all,
+    is_inside,
+    list_files,
+    load_folder,
+)
 from .errors import StyletxError, UsageError
 from .interfaces import Domain, Encoder, Preset, Translator
 from .model import (
@@ -117,12 +125,14 @@ def train(
     train_values = _train_values(cls.presets_for(dom.name)[preset], settings)
     folders = _load_folders(dom, a_dir, b_dir, out, train_values["size"])
     encoders = {
-        side: registry.encoder(encoder or dom.default_encoder(folders[side]))() for side in SIDES
+        side: registry.encoder(encoder or dom.default_encoder(folders[side].samples))()
+        for side in SIDES
     }
     for side, enc in encoders.items():
         _check_encoder(enc, dom)
-        enc.fit(folders[side])
-    shapes = {side: tuple(enc.encode(folders[side][0]).shape) for side, enc in encoders.items()}
+        enc.fit(folders[side].samples)
+    shapes = {side: tuple(enc.encode(folders[side].samples[0]).shape)
+              for side, enc in encoders.items()}
     config = cls.config_for_data(config, shapes)
     run_config = {
         "styletx_version": __version__,
@@ -173,7 +183,7 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     crop = dom.training_crop(train_values["size"])
     _check_size_multiple(crop, translator)
     sampler = CropSampler(
-        {side: encode_all(folders[side], encoders[side]) for side in SIDES},
+        {side: _encode_examples(folders[side], encoders[side], crop[1]) for side in SIDES},
         crop, train_values["batch_size"], dom.flip_augment, translator.paired,
         seed=train_values["seed"],
     )
@@ -333,12 +343,31 @@ def _guess_domain(registry: Registry, a_dir: Path, b_dir: Path) -> Domain:
     return dom
 
 
-def _load_folders(dom: Domain, a_dir: Path, b_dir: Path, out: Path, size: int):
+def _load_folders(dom: Domain, a_dir: Path, b_dir: Path, out: Path,
+                  size: int) -> dict[str, FolderData]:
     folders = {}
     for side, folder in (("a", a_dir), ("b", b_dir)):
         data = load_folder(folder, dom, f"{side.upper()}_DIR", exclude=out)
-        folders[side] = [dom.prepare_for_training(s, size) for s in data.samples]
+        data.samples = [dom.prepare_for_training(s, size) for s in data.samples]
+        log.info("%s: %s%s", folder, dom.describe(data.samples),
+                 f" ({len(data.skipped)} file(s) skipped)" if data.skipped else "")
+        folders[side] = data
     return folders
+
+
+def _encode_examples(data: FolderData, encoder: Encoder, width: int) -> list[torch.Tensor]:
+    """Encode every sample once; one narrower than a training crop is reported and dropped."""
+    kept = []
+    for path, tensor in zip(data.files, encode_all(data.samples, encoder)):
+        if tensor.shape[-1] < width:
+            log.warning("skipping %s: shorter than one training segment (%d < %d frames)",
+                        path, tensor.shape[-1], width)
+        else:
+            kept.append(tensor)
+    if not kept:
+        raise UsageError(f"{data.folder}: no file is as long as one training segment "
+                         f"({width} frames); use longer files or a smaller --size")
+    return kept
 
 
 def _check_encoder(enc: Encoder, dom: Domain) -> None:
