@@ -7,11 +7,17 @@ overlap-added squared window. Spectrograms are laid out ``(..., freq, frames)`` 
 ``freq = n_fft // 2 + 1``.
 
 Every function takes numpy arrays or torch tensors and returns the same kind. For numpy input
-(and CPU tensors, unless ``backend="torch"``) Griffin-Lim runs batched FFTs through
-``torch.fft`` on buffers shared with numpy, and everything between the FFTs (overlap-add,
-window-sum normalisation, framing, the momentum update) in Numba kernels compiled once and
-cached on disk; ``benchmarks/griffinlim.py`` measures this against librosa and against keeping
-the FFTs in ``scipy.fft``. CUDA tensors use ``torch.stft`` / ``torch.istft`` on the device.
+(and CPU tensors, unless ``backend="torch"``) the whole Griffin-Lim loop is one Numba function
+(compiled once, cached on disk, releases the GIL): batched FFTs over all frames through
+rocket-fft (numpy.fft inside ``@njit``), and fused kernels for overlap-add with window-sum
+normalisation, framing and the momentum update. It runs on one thread on purpose: each FFT
+takes about a millisecond, and when another process holds the second core every two-thread FFT
+waits for it (torch.fft with two threads measured 2-60x slower than with one on a busy 2-core
+machine, 1.7x faster on an idle one); one thread is predictable, and independent calls can run
+in parallel threads. Without rocket-fft the same kernels run between ``scipy.fft`` calls (10-20%
+slower; ``FFT_BACKEND`` says which is in use; ``benchmarks/griffinlim.py`` measures all of
+these). CUDA tensors use ``torch.stft`` / ``torch.istft`` on the device. The mel inverse is
+single-threaded Numba too (a small dense product and a sparse one, see ``_mel_matrices``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,13 @@ import warnings
 import numba
 import numpy as np
 import torch
+
+try:  # numpy.fft inside @njit; without it the FFTs run in scipy.fft between the kernels
+    import rocket_fft  # noqa: F401
+
+    FFT_BACKEND = "rocket-fft"
+except ImportError:  # pragma: no cover - depends on the environment
+    FFT_BACKEND = "scipy"
 
 __all__ = [
     "griffinlim",
@@ -87,11 +100,89 @@ def _project(rebuilt, previous, magnitude, angles, alpha, eps):  # pragma: no co
 
 @numba.njit(**_JIT)
 def _polar(magnitude, cos, sin, out):  # pragma: no cover - compiled
-    """out = magnitude * (cos + i sin), all (rows, freq)."""
-    n_rows, n_freq = magnitude.shape
-    for r in range(n_rows):
-        for f in range(n_freq):
-            out[r, f] = magnitude[r, f] * (cos[r, f] + 1j * sin[r, f])
+    """out[b, t, f] = magnitude[b, t, f] * (cos[b, f, t] + i sin[b, f, t])."""
+    n_batch, n_frames, n_freq = magnitude.shape
+    tile = 32  # a transpose: tiles keep both the reads and the writes in cache
+    for b in range(n_batch):
+        for f0 in range(0, n_freq, tile):
+            for t0 in range(0, n_frames, tile):
+                for t in range(t0, min(t0 + tile, n_frames)):
+                    for f in range(f0, min(f0 + tile, n_freq)):
+                        out[b, t, f] = magnitude[b, t, f] * (cos[b, f, t] + 1j * sin[b, f, t])
+
+
+@numba.njit(**_JIT)
+def _griffinlim_loop(angles, magnitude, window, envelope, hop, n_iter, alpha, eps,
+                     signal):  # pragma: no cover - compiled
+    """n_iter fast Griffin-Lim updates of ``angles`` (batch, frames, freq) in place, then the
+    inverse STFT of the result (still padded, see ``_envelope``) into ``signal``."""
+    n_batch, n_frames, n_freq = magnitude.shape
+    n_fft = window.size
+    rows = (n_batch * n_frames, n_freq)
+    target = magnitude.reshape(rows)
+    frames = np.empty((n_batch, n_frames, n_fft), signal.dtype)
+    rebuilt = np.empty_like(angles)
+    previous = np.zeros_like(angles)  # finite, so the first update's 0 * previous is 0
+    for i in range(n_iter):
+        np.fft.irfft(angles, n_fft, -1, out=frames)
+        _overlap_add(frames, window, envelope, hop, signal)
+        _frame(signal, window, hop, frames)
+        np.fft.rfft(frames, n_fft, -1, out=rebuilt)
+        _project(rebuilt.reshape(rows), previous.reshape(rows), target, angles.reshape(rows),
+                 alpha if i > 0 else alpha * 0, eps)
+        rebuilt, previous = previous, rebuilt
+    np.fft.irfft(angles, n_fft, -1, out=frames)
+    _overlap_add(frames, window, envelope, hop, signal)
+
+
+@numba.njit(**_JIT)
+def _rfft_nb(frames):  # pragma: no cover - compiled
+    return np.fft.rfft(frames, frames.shape[-1], -1)
+
+
+@numba.njit(**_JIT)
+def _mel_inverse(mel, fb, gram_pinv, lo, hi, step, n_iter, out):  # pragma: no cover - compiled
+    """out[b] = clip(fb.T @ (gram_pinv @ mel[b])) = the clipped pinv(fb) @ mel[b], then n_iter
+    projected-gradient steps x = clip(x - step * fb.T @ (fb @ x - mel[b])); fb is used only
+    on each filter's non-zero bins [lo[m], hi[m])."""
+    n_batch, n_mels, n_frames = mel.shape
+    z = np.empty((n_mels, n_frames), mel.dtype)
+    for b in range(n_batch):
+        x = out[b]
+        x[:] = 0
+        for i in range(n_mels):
+            zi = z[i]
+            zi[:] = 0
+            for j in range(n_mels):
+                g = gram_pinv[i, j]
+                mj = mel[b, j]
+                for t in range(n_frames):
+                    zi[t] += g * mj[t]
+        for it in range(n_iter + 1):
+            if it > 0:  # z = -step * (fb @ x - mel)
+                for m in range(n_mels):
+                    zm = z[m]
+                    mm = mel[b, m]
+                    for t in range(n_frames):
+                        zm[t] = mm[t]
+                    for k in range(lo[m], hi[m]):
+                        w = fb[m, k]
+                        xk = x[k]
+                        for t in range(n_frames):
+                            zm[t] -= w * xk[t]
+                    for t in range(n_frames):
+                        zm[t] *= step
+            for m in range(n_mels):  # x = clip(x + fb.T @ z)
+                zm = z[m]
+                for k in range(lo[m], hi[m]):
+                    w = fb[m, k]
+                    xk = x[k]
+                    for t in range(n_frames):
+                        xk[t] += w * zm[t]
+            for k in range(x.shape[0]):
+                xk = x[k]
+                for t in range(n_frames):
+                    xk[t] = max(xk[t], 0)
 
 
 @numba.njit(**_JIT)
@@ -169,12 +260,13 @@ def _complex_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.complex128) if dtype == np.float64 else np.dtype(np.complex64)
 
 
-def _rfft(frames: np.ndarray, out: np.ndarray) -> None:
-    torch.fft.rfft(torch.from_numpy(frames), dim=-1, out=torch.from_numpy(out))
+def _rfft(frames: np.ndarray) -> np.ndarray:
+    """Real FFT along the last axis, one thread."""
+    if FFT_BACKEND == "rocket-fft":
+        return _rfft_nb(frames)
+    import scipy.fft
 
-
-def _irfft(spec: np.ndarray, n_fft: int, out: np.ndarray) -> None:
-    torch.fft.irfft(torch.from_numpy(spec), n=n_fft, dim=-1, out=torch.from_numpy(out))
+    return scipy.fft.rfft(frames, axis=-1, workers=1)
 
 
 # --------------------------------------------------------------------------- STFT
@@ -226,9 +318,7 @@ def _stft(y: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     padded[:, n_fft // 2 : n_fft // 2 + size] = y
     frames = np.empty((n_batch, n_frames, n_fft), y.dtype)
     _frame(padded, _window(n_fft, y.dtype.name), hop, frames)
-    spec = np.empty((n_batch, n_frames, n_fft // 2 + 1), _complex_dtype(y.dtype))
-    _rfft(frames, spec)
-    return spec
+    return _rfft(frames)
 
 
 def spectral_convergence(magnitude, y, n_fft: int = 1024, hop: int = 256):
@@ -242,6 +332,10 @@ def spectral_convergence(magnitude, y, n_fft: int = 1024, hop: int = 256):
     Returns:
         A float for a single spectrogram, one value per item (array or tensor) for a batch.
     """
+    if _is_tensor(magnitude) and not _is_tensor(y):
+        y = torch.from_numpy(np.asarray(y)).to(magnitude.device)
+    elif _is_tensor(y) and not _is_tensor(magnitude):
+        y = y.detach().cpu().numpy()
     mag = stft_magnitude(y, n_fft, hop)
     if tuple(mag.shape) != tuple(magnitude.shape):
         raise ValueError(
@@ -262,32 +356,45 @@ def spectral_convergence(magnitude, y, n_fft: int = 1024, hop: int = 256):
 
 @functools.lru_cache(maxsize=16)
 def _mel_matrices(sr: float, n_fft: int, n_mels: int, fmin: float, fmax: float | None,
-                  htk: bool, norm) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(filterbank, pseudo-inverse, transposed filterbank, 1 / Lipschitz constant), float64."""
+                  htk: bool, norm, dtype: str) -> dict:
+    """The filterbank and what inverting it needs, computed once per setting (read-only).
+
+    ``pinv(fb) = fb.T @ pinv(fb @ fb.T)``, and each mel filter is non-zero on a short run of
+    bins ``[lo, hi)``, so the pseudo-inverse is applied as a small dense (n_mels, n_mels)
+    product followed by a sparse one: single-threaded, ~10x fewer operations than the dense
+    (freq, n_mels) product, and no BLAS threads to stall on a busy machine.
+    """
     import librosa
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # librosa warns about empty filters at small n_fft
         fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
                                  htk=htk, norm=norm, dtype=np.float64)
-    pinv = np.linalg.pinv(fb)
-    step = 1.0 / float(np.linalg.eigvalsh(fb @ fb.T).max())
-    for m in (fb, pinv):
+    nonzero = fb != 0
+    lo = np.where(nonzero.any(1), nonzero.argmax(1), 0).astype(np.int64)
+    hi = np.where(nonzero.any(1), fb.shape[1] - nonzero[:, ::-1].argmax(1), 0).astype(np.int64)
+    mats = {
+        "fb": np.ascontiguousarray(fb, dtype),
+        "pinv": np.ascontiguousarray(np.linalg.pinv(fb), dtype),
+        "gram_pinv": np.ascontiguousarray(np.linalg.pinv(fb @ fb.T), dtype),
+        "lo": lo,
+        "hi": hi,
+    }
+    for m in mats.values():
         m.flags.writeable = False
-    fbt = np.ascontiguousarray(fb.T)
-    fbt.flags.writeable = False
-    return fb, pinv, fbt, step
+    mats["step"] = 1.0 / float(np.linalg.eigvalsh(fb @ fb.T).max())
+    return mats
 
 
-def _mel_key(sr, n_fft, n_mels, fmin, fmax, htk, norm):
-    if sr <= 0:
+def _mel_key(sr, n_fft, n_mels, fmin, fmax, htk, norm, dtype="float32"):
+    if not sr > 0:
         raise ValueError(f"sr must be positive, got {sr!r}")
     if not isinstance(n_fft, (int, np.integer)) or n_fft < 2:
         raise ValueError(f"n_fft must be an integer >= 2, got {n_fft!r}")
     if not isinstance(n_mels, (int, np.integer)) or n_mels < 1:
         raise ValueError(f"n_mels must be a positive integer, got {n_mels!r}")
     fmax = None if fmax is None else float(fmax)
-    return float(sr), int(n_fft), int(n_mels), float(fmin), fmax, bool(htk), norm
+    return float(sr), int(n_fft), int(n_mels), float(fmin), fmax, bool(htk), norm, dtype
 
 
 def mel_filterbank(sr: float, n_fft: int, n_mels: int = 80, fmin: float = 0.0,
@@ -302,72 +409,78 @@ def mel_filterbank(sr: float, n_fft: int, n_mels: int = 80, fmin: float = 0.0,
         htk, norm: passed to librosa (defaults ``False``, ``"slaney"``).
 
     Returns:
-        float32 array ``(n_mels, n_fft // 2 + 1)``; ``mel = filterbank @ linear``.
+        float32 array ``(n_mels, n_fft // 2 + 1)`` (a copy of a cached one);
+        ``mel = filterbank @ linear``.
     """
-    fb = _mel_matrices(*_mel_key(sr, n_fft, n_mels, fmin, fmax, htk, norm))[0]
-    return fb.astype(np.float32)
+    return _mel_matrices(*_mel_key(sr, n_fft, n_mels, fmin, fmax, htk, norm))["fb"].copy()
 
 
 def mel_to_linear(mel, sr: float, n_fft: int, *, power: float = 1.0, fmin: float = 0.0,
-                  fmax: float | None = None, htk: bool = False, norm="slaney", n_iter: int = 1):
-    """Linear-frequency magnitude from a mel spectrogram (the inverse of the mel projection).
+                  fmax: float | None = None, htk: bool = False, norm="slaney", n_iter: int = 10):
+    """Linear-frequency magnitude from a mel spectrogram (inverts :func:`mel_filterbank`).
 
-    The mel projection ``mel = filterbank @ linear ** power`` has more unknowns than equations;
-    this returns a non-negative solution: the filterbank's pseudo-inverse (precomputed and
-    cached per setting) applied to ``mel``, clipped at zero, then ``n_iter`` projected-gradient
-    steps of the non-negative least-squares problem ``min ||filterbank @ x - mel||`` (what
-    ``librosa.feature.inverse.mel_to_stft`` solves iteratively with L-BFGS-B). Clipping and
-    each step are projections that never move the estimate away from any non-negative
-    spectrum that produces ``mel``, so the true spectrum is approached monotonically.
+    ``mel = filterbank @ linear ** power`` has fewer equations than unknowns; this returns a
+    non-negative solution: the filterbank's pseudo-inverse (precomputed and cached per
+    setting) applied to ``mel`` and clipped at zero, then ``n_iter`` projected-gradient steps
+    (step ``1 / ||filterbank||_2 ** 2``) of the non-negative least-squares problem
+    ``min ||filterbank @ x - mel||`` that ``librosa.feature.inverse.mel_to_stft`` solves with
+    L-BFGS-B. Clipping and each step are projections that never move ``x`` away from any
+    non-negative ``linear ** power`` that produces ``mel``, so they can only help.
 
     Args:
-        mel: mel spectrogram ``(..., n_mels, frames)``, non-negative (not log-scaled), numpy
-            array or torch tensor.
+        mel: mel spectrogram ``(..., n_mels, frames)``, non-negative (undo any log first),
+            numpy array or torch tensor.
         sr: sample rate in Hz.
         n_fft: FFT size of the linear spectrogram.
-        power: exponent the mel spectrogram was built with: 1 for magnitude (default),
-            2 for power.
-        fmin, fmax, htk, norm: the filterbank settings, as :func:`mel_filterbank`.
-        n_iter: projected-gradient refinement steps (default 1; 0 = clipped pseudo-inverse).
+        power: exponent the mel spectrogram was built with: 1 for magnitude (default), 2 for
+            power.
+        fmin, fmax, htk, norm: filterbank settings, as :func:`mel_filterbank`.
+        n_iter: projected-gradient steps (default 10; 0 = the clipped pseudo-inverse alone).
+            Measured on 10 s of speech-like sound, 80 mels: relative error to the true
+            magnitude 0.251 (0 steps), 0.214 (10), 0.188 (50); librosa's NNLS 0.253. A step
+            costs about as much as the pseudo-inverse itself (~0.2 ms for 10 s).
 
     Returns:
-        Magnitude ``(..., n_fft // 2 + 1, frames)``, the same kind, device and (float) dtype as
-        ``mel``.
+        Magnitude ``(..., n_fft // 2 + 1, frames)``: the kind and device of ``mel``, float64
+        for float64 input, else float32.
     """
+    if not _is_tensor(mel):
+        mel = np.asarray(mel)
+        if np.iscomplexobj(mel):
+            raise ValueError("mel must be real, got a complex array")
     if mel.ndim < 2:
         raise ValueError(f"mel must have shape (..., n_mels, frames), got {tuple(mel.shape)}")
-    if power <= 0:
+    if not power > 0:
         raise ValueError(f"power must be positive, got {power!r}")
-    if n_iter < 0:
-        raise ValueError(f"n_iter must be >= 0, got {n_iter!r}")
-    fb, pinv, fbt, step = _mel_matrices(
-        *_mel_key(sr, n_fft, int(mel.shape[-2]), fmin, fmax, htk, norm)
-    )
+    if not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
+        raise ValueError(f"n_iter must be a non-negative integer, got {n_iter!r}")
+    if bool((mel < 0).any()):
+        raise ValueError("mel must be non-negative (a mel spectrogram, not its log)")
+    is_double = mel.dtype in (torch.float64, np.float64)
+    mats = _mel_matrices(*_mel_key(
+        sr, n_fft, mel.shape[-2], fmin, fmax, htk, norm, "float64" if is_double else "float32"
+    ))
+    step = mats["step"]
 
-    if _is_tensor(mel):
-        dtype = mel.dtype if mel.dtype == torch.float64 else torch.float32
-        mel = mel.to(dtype)
-        fb_t, pinv_t, fbt_t = (torch.as_tensor(m, dtype=dtype, device=mel.device)
-                               for m in (fb, pinv, fbt))
-        x = (pinv_t @ mel).clamp_(min=0)
+    if _is_tensor(mel):  # dense products: what GPUs are good at
+        mel = mel.to(torch.float64 if is_double else torch.float32)
+        fb, pinv = (torch.tensor(mats[k], device=mel.device) for k in ("fb", "pinv"))
+        x = (pinv @ mel).clamp_(min=0)
         for _ in range(n_iter):
-            x = (x - step * (fbt_t @ (fb_t @ x - mel))).clamp_(min=0)
+            x = (x - step * (fb.T @ (fb @ x - mel))).clamp_(min=0)
         return x if power == 1 else x.pow_(1.0 / power)
 
-    mel = np.asarray(mel)
-    if np.iscomplexobj(mel):
-        raise ValueError("mel must be real and non-negative, got a complex array")
-    dtype = _real_dtype(mel)
-    mel = mel.astype(dtype, copy=False)
-    fb, pinv, fbt = (m.astype(dtype) for m in (fb, pinv, fbt))
-    x = np.matmul(pinv, mel)
-    np.maximum(x, 0, out=x)
-    for _ in range(n_iter):
-        x -= dtype.type(step) * np.matmul(fbt, np.matmul(fb, x) - mel)
-        np.maximum(x, 0, out=x)
-    if power != 1:
-        np.power(x, dtype.type(1.0 / power), out=x)
-    return x
+    fb = mats["fb"]
+    batch_shape = mel.shape[:-2]
+    flat = np.ascontiguousarray(mel.reshape(-1, *mel.shape[-2:]), fb.dtype)
+    x = np.empty((flat.shape[0], fb.shape[1], flat.shape[2]), fb.dtype)
+    _mel_inverse(flat, fb, mats["gram_pinv"], mats["lo"], mats["hi"], fb.dtype.type(step),
+                 n_iter, x)
+    if power == 2:
+        np.sqrt(x, out=x)
+    elif power != 1:
+        np.power(x, fb.dtype.type(1.0 / power), out=x)
+    return x.reshape(*batch_shape, *x.shape[1:])
 
 
 # --------------------------------------------------------------------------- Griffin-Lim
@@ -412,6 +525,10 @@ def griffinlim(magnitude, n_fft: int = 1024, hop: int = 256, n_iter: int = 32,
     """
     is_tensor = _is_tensor(magnitude)
     device = magnitude.device if is_tensor else None
+    if not is_tensor:
+        magnitude = np.asarray(magnitude)
+    if init_phase is not None and not _is_tensor(init_phase):
+        init_phase = np.asarray(init_phase)
     if backend == "auto":
         backend = "torch" if is_tensor and device.type != "cpu" else "numba"
     if backend not in ("numba", "torch"):
@@ -429,7 +546,7 @@ def griffinlim(magnitude, n_fft: int = 1024, hop: int = 256, n_iter: int = 32,
         raise ValueError(
             f"magnitude must have shape (freq, frames) or (batch, freq, frames), got {shape}"
         )
-    if (magnitude.is_complex() if is_tensor else np.iscomplexobj(magnitude)):
+    if magnitude.is_complex() if is_tensor else np.iscomplexobj(magnitude):
         raise ValueError("magnitude must be real (pass abs() of a complex spectrogram)")
     n_freq, n_frames = shape[-2:]
     if n_freq != n_fft // 2 + 1:
@@ -454,14 +571,14 @@ def griffinlim(magnitude, n_fft: int = 1024, hop: int = 256, n_iter: int = 32,
     if is_tensor:
         bad = bool((~torch.isfinite(magnitude)).any() or (magnitude < 0).any())
     else:
-        bad = not np.isfinite(magnitude).all() or bool((np.asarray(magnitude) < 0).any())
+        bad = not np.isfinite(magnitude).all() or bool((magnitude < 0).any())
     if bad:
         raise ValueError("magnitude must be finite and non-negative")
 
     batched = len(shape) == 3
     alpha = momentum / (1 + momentum)
     if backend == "torch":
-        mag = magnitude if is_tensor else torch.from_numpy(np.asarray(magnitude))
+        mag = magnitude if is_tensor else torch.from_numpy(magnitude)
         mag = mag if mag.dtype == torch.float64 else mag.float()
         phasor = _initial_phasor_torch(init_phase, shape, seed, mag)
         y, conv = _griffinlim_torch(mag.reshape(-1, n_freq, n_frames),
@@ -470,7 +587,7 @@ def griffinlim(magnitude, n_fft: int = 1024, hop: int = 256, n_iter: int = 32,
         if not is_tensor:
             y, conv = y.numpy(), None if conv is None else conv.numpy()
     else:
-        mag = magnitude.detach().cpu().numpy() if is_tensor else np.asarray(magnitude)
+        mag = magnitude.detach().cpu().numpy() if is_tensor else magnitude
         dtype = _real_dtype(mag)
         mag = mag.astype(dtype, copy=False).reshape(-1, n_freq, n_frames)
         # (batch, frames, freq): FFTs along the last, contiguous axis.
@@ -488,64 +605,79 @@ def griffinlim(magnitude, n_fft: int = 1024, hop: int = 256, n_iter: int = 32,
     return (y, conv) if return_convergence else y
 
 
-def _random_angles(shape: tuple, seed: int | None) -> np.ndarray:
-    # RandomState(seed).random: the same draws as librosa.griffinlim(random_state=seed).
+def _random_angles(shape: tuple, seed: int | None, dtype=np.float64) -> np.ndarray:
+    """Uniform angles in [0, 2 pi): the draws of librosa.griffinlim(random_state=seed)."""
     rng = np.random.default_rng() if seed is None else np.random.RandomState(seed)
-    return 2 * np.pi * rng.random(size=shape)
+    return np.multiply(rng.random(size=shape), 2 * np.pi, dtype=dtype)
 
 
 def _initial_angles(init_phase, shape: tuple, seed, mag_t: np.ndarray) -> np.ndarray:
     """magnitude * exp(i * phase) in (batch, frames, freq) layout."""
     n_batch, n_frames, n_freq = mag_t.shape
     if init_phase is None:
-        phase = _random_angles(shape, seed)
+        phase = _random_angles(shape, seed, mag_t.dtype)
     else:
         phase = init_phase.detach().cpu().numpy() if _is_tensor(init_phase) else init_phase
-        phase = np.asarray(phase)
-    phase = phase.reshape(n_batch, n_freq, n_frames).transpose(0, 2, 1)
+    phase = phase.reshape(n_batch, n_freq, n_frames)
     angles = np.empty(mag_t.shape, _complex_dtype(mag_t.dtype))
     if np.iscomplexobj(phase):
         absval = np.abs(phase)
-        unit = np.where(absval > 0, phase / np.where(absval > 0, absval, 1), 1)
-        np.multiply(mag_t, unit, out=angles)
+        phase = np.where(absval > 0, phase / np.where(absval > 0, absval, 1), 1)
+        cos, sin = phase.real, phase.imag
     else:
-        _polar(mag_t.reshape(-1, n_freq), np.cos(phase).astype(mag_t.dtype).reshape(-1, n_freq),
-               np.sin(phase).astype(mag_t.dtype).reshape(-1, n_freq),
-               angles.reshape(-1, n_freq))
+        phase = phase.astype(mag_t.dtype, copy=False)  # numpy's float32 cos/sin are SIMD
+        cos, sin = np.cos(phase), np.sin(phase)
+    _polar(mag_t, np.ascontiguousarray(cos, mag_t.dtype), np.ascontiguousarray(sin, mag_t.dtype),
+           angles)
     return angles
 
 
 def _griffinlim_numba(mag_t, angles, n_fft, hop, n_iter, alpha, length, want_convergence):
-    """Fast Griffin-Lim on (batch, frames, freq) arrays; FFTs by torch.fft into fixed buffers."""
+    """Fast Griffin-Lim on (batch, frames, freq) arrays; ``angles`` is overwritten."""
     n_batch, n_frames, n_freq = mag_t.shape
     dtype = mag_t.dtype
     window = _window(n_fft, dtype.name)
     envelope = _envelope(n_fft, hop, n_frames, length, dtype.name)
     eps = dtype.type(np.finfo(dtype).tiny)
-    frames = np.empty((n_batch, n_frames, n_fft), dtype)
+    alpha = dtype.type(alpha)
     signal = np.empty((n_batch, envelope.size), dtype)
-    rebuilt = np.empty_like(angles)
-    previous = np.zeros_like(angles)  # finite, so the first update's 0 * previous is 0
-    rows = (-1, n_freq)
-    for i in range(n_iter):
-        _irfft(angles, n_fft, frames)
-        _overlap_add(frames, window, envelope, hop, signal)
-        _frame(signal, window, hop, frames)
-        _rfft(frames, rebuilt)
-        _project(rebuilt.reshape(rows), previous.reshape(rows), mag_t.reshape(rows),
-                 angles.reshape(rows), dtype.type(alpha if i else 0.0), eps)
-        rebuilt, previous = previous, rebuilt
-    _irfft(angles, n_fft, frames)
-    _overlap_add(frames, window, envelope, hop, signal)
+    if FFT_BACKEND == "rocket-fft":
+        _griffinlim_loop(angles, mag_t, window, envelope, hop, n_iter, alpha, eps, signal)
+    else:
+        _griffinlim_pyloop(angles, mag_t, window, envelope, hop, n_iter, alpha, eps, signal)
     y = np.ascontiguousarray(signal[:, n_fft // 2 : n_fft // 2 + length])
     conv = None
     if want_convergence:
         # the zero-masked signal is the padded y, so its frames are the STFT frames of y
+        frames = np.empty((n_batch, n_frames, n_fft), dtype)
         _frame(signal, window, hop, frames)
-        _rfft(frames, rebuilt)
         conv = np.empty(n_batch)
-        _convergence(rebuilt, mag_t, conv)
+        _convergence(_rfft(frames), mag_t, conv)
     return y, conv
+
+
+def _griffinlim_pyloop(angles, mag_t, window, envelope, hop, n_iter, alpha, eps, signal,
+                       rfft=None, irfft=None):
+    """``_griffinlim_loop`` with the FFTs called from Python: ``rfft(frames)`` and
+    ``irfft(spec, n_fft)`` along the last axis, scipy.fft on one thread by default (the
+    fallback without rocket-fft; the benchmark also passes torch.fft here)."""
+    if rfft is None or irfft is None:
+        import scipy.fft
+
+        rfft = functools.partial(scipy.fft.rfft, axis=-1, workers=1)
+        irfft = functools.partial(scipy.fft.irfft, axis=-1, workers=1)
+    n_fft = window.size
+    rows = (-1, mag_t.shape[-1])
+    previous = np.zeros_like(angles)
+    for i in range(n_iter):
+        frames = irfft(angles, n_fft)
+        _overlap_add(frames, window, envelope, hop, signal)
+        _frame(signal, window, hop, frames)
+        rebuilt = rfft(frames)
+        _project(rebuilt.reshape(rows), previous.reshape(rows), mag_t.reshape(rows),
+                 angles.reshape(rows), alpha if i else alpha * 0, eps)
+        previous = rebuilt
+    _overlap_add(irfft(angles, n_fft), window, envelope, hop, signal)
 
 
 def _initial_phasor_torch(init_phase, shape: tuple, seed, mag: torch.Tensor) -> torch.Tensor:
