@@ -216,9 +216,6 @@ class ImageDomain(styletx.Domain):
         fmt = _format_for(path)
         _to_pil(sample, fmt).save(path, format=fmt, **SAVE_OPTIONS.get(fmt, {}))
 
-    def output_name(self, source: Path) -> str:
-        return Path(source).name
-
     def from_array(self, array: np.ndarray) -> ImageSample:
         try:
             return ImageSample.from_array(array)
