@@ -132,7 +132,7 @@ class Run:
         rest are converted. Inputs of equal size are translated ``batch_size`` at a time. Outputs
         keep each input's format unless ``out_format`` (a suffix such as "png") says otherwise.
         """
-        _check_direction(direction)
+        source, _ = _sides(direction)  # validates the direction before any work
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
         suffix = self._output_suffix(out_format)
@@ -140,7 +140,6 @@ class Run:
         report = ConversionReport()
         on_file = on_file or (lambda *_: None)
         pending: list[tuple[Path, Path, Sample, torch.Tensor]] = []
-        source, _ = _sides(direction)
         for src, dst in jobs:
             try:
                 if dst is None:
