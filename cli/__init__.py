@@ -71,7 +71,7 @@ def cli(quiet: bool) -> None:
 
 @cli.command()
 @click.argument("a_dir", type=click.Path(path_type=Path))
-@click.argument("b_dir", type=click.Path(path_type=Path))
+@click.argument("b_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Run folder (default: runs/<A>2<B>). An existing run is resumed.")
 @click.option("--model", "-m", default=None, help="Translator (default: cyclegan).")
@@ -90,18 +90,26 @@ def cli(quiet: bool) -> None:
 @click.option("--log-every", type=click.IntRange(min=1), default=25, show_default=True)
 @click.option("--amp/--no-amp", default=True, show_default=True,
               help="bf16 autocast for forward passes on CUDA.")
+@click.option("--aligned", is_flag=True,
+              help="Paired models: each file of A_DIR holds A and B side by side (no B_DIR).")
 @reports_errors
 def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, seed, settings,
-          domain, encoder, save_every, preview_every, log_every, amp):
-    """Train a model that turns files like A_DIR's into files like B_DIR's."""
+          domain, encoder, save_every, preview_every, log_every, amp, aligned):
+    """Train a model that turns files like A_DIR's into files like B_DIR's.
+
+    Unpaired models (cyclegan) learn from any two folders. Paired ones (--model pix2pix) pair
+    a/x/001.png with b/x/001.jpg by relative path without extension, or read side-by-side
+    pairs from A_DIR alone with --aligned.
+    """
     from styletx.model import parse_settings
     from styletx.training import TrainSettings
     from styletx.training import train as run_training
 
-    out = out or Path("runs") / f"{a_dir.name}2{b_dir.name}"
+    default_name = f"{a_dir.name}2{b_dir.name}" if b_dir else a_dir.name
+    out = out or Path("runs") / default_name
     result = run_training(
         a_dir, b_dir, out, model=model, preset=preset, overrides=parse_settings(settings),
-        domain=domain, encoder=encoder, registry=registry(),
+        domain=domain, encoder=encoder, registry=registry(), aligned=aligned,
         settings=TrainSettings(
             steps=steps, batch_size=batch_size, size=size, seed=seed, device=device, amp=amp,
             save_every=save_every, preview_every=preview_every, log_every=log_every,
@@ -120,14 +128,16 @@ def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, see
 @click.option("--format", "out_format", default=None,
               help="Output format by suffix, e.g. png (default: each input's own).")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--keep-dropout", is_flag=True,
+              help="Keep the generator's dropout on (pix2pix): a different output each run.")
 @reports_errors
-def convert(run, inputs, out_dir, direction, batch_size, out_format, device):
+def convert(run, inputs, out_dir, direction, batch_size, out_format, device, keep_dropout):
     """Convert files and folders (recursively) with the model in RUN."""
     from tqdm import tqdm
 
     from styletx.convert import load_run
 
-    model = load_run(run, device=device, registry=registry())
+    model = load_run(run, device=device, registry=registry(), keep_dropout=keep_dropout)
     with tqdm(unit="file", file=sys.stderr, disable=None) as bar:
 
         def on_file(src, dst, problem):
@@ -141,6 +151,64 @@ def convert(run, inputs, out_dir, direction, batch_size, out_format, device):
                + (f"; {len(report.failed)} failed" if report.failed else ""))
     if report.failed:
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("a_test", type=click.Path(path_type=Path))
+@click.argument("b_test", type=click.Path(path_type=Path), required=False)
+@click.option("--direction", "-d", default="a2b", show_default=True, help="a2b or b2a.")
+@click.option("--aligned", is_flag=True,
+              help="Each file of A_TEST holds A and B side by side (no B_TEST).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--device", default="auto", show_default=True)
+@reports_errors
+def evaluate(run, a_test, b_test, direction, aligned, as_json, device):
+    """Score RUN on held-out pairs: convert each input of A_TEST and compare it with its pair
+    in B_TEST (images: PSNR, SSIM; voice: mel-cepstral distortion, log-F0 RMSE), beside the
+    same measures for the unconverted input. Pairs match by relative path without extension.
+    """
+    from tqdm import tqdm
+
+    from styletx.evaluate import evaluate as run_evaluation
+
+    with tqdm(unit="pair", file=sys.stderr, disable=None) as bar:
+
+        def on_pair(name, problem):
+            bar.update(1)
+            if problem:
+                tqdm.write(f"Error: {name}: {problem}", file=sys.stderr)
+
+        result = run_evaluation(run, a_test, b_test, direction, aligned, device=device,
+                                registry=registry(), on_pair=on_pair)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(_evaluation_table(result))
+    if result.failed:
+        click.echo(f"Error: {len(result.failed)} pair(s) could not be scored", err=True)
+        sys.exit(1)
+
+
+def _evaluation_table(result) -> str:
+    """Per-pair metrics of the converted and the unconverted input, then the means."""
+    names = list(result.metrics)
+    width = max([len("mean")] + [len(s.name) for s in result.scores])
+    head = " " * width + "".join(f"  {n:>22}" for n in names)
+    sub = f"{'pair':<{width}}" + "  converted  unconverted" * len(names)
+    lines = [head, sub]
+
+    def row(label, converted, baseline):
+        cells = "".join(f"  {converted[n]:>9.3f}  {baseline[n]:>11.3f}" for n in names)
+        return f"{label:<{width}}{cells}"
+
+    lines += [row(s.name, s.converted, s.baseline) for s in result.scores]
+    means = result.means()
+    lines += [row("mean", means["converted"], means["baseline"]), ""]
+    for n in names:
+        lines.append(f"{n}: {result.metrics[n]} is better; the conversion is better on "
+                     f"{result.improved(n)} of {len(result.scores)} pair(s)")
+    return "\n".join(lines)
 
 
 @cli.command()

@@ -4,4 +4,5 @@ BUILTIN_PLUGINS = [
     "styletx.plugins.image",
     "styletx.plugins.audio",
     "styletx.plugins.cyclegan",
+    "styletx.plugins.pix2pix",
 ]

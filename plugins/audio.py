@@ -90,6 +90,8 @@ class AudioDomain(styletx.Domain):
     flip_augment = False  # speech reversed in time is not speech
     chunk_frames = 256  # conversion works on ~3 s chunks (at 22.05 kHz, hop 256) ...
     chunk_overlap = 32  # ... cross-faded over ~0.37 s
+    pairs_by_time = True  # parallel utterances differ in pace: align them by DTW
+    metrics = {"mcd_db": "lower", "f0_rmse_cents": "lower"}
 
     def load(self, path: Path) -> AudioSample:
         path = Path(path)
@@ -133,6 +135,24 @@ class AudioDomain(styletx.Domain):
 
     def default_encoder(self, samples: Sequence[AudioSample]) -> str:
         return "mel"
+
+    def compare(self, converted: AudioSample, target: AudioSample) -> dict[str, float]:
+        """Mel-cepstral distortion and log-F0 RMSE (cents) against the target saying the same
+        words, after DTW alignment (``styletx.voice_metrics``), at the converted sample's rate.
+        An F0 RMSE that cannot be measured (no frame voiced in both) is NaN."""
+        import librosa
+
+        from styletx.voice_metrics import log_f0_rmse, mcd
+
+        rate, wave = converted.rate, target.wave
+        if target.rate != rate:
+            wave = librosa.resample(wave, orig_sr=target.rate, target_sr=rate)
+        result = {"mcd_db": mcd(converted.wave, wave, rate)}
+        try:
+            result["f0_rmse_cents"] = log_f0_rmse(converted.wave, wave, rate)
+        except ValueError:
+            result["f0_rmse_cents"] = float("nan")
+        return result
 
     def prepare_for_training(self, sample: AudioSample, size: int) -> AudioSample:
         """Leading and trailing silence trimmed (it would teach the model nothing)."""

@@ -281,7 +281,7 @@ class CycleGAN(styletx.Translator):
     }}
 
     @classmethod
-    def config_for_data(cls, config: CycleGANConfig, shapes: dict) -> CycleGANConfig:
+    def config_for_data(cls, config: CycleGANConfig, shapes: dict, crop: tuple) -> CycleGANConfig:
         """The voice generator is built for the spectrograms' bin count: take it from the data."""
         if config.generator != "voice":
             return config

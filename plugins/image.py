@@ -231,6 +231,34 @@ class ImageDomain(styletx.Domain):
     def default_encoder(self, samples: Sequence[ImageSample]) -> str:
         return "gray" if samples and all(s.channels == 1 for s in samples) else "rgb"
 
+    def split_aligned(self, sample: ImageSample, path: Path) -> tuple[ImageSample, ImageSample]:
+        """A on the left half, B on the right (the reference's aligned datasets)."""
+        width = sample.pixels.shape[1]
+        if width % 2:
+            raise BadInputError(path, f"odd width {width}: an --aligned image holds A and B side "
+                                      "by side in two halves of equal width")
+        half = width // 2
+        return tuple(
+            dataclasses.replace(sample, pixels=np.ascontiguousarray(sample.pixels[:, part]),
+                                alpha=None if sample.alpha is None else sample.alpha[:, part])
+            for part in (slice(None, half), slice(half, None))
+        )
+
+    metrics = {"psnr_db": "higher", "ssim": "higher"}
+
+    def compare(self, converted: ImageSample, target: ImageSample) -> dict[str, float]:
+        """PSNR and SSIM of the pixels in [0, 1] (alpha ignored). A gray image compared with a
+        colour one counts as colour; a target of another size is first resized to the
+        converted image's size, as training resizes a pair's B side to its A side's."""
+        from styletx.metrics import psnr, ssim
+
+        x, y = converted.pixels, target.pixels
+        if x.shape[:2] != y.shape[:2]:
+            y = np.stack([_resize(y[:, :, c], *x.shape[:2]) for c in range(y.shape[2])], axis=2)
+        if x.shape[2] != y.shape[2]:
+            x, y = (np.repeat(p, 3, axis=2) if p.shape[2] == 1 else p for p in (x, y))
+        return {"psnr_db": psnr(x, y), "ssim": ssim(x, y)}
+
     def prepare_for_training(self, sample: ImageSample, size: int) -> ImageSample:
         """Shorter side -> ``round(size * 286 / 256)`` (the CycleGAN reference loads 286 for
         256 crops, so random crops also shift the content); alpha dropped."""

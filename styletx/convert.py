@@ -29,6 +29,8 @@ from .runs import CONFIG, WEIGHTS, atomic_path, load_weights, read_config
 
 log = logging.getLogger("styletx")
 
+DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d)
+
 
 @dataclasses.dataclass
 class ConversionReport:
@@ -36,13 +38,17 @@ class ConversionReport:
     failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
 
 
-def load_run(path: Path | str, device: str = "auto", registry: Registry | None = None) -> "Run":
-    """Load a run folder's model for conversion (weights only; no code runs from the files)."""
-    return Run(Path(path), device, registry or get_registry())
+def load_run(path: Path | str, device: str = "auto", registry: Registry | None = None,
+             keep_dropout: bool = False) -> "Run":
+    """Load a run folder's model for conversion (weights only; no code runs from the files).
+
+    The networks run in evaluation mode; ``keep_dropout`` leaves their dropout layers on, for
+    the stochastic outputs of a pix2pix-style generator (a different result each time)."""
+    return Run(Path(path), device, registry or get_registry(), keep_dropout)
 
 
 class Run:
-    def __init__(self, path: Path, device: str, registry: Registry):
+    def __init__(self, path: Path, device: str, registry: Registry, keep_dropout: bool = False):
         self.path = path
         self.config = read_config(path)
         self.domain, self.encoders, self.translator = build_from_config(self.config, registry)
@@ -56,6 +62,16 @@ class Run:
         self.device = pick_device(device)
         self.translator.to(self.device, amp=False)
         self.translator.train(False)
+        if keep_dropout:
+            self._keep_dropout()
+
+    def _keep_dropout(self) -> None:
+        layers = [m for net in self.translator.networks().values() for m in net.modules()
+                  if isinstance(m, DROPOUTS)]
+        if not layers:
+            raise UsageError(f"--keep-dropout: the {self.translator.name} model has no dropout")
+        for layer in layers:
+            layer.train(True)
 
     # -- tensors and samples -----------------------------------------------------------------
     def convert_tensor(self, x: torch.Tensor, direction: str = "a2b") -> torch.Tensor:
@@ -107,7 +123,7 @@ class Run:
         return y[..., :h, :w].float().cpu()
 
     def convert_sample(self, sample: Sample, direction: str = "a2b") -> Sample:
-        source, target = _sides(direction)
+        source, target = direction_sides(direction)
         x = self.encoders[source].encode(sample)[None]
         return self.encoders[target].decode(self.convert_tensor(x, direction)[0], like=sample)
 
@@ -132,7 +148,7 @@ class Run:
         rest are converted. Inputs of equal size are translated ``batch_size`` at a time. Outputs
         keep each input's format unless ``out_format`` (a suffix such as "png") says otherwise.
         """
-        source, _ = _sides(direction)  # validates the direction before any work
+        source, _ = direction_sides(direction)  # validates the direction before any work
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
         suffix = self._output_suffix(out_format)
@@ -203,7 +219,7 @@ class Run:
     def _flush(self, pending, direction, report, on_file) -> None:
         if not pending:
             return
-        _, target = _sides(direction)
+        _, target = direction_sides(direction)
         batch = torch.stack([x for *_, x in pending])
         out = self.convert_tensor(batch, direction)
         for (src, dst, sample, _), y in zip(pending, out):
@@ -226,7 +242,7 @@ def _check_direction(direction: str) -> None:
         raise UsageError(f"--direction {direction!r}: use a2b or b2a")
 
 
-def _sides(direction: str) -> tuple[str, str]:
+def direction_sides(direction: str) -> tuple[str, str]:
     """"a2b" -> ("a", "b")."""
     _check_direction(direction)
     return (direction[0], direction[2])

@@ -71,6 +71,31 @@ def make_image_dataset(root: Path, n_train: int = 48, n_test: int = 8, size: int
     return folders
 
 
+def ink(rgb: np.ndarray) -> np.ndarray:
+    """A paired task's hidden transform on ``(H, W, 3)`` floats in [0, 1]: ``winterize``d colours
+    with dark outlines along the edges (a local, spatial change, not a per-pixel one)."""
+    from scipy.ndimage import sobel
+
+    gray = rgb @ np.array([0.299, 0.587, 0.114])
+    edges = np.hypot(sobel(gray, axis=0), sobel(gray, axis=1))
+    outline = np.clip(edges * 2.0, 0, 1)[:, :, None]
+    return winterize(rgb) * (1 - 0.8 * outline)
+
+
+def make_paired_image_dataset(root: Path, n_train: int = 48, n_test: int = 8, size: int = 64,
+                              seed: int = 0) -> dict[str, Path]:
+    """Paired folders: ``a/`` scenes and ``b/`` their ``ink`` versions under the same names, and
+    held-out ``test_a/`` with its true answers in ``test_b/``; returns the four folders."""
+    rng = np.random.default_rng(seed)
+    folders = {name: root / name for name in ("a", "b", "test_a", "test_b")}
+    for split, count, stem in (("", n_train, "scene"), ("test_", n_test, "held")):
+        for i in range(count):
+            scene = make_scene(rng, size)
+            save_rgb(scene, folders[split + "a"] / f"{stem}{i:03d}.png")
+            save_rgb(ink(scene), folders[split + "b"] / f"{stem}{i:03d}.png")
+    return folders
+
+
 def load_rgb(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
 

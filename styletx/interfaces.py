@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .errors import UsageError
+
 Sample = Any  # whatever a domain loads: an image array with its metadata, a waveform, ...
 DIRECTIONS = ("a2b", "b2a")
 
@@ -32,6 +34,12 @@ class Domain(ABC):
     # (bounded memory for long recordings); None = always whole (images).
     chunk_frames: ClassVar[int | None] = None
     chunk_overlap: ClassVar[int] = 0
+    # Paired training: True when the two files of a pair may differ in length along W (the same
+    # sentence spoken faster) and are aligned by dynamic time warping of their encoded frames;
+    # False: a pair of different sizes has its B side resized to the A side's (with a warning).
+    pairs_by_time: ClassVar[bool] = False
+    # Evaluation: the metrics ``compare`` returns, each with "higher" or "lower" (is better).
+    metrics: ClassVar[dict[str, str]] = {}
 
     def handles(self, path: Path) -> bool:
         return path.suffix.lower() in self.extensions
@@ -59,6 +67,16 @@ class Domain(ABC):
     def to_array(self, sample: Sample) -> Any:
         """The inverse of ``from_array``."""
         raise NotImplementedError(f"the {self.name} domain does not convert arrays")
+
+    def split_aligned(self, sample: Sample, path: Path) -> tuple[Sample, Sample]:
+        """One file that holds A and B side by side (``--aligned``) -> ``(a, b)``; raise
+        ``BadInputError(path, problem)`` for a file that cannot be split."""
+        raise UsageError(f"--aligned: {self.name} files do not hold pairs side by side")
+
+    def compare(self, converted: Sample, target: Sample) -> dict[str, float]:
+        """Score ``converted`` against the true ``target`` with the domain's ``metrics``; raise
+        ``ValueError`` with a one-line reason for a pair that cannot be measured."""
+        raise UsageError(f"the {self.name} domain has no evaluation metrics")
 
     def default_encoder(self, samples: Sequence[Sample]) -> str:
         """Name of the encoder to use for a folder holding ``samples``."""
@@ -144,10 +162,13 @@ class Translator(ABC):
         return cls.domain_presets.get(domain, cls.presets)
 
     @classmethod
-    def config_for_data(cls, config: Any, shapes: dict[str, tuple[int, ...]]) -> Any:
+    def config_for_data(cls, config: Any, shapes: dict[str, tuple[int, ...]],
+                        crop: tuple[int | None, int]) -> Any:
         """Fill settings that depend on the data before the networks are built (e.g. the
-        number of frequency bins); ``shapes`` holds one encoded example's ``(C, H, W)`` per
-        side. The result is saved in config.json, so conversion rebuilds the same networks."""
+        number of frequency bins, or a depth that suits the crop); ``shapes`` holds one encoded
+        example's ``(C, H, W)`` per side and ``crop`` the training crop (height, None for the
+        full height, and width). The result is saved in config.json, so conversion rebuilds the
+        same networks."""
         return config
     paired: ClassVar[bool] = False  # needs (a, b) examples that belong together
 
@@ -210,12 +231,13 @@ class Translator(ABC):
     def translate(self, x: torch.Tensor, direction: str) -> torch.Tensor:
         """Map a batch ``(N, C, H, W)`` in ``direction`` ("a2b" or "b2a")."""
 
-    def preview(self, batch: dict[str, torch.Tensor]) -> list[list[torch.Tensor]]:
-        """Rows of tensors ``(C, H, W)`` for a preview grid: input, translated, reconstructed."""
+    def preview(self, batch: dict[str, torch.Tensor]) -> list[list[tuple[str, torch.Tensor]]]:
+        """Rows of ``(side, tensor (C, H, W))`` for a preview grid, the side naming the domain
+        whose encoder decodes the tensor; default: input, translated, reconstructed."""
         rows = []
         with torch.no_grad():
             for src, direction, back in (("a", "a2b", "b2a"), ("b", "b2a", "a2b")):
                 x = batch[src][:1]
                 y = self.translate(x, direction)
-                rows.append([x[0], y[0], self.translate(y, back)[0]])
+                rows.append([(src, x[0]), (direction[2], y[0]), (src, self.translate(y, back)[0])])
         return rows

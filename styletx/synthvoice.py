@@ -7,7 +7,8 @@ fricative bursts, shaped by a cascade of formant resonators whose frequencies fo
 
 - the *text* (``text_seed``): syllable timing, pauses, the vowel of each syllable, fricatives and
   the intonation pattern, all relative to the voice, so two voices saying the same text line
-  up frame for frame and differ only in pitch and timbre;
+  up frame for frame and differ only in pitch and timbre; ``tempo`` stretches its timing (the
+  same syllables, slower or faster), for parallel utterances that line up only after DTW;
 - the *performance* (``seed``): F0 drift, vibrato phase, jitter and breath noise.
 
 The known answers a test can score against: the F0 contour is centred on ``Voice.f0_hz`` in
@@ -55,27 +56,40 @@ _BLOCK_S = 0.005  # the formant filters are updated every 5 ms
 
 
 def utterance(voice: Voice, seconds: float, rate: int = 22050, seed: int = 0,
-              text_seed: int | None = None) -> np.ndarray:
+              text_seed: int | None = None, tempo: float = 1.0) -> np.ndarray:
     """Synthesise ``seconds`` of speech-like audio by ``voice``.
 
     Args:
         voice: the speaker.
-        seconds: duration; the result has exactly ``round(seconds * rate)`` samples.
+        seconds: duration of the text at tempo 1; the result has exactly
+            ``round(seconds / tempo * rate)`` samples.
         rate: sample rate in Hz.
         seed: the performance noise (F0 drift, vibrato phase, jitter, breath noise).
         text_seed: the "words" (syllable timing, pauses, vowels, intonation); defaults to
             ``seed``. Equal ``text_seed`` and ``seconds`` give the same timing and content in
             any voice.
+        tempo: speaking rate: every syllable, consonant and pause (and the formant and accent
+            transitions) lasts ``1 / tempo`` times as long, so the same ``text_seed`` and
+            ``seconds`` at tempo 0.8 say the same syllables in the same order, 25 % slower
+            (to within a sample per event), a parallel utterance of another length. Pitch and
+            the performance's rates (vibrato, drift) do not change. 1 is the original timing.
 
     Returns:
-        float32 array of shape ``(round(seconds * rate),)``, peak 0.5.
+        float32 array of shape ``(round(seconds / tempo * rate),)``, peak 0.5.
+
+    Raises:
+        ValueError: ``seconds`` below 0.25, ``tempo`` not positive, or a formant too close to
+            the Nyquist frequency.
     """
-    n = int(round(seconds * rate))
     if seconds < 0.25:
         raise ValueError(f"an utterance needs at least 0.25 s, got {seconds} s")
+    if not tempo > 0:
+        raise ValueError(f"tempo must be positive, got {tempo}")
+    n = int(round(seconds / tempo * rate))
     if max(voice.formants) >= 0.45 * rate:
         raise ValueError(f"formant {max(voice.formants)} Hz is too close to Nyquist at {rate} Hz")
-    text = _text(np.random.default_rng([1, seed if text_seed is None else text_seed]), n, rate)
+    text = _text(np.random.default_rng([1, seed if text_seed is None else text_seed]),
+                 int(round(seconds * rate)), rate, tempo, n)
     rng = np.random.default_rng([2, seed])
     t = np.arange(n) / rate
 
@@ -120,54 +134,117 @@ def write_voice_folders(root: str | Path, n_train: int = 8, n_test: int = 2,
     can be scored against ``test_b/x``. Every file has its own performance seed; each file is
     ``seconds`` long, 16-bit FLAC at ``rate`` Hz.
     """
-    import soundfile as sf
-
-    folders = {name: Path(root) / name for name in ("a", "b", "test_a", "test_b")}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def write(folder: str, name: str, voice: Voice, seed: int, text_seed: int) -> None:
-        wave = utterance(voice, seconds, rate, seed=seed, text_seed=text_seed)
-        sf.write(folders[folder] / name, wave, rate, format="FLAC")
-
+    folders = _voice_folders(root)
     for i in range(n_train):
-        write("a", f"low{i:03d}.flac", LOW, seed=i, text_seed=i)
-        write("b", f"high{i:03d}.flac", HIGH, seed=100 + i, text_seed=n_train + i)
-    for i in range(n_test):
-        text = 10_000 + i
-        write("test_a", f"held{i:03d}.flac", LOW, seed=200 + i, text_seed=text)
-        write("test_b", f"held{i:03d}.flac", HIGH, seed=300 + i, text_seed=text)
+        _write_utterance(folders["a"] / f"low{i:03d}.flac", LOW, seconds, rate, seed=i,
+                         text_seed=i)
+        _write_utterance(folders["b"] / f"high{i:03d}.flac", HIGH, seconds, rate, seed=100 + i,
+                         text_seed=n_train + i)
+    _write_held_out(folders, n_test, seconds, rate, tempo_b=1.0)
     return folders
 
 
-def _text(rng: np.random.Generator, n: int, rate: int) -> dict[str, np.ndarray]:
+def write_parallel_voice_folders(root: str | Path, n_train: int = 8, n_test: int = 2,
+                                 seconds: float = 2.0, tempo_b: float = 0.8,
+                                 rate: int = 22050) -> dict[str, Path]:
+    """Write *paired* FLAC folders (for pix2pix) whose pairs differ in length; returns
+    ``{name: folder}``.
+
+    ``a/`` holds the LOW voice saying texts ``0 .. n_train-1`` (``utt000.flac`` ...) and ``b/``
+    the HIGH voice saying the *same* texts at ``tempo_b`` under the same file names, so the
+    files pair by name but a pair lines up only after time alignment (DTW): at the default
+    tempo 0.8 every ``b/`` file says the same syllables 25 % slower. ``test_a/`` and
+    ``test_b/`` hold held-out texts the same way (``held000.flac`` ...; the same files as
+    ``write_voice_folders`` writes when ``tempo_b`` is 1). Every file has its own performance
+    seed; ``a/`` files are ``seconds`` long and ``b/`` files ``seconds / tempo_b``, 16-bit FLAC
+    at ``rate`` Hz.
+    """
+    folders = _voice_folders(root)
+    for i in range(n_train):
+        name = f"utt{i:03d}.flac"
+        _write_utterance(folders["a"] / name, LOW, seconds, rate, seed=i, text_seed=i)
+        _write_utterance(folders["b"] / name, HIGH, seconds, rate, seed=100 + i, text_seed=i,
+                         tempo=tempo_b)
+    _write_held_out(folders, n_test, seconds, rate, tempo_b)
+    return folders
+
+
+def _voice_folders(root: str | Path) -> dict[str, Path]:
+    """``a/``, ``b/``, ``test_a/`` and ``test_b/`` under ``root``, created."""
+    folders = {name: Path(root) / name for name in ("a", "b", "test_a", "test_b")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return folders
+
+
+def _write_held_out(folders: dict[str, Path], n_test: int, seconds: float, rate: int,
+                    tempo_b: float) -> None:
+    """Held-out texts said by LOW in ``test_a/`` and by HIGH at ``tempo_b`` in ``test_b/``."""
+    for i in range(n_test):
+        name, text = f"held{i:03d}.flac", 10_000 + i
+        _write_utterance(folders["test_a"] / name, LOW, seconds, rate, seed=200 + i,
+                         text_seed=text)
+        _write_utterance(folders["test_b"] / name, HIGH, seconds, rate, seed=300 + i,
+                         text_seed=text, tempo=tempo_b)
+
+
+def _write_utterance(path: Path, voice: Voice, seconds: float, rate: int, seed: int,
+                     text_seed: int, tempo: float = 1.0) -> None:
+    """One ``utterance`` as 16-bit FLAC."""
+    import soundfile as sf
+
+    wave = utterance(voice, seconds, rate, seed=seed, text_seed=text_seed, tempo=tempo)
+    sf.write(path, wave, rate, format="FLAC", subtype="PCM_16")
+
+
+def _text(rng: np.random.Generator, n: int, rate: int, tempo: float = 1.0,
+          n_out: int | None = None) -> dict[str, np.ndarray]:
     """Per-sample tracks of one "sentence": voicing envelope, frication envelope, vowel
-    factors ``(n, 2)`` for F1 and F2, and intonation in log frequency."""
-    voicing, frication = np.zeros(n), np.zeros(n)
-    targets = np.ones((n, 2))
-    intonation = np.zeros(n)
+    factors ``(n, 2)`` for F1 and F2, and intonation in log frequency.
+
+    The sentence is drawn on the tempo-1 time grid (``n`` samples at tempo 1, whatever the
+    tempo), so the draws and hence the syllables are the same at every tempo; the events are
+    then placed at ``1 / tempo`` times their tempo-1 sample positions in tracks of ``n_out``
+    samples (default ``round(n / tempo)``), and the smoothing widths stretch alike.
+    """
+    frications, syllables = [], []  # (start, end) and (start, end, vowel, accent), tempo 1
     pos = int(rng.uniform(0.03, 0.08) * rate)  # a short lead-in of silence
     while pos < n:
         if rng.random() < 0.35:  # an unvoiced consonant before the vowel
             length = int(rng.uniform(0.04, 0.08) * rate)
-            frication[pos:pos + length] = _raised_cosine(length, 0.3)[: max(0, n - pos)]
+            frications.append((pos, pos + length))
             pos += length
             if pos >= n:
                 break
         length = int(rng.uniform(0.14, 0.28) * rate)
-        end = min(pos + length, n)
-        voicing[pos:end] = _raised_cosine(length, 0.15)[: end - pos]
-        # Vowel targets hold through the following pause, so formants glide between syllables.
-        targets[pos:] = VOWELS[rng.integers(len(VOWELS))]
-        intonation[pos:end] = rng.normal(0, 0.03)  # per-syllable accent, about +-0.5 semitone
-        pos = end
+        vowel = VOWELS[rng.integers(len(VOWELS))]
+        syllables.append((pos, pos + length, vowel, rng.normal(0, 0.03)))
+        pos = min(pos + length, n)
         # Short gaps between syllables, longer ones between "words".
         pos += int((rng.uniform(0.10, 0.20) if rng.random() < 0.3 else rng.uniform(0.0, 0.04))
                    * rate)
+
+    def at(sample: int | float) -> int:  # a tempo-1 position on the output's time grid
+        return int(sample) if tempo == 1.0 else int(round(sample / tempo))
+
+    n = at(n) if n_out is None else n_out
+    voicing, frication = np.zeros(n), np.zeros(n)
+    targets = np.ones((n, 2))
+    intonation = np.zeros(n)
+    for start, end in frications:
+        start, end = at(start), at(end)
+        frication[start:end] = _raised_cosine(end - start, 0.3)[: max(0, n - start)]
+    for start, end, vowel, accent in syllables:
+        start, length = at(start), at(end) - at(start)
+        end = min(start + length, n)
+        voicing[start:end] = _raised_cosine(length, 0.15)[: end - start]
+        # Vowel targets hold through the following pause, so formants glide between syllables.
+        targets[start:] = vowel
+        intonation[start:end] = accent  # per-syllable accent, about +-0.5 semitone
     # Smooth vowel targets (~40 ms transitions) and accents into continuous tracks.
-    vowel_factors = np.stack([_moving_average(targets[:, i], int(0.04 * rate)) for i in range(2)],
+    vowel_factors = np.stack([_moving_average(targets[:, i], at(0.04 * rate)) for i in range(2)],
                              axis=1)
-    intonation = _moving_average(intonation, int(0.06 * rate))
+    intonation = _moving_average(intonation, at(0.06 * rate))
     return {"voicing": voicing, "frication": frication, "vowel_factors": vowel_factors,
             "intonation": intonation}
 

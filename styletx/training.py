@@ -42,6 +42,17 @@ from .model import (
     model_tensors,
     pick_device,
 )
+from .pairs import (
+    MIN_PAIRS,
+    align_in_time,
+    check_enough,
+    load_aligned,
+    load_alignment,
+    load_pairs,
+    match_sizes,
+    pair_files,
+    save_alignment,
+)
 from .registry import Registry, get_registry
 from .runs import (
     CONFIG,
@@ -89,7 +100,7 @@ class TrainResult:
 
 def train(
     a_dir: Path | str,
-    b_dir: Path | str,
+    b_dir: Path | str | None,
     out: Path | str,
     model: str | None = None,
     preset: str | None = None,
@@ -98,32 +109,34 @@ def train(
     domain: str | None = None,
     encoder: str | None = None,
     registry: Registry | None = None,
+    aligned: bool = False,
 ) -> TrainResult:
     """Train ``model`` to map the files of ``a_dir`` to the style of ``b_dir`` into ``out``.
 
     ``model`` defaults to cyclegan and ``preset`` to default; when ``out`` already holds a run,
-    training resumes and both default to the saved ones.
+    training resumes and both default to the saved ones. A paired model (pix2pix) pairs the
+    files of the two folders by name; with ``aligned`` it reads pairs side by side from the
+    files of ``a_dir`` alone (``b_dir`` None).
     """
     registry = registry or get_registry()
     settings = settings or TrainSettings()
     overrides = overrides or {}
-    a_dir, b_dir = check_folder(Path(a_dir), "A_DIR"), check_folder(Path(b_dir), "B_DIR")
+    a_dir, b_dir = _check_folders(a_dir, b_dir, aligned)
     out = Path(out)
-    if a_dir == b_dir:
-        raise UsageError(f"A_DIR and B_DIR are the same folder ({a_dir})")
     for folder in (a_dir, b_dir):
-        if is_inside(out, folder):
+        if folder and is_inside(out, folder):
             raise UsageError(f"--out {out} is inside the input folder {folder}; choose another")
     saved = _saved_config(out)
     if saved:
         return _resume(saved, a_dir, b_dir, out, model, preset, overrides, settings, domain,
                        encoder, registry)
     cls = registry.translator(model or "cyclegan")
+    _check_paired(cls, aligned)
     preset = preset or "default"
     dom = registry.domain(domain) if domain else _guess_domain(registry, a_dir, b_dir)
     config = make_config(cls, preset, overrides, dom.name)
     train_values = _train_values(cls.presets_for(dom.name)[preset], settings)
-    folders = _load_folders(dom, a_dir, b_dir, out, train_values["size"])
+    folders = _load_data(dom, a_dir, b_dir, out, train_values["size"], cls.paired)
     encoders = {
         side: registry.encoder(encoder or dom.default_encoder(folders[side].samples))()
         for side in SIDES
@@ -133,7 +146,7 @@ def train(
         enc.fit(folders[side].samples)
     shapes = {side: tuple(enc.encode(folders[side].samples[0]).shape)
               for side, enc in encoders.items()}
-    config = cls.config_for_data(config, shapes)
+    config = cls.config_for_data(config, shapes, dom.training_crop(train_values["size"]))
     run_config = {
         "styletx_version": __version__,
         "translator": cls.name,
@@ -141,7 +154,7 @@ def train(
         "config": dataclasses.asdict(config),
         "domain": dom.name,
         "encoders": {side: encoder_record(enc) for side, enc in encoders.items()},
-        "data": {"a": str(a_dir), "b": str(b_dir)},
+        "data": {"a": str(a_dir), "b": b_dir and str(b_dir), "aligned": aligned},
         "train": {**train_values, "seed": settings.seed},
         "step": 0,
     }
@@ -152,7 +165,8 @@ def train(
 
 def _resume(saved, a_dir, b_dir, out, model, preset, overrides, settings, domain, encoder,
             registry):
-    _check_same(saved, a_dir, b_dir, model, preset, overrides, settings, domain, encoder)
+    _check_same(saved, a_dir, b_dir, model, preset, overrides, settings, domain, encoder,
+                b_dir is None)
     if settings.steps is not None:
         if settings.steps < 1:
             raise UsageError(f"--steps must be at least 1 (got {settings.steps})")
@@ -168,7 +182,7 @@ def _resume(saved, a_dir, b_dir, out, model, preset, overrides, settings, domain
         log.info("%s is already trained to step %d of %d; raise --steps to continue",
                  out, saved["step"], saved["train"]["steps"])
         return TrainResult(out, saved["step"], {})
-    folders = _load_folders(dom, a_dir, b_dir, out, saved["train"]["size"])
+    folders = _load_data(dom, a_dir, b_dir, out, saved["train"]["size"], translator.paired)
     log.info("resuming %s from step %d", out, saved["step"])
     return _run_loop(saved, dom, encoders, translator, folders, out, settings, state)
 
@@ -182,16 +196,18 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     translator.configure_optimizers(total)
     crop = dom.training_crop(train_values["size"])
     _check_size_multiple(crop, translator)
-    sampler = CropSampler(
-        {side: _encode_examples(folders[side], encoders[side], crop[1]) for side in SIDES},
-        crop, train_values["batch_size"], dom.flip_augment, translator.paired,
-        seed=train_values["seed"],
-    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CONFIG, run_config)  # a run without weights yet starts afresh if it fails
+    if translator.paired:
+        examples = _paired_examples(folders, encoders, crop[1], dom, out)
+    else:
+        examples = {side: _encode_examples(folders[side], encoders[side], crop[1])
+                    for side in SIDES}
+    sampler = CropSampler(examples, crop, train_values["batch_size"], dom.flip_augment,
+                          translator.paired, seed=train_values["seed"])
     if resume_state is not None:
         _load_training_state(resume_state, translator, sampler)
         truncate_log(out, start)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG, run_config)
     preview_batch = sampler.fixed_batch()
     step, losses = start, {}
     bar = tqdm(total=total, initial=start, file=sys.stderr, dynamic_ncols=True,
@@ -301,10 +317,9 @@ def _save_preview(out: Path, step: int, translator: Translator, batch, device, d
     translator.train(False)
     rows = translator.preview({k: v.to(device) for k, v in batch.items()})
     translator.train(True)
-    # The preview layout: row a is (a, a2b, a2b2a), row b is (b, b2a, b2a2b).
-    sides = [["a", "b", "a"], ["b", "a", "b"]]
-    grid = [[encoders[side] for side, _ in zip(s, row)] for s, row in zip(sides, rows)]
-    dom.save_preview(rows, grid, out / SAMPLES / f"step-{step:06d}")
+    tensors = [[tensor for _, tensor in row] for row in rows]
+    grid = [[encoders[side] for side, _ in row] for row in rows]
+    dom.save_preview(tensors, grid, out / SAMPLES / f"step-{step:06d}")
 
 
 # -- setup checks -----------------------------------------------------------------------------
@@ -331,27 +346,57 @@ def _check_size_multiple(crop: tuple[int | None, int], translator: Translator) -
                              f"of at least {2 * multiple}")
 
 
-def _guess_domain(registry: Registry, a_dir: Path, b_dir: Path) -> Domain:
-    suffixes = {p.suffix.lower() for d in (a_dir, b_dir) for p in list_files(d)}
+def _check_folders(a_dir, b_dir, aligned: bool) -> tuple[Path, Path | None]:
+    a_dir = check_folder(Path(a_dir), "A_DIR")
+    if aligned:
+        if b_dir is not None:
+            raise UsageError("--aligned reads both halves of each pair from A_DIR: give no B_DIR")
+        return a_dir, None
+    if b_dir is None:
+        raise UsageError("missing B_DIR (or --aligned, for one folder of side-by-side pairs)")
+    b_dir = check_folder(Path(b_dir), "B_DIR")
+    if a_dir == b_dir:
+        raise UsageError(f"A_DIR and B_DIR are the same folder ({a_dir})")
+    return a_dir, b_dir
+
+
+def _check_paired(cls: type[Translator], aligned: bool) -> None:
+    if aligned and not cls.paired:
+        raise UsageError(f"--aligned is for paired models such as pix2pix; {cls.name} learns from "
+                         "two unpaired folders")
+
+
+def _guess_domain(registry: Registry, a_dir: Path, b_dir: Path | None) -> Domain:
+    folders = [d for d in (a_dir, b_dir) if d is not None]
+    suffixes = {p.suffix.lower() for d in folders for p in list_files(d)}
     dom = registry.domain_for(suffixes)
     if dom is None:
-        for option, folder in (("A_DIR", a_dir), ("B_DIR", b_dir)):
+        for option, folder in zip(("A_DIR", "B_DIR"), folders):
             if not list_files(folder):
                 raise UsageError(f"{option} {folder}: the folder is empty")
         known = " ".join(sorted({e for d in registry.domains.values() for e in d.extensions}))
-        raise UsageError(f"no supported files in {a_dir} or {b_dir} (styletx reads {known})")
+        raise UsageError(f"no supported files in {' or '.join(map(str, folders))} "
+                         f"(styletx reads {known})")
     return dom
 
 
-def _load_folders(dom: Domain, a_dir: Path, b_dir: Path, out: Path,
-                  size: int) -> dict[str, FolderData]:
-    folders = {}
-    for side, folder in (("a", a_dir), ("b", b_dir)):
-        data = load_folder(folder, dom, f"{side.upper()}_DIR", exclude=out)
+def _load_data(dom: Domain, a_dir: Path, b_dir: Path | None, out: Path, size: int,
+               paired: bool) -> dict[str, FolderData]:
+    """Each side's usable samples at training scale; for a paired model, pair i of each side
+    belongs together."""
+    if b_dir is None:
+        folders = load_aligned(a_dir, dom, exclude=out)
+    elif paired:
+        folders = load_pairs(pair_files(a_dir, b_dir, dom, exclude=out), dom, (a_dir, b_dir))
+    else:
+        folders = {side: load_folder(folder, dom, f"{side.upper()}_DIR", exclude=out)
+                   for side, folder in (("a", a_dir), ("b", b_dir))}
+    if paired:
+        check_enough(folders)
+    for side, data in folders.items():
         data.samples = [dom.prepare_for_training(s, size) for s in data.samples]
-        log.info("%s: %s%s", folder, dom.describe(data.samples),
+        log.info("%s: %s: %s%s", side.upper(), data.folder, dom.describe(data.samples),
                  f" ({len(data.skipped)} file(s) skipped)" if data.skipped else "")
-        folders[side] = data
     return folders
 
 
@@ -368,6 +413,28 @@ def _encode_examples(data: FolderData, encoder: Encoder, width: int) -> list[tor
         raise UsageError(f"{data.folder}: no file is as long as one training segment "
                          f"({width} frames); use longer files or a smaller --size")
     return kept
+
+
+def _paired_examples(folders: dict[str, FolderData], encoders: dict[str, Encoder], width: int,
+                     dom: Domain, out: Path) -> dict[str, list[torch.Tensor]]:
+    """Encoded pairs whose halves line up element for element (see ``styletx.pairs``); a pair
+    narrower than a training crop is reported and dropped."""
+    a, b = (encode_all(folders[side].samples, encoders[side]) for side in SIDES)
+    files = list(zip(folders["a"].files, folders["b"].files))
+    if dom.pairs_by_time:
+        cache = load_alignment(out)
+        a, b = align_in_time(a, b, files, cache)
+        save_alignment(out, cache)
+    else:
+        b = match_sizes(a, b, [path.name for path, _ in files])
+    kept = [i for i, x in enumerate(a) if x.shape[-1] >= width]
+    for i in sorted(set(range(len(a))) - set(kept)):
+        log.warning("skipping the pair of %s: shorter than one training segment (%d < %d "
+                    "frames)", files[i][0], a[i].shape[-1], width)
+    if len(kept) < MIN_PAIRS:
+        raise UsageError(f"only {len(kept)} pair(s) are as long as one training segment "
+                         f"({width} frames); a paired model needs at least {MIN_PAIRS}")
+    return {"a": [a[i] for i in kept], "b": [b[i] for i in kept]}
 
 
 def _check_encoder(enc: Encoder, dom: Domain) -> None:
@@ -389,13 +456,14 @@ def _saved_config(out: Path) -> dict[str, Any] | None:
 
 
 def _check_same(saved, a_dir, b_dir, model, preset, overrides, settings, domain,
-                encoder) -> None:
+                encoder, aligned) -> None:
     """A resumed run must be the same run: refuse options that contradict the saved ones."""
     given = {
         "--model": (model, saved["translator"]),
         "--preset": (preset, saved["preset"]),
         "A_DIR": (str(a_dir), saved["data"]["a"]),
-        "B_DIR": (str(b_dir), saved["data"]["b"]),
+        "B_DIR": (b_dir and str(b_dir), saved["data"]["b"]),
+        "--aligned": (aligned, saved["data"].get("aligned", False)),
         "--size": (settings.size, saved["train"]["size"]),
         "--domain": (domain, saved["domain"]),
         "--encoder": (encoder, saved["encoders"]["a"]["name"]),

@@ -6,6 +6,10 @@
   words about 6 dB.
 - ``f0_track`` / ``median_f0`` / ``log_f0_stats``: pitch (pYIN) over voiced frames, to check that
   a conversion moved the F0 toward the target speaker's.
+- ``log_f0_rmse`` / ``f0_difference_cents``: how far a converted utterance's pitch is from the
+  target speaker saying the same words, frame by frame in cents after the same DTW alignment
+  as ``mcd``: the same recording gives 0, LOW and HIGH saying the same words about 1200 (an
+  octave).
 
 All functions take mono waveforms as 1-D float arrays at ``rate`` Hz and raise ``ValueError``
 with a one-line message for input they cannot measure (empty, too short, silent, unvoiced).
@@ -72,13 +76,72 @@ def mcd(converted: np.ndarray, target: np.ndarray, rate: int, order: int = 24,
         MCD in dB (0 for identical inputs). Values depend on the analysis settings and the
         rate (the mel bands span 0 to ``rate / 2``): compare MCDs measured alike.
     """
-    import librosa
-
-    cx = _voiced_cepstra(converted, rate, order, n_fft, hop, silence_db, "converted")
-    cy = _voiced_cepstra(target, rate, order, n_fft, hop, silence_db, "target")
-    _, path = librosa.sequence.dtw(X=cx, Y=cy, metric="euclidean")
-    distances = np.linalg.norm(cx[:, path[:, 0]] - cy[:, path[:, 1]], axis=0)
+    distances, _, _ = _align(converted, target, rate, order, n_fft, hop, silence_db)
     return float(MCD_CONSTANT * distances.mean())
+
+
+def f0_difference_cents(converted: np.ndarray, target: np.ndarray, rate: int,
+                        fmin: float = FMIN, fmax: float = FMAX, order: int = 24,
+                        n_fft: int = 1024, hop: int = 256, silence_db: float = 40.0,
+                        frame_length: int | None = None) -> np.ndarray:
+    """Pitch of ``converted`` minus that of ``target`` in cents, per aligned frame pair.
+
+    Both waves are aligned frame by frame exactly as in ``mcd`` (DTW on the mel-cepstra of the
+    non-silent frames), their F0 is tracked by pYIN at the same ``hop`` so frame indices agree,
+    and each DTW pair whose frames are voiced in both gives ``1200 * log2(f0_c / f0_t)``.
+    A frame that DTW maps onto several frames counts once per pair.
+
+    Args:
+        converted, target: mono samples, shape ``(samples,)`` each, any lengths.
+        rate: sample rate of both, in Hz.
+        fmin, fmax: F0 search range in Hz.
+        order, n_fft, hop, silence_db: the cepstral analysis and silence threshold of ``mcd``;
+            ``hop`` is also the pYIN hop.
+        frame_length: pYIN frame in samples (default as in ``f0_track``).
+
+    Returns:
+        float64 array of shape ``(pairs,)``, in path order (end to start); positive where the
+        converted wave is higher. Its mean is the pitch bias, its RMS ``log_f0_rmse``.
+
+    Raises:
+        ValueError: a wave that is empty, too short or silent, or no aligned pair voiced in
+            both.
+    """
+    _, frames_c, frames_t = _align(converted, target, rate, order, n_fft, hop, silence_db)
+
+    def pitch(wave: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+        f0, voiced = _pyin(wave, rate, fmin, fmax, frame_length, hop, name)
+        # An odd pYIN frame gives one frame fewer than the cepstra when hop divides the
+        # length; the centres agree, so the missing last frame counts as unvoiced.
+        missing = 1 + len(wave) // hop - len(f0)
+        return np.pad(f0, (0, missing), constant_values=np.nan), np.pad(voiced, (0, missing))
+
+    f0_c, voiced_c = pitch(converted, "converted")
+    f0_t, voiced_t = pitch(target, "target")
+    both = voiced_c[frames_c] & voiced_t[frames_t]
+    if not both.any():
+        raise ValueError(f"no aligned frames voiced in both waves (F0 search range "
+                         f"{fmin:g}-{fmax:g} Hz)")
+    return 1200.0 * np.log2(f0_c[frames_c[both]] / f0_t[frames_t[both]])
+
+
+def log_f0_rmse(converted: np.ndarray, target: np.ndarray, rate: int, fmin: float = FMIN,
+                fmax: float = FMAX, order: int = 24, n_fft: int = 1024, hop: int = 256,
+                silence_db: float = 40.0, frame_length: int | None = None) -> float:
+    """Root-mean-square log-F0 difference in cents between two utterances of the same words.
+
+    Over the DTW-aligned frame pairs voiced in both (see ``f0_difference_cents`` for the
+    alignment and the options): ``sqrt(mean((1200 * log2(f0_c / f0_t))^2))``. 0 for identical
+    inputs, 1200 for an octave, 100 for a semitone; it counts a constant offset and frame-wise
+    contour errors alike (the mean of ``f0_difference_cents`` separates the offset).
+
+    Raises:
+        ValueError: a wave that is empty, too short or silent, or no aligned pair voiced in
+            both.
+    """
+    cents = f0_difference_cents(converted, target, rate, fmin, fmax, order, n_fft, hop,
+                                silence_db, frame_length)
+    return float(np.sqrt(np.mean(cents**2)))
 
 
 def f0_track(wave: np.ndarray, rate: int, fmin: float = FMIN, fmax: float = FMAX,
@@ -139,6 +202,15 @@ def log_f0_stats(waves: np.ndarray | Sequence[np.ndarray], rate: int, fmin: floa
 def _voiced_f0(wave: np.ndarray, rate: int, fmin: float = FMIN, fmax: float = FMAX,
                frame_length: int | None = None, hop: int | None = None) -> np.ndarray:
     """pYIN F0 of the voiced frames; empty when there are none."""
+    f0, voiced = _pyin(wave, rate, fmin, fmax, frame_length, hop)
+    return f0[voiced]
+
+
+def _pyin(wave: np.ndarray, rate: int, fmin: float, fmax: float, frame_length: int | None,
+          hop: int | None, name: str = "wave") -> tuple[np.ndarray, np.ndarray]:
+    """pYIN F0 in Hz and voicing of every centred frame, shapes ``(frames,)``: frame ``k`` is
+    centred on sample ``k * hop``, ``frames = 1 + (samples - frame_length % 2) // hop``; F0 is
+    NaN where ``voiced`` is False."""
     import librosa
 
     if not 0 < fmin < fmax <= rate / 2:
@@ -150,15 +222,34 @@ def _voiced_f0(wave: np.ndarray, rate: int, fmin: float = FMIN, fmax: float = FM
         raise ValueError(f"frame_length {frame_length} is too short for fmin {fmin:g} Hz at "
                          f"{rate} Hz: it must hold two periods ({2 * rate / fmin:.0f} samples)")
     hop = hop or frame_length // 4
-    wave = _check_wave(wave, rate, frame_length)
+    wave = _check_wave(wave, rate, frame_length, name)
     f0, voiced, _ = librosa.pyin(wave, fmin=fmin, fmax=fmax, sr=rate, frame_length=frame_length,
                                  hop_length=hop)
-    return f0[voiced & np.isfinite(f0)].astype(np.float64)
+    voiced = voiced & np.isfinite(f0)
+    return np.where(voiced, f0, np.nan).astype(np.float64), voiced
+
+
+def _align(x: np.ndarray, y: np.ndarray, rate: int, order: int, n_fft: int, hop: int,
+           silence_db: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DTW alignment of two waves' non-silent frames on ``c_1 .. c_order``.
+
+    Returns ``(distances, frames_x, frames_y)``, each of shape ``(pairs,)``: the Euclidean
+    cepstral distance of each aligned pair and its frame indices in each wave's full frame
+    grid (``1 + samples // hop`` centred frames, as ``mel_cepstrum`` counts).
+    """
+    import librosa
+
+    cx, keep_x = _voiced_cepstra(x, rate, order, n_fft, hop, silence_db, "converted")
+    cy, keep_y = _voiced_cepstra(y, rate, order, n_fft, hop, silence_db, "target")
+    _, path = librosa.sequence.dtw(X=cx, Y=cy, metric="euclidean")
+    distances = np.linalg.norm(cx[:, path[:, 0]] - cy[:, path[:, 1]], axis=0)
+    return distances, keep_x[path[:, 0]], keep_y[path[:, 1]]
 
 
 def _voiced_cepstra(wave: np.ndarray, rate: int, order: int, n_fft: int, hop: int,
-                    silence_db: float, name: str) -> np.ndarray:
-    """``c_1 .. c_order`` of the frames within ``silence_db`` of the loudest one."""
+                    silence_db: float, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``c_1 .. c_order`` of the frames within ``silence_db`` of the loudest one, and those
+    frames' indices."""
     import librosa
 
     wave = _check_wave(wave, rate, n_fft, name)
@@ -167,7 +258,7 @@ def _voiced_cepstra(wave: np.ndarray, rate: int, order: int, n_fft: int, hop: in
     cepstra = mel_cepstrum(wave, rate, order, n_fft, hop)[1:, keep]
     if cepstra.shape[1] < 2:
         raise ValueError(f"{name}: fewer than 2 frames above the silence threshold")
-    return cepstra
+    return cepstra, np.flatnonzero(keep)
 
 
 def _check_wave(wave: np.ndarray, rate: int, min_samples: int, name: str = "wave") -> np.ndarray:

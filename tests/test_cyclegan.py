@@ -297,7 +297,8 @@ def test_networks_and_translate():
     assert y.shape == (2, 3, 16, 24) and y.dtype == torch.float32 and not y.requires_grad
     assert model.translate(b, "b2a").shape == (2, 1, 16, 24)
     rows = model.preview({"a": a, "b": b})
-    assert [r[1].shape[0] for r in rows] == [3, 1]
+    assert [[side for side, _ in row] for row in rows] == [["a", "b", "a"], ["b", "a", "b"]]
+    assert [row[1][1].shape[0] for row in rows] == [3, 1]
     with pytest.raises(ValueError, match="direction"):
         model.translate(a, "a2a")
     with pytest.raises(ValueError, match="multiples of 4"):

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import librosa
 import numpy as np
 import pytest
 import soundfile as sf
 
-from styletx.synthvoice import HIGH, LOW, Voice, utterance, write_voice_folders
+from styletx.synthvoice import (
+    HIGH,
+    LOW,
+    Voice,
+    _text,
+    utterance,
+    write_parallel_voice_folders,
+    write_voice_folders,
+)
 from styletx.voice_metrics import (
     MCD_CONSTANT,
+    f0_difference_cents,
     f0_track,
+    log_f0_rmse,
     log_f0_stats,
     mcd,
     median_f0,
@@ -37,6 +49,12 @@ def high():
 def low_again():
     """The same words by the same voice, only the performance noise differs."""
     return utterance(LOW, SECONDS, RATE, seed=3, text_seed=TEXT)
+
+
+@pytest.fixture(scope="module")
+def high_slow():
+    """The same words as ``low`` by the other voice, 25 % slower (a longer wave)."""
+    return utterance(HIGH, SECONDS, RATE, seed=2, text_seed=TEXT, tempo=0.8)
 
 
 def frame_by_frame_mcd(x: np.ndarray, y: np.ndarray) -> float:
@@ -68,6 +86,53 @@ def test_same_text_same_timing_in_both_voices(low, high):
                        rms_other > 0.05 * rms_other.max())[0, 1] < 0.7
 
 
+def test_tempo_stretches_the_same_text(low, high_slow):
+    assert high_slow.dtype == np.float32 and high_slow.shape == (round(SECONDS / 0.8 * RATE),)
+    assert np.max(np.abs(high_slow)) == pytest.approx(0.5, rel=1e-3)
+    np.testing.assert_array_equal(utterance(LOW, SECONDS, RATE, seed=1, text_seed=TEXT,
+                                            tempo=1.0), low)
+
+    def loudness_at(wave: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        rms = librosa.feature.rms(y=wave, hop_length=256)[0]
+        return np.interp(frames, np.arange(len(rms)), rms)
+
+    # The slow wave's loudness contour, read at 1 / 0.8 x the times, is that of ``low``...
+    frames = np.arange(1 + len(low) // 256)
+    contour = loudness_at(low, frames)
+    slow = utterance(LOW, SECONDS, RATE, seed=3, text_seed=TEXT, tempo=0.8)
+    assert np.corrcoef(contour, loudness_at(slow, frames / 0.8))[0, 1] > 0.95  # measured 0.99
+    # ...which neither the unstretched times nor another text's slow wave match.
+    assert np.corrcoef(contour, loudness_at(slow, frames))[0, 1] < 0.6
+    other = utterance(LOW, SECONDS, RATE, seed=3, text_seed=TEXT + 1, tempo=0.8)
+    assert np.corrcoef(contour, loudness_at(other, frames / 0.8))[0, 1] < 0.6
+
+
+def test_tempo_keeps_the_draws_of_the_text():
+    """Every tempo says the same syllables (and consonants) in the same order."""
+    def onsets(track):
+        rising = np.diff(np.concatenate([[0], (track > 0.5).astype(int)])) == 1
+        return np.flatnonzero(rising)
+
+    n = round(SECONDS * RATE)
+    for text_seed in range(20):
+        plain = _text(np.random.default_rng([1, text_seed]), n, RATE)
+        for tempo in (0.8, 1.25):
+            stretched = _text(np.random.default_rng([1, text_seed]), n, RATE, tempo,
+                              round(SECONDS / tempo * RATE))
+            for track in ("voicing", "frication"):
+                a, b = onsets(plain[track]), onsets(stretched[track])
+                assert len(a) == len(b)
+                np.testing.assert_allclose(b, a / tempo, atol=2)
+            # The vowel targets and accents follow, stretched.
+            times = np.arange(len(stretched["intonation"])) * tempo
+            for track in ("intonation", "vowel_factors"):
+                np.testing.assert_allclose(
+                    stretched[track],
+                    np.stack([np.interp(times, np.arange(n), column)
+                              for column in np.atleast_2d(plain[track].T)], axis=-1)
+                    .reshape(stretched[track].shape), atol=0.02)
+
+
 def test_voice_and_utterance_reject_bad_settings():
     with pytest.raises(ValueError, match="equal length"):
         Voice(100.0, (500.0, 1500.0), (50.0,))
@@ -75,6 +140,8 @@ def test_voice_and_utterance_reject_bad_settings():
         utterance(HIGH, 1.0, rate=8000)
     with pytest.raises(ValueError, match="at least"):
         utterance(LOW, 0.1)
+    with pytest.raises(ValueError, match="tempo"):
+        utterance(LOW, 1.0, tempo=0.0)
 
 
 def test_write_voice_folders(tmp_path):
@@ -95,6 +162,26 @@ def test_write_voice_folders(tmp_path):
 
     assert np.corrcoef(speech(pair[0]), speech(pair[1]))[0, 1] > 0.9
     assert not np.array_equal(speech(train[0]), speech(train[1]))
+
+
+def test_write_parallel_voice_folders(tmp_path):
+    folders = write_parallel_voice_folders(tmp_path, n_train=2, n_test=1, seconds=SECONDS,
+                                           tempo_b=0.8)
+    assert set(folders) == {"a", "b", "test_a", "test_b"}
+    names = {key: sorted(p.name for p in folder.glob("*.flac")) for key, folder in folders.items()}
+    assert names["a"] == names["b"] == ["utt000.flac", "utt001.flac"]
+    assert names["test_a"] == names["test_b"] == ["held000.flac"]
+    for side, samples in (("a", round(SECONDS * RATE)), ("b", round(SECONDS / 0.8 * RATE))):
+        info = sf.info(folders[side] / "utt000.flac")
+        assert (info.samplerate, info.frames, info.subtype) == (RATE, samples, "PCM_16")
+    assert sf.info(folders["test_b"] / "held000.flac").frames == round(SECONDS / 0.8 * RATE)
+    # A file and its pair say the same words: DTW finds them, so their MCD (the speakers'
+    # difference alone, ~6 dB) is well below that against the other text's pair (~8 dB).
+    a = [sf.read(folders["a"] / name)[0] for name in names["a"]]
+    b = [sf.read(folders["b"] / name)[0] for name in names["b"]]
+    distances = np.array([[mcd(x, y, RATE) for y in b] for x in a])
+    assert np.all(np.diag(distances) < 7.0)
+    assert distances[0, 1] > distances[0, 0] + 1.0 and distances[1, 0] > distances[1, 1] + 1.0
 
 
 # --- mel-cepstral distortion ------------------------------------------------------------------
@@ -139,6 +226,55 @@ def test_log_f0_stats(low, high):
     mean, std = log_f0_stats([low, high], RATE)
     assert np.log(LOW.f0_hz) + 0.2 < mean < np.log(HIGH.f0_hz) - 0.2
     assert std > 0.25
+
+
+def test_log_f0_rmse_of_an_utterance_with_itself_is_zero(low):
+    assert log_f0_rmse(low, low, RATE) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_log_f0_rmse_of_voices_an_octave_apart(low, high):
+    # Same words, pitch contours centred an octave apart; measured 1200.9 cents (1188 to 1205
+    # over text seeds 7-14), the rest is the performances' drift and pYIN's 10-cent grid.
+    assert log_f0_rmse(high, low, RATE) == pytest.approx(1200, abs=30)
+    cents = f0_difference_cents(high, low, RATE)
+    assert cents.ndim == 1 and cents.size > 20
+    assert cents.mean() == pytest.approx(1200, abs=30)  # the bias: all of it is offset
+    assert np.mean(f0_difference_cents(low, high, RATE)) == pytest.approx(-cents.mean(), abs=1)
+
+
+def test_log_f0_rmse_of_two_semitones(low):
+    # The same performance by a voice whose only difference is F0 x 2^(2/12); measured 199.8
+    # cents (199.3 to 201.4 over text seeds 7-14).
+    up = dataclasses.replace(LOW, f0_hz=LOW.f0_hz * 2 ** (2 / 12))
+    raised = utterance(up, SECONDS, RATE, seed=1, text_seed=TEXT)
+    assert log_f0_rmse(raised, low, RATE) == pytest.approx(200, abs=5)
+
+
+def test_log_f0_rmse_of_utterances_of_different_lengths(low, high_slow):
+    # DTW pairs the slow wave's frames with the same syllables; measured 1198.9 cents (1199 to
+    # 1236 over text seeds 7-14: a longer wave draws another pitch drift).
+    assert len(high_slow) > 1.2 * len(low)
+    assert log_f0_rmse(high_slow, low, RATE) == pytest.approx(1200, abs=50)
+    assert log_f0_rmse(low, high_slow, RATE) == pytest.approx(1200, abs=50)
+
+
+def test_log_f0_rmse_when_the_pyin_frame_is_odd():
+    # At 16 kHz the default pYIN frame is 743 samples, which gives one frame fewer than the
+    # cepstra when the hop divides the length: that last frame counts as unvoiced.
+    rate, samples = 16000, 256 * 63
+    low = utterance(LOW, samples / rate, rate, seed=1, text_seed=TEXT)
+    high = utterance(HIGH, samples / rate, rate, seed=2, text_seed=TEXT)
+    assert len(low) == samples
+    assert log_f0_rmse(low, low, rate) == pytest.approx(0.0, abs=1e-9)
+    assert log_f0_rmse(high, low, rate) == pytest.approx(1200, abs=50)
+
+
+def test_log_f0_rmse_needs_voiced_frames_in_both(low):
+    noise = np.random.default_rng(0).standard_normal(len(low)).astype(np.float32) * 0.1
+    with pytest.raises(ValueError, match="voiced in both"):
+        log_f0_rmse(noise, low, RATE)
+    with pytest.raises(ValueError, match="silent"):
+        log_f0_rmse(low, np.zeros(RATE, np.float32), RATE)
 
 
 # --- bad input --------------------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""Scoring a run on held-out pairs: the Python API behind ``styletx evaluate``.
+
+    result = evaluate("runs/sketch2photo", "test/a", "test/b")
+    result.means()["converted"]["psnr_db"], result.means()["baseline"]["psnr_db"]
+
+Each test input is converted with the run and compared with its pair by the domain's metrics
+(images: PSNR and SSIM; voice: mel-cepstral distortion and log-F0 RMSE). The same metrics for
+the *unconverted* input against its pair are the baseline a model has to beat. Any translator
+can be evaluated, paired or not, so different models can be compared on one test set. Pairs are
+found as in paired training (``styletx.pairs``): by relative path without extension, or side by
+side in one file with ``aligned``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .convert import Run, direction_sides, load_run
+from .data import check_folder, list_files
+from .errors import BadInputError, UsageError
+from .pairs import pair_files, pair_key
+from .registry import Registry
+
+
+@dataclasses.dataclass
+class PairScore:
+    name: str  # the pair's key: relative path without extension
+    source: Path
+    target: Path
+    converted: dict[str, float]  # the converted input against the target
+    baseline: dict[str, float]  # the unconverted input against the target
+
+
+@dataclasses.dataclass
+class Evaluation:
+    run: Path
+    direction: str
+    metrics: dict[str, str]  # name -> "higher" or "lower" (is better)
+    scores: list[PairScore] = dataclasses.field(default_factory=list)
+    failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+
+    def means(self) -> dict[str, dict[str, float]]:
+        """Mean of each metric over the pairs, for the converted inputs and the baseline (NaN
+        values, e.g. an F0 error where nothing was voiced, are left out)."""
+        return {kind: {name: _mean([getattr(s, kind)[name] for s in self.scores])
+                       for name in self.metrics}
+                for kind in ("converted", "baseline")}
+
+    def improved(self, name: str) -> int:
+        """On how many pairs the conversion beats the baseline by metric ``name``."""
+        sign = 1 if self.metrics[name] == "higher" else -1
+        return sum(sign * (s.converted[name] - s.baseline[name]) > 0 for s in self.scores)
+
+    def to_json(self) -> dict[str, Any]:
+        return _finite({
+            "run": str(self.run),
+            "direction": self.direction,
+            "metrics": self.metrics,
+            "pairs": [{"name": s.name, "source": str(s.source), "target": str(s.target),
+                       "converted": s.converted, "baseline": s.baseline} for s in self.scores],
+            "mean": self.means(),
+            "failed": [{"file": str(path), "problem": problem} for path, problem in self.failed],
+        })
+
+
+def evaluate(
+    run: Run | Path | str,
+    a_test: Path | str,
+    b_test: Path | str | None = None,
+    direction: str = "a2b",
+    aligned: bool = False,
+    device: str = "auto",
+    registry: Registry | None = None,
+    on_pair: Callable[[str, str | None], None] | None = None,
+) -> Evaluation:
+    """Convert every paired test input of ``a_test``/``b_test`` in ``direction`` and score it
+    against its pair. A pair whose file is unusable is reported (``on_pair(name, problem)``)
+    and left out; the rest are scored."""
+    source, _ = direction_sides(direction)  # validates the direction before any work
+    model = run if isinstance(run, Run) else load_run(run, device=device, registry=registry)
+    domain = model.domain
+    if not domain.metrics:
+        raise UsageError(f"the {domain.name} domain has no evaluation metrics")
+    result = Evaluation(model.path, direction, dict(domain.metrics))
+    on_pair = on_pair or (lambda *_: None)
+    for name, load in _test_pairs(domain, a_test, b_test, aligned, source):
+        try:
+            (src_path, src), (tgt_path, tgt) = load()
+            converted = model.convert_sample(src, direction)
+            score = PairScore(name, src_path, tgt_path, domain.compare(converted, tgt),
+                              domain.compare(src, tgt))
+        except BadInputError as err:
+            result.failed.append((err.path, err.problem))
+            on_pair(name, err.problem)
+            continue
+        except ValueError as exc:  # the domain cannot measure this pair
+            result.failed.append((Path(name), f"cannot be measured: {exc}"))
+            on_pair(name, str(exc))
+            continue
+        result.scores.append(score)
+        on_pair(name, None)
+    return result
+
+
+def _test_pairs(domain, a_test, b_test, aligned: bool, source: str):
+    """(name, load) per pair, where ``load()`` gives ((source path, sample), (target path,
+    sample)) and raises BadInputError for an unusable file."""
+    a_test = check_folder(Path(a_test), "A_TEST")
+    if aligned:
+        if b_test is not None:
+            raise UsageError("--aligned reads both halves of each pair from A_TEST: give no B_TEST")
+        files = [f for f in list_files(a_test) if domain.handles(f)]
+        if not files:
+            raise UsageError(f"A_TEST {a_test}: no {domain.name} files to split into pairs")
+
+        def split(path: Path):
+            halves = dict(zip("ab", domain.split_aligned(domain.load(path), path)))
+            return (path, halves[source]), (path, halves["b" if source == "a" else "a"])
+
+        return [(pair_key(f, a_test), lambda f=f: split(f)) for f in files]
+    if b_test is None:
+        raise UsageError("missing B_TEST (or --aligned, for one folder of side-by-side pairs)")
+    b_test = check_folder(Path(b_test), "B_TEST")
+    found = pair_files(a_test, b_test, domain, ("A_TEST", "B_TEST"))
+
+    def load(a_path: Path, b_path: Path):
+        paths = (a_path, b_path) if source == "a" else (b_path, a_path)
+        return tuple((p, domain.load(p)) for p in paths)
+
+    return [(key, lambda a=a, b=b: load(a, b)) for a, b, key in found.pairs]
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinity as JSON null (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

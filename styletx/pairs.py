@@ -1,0 +1,247 @@
+"""Pairs of files, for paired translators (pix2pix) and for ``styletx evaluate``.
+
+Two folders pair by relative path without extension, so ``a/x/001.png`` pairs with
+``b/x/001.jpg``; ``--aligned`` reads one folder whose files each hold A and B side by side.
+Files without a partner are listed (the first few, then a count), never dropped silently.
+
+A pair's two halves must line up element for element. Images of different sizes have the B side
+resized to the A side's size, with a warning (the same in training and in evaluation). Domains
+with ``pairs_by_time`` (audio: the same sentence spoken at another pace) are aligned by dynamic
+time warping of the encoded frames: both halves are resampled onto the warping path, so each
+frame of one sits beside the matching frame of the other. The paths are cached in the run
+folder, keyed by the files' size and modification time, so resuming does not recompute them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .data import FolderData, is_inside, list_files
+from .errors import BadInputError, UsageError
+from .interfaces import Domain
+from .runs import write_atomic
+
+log = logging.getLogger("styletx")
+
+MIN_PAIRS = 4  # a paired run refuses to start with fewer usable pairs
+SHOW = 5  # unmatched or mismatched files named before "and N more"
+ALIGNMENT = "alignment.safetensors"  # the DTW cache in the run folder
+
+
+@dataclasses.dataclass
+class FilePairs:
+    """Files of two folders matched by name: ``pairs`` holds (a file, b file, key)."""
+
+    pairs: list[tuple[Path, Path, str]]
+    only_a: list[Path]
+    only_b: list[Path]
+
+
+def pair_key(path: Path, folder: Path) -> str:
+    """``folder/x/001.png`` -> ``x/001``: what pairs two files."""
+    return path.relative_to(folder).with_suffix("").as_posix()
+
+
+def pair_files(a_dir: Path, b_dir: Path, domain: Domain,
+               options: tuple[str, str] = ("A_DIR", "B_DIR"),
+               exclude: Path | None = None) -> FilePairs:
+    """Match the ``domain`` files of two folders by relative path without extension."""
+    keyed = {}
+    for folder, option in zip((a_dir, b_dir), options):
+        files = [f for f in list_files(folder) if exclude is None or not is_inside(f, exclude)]
+        if not files:
+            raise UsageError(f"{option} {folder}: the folder is empty")
+        readable = [f for f in files if domain.handles(f)]
+        if not readable:
+            kinds = " ".join(domain.extensions)
+            raise UsageError(f"{option} {folder}: no {domain.name} files ({kinds}) in the folder")
+        _warn_others(folder, domain, len(files) - len(readable), files)
+        keyed[option] = _by_key(readable, folder, option)
+    a_keys, b_keys = keyed[options[0]], keyed[options[1]]
+    common = sorted(set(a_keys) & set(b_keys))
+    if not common:
+        raise UsageError(
+            f"no file of {options[0]} {a_dir} has a partner in {options[1]} {b_dir}: pairs are "
+            f"matched by relative path without extension (a/x/001.png with b/x/001.jpg), e.g. "
+            f"{next(iter(a_keys))!r} and {next(iter(b_keys))!r} do not match"
+        )
+    found = FilePairs(
+        pairs=[(a_keys[k], b_keys[k], k) for k in common],
+        only_a=[a_keys[k] for k in sorted(set(a_keys) - set(b_keys))],
+        only_b=[b_keys[k] for k in sorted(set(b_keys) - set(a_keys))],
+    )
+    log.info("found %d pair(s) of files in %s and %s", len(common), a_dir, b_dir)
+    for option, folder, lonely in ((options[0], a_dir, found.only_a),
+                                   (options[1], b_dir, found.only_b)):
+        if lonely:
+            log.warning("%d file(s) in %s %s have no partner and are left out: %s", len(lonely),
+                        option, folder, _some(p.relative_to(folder) for p in lonely))
+    return found
+
+
+def _by_key(files: list[Path], folder: Path, option: str) -> dict[str, Path]:
+    keyed: dict[str, Path] = {}
+    for path in files:
+        key = pair_key(path, folder)
+        if key in keyed:
+            raise UsageError(f"{option} {folder}: {keyed[key].name} and {path.name} have the same "
+                             "name; pairs are matched by name without extension, rename one")
+        keyed[key] = path
+    return keyed
+
+
+def _warn_others(folder: Path, domain: Domain, count: int, files: list[Path]) -> None:
+    if count:
+        example = next(f for f in files if not domain.handles(f))
+        log.warning("skipping %d file(s) in %s that are not %s files, e.g. %s",
+                    count, folder, domain.name, example.name)
+
+
+def _some(items) -> str:
+    items = [str(i) for i in items]
+    more = f" and {len(items) - SHOW} more" if len(items) > SHOW else ""
+    return ", ".join(items[:SHOW]) + more
+
+
+def load_pairs(found: FilePairs, domain: Domain,
+               folders: tuple[Path, Path]) -> dict[str, FolderData]:
+    """Load both files of every pair; a pair with an unusable file is reported and skipped."""
+    data = {side: FolderData(folder, [], [], []) for side, folder in zip("ab", folders)}
+    for a_path, b_path, _ in found.pairs:
+        try:
+            samples = domain.load(a_path), domain.load(b_path)
+        except BadInputError as err:
+            for side in data.values():
+                side.skipped.append((err.path, err.problem))
+            log.warning("skipping the pair of %s: %s", err.path, err.problem)
+            continue
+        for side, path, sample in zip(data.values(), (a_path, b_path), samples):
+            side.files.append(path)
+            side.samples.append(sample)
+    return data
+
+
+def load_aligned(folder: Path, domain: Domain, option: str = "A_DIR",
+                 exclude: Path | None = None) -> dict[str, FolderData]:
+    """``--aligned``: every file holds A and B side by side; split each in two."""
+    files = [f for f in list_files(folder) if exclude is None or not is_inside(f, exclude)]
+    readable = [f for f in files if domain.handles(f)]
+    if not readable:
+        raise UsageError(f"{option} {folder}: no {domain.name} files to split into pairs")
+    _warn_others(folder, domain, len(files) - len(readable), files)
+    data = {side: FolderData(folder, [], [], []) for side in "ab"}
+    for path in readable:
+        try:
+            halves = domain.split_aligned(domain.load(path), path)
+        except BadInputError as err:
+            for side in data.values():
+                side.skipped.append((path, err.problem))
+            log.warning("skipping %s: %s", path, err.problem)
+            continue
+        for side, sample in zip(data.values(), halves):
+            side.files.append(path)
+            side.samples.append(sample)
+    return data
+
+
+def check_enough(data: dict[str, FolderData], minimum: int = MIN_PAIRS) -> None:
+    """Refuse to train on fewer than ``minimum`` usable pairs."""
+    count = len(data["a"].samples)
+    if count < minimum:
+        raise UsageError(f"only {count} usable pair(s) of files; a paired model needs at least "
+                         f"{minimum}")
+
+
+# -- making the two halves of each pair line up -------------------------------------------------
+
+def match_sizes(a: list[torch.Tensor], b: list[torch.Tensor],
+                names: Sequence[str]) -> list[torch.Tensor]:
+    """B tensors ``(C, H, W)`` resized (bilinear) to their A partner's H and W where they differ."""
+    out, resized = [], []
+    for x, y, name in zip(a, b, names):
+        if x.shape[-2:] != y.shape[-2:]:
+            resized.append(f"{name} ({y.shape[-1]}x{y.shape[-2]} -> {x.shape[-1]}x{x.shape[-2]})")
+            y = F.interpolate(y[None].float(), size=tuple(x.shape[-2:]), mode="bilinear",
+                              align_corners=False, antialias=True)[0].to(y.dtype)
+        out.append(y)
+    if resized:
+        log.warning("%d pair(s) differ in size; B resized to A's: %s", len(resized),
+                    _some(resized))
+    return out
+
+
+def dtw_path(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Frame alignment of two encoded sequences ``(C, H, Ta)`` and ``(C, H, Tb)`` by dynamic time
+    warping with Euclidean frame distance: int64 ``(L, 2)`` of (a frame, b frame), in order."""
+    import librosa
+
+    x = a.float().reshape(-1, a.shape[-1]).numpy()
+    y = b.float().reshape(-1, b.shape[-1]).numpy()
+    _, path = librosa.sequence.dtw(X=x, Y=y, metric="euclidean")
+    return np.ascontiguousarray(path[::-1], dtype=np.int64)
+
+
+def warp(a: torch.Tensor, b: torch.Tensor, path: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sequences resampled onto the warping path (frames repeat where the other is slower)."""
+    index = torch.from_numpy(path)
+    return a[..., index[:, 0]], b[..., index[:, 1]]
+
+
+def align_in_time(a: list[torch.Tensor], b: list[torch.Tensor],
+                  files: Sequence[tuple[Path, Path]],
+                  cache: dict[str, np.ndarray]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Warp every pair onto its DTW path, reusing ``cache`` (fingerprint -> path) and adding the
+    paths it computes to it."""
+    computed = 0
+    out_a, out_b = [], []
+    for x, y, (a_path, b_path) in zip(a, b, files):
+        key = _fingerprint(a_path, b_path, x, y)
+        if key not in cache:
+            cache[key] = dtw_path(x, y)
+            computed += 1
+        x, y = warp(x, y, cache[key])
+        out_a.append(x)
+        out_b.append(y)
+    if computed:
+        log.info("aligned %d pair(s) in time (dynamic time warping)", computed)
+    return out_a, out_b
+
+
+def _fingerprint(a_path: Path, b_path: Path, x: torch.Tensor, y: torch.Tensor) -> str:
+    """What a cached path depends on: the two files (size, modification time) and the frames."""
+    stats = [a_path.stat(), b_path.stat()]
+    return json.dumps([str(a_path), str(b_path), [s.st_size for s in stats],
+                       [s.st_mtime_ns for s in stats], list(x.shape), list(y.shape)])
+
+
+def load_alignment(run: Path) -> dict[str, np.ndarray]:
+    """The cached DTW paths of ``run`` (empty when there are none or the cache is unreadable)."""
+    path = run / ALIGNMENT
+    if not path.is_file():
+        return {}
+    try:
+        with safe_open(path, "np") as f:
+            names = json.loads((f.metadata() or {}).get("keys", "{}"))
+            return {key: f.get_tensor(name) for name, key in names.items()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        log.warning("%s is unreadable (%s); the pairs will be aligned again", path, exc)
+        return {}
+
+
+def save_alignment(run: Path, cache: dict[str, np.ndarray]) -> None:
+    if not cache:
+        return
+    names = {f"path{i}": key for i, key in enumerate(cache)}
+    tensors = {name: torch.from_numpy(cache[key]) for name, key in names.items()}
+    write_atomic(run / ALIGNMENT,
+                 lambda tmp: save_file(tensors, tmp, metadata={"keys": json.dumps(names)}))
