@@ -38,6 +38,18 @@ def p2p_run(pairs, tmp_path_factory):
     return run
 
 
+@pytest.fixture
+def messages(caplog):
+    """The styletx log (the CLI stops it propagating to the root logger, where caplog listens)."""
+    logger = logging.getLogger("styletx")
+    logger.addHandler(caplog.handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(level)
+
+
 def _save(path, pixels):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
@@ -50,33 +62,32 @@ def _pixels(seed, h=24, w=24, channels=3):
 
 # -- pairing by name ------------------------------------------------------------------------------
 
-def test_pairs_match_by_relative_path_without_extension(tmp_path, caplog):
+def test_pairs_match_by_relative_path_without_extension(tmp_path, messages):
     for i in range(7):
         _save(tmp_path / "a" / "x" / f"{i:03d}.png", _pixels(i))
     for i in range(2, 9):  # 000, 001 have no partner in b; 007, 008 none in a
         _save(tmp_path / "b" / "x" / f"{i:03d}.jpg", _pixels(i))
     _save(tmp_path / "b" / "y" / "000.jpg", _pixels(0))  # another folder: no partner of x/000
-    with caplog.at_level(logging.INFO, logger="styletx"):
-        found = pair_files(tmp_path / "a", tmp_path / "b", ImageDomain())
+    found = pair_files(tmp_path / "a", tmp_path / "b", ImageDomain())
     assert [key for _, _, key in found.pairs] == ["x/002", "x/003", "x/004", "x/005", "x/006"]
     assert all(a.stem == b.stem and a.suffix == ".png" and b.suffix == ".jpg"
                for a, b, _ in found.pairs)
     assert [p.name for p in found.only_a] == ["000.png", "001.png"]
     assert [p.relative_to(tmp_path / "b").as_posix() for p in found.only_b] == [
         "x/007.jpg", "x/008.jpg", "y/000.jpg"]
-    assert "found 5 pair(s)" in caplog.text
-    assert "2 file(s) in A_DIR" in caplog.text and "x/000.png, x/001.png" in caplog.text
+    assert "found 5 pair(s)" in messages.text
+    assert "2 file(s) in A_DIR" in messages.text and "x/000.png, x/001.png" in messages.text
 
 
-def test_unmatched_files_are_listed_first_few_then_a_count(tmp_path, caplog):
+def test_unmatched_files_are_listed_first_few_then_a_count(tmp_path, messages):
     for i in range(12):
         _save(tmp_path / "a" / f"a{i:02d}.png", _pixels(i))
     for i in range(4):
         _save(tmp_path / "a" / f"p{i}.png", _pixels(i))
         _save(tmp_path / "b" / f"p{i}.png", _pixels(i))
     pair_files(tmp_path / "a", tmp_path / "b", ImageDomain())
-    assert "12 file(s) in A_DIR" in caplog.text
-    assert "a00.png, a01.png, a02.png, a03.png, a04.png and 7 more" in caplog.text
+    assert "12 file(s) in A_DIR" in messages.text
+    assert "a00.png, a01.png, a02.png, a03.png, a04.png and 7 more" in messages.text
 
 
 def test_same_name_twice_in_one_folder_is_refused(tmp_path):
