@@ -82,6 +82,17 @@ def _read_with_librosa(path: Path, first_error: Exception) -> tuple[np.ndarray, 
     return wave[:, None].astype(np.float32), int(rate), path.suffix.lstrip(".").upper()
 
 
+METRIC_RATE = 22050  # Hz: evaluation measures every wave at this rate
+
+
+def _resampled(sample: AudioSample, rate: int) -> np.ndarray:
+    import librosa
+
+    if sample.rate == rate:
+        return sample.wave
+    return librosa.resample(sample.wave, orig_sr=sample.rate, target_sr=rate)
+
+
 class AudioDomain(styletx.Domain):
     """Audio files read with soundfile (librosa as the fallback), written as WAV or FLAC."""
 
@@ -138,18 +149,16 @@ class AudioDomain(styletx.Domain):
 
     def compare(self, converted: AudioSample, target: AudioSample) -> dict[str, float]:
         """Mel-cepstral distortion and log-F0 RMSE (cents) against the target saying the same
-        words, after DTW alignment (``styletx.voice_metrics``), at the converted sample's rate.
-        An F0 RMSE that cannot be measured (no frame voiced in both) is NaN."""
-        import librosa
-
+        words, after DTW alignment (``styletx.voice_metrics``). Both are measured at
+        ``METRIC_RATE`` (MCD depends on the rate), so scores of inputs, outputs and models at
+        other rates compare. An F0 RMSE that cannot be measured (no frame voiced in both) is
+        NaN."""
         from styletx.voice_metrics import log_f0_rmse, mcd
 
-        rate, wave = converted.rate, target.wave
-        if target.rate != rate:
-            wave = librosa.resample(wave, orig_sr=target.rate, target_sr=rate)
-        result = {"mcd_db": mcd(converted.wave, wave, rate)}
+        x, y = (_resampled(s, METRIC_RATE) for s in (converted, target))
+        result = {"mcd_db": mcd(x, y, METRIC_RATE)}
         try:
-            result["f0_rmse_cents"] = log_f0_rmse(converted.wave, wave, rate)
+            result["f0_rmse_cents"] = log_f0_rmse(x, y, METRIC_RATE)
         except ValueError:
             result["f0_rmse_cents"] = float("nan")
         return result
@@ -225,11 +234,7 @@ class SpectrogramEncoder(styletx.Encoder):
 
     # -- Encoder interface -------------------------------------------------------------------
     def resample(self, sample: AudioSample) -> np.ndarray:
-        if sample.rate == self.params["rate"]:
-            return sample.wave
-        import librosa
-
-        return librosa.resample(sample.wave, orig_sr=sample.rate, target_sr=self.params["rate"])
+        return _resampled(sample, self.params["rate"])
 
     def fit(self, samples: Sequence[AudioSample]) -> None:
         frames = np.concatenate([self.log_spectrogram(self.resample(s)) for s in samples], axis=1)

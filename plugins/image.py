@@ -9,6 +9,7 @@ Encoders map pixels to tensors ``(C, H, W)`` in [-1, 1], the range of a tanh gen
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +26,8 @@ SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 GRAY_MODES = {"1", "L", "LA", "La"} | SIXTEEN_BIT_MODES
 ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+
+log = logging.getLogger("styletx")
 
 
 # -----------------------------------------------------------------------------
@@ -248,16 +251,20 @@ class ImageDomain(styletx.Domain):
 
     def compare(self, converted: ImageSample, target: ImageSample) -> dict[str, float]:
         """PSNR and SSIM of the pixels in [0, 1] (alpha ignored). A gray image compared with a
-        colour one counts as colour; a target of another size is first resized to the
-        converted image's size, as training resizes a pair's B side to its A side's."""
-        from styletx.metrics import psnr, ssim
+        colour one counts as colour. A target of another size is resized to the converted
+        image's (which has its input's size), with a warning. SSIM is NaN for images smaller
+        than its 11 x 11 window."""
+        from styletx.metrics import SSIM_RADIUS, psnr, ssim
 
         x, y = converted.pixels, target.pixels
         if x.shape[:2] != y.shape[:2]:
+            log.warning("the true image is %dx%d, the input %dx%d: resized to compare",
+                        y.shape[1], y.shape[0], x.shape[1], x.shape[0])
             y = np.stack([_resize(y[:, :, c], *x.shape[:2]) for c in range(y.shape[2])], axis=2)
         if x.shape[2] != y.shape[2]:
             x, y = (np.repeat(p, 3, axis=2) if p.shape[2] == 1 else p for p in (x, y))
-        return {"psnr_db": psnr(x, y), "ssim": ssim(x, y)}
+        small = min(x.shape[:2]) < 2 * SSIM_RADIUS + 1
+        return {"psnr_db": psnr(x, y), "ssim": float("nan") if small else ssim(x, y)}
 
     def prepare_for_training(self, sample: ImageSample, size: int) -> ImageSample:
         """Shorter side -> ``round(size * 286 / 256)`` (the CycleGAN reference loads 286 for

@@ -232,9 +232,9 @@ class Pix2Pix(styletx.Translator):
                         "PatchGAN on (input, output) pairs (ndf 64), vanilla GAN + 100 x L1, "
                         "Adam 2e-4 with linear decay over the second half; trains a2b",
         ),
-        # lr 2e-3 (measured, 300 steps, seeds 0-2): on styletx.demo's paired "ink" scenes
-        # +5.7 to +6.7 dB PSNR over the unconverted input, against +5.0 to +6.1 at 1e-3; on
-        # parallel synthetic voices (mel) L1 0.195 against 0.21 (identity 0.28)
+        # lr 2e-3 (measured, 300 steps, seeds 0-2, tests/test_paired.py's "ink" scenes):
+        # held-out PSNR +5.4 to +6.6 dB over the unconverted input, against +4.9 to +6.3 at
+        # 1e-3; on parallel synthetic voices (mel) L1 0.195 against 0.21 (identity 0.28)
         "tiny": Preset(
             config=dict(ngf=8, ndf=8, n_layers_d=2, lr=2e-3),
             train=dict(size=32, batch_size=4, steps=300),

@@ -29,7 +29,8 @@ from .runs import CONFIG, WEIGHTS, atomic_path, load_weights, read_config
 
 log = logging.getLogger("styletx")
 
-DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d)
+DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
+            torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
 
 
 @dataclasses.dataclass

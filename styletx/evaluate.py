@@ -13,17 +13,21 @@ side in one file with ``aligned``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .convert import Run, direction_sides, load_run
-from .data import check_folder, list_files
+from .data import check_folder
 from .errors import BadInputError, UsageError
-from .pairs import pair_files, pair_key
+from .pairs import aligned_files, pair_files, pair_key
 from .registry import Registry
+
+log = logging.getLogger("styletx")
 
 
 @dataclasses.dataclass
@@ -80,62 +84,80 @@ def evaluate(
     """Convert every paired test input of ``a_test``/``b_test`` in ``direction`` and score it
     against its pair. A pair whose file is unusable is reported (``on_pair(name, problem)``)
     and left out; the rest are scored."""
-    source, _ = direction_sides(direction)  # validates the direction before any work
+    direction_sides(direction)  # validates the direction before any work
     model = run if isinstance(run, Run) else load_run(run, device=device, registry=registry)
     domain = model.domain
     if not domain.metrics:
         raise UsageError(f"the {domain.name} domain has no evaluation metrics")
     result = Evaluation(model.path, direction, dict(domain.metrics))
     on_pair = on_pair or (lambda *_: None)
-    for name, load in _test_pairs(domain, a_test, b_test, aligned, source):
+    for name, paths, load in _test_pairs(domain, a_test, b_test, aligned, direction):
         try:
-            (src_path, src), (tgt_path, tgt) = load()
-            converted = model.convert_sample(src, direction)
-            score = PairScore(name, src_path, tgt_path, domain.compare(converted, tgt),
-                              domain.compare(src, tgt))
+            with _warnings_named(name):
+                src, tgt = load()
+                converted = model.convert_sample(src, direction)
+                score = PairScore(name, *paths, domain.compare(converted, tgt),
+                                  domain.compare(src, tgt))
         except BadInputError as err:
             result.failed.append((err.path, err.problem))
-            on_pair(name, err.problem)
+            on_pair(str(err.path), err.problem)
             continue
         except ValueError as exc:  # the domain cannot measure this pair
-            result.failed.append((Path(name), f"cannot be measured: {exc}"))
-            on_pair(name, str(exc))
+            result.failed.append((paths[0], f"cannot be measured: {exc}"))
+            on_pair(str(paths[0]), f"cannot be measured: {exc}")
             continue
         result.scores.append(score)
         on_pair(name, None)
     return result
 
 
-def _test_pairs(domain, a_test, b_test, aligned: bool, source: str):
-    """(name, load) per pair, where ``load()`` gives ((source path, sample), (target path,
-    sample)) and raises BadInputError for an unusable file."""
+@contextlib.contextmanager
+def _warnings_named(name: str):
+    """Prefix what the domain logs while scoring a pair (e.g. a resize) with the pair's name."""
+
+    def prefix(record: logging.LogRecord) -> bool:
+        record.msg = f"{name.replace('%', '%%')}: {record.msg}"
+        return True
+
+    log.addFilter(prefix)
+    try:
+        yield
+    finally:
+        log.removeFilter(prefix)
+
+
+def _test_pairs(domain, a_test, b_test, aligned: bool, direction: str):
+    """(name, (source path, target path), load) per pair, where ``load()`` gives the source and
+    target samples and raises BadInputError for an unusable file."""
+    source, target = direction_sides(direction)
     a_test = check_folder(Path(a_test), "A_TEST")
     if aligned:
         if b_test is not None:
             raise UsageError("--aligned reads both halves of each pair from A_TEST: give no B_TEST")
-        files = [f for f in list_files(a_test) if domain.handles(f)]
-        if not files:
-            raise UsageError(f"A_TEST {a_test}: no {domain.name} files to split into pairs")
+        files = aligned_files(a_test, domain, "A_TEST")
 
         def split(path: Path):
             halves = dict(zip("ab", domain.split_aligned(domain.load(path), path)))
-            return (path, halves[source]), (path, halves["b" if source == "a" else "a"])
+            return halves[source], halves[target]
 
-        return [(pair_key(f, a_test), lambda f=f: split(f)) for f in files]
+        return [(pair_key(f, a_test), (f, f), lambda f=f: split(f)) for f in files]
     if b_test is None:
         raise UsageError("missing B_TEST (or --aligned, for one folder of side-by-side pairs)")
     b_test = check_folder(Path(b_test), "B_TEST")
+    if a_test == b_test:
+        raise UsageError(f"A_TEST and B_TEST are the same folder ({a_test})")
     found = pair_files(a_test, b_test, domain, ("A_TEST", "B_TEST"))
-
-    def load(a_path: Path, b_path: Path):
+    pairs = []
+    for a_path, b_path, key in found.pairs:
         paths = (a_path, b_path) if source == "a" else (b_path, a_path)
-        return tuple((p, domain.load(p)) for p in paths)
-
-    return [(key, lambda a=a, b=b: load(a, b)) for a, b, key in found.pairs]
+        pairs.append((key, paths, lambda paths=paths: tuple(map(domain.load, paths))))
+    return pairs
 
 
 def _mean(values: list[float]) -> float:
-    values = [v for v in values if not math.isnan(v)]
+    """Of the finite values only: NaN is "not measured", and an infinite PSNR (a pair that is
+    exactly its target) would swamp every other pair."""
+    values = [v for v in values if math.isfinite(v)]
     return sum(values) / len(values) if values else float("nan")
 
 

@@ -131,16 +131,22 @@ def load_pairs(found: FilePairs, domain: Domain,
     return data
 
 
-def load_aligned(folder: Path, domain: Domain, option: str = "A_DIR",
-                 exclude: Path | None = None) -> dict[str, FolderData]:
-    """``--aligned``: every file holds A and B side by side; split each in two."""
+def aligned_files(folder: Path, domain: Domain, option: str,
+                  exclude: Path | None = None) -> list[Path]:
+    """The files of an ``--aligned`` folder, each holding A and B side by side."""
     files = [f for f in list_files(folder) if exclude is None or not is_inside(f, exclude)]
     readable = [f for f in files if domain.handles(f)]
     if not readable:
         raise UsageError(f"{option} {folder}: no {domain.name} files to split into pairs")
     _warn_others(folder, domain, len(files) - len(readable), files)
+    return readable
+
+
+def load_aligned(folder: Path, domain: Domain, option: str = "A_DIR",
+                 exclude: Path | None = None) -> dict[str, FolderData]:
+    """``--aligned``: every file holds A and B side by side; split each in two."""
     data = {side: FolderData(folder, [], [], []) for side in "ab"}
-    for path in readable:
+    for path in aligned_files(folder, domain, option, exclude):
         try:
             halves = domain.split_aligned(domain.load(path), path)
         except BadInputError as err:
@@ -197,24 +203,64 @@ def warp(a: torch.Tensor, b: torch.Tensor, path: np.ndarray) -> tuple[torch.Tens
     return a[..., index[:, 0]], b[..., index[:, 1]]
 
 
-def align_in_time(a: list[torch.Tensor], b: list[torch.Tensor],
-                  files: Sequence[tuple[Path, Path]],
-                  cache: dict[str, np.ndarray]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Warp every pair onto its DTW path, reusing ``cache`` (fingerprint -> path) and adding the
-    paths it computes to it."""
-    computed = 0
-    out_a, out_b = [], []
-    for x, y, (a_path, b_path) in zip(a, b, files):
-        key = _fingerprint(a_path, b_path, x, y)
-        if key not in cache:
-            cache[key] = dtw_path(x, y)
-            computed += 1
-        x, y = warp(x, y, cache[key])
-        out_a.append(x)
-        out_b.append(y)
-    if computed:
-        log.info("aligned %d pair(s) in time (dynamic time warping)", computed)
-    return out_a, out_b
+MAX_DTW_CELLS = 150_000_000  # frames(a) x frames(b): ~1.2 GB per float64 matrix (~3 min each)
+
+
+class AlignmentCache:
+    """DTW paths by what they depend on (see ``_fingerprint``), stored in the run folder."""
+
+    def __init__(self, paths: dict[str, np.ndarray] | None = None):
+        self.paths = paths or {}
+        self.used: set[str] = set()
+        self.changed = False
+
+    @classmethod
+    def load(cls, run: Path) -> AlignmentCache:
+        """The cache of ``run``; empty when there is none or it is unreadable."""
+        path = run / ALIGNMENT
+        if not path.is_file():
+            return cls()
+        try:
+            with safe_open(path, "np") as f:
+                names = json.loads((f.metadata() or {}).get("keys", "{}"))
+                return cls({key: f.get_tensor(name) for name, key in names.items()})
+        except (SafetensorError, OSError, ValueError) as exc:
+            log.warning("%s is unreadable (%s); the pairs will be aligned again", path, exc)
+            return cls()
+
+    def save(self, run: Path) -> None:
+        """Write the paths used in this run (if any was added or is no longer used)."""
+        stale = set(self.paths) - self.used
+        if not (self.changed or stale):
+            return
+        names = {f"path{i}": key for i, key in enumerate(sorted(self.used))}
+        tensors = {name: torch.from_numpy(self.paths[key]) for name, key in names.items()}
+        write_atomic(run / ALIGNMENT,
+                     lambda tmp: save_file(tensors, tmp, metadata={"keys": json.dumps(names)}))
+
+    def align(self, a: list[torch.Tensor], b: list[torch.Tensor],
+              files: Sequence[tuple[Path, Path]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every pair warped onto its DTW path (cached or computed now); a pair too long to
+        align in memory is reported and left out."""
+        computed = 0
+        out_a, out_b = [], []
+        for x, y, (a_path, b_path) in zip(a, b, files):
+            if x.shape[-1] * y.shape[-1] > MAX_DTW_CELLS:
+                log.warning("skipping the pair of %s: too long to align (%d x %d frames); split "
+                            "long recordings into sentences", a_path, x.shape[-1], y.shape[-1])
+                continue
+            key = _fingerprint(a_path, b_path, x, y)
+            if key not in self.paths:
+                self.paths[key] = dtw_path(x, y)
+                self.changed = True
+                computed += 1
+            self.used.add(key)
+            x, y = warp(x, y, self.paths[key])
+            out_a.append(x)
+            out_b.append(y)
+        if computed:
+            log.info("aligned %d pair(s) in time (dynamic time warping)", computed)
+        return out_a, out_b
 
 
 def _fingerprint(a_path: Path, b_path: Path, x: torch.Tensor, y: torch.Tensor) -> str:
@@ -222,26 +268,3 @@ def _fingerprint(a_path: Path, b_path: Path, x: torch.Tensor, y: torch.Tensor) -
     stats = [a_path.stat(), b_path.stat()]
     return json.dumps([str(a_path), str(b_path), [s.st_size for s in stats],
                        [s.st_mtime_ns for s in stats], list(x.shape), list(y.shape)])
-
-
-def load_alignment(run: Path) -> dict[str, np.ndarray]:
-    """The cached DTW paths of ``run`` (empty when there are none or the cache is unreadable)."""
-    path = run / ALIGNMENT
-    if not path.is_file():
-        return {}
-    try:
-        with safe_open(path, "np") as f:
-            names = json.loads((f.metadata() or {}).get("keys", "{}"))
-            return {key: f.get_tensor(name) for name, key in names.items()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        log.warning("%s is unreadable (%s); the pairs will be aligned again", path, exc)
-        return {}
-
-
-def save_alignment(run: Path, cache: dict[str, np.ndarray]) -> None:
-    if not cache:
-        return
-    names = {f"path{i}": key for i, key in enumerate(cache)}
-    tensors = {name: torch.from_numpy(cache[key]) for name, key in names.items()}
-    write_atomic(run / ALIGNMENT,
-                 lambda tmp: save_file(tensors, tmp, metadata={"keys": json.dumps(names)}))

@@ -44,14 +44,13 @@ from .model import (
 )
 from .pairs import (
     MIN_PAIRS,
-    align_in_time,
+    AlignmentCache,
     check_enough,
     load_aligned,
-    load_alignment,
     load_pairs,
     match_sizes,
     pair_files,
-    save_alignment,
+    pair_key,
 )
 from .registry import Registry, get_registry
 from .runs import (
@@ -165,8 +164,7 @@ def train(
 
 def _resume(saved, a_dir, b_dir, out, model, preset, overrides, settings, domain, encoder,
             registry):
-    _check_same(saved, a_dir, b_dir, model, preset, overrides, settings, domain, encoder,
-                b_dir is None)
+    _check_same(saved, a_dir, b_dir, model, preset, overrides, settings, domain, encoder)
     if settings.steps is not None:
         if settings.steps < 1:
             raise UsageError(f"--steps must be at least 1 (got {settings.steps})")
@@ -196,10 +194,9 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     translator.configure_optimizers(total)
     crop = dom.training_crop(train_values["size"])
     _check_size_multiple(crop, translator)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG, run_config)  # a run without weights yet starts afresh if it fails
+    alignment = AlignmentCache.load(out) if translator.paired and dom.pairs_by_time else None
     if translator.paired:
-        examples = _paired_examples(folders, encoders, crop[1], dom, out)
+        examples = _paired_examples(folders, encoders, crop[1], alignment)
     else:
         examples = {side: _encode_examples(folders[side], encoders[side], crop[1])
                     for side in SIDES}
@@ -208,6 +205,11 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     if resume_state is not None:
         _load_training_state(resume_state, translator, sampler)
         truncate_log(out, start)
+    # Only now, with the data known to be usable, does anything get written.
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CONFIG, run_config)
+    if alignment is not None:
+        alignment.save(out)
     preview_batch = sampler.fixed_batch()
     step, losses = start, {}
     bar = tqdm(total=total, initial=start, file=sys.stderr, dynamic_ncols=True,
@@ -416,25 +418,30 @@ def _encode_examples(data: FolderData, encoder: Encoder, width: int) -> list[tor
 
 
 def _paired_examples(folders: dict[str, FolderData], encoders: dict[str, Encoder], width: int,
-                     dom: Domain, out: Path) -> dict[str, list[torch.Tensor]]:
-    """Encoded pairs whose halves line up element for element (see ``styletx.pairs``); a pair
-    narrower than a training crop is reported and dropped."""
+                     alignment: AlignmentCache | None) -> dict[str, list[torch.Tensor]]:
+    """Encoded pairs whose halves line up element for element (see ``styletx.pairs``; time
+    alignments come from and go to the ``alignment`` cache); a pair with a side narrower than
+    a training crop is reported and dropped."""
     a, b = (encode_all(folders[side].samples, encoders[side]) for side in SIDES)
     files = list(zip(folders["a"].files, folders["b"].files))
-    if dom.pairs_by_time:
-        cache = load_alignment(out)
-        a, b = align_in_time(a, b, files, cache)
-        save_alignment(out, cache)
-    else:
-        b = match_sizes(a, b, [path.name for path, _ in files])
-    kept = [i for i, x in enumerate(a) if x.shape[-1] >= width]
+    kept = [i for i in range(len(a)) if min(a[i].shape[-1], b[i].shape[-1]) >= width]
     for i in sorted(set(range(len(a))) - set(kept)):
-        log.warning("skipping the pair of %s: shorter than one training segment (%d < %d "
-                    "frames)", files[i][0], a[i].shape[-1], width)
+        side = "a" if a[i].shape[-1] < width else "b"
+        log.warning("skipping the pair of %s: %s is shorter than one training segment "
+                    "(%d < %d frames)", files[i][0], files[i][side == "b"],
+                    (a if side == "a" else b)[i].shape[-1], width)
     if len(kept) < MIN_PAIRS:
         raise UsageError(f"only {len(kept)} pair(s) are as long as one training segment "
                          f"({width} frames); a paired model needs at least {MIN_PAIRS}")
-    return {"a": [a[i] for i in kept], "b": [b[i] for i in kept]}
+    a, b, files = [a[i] for i in kept], [b[i] for i in kept], [files[i] for i in kept]
+    if alignment is not None:
+        a, b = alignment.align(a, b, files)
+        if len(a) < MIN_PAIRS:
+            raise UsageError(f"only {len(a)} pair(s) could be aligned; a paired model needs at "
+                             f"least {MIN_PAIRS}")
+        return {"a": a, "b": b}
+    keys = [pair_key(path, folders["a"].folder) for path, _ in files]
+    return {"a": a, "b": match_sizes(a, b, keys)}
 
 
 def _check_encoder(enc: Encoder, dom: Domain) -> None:
@@ -456,14 +463,14 @@ def _saved_config(out: Path) -> dict[str, Any] | None:
 
 
 def _check_same(saved, a_dir, b_dir, model, preset, overrides, settings, domain,
-                encoder, aligned) -> None:
+                encoder) -> None:
     """A resumed run must be the same run: refuse options that contradict the saved ones."""
     given = {
         "--model": (model, saved["translator"]),
         "--preset": (preset, saved["preset"]),
+        "--aligned": (b_dir is None, saved["data"].get("aligned", False)),
         "A_DIR": (str(a_dir), saved["data"]["a"]),
         "B_DIR": (b_dir and str(b_dir), saved["data"]["b"]),
-        "--aligned": (aligned, saved["data"].get("aligned", False)),
         "--size": (settings.size, saved["train"]["size"]),
         "--domain": (domain, saved["domain"]),
         "--encoder": (encoder, saved["encoders"]["a"]["name"]),

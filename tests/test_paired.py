@@ -273,3 +273,32 @@ def test_keep_dropout_on_a_model_without_dropout(styletx, trained_run, scenes, t
     result = styletx("convert", trained_run, scenes["test_a"], "-o", tmp_path / "out",
                      "--keep-dropout")
     assert result.exit_code == 2 and "has no dropout" in result.stderr
+
+
+def test_a_run_that_cannot_start_writes_nothing(styletx, tmp_path):
+    """Voice pairs shorter than one training segment: refused before the run folder exists."""
+    import soundfile as sf
+
+    from styletx.synthvoice import HIGH, LOW, utterance
+
+    for i in range(4):
+        for side, voice in (("a", LOW), ("b", HIGH)):
+            (tmp_path / side).mkdir(exist_ok=True)
+            sf.write(tmp_path / side / f"{i}.wav", utterance(voice, 0.3, seed=i), 22050)
+    result = styletx("train", tmp_path / "a", tmp_path / "b", *P2P, "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert "only 0 pair(s) are as long as one training segment" in result.stderr
+    assert "skipping the pair of" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_small_images_and_same_folder(styletx, pairs, p2p_run, tmp_path):
+    for i in range(2):
+        _save(tmp_path / "a" / f"{i}.png", _pixels(i, 8, 8))
+        _save(tmp_path / "b" / f"{i}.png", _pixels(i + 5, 8, 8))
+    report = styletx("evaluate", p2p_run, tmp_path / "a", tmp_path / "b", "--json")
+    assert report.exit_code == 0, report.stderr
+    scores = json.loads(report.stdout)["pairs"]
+    assert all(p["converted"]["ssim"] is None and p["converted"]["psnr_db"] > 0 for p in scores)
+    same = styletx("evaluate", p2p_run, pairs["test_a"], pairs["test_a"])
+    assert same.exit_code == 2 and "same folder" in same.stderr
