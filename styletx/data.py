@@ -54,10 +54,10 @@ class FolderData:
     skipped: list[tuple[Path, str]]
 
 
-def load_folder(
-    folder: Path, domain: Domain, option: str, exclude: Path | None = None
-) -> FolderData:
-    """Load every file of ``folder`` that ``domain`` reads; report and skip the rest."""
+def domain_files(folder: Path, domain: Domain, option: str,
+                 exclude: Path | None = None) -> list[Path]:
+    """The files of ``folder`` (outside ``exclude``) that ``domain`` reads; the others are
+    reported, and a folder without any is refused."""
     files = [f for f in list_files(folder) if exclude is None or not is_inside(f, exclude)]
     if not files:
         raise UsageError(f"{option} {folder}: the folder is empty")
@@ -71,6 +71,14 @@ def load_folder(
             "skipping %d file(s) in %s that are not %s files, e.g. %s",
             len(others), folder, domain.name, others[0].name,
         )
+    return readable
+
+
+def load_folder(
+    folder: Path, domain: Domain, option: str, exclude: Path | None = None
+) -> FolderData:
+    """Load every file of ``folder`` that ``domain`` reads; report and skip the rest."""
+    readable = domain_files(folder, domain, option, exclude)
     data = FolderData(folder, [], [], [])
     for path in readable:
         try:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from .convert import Run, direction_sides, load_run
-from .data import check_folder
+from .data import check_folder, domain_files
 from .errors import BadInputError, UsageError
-from .pairs import aligned_files, pair_files, pair_key
+from .pairs import pair_files, pair_key
 from .registry import Registry
 
 log = logging.getLogger("styletx")
@@ -134,7 +134,7 @@ def _test_pairs(domain, a_test, b_test, aligned: bool, direction: str):
     if aligned:
         if b_test is not None:
             raise UsageError("--aligned reads both halves of each pair from A_TEST: give no B_TEST")
-        files = aligned_files(a_test, domain, "A_TEST")
+        files = domain_files(a_test, domain, "A_TEST")
 
         def split(path: Path):
             halves = dict(zip("ab", domain.split_aligned(domain.load(path), path)))

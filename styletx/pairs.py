@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .data import FolderData, is_inside, list_files
+from .data import FolderData, domain_files
 from .errors import BadInputError, UsageError
 from .interfaces import Domain
 from .runs import write_atomic
@@ -56,17 +56,8 @@ def pair_files(a_dir: Path, b_dir: Path, domain: Domain,
                options: tuple[str, str] = ("A_DIR", "B_DIR"),
                exclude: Path | None = None) -> FilePairs:
     """Match the ``domain`` files of two folders by relative path without extension."""
-    keyed = {}
-    for folder, option in zip((a_dir, b_dir), options):
-        files = [f for f in list_files(folder) if exclude is None or not is_inside(f, exclude)]
-        if not files:
-            raise UsageError(f"{option} {folder}: the folder is empty")
-        readable = [f for f in files if domain.handles(f)]
-        if not readable:
-            kinds = " ".join(domain.extensions)
-            raise UsageError(f"{option} {folder}: no {domain.name} files ({kinds}) in the folder")
-        _warn_others(folder, domain, len(files) - len(readable), files)
-        keyed[option] = _by_key(readable, folder, option)
+    keyed = {option: _by_key(domain_files(folder, domain, option, exclude), folder, option)
+             for folder, option in zip((a_dir, b_dir), options)}
     a_keys, b_keys = keyed[options[0]], keyed[options[1]]
     common = sorted(set(a_keys) & set(b_keys))
     if not common:
@@ -100,13 +91,6 @@ def _by_key(files: list[Path], folder: Path, option: str) -> dict[str, Path]:
     return keyed
 
 
-def _warn_others(folder: Path, domain: Domain, count: int, files: list[Path]) -> None:
-    if count:
-        example = next(f for f in files if not domain.handles(f))
-        log.warning("skipping %d file(s) in %s that are not %s files, e.g. %s",
-                    count, folder, domain.name, example.name)
-
-
 def _some(items) -> str:
     items = [str(i) for i in items]
     more = f" and {len(items) - SHOW} more" if len(items) > SHOW else ""
@@ -116,45 +100,31 @@ def _some(items) -> str:
 def load_pairs(found: FilePairs, domain: Domain,
                folders: tuple[Path, Path]) -> dict[str, FolderData]:
     """Load both files of every pair; a pair with an unusable file is reported and skipped."""
-    data = {side: FolderData(folder, [], [], []) for side, folder in zip("ab", folders)}
-    for a_path, b_path, _ in found.pairs:
-        try:
-            samples = domain.load(a_path), domain.load(b_path)
-        except BadInputError as err:
-            for side in data.values():
-                side.skipped.append((err.path, err.problem))
-            log.warning("skipping the pair of %s: %s", err.path, err.problem)
-            continue
-        for side, path, sample in zip(data.values(), (a_path, b_path), samples):
-            side.files.append(path)
-            side.samples.append(sample)
-    return data
-
-
-def aligned_files(folder: Path, domain: Domain, option: str,
-                  exclude: Path | None = None) -> list[Path]:
-    """The files of an ``--aligned`` folder, each holding A and B side by side."""
-    files = [f for f in list_files(folder) if exclude is None or not is_inside(f, exclude)]
-    readable = [f for f in files if domain.handles(f)]
-    if not readable:
-        raise UsageError(f"{option} {folder}: no {domain.name} files to split into pairs")
-    _warn_others(folder, domain, len(files) - len(readable), files)
-    return readable
+    return _load(folders, [((a, b), lambda a=a, b=b: (domain.load(a), domain.load(b)))
+                           for a, b, _ in found.pairs])
 
 
 def load_aligned(folder: Path, domain: Domain, option: str = "A_DIR",
                  exclude: Path | None = None) -> dict[str, FolderData]:
     """``--aligned``: every file holds A and B side by side; split each in two."""
-    data = {side: FolderData(folder, [], [], []) for side in "ab"}
-    for path in aligned_files(folder, domain, option, exclude):
+    files = domain_files(folder, domain, option, exclude)
+    return _load((folder, folder), [((f, f), lambda f=f: domain.split_aligned(domain.load(f), f))
+                                    for f in files])
+
+
+def _load(folders: tuple[Path, Path], jobs) -> dict[str, FolderData]:
+    """Run ``load() -> (a, b)`` for each ``((a path, b path), load)``, keeping the pairs whose
+    files are usable and reporting the others by name."""
+    data = {side: FolderData(folder, [], [], []) for side, folder in zip("ab", folders)}
+    for paths, load in jobs:
         try:
-            halves = domain.split_aligned(domain.load(path), path)
+            samples = load()
         except BadInputError as err:
             for side in data.values():
-                side.skipped.append((path, err.problem))
-            log.warning("skipping %s: %s", path, err.problem)
+                side.skipped.append((err.path, err.problem))
+            log.warning("skipping the pair of %s: %s", err.path, err.problem)
             continue
-        for side, sample in zip(data.values(), halves):
+        for side, path, sample in zip(data.values(), paths, samples):
             side.files.append(path)
             side.samples.append(sample)
     return data
