@@ -41,6 +41,7 @@ from styletx.nn import (
     ResnetBlock,
     Upsample,
     WideConv2d,
+    adam,
     conv_bias,
     init_weights,
     linear_decay,
@@ -339,18 +340,12 @@ class CycleGAN(styletx.Translator):
     # -- training -------------------------------------------------------------------------
     def configure_optimizers(self, total_steps: int) -> None:
         c = self.config
-
-        def adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-            try:  # the fused kernel is several times faster where this torch has it
-                return torch.optim.Adam(params, lr=lr, betas=(c.beta1, c.beta2), fused=True)
-            except (RuntimeError, TypeError):
-                return torch.optim.Adam(params, lr=lr, betas=(c.beta1, c.beta2))
-
+        betas = (c.beta1, c.beta2)
         # One optimizer for both generators and one for both discriminators, as the reference.
         self.optimizers = {
-            "G": adam([*self.G_A.parameters(), *self.G_B.parameters()], c.lr),
+            "G": adam([*self.G_A.parameters(), *self.G_B.parameters()], c.lr, betas),
             "D": adam([*self.D_A.parameters(), *self.D_B.parameters()],
-                      c.lr if c.lr_d is None else c.lr_d),
+                      c.lr if c.lr_d is None else c.lr_d, betas),
         }
         self.schedulers = {
             name: torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(total_steps, c.decay_start))

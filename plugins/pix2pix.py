@@ -38,6 +38,7 @@ from styletx.nn import (
     NORMS,
     GANLoss,
     PatchDiscriminator,
+    adam,
     conv_bias,
     init_weights,
     linear_decay,
@@ -315,18 +316,12 @@ class Pix2Pix(styletx.Translator):
     # -- training -------------------------------------------------------------------------
     def configure_optimizers(self, total_steps: int) -> None:
         c = self.config
-
-        def adam(params: list[nn.Parameter]) -> torch.optim.Optimizer:
-            try:  # the fused kernel is several times faster where this torch has it
-                return torch.optim.Adam(params, lr=c.lr, betas=(c.beta1, c.beta2), fused=True)
-            except (RuntimeError, TypeError):
-                return torch.optim.Adam(params, lr=c.lr, betas=(c.beta1, c.beta2))
-
         # One optimizer for the generator(s), one for the discriminator(s), as the reference.
         # Adam is per parameter, so with both directions this equals one pair per direction.
         self.optimizers = {
-            "G": adam([p for g in self.generators.values() for p in g.parameters()]),
-            "D": adam([p for d in self.discriminators.values() for p in d.parameters()]),
+            name: adam([p for net in nets.values() for p in net.parameters()], c.lr,
+                       (c.beta1, c.beta2))
+            for name, nets in (("G", self.generators), ("D", self.discriminators))
         }
         self.schedulers = {
             name: torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(total_steps, c.decay_start))

@@ -334,6 +334,16 @@ class ImagePool:
         self.images = [image.clone() for image in images]
 
 
+def adam(params, lr: float, betas: tuple[float, float],
+         weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam with the fused kernel where this torch and device have it (several times faster)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
 def linear_decay(total_steps: int, decay_start_fraction: float = 0.5) -> Callable[[int], float]:
     """LambdaLR factor: 1.0 for the first ``decay_start_fraction`` of the steps, then linear
     to 0.0 at ``total_steps`` (the reference's n_epochs + n_epochs_decay schedule, per step)."""
