@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 from .convert import load_run  # noqa: E402
 from .errors import BadInputError, StyletxError, UsageError
 from .hookspecs import hookimpl
-from .interfaces import DIRECTIONS, Domain, Encoder, Preset, Translator
+from .interfaces import DIRECTIONS, Domain, Encoder, LatentTranslator, Preset, Translator
 from .training import TrainSettings, train  # noqa: E402
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "BadInputError",
     "Domain",
     "Encoder",
+    "LatentTranslator",
     "Preset",
     "TrainSettings",
     "StyletxError",

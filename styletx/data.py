@@ -118,9 +118,17 @@ class CropSampler:
         self.examples, self.crop, self.batch_size = examples, crop, batch_size
         self.flip, self.paired = flip, paired
         self.generator = torch.Generator().manual_seed(seed)
+        # Per side, the probability of drawing each example; None = uniform (see --balance).
+        self.weights: dict[str, torch.Tensor | None] = {side: None for side in examples}
 
     def _randint(self, high: int) -> int:
         return int(torch.randint(high, (1,), generator=self.generator))
+
+    def _index(self, side: str) -> int:
+        weights = self.weights[side]
+        if weights is None:
+            return self._randint(len(self.examples[side]))
+        return int(torch.multinomial(weights, 1, generator=self.generator))
 
     def _example(self, side: str, index: int) -> torch.Tensor:
         return _pad_to(self.examples[side][index].float(), self.crop[0], self.crop[1])
@@ -141,8 +149,8 @@ class CropSampler:
     def next_batch(self) -> dict[str, torch.Tensor]:
         batch: dict[str, list[torch.Tensor]] = {"a": [], "b": []}
         for _ in range(self.batch_size):
-            index_a = self._randint(len(self.examples["a"]))
-            index_b = index_a if self.paired else self._randint(len(self.examples["b"]))
+            index_a = self._index("a")
+            index_b = index_a if self.paired else self._index("b")
             a, b = self._example("a", index_a), self._example("b", index_b)
             position_a = self._position(a)
             # A pair shares its crop and flip so the two halves stay aligned.
@@ -151,21 +159,25 @@ class CropSampler:
             batch["b"].append(self._cut(b, position_b))
         return {side: torch.stack(items) for side, items in batch.items()}
 
+    def centre_crop(self, side: str, index: int) -> torch.Tensor:
+        """The deterministic centre crop ``(C, h, w)`` of one example."""
+        x = self._example(side, index)
+        h = self.crop[0] or x.shape[1]
+        return self._cut(x, ((x.shape[1] - h) // 2, (x.shape[2] - self.crop[1]) // 2, False))
+
     def fixed_batch(self) -> dict[str, torch.Tensor]:
         """A deterministic centre crop of the first example of each side (for previews)."""
-        out = {}
-        for side in self.examples:
-            x = self._example(side, 0)
-            h = self.crop[0] or x.shape[1]
-            centre = ((x.shape[1] - h) // 2, (x.shape[2] - self.crop[1]) // 2, False)
-            out[side] = self._cut(x, centre)[None]
-        return out
+        return {side: self.centre_crop(side, 0)[None] for side in self.examples}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"generator": self.generator.get_state()}
+        state = {"generator": self.generator.get_state()}
+        state.update({f"weights_{side}": w for side, w in self.weights.items() if w is not None})
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["generator"])
+        for side in self.weights:
+            self.weights[side] = state.get(f"weights_{side}")
 
 
 def _pad_to(x: torch.Tensor, h: int | None, w: int) -> torch.Tensor:

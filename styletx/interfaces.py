@@ -241,3 +241,33 @@ class Translator(ABC):
                 y = self.translate(x, direction)
                 rows.append([(src, x[0]), (direction[2], y[0]), (src, self.translate(y, back)[0])])
         return rows
+
+
+class LatentTranslator(Translator):
+    """A translator with a probabilistic latent space (VAE/GAN): ``styletx sample``,
+    ``traverse`` and ``score``, the out-of-domain warning of ``convert`` and ``train --balance``
+    work on any translator that subclasses this. Latents are spatial ``(N, latent_channels,
+    h, w)`` with ``h, w`` about the input's ``H, W / latent_stride``; the prior is N(0, I)."""
+
+    latent_stride: ClassVar[int] = 1  # input pixels / frames per latent position
+
+    @property
+    @abstractmethod
+    def latent_channels(self) -> int:
+        """Channels of a latent."""
+
+    @abstractmethod
+    def encode_latent(self, x: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, C_side, H, W)`` -> posterior ``(mu, logvar)``, each ``(N, latent_channels, h,
+        w)``; no gradients."""
+
+    @abstractmethod
+    def decode_latent(self, z: torch.Tensor, side: str,
+                      size: tuple[int, int] | None = None) -> torch.Tensor:
+        """``(N, latent_channels, h, w)`` -> ``(N, C_side, H, W)`` of domain ``side``, cropped
+        to ``size`` when given; no gradients."""
+
+    @abstractmethod
+    def negative_elbo(self, x: torch.Tensor, side: str) -> torch.Tensor:
+        """Outlier score ``(N,)`` per input element (reconstruction error + KL): higher means
+        less like the training data of ``side``."""

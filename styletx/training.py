@@ -22,6 +22,8 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
+from .balance import describe as describe_weights
+from .balance import inverse_density_weights, pooled_means
 from .data import (
     CropSampler,
     FolderData,
@@ -32,7 +34,7 @@ from .data import (
     load_folder,
 )
 from .errors import StyletxError, UsageError
-from .interfaces import Domain, Encoder, Preset, Translator
+from .interfaces import Domain, Encoder, LatentTranslator, Preset, Translator
 from .model import (
     SIDES,
     build_from_config,
@@ -84,6 +86,10 @@ class TrainSettings:
     log_every: int = 25  # log.jsonl period in steps
     preview_every: int = 500  # samples/ grid period in steps (and at the end)
     progress: bool = True  # progress bar on a terminal
+    balance: bool = False  # latent models: draw rare kinds of example more often (DB-VAE)
+    balance_every: int = 100  # steps between re-estimates of the sampling weights
+    balance_smoothing: float = 0.001  # added to each latent histogram's density; larger values
+    #                                   move the sampling towards uniform
 
 
 class TrainingInterrupted(StyletxError):
@@ -155,6 +161,7 @@ def train(
         "encoders": {side: encoder_record(enc) for side, enc in encoders.items()},
         "data": {"a": str(a_dir), "b": b_dir and str(b_dir), "aligned": aligned},
         "train": {**train_values, "seed": settings.seed},
+        "shapes": {side: list(shape) for side, shape in shapes.items()},
         "step": 0,
     }
     torch.manual_seed(settings.seed)  # weight initialisation
@@ -194,6 +201,11 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     translator.configure_optimizers(total)
     crop = dom.training_crop(train_values["size"])
     _check_size_multiple(crop, translator)
+    if settings.balance and not isinstance(translator, LatentTranslator):
+        raise UsageError(f"--balance needs a model with a latent space (vaegan), not "
+                         f"{translator.name}")
+    if settings.balance_every < 1 or settings.balance_smoothing < 0:
+        raise UsageError("--balance-every must be at least 1 and --balance-smoothing >= 0")
     alignment = AlignmentCache.load(out) if translator.paired and dom.pairs_by_time else None
     if translator.paired:
         examples = _paired_examples(folders, encoders, crop[1], alignment)
@@ -218,6 +230,8 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     translator.train(True)
     with _StopAtStepBoundary() as stop:
         while step < total and not stop.requested:
+            if settings.balance and step % settings.balance_every == 0:
+                _rebalance(out, step, translator, sampler, settings.balance_smoothing)
             batch = {k: v.to(device, non_blocking=True) for k, v in sampler.next_batch().items()}
             losses = translator.training_step(batch, step)
             for scheduler in translator.schedulers.values():
@@ -238,8 +252,34 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
         raise TrainingInterrupted(
             f"interrupted at step {step}; checkpoint saved in {out}; run the same command to resume"
         )
+    if isinstance(translator, LatentTranslator):  # the baseline for outlier scores
+        from .latent import save_training_statistics
+
+        translator.train(False)
+        save_training_statistics(out, translator, sampler.examples, device)
     log.info("trained %s to step %d; model in %s", translator.name, step, out)
     return TrainResult(out, step, losses)
+
+
+def _rebalance(out: Path, step: int, translator: Translator, sampler: CropSampler,
+               smoothing: float) -> None:
+    """Re-estimate each side's sampling weights from the latent density of its examples (see
+    ``styletx.balance``), and log how far they are from uniform."""
+    translator.train(False)
+    summary = {}
+    for side, examples in sampler.examples.items():
+        if sampler.paired and side == "b":
+            break  # a pair is drawn by its A index
+        crops = torch.stack([sampler.centre_crop(side, i) for i in range(len(examples))])
+        weights = inverse_density_weights(pooled_means(translator, crops, side), smoothing)
+        sampler.weights[side] = weights
+        summary[side] = describe_weights(weights)
+    translator.train(True)
+    append_log(out, {"step": step, "balance": summary})
+    log.info("balance at step %d: %s", step, "; ".join(
+        f"{side.upper()}: {s['effective_examples']:g} effective examples of "
+        f"{len(sampler.examples[side])}, the rarest 5%% drawn {100 * s['top5pct_share']:.0f}%% "
+        "of the time" for side, s in summary.items()))
 
 
 class _StopAtStepBoundary:
