@@ -9,6 +9,7 @@ else WAV), limited to [-1, 1] by scaling rather than clipping.
 from __future__ import annotations
 
 import dataclasses
+import string
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -175,12 +176,13 @@ class AudioDomain(styletx.Domain):
 
     def save_preview(self, rows, encoders, stem: Path) -> None:
         """Spectrogram pictures (low frequencies at the bottom) as ``stem.png`` and the audio of
-        every tile as ``stem-<row><col>.wav`` (e.g. ``-a1`` is A translated to B)."""
+        every tile as ``stem-<row><col>.wav``, rows lettered a, b, c, ... (in a training preview
+        ``-a1`` is A translated to B)."""
         from styletx.previews import save_grid
 
         # Normalised log spectrograms span about +-3 standard deviations: fit them to [-1, 1].
         save_grid([[t.flip(-2) / 3 for t in row] for row in rows], stem.with_suffix(".png"))
-        for side, row, row_encoders in zip("ab", rows, encoders):
+        for side, row, row_encoders in zip(string.ascii_lowercase, rows, encoders):
             for col, (tensor, encoder) in enumerate(zip(row, row_encoders)):
                 clip = stem.with_name(f"{stem.name}-{side}{col}.wav")
                 self.save(encoder.decode(tensor.float().cpu()), clip)
