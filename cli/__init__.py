@@ -12,7 +12,7 @@ import click
 
 from styletx import __version__
 from styletx.demo import DEMO_STEPS, VOICE_DEMO_STEPS
-from styletx.errors import StyletxError
+from styletx.errors import StyletxError, UsageError
 
 log = logging.getLogger("styletx")
 
@@ -92,9 +92,17 @@ def cli(quiet: bool) -> None:
               help="bf16 autocast for forward passes on CUDA.")
 @click.option("--aligned", is_flag=True,
               help="Paired models: each file of A_DIR holds A and B side by side (no B_DIR).")
+@click.option("--balance", is_flag=True,
+              help="Latent models (vaegan): draw rare kinds of example more often (DB-VAE).")
+@click.option("--balance-every", type=int, default=None,
+              help="Steps between re-estimates of the --balance weights (default 100).")
+@click.option("--balance-smoothing", type=float, default=None,
+              help="Added to the --balance densities; larger = closer to uniform "
+                   "(default 0.001).")
 @reports_errors
 def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, seed, settings,
-          domain, encoder, save_every, preview_every, log_every, amp, aligned):
+          domain, encoder, save_every, preview_every, log_every, amp, aligned, balance,
+          balance_every, balance_smoothing):
     """Train a model that turns files like A_DIR's into files like B_DIR's.
 
     Unpaired models (cyclegan) learn from any two folders. Paired ones (--model pix2pix) pair
@@ -107,12 +115,16 @@ def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, see
 
     default_name = f"{a_dir.name}2{b_dir.name}" if b_dir else a_dir.name
     out = out or Path("runs") / default_name
+    tuning = {name: value for name, value in (("balance_every", balance_every),
+                                              ("balance_smoothing", balance_smoothing))
+              if value is not None}  # unset: TrainSettings' defaults
     result = run_training(
         a_dir, b_dir, out, model=model, preset=preset, overrides=parse_settings(settings),
         domain=domain, encoder=encoder, registry=registry(), aligned=aligned,
         settings=TrainSettings(
             steps=steps, batch_size=batch_size, size=size, seed=seed, device=device, amp=amp,
             save_every=save_every, preview_every=preview_every, log_every=log_every,
+            balance=balance, **tuning,
         ),
     )
     click.echo(f"run folder: {result.run} (step {result.step})")
@@ -208,6 +220,122 @@ def _evaluation_table(result) -> str:
     for n in names:
         lines.append(f"{n}: {result.metrics[n]} is better; the conversion is better on "
                      f"{result.improved(n)} of {len(result.scores)} pair(s)")
+    return "\n".join(lines)
+
+
+SIDE = click.Choice(["a", "b"])
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--domain", "side", type=SIDE, default="a", show_default=True,
+              help="Which side's decoder: a or b.")
+@click.option("-n", "count", type=int, default=16, show_default=True,
+              help="How many examples.")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", type=int, default=None,
+              help="Crop size as in train --size: pixels (square) or frames (default: the "
+                   "training crop's).")
+@click.option("--device", default="auto", show_default=True)
+@reports_errors
+def sample(run, side, count, out_dir, seed, size, device):
+    """Decode latents drawn from the prior: new examples of one side (vaegan runs)."""
+    from styletx.convert import load_run
+    from styletx.latent import require_latent
+    from styletx.latent import sample as draw
+
+    model = load_run(run, device=device, registry=registry())
+    require_latent(model)
+    written = draw(model, side, count, out_dir, seed=seed, size=size)
+    click.echo(f"wrote {count} sample(s) of {side.upper()}: "
+               + ", ".join(str(p) for p in written[:3]) + (" ..." if len(written) > 3 else ""))
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--dims", default=None, metavar="D,D,...",
+              help="Latent channels to walk, e.g. 0,3,7 (default: the 4 that vary most over "
+                   "the training data).")
+@click.option("--steps", type=int, default=7, show_default=True, help="Tiles per channel.")
+@click.option("--range", "k", type=float, default=3.0, show_default=True,
+              help="Walk from -K to +K standard deviations.")
+@click.option("--domain", "side", type=SIDE, default="a", show_default=True,
+              help="The side INPUT belongs to (its encoder and decoder are used).")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder.")
+@click.option("--device", default="auto", show_default=True)
+@reports_errors
+def traverse(run, input_path, dims, steps, k, side, out_dir, device):
+    """Walk one latent channel at a time through INPUT's latent (vaegan runs)."""
+    from styletx.convert import load_run
+    from styletx.latent import require_latent
+    from styletx.latent import traverse as walk
+
+    channels = _parse_dims(dims)
+    model = load_run(run, device=device, registry=registry())
+    require_latent(model)
+    if not input_path.is_file():
+        raise UsageError(f"{input_path}: no such file")
+    written = walk(model, input_path, channels, out_dir, steps=steps, k=k, side=side)
+    click.echo(f"wrote {len(written)} file(s) into {out_dir}")
+
+
+def _parse_dims(text):
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--dims {text}: give channel numbers separated by commas, "
+                         "e.g. 0,3,7") from None
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--domain", "side", type=SIDE, default="a", show_default=True,
+              help="Score against this side's training data.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--device", default="auto", show_default=True)
+@reports_errors
+def score(run, inputs, side, as_json, device):
+    """How unlike the training data each input is (vaegan runs): its outlier score (negative
+    ELBO per element), its percentile among the training examples' scores, and a flag above
+    the threshold. Files and folders (recursively)."""
+    from styletx.convert import load_run
+    from styletx.latent import require_latent
+    from styletx.latent import score as run_scores
+
+    model = load_run(run, device=device, registry=registry())
+    require_latent(model)
+
+    def on_file(path, result, problem):
+        if problem:
+            click.echo(f"Error: {path}: {problem}", err=True)
+
+    report = run_scores(model, inputs, side, on_file=on_file)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(_score_table(report))
+    if report.failed:
+        click.echo(f"Error: {len(report.failed)} file(s) could not be scored", err=True)
+        sys.exit(1)
+
+
+def _score_table(report) -> str:
+    width = max([len("file")] + [len(str(s.path)) for s in report.scores])
+    lines = [f"{'file':<{width}}  {'score':>8}  {'percentile':>10}  flag"]
+    for s in report.scores:
+        flag = "unlike the training data" if s.flagged else ""
+        lines.append(f"{str(s.path):<{width}}  {s.score:>8.4f}  {s.percentile:>10.1f}  {flag}"
+                     .rstrip())
+    flagged = sum(s.flagged for s in report.scores)
+    lines.append(f"\n{flagged} of {len(report.scores)} file(s) above the threshold "
+                 f"{report.threshold:.4f} (side {report.side.upper()})")
     return "\n".join(lines)
 
 

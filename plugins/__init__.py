@@ -5,4 +5,5 @@ BUILTIN_PLUGINS = [
     "styletx.plugins.audio",
     "styletx.plugins.cyclegan",
     "styletx.plugins.pix2pix",
+    "styletx.plugins.vaegan",
 ]

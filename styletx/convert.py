@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .data import expand_inputs, is_inside
 from .errors import BadInputError, StyletxError, UsageError
 from .interfaces import DIRECTIONS, Sample
+from .latent import outlier_check
 from .model import build_from_config, load_model_tensors, pick_device
 from .registry import Registry, get_registry
 from .runs import CONFIG, WEIGHTS, atomic_path, load_weights, read_config
@@ -148,6 +149,7 @@ class Run:
         A file that cannot be read is reported (``on_file(src, None, problem)``) and skipped; the
         rest are converted. Inputs of equal size are translated ``batch_size`` at a time. Outputs
         keep each input's format unless ``out_format`` (a suffix such as "png") says otherwise.
+        With a latent model (vaegan), an input unlike the training data is named in a warning.
         """
         source, _ = direction_sides(direction)  # validates the direction before any work
         if batch_size < 1:
@@ -157,6 +159,7 @@ class Run:
         report = ConversionReport()
         on_file = on_file or (lambda *_: None)
         pending: list[tuple[Path, Path, Sample, torch.Tensor]] = []
+        check = outlier_check(self, source)  # latent models warn about unusual inputs
         for src, dst in jobs:
             try:
                 if dst is None:
@@ -164,6 +167,8 @@ class Run:
                     raise BadInputError(src, f"not a {self.domain.name} file ({kinds})")
                 sample = self.domain.load(src)
                 x = self.encoders[source].encode(sample)
+                if check:
+                    check(src, sample)
             except BadInputError as err:
                 report.failed.append((src, err.problem))
                 on_file(src, None, err.problem)

@@ -256,7 +256,7 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
         from .latent import save_training_statistics
 
         translator.train(False)
-        save_training_statistics(out, translator, sampler.examples, device)
+        save_training_statistics(out, translator, sampler.examples, device, chunk=dom.chunk_frames)
     log.info("trained %s to step %d; model in %s", translator.name, step, out)
     return TrainResult(out, step, losses)
 

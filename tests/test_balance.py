@@ -60,3 +60,4 @@ def test_sampler_draws_by_the_weights_and_restores_them():
     redrawn = torch.cat([again.next_batch()["a"][:, 0, 0, 0] for _ in range(20)])
     assert torch.equal(drawn, redrawn)
     assert again.weights["b"] is None  # side b still uniform
+
