@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from toy import reddish_images, swap_red_blue, train_red_blue
 
 from styletx.errors import UsageError
 from styletx.nn import (
@@ -377,34 +378,13 @@ def test_extra_state_saves_the_pools():
 
 
 # -- learning check -----------------------------------------------------------------------------
-def reddish_images(n: int, generator: torch.Generator, size: int = 32) -> torch.Tensor:
-    """A smooth brightness pattern times a per-image reddish colour, plus a little per-channel
-    texture, in [-1, 1]. Domain B is the same kind of image with red and blue swapped."""
-    low = torch.rand(n, 4, 4, 4, generator=generator)
-    up = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
-    lo, hi = torch.tensor([0.85, 0.35, 0.05]), torch.tensor([1.0, 0.5, 0.2])
-    colour = (lo + (hi - lo) * torch.rand(n, 3, generator=generator)).view(n, 3, 1, 1)
-    return (2 * (up[:, :1] * colour + 0.15 * (up[:, 1:] - 0.5)) - 1).clamp(-1, 1)
-
-
-def swap_red_blue(x: torch.Tensor) -> torch.Tensor:
-    return x.flip(1)
-
-
 @pytest.mark.slow
 def test_tiny_preset_learns_a_colour_transform():
     preset = CycleGAN.presets["tiny"]
     torch.manual_seed(0)
     model = CycleGAN(CycleGANConfig(**preset.config), 3, 3)
-    steps, n, size = 150, preset.train["batch_size"], preset.train["size"]
-    model.configure_optimizers(steps)
-    rng = torch.Generator().manual_seed(1)
-    for step in range(steps):  # unpaired: a and b come from independent draws
-        batch = {"a": reddish_images(n, rng, size),
-                 "b": swap_red_blue(reddish_images(n, rng, size))}
-        model.training_step(batch, step)
-        for scheduler in model.schedulers.values():
-            scheduler.step()
+    size = preset.train["size"]
+    train_red_blue(model, 150, preset.train["batch_size"], size)
     held_out = reddish_images(64, torch.Generator().manual_seed(99), size)
     truth = swap_red_blue(held_out)
     learned = (model.translate(held_out, "a2b").clamp(-1, 1) - truth).abs().mean().item()
