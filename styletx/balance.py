@@ -4,13 +4,31 @@ Amini et al., "Uncovering and Mitigating Algorithmic Bias through Learned Latent
 (2019): every so often, encode each training example, pool its posterior mean over the latent
 positions, estimate the density of the examples along each latent dimension with a histogram,
 and draw examples with probability inversely proportional to that density, so that rare kinds of
-example are seen more often. Per dimension the weight is ``1 / (density + smoothing)``
-(normalised); an example's weight is the largest over the dimensions (the combination used by
-the authors' reference code: a product over hundreds of dimensions would put all the weight on a
-handful of examples). ``smoothing`` moves the result towards uniform sampling.
+example are seen more often. The paper's weight is a product over the dimensions,
+
+    W(x) proportional to  prod_i 1 / (Q_i(z_i(x)) + smoothing)
+
+(Q_i: the share of examples in x's histogram bin along dimension i). That product treats the
+dimensions as independent; pooled latent channels are strongly correlated, so it counts the
+same evidence many times and puts almost all the weight on one or two examples. Here the
+product's exponent is scaled by the effective number of independent dimensions, the
+participation ratio of the latents' correlation matrix, ``(sum l)^2 / sum l^2`` over its
+eigenvalues l (D for independent dimensions, where the rule is the paper's; 1 when all move
+together):
+
+    log W(x) = d_eff * mean_i -log(Q_i(z_i(x)) + smoothing) + const
+
+Measured on a tiny vaegan (300 steps; 38 ``styletx.demo`` scenes and 2 rare images; 32 latent
+channels, d_eff 5-7): the rare pair's share of the weight is 50-85 % for uniform noise and
+15-25 % for random stripes. The authors' reference code takes the largest inverse density over
+the dimensions instead; with 40 examples every example is alone in some bin of some dimension,
+so that rule stayed near uniform (14 % for noise, 8-10 % for stripes). ``smoothing`` moves the
+weights towards uniform.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -33,30 +51,44 @@ def pooled_means(translator: LatentTranslator, crops: torch.Tensor, side: str,
 def inverse_density_weights(latents: torch.Tensor, smoothing: float,
                             bins: int = BINS) -> torch.Tensor:
     """``(N, D)`` pooled latents -> ``(N,)`` sampling probabilities (summing to 1) that favour
-    examples in sparsely populated regions of any latent dimension."""
-    n = latents.shape[0]
-    weights = torch.zeros(n, dtype=torch.float64)
-    for values in latents.double().T:
-        low, high = float(values.min()), float(values.max())
-        if high <= low:  # a constant dimension says nothing about rarity
-            continue
-        index = ((values - low) / (high - low) * bins).long().clamp(0, bins - 1)
-        density = torch.bincount(index, minlength=bins).double() / n
-        density = (density + smoothing) / (density + smoothing).sum()
-        p = 1.0 / density[index]
-        weights = torch.maximum(weights, p / p.sum())
-    if not weights.any():
+    examples in sparsely populated regions of the latent space (see the module docstring)."""
+    x = latents.double()
+    low, high = x.min(0).values, x.max(0).values
+    varying = high > low  # a constant dimension says nothing about rarity
+    n = x.shape[0]
+    if n < 2 or not varying.any():
         return torch.full((n,), 1.0 / n, dtype=torch.float64)
-    return weights / weights.sum()
+    x, low, high = x[:, varying], low[varying], high[varying]
+    index = ((x - low) / (high - low) * bins).long().clamp(0, bins - 1)  # (N, D)
+    counts = torch.zeros(x.shape[1], bins, dtype=torch.float64)
+    counts.scatter_add_(1, index.T, torch.ones_like(index.T, dtype=torch.float64))
+    share = counts.gather(1, index.T).T / n  # each example's bin share, per dimension
+    log_weight = effective_dimensions(x) * -torch.log(share + smoothing).mean(1)
+    return torch.softmax(log_weight, 0)
 
 
-def describe(weights: torch.Tensor) -> dict[str, float]:
+def effective_dimensions(x: torch.Tensor) -> float:
+    """The participation ratio ``(sum l)^2 / sum l^2`` of the eigenvalues l of the columns'
+    correlation matrix: how many independent directions ``(N, D)`` data really spans."""
+    z = (x - x.mean(0)) / x.std(0).clamp_min(1e-12)
+    eigen = torch.linalg.svdvals(z).square()
+    return float(eigen.sum().square() / eigen.square().sum())
+
+
+def describe(weights: torch.Tensor, names: list[str] | None = None,
+             most: int = 3) -> dict[str, Any]:
     """How far the sampling is from uniform: the effective number of examples (1 / sum p^2),
-    the largest probability relative to uniform, and the share drawn from the rarest 5 %."""
+    the largest probability relative to uniform, the share drawn from the rarest 5 %, and
+    (given the examples' ``names``) the ``most`` most drawn, as [name, times uniform]."""
     n = len(weights)
     top = max(1, round(0.05 * n))
-    return {
+    order = weights.argsort(descending=True)
+    summary: dict[str, Any] = {
         "effective_examples": round(float(1.0 / (weights**2).sum()), 2),
         "max_over_uniform": round(float(weights.max() * n), 2),
-        "top5pct_share": round(float(weights.sort(descending=True).values[:top].sum()), 4),
+        "top5pct_share": round(float(weights[order[:top]].sum()), 4),
     }
+    if names is not None:
+        summary["most_drawn"] = [[names[i], round(float(weights[i] * n), 2)]
+                                 for i in order[:most].tolist()]
+    return summary

@@ -207,11 +207,14 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     if settings.balance_every < 1 or settings.balance_smoothing < 0:
         raise UsageError("--balance-every must be at least 1 and --balance-smoothing >= 0")
     alignment = AlignmentCache.load(out) if translator.paired and dom.pairs_by_time else None
+    names = None  # each example's file, for the --balance log (pairs are kept by index)
     if translator.paired:
         examples = _paired_examples(folders, encoders, crop[1], alignment)
     else:
-        examples = {side: _encode_examples(folders[side], encoders[side], crop[1])
-                    for side in SIDES}
+        kept = {side: _encode_examples(folders[side], encoders[side], crop[1]) for side in SIDES}
+        examples = {side: [tensor for _, tensor in items] for side, items in kept.items()}
+        names = {side: [str(path.relative_to(folders[side].folder)) for path, _ in items]
+                 for side, items in kept.items()}
     sampler = CropSampler(examples, crop, train_values["batch_size"], dom.flip_augment,
                           translator.paired, seed=train_values["seed"])
     if resume_state is not None:
@@ -231,7 +234,7 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     with _StopAtStepBoundary() as stop:
         while step < total and not stop.requested:
             if settings.balance and step % settings.balance_every == 0:
-                _rebalance(out, step, translator, sampler, settings.balance_smoothing)
+                _rebalance(out, step, translator, sampler, settings.balance_smoothing, names)
             batch = {k: v.to(device, non_blocking=True) for k, v in sampler.next_batch().items()}
             losses = translator.training_step(batch, step)
             for scheduler in translator.schedulers.values():
@@ -262,9 +265,10 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
 
 
 def _rebalance(out: Path, step: int, translator: Translator, sampler: CropSampler,
-               smoothing: float) -> None:
+               smoothing: float, names: dict[str, list[str]] | None) -> None:
     """Re-estimate each side's sampling weights from the latent density of its examples (see
-    ``styletx.balance``), and log how far they are from uniform."""
+    ``styletx.balance``), and log how far they are from uniform and which files are drawn
+    most often."""
     translator.train(False)
     summary = {}
     for side, examples in sampler.examples.items():
@@ -273,13 +277,20 @@ def _rebalance(out: Path, step: int, translator: Translator, sampler: CropSample
         crops = torch.stack([sampler.centre_crop(side, i) for i in range(len(examples))])
         weights = inverse_density_weights(pooled_means(translator, crops, side), smoothing)
         sampler.weights[side] = weights
-        summary[side] = describe_weights(weights)
+        summary[side] = describe_weights(weights, names and names[side])
     translator.train(True)
     append_log(out, {"step": step, "balance": summary})
     log.info("balance at step %d: %s", step, "; ".join(
-        f"{side.upper()}: {s['effective_examples']:g} effective examples of "
-        f"{len(sampler.examples[side])}, the rarest 5%% drawn {100 * s['top5pct_share']:.0f}%% "
-        "of the time" for side, s in summary.items()))
+        _balance_line(side, s, len(sampler.examples[side])) for side, s in summary.items()))
+
+
+def _balance_line(side: str, summary: dict[str, Any], count: int) -> str:
+    line = (f"{side.upper()}: {summary['effective_examples']:g} effective examples of {count}, "
+            f"the rarest 5% drawn {100 * summary['top5pct_share']:.0f}% of the time")
+    if "most_drawn" in summary:
+        line += "; most often " + ", ".join(f"{name} ({times:g}x)"
+                                            for name, times in summary["most_drawn"])
+    return line
 
 
 class _StopAtStepBoundary:
@@ -442,15 +453,17 @@ def _load_data(dom: Domain, a_dir: Path, b_dir: Path | None, out: Path, size: in
     return folders
 
 
-def _encode_examples(data: FolderData, encoder: Encoder, width: int) -> list[torch.Tensor]:
-    """Encode every sample once; one narrower than a training crop is reported and dropped."""
+def _encode_examples(data: FolderData, encoder: Encoder,
+                     width: int) -> list[tuple[Path, torch.Tensor]]:
+    """Encode every sample once, as (file, tensor); one narrower than a training crop is
+    reported and dropped."""
     kept = []
     for path, tensor in zip(data.files, encode_all(data.samples, encoder)):
         if tensor.shape[-1] < width:
             log.warning("skipping %s: shorter than one training segment (%d < %d frames)",
                         path, tensor.shape[-1], width)
         else:
-            kept.append(tensor)
+            kept.append((path, tensor))
     if not kept:
         raise UsageError(f"{data.folder}: no file is as long as one training segment "
                          f"({width} frames); use longer files or a smaller --size")

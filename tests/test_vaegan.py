@@ -25,7 +25,7 @@ from styletx.plugins.vaegan import (
 
 SMALL = dict(ngf=4, n_res=2, ndf=4, n_layers_d=2, num_scales=2)
 LOSSES = {"G_adv_a", "G_adv_b", "recon_a", "recon_b", "kl_a", "kl_b", "cycle_a", "cycle_b",
-          "kl_cyc_a", "kl_cyc_b", "D_a", "D_b"}
+          "kl_cyc_a", "kl_cyc_b", "idt_a", "idt_b", "D_a", "D_b"}
 NETWORKS = ["D_a", "D_b", "dec_a", "dec_b", "enc_a", "enc_b", "shared_dec", "shared_enc"]
 
 
@@ -83,6 +83,7 @@ def test_config_defaults_are_unit_and_validated():
     assert (c.ngf, c.n_res, c.n_shared, c.ndf, c.n_layers_d, c.num_scales) == (64, 4, 1, 64, 4, 3)
     assert (c.gan_mode, c.beta, c.lambda_recon, c.lambda_cycle, c.lambda_gan) == (
         "lsgan", 0.01, 10.0, 10.0, 1.0)
+    assert c.lambda_identity == 0.5  # CycleGAN's, not UNIT's: measured, see the module docstring
     assert (c.lr, c.beta1, c.beta2, c.weight_decay, c.lr_step, c.lr_gamma) == (
         1e-4, 0.5, 0.999, 1e-4, 100_000, 0.5)
     assert c.tanh
@@ -91,7 +92,8 @@ def test_config_defaults_are_unit_and_validated():
                        (dict(n_shared=0), "n_shared"), (dict(n_shared=5), "n_shared"),
                        (dict(num_scales=0), "num_scales"), (dict(beta=-1.0), "beta"),
                        (dict(lr=0.0), "lr"), (dict(lr_gamma=0.0), "lr_gamma"),
-                       (dict(weight_decay=-1e-4), "weight_decay")):
+                       (dict(weight_decay=-1e-4), "weight_decay"),
+                       (dict(lambda_identity=-1.0), "lambda_identity")):
         with pytest.raises(UsageError, match=match):
             VAEGANConfig(**bad)
 
@@ -239,8 +241,15 @@ def test_negative_elbo_is_the_documented_score():
     assert torch.equal(score, model.negative_elbo(x, "a"))  # deterministic
     mu, logvar = model.encode_latent(x, "a")
     rec = model.decode_latent(mu, "a", size=(20, 28))
-    expected = (rec - x).abs().mean((1, 2, 3)) + kl_normal(mu, logvar).sum((1, 2, 3)) / x[0].numel()
+    c = model.config
+    expected = (c.lambda_recon * (rec - x).abs().mean((1, 2, 3))
+                + c.beta * kl_normal(mu, logvar).mean((1, 2, 3)))
     assert torch.allclose(score, expected, atol=1e-5)
+    # the training loss's VAE terms for one example (z at the mean): a scaled negative ELBO
+    laplace_scale = c.beta * x[0].numel() / (c.lambda_recon * mu[0].numel())
+    nelbo = ((rec - x).abs().sum((1, 2, 3)) / laplace_scale
+             + kl_normal(mu, logvar).sum((1, 2, 3)))
+    assert torch.allclose(score, nelbo * c.beta / mu[0].numel(), rtol=1e-5)
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -254,7 +263,7 @@ def test_training_step_updates_every_network():
     before = {name: _params(net) for name, net in model.networks().items()}
     batch = {"a": torch.rand(2, 3, 16, 16) * 2 - 1, "b": torch.rand(2, 1, 16, 16) * 2 - 1}
     losses = model.training_step(batch, 0)
-    assert set(losses) == LOSSES
+    assert set(losses) == LOSSES - {"idt_a", "idt_b"}  # 3 and 1 channels: no identity loss
     assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in losses.values())
     for name, net in model.networks().items():
         changed = [not torch.equal(p0, p1) for p0, p1 in zip(before[name], net.parameters())]
@@ -266,6 +275,24 @@ def test_training_step_updates_every_network():
     rows = model.preview(batch)
     assert [[side for side, _ in row] for row in rows] == [["a", "b", "a"], ["b", "a", "b"]]
     assert [tuple(t.shape) for _, t in rows[0]] == [(3, 16, 16), (1, 16, 16), (3, 16, 16)]
+
+
+def test_identity_loss_with_equal_channels_and_switchable():
+    batch = {"a": torch.rand(2, 3, 16, 16) * 2 - 1, "b": torch.rand(2, 3, 16, 16) * 2 - 1}
+    for weight, expected in ((0.5, LOSSES), (0.0, LOSSES - {"idt_a", "idt_b"})):
+        torch.manual_seed(0)
+        model = small_model(3, 3, lambda_identity=weight)
+        model.configure_optimizers(total_steps=10)
+        losses = model.training_step(batch, 0)
+        assert set(losses) == expected
+    # idt_a: lambda_cycle * lambda_identity * |G_b(mu(E_a(b))) - b|, as computed before the step
+    torch.manual_seed(0)
+    model = small_model(3, 3)
+    model.configure_optimizers(total_steps=10)
+    with torch.no_grad():
+        same_b = model.decoders["b"](model._encode(batch["b"], "a")[0])
+    idt = 10.0 * 0.5 * (same_b - batch["b"]).abs().mean().item()
+    assert math.isclose(model.training_step(batch, 0)["idt_a"], idt, rel_tol=1e-4)
 
 
 def test_lr_halves_every_lr_step():
