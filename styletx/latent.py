@@ -5,21 +5,23 @@
     traverse(run, "photo.png", [0, 3], "out/")   # walk latent channels 0 and 3 of one input
     report = score(run, ["inbox/"])              # how unlike the training data each input is
 
-Outlier scores are the translator's ``negative_elbo`` (reconstruction error + KL, per input
-element). At the end of training ``save_training_statistics`` scores every training example and
-writes ``RUN/latent.json``; an input is then placed against its side's training scores (its
-percentile) and flagged "unlike the training data" when its score exceeds
+Outlier scores are the translator's ``negative_elbo`` (for vaegan: its VAE training loss per
+example, reconstruction error + KL per element, weighted as in training). At the end of training
+``save_training_statistics`` scores every training example and writes ``RUN/latent.json``; an
+input is then placed against its side's training scores (its percentile) and flagged "unlike the
+training data" when its score exceeds
 
     threshold = THRESHOLD_MARGIN * (the THRESHOLD_QUANTILE quantile of the training scores)
 
-The default rule was measured on tiny vaegan runs (300 steps on 48 ``styletx.demo`` scenes;
-scored: held-out scenes, uniform noise, random stripes; numbers in the README). The score is
-about 1 nat of KL per element plus an L1 of 0.1-0.4; the L1 separates the kinds of input, the
-KL does not, so in-domain and out-of-domain inputs differ by a few percent of the score: a
-margin of 1.1 flagged 0-70 % of the noise (by run), 1.02 flagged 0-100 % of the noise and
-0-2 % of the held-out scenes. The rule is saved in ``latent.json`` with the scores, so a run
-keeps the calibration it was trained with. A model trained on a dozen examples memorises them:
-held-out inputs then score well above the training ones, and are flagged too.
+The default rule was measured on tiny vaegan runs (300 steps on 48 ``styletx.demo`` scenes, data
+and training seeds 0, 1, 2; scored: 12 held-out scenes, 12 uniform noise images, 12 random
+stripes; tests/test_latent.py is seed 0). Held-out scenes score above the training ones (the
+model partly memorises 48 examples), so a margin is needed: at 1.0 it flagged 2, 6 and 2 of the
+12 held-out scenes, at 1.3 1, 2 and 0, while still flagging all the noise and 8, 7 and 11 of the
+stripes; at 1.5 no held-out scene, 9-12 noise images and 4-9 stripes. The rule is saved in
+``latent.json`` with the scores, so a run keeps the calibration it was trained with. A model
+trained on a dozen examples memorises them: held-out inputs then score well above the training
+ones, and are flagged too.
 
 Inputs are scored at training scale: each is brought there with the domain's
 ``prepare_for_training`` (images: the shorter side resized to the training load size; audio:
@@ -54,7 +56,7 @@ log = logging.getLogger("styletx")
 STATS = "latent.json"
 SIDES = ("a", "b")
 THRESHOLD_QUANTILE = 0.95  # the training scores' quantile the threshold is built on
-THRESHOLD_MARGIN = 1.02  # flagged above this many times that quantile (measured, see above)
+THRESHOLD_MARGIN = 1.3  # flagged above this many times that quantile (measured, see above)
 ROW = 8  # sample grids: tiles per row
 BATCH = 16  # examples scored per forward pass
 

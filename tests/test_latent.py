@@ -1,6 +1,7 @@
-"""The latent-space tools of a vaegan run: sample, traverse, score, and convert's warning for
-inputs unlike the training data. One tiny vaegan is trained for the whole module (300 steps on
-48 scenes, one thread: about 30 s)."""
+"""A tiny vaegan run on the demo's colour transform: its translation against the known answer,
+and the latent-space tools: sample, traverse, score, and convert's warning for inputs unlike the
+training data. One model is trained for the whole module (300 steps on 48 scenes, one thread:
+about 45 s)."""
 
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ def vae(tmp_path_factory, one_thread):
     run = root / "run"
     train(folders["a"], folders["b"], run, model="vaegan", preset="tiny",
           settings=TrainSettings(steps=300, device="cpu", progress=False, preview_every=300))
-    return {"run": run, "held": folders["test_a"], "train": folders["a"],
-            "noise": root / "noise", "stripes": root / "stripes"}
+    return {"run": run, "held": folders["test_a"], "truth": folders["test_b"],
+            "train": folders["a"], "noise": root / "noise", "stripes": root / "stripes"}
 
 
 def _picture(path) -> np.ndarray:
@@ -71,6 +72,19 @@ def _auroc(inside: list[float], outside: list[float]) -> float:
     """P(an outside score > an inside score), ties counted half."""
     a, b = np.array(inside)[None], np.array(outside)[:, None]
     return float((b > a).mean() + 0.5 * (b == a).mean())
+
+
+# -- translation --------------------------------------------------------------------------------
+def test_translation_beats_the_unconverted_input_on_the_colour_transform(vae, styletx):
+    """``styletx evaluate`` on 12 held-out scenes whose true winterized versions are known."""
+    result = styletx("evaluate", vae["run"], vae["held"], vae["truth"], "--json")
+    assert result.exit_code == 0, result.stderr
+    mean = json.loads(result.stdout)["mean"]
+    gain = mean["converted"]["psnr_db"] - mean["baseline"]["psnr_db"]
+    # measured: +4.4 dB (14.8 -> 19.2); data and training seeds 1, 2: +2.0, +5.3 dB. Without
+    # the identity loss (UNIT's losses) this went the wrong way: -1.4 dB. SSIM falls (0.76 ->
+    # 0.64): the tiny VAE blurs what it reconstructs.
+    assert gain > 1.0, mean
 
 
 # -- the statistics written at the end of training --------------------------------------------
@@ -170,17 +184,17 @@ def test_score_ranks_out_of_domain_inputs_above_held_out_ones(vae):
     noise = latent.score(run, [vae["noise"]]).scores
     stripes = latent.score(run, [vae["stripes"]]).scores
     inside = [s.score for s in held]
-    # Measured with this fixture (one thread): AUROC 0.86 for noise, 0.74 for stripes and 0.80
-    # for both against held-out scenes (0.98, 0.71 and 0.84 with two threads, whose training
-    # differs in rounding); asserted with headroom.
+    # Measured with this fixture (one thread): AUROC 0.993 for noise, 0.931 for stripes; over
+    # data and training seeds 0, 1, 2: noise 0.99-1.0, stripes 0.81-0.99. Asserted with
+    # headroom, as other hardware rounds differently and so trains a slightly different model.
     outside = noise + stripes
-    assert _auroc(inside, [s.score for s in noise]) >= 0.75
-    assert _auroc(inside, [s.score for s in outside]) >= 0.7
-    # The threshold flags the most unusual probes (measured: 3 and 12 of 24) and few held-out
-    # scenes (measured: none).
+    assert _auroc(inside, [s.score for s in noise]) >= 0.9
+    assert _auroc(inside, [s.score for s in stripes]) >= 0.75
+    # The threshold flags the most unusual probes (measured: 23 of 24; seeds 1, 2: 19, 23) and
+    # few held-out scenes (measured: 1 of 12; seeds 1, 2: 2, 0).
     assert max(outside, key=lambda s: s.score).flagged
-    assert sum(s.flagged for s in outside) >= 2
-    assert sum(s.flagged for s in held) <= N_PROBES / 4
+    assert sum(s.flagged for s in outside) >= 12
+    assert sum(s.flagged for s in held) <= 3
     for s in held + noise + stripes:
         assert 0 <= s.percentile <= 100
         assert s.flagged == (s.score > latent.threshold_for(
