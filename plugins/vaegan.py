@@ -28,11 +28,12 @@ it the translation has no reason to keep colours: the GAN only asks that transla
 the other domain, and the latent is free to pair each A colour with any B colour of the same
 frequency. Measured on ``styletx.demo``'s colour transform (48 unpaired scenes at 40 px, 8
 held out; tiny preset; PSNR of the translations minus that of the unconverted inputs, data and
-training seeds 0, 1, 2): without it -1.4 dB (seed 0, 300 steps) and -1.6, -1.6, -2.3 dB (1000 steps,
-the same with every residual block shared); with lambda_identity 0.5, +4.8, +2.5, +5.2 dB at 300
-steps and +4.3, +2.5, +5.7 dB at 600. A larger beta did not help (0.1 and 1.0: -0.1 dB). So it
-is on by default, as in CycleGAN (``lambda_identity=0`` gives UNIT's losses). It needs equal
-channel counts and is skipped otherwise, and costs two more encoder-decoder passes a step.
+training seeds 0, 1, 2): without it -1.4 dB (seed 0, 300 steps), -1.6, -1.6, -2.3 dB (1000
+steps), and +3.2, -1.6, -2.3 dB with every residual block shared; with lambda_identity 0.5,
++4.8, +2.5, +5.2 dB at 300 steps and +4.3, +2.5, +5.7 dB at 600. A larger beta instead did not
+help (0.1 and 1.0, seed 0: -0.1 dB). So it is on by default, as in CycleGAN
+(``lambda_identity=0`` gives UNIT's losses). It needs equal channel counts and is skipped
+otherwise, and costs two more encoder-decoder passes a step.
 
 The latent: UNIT's encoder outputs only a mean and adds unit-variance noise, with ``mean(mu^2)``
 as its "KL". Here the encoder outputs a mean AND a log-variance (a 1x1 conv on the shared
