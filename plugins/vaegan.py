@@ -357,9 +357,10 @@ class VAEGAN(LatentTranslator):
         "tiny": Preset(
             config=dict(ngf=8, n_res=2, ndf=8, n_layers_d=3, num_scales=2, lr=1e-3),
             train=dict(size=32, batch_size=4, steps=300),
-            description="a CPU model for tests and smoke runs, 55-80 ms a step on 2 cores at "
-                        "32 px, batch 4: ngf 8, 1 private + 1 shared residual block per "
-                        "encoder/decoder, 2-scale PatchGANs (ndf 8, 3 layers), lr 1e-3",
+            description="a CPU model for tests and smoke runs, about 120 ms a step on 2 "
+                        "cores at 32 px, batch 4 (80 without the identity loss): ngf 8, 1 "
+                        "private + 1 shared residual block per encoder/decoder, 2-scale "
+                        "PatchGANs (ndf 8, 3 layers), lr 1e-3",
         ),
     }
     # Spectrograms (1, bins, frames): 64-frame segments with every bin and a linear output, as
@@ -375,7 +376,7 @@ class VAEGAN(LatentTranslator):
             config=dict(ngf=8, n_res=2, ndf=8, n_layers_d=3, num_scales=2, lr=1e-3,
                         tanh=False),
             train=dict(size=64, batch_size=4, steps=300),
-            description="a CPU voice model for tests and smoke runs, ~0.15 s a step on 2 "
+            description="a CPU voice model for tests and smoke runs, about 0.3 s a step on 2 "
                         "cores at 80 bins x 64 frames, batch 4: the tiny networks with a "
                         "linear output",
         ),
