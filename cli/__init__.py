@@ -193,12 +193,14 @@ def evaluate(run, a_test, b_test, direction, aligned, as_json, device):
 
         result = run_evaluation(run, a_test, b_test, direction, aligned, device=device,
                                 registry=registry(), on_pair=on_pair)
-    if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
-    else:
-        click.echo(_evaluation_table(result))
-    if result.failed:
-        click.echo(f"Error: {len(result.failed)} pair(s) could not be scored", err=True)
+    _print_report(result, as_json, _evaluation_table, "pair(s)")
+
+
+def _print_report(report, as_json: bool, table, what: str) -> None:
+    """An evaluation or score report as JSON or a table; exit 1 if some inputs failed."""
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else table(report))
+    if report.failed:
+        click.echo(f"Error: {len(report.failed)} {what} could not be scored", err=True)
         sys.exit(1)
 
 
@@ -317,13 +319,7 @@ def score(run, inputs, side, as_json, device):
             click.echo(f"Error: {path}: {problem}", err=True)
 
     report = run_scores(model, inputs, side, on_file=on_file)
-    if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
-    else:
-        click.echo(_score_table(report))
-    if report.failed:
-        click.echo(f"Error: {len(report.failed)} file(s) could not be scored", err=True)
-        sys.exit(1)
+    _print_report(report, as_json, _score_table, "file(s)")
 
 
 def _score_table(report) -> str:
