@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,13 +44,22 @@ def reports_errors(command):
         try:
             return command(*args, **kwargs)
         except StyletxError as err:
-            click.echo(f"Error: {err}", err=True)
+            rank = _rank()
+            if rank == 0:
+                click.echo(f"Error: {err}", err=True)
+            elif not isinstance(err, UsageError):  # usage errors are the same on every rank
+                click.echo(f"Error (process {rank}): {err}", err=True)
             sys.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def _rank() -> int:
+    """This process's rank among torchrun's training processes (0 when alone)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def registry():
@@ -99,10 +110,13 @@ def cli(quiet: bool) -> None:
 @click.option("--balance-smoothing", type=float, default=None,
               help="Added to the --balance densities; larger = closer to uniform "
                    "(default 0.001).")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="Train on N processes of this machine (one per GPU; CPU: gloo) through "
+                   "torchrun; --batch-size is then per process.")
 @reports_errors
 def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, seed, settings,
           domain, encoder, save_every, preview_every, log_every, amp, aligned, balance,
-          balance_every, balance_smoothing):
+          balance_every, balance_smoothing, nproc):
     """Train a model that turns files like A_DIR's into files like B_DIR's.
 
     Unpaired models (cyclegan) learn from any two folders. Paired ones (--model pix2pix) pair
@@ -113,6 +127,8 @@ def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, see
     from styletx.training import TrainSettings
     from styletx.training import train as run_training
 
+    if nproc is not None and nproc > 1:
+        _relaunch_with_torchrun(nproc)
     default_name = f"{a_dir.name}2{b_dir.name}" if b_dir else a_dir.name
     out = out or Path("runs") / default_name
     tuning = {name: value for name, value in (("balance_every", balance_every),
@@ -127,7 +143,28 @@ def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, see
             balance=balance, **tuning,
         ),
     )
-    click.echo(f"run folder: {result.run} (step {result.step})")
+    if _rank() == 0:
+        click.echo(f"run folder: {result.run} (step {result.step})")
+
+
+def _relaunch_with_torchrun(nproc: int) -> None:
+    """Run this same command line again as ``nproc`` processes under torchrun (one machine),
+    without ``--nproc``, and exit with its status."""
+    from styletx.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise UsageError("--nproc: already running under torchrun; give one or the other")
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg == "--nproc" or arg.startswith("--nproc="):
+            skip = arg == "--nproc"
+            continue
+        args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "styletx.cli", *args]
+    log.info("starting %d training processes: torchrun --standalone --nproc-per-node=%d "
+             "-m styletx.cli %s", nproc, nproc, " ".join(args))
+    sys.exit(subprocess.call(command))
 
 
 @cli.command()

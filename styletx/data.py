@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +105,13 @@ class CropSampler:
 
     ``crop`` is (height or None for the full height, width). Paired translators get the same
     index, crop and flip for a and b; unpaired ones draw a and b independently.
+
+    One process draws each example at random (by ``weights`` with ``--balance``). Among
+    ``world`` training processes (``styletx.distributed``) each epoch has one order of all the
+    examples, the same on every rank (drawn from a generator seeded alike; by the weights, with
+    replacement, with ``--balance``), and rank r takes every world-th example of it from the
+    r-th on, so the ranks see disjoint shards; crops and flips come from a generator of the
+    rank's own.
     """
 
     def __init__(
@@ -114,21 +122,46 @@ class CropSampler:
         flip: bool,
         paired: bool,
         seed: int,
+        rank: int = 0,
+        world: int = 1,
     ):
         self.examples, self.crop, self.batch_size = examples, crop, batch_size
         self.flip, self.paired = flip, paired
-        self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world = rank, world
+        self.generator = torch.Generator().manual_seed(seed + rank)
         # Per side, the probability of drawing each example; None = uniform (see --balance).
         self.weights: dict[str, torch.Tensor | None] = {side: None for side in examples}
+        # Sharded drawing (world > 1): the epoch orders, and how far this rank is in its shard.
+        self.order_generator = torch.Generator().manual_seed(seed)
+        self.orders: dict[str, torch.Tensor | None] = {side: None for side in examples}
+        self.cursors = {side: 0 for side in examples}
 
     def _randint(self, high: int) -> int:
         return int(torch.randint(high, (1,), generator=self.generator))
 
     def _index(self, side: str) -> int:
+        if self.world > 1:
+            return self._sharded_index(side)
         weights = self.weights[side]
         if weights is None:
             return self._randint(len(self.examples[side]))
         return int(torch.multinomial(weights, 1, generator=self.generator))
+
+    def _shard_length(self, side: str) -> int:
+        return -(-len(self.examples[side]) // self.world)  # every rank draws as many
+
+    def _sharded_index(self, side: str) -> int:
+        if self.orders[side] is None or self.cursors[side] >= self._shard_length(side):
+            n, weights, g = len(self.examples[side]), self.weights[side], self.order_generator
+            self.orders[side] = (torch.randperm(n, generator=g) if weights is None
+                                 else torch.multinomial(weights, n, True, generator=g))
+            self.cursors[side] = 0
+        order = self.orders[side]
+        # Position k of rank r's shard is element r + k * world of the order, wrapping round
+        # when the examples do not divide evenly (DistributedSampler's padding).
+        index = order[(self.rank + self.cursors[side] * self.world) % len(order)]
+        self.cursors[side] += 1
+        return int(index)
 
     def _example(self, side: str, index: int) -> torch.Tensor:
         return _pad_to(self.examples[side][index].float(), self.crop[0], self.crop[1])
@@ -169,15 +202,35 @@ class CropSampler:
         """A deterministic centre crop of the first example of each side (for previews)."""
         return {side: self.centre_crop(side, 0)[None] for side in self.examples}
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {"generator": self.generator.get_state()}
+    def state_dict(self) -> dict[str, Any]:
+        """The drawing state (rank 0's, for a checkpoint)."""
+        state: dict[str, Any] = {"generator": self.generator.get_state()}
         state.update({f"weights_{side}": w for side, w in self.weights.items() if w is not None})
+        if self.world > 1:
+            state |= {"world": self.world, "order_generator": self.order_generator.get_state()}
+            for side, order in self.orders.items():
+                if order is not None:
+                    state |= {f"order_{side}": order, f"cursor_{side}": self.cursors[side]}
         return state
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint, possibly saved with another number of processes: the
+        epoch goes on from the same share of its order, and every rank > 0 gets crop draws of
+        its own, seeded from the saved ones."""
         self.generator.set_state(state["generator"])
+        if self.rank > 0:
+            seed = int(torch.randint(2**62, (1,), generator=self.generator))
+            self.generator = torch.Generator().manual_seed(seed + self.rank)
         for side in self.weights:
             self.weights[side] = state.get(f"weights_{side}")
+        if "order_generator" in state:
+            self.order_generator.set_state(state["order_generator"])
+        saved_world = int(state.get("world", 1))
+        for side in self.orders:
+            if f"order_{side}" in state:
+                self.orders[side] = state[f"order_{side}"]
+                drawn = int(state[f"cursor_{side}"]) * saved_world  # this epoch, by all ranks
+                self.cursors[side] = drawn // self.world
 
 
 def _pad_to(x: torch.Tensor, h: int | None, w: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .balance import describe as describe_weights
 from .balance import inverse_density_weights, pooled_means
 from .data import (
@@ -196,9 +196,14 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
               settings: TrainSettings, resume_state: dict[str, Any] | None) -> TrainResult:
     train_values = run_config["train"]
     total, start = train_values["steps"], run_config["step"]
-    device = pick_device(settings.device)
+    group, device_name = distributed.setup(settings.device)
+    if not group.is_main:
+        log.setLevel(logging.ERROR)  # one process reports
+    device = pick_device(device_name)
     translator.to(device, amp=settings.amp)
+    group.prepare(translator.networks(), device)
     translator.configure_optimizers(total)
+    group.average_gradients(translator.optimizers)
     crop = dom.training_crop(train_values["size"])
     _check_size_multiple(crop, translator)
     if settings.balance and not isinstance(translator, LatentTranslator):
@@ -216,30 +221,42 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
         names = {side: [str(path.relative_to(folders[side].folder)) for path, _ in items]
                  for side, items in kept.items()}
     sampler = CropSampler(examples, crop, train_values["batch_size"], dom.flip_augment,
-                          translator.paired, seed=train_values["seed"])
+                          translator.paired, seed=train_values["seed"], rank=group.rank,
+                          world=group.size)
     if resume_state is not None:
         _load_training_state(resume_state, translator, sampler)
-        truncate_log(out, start)
-    # Only now, with the data known to be usable, does anything get written.
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG, run_config)
-    if alignment is not None:
-        alignment.save(out)
+    if group.rank > 0:  # noise of its own (sampling, image pools), seeded from rank 0's
+        torch.manual_seed(int(torch.randint(2**62, (1,))) + group.rank)
+    # Only now, with the data known to be usable, does anything get written (by rank 0).
+    if group.is_main:
+        if resume_state is not None:
+            truncate_log(out, start)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / CONFIG, run_config)
+        if alignment is not None:
+            alignment.save(out)
     preview_batch = sampler.fixed_batch()
     step, losses = start, {}
     bar = tqdm(total=total, initial=start, file=sys.stderr, dynamic_ncols=True,
-               disable=None if settings.progress else True, unit="step")
+               disable=None if settings.progress and group.is_main else True, unit="step")
     tick, tick_step = time.perf_counter(), start
     translator.train(True)
+    networks = translator.networks()
+    stopping = False
     with _StopAtStepBoundary() as stop:
-        while step < total and not stop.requested:
+        while step < total and not stopping:
             if settings.balance and step % settings.balance_every == 0:
-                _rebalance(out, step, translator, sampler, settings.balance_smoothing, names)
+                _rebalance(out, step, translator, sampler, settings.balance_smoothing, names,
+                           group)
             batch = {k: v.to(device, non_blocking=True) for k, v in sampler.next_batch().items()}
             losses = translator.training_step(batch, step)
             for scheduler in translator.schedulers.values():
                 scheduler.step()
+            group.share_buffers(networks)
             step += 1
+            stopping = group.any(stop.requested, device)  # Ctrl-C on any rank stops them all
+            if not group.is_main:
+                continue
             bar.update(1)
             bar.set_postfix_str(_format_losses(losses), refresh=False)
             if step % settings.log_every == 0 or step == total:
@@ -248,24 +265,27 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
                 _log_step(out, step, total, losses, rate, translator, quiet=not bar.disable)
             if step % settings.preview_every == 0 or step == total:
                 _save_preview(out, step, translator, preview_batch, device, dom, encoders)
-            if step % settings.save_every == 0 or step == total or stop.requested:
+            if step % settings.save_every == 0 or step == total or stopping:
                 _save_checkpoint(out, run_config, step, translator, encoders, sampler)
     bar.close()
     if step < total:
+        group.finish()
         raise TrainingInterrupted(
             f"interrupted at step {step}; checkpoint saved in {out}; run the same command to resume"
         )
-    if isinstance(translator, LatentTranslator):  # the baseline for outlier scores
+    if isinstance(translator, LatentTranslator) and group.is_main:  # baseline outlier scores
         from .latent import save_training_statistics
 
         translator.train(False)
         save_training_statistics(out, translator, sampler.examples, device, chunk=dom.chunk_frames)
+    group.finish()
     log.info("trained %s to step %d; model in %s", translator.name, step, out)
     return TrainResult(out, step, losses)
 
 
 def _rebalance(out: Path, step: int, translator: Translator, sampler: CropSampler,
-               smoothing: float, names: dict[str, list[str]] | None) -> None:
+               smoothing: float, names: dict[str, list[str]] | None,
+               group: distributed.Group) -> None:
     """Re-estimate each side's sampling weights from the latent density of its examples (see
     ``styletx.balance``), and log how far they are from uniform and which files are drawn
     most often."""
@@ -276,9 +296,11 @@ def _rebalance(out: Path, step: int, translator: Translator, sampler: CropSample
             break  # a pair is drawn by its A index
         crops = torch.stack([sampler.centre_crop(side, i) for i in range(len(examples))])
         weights = inverse_density_weights(pooled_means(translator, crops, side), smoothing)
-        sampler.weights[side] = weights
+        sampler.weights[side] = weights = group.broadcast(weights)  # rank 0's, everywhere
         summary[side] = describe_weights(weights, names and names[side])
     translator.train(True)
+    if not group.is_main:
+        return
     append_log(out, {"step": step, "balance": summary})
     log.info("balance at step %d: %s", step, "; ".join(
         _balance_line(side, s, len(sampler.examples[side])) for side, s in summary.items()))

@@ -1,0 +1,133 @@
+"""Training on several processes (torchrun, gloo on CPU): identical weights on every rank,
+disjoint data shards, one writer, and a resume with another number of processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from styletx.data import CropSampler
+from styletx.demo import make_paired_image_dataset
+
+SMALL = {"ngf": 4, "ndf": 4}
+STEPS = 6
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_worker(rank: int, world: int, port: int, model: str, a: str, b: str, out: str,
+                 dump: str) -> None:
+    """One training process, set up as torchrun would: the environment names its rank. Saves
+    its final weights and the examples it drew for the test to compare."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from styletx import training
+
+    seen: dict[str, object] = {}
+    run_loop, index = training._run_loop, CropSampler._index
+    drawn: list[int] = []
+
+    def spy_loop(*args, **kwargs):
+        seen["translator"] = args[3]
+        return run_loop(*args, **kwargs)
+
+    def spy_index(self, side):
+        i = index(self, side)
+        if side == "a":
+            drawn.append(i)
+        return i
+
+    training._run_loop, CropSampler._index = spy_loop, spy_index
+    training.train(Path(a), Path(b), Path(out), model=model, preset="tiny", overrides=SMALL,
+                   settings=training.TrainSettings(steps=STEPS, size=16, batch_size=2,
+                                                   device="cpu", progress=False, save_every=3,
+                                                   preview_every=STEPS))
+    networks = seen["translator"].networks()
+    torch.save({"weights": {name: net.state_dict() for name, net in networks.items()},
+                "drawn": drawn}, Path(dump) / f"rank{rank}.pt")
+
+
+def _train_on_two_processes(model: str, data: dict[str, Path], tmp_path: Path) -> list[dict]:
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    mp.spawn(_rank_worker, nprocs=2, args=(2, _free_port(), model, str(data["a"]),
+                                           str(data["b"]), str(tmp_path / "run"), str(dump)))
+    return [torch.load(dump / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory):
+    return make_paired_image_dataset(tmp_path_factory.mktemp("paired"), n_train=10, n_test=1,
+                                     size=24)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["cyclegan", "pix2pix", "vaegan"])
+def test_two_processes_keep_identical_weights_and_draw_disjoint_shards(model, scenes, paired,
+                                                                       tmp_path):
+    data = paired if model == "pix2pix" else scenes
+    ranks = _train_on_two_processes(model, data, tmp_path)
+    weights = [r["weights"] for r in ranks]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        for key, tensor in weights[0][name].items():
+            assert torch.equal(tensor, weights[1][name][key]), (name, key)
+    # the weights moved: every rank applied the (averaged) updates
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["step"] == STEPS
+    # Each epoch (one pass over the examples) is split between the ranks: within an epoch
+    # the two ranks draw different examples, and together they cover every example.
+    n = len(list(data["a"].iterdir()))
+    per_rank = -(-n // 2)
+    first = [r["drawn"][:per_rank] for r in ranks]
+    if n % 2 == 0:
+        assert not set(first[0]) & set(first[1])
+    assert set(first[0]) | set(first[1]) == set(range(n))
+    # one writer: one checkpoint, each step logged once
+    assert sorted(p.name for p in run.iterdir() if p.suffix in (".safetensors", ".pt")) == [
+        "model.safetensors", "resume.pt"]
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))
+
+
+@pytest.mark.slow
+def test_nproc_trains_through_torchrun_and_resumes_on_one_process(scenes, tmp_path):
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "styletx.cli", "train", str(scenes["a"]), str(scenes["b"]),
+            "--preset", "tiny", "--device", "cpu", "--size", "16", "--set", "ngf=4",
+            "--set", "ndf=4", "--out", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([*base, "--steps", "4", "--nproc", "2"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("run folder:") == 1  # only rank 0 reports
+    assert json.loads((run / "config.json").read_text())["step"] == 4
+    one = subprocess.run([*base, "--steps", "7"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr
+    assert "resuming" in one.stderr and "from step 4" in one.stderr
+    assert "(step 7)" in one.stdout
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 7 and steps == sorted(set(steps))
+
+
+def test_nproc_refuses_to_nest_under_torchrun(styletx, scenes, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(sys, "argv", ["styletx", "train", "--nproc", "2"])
+    result = styletx("train", scenes["a"], scenes["b"], "--nproc", "2", "--out", tmp_path / "r")
+    assert result.exit_code == 2
+    assert "already running under torchrun" in result.error_lines[0]
+    assert not (tmp_path / "r").exists()
