@@ -110,13 +110,20 @@ def cli(quiet: bool) -> None:
 @click.option("--balance-smoothing", type=float, default=None,
               help="Added to the --balance densities; larger = closer to uniform "
                    "(default 0.001).")
+@click.option("--channels-last", is_flag=True,
+              help="Channels-last memory format for the networks (faster on recent GPUs).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="Run the generators through torch.compile (slow start, faster steps).")
+@click.option("--prefetch", type=click.IntRange(min=0), default=None,
+              help="Batches drawn ahead in a background thread, pinned for the GPU "
+                   "(default: 2 on CUDA, 0 on CPU).")
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
               help="Train on N processes of this machine (one per GPU; CPU: gloo) through "
                    "torchrun; --batch-size is then per process.")
 @reports_errors
 def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, seed, settings,
           domain, encoder, save_every, preview_every, log_every, amp, aligned, balance,
-          balance_every, balance_smoothing, nproc):
+          balance_every, balance_smoothing, channels_last, compile_, prefetch, nproc):
     """Train a model that turns files like A_DIR's into files like B_DIR's.
 
     Unpaired models (cyclegan) learn from any two folders. Paired ones (--model pix2pix) pair
@@ -140,7 +147,8 @@ def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, see
         settings=TrainSettings(
             steps=steps, batch_size=batch_size, size=size, seed=seed, device=device, amp=amp,
             save_every=save_every, preview_every=preview_every, log_every=log_every,
-            balance=balance, **tuning,
+            balance=balance, channels_last=channels_last, compile=compile_, prefetch=prefetch,
+            **tuning,
         ),
     )
     if _rank() == 0:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -231,6 +233,67 @@ class CropSampler:
                 self.orders[side] = state[f"order_{side}"]
                 drawn = int(state[f"cursor_{side}"]) * saved_world  # this epoch, by all ranks
                 self.cursors[side] = drawn // self.world
+
+
+class Prefetcher:
+    """Draws the next batches from a ``CropSampler`` in a background thread while the model
+    trains, pinned in page-locked memory when they go to a GPU (so the copy can overlap compute),
+    ``depth`` batches ahead.
+
+    A thread rather than worker processes: the examples are decoded and held in memory before
+    training starts, so a batch is only a few crops and a stack, and one thread keeps the
+    sampler's random state in one place. Each batch travels with the sampler's state after
+    drawing it, so ``state_dict`` is the state after the batches *consumed*, and a checkpoint
+    resumes exactly where training was, whatever was drawn ahead."""
+
+    def __init__(self, sampler: CropSampler, depth: int, pin: bool):
+        self.sampler, self.depth, self.pin = sampler, depth, pin
+        self.state = sampler.state_dict()
+        self._start()
+
+    def _start(self) -> None:
+        self.queue: queue.Queue = queue.Queue(self.depth)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._fill, name="styletx-prefetch", daemon=True)
+        self.thread.start()
+
+    def _fill(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                batch = self.sampler.next_batch()
+                if self.pin:
+                    batch = {side: x.pin_memory() for side, x in batch.items()}
+                item: tuple[Any, Any] = (batch, self.sampler.state_dict())
+            except Exception as exc:  # handed to the training loop, raised there
+                item = (exc, None)
+            while not self.stopped.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[1] is None:
+                return
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        batch, state = self.queue.get()
+        if isinstance(batch, Exception):
+            raise batch
+        self.state = state
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state
+
+    def pause(self) -> None:
+        """Stop drawing ahead and rewind the sampler to the batches consumed (before its
+        weights change, or at the end)."""
+        self.stopped.set()
+        self.thread.join()
+        self.sampler.load_state_dict(self.state)
+
+    def resume(self) -> None:
+        self._start()
 
 
 def _pad_to(x: torch.Tensor, h: int | None, w: int) -> torch.Tensor:

@@ -185,7 +185,14 @@ class Translator(ABC):
     # -- networks -------------------------------------------------------------------------
     @abstractmethod
     def networks(self) -> dict[str, nn.Module]:
-        """Every network by a stable name; saved, loaded and (later) wrapped for DDP by name."""
+        """Every network by a stable name; saved, loaded and shared between training processes
+        by name."""
+
+    def generators(self) -> dict[str, nn.Module]:
+        """The networks that translate, which ``train --compile`` compiles. By default every
+        network whose name does not start with "D" (the built-ins' discriminators are named
+        D, D_A, D_a, ...); override it when that does not fit."""
+        return {name: net for name, net in self.networks().items() if not name.startswith("D")}
 
     @property
     def size_multiple(self) -> int:

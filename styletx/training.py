@@ -27,6 +27,7 @@ from .balance import inverse_density_weights, pooled_means
 from .data import (
     CropSampler,
     FolderData,
+    Prefetcher,
     check_folder,
     encode_all,
     is_inside,
@@ -90,6 +91,10 @@ class TrainSettings:
     balance_every: int = 100  # steps between re-estimates of the sampling weights
     balance_smoothing: float = 0.001  # added to each latent histogram's density; larger values
     #                                   move the sampling towards uniform
+    channels_last: bool = False  # channels-last memory format for the networks and batches
+    compile: bool = False  # run the generators through torch.compile
+    prefetch: int | None = None  # batches drawn ahead in a background thread (pinned for the
+    #                              GPU); None: 2 on CUDA, 0 on CPU
 
 
 class TrainingInterrupted(StyletxError):
@@ -202,6 +207,7 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     device = pick_device(device_name)
     translator.to(device, amp=settings.amp)
     group.prepare(translator.networks(), device)
+    _apply_speed_options(translator, settings)
     translator.configure_optimizers(total)
     group.average_gradients(translator.optimizers)
     crop = dom.training_crop(train_values["size"])
@@ -211,6 +217,8 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
                          f"{translator.name}")
     if settings.balance_every < 1 or settings.balance_smoothing < 0:
         raise UsageError("--balance-every must be at least 1 and --balance-smoothing >= 0")
+    if settings.prefetch is not None and settings.prefetch < 0:
+        raise UsageError(f"--prefetch must be >= 0 (got {settings.prefetch})")
     alignment = AlignmentCache.load(out) if translator.paired and dom.pairs_by_time else None
     names = None  # each example's file, for the --balance log (pairs are kept by index)
     if translator.paired:
@@ -243,12 +251,17 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     translator.train(True)
     networks = translator.networks()
     stopping = False
+    batches = _batch_source(sampler, settings, device)
+    memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
     with _StopAtStepBoundary() as stop:
         while step < total and not stopping:
             if settings.balance and step % settings.balance_every == 0:
+                _pause_prefetch(batches)
                 _rebalance(out, step, translator, sampler, settings.balance_smoothing, names,
                            group)
-            batch = {k: v.to(device, non_blocking=True) for k, v in sampler.next_batch().items()}
+                _resume_prefetch(batches)
+            batch = {k: v.to(device, non_blocking=True, memory_format=memory_format)
+                     for k, v in batches.next_batch().items()}
             losses = translator.training_step(batch, step)
             for scheduler in translator.schedulers.values():
                 scheduler.step()
@@ -266,7 +279,8 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
             if step % settings.preview_every == 0 or step == total:
                 _save_preview(out, step, translator, preview_batch, device, dom, encoders)
             if step % settings.save_every == 0 or step == total or stopping:
-                _save_checkpoint(out, run_config, step, translator, encoders, sampler)
+                _save_checkpoint(out, run_config, step, translator, encoders, batches)
+    _pause_prefetch(batches)
     bar.close()
     if step < total:
         group.finish()
@@ -281,6 +295,34 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     group.finish()
     log.info("trained %s to step %d; model in %s", translator.name, step, out)
     return TrainResult(out, step, losses)
+
+
+def _apply_speed_options(translator: Translator, settings: TrainSettings) -> None:
+    if settings.channels_last:  # NHWC: faster convolutions on recent GPUs (tensor cores)
+        for net in translator.networks().values():
+            net.to(memory_format=torch.channels_last)
+    if settings.compile:  # in place, so names, state dicts and checkpoints stay the same
+        for net in translator.generators().values():
+            net.compile()
+
+
+def _batch_source(sampler: CropSampler, settings: TrainSettings,
+                  device: torch.device) -> CropSampler | Prefetcher:
+    """The sampler itself, or a ``Prefetcher`` drawing ahead of it (``--prefetch``)."""
+    depth = settings.prefetch
+    if depth is None:
+        depth = 2 if device.type == "cuda" else 0
+    return Prefetcher(sampler, depth, pin=device.type == "cuda") if depth else sampler
+
+
+def _pause_prefetch(batches: CropSampler | Prefetcher) -> None:
+    if isinstance(batches, Prefetcher):
+        batches.pause()
+
+
+def _resume_prefetch(batches: CropSampler | Prefetcher) -> None:
+    if isinstance(batches, Prefetcher):
+        batches.resume()
 
 
 def _rebalance(out: Path, step: int, translator: Translator, sampler: CropSampler,
