@@ -188,7 +188,7 @@ class Translator(ABC):
         """Every network by a stable name; saved, loaded and shared between training processes
         by name."""
 
-    def generators(self) -> dict[str, nn.Module]:
+    def generator_networks(self) -> dict[str, nn.Module]:
         """The networks that translate, which ``train --compile`` compiles. By default every
         network whose name does not start with "D" (the built-ins' discriminators are named
         D, D_A, D_a, ...); override it when that does not fit."""

@@ -302,7 +302,7 @@ def _apply_speed_options(translator: Translator, settings: TrainSettings) -> Non
         for net in translator.networks().values():
             net.to(memory_format=torch.channels_last)
     if settings.compile:  # in place, so names, state dicts and checkpoints stay the same
-        for net in translator.generators().values():
+        for net in translator.generator_networks().values():
             net.compile()
 
 

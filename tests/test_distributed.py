@@ -131,3 +131,22 @@ def test_nproc_refuses_to_nest_under_torchrun(styletx, scenes, tmp_path, monkeyp
     assert result.exit_code == 2
     assert "already running under torchrun" in result.error_lines[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_batch_norm_becomes_synchronised_in_place():
+    """On GPUs pix2pix's batch norm is swapped for SyncBatchNorm inside each network, keeping
+    its weights and statistics and the network object the translator holds."""
+    from styletx.distributed import _swap_in_sync_batch_norm
+    from styletx.plugins.pix2pix import Pix2Pix, Pix2PixConfig
+
+    model = Pix2Pix(Pix2PixConfig(ngf=4, ndf=4, depth=3), 3, 3)
+    for net in model.networks().values():
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        kinds = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+        _swap_in_sync_batch_norm(net)
+        assert kinds > 0
+        assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in net.modules()) == kinds
+        after = net.state_dict()
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.networks()["G_a2b"] is model.generators["a2b"]

@@ -192,3 +192,7 @@ def test_compile_compiles_the_generators_only(scenes, tmp_path, monkeypatch):
           settings=settings(1, compile=True))
     model = seen["model"]
     assert compiled == [model.G_A, model.G_B]
+    from styletx.plugins.pix2pix import Pix2Pix, Pix2PixConfig
+
+    paired = Pix2Pix(Pix2PixConfig(ngf=4, ndf=4, depth=3, direction="both"), 3, 3)
+    assert sorted(paired.generator_networks()) == ["G_a2b", "G_b2a"]
