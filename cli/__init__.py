@@ -33,6 +33,8 @@ def _setup_logging(quiet: bool) -> None:
     if not any(isinstance(h, _Handler) for h in log.handlers):
         log.addHandler(_Handler())
     log.setLevel(logging.WARNING if quiet else logging.INFO)
+    if _rank() > 0:  # torchrun's other processes: rank 0 reports for all (errors excepted)
+        log.setLevel(logging.ERROR)
     log.propagate = False
 
 

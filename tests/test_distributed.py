@@ -114,6 +114,7 @@ def test_nproc_trains_through_torchrun_and_resumes_on_one_process(scenes, tmp_pa
                          env=env, timeout=300)
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("run folder:") == 1  # only rank 0 reports
+    assert sum(line.startswith("A: ") for line in two.stderr.splitlines()) == 1, two.stderr
     assert json.loads((run / "config.json").read_text())["step"] == 4
     one = subprocess.run([*base, "--steps", "7"], capture_output=True, text=True, env=env,
                          timeout=300)
