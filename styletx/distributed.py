@@ -96,11 +96,14 @@ class Group:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
-    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Rank 0's ``tensor`` on every rank."""
-        if self.active:
-            dist.broadcast(tensor, 0)
-        return tensor
+    def broadcast(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Rank 0's ``tensor`` on every rank (sent from ``device``: NCCL sends only GPU
+        tensors), on the tensor's own device."""
+        if not self.active:
+            return tensor
+        sent = tensor.to(device)
+        dist.broadcast(sent, 0)
+        return sent.to(tensor.device)
 
     def finish(self) -> None:
         if self.active and dist.is_initialized():

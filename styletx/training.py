@@ -338,7 +338,7 @@ def _rebalance(out: Path, step: int, translator: Translator, sampler: CropSample
             break  # a pair is drawn by its A index
         crops = torch.stack([sampler.centre_crop(side, i) for i in range(len(examples))])
         weights = inverse_density_weights(pooled_means(translator, crops, side), smoothing)
-        sampler.weights[side] = weights = group.broadcast(weights)  # rank 0's, everywhere
+        sampler.weights[side] = weights = group.broadcast(weights, translator.device)
         summary[side] = describe_weights(weights, names and names[side])
     translator.train(True)
     if not group.is_main:
