@@ -28,7 +28,7 @@ def _free_port() -> int:
 
 
 def _rank_worker(rank: int, world: int, port: int, model: str, a: str, b: str, out: str,
-                 dump: str) -> None:
+                 dump: str, extra: dict) -> None:
     """One training process, set up as torchrun would: the environment names its rank. Saves
     its final weights and the examples it drew for the test to compare."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
@@ -54,17 +54,19 @@ def _rank_worker(rank: int, world: int, port: int, model: str, a: str, b: str, o
     training.train(Path(a), Path(b), Path(out), model=model, preset="tiny", overrides=SMALL,
                    settings=training.TrainSettings(steps=STEPS, size=16, batch_size=2,
                                                    device="cpu", progress=False, save_every=3,
-                                                   preview_every=STEPS))
+                                                   preview_every=STEPS, **extra))
     networks = seen["translator"].networks()
     torch.save({"weights": {name: net.state_dict() for name, net in networks.items()},
                 "drawn": drawn}, Path(dump) / f"rank{rank}.pt")
 
 
-def _train_on_two_processes(model: str, data: dict[str, Path], tmp_path: Path) -> list[dict]:
+def _train_on_two_processes(model: str, data: dict[str, Path], tmp_path: Path,
+                            **extra) -> list[dict]:
     dump = tmp_path / "dump"
     dump.mkdir()
     mp.spawn(_rank_worker, nprocs=2, args=(2, _free_port(), model, str(data["a"]),
-                                           str(data["b"]), str(tmp_path / "run"), str(dump)))
+                                           str(data["b"]), str(tmp_path / "run"), str(dump),
+                                           extra))
     return [torch.load(dump / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
@@ -80,12 +82,7 @@ def test_two_processes_keep_identical_weights_and_draw_disjoint_shards(model, sc
                                                                        tmp_path):
     data = paired if model == "pix2pix" else scenes
     ranks = _train_on_two_processes(model, data, tmp_path)
-    weights = [r["weights"] for r in ranks]
-    assert weights[0].keys() == weights[1].keys()
-    for name in weights[0]:
-        for key, tensor in weights[0][name].items():
-            assert torch.equal(tensor, weights[1][name][key]), (name, key)
-    # the weights moved: every rank applied the (averaged) updates
+    _assert_same_weights(ranks)
     run = tmp_path / "run"
     assert json.loads((run / "config.json").read_text())["step"] == STEPS
     # Each epoch (one pass over the examples) is split between the ranks: within an epoch
@@ -101,6 +98,25 @@ def test_two_processes_keep_identical_weights_and_draw_disjoint_shards(model, sc
         "model.safetensors", "resume.pt"]
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))
+
+
+def _assert_same_weights(ranks: list[dict]) -> None:
+    weights = [r["weights"] for r in ranks]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        for key, tensor in weights[0][name].items():
+            assert torch.equal(tensor, weights[1][name][key]), (name, key)
+
+
+@pytest.mark.slow
+def test_balance_on_two_processes(scenes, tmp_path):
+    """--balance re-weights on every rank from the same (rank 0's) weights: the runs stay in
+    step, and the one log records each re-estimate once."""
+    ranks = _train_on_two_processes("vaegan", scenes, tmp_path, balance=True, balance_every=2,
+                                    prefetch=2)
+    _assert_same_weights(ranks)
+    log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert [e["step"] for e in map(json.loads, log) if "balance" in e] == [0, 2, 4]
 
 
 @pytest.mark.slow
