@@ -383,6 +383,43 @@ def _score_table(report) -> str:
 
 
 @cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--direction", "-d", default="a2b", show_default=True, help="a2b or b2a.")
+@click.option("--format", "fmt", default="onnx", show_default=True,
+              help="onnx or torchscript.")
+@click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
+              help="The file to write, e.g. model.onnx or model.pt.")
+@reports_errors
+def export(run, direction, fmt, out):
+    """Export RUN's generator for one direction as ONNX or TorchScript.
+
+    The exported model takes what the source side's encoder makes of a file, a float32 tensor
+    (N, C, H, W) (images: pixels in [-1, 1]; voices: the normalised log spectrogram), and
+    returns the translated tensor, exactly as convert translates it (in one piece: convert cuts
+    long recordings into chunks): any N, H and W (voices: any number of frames, the bins fixed
+    by the run). Right after writing, the file is loaded and run on random inputs of two sizes
+    and compared with PyTorch's translation: if the largest absolute difference exceeds 1e-3
+    (styletx.export.TOLERANCE) the file is removed and the exit code is 1. ONNX needs the onnx
+    and onnxscript packages (pip install "styletx[export]"); without onnxruntime the ONNX file
+    is written but not verified.
+    """
+    from styletx.export import export as run_export
+
+    report = run_export(run, direction, fmt, out, registry=registry())
+    size = f"{report.size_bytes / 1e6:.1f} MB" if report.size_bytes >= 1e5 else (
+        f"{report.size_bytes / 1e3:.0f} kB")
+    click.echo(f"exported the {direction} generator of {run} ({report.translator}) to {out} "
+               f"({fmt}, {size})")
+    if report.verified:
+        shapes = " and ".join(str(shape) for shape, _ in report.checks)
+        click.echo(f"checked on random inputs {shapes}: largest difference from PyTorch "
+                   f"{report.max_abs_diff:.2g} (tolerance {report.tolerance:g})")
+    else:
+        click.echo(f"Warning: {out} was written but NOT verified: onnxruntime is not installed "
+                   f"(pip install onnxruntime)", err=True)
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @reports_errors
 def plugins(as_json):

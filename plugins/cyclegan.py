@@ -452,6 +452,20 @@ class CycleGAN(styletx.Translator):
             y = net(x.to(self.device, torch.float32))
         return y.float().to(x.device)
 
+    def export_module(self, direction: str) -> nn.Module:
+        """The generator of ``direction``. The ResNet generator as it is (the exporter pads to
+        ``size_multiple``); the voice generator with the frames padded before it as its forward
+        pads them (replicate, to a multiple of 4 and at least 8), but without a branch on the
+        size, so that the padding inside its forward never happens."""
+        from styletx.export import PadCrop
+
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+        net = self.G_A if direction == "a2b" else self.G_B
+        if self.config.generator == "voice":
+            return PadCrop(net, multiple=(1, 4), least=(0, 8), mode="replicate")
+        return net
+
 
 @styletx.hookimpl
 def register_translators(register):

@@ -394,6 +394,21 @@ class Pix2Pix(styletx.Translator):
             y = self.generators[direction](x.to(self.device, torch.float32))
         return y.float().to(x.device)
 
+    def export_module(self, direction: str) -> nn.Module:
+        """The U-Net of ``direction``: its blocks behind the padding its forward applies (to
+        multiples of 2**depth, reflect where the pad is smaller than the side, else replicate),
+        written without a branch on the size."""
+        from styletx.export import PadCrop
+
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+        if direction not in self.generators:
+            raise UsageError(f"pix2pix: this model was trained for {self.config.direction} "
+                             f"only, not {direction}; export --direction "
+                             f"{self.directions[0]}")
+        generator = self.generators[direction]
+        return PadCrop(generator.model, multiple=2**generator.depth)
+
     def preview(self, batch: dict[str, torch.Tensor]) -> list[list[tuple[str, torch.Tensor]]]:
         """One row per trained direction: (input, translated, the true pair)."""
         rows = []

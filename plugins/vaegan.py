@@ -583,6 +583,19 @@ class VAEGAN(LatentTranslator):
             y = _crop(self.decoders[dst](mu), x.shape[-2:])
         return y.float().to(x.device)
 
+    def export_module(self, direction: str) -> nn.Module:
+        """``translate`` as one module: the source encoder, the posterior mean (the first
+        ``latent_channels`` of its output), the target decoder, behind ``pad_to_multiple``'s
+        padding written without a branch on the size."""
+        from styletx.export import FirstChannels, PadCrop
+
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+        src, dst = direction[0], direction[2]
+        net = nn.Sequential(self.encoders[src], FirstChannels(self.latent_channels),
+                            self.decoders[dst])
+        return PadCrop(net, multiple=LATENT_STRIDE, least=MIN_SIZE)
+
     def negative_elbo(self, x: torch.Tensor, side: str) -> torch.Tensor:
         """Outlier score per example, ``(N,)`` float32 on x's device: higher = less like the
         domain's training data. The VAE part of the training loss, per example:

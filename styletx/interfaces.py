@@ -238,6 +238,21 @@ class Translator(ABC):
     def translate(self, x: torch.Tensor, direction: str) -> torch.Tensor:
         """Map a batch ``(N, C, H, W)`` in ``direction`` ("a2b" or "b2a")."""
 
+    def export_module(self, direction: str) -> nn.Module:
+        """The networks of ``direction`` as one plain module, for ``styletx export``: ``(N,
+        C_src, H, W) -> (N, C_dst, H, W)``, equal to ``translate(x, direction)`` in evaluation
+        mode for every input ``translate`` takes (H and W multiples of ``size_multiple``: the
+        exporter pads to them, as conversion does). It shares the translator's parameters.
+
+        Its forward must not branch in Python on the input's size (``if``, ``max``): tracing
+        and torch.export decide such a branch once, for the example input, so the exported
+        graph would be wrong for other sizes. Pad and crop with ``styletx.export``'s
+        ``PadCrop`` / ``pad_bottom_right``, which compute F.pad's result with integer
+        arithmetic and gathers. Raise ``UsageError`` for a direction the model cannot
+        translate; the default says that the model cannot be exported."""
+        raise UsageError(f"the {self.name} model cannot be exported (its translator has no "
+                         f"export_module)")
+
     def preview(self, batch: dict[str, torch.Tensor]) -> list[list[tuple[str, torch.Tensor]]]:
         """Rows of ``(side, tensor (C, H, W))`` for a preview grid, the side naming the domain
         whose encoder decodes the tensor; default: input, translated, reconstructed."""

@@ -1,0 +1,330 @@
+"""Export a run's generator for one direction as ONNX or TorchScript: the API behind
+``styletx export``.
+
+    report = export("runs/s2w", "a2b", "onnx", "s2w.onnx")
+    report.max_abs_diff         # the largest |exported - PyTorch| seen in the check
+
+The exported graph maps the tensor the source side's encoder produces, ``(N, C, H, W)`` float32
+(images: pixels in [-1, 1]; voices: the normalised log spectrogram), to the translated tensor of
+the same H and W, exactly as ``styletx convert`` translates one tensor: padded to the network's
+multiple and cropped back (``Run.convert_tensor`` without the chunking of long recordings). N,
+H and W are dynamic; on domains whose tensors have a fixed height (audio: every frequency bin)
+H is fixed to the run's.
+
+How: ``Translator.export_module(direction)`` gives the direction's networks as a plain module,
+written with no Python branch on the input's size (the padding is integer arithmetic and
+gathers, ``pad_bottom_right``), so one captured graph serves every size. ONNX goes through
+``torch.onnx.export(..., dynamo=True)`` (torch.export; needs the ``onnx`` and ``onnxscript``
+packages); the legacy TorchScript-based ONNX exporter is deprecated in torch 2.13 and not used.
+TorchScript is ``torch.jit.trace`` of the same module (itself deprecated by PyTorch in favour of
+torch.export, but still loadable with ``torch.jit.load`` in Python and LibTorch).
+
+Every export is checked before it is kept: it is written to a temporary file beside the output,
+loaded back and run on random inputs of two sizes that differ from the one it was captured with
+(and are not multiples of the network's), and compared with PyTorch's translation. Above
+``TOLERANCE`` the file is removed and ``StyletxError`` raised; an ONNX file is kept unverified,
+and the report says so, only when ``onnxruntime`` is not installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import StyletxError, UsageError
+
+FORMATS = ("onnx", "torchscript")
+# Largest |exported - PyTorch| accepted, on tensors in the encoders' units: [-1, 1] for images,
+# where one 8-bit level is 2/255 = 0.0078, and standard deviations of a normalised log
+# spectrogram for voices. Exports agree far closer (measured on the default networks: at most
+# 1.1e-5 with ONNX Runtime, 0 with TorchScript); a wrong padding differs by 0.1 or more.
+TOLERANCE = 1e-3
+INPUT, OUTPUT = "input", "output"  # the ONNX graph's input and output names
+CAPTURE_SIZE = (2, 37, 45)  # (N, H, W) of the example the graph is captured with
+CHECK_SIZES = ((1, 29, 53), (3, 45, 30))  # (N, H, W) of the two checks; H is the run's when fixed
+
+
+# -- export-friendly padding -----------------------------------------------------------------
+# torch.export and torch.jit.trace record tensor operations and (symbolic) integer arithmetic on
+# sizes, but a Python ``if`` or ``max`` on a size is decided once, for the example input, and
+# baked into the graph. These helpers compute what F.pad would with integer arithmetic alone,
+# on non-negative numbers (ONNX's integer division truncates where Python's floors).
+def padded_size(size, multiple: int, least: int = 0):
+    """``size`` rounded up to a multiple of ``multiple``, and at least ``least``, which must
+    be 0, ``multiple`` or ``2 * multiple`` (``max(blocks, 2)`` is ``blocks + 1 // blocks``
+    for ``blocks >= 1``: exact, and simple enough for torch.export's symbolic shapes, which
+    mis-evaluate the general branch-free maximum)."""
+    if least not in (0, multiple, 2 * multiple):
+        raise ValueError(f"least must be 0, {multiple} or {2 * multiple}, not {least}")
+    blocks = (size + multiple - 1) // multiple
+    if least == 2 * multiple:
+        blocks = blocks + 1 // blocks
+    return blocks * multiple
+
+
+def _pad_index(size, multiple: int, least: int, device: torch.device):
+    """For one axis of ``size`` padded at the end: the positions, their mirror images (reflect
+    padding) and whether reflection is possible (the pad is smaller than the size)."""
+    j = torch.arange(padded_size(size, multiple, least), device=device)
+    mirror = 2 * (size - 1) - j
+    return j, mirror, mirror[-1:] >= 0
+
+
+def pad_bottom_right(x: torch.Tensor, multiple: int | tuple[int, int] = 1,
+                     least: int | tuple[int, int] = 0, mode: str = "reflect",
+                     joint: bool = False) -> torch.Tensor:
+    """Pad ``(..., H, W)`` at the bottom and right up to multiples of ``multiple`` and at least
+    ``least`` (each an int or a per-axis ``(H, W)`` pair), as ``F.pad`` would, but with no Python
+    branch on the size, so one traced or exported graph serves every size.
+
+    ``mode`` "replicate" repeats the last row/column; "reflect" mirrors where the pad is smaller
+    than the axis and replicates where it is not (F.pad's reflect cannot), each axis on its own
+    (``styletx.plugins``' networks) or, with ``joint``, both replicated unless both can reflect
+    (``Run.convert_tensor``). An axis with multiple 1 and least <= 1 is left alone.
+    """
+    if mode not in ("reflect", "replicate"):
+        raise ValueError(f"mode must be reflect or replicate, not {mode!r}")
+    multiples = (multiple, multiple) if isinstance(multiple, int) else tuple(multiple)
+    leasts = (least, least) if isinstance(least, int) else tuple(least)
+    axes = [(-2, x.shape[-2], multiples[0], leasts[0]), (-1, x.shape[-1], multiples[1], leasts[1])]
+    axes = [axis for axis in axes if axis[2] > 1 or axis[3] > 1]
+    index = [_pad_index(size, m, n, x.device) for _, size, m, n in axes]
+    if mode == "replicate":
+        ok = [torch.zeros_like(can) for _, _, can in index]
+    elif joint and len(index) == 2:
+        ok = [index[0][2] & index[1][2]] * 2
+    else:
+        ok = [can for _, _, can in index]
+    for (dim, size, _, _), (j, mirror, _), can in zip(axes, index, ok):
+        x = x.index_select(dim, torch.where(j < size, j, torch.where(can, mirror, size - 1)))
+    return x
+
+
+def crop(y: torch.Tensor, height, width) -> torch.Tensor:
+    """``y[..., :height, :width]`` as gathers: a slice whose end may equal the size makes
+    torch.export guard on the two being different."""
+    y = y.index_select(-2, torch.arange(height, device=y.device))
+    return y.index_select(-1, torch.arange(width, device=y.device))
+
+
+class PadCrop(nn.Module):
+    """``crop(net(pad_bottom_right(x, ...)), H, W)``: a network that needs sizes of a multiple,
+    made to take any size, as export-friendly code (arguments as ``pad_bottom_right``)."""
+
+    def __init__(self, net: nn.Module, multiple: int | tuple[int, int] = 1,
+                 least: int | tuple[int, int] = 0, mode: str = "reflect", joint: bool = False):
+        super().__init__()
+        self.net = net
+        self.multiple, self.least, self.mode, self.joint = multiple, least, mode, joint
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        y = self.net(pad_bottom_right(x, self.multiple, self.least, self.mode, self.joint))
+        return crop(y, height, width)
+
+
+class FirstChannels(nn.Module):
+    """``x[:, :n]``, e.g. the posterior mean of a ``(mean, log-variance)`` stack."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, : self.n]
+
+
+# -- the export ------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ExportReport:
+    """What ``export`` wrote and how it compared with PyTorch."""
+
+    path: Path
+    format: str
+    direction: str
+    translator: str
+    tolerance: float
+    checks: list[tuple[tuple[int, ...], float]]  # (input shape, max |exported - PyTorch|)
+    verified: bool  # False only for ONNX without onnxruntime: written, not checked
+    size_bytes: int = 0
+
+    @property
+    def max_abs_diff(self) -> float | None:
+        return max(diff for _, diff in self.checks) if self.checks else None
+
+
+def export_model(run, direction: str) -> nn.Module:
+    """The module that is exported: the translator's ``export_module(direction)`` behind the
+    padding ``Run.convert_tensor`` applies (to the network's multiple, at least two of them),
+    in evaluation mode. Shares the run's parameters."""
+    m = run.translator.size_multiple
+    model = PadCrop(run.translator.export_module(direction), m, 2 * m, joint=True)
+    return model.eval()
+
+
+def export(run, direction: str, fmt: str, out: Path | str, tolerance: float | None = None,
+           registry=None) -> ExportReport:
+    """Export ``run``'s (a run folder, or a ``Run`` from ``load_run``) generator for
+    ``direction`` ("a2b" or "b2a") as ``fmt`` ("onnx" or "torchscript") to ``out``, check it
+    against PyTorch (see the module docstring) and return the report.
+
+    Raises ``UsageError`` for a bad format, direction or output path (nothing is written) and
+    ``StyletxError`` when the ONNX packages are missing, the export fails or it differs from
+    PyTorch by more than ``tolerance`` (default ``TOLERANCE``); then ``out`` is left as it was.
+    The export runs on the CPU in evaluation mode: a ``Run`` on another device is moved there
+    (and one loaded with ``keep_dropout`` loses it). ``registry``: the plugin registry to load
+    a run folder with (default: the process-wide one)."""
+    from .convert import Run, direction_sides, load_run
+    from .runs import atomic_path
+
+    tolerance = TOLERANCE if tolerance is None else tolerance
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r}: use {' or '.join(FORMATS)}")
+    source, _ = direction_sides(direction)
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"-o {out} is a folder; give the file to write")
+    if not isinstance(run, Run):
+        run = load_run(run, device="cpu", registry=registry)
+    elif run.device.type != "cpu":
+        run.translator.to("cpu")
+        run.device = torch.device("cpu")
+    model = export_model(run, direction)  # usage errors (a direction not trained) first
+    if fmt == "onnx":
+        _require_onnx_exporter()
+    channels, height = run.translator.channels[source], _fixed_height(run, source)
+
+    def example(n: int, h: int, w: int, seed: int) -> torch.Tensor:
+        """Uniform in [-1, 1] from a fixed seed; the height is the run's where it is fixed."""
+        generator = torch.Generator().manual_seed(seed)
+        return torch.rand((n, channels, height or h, w), generator=generator) * 2 - 1
+
+    write = _write_onnx if fmt == "onnx" else _write_torchscript
+    with atomic_path(out) as tmp:
+        try:
+            with _quiet(), torch.no_grad():
+                write(model, example(*CAPTURE_SIZE, seed=0), height is None, tmp)
+        except Exception as exc:  # torch.export and tracing fail in many ways; one line
+            raise StyletxError(f"{fmt} export of the {run.translator.name} model failed: "
+                               f"{_first_line(exc)}") from exc
+        try:
+            runner = _load(fmt, tmp)
+        except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types
+            raise StyletxError(f"the exported file cannot be loaded: {_first_line(exc)}; "
+                               f"nothing was written") from exc
+        checks = []
+        for seed, size in enumerate(CHECK_SIZES if runner else (), start=1):
+            x = example(*size, seed=seed)
+            # what convert does to one tensor (pad, translate, crop), without the chunking
+            expected = run._convert_whole(x, direction)
+            try:
+                got = runner(x)
+            except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types
+                raise StyletxError(f"the exported model failed on input {tuple(x.shape)}: "
+                                   f"{_first_line(exc)}; nothing was written") from exc
+            if got.shape != expected.shape:
+                raise StyletxError(f"the exported model gave shape {tuple(got.shape)} for input "
+                                   f"{tuple(x.shape)}, PyTorch {tuple(expected.shape)}; "
+                                   f"nothing was written")
+            diff = (got - expected).abs().max().item()
+            if not diff <= tolerance:  # NaN fails too
+                raise StyletxError(f"the exported model differs from PyTorch by up to "
+                                   f"{diff:.3g} (tolerance {tolerance:g}) on input "
+                                   f"{tuple(x.shape)}; nothing was written")
+            checks.append((tuple(x.shape), diff))
+        size = tmp.stat().st_size
+    return ExportReport(out, fmt, direction, run.translator.name, tolerance, checks,
+                        verified=runner is not None, size_bytes=size)
+
+
+def _fixed_height(run, side: str) -> int | None:
+    """The tensors' height when the domain fixes it (audio: the bins), else None."""
+    if run.domain.training_crop(1)[0] is not None:
+        return None
+    shape = (run.config.get("shapes") or {}).get(side)
+    if shape is None:
+        raise StyletxError(f"{run.path}: the run records no example shape (config.json "
+                           "\"shapes\"); train it with this version of styletx")
+    return int(shape[1])
+
+
+def _require_onnx_exporter() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise StyletxError(f"--format onnx needs the onnx and onnxscript packages ({exc}); "
+                           "install them with: pip install 'styletx[export]'") from None
+
+
+def _write_onnx(model: nn.Module, example: torch.Tensor, dynamic_height: bool,
+                path: Path) -> None:
+    """torch.export with every size dynamic (Dim.DYNAMIC), then ONNX. The ONNX exporter's own
+    named dynamic axes are not used: with them, ONNX Runtime failed on sizes such as 8 x 16
+    (wrong intermediate shapes); the input's and output's axes are renamed afterwards."""
+    import onnx
+    from torch.export import Dim
+
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_height else {0: "batch", 3: "width"}
+    program = torch.export.export(model, (example,),
+                                  dynamic_shapes=({axis: Dim.DYNAMIC for axis in axes},))
+    proto = torch.onnx.export(program, f=None, dynamo=True, verbose=False,
+                              input_names=[INPUT], output_names=[OUTPUT]).model_proto
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    names = {dims[axis].dim_param: name for axis, name in axes.items() if dims[axis].dim_param}
+    for value in (*proto.graph.input, *proto.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in names:  # (assigning "" would clear a fixed size)
+                dim.dim_param = names[dim.dim_param]
+    onnx.save_model(proto, str(path))  # one file, weights inside (models under 2 GB)
+
+
+def _write_torchscript(model: nn.Module, example: torch.Tensor, dynamic_height: bool,
+                       path: Path) -> None:
+    torch.jit.save(torch.jit.trace(model, (example,), check_trace=False), str(path))
+
+
+def _load(fmt: str, path: Path) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A function running the written file, or None for ONNX without onnxruntime."""
+    if fmt == "torchscript":
+        with _quiet():
+            module = torch.jit.load(str(path), map_location="cpu")
+
+        def run_torchscript(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return module(x)
+
+        return run_torchscript
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run([OUTPUT], {INPUT: x.numpy()})[0])
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No deprecation, tracer or exporter chatter while exporting: the check is what counts."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -1,0 +1,245 @@
+"""styletx export: ONNX and TorchScript files that translate like `styletx convert`, at sizes
+they were not captured at, and no file at all when something is wrong."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from conftest import TINY
+
+from styletx import export as export_module
+from styletx.convert import load_run
+from styletx.export import TOLERANCE, pad_bottom_right
+from styletx.synthvoice import write_voice_folders
+
+SMALL = ("--set", "ngf=4", "--set", "ndf=4")
+# torch.jit.trace and torch.jit.load warn that TorchScript is deprecated; exporting it is the point
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks run as fast on one thread, and a shared 2-core machine stays usable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runs(trained_run, scenes, tmp_path_factory):
+    """Tiny runs of every built-in model, two training steps each (the weights need not be
+    good, only the same in both places); the cyclegan one is conftest's."""
+    from click.testing import CliRunner
+
+    from styletx.cli import cli
+
+    def train(a, b, out, *args):
+        args = ["-q", "train", a, b, "--out", out, *TINY, *SMALL, "--steps", "2", *args]
+        result = CliRunner().invoke(cli, [str(arg) for arg in args])
+        assert result.exit_code == 0, result.output
+        return out
+
+    root = tmp_path_factory.mktemp("export")
+    voices = write_voice_folders(root / "voices", n_train=2, n_test=1, seconds=1.0)
+    out = {"cyclegan": trained_run, "voices": voices}
+    for model in ("pix2pix", "vaegan"):
+        out[model] = train(scenes["a"], scenes["b"], root / model, "--model", model,
+                           "--size", "16")
+    out["voice"] = train(voices["a"], voices["b"], root / "voice", "--size", "32",
+                         "--batch-size", "2")
+    return out
+
+
+def run_exported(path, fmt, x: torch.Tensor) -> torch.Tensor:
+    if fmt == "torchscript":
+        return torch.jit.load(str(path))(x)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["output"], {"input": x.numpy()})[0])
+
+
+# name, format, direction: every model (the voice one in ONNX below), both directions. ONNX
+# export takes seconds even for tiny models, TorchScript a fraction of one.
+CASES = [("cyclegan", "onnx", "a2b"), ("cyclegan", "torchscript", "b2a"),
+         ("pix2pix", "torchscript", "a2b"), ("vaegan", "torchscript", "b2a"),
+         ("voice", "torchscript", "b2a")]
+
+
+@pytest.mark.parametrize(("name", "fmt", "direction"), CASES)
+def test_export_translates_like_convert_at_a_size_it_never_saw(styletx, runs, scenes, tmp_path,
+                                                               name, fmt, direction):
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript")
+        pytest.importorskip("onnxruntime")
+    out = tmp_path / f"model.{fmt}"
+    result = styletx("export", runs[name], "-d", direction, "--format", fmt, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "checked on random inputs" in result.stdout and out.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+
+    run = load_run(runs[name], device="cpu")
+    source = direction[0]
+    if name == "voice":  # a real utterance cut to 67 frames (not a multiple of 4)
+        sample = run.domain.load(sorted(runs["voices"][source].glob("*.flac"))[0])
+        x = run.encoders[source].encode(sample)[None, ..., :67]
+        assert x.shape[-1] == 67
+    else:  # a real scene cut to 23 x 37: export captured 37 x 45, checked 29 x 53 and 45 x 30
+        sample = run.domain.load(sorted(scenes["test_" + source].glob("*.png"))[0])
+        x = run.encoders[source].encode(sample)[None, :, :23, :37]
+    x = torch.cat([x, x.flip(-1)])  # a batch of 2
+    expected = run.convert_tensor(x, direction)
+    got = run_exported(out, fmt, x)
+    assert got.shape == expected.shape and expected.shape[-2:] == x.shape[-2:]
+    assert (got - expected).abs().max().item() <= TOLERANCE
+
+
+def test_voice_export_with_griffin_lim_writes_what_convert_writes(styletx, runs, tmp_path):
+    """The README's recipe: the run's encoder, the exported model (ONNX), the run's decoder
+    (Griffin-Lim), a wav; the same tensor and the same sound as `styletx convert`."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    model = tmp_path / "voice.onnx"
+    assert styletx("export", runs["voice"], "-o", model).exit_code == 0
+    source = sorted(runs["voices"]["test_a"].glob("*.flac"))[0]
+    assert styletx("convert", runs["voice"], source, "-o", tmp_path / "cli").exit_code == 0
+
+    run = load_run(runs["voice"], device="cpu")
+    sample = run.domain.load(source)
+    x = run.encoders["a"].encode(sample)[None]  # (1, 1, 80, frames) normalised log-mel
+    assert x.shape[-1] % 4  # 87 frames: the generator pads them
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    y = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    assert (y - run.convert_tensor(x)).abs().max().item() <= TOLERANCE
+    mine = tmp_path / f"mine{source.suffix}"  # convert keeps the container (16-bit FLAC)
+    run.domain.save(run.encoders["b"].decode(y[0], like=sample), mine)
+
+    mine, rate = sf.read(mine, dtype="float32")
+    theirs, rate_cli = sf.read(tmp_path / "cli" / source.name, dtype="float32")
+    assert rate == rate_cli and mine.shape == theirs.shape and np.abs(theirs).max() > 0.01
+    assert np.abs(mine - theirs).max() <= 2 / 32768  # at most 2 steps of 16-bit rounding
+
+
+# -- errors: one line, the right exit code, no file -------------------------------------------
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (("nowhere",), 2, "no such run folder"),
+    (("{cyclegan}", "-d", "sideways"), 2, "--direction 'sideways': use a2b or b2a"),
+    (("{pix2pix}", "-d", "b2a"), 2, "trained for a2b only, not b2a"),
+    (("{cyclegan}", "--format", "tflite"), 2, "--format 'tflite': use onnx or torchscript"),
+])
+def test_bad_arguments(styletx, runs, tmp_path, args, code, message):
+    args = [str(a).format(**{k: v for k, v in runs.items() if k != "voices"}) for a in args]
+    result = styletx("export", *args, "-o", tmp_path / "model.onnx")
+    assert result.exit_code == code, result.stderr
+    assert result.error_lines == [result.stderr.strip()] and message in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_onnx_packages_are_named(styletx, runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript fails
+    result = styletx("export", runs["cyclegan"], "-o", tmp_path / "m.onnx")
+    assert result.exit_code == 1
+    assert "needs the onnx and onnxscript packages" in result.error_lines[0]
+    assert "pip install 'styletx[export]'" in result.error_lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_onnxruntime_the_file_is_kept_but_said_to_be_unverified(styletx, runs,
+                                                                          tmp_path, monkeypatch):
+    pytest.importorskip("onnxscript")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    # the ONNX writing itself is tested above; a stand-in keeps this test fast
+    monkeypatch.setattr(export_module, "_write_onnx",
+                        lambda model, example, dynamic, path: path.write_bytes(b"onnx"))
+    result = styletx("export", runs["pix2pix"], "-o", tmp_path / "m.onnx")
+    assert result.exit_code == 0, result.stderr
+    assert "NOT verified: onnxruntime is not installed" in result.stderr
+    assert (tmp_path / "m.onnx").read_bytes() == b"onnx"
+
+
+def test_an_export_that_differs_from_pytorch_is_refused_and_nothing_replaced(
+        styletx, runs, tmp_path, monkeypatch):
+    """A module that is off by 0.01 (a stand-in for a wrong padding): exit 1, the old file
+    untouched, no temporary file."""
+    from styletx.plugins.cyclegan import CycleGAN
+
+    real = CycleGAN.export_module
+
+    class Off(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x) + 0.01
+
+    monkeypatch.setattr(CycleGAN, "export_module", lambda self, d: Off(real(self, d)))
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"the previous export")
+    result = styletx("export", runs["cyclegan"], "--format", "torchscript", "-o", out)
+    assert result.exit_code == 1
+    assert "differs from PyTorch by up to 0.01" in result.error_lines[0]
+    assert f"(tolerance {TOLERANCE:g})" in result.error_lines[0]
+    assert out.read_bytes() == b"the previous export"
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_output_folder_is_refused(styletx, runs, tmp_path):
+    result = styletx("export", runs["cyclegan"], "--format", "torchscript", "-o", tmp_path)
+    assert result.exit_code == 2 and "is a folder" in result.error_lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- the export-friendly padding --------------------------------------------------------------
+def _reference_pad(x, multiple, least, mode, joint):
+    """What conversion and the plugins' forwards do with F.pad and Python branches."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = max(-h % multiple, least - h), max(-w % multiple, least - w)
+    if joint:  # Run.convert_tensor: both reflect, or both replicate
+        reflect = mode == "reflect" and pad_h < h and pad_w < w
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if reflect else "replicate")
+    for pad, size, spec in ((pad_w, w, (0, pad_w, 0, 0)), (pad_h, h, (0, 0, 0, pad_h))):
+        if pad:
+            x = F.pad(x, spec, mode="reflect" if mode == "reflect" and pad < size else "replicate")
+    return x
+
+
+@pytest.mark.parametrize(("multiple", "least", "mode", "joint"), [
+    (4, 8, "reflect", True), (1, 2, "reflect", True), (16, 0, "reflect", False),
+    (4, 8, "reflect", False), (4, 8, "replicate", False)])
+def test_padding_is_f_pad_and_stays_dynamic_when_traced(multiple, least, mode, joint):
+    def pad(x):
+        return pad_bottom_right(x, multiple, least, mode, joint)
+
+    traced = torch.jit.trace(pad, torch.zeros(1, 2, 37, 45))  # any size; nothing is baked in
+    for h in (1, 2, 3, 4, 5, 7, 8, 9, 17):
+        for w in (1, 3, 4, 6, 8, 15, 33):
+            x = torch.randn(1, 2, h, w)
+            expected = _reference_pad(x, multiple, least, mode, joint)
+            assert torch.equal(pad(x), expected), (h, w)
+            assert torch.equal(traced(x), expected), (h, w)
+
+
+def test_translators_without_an_export_module_say_so():
+    from styletx.errors import UsageError
+    from styletx.interfaces import Translator
+
+    class Plain(Translator):
+        name = "plain"
+        networks = configure_optimizers = training_step = translate = None
+
+    with pytest.raises(UsageError, match="the plain model cannot be exported"):
+        Plain(None, 1, 1).export_module("a2b")
+
+
+def test_the_help_states_the_tolerance(styletx):
+    assert TOLERANCE == 1e-3
+    assert "exceeds 1e-3" in " ".join(styletx("export", "-h").stdout.split())
