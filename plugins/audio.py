@@ -256,18 +256,43 @@ class SpectrogramEncoder(styletx.Encoder):
         return torch.from_numpy(normalised.astype(np.float32))[None]
 
     def decode(self, tensor: torch.Tensor, like: AudioSample | None = None) -> AudioSample:
+        return self.decode_batch(tensor[None], [like])[0]
+
+    def decode_batch(self, tensors: torch.Tensor,
+                     likes: Sequence[AudioSample | None] | None = None) -> list[AudioSample]:
+        """``decode`` of every item of ``(N, 1, bins, frames)`` (``likes``: each one's source),
+        with the magnitudes inverted together and one batched Griffin-Lim per output length;
+        each item's random initial phase is the one ``decode`` would draw for it alone, so the
+        waves equal those of decoding one at a time."""
         from styletx.dsp import griffinlim
 
-        log_spec = tensor[0].detach().float().cpu().numpy() * self.std[:, None] + self.mean[:, None]
+        likes = list(likes) if likes is not None else [None] * len(tensors)
+        if len(likes) != len(tensors):
+            raise ValueError(f"{len(tensors)} tensors but {len(likes)} likes")
+        log_spec = tensors[:, 0].detach().float().cpu().numpy()
+        log_spec = log_spec * self.std[:, None] + self.mean[:, None]
+        magnitude = self.linear_magnitude(log_spec)
         p = self.params
-        length = None  # default: (frames - 1) * hop
-        if like is not None:  # keep the source's duration when it fits the frame count
-            source_length = round(len(like.wave) * p["rate"] / like.rate)
-            if 1 + source_length // p["hop"] == log_spec.shape[1]:
-                length = source_length
-        wave = griffinlim(self.linear_magnitude(log_spec), n_fft=p["n_fft"], hop=p["hop"],
-                          n_iter=p["gl_iters"], length=length)
-        return AudioSample(np.asarray(wave, np.float32), p["rate"], like.format if like else None)
+        groups: dict[int | None, list[int]] = {}
+        for i, like in enumerate(likes):
+            groups.setdefault(self._length(like, log_spec.shape[-1]), []).append(i)
+        waves: list[np.ndarray | None] = [None] * len(likes)
+        for length, items in groups.items():
+            batch = griffinlim(magnitude[items], n_fft=p["n_fft"], hop=p["hop"],
+                               n_iter=p["gl_iters"], length=length, seed=[0] * len(items))
+            for i, wave in zip(items, batch):
+                waves[i] = wave
+        return [AudioSample(np.asarray(wave, np.float32), p["rate"], like.format if like else None)
+                for wave, like in zip(waves, likes)]
+
+    def _length(self, like: AudioSample | None, frames: int) -> int | None:
+        """The output's length in samples: the source's duration when it fits the frame count,
+        else None (Griffin-Lim's default, ``(frames - 1) * hop``)."""
+        if like is None:
+            return None
+        p = self.params
+        source_length = round(len(like.wave) * p["rate"] / like.rate)
+        return source_length if 1 + source_length // p["hop"] == frames else None
 
 
 class MelEncoder(SpectrogramEncoder):

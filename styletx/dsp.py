@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Sequence
 
 import numba
 import numpy as np
@@ -488,7 +489,8 @@ def mel_to_linear(mel, sr: float, n_fft: int, *, power: float = 1.0, fmin: float
 
 def griffinlim(magnitude, n_fft: int = 1024, hop: int = 256, n_iter: int = 32,
                momentum: float = 0.99, init_phase=None, length: int | None = None,
-               return_convergence: bool = False, seed: int | None = 0, backend: str = "auto"):
+               return_convergence: bool = False, seed: int | Sequence[int] | None = 0,
+               backend: str = "auto"):
     """Waveform from a magnitude spectrogram by fast Griffin-Lim (Perraudin et al., 2013).
 
     The update is librosa's ``griffinlim``: each iteration takes the STFT of the inverse STFT
@@ -512,7 +514,9 @@ def griffinlim(magnitude, n_fft: int = 1024, hop: int = 256, n_iter: int = 32,
             ``||S - |STFT(y)| ||_F / ||S||_F`` of the result (one extra STFT).
         seed: seed of the random initial phase (default 0): uniform angles drawn as
             ``librosa.griffinlim(init="random", random_state=seed)`` draws them, so both start
-            from the same phase. ``None``: fresh randomness.
+            from the same phase. ``None``: fresh randomness. For a batch, a sequence of one
+            seed per item draws each item's phase as a call with that item alone would, so a
+            batch gives the waves of its items converted one at a time.
         backend: ``"auto"`` (default: ``"torch"`` for CUDA tensors, ``"numba"`` otherwise),
             ``"numba"`` (CPU kernels; a tensor is returned on its device) or ``"torch"``
             (``torch.stft`` / ``torch.istft`` on the tensor's device).
@@ -564,6 +568,11 @@ def griffinlim(magnitude, n_fft: int = 1024, hop: int = 256, n_iter: int = 32,
             f"1 + length // hop must equal frames, i.e. length in "
             f"[{hop * (n_frames - 1)}, {hop * n_frames - 1}]"
         )
+    if seed is not None and not isinstance(seed, (int, np.integer)):
+        seed = [int(s) for s in seed]  # one per item
+        if len(shape) != 3 or len(seed) != shape[0]:
+            raise ValueError(f"a sequence of seeds needs a batch (batch, freq, frames) with "
+                             f"one seed per item, got {len(seed)} seed(s) for shape {shape}")
     if init_phase is not None and tuple(init_phase.shape) != shape:
         raise ValueError(
             f"init_phase has shape {tuple(init_phase.shape)}, magnitude has shape {shape}"
@@ -605,8 +614,11 @@ def griffinlim(magnitude, n_fft: int = 1024, hop: int = 256, n_iter: int = 32,
     return (y, conv) if return_convergence else y
 
 
-def _random_angles(shape: tuple, seed: int | None, dtype=np.float64) -> np.ndarray:
-    """Uniform angles in [0, 2 pi): the draws of librosa.griffinlim(random_state=seed)."""
+def _random_angles(shape: tuple, seed: int | list[int] | None, dtype=np.float64) -> np.ndarray:
+    """Uniform angles in [0, 2 pi): the draws of librosa.griffinlim(random_state=seed); a list
+    of seeds draws item ``i`` of the batch ``shape`` with ``seed[i]``."""
+    if isinstance(seed, list):
+        return np.stack([_random_angles(shape[1:], s, dtype) for s in seed])
     rng = np.random.default_rng() if seed is None else np.random.RandomState(seed)
     return np.multiply(rng.random(size=shape), 2 * np.pi, dtype=dtype)
 

@@ -132,6 +132,14 @@ class Encoder(ABC):
     def decode(self, tensor: torch.Tensor, like: Sample | None = None) -> Sample:
         """Tensor ``(C, H, W)`` -> sample; ``like`` is the source sample, for its metadata."""
 
+    def decode_batch(self, tensors: torch.Tensor,
+                     likes: Sequence[Sample | None] | None = None) -> list[Sample]:
+        """``decode`` of every item of ``(N, C, H, W)`` (``likes``: each one's source sample).
+        Conversion decodes through this; override it when a batch decodes faster together
+        (the audio encoders: one batched Griffin-Lim). It must give what ``decode`` gives."""
+        likes = list(likes) if likes is not None else [None] * len(tensors)
+        return [self.decode(t, like=like) for t, like in zip(tensors, likes)]
+
 
 @dataclasses.dataclass
 class Preset:
