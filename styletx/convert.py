@@ -23,16 +23,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import queue
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .data import expand_inputs, is_inside
+from .data import expand_inputs, is_inside, read_ahead
 from .errors import BadInputError, StyletxError, UsageError
 from .interfaces import DIRECTIONS, Sample
 from .latent import outlier_check
@@ -201,11 +199,14 @@ class Run:
         on_file = on_file or (lambda *_: None)
         pending: list[tuple[Path, Path, Sample, torch.Tensor]] = []
         check = outlier_check(self, source)  # latent models warn about unusual inputs
-        with contextlib.closing(self._read_ahead(jobs, source, depth=batch_size)) as loads:
+        # A background thread loads and encodes the next files (Pillow, soundfile, numpy and
+        # torch release the GIL) while the network runs, at most batch_size files ahead.
+        loading = (self._load(src, dst, source) for src, dst in jobs)
+        with contextlib.closing(read_ahead(loading, batch_size, "styletx-convert")) as loads:
             for src, dst, loaded in loads:
                 try:
-                    if isinstance(loaded, BaseException):
-                        raise loaded  # a BadInputError is reported below; anything else is a bug
+                    if isinstance(loaded, BadInputError):
+                        raise loaded
                     sample, x = loaded
                     if check:
                         check(src, sample)
@@ -219,44 +220,18 @@ class Run:
         self._flush(pending, direction, report, on_file, batch_size)
         return report
 
-    def _read_ahead(
-        self, jobs: list[tuple[Path, Path | None]], side: str, depth: int
-    ) -> Iterator[tuple[Path, Path | None, tuple[Sample, torch.Tensor] | BaseException]]:
-        """``(src, dst, (sample, encoded) or the exception)`` for every job, in order.
-
-        A background thread loads and encodes the files (Pillow, soundfile, numpy and torch
-        release the GIL), so reading overlaps the network; the queue between holds at most
-        ``depth`` files, so memory stays bounded however many inputs there are."""
-        results: queue.Queue = queue.Queue(maxsize=max(depth, 1))
-        stop = threading.Event()
-
-        def read() -> None:
-            for src, dst in jobs:
-                try:
-                    if dst is None:
-                        kinds = " ".join(self.domain.extensions)
-                        raise BadInputError(src, f"not a {self.domain.name} file ({kinds})")
-                    sample = self.domain.load(src)
-                    item: Any = (sample, self.encoders[side].encode(sample))
-                except BaseException as exc:  # noqa: BLE001 -- handed to the caller to raise
-                    item = exc
-                while not stop.is_set():
-                    try:
-                        results.put((src, dst, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():  # the caller stopped early (an error, Ctrl-C)
-                    return
-
-        reader = threading.Thread(target=read, name="styletx-convert-reader", daemon=True)
-        reader.start()
+    def _load(self, src: Path, dst: Path | None,
+              side: str) -> tuple[Path, Path | None, tuple[Sample, torch.Tensor] | BadInputError]:
+        """``(src, dst, (sample, encoded))``, or the problem with the file in place of the pair
+        (reported by the caller, in input order)."""
         try:
-            for _ in jobs:
-                yield results.get()
-        finally:
-            stop.set()
-            reader.join()
+            if dst is None:
+                kinds = " ".join(self.domain.extensions)
+                raise BadInputError(src, f"not a {self.domain.name} file ({kinds})")
+            sample = self.domain.load(src)
+            return src, dst, (sample, self.encoders[side].encode(sample))
+        except BadInputError as err:
+            return src, dst, err
 
     def _joins(self, pending: list, x: torch.Tensor, batch_size: int) -> bool:
         """May ``x`` join the pending batch? Same shape, and the batch within its limits."""

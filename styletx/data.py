@@ -12,9 +12,9 @@ import dataclasses
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from .errors import BadInputError, UsageError
 from .interfaces import Domain, Encoder, Sample
 
 log = logging.getLogger("styletx")
+T = TypeVar("T")
 
 
 def list_files(folder: Path) -> list[Path]:
@@ -235,6 +236,47 @@ class CropSampler:
                 self.cursors[side] = drawn // self.world
 
 
+def read_ahead(items: Iterator[T], depth: int, name: str = "styletx-read-ahead") -> Iterator[T]:
+    """Yield ``items``, produced by a background thread at most ``depth`` ahead (so memory stays
+    bounded). An exception in the producer is raised here, at its place in the sequence;
+    closing the generator (or leaving its loop) stops and joins the thread."""
+    results: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for item in items:
+                put((item, None))
+                if stop.is_set():
+                    return
+        except Exception as exc:  # handed to the consumer, raised there
+            put((None, exc))
+        put((done, None))
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = results.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 class Prefetcher:
     """Draws the next batches from a ``CropSampler`` in a background thread while the model
     trains, pinned in page-locked memory when they go to a GPU (so the copy can overlap compute),
@@ -249,37 +291,17 @@ class Prefetcher:
     def __init__(self, sampler: CropSampler, depth: int, pin: bool):
         self.sampler, self.depth, self.pin = sampler, depth, pin
         self.state = sampler.state_dict()
-        self._start()
+        self.resume()
 
-    def _start(self) -> None:
-        self.queue: queue.Queue = queue.Queue(self.depth)
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._fill, name="styletx-prefetch", daemon=True)
-        self.thread.start()
-
-    def _fill(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                batch = self.sampler.next_batch()
-                if self.pin:
-                    batch = {side: x.pin_memory() for side, x in batch.items()}
-                item: tuple[Any, Any] = (batch, self.sampler.state_dict())
-            except Exception as exc:  # handed to the training loop, raised there
-                item = (exc, None)
-            while not self.stopped.is_set():
-                try:
-                    self.queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if item[1] is None:
-                return
+    def _draw(self) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        while True:
+            batch = self.sampler.next_batch()
+            if self.pin:
+                batch = {side: x.pin_memory() for side, x in batch.items()}
+            yield batch, self.sampler.state_dict()
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        batch, state = self.queue.get()
-        if isinstance(batch, Exception):
-            raise batch
-        self.state = state
+        batch, self.state = next(self.batches)
         return batch
 
     def state_dict(self) -> dict[str, Any]:
@@ -288,12 +310,11 @@ class Prefetcher:
     def pause(self) -> None:
         """Stop drawing ahead and rewind the sampler to the batches consumed (before its
         weights change, or at the end)."""
-        self.stopped.set()
-        self.thread.join()
+        self.batches.close()
         self.sampler.load_state_dict(self.state)
 
     def resume(self) -> None:
-        self._start()
+        self.batches = read_ahead(self._draw(), self.depth, "styletx-prefetch")
 
 
 def _pad_to(x: torch.Tensor, h: int | None, w: int) -> torch.Tensor:
