@@ -365,13 +365,8 @@ class CycleGAN(styletx.Translator):
         _set_requires_grad([self.D_A, self.D_B], False)
         opt_g.zero_grad(set_to_none=True)
         with self.autocast():
-            if identity:
-                fake_b, same_b = self._run(self.G_A, real_a, real_b)
-                fake_a, same_a, rec_a = self._run(self.G_B, real_b, real_a, fake_b)
-            else:
-                (fake_b,) = self._run(self.G_A, real_a)
-                fake_a, rec_a = self._run(self.G_B, real_b, fake_b)
-            rec_b = self.G_A(fake_a)
+            fake_b, fake_a, rec_a, rec_b, same_b, same_a = self.forward_for(
+                "G", self._generate, real_a, real_b, identity)
             loss_g_a = self.gan_loss(self.D_A(fake_b), True)
             loss_g_b = self.gan_loss(self.D_B(fake_a), True)
             cycle_a = F.l1_loss(rec_a.float(), real_a) * c.lambda_cycle
@@ -393,10 +388,11 @@ class CycleGAN(styletx.Translator):
         pooled_b = self.pool_B.query(fake_b.detach())
         pooled_a = self.pool_A.query(fake_a.detach())
         with self.autocast():
-            real, fake = self._run(self.D_A, real_b, pooled_b)
-            loss_d_a = 0.5 * (self.gan_loss(real, True) + self.gan_loss(fake, False))
-            real, fake = self._run(self.D_B, real_a, pooled_a)
-            loss_d_b = 0.5 * (self.gan_loss(real, True) + self.gan_loss(fake, False))
+            (real_da, fake_da), (real_db, fake_db) = self.forward_for(
+                "D", lambda: (self._run(self.D_A, real_b, pooled_b),
+                              self._run(self.D_B, real_a, pooled_a)))
+            loss_d_a = 0.5 * (self.gan_loss(real_da, True) + self.gan_loss(fake_da, False))
+            loss_d_b = 0.5 * (self.gan_loss(real_db, True) + self.gan_loss(fake_db, False))
         (loss_d_a + loss_d_b).backward()
         opt_d.step()
 
@@ -404,6 +400,19 @@ class CycleGAN(styletx.Translator):
                   "idt_A": idt_a, "idt_B": idt_b, "D_A": loss_d_a, "D_B": loss_d_b}
         values = torch.stack([v.detach().float().to(self.device) for v in losses.values()])
         return dict(zip(losses, values.tolist()))  # one device sync, not eight
+
+    def _generate(self, real_a: torch.Tensor, real_b: torch.Tensor, identity: bool) -> tuple:
+        """The generators' forward pass: fake_b, fake_a, rec_a, rec_b, and each generator
+        applied to its own output domain, same_b = G_A(b) and same_a = G_B(a) (None without
+        the identity loss)."""
+        same_b = same_a = None
+        if identity:
+            fake_b, same_b = self._run(self.G_A, real_a, real_b)
+            fake_a, same_a, rec_a = self._run(self.G_B, real_b, real_a, fake_b)
+        else:
+            (fake_b,) = self._run(self.G_A, real_a)
+            fake_a, rec_a = self._run(self.G_B, real_b, fake_b)
+        return fake_b, fake_a, rec_a, self.G_A(fake_a), same_b, same_a
 
     def _run(self, net: nn.Module, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """``[net(x) for x in inputs]``, as one batched call when that gives the same result:

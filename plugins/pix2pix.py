@@ -338,17 +338,17 @@ class Pix2Pix(styletx.Translator):
         losses: dict[str, torch.Tensor] = {}
 
         with self.autocast():
-            fakes = {d: self.generators[d](src) for d, src, _ in pairs}
+            fakes = self.forward_for("G", lambda: {d: self.generators[d](src)
+                                                   for d, src, _ in pairs})
 
         # Discriminator(s): the generated pair (detached) is fake, the true pair real.
         opt_d.zero_grad(set_to_none=True)
         loss_d = torch.zeros((), device=self.device)
         with self.autocast():
-            for d, src, tgt in pairs:
-                net = self.discriminators[d]
-                losses[f"D_fake_{d}"] = self.gan_loss(net(torch.cat([src, fakes[d].detach()], 1)),
-                                                      False)
-                losses[f"D_real_{d}"] = self.gan_loss(net(torch.cat([src, tgt], 1)), True)
+            judged = self.forward_for("D", self._judge, pairs, fakes)
+            for d, _, _ in pairs:
+                losses[f"D_fake_{d}"] = self.gan_loss(judged[d][0], False)
+                losses[f"D_real_{d}"] = self.gan_loss(judged[d][1], True)
                 loss_d = loss_d + 0.5 * (losses[f"D_fake_{d}"] + losses[f"D_real_{d}"])
         loss_d.backward()
         opt_d.step()
@@ -374,6 +374,17 @@ class Pix2Pix(styletx.Translator):
             keys = {f"{name}_{d}": f"{name}_{d}" for d in self.directions for name in names}
         values = torch.stack([losses[k].detach().float().to(self.device) for k in keys.values()])
         return dict(zip(keys, values.tolist()))  # one device sync, not four
+
+    def _judge(self, pairs: list, fakes: dict[str, torch.Tensor]) -> dict[str, tuple]:
+        """The discriminators' forward pass: per direction, D on the generated pair (detached)
+        and on the true pair, in separate calls so batch norm sees each alone (the
+        reference's order)."""
+        judged = {}
+        for d, src, tgt in pairs:
+            net = self.discriminators[d]
+            fake, true = torch.cat([src, fakes[d].detach()], 1), torch.cat([src, tgt], 1)
+            judged[d] = (net(fake), net(true))
+        return judged
 
     # -- inference ------------------------------------------------------------------------
     def translate(self, x: torch.Tensor, direction: str) -> torch.Tensor:

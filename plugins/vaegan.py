@@ -86,6 +86,7 @@ step policy; ``lr_step`` 0 keeps it constant).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -464,35 +465,18 @@ class VAEGAN(LatentTranslator):
         real_b = batch["b"].to(self.device, non_blocking=True)
         self._check_training_shape(real_a)
         self._check_training_shape(real_b)
-        size_a, size_b = real_a.shape[-2:], real_b.shape[-2:]
         opt_g, opt_d = self.optimizers["G"], self.optimizers["D"]
 
         with self.autocast():
-            # Encode both domains into the shared space and sample z (reparameterized).
-            stats_a, stats_b = _apply(self.shared_enc, self.enc_a(pad_to_multiple(real_a)),
-                                      self.enc_b(pad_to_multiple(real_b)))
-            (mu_a, logvar_a), (mu_b, logvar_b) = stats_a.chunk(2, 1), stats_b.chunk(2, 1)
-            z_a, z_b = reparameterize(mu_a, logvar_a), reparameterize(mu_b, logvar_b)
-            # Decode each z with both decoders: reconstructions and translations.
-            s_a, s_b = _apply(self.shared_dec, z_a, z_b)
-            rec_a, fake_a = _apply(self.dec_a, s_a, s_b)  # fake_a: b translated to A
-            fake_b, rec_b = _apply(self.dec_b, s_a, s_b)
-            rec_a, fake_a = _crop(rec_a, size_a), _crop(fake_a, size_b)
-            fake_b, rec_b = _crop(fake_b, size_a), _crop(rec_b, size_b)
-            # Cycle: encode the translations with the other domain's encoder, decode back.
-            stats_ab, stats_ba = _apply(self.shared_enc, self.enc_b(pad_to_multiple(fake_b)),
-                                        self.enc_a(pad_to_multiple(fake_a)))
-            (mu_ab, logvar_ab), (mu_ba, logvar_ba) = stats_ab.chunk(2, 1), stats_ba.chunk(2, 1)
-            s_ab, s_ba = _apply(self.shared_dec, reparameterize(mu_ab, logvar_ab),
-                                reparameterize(mu_ba, logvar_ba))
-            cyc_a = _crop(self.dec_a(s_ab), size_a)
-            cyc_b = _crop(self.dec_b(s_ba), size_b)
+            out = self.forward_for("G", self._generate, real_a, real_b)
+        fake_a, fake_b = out["fake_a"], out["fake_b"]
 
         # Discriminators first (UNIT's order), on the translations detached.
         opt_d.zero_grad(set_to_none=True)
         with self.autocast():
-            loss_d_a = self._judge(self.D_a, real_a, fake_a.detach())
-            loss_d_b = self._judge(self.D_b, real_b, fake_b.detach())
+            loss_d_a, loss_d_b = self.forward_for(
+                "D", lambda: (self._judge(self.D_a, real_a, fake_a.detach()),
+                              self._judge(self.D_b, real_b, fake_b.detach())))
         (c.lambda_gan * (loss_d_a + loss_d_b)).backward()
         opt_d.step()
 
@@ -504,15 +488,15 @@ class VAEGAN(LatentTranslator):
                 "G_adv_a": c.lambda_gan * self._gan(self.D_b(fake_b), True),  # a -> b fools D_b
                 "G_adv_b": c.lambda_gan * self._gan(self.D_a(fake_a), True),
             }
+        kl = {key: c.beta * kl_normal(*(t.float() for t in out[f"stats_{key}"])).mean()
+              for key in ("a", "b", "cyc_a", "cyc_b")}
         losses |= {
-            "recon_a": c.lambda_recon * F.l1_loss(rec_a.float(), real_a),
-            "recon_b": c.lambda_recon * F.l1_loss(rec_b.float(), real_b),
-            "kl_a": c.beta * kl_normal(mu_a.float(), logvar_a.float()).mean(),
-            "kl_b": c.beta * kl_normal(mu_b.float(), logvar_b.float()).mean(),
-            "cycle_a": c.lambda_cycle * F.l1_loss(cyc_a.float(), real_a),
-            "cycle_b": c.lambda_cycle * F.l1_loss(cyc_b.float(), real_b),
-            "kl_cyc_a": c.beta * kl_normal(mu_ab.float(), logvar_ab.float()).mean(),
-            "kl_cyc_b": c.beta * kl_normal(mu_ba.float(), logvar_ba.float()).mean(),
+            "recon_a": c.lambda_recon * F.l1_loss(out["rec_a"].float(), real_a),
+            "recon_b": c.lambda_recon * F.l1_loss(out["rec_b"].float(), real_b),
+            "kl_a": kl["a"], "kl_b": kl["b"],
+            "cycle_a": c.lambda_cycle * F.l1_loss(out["cyc_a"].float(), real_a),
+            "cycle_b": c.lambda_cycle * F.l1_loss(out["cyc_b"].float(), real_b),
+            "kl_cyc_a": kl["cyc_a"], "kl_cyc_b": kl["cyc_b"],
         }
         if self.use_identity:
             losses |= self._identity_losses(real_a, real_b)
@@ -523,6 +507,34 @@ class VAEGAN(LatentTranslator):
         losses |= {"D_a": loss_d_a, "D_b": loss_d_b}
         values = torch.stack([v.detach().float().to(self.device) for v in losses.values()])
         return dict(zip(losses, values.tolist()))  # one device sync, not twelve
+
+    def _generate(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, Any]:
+        """The generator parts' forward pass: reconstructions rec_*, translations fake_a (b
+        translated to A) and fake_b, cycles cyc_*, and the posteriors' (mu, logvar) of the
+        inputs (stats_a, stats_b) and of the translations (stats_cyc_a: of fake_b, on a's way
+        back)."""
+        size_a, size_b = real_a.shape[-2:], real_b.shape[-2:]
+        # Encode both domains into the shared space and sample z (reparameterized).
+        stats_a, stats_b = _apply(self.shared_enc, self.enc_a(pad_to_multiple(real_a)),
+                                  self.enc_b(pad_to_multiple(real_b)))
+        (mu_a, logvar_a), (mu_b, logvar_b) = stats_a.chunk(2, 1), stats_b.chunk(2, 1)
+        z_a, z_b = reparameterize(mu_a, logvar_a), reparameterize(mu_b, logvar_b)
+        # Decode each z with both decoders: reconstructions and translations.
+        s_a, s_b = _apply(self.shared_dec, z_a, z_b)
+        rec_a, fake_a = _apply(self.dec_a, s_a, s_b)
+        fake_b, rec_b = _apply(self.dec_b, s_a, s_b)
+        rec_a, fake_a = _crop(rec_a, size_a), _crop(fake_a, size_b)
+        fake_b, rec_b = _crop(fake_b, size_a), _crop(rec_b, size_b)
+        # Cycle: encode the translations with the other domain's encoder, decode back.
+        stats_ab, stats_ba = _apply(self.shared_enc, self.enc_b(pad_to_multiple(fake_b)),
+                                    self.enc_a(pad_to_multiple(fake_a)))
+        (mu_ab, logvar_ab), (mu_ba, logvar_ba) = stats_ab.chunk(2, 1), stats_ba.chunk(2, 1)
+        s_ab, s_ba = _apply(self.shared_dec, reparameterize(mu_ab, logvar_ab),
+                            reparameterize(mu_ba, logvar_ba))
+        return {"rec_a": rec_a, "rec_b": rec_b, "fake_a": fake_a, "fake_b": fake_b,
+                "cyc_a": _crop(self.dec_a(s_ab), size_a), "cyc_b": _crop(self.dec_b(s_ba), size_b),
+                "stats_a": (mu_a, logvar_a), "stats_b": (mu_b, logvar_b),
+                "stats_cyc_a": (mu_ab, logvar_ab), "stats_cyc_b": (mu_ba, logvar_ba)}
 
     def _identity_losses(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict:
         """``idt_a = |G_b(E_a(b)) - b|`` (a -> b should leave a real b alone) and ``idt_b``,

@@ -4,17 +4,17 @@ torchrun starts N copies of the same command and tells each its rank through the
 (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...). ``setup`` joins them into one process group
 (NCCL on CUDA, one GPU per process; gloo on CPU), and then:
 
-* every rank starts from rank 0's weights and buffers (a broadcast, as DistributedDataParallel
-  does when it wraps a module);
+* every rank starts from rank 0's weights and buffers (a broadcast);
 * each rank draws its own shard of the data each epoch (``styletx.data.CropSampler``);
-* gradients are averaged over the ranks before every optimizer step. This is the all-reduce
-  DistributedDataParallel performs, done at the optimizers instead of inside a module wrapper:
-  a GAN translator calls its networks several times per step, in several backward passes, and
-  through containers (vaegan's encoders share modules), which a per-module wrapper would have
-  to see. Hooking the optimizers keeps every translator, third-party ones included, unchanged;
+* the networks each optimizer trains are wrapped together in one DistributedDataParallel
+  module, and the translator runs that optimizer's forward pass through it
+  (``Translator.forward_for``), so the backward pass averages their gradients over the ranks.
+  One wrapper per optimizer, not per network, because a GAN step calls its networks several
+  times, in separate backward passes for generators and discriminators, and uses frozen
+  networks (a discriminator in the generators' loss) that must not be synchronised then;
 * batch norm becomes synchronised batch norm on CUDA (``torch.nn.SyncBatchNorm`` supports only
-  GPUs); on CPU each rank normalises its own batch and the running statistics are rank 0's,
-  broadcast after every step as DistributedDataParallel's ``broadcast_buffers`` does;
+  GPUs); on CPU each rank normalises its own batch, and DDP hands rank 0's running statistics
+  to every rank at each forward (``broadcast_buffers``);
 * only rank 0 prints, writes previews, logs and checkpoints.
 
 A checkpoint holds no trace of the number of processes, so a run can resume with any number.
@@ -24,11 +24,18 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .interfaces import Translator
 
 TIMEOUT = datetime.timedelta(minutes=30)  # a checkpoint or preview on rank 0 may take a while
 
@@ -60,32 +67,26 @@ class Group:
             for tensor in [*net.parameters(), *net.buffers()]:
                 dist.broadcast(tensor.data, 0)
 
-    def average_gradients(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-        """Before every step of these optimizers, replace each gradient by its mean over the
-        ranks (one all-reduce of all the optimizer's gradients, flattened)."""
+    def distribute(self, translator: Translator, device: torch.device) -> None:
+        """Wrap the networks each optimizer trains in one DistributedDataParallel module, which
+        ``translator.forward_for`` runs the optimizer's forward pass through: the backward pass
+        that follows then averages their gradients over the ranks (bucketed all-reduces
+        overlapped with the backward) and the forward uses rank 0's buffers. Every optimizer
+        step checks that its forward pass went that way, so a translator that does not use
+        ``forward_for`` stops with a clear error instead of letting the ranks drift apart.
+        Call after ``configure_optimizers`` and the speed options (compile, channels-last)."""
         if not self.active:
             return
-        for optimizer in optimizers.values():
-            optimizer.register_step_pre_hook(self._average_hook)
-
-    def _average_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"]
-                 if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.size
-        for grad, mean in zip(grads, flat.split([g.numel() for g in grads])):
-            grad.copy_(mean.view_as(grad))
-
-    def share_buffers(self, networks: dict[str, nn.Module]) -> None:
-        """Rank 0's buffers (batch norm's running statistics) on every rank."""
-        if not self.active:
-            return
-        for net in networks.values():
-            for buffer in net.buffers():
-                dist.broadcast(buffer.data, 0)
+        networks = translator.networks()
+        wrappers = {}
+        for name, optimizer in translator.optimizers.items():
+            step = _StepForward(_networks_trained_by(translator.name, name, optimizer, networks))
+            # rank 0's weights are already everywhere (prepare): no second broadcast
+            wrappers[name] = DistributedDataParallel(
+                step, device_ids=[device.index] if device.type == "cuda" else None,
+                init_sync=False)
+            optimizer.register_step_pre_hook(_require_forward_for(translator.name, name, step))
+        translator.distributed_wrappers = wrappers
 
     # -- agreement ----------------------------------------------------------------------------
     def any(self, flag: bool, device: torch.device) -> bool:
@@ -137,3 +138,48 @@ def _swap_in_sync_batch_norm(net: nn.Module) -> None:
     same object the translator holds)."""
     for name, child in net.named_children():
         setattr(net, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+
+
+class _StepForward(nn.Module):
+    """The networks one optimizer trains, as the single module DistributedDataParallel wraps.
+    Its forward runs the translator's own forward pass (any function of those networks, called
+    directly): DDP only needs a forward through it to arm its gradient hooks for the backward
+    pass, and to hand out rank 0's buffers. A GAN step calls its networks several times and
+    in several combinations, which this covers without changing the networks."""
+
+    def __init__(self, networks: list[nn.Module]):
+        super().__init__()
+        self.networks = nn.ModuleList(networks)  # a module listed twice counts once
+        self.calls = 0
+
+    def forward(self, forward: Callable[..., Any], *args: Any) -> Any:
+        self.calls += 1
+        return forward(*args)
+
+
+def _networks_trained_by(translator: str, name: str, optimizer: torch.optim.Optimizer,
+                         networks: dict[str, nn.Module]) -> list[nn.Module]:
+    """The networks whose parameters ``optimizer`` updates; they must be exactly its
+    parameters, since DDP averages every parameter of the module it wraps."""
+    params = {p for group in optimizer.param_groups for p in group["params"]}
+    chosen = [net for net in networks.values() if any(p in params for p in net.parameters())]
+    if {p for net in chosen for p in net.parameters()} != params:
+        raise UsageError(f"the {translator} translator cannot train on several processes: its "
+                         f"{name!r} optimizer must update whole networks of networks(), every "
+                         f"parameter of each")
+    return chosen
+
+
+def _require_forward_for(translator: str, name: str, step: _StepForward) -> Callable:
+    """An optimizer step pre-hook: the step's forward pass went through ``forward_for``."""
+
+    def check(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if step.calls == 0:
+            raise UsageError(
+                f"the {translator} translator cannot train on several processes: it stepped its "
+                f"{name!r} optimizer without running the forward pass through "
+                f"forward_for({name!r}, ...), so the gradients were not averaged (see "
+                f"'Several processes' in docs/plugins.md)")
+        step.calls = 0
+
+    return check

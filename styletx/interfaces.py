@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from .errors import UsageError
 
 Sample = Any  # whatever a domain loads: an image array with its metadata, a waveform, ...
 DIRECTIONS = ("a2b", "b2a")
+T = TypeVar("T")
 
 
 class Domain(ABC):
@@ -184,6 +185,9 @@ class Translator(ABC):
     amp: bool = False
     optimizers: dict[str, torch.optim.Optimizer]
     schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    # Under torchrun, one DistributedDataParallel module per optimizer (see forward_for); set
+    # by the trainer, never changed in place.
+    distributed_wrappers: dict[str, nn.Module] = {}
 
     def __init__(self, config: Any, channels_a: int, channels_b: int):
         self.config = config
@@ -233,6 +237,20 @@ class Translator(ABC):
     @abstractmethod
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         """One optimisation step on ``{"a": (N,C,H,W), "b": (N,C,H,W)}``; returns the losses."""
+
+    def forward_for(self, optimizer: str, forward: Callable[..., T], *args: Any) -> T:
+        """``forward(*args)``: the forward pass whose loss the optimizer named ``optimizer``
+        (a key of ``self.optimizers``) steps on next. In one process that is all it does.
+
+        Under torchrun it runs through the DistributedDataParallel module that wraps the
+        networks this optimizer trains, so the backward pass that follows averages their
+        gradients over the processes. Run each optimizer's forward pass this way once before
+        its backward pass; every parameter of the optimizer must get a gradient there. Inside
+        ``forward`` (and after it, before the backward) call the networks directly, as in one
+        process; so are networks the loss uses without training them (a frozen
+        discriminator)."""
+        wrapper = self.distributed_wrappers.get(optimizer)
+        return forward(*args) if wrapper is None else wrapper(forward, *args)
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         """Training state beyond weights and optimizers (e.g. image pools), as tensors."""

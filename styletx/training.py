@@ -209,7 +209,7 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     group.prepare(translator.networks(), device)
     _apply_speed_options(translator, settings)
     translator.configure_optimizers(total)
-    group.average_gradients(translator.optimizers)
+    group.distribute(translator, device)
     crop = dom.training_crop(train_values["size"])
     _check_size_multiple(crop, translator)
     if settings.balance and not isinstance(translator, LatentTranslator):
@@ -249,7 +249,6 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
                disable=None if settings.progress and group.is_main else True, unit="step")
     tick, tick_step = time.perf_counter(), start
     translator.train(True)
-    networks = translator.networks()
     stopping = False
     batches = _batch_source(sampler, settings, device)
     memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
@@ -265,7 +264,6 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
             losses = translator.training_step(batch, step)
             for scheduler in translator.schedulers.values():
                 scheduler.step()
-            group.share_buffers(networks)
             step += 1
             stopping = group.any(stop.requested, device)  # Ctrl-C on any rank stops them all
             if not group.is_main:

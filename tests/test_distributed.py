@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 
 from styletx.data import CropSampler
 from styletx.demo import make_paired_image_dataset
@@ -82,8 +83,8 @@ def test_two_processes_keep_identical_weights_and_draw_disjoint_shards(model, sc
                                                                        tmp_path):
     data = paired if model == "pix2pix" else scenes
     ranks = _train_on_two_processes(model, data, tmp_path)
-    _assert_same_weights(ranks)
     run = tmp_path / "run"
+    _assert_same_weights(ranks, run)
     assert json.loads((run / "config.json").read_text())["step"] == STEPS
     # Each epoch (one pass over the examples) is split between the ranks: within an epoch
     # the two ranks draw different examples, and together they cover every example.
@@ -100,12 +101,18 @@ def test_two_processes_keep_identical_weights_and_draw_disjoint_shards(model, sc
     assert steps == sorted(set(steps))
 
 
-def _assert_same_weights(ranks: list[dict]) -> None:
+def _assert_same_weights(ranks: list[dict], run: Path) -> None:
+    """The ranks' parameters are identical, and the checkpoint holds rank 0's state. Batch
+    norm's running statistics (pix2pix on CPU) are each rank's own after its last step, as in
+    DistributedDataParallel: each forward starts from rank 0's (broadcast_buffers)."""
     weights = [r["weights"] for r in ranks]
     assert weights[0].keys() == weights[1].keys()
+    saved = load_file(run / "model.safetensors")
     for name in weights[0]:
         for key, tensor in weights[0][name].items():
-            assert torch.equal(tensor, weights[1][name][key]), (name, key)
+            assert torch.equal(saved[f"net.{name}.{key}"], tensor), (name, key)
+            if "running_" not in key:
+                assert torch.equal(tensor, weights[1][name][key]), (name, key)
 
 
 @pytest.mark.slow
@@ -114,7 +121,7 @@ def test_balance_on_two_processes(scenes, tmp_path):
     step, and the one log records each re-estimate once."""
     ranks = _train_on_two_processes("vaegan", scenes, tmp_path, balance=True, balance_every=2,
                                     prefetch=2)
-    _assert_same_weights(ranks)
+    _assert_same_weights(ranks, tmp_path / "run")
     log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     assert [e["step"] for e in map(json.loads, log) if "balance" in e] == [0, 2, 4]
 
@@ -167,3 +174,67 @@ def test_batch_norm_becomes_synchronised_in_place():
         assert before.keys() == after.keys()
         assert all(torch.equal(before[k], after[k]) for k in before)
     assert model.networks()["G_a2b"] is model.generators["a2b"]
+
+
+@pytest.fixture
+def one_process_group():
+    """A real (one-process) gloo group, enough to build DistributedDataParallel wrappers in
+    the test process; ``Group(0, 2)`` then behaves as rank 0 of a distributed run."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _toy_cyclegan():
+    from styletx.plugins.cyclegan import CycleGAN, CycleGANConfig
+
+    model = CycleGAN(CycleGANConfig(ngf=4, ndf=4, n_blocks=1, n_layers_d=2), 3, 3)
+    model.configure_optimizers(10)
+    return model
+
+
+def test_each_optimizer_gets_one_ddp_wrapper_over_its_networks(one_process_group):
+    from torch.nn.parallel import DistributedDataParallel
+
+    from styletx.distributed import Group
+
+    model = _toy_cyclegan()
+    Group(0, 2).distribute(model, torch.device("cpu"))
+    wrappers = model.distributed_wrappers
+    assert set(wrappers) == {"G", "D"}
+    assert all(isinstance(w, DistributedDataParallel) for w in wrappers.values())
+    assert list(wrappers["G"].module.networks) == [model.G_A, model.G_B]
+    assert list(wrappers["D"].module.networks) == [model.D_A, model.D_B]
+    batch = {side: torch.rand(2, 3, 16, 16) * 2 - 1 for side in "ab"}
+    for step in range(2):  # every optimizer step finds its forward pass went through DDP
+        assert set(model.training_step(batch, step)) >= {"G_A", "D_A"}
+
+
+def test_a_translator_bypassing_forward_for_is_stopped_before_its_first_update(
+        one_process_group):
+    from styletx.distributed import Group
+    from styletx.errors import UsageError
+    from styletx.plugins.cyclegan import CycleGAN
+
+    model = _toy_cyclegan()
+    Group(0, 2).distribute(model, torch.device("cpu"))
+    before = [p.clone() for p in model.G_A.parameters()]
+    model.forward_for = lambda optimizer, forward, *args: forward(*args)  # what it forgets
+    with pytest.raises(UsageError, match=r"stepped its 'G' optimizer without running the "
+                                         r"forward pass through forward_for\('G', \.\.\.\)"):
+        CycleGAN.training_step(model, {side: torch.rand(1, 3, 16, 16) for side in "ab"}, 0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.G_A.parameters()))
+
+
+def test_an_optimizer_over_part_of_a_network_cannot_be_distributed(one_process_group):
+    from styletx.distributed import Group
+    from styletx.errors import UsageError
+
+    model = _toy_cyclegan()
+    model.optimizers["G"] = torch.optim.Adam(list(model.G_A.parameters())[:2])
+    with pytest.raises(UsageError, match="'G' optimizer must update whole networks"):
+        Group(0, 2).distribute(model, torch.device("cpu"))

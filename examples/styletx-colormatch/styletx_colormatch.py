@@ -103,10 +103,12 @@ class ColorMatch(styletx.Translator):
         real_a, real_b = batch["a"].to(self.device), batch["b"].to(self.device)
         opt = self.optimizers["maps"]
         opt.zero_grad(set_to_none=True)
+        # The forward pass of the "maps" optimizer's loss, through forward_for: under torchrun
+        # that averages the gradients over the processes (in one process it is a plain call).
+        fake_b, fake_a = self.forward_for("maps", lambda: (self.a2b(real_a), self.b2a(real_b)))
         losses = {}
-        for name, net, src, target in (("a2b", self.a2b, real_a, real_b),
-                                       ("b2a", self.b2a, real_b, real_a)):
-            mean_y, std_y = channel_stats(net(src))
+        for name, fake, target in (("a2b", fake_b, real_b), ("b2a", fake_a, real_a)):
+            mean_y, std_y = channel_stats(fake)
             mean_t, std_t = channel_stats(target)
             mean_loss = ((mean_y - mean_t) ** 2).mean()
             std_loss = ((std_y - std_t) ** 2).mean()
