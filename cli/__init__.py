@@ -119,13 +119,16 @@ def cli(quiet: bool) -> None:
 @click.option("--prefetch", type=click.IntRange(min=0), default=None,
               help="Batches drawn ahead in a background thread, pinned for the GPU "
                    "(default: 2 on CUDA, 0 on CPU).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Processes that read and prepare the training files (default: one per "
+                   "CPU core, at most 8; 0: read them in this process).")
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
               help="Train on N processes of this machine (one per GPU; CPU: gloo) through "
                    "torchrun; --batch-size is then per process.")
 @reports_errors
 def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, seed, settings,
           domain, encoder, save_every, preview_every, log_every, amp, aligned, balance,
-          balance_every, balance_smoothing, channels_last, compile_, prefetch, nproc):
+          balance_every, balance_smoothing, channels_last, compile_, prefetch, workers, nproc):
     """Train a model that turns files like A_DIR's into files like B_DIR's.
 
     Unpaired models (cyclegan) learn from any two folders. Paired ones (--model pix2pix) pair
@@ -150,7 +153,7 @@ def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, see
             steps=steps, batch_size=batch_size, size=size, seed=seed, device=device, amp=amp,
             save_every=save_every, preview_every=preview_every, log_every=log_every,
             balance=balance, channels_last=channels_last, compile=compile_, prefetch=prefetch,
-            **tuning,
+            workers=workers, **tuning,
         ),
     )
     if _rank() == 0:

@@ -9,15 +9,20 @@ checkpointed, so a resumed run draws exactly the batches an uninterrupted run wo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import multiprocessing
 import queue
+import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from .errors import BadInputError, UsageError
 from .interfaces import Domain, Encoder, Sample
@@ -78,19 +83,74 @@ def domain_files(folder: Path, domain: Domain, option: str,
     return readable
 
 
-def load_folder(
-    folder: Path, domain: Domain, option: str, exclude: Path | None = None
-) -> FolderData:
-    """Load every file of ``folder`` that ``domain`` reads; report and skip the rest."""
+@dataclasses.dataclass
+class Reader:
+    """Reads training files: each one loaded and prepared at the training scale in one go
+    (``Domain.prepare_for_training``), so full-resolution photos never pile up in memory, by
+    ``workers`` processes (PyTorch DataLoader workers; 0: this process)."""
+
+    domain: Domain
+    size: int
+    workers: int = 0
+    progress: bool = False
+
+    def prepare(self, sample: Sample) -> Sample:
+        return self.domain.prepare_for_training(sample, self.size)
+
+    def sample(self, path: Path) -> Sample:
+        return self.prepare(self.domain.load(path))
+
+    def run(self, jobs: Sequence[Callable[[], T]], what: str) -> list[T | BadInputError]:
+        """Each job's result, in order, or the ``BadInputError`` it raised."""
+        tasks = _Jobs(jobs)
+        workers = min(self.workers, len(jobs) // MIN_FILES_PER_WORKER)
+        if workers > 0 and "fork" in multiprocessing.get_all_start_methods():
+            # fork: the workers inherit the jobs (closures over plugin objects, which need
+            # not pickle); only the results travel back.
+            results: Iterable = DataLoader(tasks, batch_size=None, num_workers=workers,
+                                           collate_fn=_as_is, multiprocessing_context="fork")
+        else:
+            results = map(tasks.__getitem__, range(len(jobs)))
+        bar = tqdm(results, total=len(jobs), desc=f"reading {what}", unit="file", leave=False,
+                   file=sys.stderr, disable=None if self.progress else True)
+        return list(bar)
+
+
+MIN_FILES_PER_WORKER = 4  # a worker process costs more than reading a few small files
+
+
+class _Jobs(Dataset):
+    def __init__(self, jobs: Sequence[Callable[[], Any]]):
+        self.jobs = jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.jobs[index]()
+        except BadInputError as err:  # a result like any other: the other files go on
+            return err
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def load_folder(folder: Path, reader: Reader, option: str,
+                exclude: Path | None = None) -> FolderData:
+    """Read every file of ``folder`` that the domain reads; report and skip the rest."""
+    domain = reader.domain
     readable = domain_files(folder, domain, option, exclude)
     data = FolderData(folder, [], [], [])
-    for path in readable:
-        try:
-            data.samples.append(domain.load(path))
+    results = reader.run([functools.partial(reader.sample, path) for path in readable], option)
+    for path, result in zip(readable, results):
+        if isinstance(result, BadInputError):
+            data.skipped.append((path, result.problem))
+            log.warning("skipping %s: %s", path, result.problem)
+        else:
+            data.samples.append(result)
             data.files.append(path)
-        except BadInputError as err:
-            data.skipped.append((path, err.problem))
-            log.warning("skipping %s: %s", path, err.problem)
     if not data.samples:
         raise UsageError(
             f"{option} {folder}: none of the {len(readable)} {domain.name} files is usable"

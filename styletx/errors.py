@@ -28,3 +28,6 @@ class BadInputError(StyletxError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+    def __reduce__(self):  # pickles (from a reading process) with both arguments
+        return type(self), (self.path, self.problem)

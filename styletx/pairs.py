@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .data import FolderData, domain_files
+from .data import FolderData, Reader, domain_files
 from .errors import BadInputError, UsageError
 from .interfaces import Domain
 from .runs import write_atomic
@@ -97,34 +97,35 @@ def _some(items) -> str:
     return ", ".join(items[:SHOW]) + more
 
 
-def load_pairs(found: FilePairs, domain: Domain,
+def load_pairs(found: FilePairs, reader: Reader,
                folders: tuple[Path, Path]) -> dict[str, FolderData]:
-    """Load both files of every pair; a pair with an unusable file is reported and skipped."""
-    return _load(folders, [((a, b), lambda a=a, b=b: (domain.load(a), domain.load(b)))
-                           for a, b, _ in found.pairs])
+    """Read both files of every pair; a pair with an unusable file is reported and skipped."""
+    return _load(folders, reader, [((a, b), lambda a=a, b=b: (reader.sample(a), reader.sample(b)))
+                                   for a, b, _ in found.pairs])
 
 
-def load_aligned(folder: Path, domain: Domain, option: str = "A_DIR",
+def load_aligned(folder: Path, reader: Reader, option: str = "A_DIR",
                  exclude: Path | None = None) -> dict[str, FolderData]:
     """``--aligned``: every file holds A and B side by side; split each in two."""
+    domain = reader.domain
     files = domain_files(folder, domain, option, exclude)
-    return _load((folder, folder), [((f, f), lambda f=f: domain.split_aligned(domain.load(f), f))
-                                    for f in files])
+    return _load((folder, folder), reader, [
+        ((f, f), lambda f=f: tuple(map(reader.prepare, domain.split_aligned(domain.load(f), f))))
+        for f in files])
 
 
-def _load(folders: tuple[Path, Path], jobs) -> dict[str, FolderData]:
+def _load(folders: tuple[Path, Path], reader: Reader, jobs) -> dict[str, FolderData]:
     """Run ``load() -> (a, b)`` for each ``((a path, b path), load)``, keeping the pairs whose
     files are usable and reporting the others by name."""
     data = {side: FolderData(folder, [], [], []) for side, folder in zip("ab", folders)}
-    for paths, load in jobs:
-        try:
-            samples = load()
-        except BadInputError as err:
+    results = reader.run([load for _, load in jobs], "pairs")
+    for (paths, _), result in zip(jobs, results):
+        if isinstance(result, BadInputError):
             for side in data.values():
-                side.skipped.append((err.path, err.problem))
-            log.warning("skipping the pair of %s: %s", err.path, err.problem)
+                side.skipped.append((result.path, result.problem))
+            log.warning("skipping the pair of %s: %s", result.path, result.problem)
             continue
-        for side, path, sample in zip(data.values(), paths, samples):
+        for side, path, sample in zip(data.values(), paths, result):
             side.files.append(path)
             side.samples.append(sample)
     return data

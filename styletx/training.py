@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ from .data import (
     CropSampler,
     FolderData,
     Prefetcher,
+    Reader,
     check_folder,
     encode_all,
     is_inside,
@@ -95,6 +97,8 @@ class TrainSettings:
     compile: bool = False  # run the generators through torch.compile
     prefetch: int | None = None  # batches drawn ahead in a background thread (pinned for the
     #                              GPU); None: 2 on CUDA, 0 on CPU
+    workers: int | None = None  # processes reading the training files; None: one per CPU
+    #                             core (shared by the processes on this machine), at most 8
 
 
 class TrainingInterrupted(StyletxError):
@@ -146,7 +150,7 @@ def train(
     dom = registry.domain(domain) if domain else _guess_domain(registry, a_dir, b_dir)
     config = make_config(cls, preset, overrides, dom.name)
     train_values = _train_values(cls.presets_for(dom.name)[preset], settings)
-    folders = _load_data(dom, a_dir, b_dir, out, train_values["size"], cls.paired)
+    folders = _load_data(dom, a_dir, b_dir, out, train_values["size"], cls.paired, settings)
     encoders = {
         side: registry.encoder(encoder or dom.default_encoder(folders[side].samples))()
         for side in SIDES
@@ -192,7 +196,8 @@ def _resume(saved, a_dir, b_dir, out, model, preset, overrides, settings, domain
         log.info("%s is already trained to step %d of %d; raise --steps to continue",
                  out, saved["step"], saved["train"]["steps"])
         return TrainResult(out, saved["step"], {})
-    folders = _load_data(dom, a_dir, b_dir, out, saved["train"]["size"], translator.paired)
+    folders = _load_data(dom, a_dir, b_dir, out, saved["train"]["size"], translator.paired,
+                         settings)
     log.info("resuming %s from step %d", out, saved["step"])
     return _run_loop(saved, dom, encoders, translator, folders, out, settings, state)
 
@@ -302,6 +307,16 @@ def _apply_speed_options(translator: Translator, settings: TrainSettings) -> Non
     if settings.compile:  # in place, so names, state dicts and checkpoints stay the same
         for net in translator.generator_networks().values():
             net.compile()
+
+
+def _reading_workers(requested: int | None) -> int:
+    if requested is not None:
+        if requested < 0:
+            raise UsageError(f"--workers must be >= 0 (got {requested})")
+        return requested
+    # torchrun starts LOCAL_WORLD_SIZE training processes on this machine, each with workers
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return min(8, (os.cpu_count() or 1) // processes)
 
 
 def _batch_source(sampler: CropSampler, settings: TrainSettings,
@@ -496,20 +511,20 @@ def _guess_domain(registry: Registry, a_dir: Path, b_dir: Path | None) -> Domain
 
 
 def _load_data(dom: Domain, a_dir: Path, b_dir: Path | None, out: Path, size: int,
-               paired: bool) -> dict[str, FolderData]:
+               paired: bool, settings: TrainSettings) -> dict[str, FolderData]:
     """Each side's usable samples at training scale; for a paired model, pair i of each side
     belongs together."""
+    reader = Reader(dom, size, _reading_workers(settings.workers), settings.progress)
     if b_dir is None:
-        folders = load_aligned(a_dir, dom, exclude=out)
+        folders = load_aligned(a_dir, reader, exclude=out)
     elif paired:
-        folders = load_pairs(pair_files(a_dir, b_dir, dom, exclude=out), dom, (a_dir, b_dir))
+        folders = load_pairs(pair_files(a_dir, b_dir, dom, exclude=out), reader, (a_dir, b_dir))
     else:
-        folders = {side: load_folder(folder, dom, f"{side.upper()}_DIR", exclude=out)
+        folders = {side: load_folder(folder, reader, f"{side.upper()}_DIR", exclude=out)
                    for side, folder in (("a", a_dir), ("b", b_dir))}
     if paired:
         check_enough(folders)
     for side, data in folders.items():
-        data.samples = [dom.prepare_for_training(s, size) for s in data.samples]
         log.info("%s: %s: %s%s", side.upper(), data.folder, dom.describe(data.samples),
                  f" ({len(data.skipped)} file(s) skipped)" if data.skipped else "")
     return folders

@@ -1,0 +1,99 @@
+"""Reading training files: each file is prepared at the training scale as soon as it is loaded,
+worker processes give the same samples in the same order as this process, and an unusable file
+is named and skipped wherever it was read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from styletx.data import Reader, load_folder
+from styletx.plugins.image import ImageDomain
+
+SIZE = 32  # prepared: the shorter side becomes round(32 * 286 / 256) = 36
+
+
+def _photos(folder: Path, count: int, corrupt: int | None = None) -> list[Path]:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        path = folder / f"photo{i:02d}.png"
+        h, w = 60 + 7 * i, 90 + 3 * i
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    if corrupt is not None:
+        paths[corrupt].write_bytes(paths[corrupt].read_bytes()[:200])
+    return paths
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_files_are_read_in_order_prepared_and_bad_ones_skipped(tmp_path, workers):
+    paths = _photos(tmp_path / "a", 12, corrupt=5)
+    data = load_folder(tmp_path / "a", Reader(ImageDomain(), SIZE, workers), "A_DIR")
+    assert data.files == paths[:5] + paths[6:]
+    assert [p for p, _ in data.skipped] == [paths[5]]
+    assert "corrupt" in data.skipped[0][1]
+    for path, sample in zip(data.files, data.samples):
+        assert min(sample.pixels.shape[:2]) == 36
+        with Image.open(path) as img:
+            w, h = img.size
+        scale = 36 / min(h, w)
+        assert sample.pixels.shape[:2] == (round(h * scale), round(w * scale))
+
+
+def test_worker_processes_give_the_samples_this_process_gives(tmp_path):
+    _photos(tmp_path / "a", 10)
+    here, workers = (load_folder(tmp_path / "a", Reader(ImageDomain(), SIZE, n), "A_DIR")
+                     for n in (0, 2))
+    assert here.files == workers.files
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(here.samples, workers.samples))
+
+
+class _Recording(ImageDomain):
+    """Notes which process loaded each file, and the order of loads and preparations."""
+
+    events: list[str] = []
+
+    def load(self, path):
+        self.events.append("load")
+        sample = super().load(path)
+        sample.mode = f"{sample.mode}:{os.getpid()}"  # travels back with the sample
+        return sample
+
+    def prepare_for_training(self, sample, size):
+        self.events.append("prepare")
+        return super().prepare_for_training(sample, size)
+
+
+def test_each_file_is_prepared_before_the_next_is_loaded(tmp_path):
+    """Full-size photos are never all in memory at once (120 photos of 12 megapixels: 17 GB
+    as float32 pixels when all were loaded before any was prepared, 1.3 GB this way)."""
+    _photos(tmp_path / "a", 4)
+    _Recording.events = []
+    load_folder(tmp_path / "a", Reader(_Recording(), SIZE, 0), "A_DIR")
+    assert _Recording.events == ["load", "prepare"] * 4
+
+
+def test_files_are_read_by_worker_processes(tmp_path):
+    _photos(tmp_path / "a", 12)
+    data = load_folder(tmp_path / "a", Reader(_Recording(), SIZE, 2), "A_DIR")
+    readers = {int(s.mode.split(":")[1]) for s in data.samples}
+    assert len(readers) == 2 and os.getpid() not in readers
+
+
+def test_a_worker_reads_at_least_four_files(tmp_path):
+    """Starting a worker costs more than reading a few files: 7 files get one worker, and 3
+    are read in this process."""
+    _photos(tmp_path / "a", 7)
+    data = load_folder(tmp_path / "a", Reader(_Recording(), SIZE, 2), "A_DIR")
+    readers = {int(s.mode.split(":")[1]) for s in data.samples}
+    assert len(readers) == 1 and os.getpid() not in readers
+    for path in data.files[3:]:
+        path.unlink()
+    data = load_folder(tmp_path / "a", Reader(_Recording(), SIZE, 2), "A_DIR")
+    assert {int(s.mode.split(":")[1]) for s in data.samples} == {os.getpid()}
