@@ -83,6 +83,9 @@ def domain_files(folder: Path, domain: Domain, option: str,
     return readable
 
 
+MIN_FILES_PER_WORKER = 4  # a worker process costs more than reading a few small files
+
+
 @dataclasses.dataclass
 class Reader:
     """Reads training files: each one loaded and prepared at the training scale in one go
@@ -114,9 +117,6 @@ class Reader:
         bar = tqdm(results, total=len(jobs), desc=f"reading {what}", unit="file", leave=False,
                    file=sys.stderr, disable=None if self.progress else True)
         return list(bar)
-
-
-MIN_FILES_PER_WORKER = 4  # a worker process costs more than reading a few small files
 
 
 class _Jobs(Dataset):

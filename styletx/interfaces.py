@@ -246,9 +246,8 @@ class Translator(ABC):
         networks this optimizer trains, so the backward pass that follows averages their
         gradients over the processes. Run each optimizer's forward pass this way once before
         its backward pass; every parameter of the optimizer must get a gradient there. Inside
-        ``forward`` (and after it, before the backward) call the networks directly, as in one
-        process; so are networks the loss uses without training them (a frozen
-        discriminator)."""
+        ``forward``, and after it until the backward, call the networks directly as in one
+        process; networks the loss uses without training them (a frozen discriminator) too."""
         wrapper = self.distributed_wrappers.get(optimizer)
         return forward(*args) if wrapper is None else wrapper(forward, *args)
 
