@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .errors import BadInputError, UsageError
+from .errors import BadInputError, StyletxError, UsageError
 from .interfaces import Domain, Encoder, Sample
 
 log = logging.getLogger("styletx")
@@ -104,7 +104,9 @@ class Reader:
         return self.prepare(self.domain.load(path))
 
     def run(self, jobs: Sequence[Callable[[], T]], what: str) -> list[T | BadInputError]:
-        """Each job's result, in order, or the ``BadInputError`` it raised."""
+        """Each job's result, in order, or the ``BadInputError`` it raised; any other styletx
+        error (e.g. a usage error from ``split_aligned``) stops the reading, as it would in
+        this process."""
         tasks = _Jobs(jobs)
         workers = min(self.workers, len(jobs) // MIN_FILES_PER_WORKER)
         if workers > 0 and "fork" in multiprocessing.get_all_start_methods():
@@ -116,7 +118,12 @@ class Reader:
             results = map(tasks.__getitem__, range(len(jobs)))
         bar = tqdm(results, total=len(jobs), desc=f"reading {what}", unit="file", leave=False,
                    file=sys.stderr, disable=None if self.progress else True)
-        return list(bar)
+        done = []
+        for result in bar:
+            if isinstance(result, StyletxError) and not isinstance(result, BadInputError):
+                raise result
+            done.append(result)
+        return done
 
 
 class _Jobs(Dataset):
@@ -129,7 +136,7 @@ class _Jobs(Dataset):
     def __getitem__(self, index: int) -> Any:
         try:
             return self.jobs[index]()
-        except BadInputError as err:  # a result like any other: the other files go on
+        except StyletxError as err:  # handed back as a result, to keep its one-line message
             return err
 
 

@@ -81,10 +81,8 @@ class Group:
         wrappers = {}
         for name, optimizer in translator.optimizers.items():
             step = _StepForward(_networks_trained_by(translator.name, name, optimizer, networks))
-            # rank 0's weights are already everywhere (prepare): no second broadcast
             wrappers[name] = DistributedDataParallel(
-                step, device_ids=[device.index] if device.type == "cuda" else None,
-                init_sync=False)
+                step, device_ids=[device.index] if device.type == "cuda" else None)
             optimizer.register_step_pre_hook(_require_forward_for(translator.name, name, step))
         translator.distributed_wrappers = wrappers
 
@@ -116,12 +114,18 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def rank_from_environment() -> int:
+    """This process's rank among torchrun's training processes (0 when alone), known before
+    the process group is set up."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: str) -> tuple[Group, str]:
     """Join the process group that torchrun set up (nothing to do in a single process), and
     pick this rank's device: with CUDA, GPU LOCAL_RANK. Returns the group and the device."""
     if not launched_by_torchrun():
         return Group(), device
-    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    rank, size = rank_from_environment(), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:
@@ -159,11 +163,12 @@ class _StepForward(nn.Module):
 
 def _networks_trained_by(translator: str, name: str, optimizer: torch.optim.Optimizer,
                          networks: dict[str, nn.Module]) -> list[nn.Module]:
-    """The networks whose parameters ``optimizer`` updates; they must be exactly its
-    parameters, since DDP averages every parameter of the module it wraps."""
+    """The networks whose parameters ``optimizer`` updates; their trainable parameters must be
+    exactly its parameters, since DDP averages every trainable parameter of the module it
+    wraps."""
     params = {p for group in optimizer.param_groups for p in group["params"]}
     chosen = [net for net in networks.values() if any(p in params for p in net.parameters())]
-    if {p for net in chosen for p in net.parameters()} != params:
+    if {p for net in chosen for p in net.parameters() if p.requires_grad} != params:
         raise UsageError(f"the {translator} translator cannot train on several processes: its "
                          f"{name!r} optimizer must update whole networks of networks(), every "
                          f"parameter of each")

@@ -314,9 +314,10 @@ def _reading_workers(requested: int | None) -> int:
         if requested < 0:
             raise UsageError(f"--workers must be >= 0 (got {requested})")
         return requested
-    # torchrun starts LOCAL_WORLD_SIZE training processes on this machine, each with workers
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return min(8, (os.cpu_count() or 1) // processes)
+    # the cores this process may use (container limits included), shared by the
+    # LOCAL_WORLD_SIZE training processes torchrun starts on this machine
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(8, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def _batch_source(sampler: CropSampler, settings: TrainSettings,
@@ -514,7 +515,8 @@ def _load_data(dom: Domain, a_dir: Path, b_dir: Path | None, out: Path, size: in
                paired: bool, settings: TrainSettings) -> dict[str, FolderData]:
     """Each side's usable samples at training scale; for a paired model, pair i of each side
     belongs together."""
-    reader = Reader(dom, size, _reading_workers(settings.workers), settings.progress)
+    progress = settings.progress and distributed.rank_from_environment() == 0
+    reader = Reader(dom, size, _reading_workers(settings.workers), progress)
     if b_dir is None:
         folders = load_aligned(a_dir, reader, exclude=out)
     elif paired:

@@ -238,3 +238,16 @@ def test_an_optimizer_over_part_of_a_network_cannot_be_distributed(one_process_g
     model.optimizers["G"] = torch.optim.Adam(list(model.G_A.parameters())[:2])
     with pytest.raises(UsageError, match="'G' optimizer must update whole networks"):
         Group(0, 2).distribute(model, torch.device("cpu"))
+
+
+def test_frozen_parameters_may_stay_out_of_the_optimizer(one_process_group):
+    """DDP averages only trainable parameters: an optimizer over a network's trainable ones
+    (here the first layer frozen) is accepted."""
+    from styletx.distributed import Group
+
+    model = _toy_cyclegan()
+    first, *rest = model.G_A.parameters()
+    first.requires_grad_(False)
+    model.optimizers["G"] = torch.optim.Adam([*rest, *model.G_B.parameters()])
+    Group(0, 2).distribute(model, torch.device("cpu"))
+    assert list(model.distributed_wrappers["G"].module.networks) == [model.G_A, model.G_B]

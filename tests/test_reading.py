@@ -97,3 +97,25 @@ def test_a_worker_reads_at_least_four_files(tmp_path):
         path.unlink()
     data = load_folder(tmp_path / "a", Reader(_Recording(), SIZE, 2), "A_DIR")
     assert {int(s.mode.split(":")[1]) for s in data.samples} == {os.getpid()}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_usage_error_while_reading_stops_with_its_own_message(tmp_path, workers):
+    """Only a bad file is skipped; any other styletx error (here a usage error, as
+    ``split_aligned`` raises for audio) comes out of a worker as the same one-line error."""
+    from styletx.errors import BadInputError, UsageError
+
+    def job(i):
+        if i == 5:
+            raise UsageError("--aligned: audio files do not hold pairs side by side")
+        if i == 2:
+            raise BadInputError(f"f{i}.wav", "empty file")
+        return i
+
+    reader = Reader(ImageDomain(), SIZE, workers)
+    with pytest.raises(UsageError, match=r"^--aligned: audio files do not hold pairs side by "
+                                         r"side$"):
+        reader.run([lambda i=i: job(i) for i in range(10)], "A_DIR")
+    results = reader.run([lambda i=i: job(i) for i in range(5)], "A_DIR")
+    assert results[:2] == [0, 1] and results[3:] == [3, 4]
+    assert isinstance(results[2], BadInputError) and results[2].problem == "empty file"
