@@ -9,8 +9,9 @@ training step: the architecture, not training, sets the time. The outputs of bot
 so both really do the same work.
 
 On the CPU styletx limits a network call to ``convert.BATCH_ELEMENTS`` input pixels (one
-256 x 256 image), because larger batches run slower there; the last row lifts that limit and
-translates ``--batch-size`` images a call, to show it.
+256 x 256 image), because larger batches run slower there; the "forced" row lifts that limit and
+translates ``--batch-size`` images a call, to show it. The last row is ``convert --precision
+bf16`` (bf16 autocast; not the same arithmetic, so its output differences are printed).
 
     python benchmarks/convert_images.py [--n 32] [--size 256] [--batch-size 8] [--also-unbatched]
 """
@@ -70,6 +71,17 @@ def max_difference(a: Path, b: Path, names: list[str]) -> int:
     return worst
 
 
+def psnr(a: Path, b: Path, names: list[str]) -> float:
+    """PSNR in dB of the 8-bit images in ``b`` against those in ``a``, over all of them."""
+    squared = [np.mean((pixels(a / n) - pixels(b / n)) ** 2) for n in names]
+    return float(10 * np.log10(255**2 / max(np.mean(squared), 1e-12)))
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img, np.float64)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=32, help="images to convert (default 32)")
@@ -93,6 +105,7 @@ def main() -> None:
                       settings=styletx.TrainSettings(steps=1, size=64, device="cpu",
                                                      progress=False))
         run = styletx.load_run(work / "run", device="cpu")
+        run_bf16 = styletx.load_run(work / "run", device="cpu", precision="bf16")
         generator = run.translator.G_A  # a2b, in eval mode: the same weights for both sides
         files = sorted(data["test_a"].glob("*.png"))
         names = [f.name for f in files]
@@ -102,10 +115,12 @@ def main() -> None:
         # Warm up both paths (oneDNN primitives for this shape, first-call allocations).
         reference_loop(generator, files[:1], work / "warm-ref")
         run.convert_files(files[:2], work / "warm", batch_size=2)
+        run_bf16.convert_files(files[:2], work / "warm", batch_size=2)
 
         # Interleaved rounds (two batches each), in alternating order: other processes'
         # load on a shared machine then falls on every method alike.
-        methods = {"reference": None, "batched": args.batch_size, "forced": args.batch_size}
+        methods = {"reference": None, "batched": args.batch_size, "forced": args.batch_size,
+                   "bf16": args.batch_size}
         if args.also_unbatched:
             methods["single"] = 1
         seconds = dict.fromkeys(methods, 0.0)
@@ -122,16 +137,18 @@ def main() -> None:
                         parts[part] += t
                 else:
                     convert.BATCH_ELEMENTS = lifted if name == "forced" else limits
-                    report = run.convert_files(chunk, work / name, batch_size=methods[name])
+                    report = (run_bf16 if name == "bf16" else run).convert_files(
+                        chunk, work / name, batch_size=methods[name])
                     convert.BATCH_ELEMENTS = limits
                     assert len(report.converted) == len(chunk) and not report.failed
                 seconds[name] += time.perf_counter() - start
         t_ref, t_batched, t_single = (seconds["reference"], seconds["batched"],
                                       seconds.get("single"))
-        t_forced = seconds["forced"]
+        t_forced, t_bf16 = seconds["forced"], seconds["bf16"]
         per_call = max(1, min(args.batch_size, run._batch_elements() // args.size**2))
         diff = [max_difference(work / "reference", work / name, names)
-                for name in ("batched", "forced")]
+                for name in ("batched", "forced", "bf16")]
+        bf16_psnr = psnr(work / "reference", work / "bf16", names)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -149,6 +166,7 @@ def main() -> None:
     rows.append((f"styletx convert --batch-size {args.batch_size} ({per_call} a call)",
                  t_batched))
     rows.append((f"styletx, {args.batch_size} a call forced (no size limit)", t_forced))
+    rows.append((f"styletx convert --batch-size {args.batch_size} --precision bf16", t_bf16))
     for name, seconds in rows:
         print(f"{name:<52} {seconds:8.2f} {n / seconds:7.3f} {t_ref / seconds:5.2f}x")
     print()
@@ -157,6 +175,8 @@ def main() -> None:
           f"per image")
     print(f"largest pixel difference, styletx vs reference: {diff[0]}, forced batches vs "
           f"reference: {diff[1]} (of 255)")
+    print(f"bf16 vs the reference's fp32: largest pixel difference {diff[2]} (of 255), "
+          f"PSNR {bf16_psnr:.1f} dB")
     ratio = t_ref / t_batched
     print(f"-> styletx convert {ratio:.2f}x the reference's images per second; target >= 2x: "
           f"{'met' if ratio >= 2 else 'not met'}")

@@ -195,14 +195,20 @@ def _relaunch_with_torchrun(nproc: int) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--keep-dropout", is_flag=True,
               help="Keep the generator's dropout on (pix2pix): a different output each run.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+              show_default=True,
+              help="bf16: faster on GPUs and on CPUs with bf16 instructions, with slightly "
+                   "different output.")
 @reports_errors
-def convert(run, inputs, out_dir, direction, batch_size, out_format, device, keep_dropout):
+def convert(run, inputs, out_dir, direction, batch_size, out_format, device, keep_dropout,
+            precision):
     """Convert files and folders (recursively) with the model in RUN."""
     from tqdm import tqdm
 
     from styletx.convert import load_run
 
-    model = load_run(run, device=device, registry=registry(), keep_dropout=keep_dropout)
+    model = load_run(run, device=device, registry=registry(), keep_dropout=keep_dropout,
+                     precision=precision)
     with tqdm(unit="file", file=sys.stderr, disable=None) as bar:
 
         def on_file(src, dst, problem):

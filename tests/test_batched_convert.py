@@ -282,3 +282,40 @@ def test_equal_length_recordings_convert_as_one_at_a_time(voice_run, tmp_path, m
         # 16-bit samples: the batched convolutions' float rounding (~1e-6) after 32
         # Griffin-Lim iterations
         assert np.abs(a.astype(np.int32) - b).max() <= 32, i  # measured: at most 7
+
+
+def _conv_output_dtypes(run) -> list[torch.dtype]:
+    """Record the dtype each convolution of the generators computes in."""
+    dtypes: list[torch.dtype] = []
+    for net in run.translator.networks().values():
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+                module.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    return dtypes
+
+
+@pytest.mark.parametrize("fixture", ["trained_run", "voice_run"])
+def test_bf16_precision_runs_the_networks_in_bf16_close_to_fp32(fixture, request):
+    run_path = request.getfixturevalue(fixture)
+    full, half = (load_run(run_path, device="cpu", precision=p) for p in ("fp32", "bf16"))
+    dtypes = _conv_output_dtypes(half)
+    if fixture == "voice_run":
+        x = torch.randn(2, 1, full.encoders["a"].bins, 300)
+    else:
+        x = torch.rand(2, 3, 40, 36) * 2 - 1
+    y_full, y_half = full.convert_tensor(x), half.convert_tensor(x)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert y_half.dtype == torch.float32 and y_half.shape == y_full.shape
+    assert not torch.equal(y_full, y_half)
+    # bf16 keeps 8 bits of mantissa: close, not equal
+    assert (y_full - y_half).abs().mean() < 0.02 * y_full.abs().mean() + 1e-3
+
+
+def test_unknown_precision_is_a_usage_error(styletx, trained_run, tmp_path):
+    from styletx.errors import UsageError
+
+    with pytest.raises(UsageError, match="--precision fp16: use one of fp32, bf16"):
+        load_run(trained_run, device="cpu", precision="fp16")
+    result = styletx("convert", trained_run, tmp_path, "-o", tmp_path / "out", "--precision",
+                     "fp16")
+    assert result.exit_code == 2 and not (tmp_path / "out").exists()
