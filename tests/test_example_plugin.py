@@ -122,3 +122,16 @@ def test_guide_excerpts_match_the_example():
     assert len(excerpts) >= 8
     for path, code in excerpts:
         assert code in (ROOT / path).read_text(), f"docs/plugins.md excerpt not in {path}:\n{code}"
+
+
+@pytest.mark.slow
+def test_trains_on_two_processes_through_forward_for(installed, folders, tmp_path):
+    """A third-party translator that runs its forward pass through ``forward_for`` trains under
+    DistributedDataParallel like the built-ins: two gloo processes, one report, one run."""
+    out = tmp_path / "cm2"
+    result = run("train", folders["a"], folders["b"], "--out", out, "--model", "colormatch",
+                 "--preset", "tiny", "--steps", "6", "--device", "cpu", "--nproc", "2",
+                 OMP_NUM_THREADS="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("run folder:") == 1
+    assert json.loads((out / "config.json").read_text())["step"] == 6
