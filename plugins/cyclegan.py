@@ -46,6 +46,7 @@ from styletx.nn import (
     init_weights,
     linear_decay,
     norm_layer,
+    set_requires_grad,
 )
 
 GENERATORS = ("resnet", "voice")
@@ -232,12 +233,6 @@ class VoiceGenerator(nn.Module):
         return y[..., :bins, :frames]
 
 
-def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
-    for net in nets:
-        for p in net.parameters():
-            p.requires_grad_(flag)
-
-
 class CycleGAN(styletx.Translator):
     name = "cyclegan"
     Config = CycleGANConfig
@@ -362,7 +357,7 @@ class CycleGAN(styletx.Translator):
         identity = self.use_identity and (c.identity_steps == 0 or step < c.identity_steps)
 
         # Generators. The discriminators are frozen so that no gradient is computed for them.
-        _set_requires_grad([self.D_A, self.D_B], False)
+        set_requires_grad([self.D_A, self.D_B], False)
         opt_g.zero_grad(set_to_none=True)
         with self.autocast():
             fake_b, fake_a, rec_a, rec_b, same_b, same_a = self.forward_for(
@@ -383,7 +378,7 @@ class CycleGAN(styletx.Translator):
         opt_g.step()
 
         # Discriminators, on real images and on fakes from the history pools.
-        _set_requires_grad([self.D_A, self.D_B], True)
+        set_requires_grad([self.D_A, self.D_B], True)
         opt_d.zero_grad(set_to_none=True)
         pooled_b = self.pool_B.query(fake_b.detach())
         pooled_a = self.pool_A.query(fake_a.detach())

@@ -43,6 +43,7 @@ from styletx.nn import (
     init_weights,
     linear_decay,
     norm_layer,
+    set_requires_grad,
 )
 
 UPSAMPLES = ("transpose", "resize")
@@ -215,12 +216,6 @@ class UnetGenerator(nn.Module):
         return self.model(x)[..., :h, :w]
 
 
-def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
-    for net in nets:
-        for p in net.parameters():
-            p.requires_grad_(flag)
-
-
 class Pix2Pix(styletx.Translator):
     name = "pix2pix"
     Config = Pix2PixConfig
@@ -354,7 +349,7 @@ class Pix2Pix(styletx.Translator):
         opt_d.step()
 
         # Generator(s), with the discriminator(s) frozen so that no gradient is computed for them.
-        _set_requires_grad(discriminators, False)
+        set_requires_grad(discriminators, False)
         opt_g.zero_grad(set_to_none=True)
         loss_g = torch.zeros((), device=self.device)
         with self.autocast():
@@ -365,7 +360,7 @@ class Pix2Pix(styletx.Translator):
                 loss_g = loss_g + losses[f"G_GAN_{d}"] + losses[f"G_L1_{d}"]
         loss_g.backward()
         opt_g.step()
-        _set_requires_grad(discriminators, True)
+        set_requires_grad(discriminators, True)
 
         names = ("G_GAN", "G_L1", "D_real", "D_fake")
         if len(self.directions) == 1:  # the reference's names; suffixed only with both
@@ -387,16 +382,19 @@ class Pix2Pix(styletx.Translator):
         return judged
 
     # -- inference ------------------------------------------------------------------------
-    def translate(self, x: torch.Tensor, direction: str) -> torch.Tensor:
-        """``(N, C_src, H, W) -> (N, C_dst, H, W)`` float32 on x's device, any H and W (the
-        U-Net pads itself). Runs in the networks' current mode: eval for deterministic output,
-        or with the dropout modules in train mode for the reference's test-time noise."""
+    def _check_direction(self, direction: str, remedy: str) -> None:
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
         if direction not in self.generators:
             raise UsageError(f"pix2pix: this model was trained for {self.config.direction} "
-                             f"only, not {direction}; train with --set direction=both (or "
-                             f"direction={direction}) to translate that way")
+                             f"only, not {direction}; {remedy}")
+
+    def translate(self, x: torch.Tensor, direction: str) -> torch.Tensor:
+        """``(N, C_src, H, W) -> (N, C_dst, H, W)`` float32 on x's device, any H and W (the
+        U-Net pads itself). Runs in the networks' current mode: eval for deterministic output,
+        or with the dropout modules in train mode for the reference's test-time noise."""
+        self._check_direction(direction, f"train with --set direction=both (or "
+                                         f"direction={direction}) to translate that way")
         src = direction[0]
         if x.ndim != 4 or x.shape[1] != self.channels[src]:
             raise ValueError(f"{direction} expects (N, {self.channels[src]}, H, W), "
@@ -411,12 +409,7 @@ class Pix2Pix(styletx.Translator):
         written without a branch on the size."""
         from styletx.export import PadCrop
 
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
-        if direction not in self.generators:
-            raise UsageError(f"pix2pix: this model was trained for {self.config.direction} "
-                             f"only, not {direction}; export --direction "
-                             f"{self.directions[0]}")
+        self._check_direction(direction, f"export --direction {self.directions[0]}")
         generator = self.generators[direction]
         return PadCrop(generator.model, multiple=2**generator.depth)
 

@@ -95,7 +95,14 @@ from torch import nn
 import styletx
 from styletx.errors import UsageError
 from styletx.interfaces import DIRECTIONS, LatentTranslator, Preset
-from styletx.nn import GAN_MODES, GANLoss, ResnetBlock, adam, init_weights
+from styletx.nn import (
+    GAN_MODES,
+    GANLoss,
+    ResnetBlock,
+    adam,
+    init_weights,
+    set_requires_grad,
+)
 
 ENC_NORMS = ("layer", "instance", "none")
 SIDES = ("a", "b")
@@ -320,12 +327,6 @@ class MultiScaleDiscriminator(nn.Module):
         return outputs
 
 
-def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
-    for net in nets:
-        for p in net.parameters():
-            p.requires_grad_(flag)
-
-
 def _apply(net: nn.Module, *inputs: torch.Tensor) -> list[torch.Tensor]:
     """``[net(x) for x in inputs]`` as one batched call when the shapes allow: every norm in
     these networks is per example, so the results are the same, at less cost on CPU."""
@@ -481,7 +482,7 @@ class VAEGAN(LatentTranslator):
         opt_d.step()
 
         # Then every generator part, the discriminators frozen.
-        _set_requires_grad([self.D_a, self.D_b], False)
+        set_requires_grad([self.D_a, self.D_b], False)
         opt_g.zero_grad(set_to_none=True)
         with self.autocast():
             losses = {
@@ -502,7 +503,7 @@ class VAEGAN(LatentTranslator):
             losses |= self._identity_losses(real_a, real_b)
         sum(losses.values()).backward()
         opt_g.step()
-        _set_requires_grad([self.D_a, self.D_b], True)
+        set_requires_grad([self.D_a, self.D_b], True)
 
         losses |= {"D_a": loss_d_a, "D_b": loss_d_b}
         values = torch.stack([v.detach().float().to(self.device) for v in losses.values()])

@@ -334,6 +334,14 @@ class ImagePool:
         self.images = [image.clone() for image in images]
 
 
+def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
+    """Freeze (False) or unfreeze networks, e.g. the discriminators during a generator step,
+    so that no gradient is computed for them."""
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
 def adam(params, lr: float, betas: tuple[float, float],
          weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Adam with the fused kernel where this torch and device have it (several times faster)."""
