@@ -303,6 +303,10 @@ class Run:
                             len(ignored), item, self.domain.name, ignored[0].name)
         if not jobs:
             raise UsageError(f"no {self.domain.name} files to convert in the given inputs")
+        replaced = [dst for _, dst in jobs if dst is not None and dst.exists()]
+        if replaced:  # e.g. a second run into the same folder: say so rather than lose them quietly
+            log.warning("replacing %d existing file(s) in %s, e.g. %s",
+                        len(replaced), out_dir, replaced[0])
         return jobs
 
     def _flush(self, pending, direction, report, on_file, batch_size: int = BATCH_SIZE) -> None:

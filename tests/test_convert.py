@@ -97,3 +97,13 @@ def test_output_format_can_be_chosen(styletx, trained_run, tmp_path):
         assert img.format == "PNG" and img.size == (24, 16)
     bad = styletx("convert", trained_run, tmp_path / "in", "-o", tmp_path / "o2", "--format", "gif")
     assert bad.exit_code == 2 and "--format gif" in bad.error_lines[0]
+
+
+def test_a_second_run_into_the_same_folder_says_what_it_replaces(styletx, trained_run, tmp_path):
+    for name in ("one.png", "two.png"):
+        write(tmp_path / "in" / name, "RGB", (12, 12))
+    first = styletx("convert", trained_run, tmp_path / "in", "-o", tmp_path / "out")
+    assert first.exit_code == 0 and "replacing" not in first.stderr
+    again = styletx("convert", trained_run, tmp_path / "in", "-o", tmp_path / "out")
+    assert again.exit_code == 0, again.stderr
+    assert "replacing 2 existing file(s)" in again.stderr
