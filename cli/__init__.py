@@ -14,7 +14,7 @@ import click
 
 from styletx import __version__
 from styletx.demo import DEMO_STEPS, VOICE_DEMO_STEPS
-from styletx.errors import StyletxError, UsageError
+from styletx.errors import StyletxError, UsageError, is_out_of_memory, out_of_memory_problem
 
 log = logging.getLogger("styletx")
 
@@ -55,6 +55,11 @@ def reports_errors(command):
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
             sys.exit(130)
+        except RuntimeError as exc:  # where no command explained it more closely
+            if not is_out_of_memory(exc):
+                raise
+            click.echo(f"Error: {out_of_memory_problem(exc, '')}", err=True)
+            sys.exit(1)
 
     return wrapper
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import expand_inputs, is_inside, read_ahead
-from .errors import BadInputError, StyletxError, UsageError
+from .errors import BadInputError, StyletxError, UsageError, is_out_of_memory, out_of_memory_problem
 from .interfaces import DIRECTIONS, Sample
 from .latent import outlier_check
 from .model import build_from_config, load_model_tensors, pick_device
@@ -312,12 +312,24 @@ class Run:
     def _flush(self, pending, direction, report, on_file, batch_size: int = BATCH_SIZE) -> None:
         if not pending:
             return
-        _, target = direction_sides(direction)
-        batch = torch.stack([x for *_, x in pending])
-        out = self.convert_tensor(batch, direction, batch_size)
-        converted_all = self.encoders[target].decode_batch(
-            out, likes=[sample for _, _, sample, _ in pending])
-        del out
+        problem = None
+        try:
+            converted_all = self._translate_batch(pending, direction, batch_size)
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            shape = "x".join(map(str, pending[0][3].shape[-1:-3:-1]))
+            problem = out_of_memory_problem(exc, f"on {self.device} translating it at {shape}")
+        if problem is not None:  # here, not in the handler, so the failed tensors are freed
+            release_cached_memory(self.device)
+            if len(pending) > 1:  # the batch was too much: one at a time
+                for item in list(pending):
+                    self._flush([item], direction, report, on_file, batch_size)
+            else:
+                report.failed.append((pending[0][0], problem))
+                on_file(pending[0][0], None, problem)
+            pending.clear()
+            return
         for (src, dst, _, _), converted in zip(pending, converted_all):
             try:
                 with atomic_path(dst) as tmp:
@@ -330,6 +342,18 @@ class Run:
             report.converted.append((src, dst))
             on_file(src, dst, None)
         pending.clear()
+
+
+    def _translate_batch(self, pending, direction: str, batch_size: int) -> list[Sample]:
+        _, target = direction_sides(direction)
+        out = self.convert_tensor(torch.stack([x for *_, x in pending]), direction, batch_size)
+        return self.encoders[target].decode_batch(out, likes=[sample for *_, sample, _ in pending])
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Give the GPU memory PyTorch holds but no longer uses back, after running out of it."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _check_direction(direction: str) -> None:

@@ -6,6 +6,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -31,3 +32,37 @@ class BadInputError(StyletxError):
 
     def __reduce__(self):  # pickles (from a reading process) with both arguments
         return type(self), (self.path, self.problem)
+
+
+CPU_ALLOCATION_FAILED = "can't allocate memory"  # how PyTorch's CPU allocator says it
+USE_THE_CPU = "the CPU may have more: --device cpu"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Did PyTorch run out of memory? A GPU's (``torch.OutOfMemoryError``, "CUDA/MPS out of
+    memory") or a CPU allocation the system refused."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text
+        or CPU_ALLOCATION_FAILED in text)
+
+
+def allocation_size(exc: BaseException) -> str:
+    """How much the failed allocation asked for, as "2.00 GiB", or "" if PyTorch did not say."""
+    text = str(exc)
+    found = re.search(r"[Tt]ried to allocate (\d+) bytes", text)  # the CPU allocator's way
+    if found:
+        return f"{int(found.group(1)) / 2**30:.2f} GiB"
+    found = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]?i?B)", text)  # CUDA's and MPS's
+    return found.group(1) if found else ""
+
+
+def out_of_memory_problem(exc: BaseException, doing: str, advice: str | None = None) -> str:
+    """One line for an out-of-memory ``exc`` that happened while ``doing``; the advice, by
+    default, is to use the CPU when a GPU ran out."""
+    size = allocation_size(exc)
+    if advice is None:
+        advice = "" if CPU_ALLOCATION_FAILED in str(exc) else USE_THE_CPU
+    line = f"out of memory {doing}".rstrip()
+    return (line + (f" (an allocation of {size} failed)" if size else "")
+            + (f"; {advice}" if advice else ""))

@@ -9,6 +9,7 @@ same weights as 2N uninterrupted steps.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -36,7 +37,7 @@ from .data import (
     list_files,
     load_folder,
 )
-from .errors import StyletxError, UsageError
+from .errors import StyletxError, UsageError, is_out_of_memory, out_of_memory_problem
 from .interfaces import Domain, Encoder, LatentTranslator, Preset, Translator
 from .model import (
     SIDES,
@@ -257,7 +258,9 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     stopping = False
     batches = _batch_source(sampler, settings, device)
     memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
-    with _StopAtStepBoundary() as stop:
+    advice = (f"lower --batch-size (now {train_values['batch_size']}) or --size (now "
+              f"{train_values['size']})" + (" in a new run (--out)" if start else ""))
+    with _StopAtStepBoundary() as stop, _explain_out_of_memory(device, lambda: step, advice):
         while step < total and not stopping:
             if settings.balance and step % settings.balance_every == 0:
                 _pause_prefetch(batches)
@@ -298,6 +301,18 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     group.finish()
     log.info("trained %s to step %d; model in %s", translator.name, step, out)
     return TrainResult(out, step, losses)
+
+
+@contextlib.contextmanager
+def _explain_out_of_memory(device: torch.device, current_step, advice: str):
+    """Running out of memory in the loop becomes a one-line error that says what to change."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise StyletxError(out_of_memory_problem(exc, f"on {device} at step {current_step() + 1}",
+                                                 advice)) from None
 
 
 def _apply_speed_options(translator: Translator, settings: TrainSettings) -> None:

@@ -1,0 +1,98 @@
+"""Running out of memory is a one-line error that says what to change, never a traceback; in
+conversion it costs only the input that does not fit (a batch that does not fit is retried one
+input at a time). Real failed allocations: PyTorch's CPU allocator refusing 1 PiB."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from PIL import Image
+
+from styletx.convert import Run
+from styletx.plugins.cyclegan import CycleGAN
+
+
+def allocate_too_much():
+    torch.empty(2**50, dtype=torch.uint8)  # raises: DefaultCPUAllocator: can't allocate memory
+
+
+def write_images(folder, sizes):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+@pytest.fixture
+def run_out_of_memory(monkeypatch):
+    """Make the network run out of memory for the inputs ``too_big(x)`` picks."""
+    translate = Run._convert_whole
+
+    def install(too_big):
+        def convert_whole(self, x, direction):
+            if too_big(x):
+                allocate_too_much()
+            return translate(self, x, direction)
+        monkeypatch.setattr(Run, "_convert_whole", convert_whole)
+    return install
+
+
+def test_a_batch_that_does_not_fit_is_retried_one_input_at_a_time(
+        styletx, trained_run, tmp_path, run_out_of_memory):
+    write_images(tmp_path / "in", [(16, 16)] * 3)
+    alone = styletx("convert", trained_run, tmp_path / "in", "-o", tmp_path / "alone",
+                    "--batch-size", "1")
+    assert alone.exit_code == 0, alone.stderr
+    run_out_of_memory(lambda x: len(x) > 1)
+    result = styletx("convert", trained_run, tmp_path / "in", "-o", tmp_path / "out",
+                     "--batch-size", "4")
+    assert result.exit_code == 0, result.stderr
+    assert "converted 3 file(s)" in result.stdout
+    for i in range(3):
+        with Image.open(tmp_path / "out" / f"{i}.png") as a, \
+                Image.open(tmp_path / "alone" / f"{i}.png") as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_an_input_that_does_not_fit_fails_alone(styletx, trained_run, tmp_path, run_out_of_memory):
+    write_images(tmp_path / "in", [(16, 16), (64, 48), (16, 16)])
+    run_out_of_memory(lambda x: x.shape[-1] >= 64)
+    result = styletx("convert", trained_run, tmp_path / "in", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert result.error_lines == [f"Error: {tmp_path / 'in' / '1.png'}: out of memory on cpu "
+                                  "translating it at 64x48 (an allocation of 1048576.00 GiB "
+                                  "failed)"]
+    assert "converted 2 file(s)" in result.stdout and "1 failed" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "2.png"]
+
+
+def test_training_out_of_memory_says_what_to_lower(styletx, data, tmp_path, monkeypatch):
+    step = CycleGAN.training_step
+
+    def training_step(self, batch, index):
+        if index == 1:
+            allocate_too_much()
+        return step(self, batch, index)
+    monkeypatch.setattr(CycleGAN, "training_step", training_step)
+    result = styletx("train", data["a"], data["b"], "--out", tmp_path / "run", *TINY,
+                     "--steps", "3", "--size", "16", "--batch-size", "2")
+    assert result.exit_code == 1
+    assert result.error_lines == ["Error: out of memory on cpu at step 2 (an allocation of "
+                                  "1048576.00 GiB failed); lower --batch-size (now 2) or --size "
+                                  "(now 16)"]
+
+
+def test_a_gpu_running_out_elsewhere_suggests_the_cpu(styletx, trained_run, tmp_path,
+                                                      monkeypatch):
+    def load_run(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has "
+                                     "a total capacity of 7.79 GiB of which 1.20 GiB is free.")
+    monkeypatch.setattr("styletx.convert.load_run", load_run)
+    write_images(tmp_path / "in", [(16, 16)])
+    result = styletx("convert", trained_run, tmp_path / "in", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert result.error_lines == ["Error: out of memory (an allocation of 2.00 GiB failed); "
+                                  "the CPU may have more: --device cpu"]
+    assert not (tmp_path / "out").exists()
