@@ -55,6 +55,10 @@ def reports_errors(command):
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
             sys.exit(130)
+        except OSError as exc:  # the file system refused (no space, no permission, ...)
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(1)
         except RuntimeError as exc:  # where no command explained it more closely
             if not is_out_of_memory(exc):
                 raise

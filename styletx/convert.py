@@ -31,12 +31,19 @@ import torch
 import torch.nn.functional as F
 
 from .data import expand_inputs, is_inside, read_ahead
-from .errors import BadInputError, StyletxError, UsageError, is_out_of_memory, out_of_memory_problem
+from .errors import (
+    BadInputError,
+    StyletxError,
+    UsageError,
+    WriteError,
+    is_out_of_memory,
+    out_of_memory_problem,
+)
 from .interfaces import DIRECTIONS, Sample
 from .latent import outlier_check
 from .model import build_from_config, load_model_tensors, pick_device
 from .registry import Registry, get_registry
-from .runs import CONFIG, WEIGHTS, atomic_path, load_weights, read_config
+from .runs import CONFIG, WEIGHTS, atomic_path, file_in_the_way, load_weights, read_config
 
 log = logging.getLogger("styletx")
 
@@ -275,6 +282,9 @@ class Run:
         self, inputs: Iterable[Path | str], out_dir: Path, suffix: str | None
     ) -> list[tuple[Path, Path | None]]:
         """(input, output) for every file; output None for a named file of another kind."""
+        blocker = file_in_the_way(out_dir)
+        if blocker is not None:
+            raise UsageError(f"-o {out_dir}: {blocker} is a file, not a folder")
         jobs: list[tuple[Path, Path | None]] = []
         seen: dict[Path, Path] = {}
         for item in map(Path, inputs):
@@ -334,8 +344,10 @@ class Run:
             try:
                 with atomic_path(dst) as tmp:
                     self.domain.save(converted, tmp)
-            except (OSError, ValueError) as exc:
-                problem = f"cannot write {dst} ({exc})"
+            except (WriteError, ValueError) as exc:  # e.g. a format that cannot hold the image
+                if getattr(exc, "disk_full", False):
+                    raise  # the next files would not fit either
+                problem = str(exc) if isinstance(exc, WriteError) else f"cannot write {dst} ({exc})"
                 report.failed.append((src, problem))
                 on_file(src, None, problem)
                 continue

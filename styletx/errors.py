@@ -34,6 +34,17 @@ class BadInputError(StyletxError):
         return type(self), (self.path, self.problem)
 
 
+class WriteError(StyletxError):
+    """A file could not be written; names it and why. ``disk_full``: nothing more will fit."""
+
+    def __init__(self, path: str | Path, reason: str, disk_full: bool = False):
+        self.path, self.reason, self.disk_full = Path(path), reason, disk_full
+        super().__init__(f"cannot write {path}: {reason}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason, self.disk_full)
+
+
 CPU_ALLOCATION_FAILED = "can't allocate memory"  # how PyTorch's CPU allocator says it
 USE_THE_CPU = "the CPU may have more: --device cpu"
 

@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import StyletxError, UsageError
+from .errors import StyletxError, UsageError, WriteError
 
 CONFIG, WEIGHTS, RESUME, LOG, SAMPLES = (
     "config.json", "model.safetensors", "resume.pt", "log.jsonl", "samples",
@@ -35,18 +35,53 @@ PREVIOUS = ".previous"  # the checkpoint pair before the last one
 REQUIRED_KEYS = ("translator", "config", "domain", "encoders", "data", "train", "step")
 
 
+FULL_DISK_BYTES = 1 << 20  # a write that failed with less free space than this ran out of it
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); rename it into place on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Yield a temporary path beside ``path`` (same suffix); rename it into place on success.
+
+    A write that fails for want of space or permission raises ``WriteError`` naming ``path``:
+    an ``OSError`` or ``SafetensorError`` always, any other ``RuntimeError`` when the disk is
+    full (torch.save and libsndfile then raise messages such as "unexpected pos 576 vs 534").
+    """
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
+        blocker = file_in_the_way(path.parent)
+        if blocker is not None:
+            raise WriteError(path, f"{blocker} is a file, not a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, SafetensorError, RuntimeError) as exc:
+        full = _disk_full(path.parent)  # measured before the partial file is removed
+        if full:
+            raise WriteError(path, "the disk is full", disk_full=True) from None
+        if isinstance(exc, (OSError, SafetensorError)):
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise WriteError(path, str(reason)) from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the folder could not be made
+            tmp.unlink(missing_ok=True)
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file at ``folder`` or at one of its parents that stops it being a folder, if any."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            return None if place.is_dir() else place
+    return None
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:  # the folder could not be made
+        return False
 
 
 def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:

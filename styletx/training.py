@@ -37,7 +37,7 @@ from .data import (
     list_files,
     load_folder,
 )
-from .errors import StyletxError, UsageError, is_out_of_memory, out_of_memory_problem
+from .errors import StyletxError, UsageError, WriteError, is_out_of_memory, out_of_memory_problem
 from .interfaces import Domain, Encoder, LatentTranslator, Preset, Translator
 from .model import (
     SIDES,
@@ -413,16 +413,19 @@ class _StopAtStepBoundary:
 # -- checkpoints ------------------------------------------------------------------------------
 
 def _save_checkpoint(out, run_config, step, translator, encoders, sampler) -> None:
-    save_checkpoint(out, model_tensors(translator, encoders), {
-        "step": step,
-        "optimizers": {k: o.state_dict() for k, o in translator.optimizers.items()},
-        "schedulers": {k: s.state_dict() for k, s in translator.schedulers.items()},
-        "translator": translator.extra_state(),
-        "sampler": sampler.state_dict(),
-        "rng": _rng_state(),
-    }, step)
-    run_config["step"] = step
-    write_json(out / CONFIG, run_config)
+    try:
+        save_checkpoint(out, model_tensors(translator, encoders), {
+            "step": step,
+            "optimizers": {k: o.state_dict() for k, o in translator.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in translator.schedulers.items()},
+            "translator": translator.extra_state(),
+            "sampler": sampler.state_dict(),
+            "rng": _rng_state(),
+        }, step)
+        run_config["step"] = step
+        write_json(out / CONFIG, run_config)
+    except WriteError as err:  # the checkpoint before this one is still whole (runs.py)
+        raise StyletxError(f"{err}; training stopped at step {step}") from None
 
 
 def _load_training_state(state: dict[str, Any], translator: Translator,

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from styletx.demo import score_folder
+from styletx.errors import StyletxError
 from styletx.plugins.cyclegan import CycleGAN
 from styletx.runs import load_resume
 from styletx.training import TrainingInterrupted, TrainSettings, train
@@ -134,7 +135,7 @@ def test_crash_while_saving_keeps_previous_checkpoint(scenes, tmp_path, monkeypa
         raise OSError("disk full")
 
     monkeypatch.setattr(runs, "save_file", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(StyletxError, match="safetensors: disk full; training stopped at step 4"):
         train(scenes["a"], scenes["b"], tmp_path / "run", settings=settings(4))
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
     assert not list((tmp_path / "run").glob(".*tmp*"))
