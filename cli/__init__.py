@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -38,34 +39,43 @@ def _setup_logging(quiet: bool) -> None:
     log.propagate = False
 
 
+FILE_SYSTEM_REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
 def reports_errors(command):
-    """Turn StyletxError into ``Error: <one line>`` and its exit code; never a traceback."""
+    """Turn StyletxError into ``Error: <one line>`` and its exit code; never a traceback. So are
+    running out of memory and a file system refusing a write, where no command explained them
+    more closely; any other exception is a bug and keeps its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except StyletxError as err:
-            rank = _rank()
-            if rank == 0:
-                click.echo(f"Error: {err}", err=True)
-            elif not isinstance(err, UsageError):  # usage errors are the same on every rank
-                click.echo(f"Error (process {rank}): {err}", err=True)
-            sys.exit(err.exit_code)
+            _exit_with(err)
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
             sys.exit(130)
-        except OSError as exc:  # the file system refused (no space, no permission, ...)
+        except OSError as exc:
+            if exc.errno not in FILE_SYSTEM_REFUSALS:
+                raise
             where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
-            sys.exit(1)
-        except RuntimeError as exc:  # where no command explained it more closely
+            _exit_with(StyletxError(f"{where}{exc.strerror}"))
+        except RuntimeError as exc:
             if not is_out_of_memory(exc):
                 raise
-            click.echo(f"Error: {out_of_memory_problem(exc, '')}", err=True)
-            sys.exit(1)
+            _exit_with(StyletxError(out_of_memory_problem(exc, "")))
 
     return wrapper
+
+
+def _exit_with(err: StyletxError) -> None:
+    rank = _rank()
+    if rank == 0:
+        click.echo(f"Error: {err}", err=True)
+    elif not isinstance(err, UsageError):  # usage errors are the same on every rank
+        click.echo(f"Error (process {rank}): {err}", err=True)
+    sys.exit(err.exit_code)
 
 
 def _rank() -> int:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 import warnings
 from collections.abc import Callable, Iterator
@@ -211,6 +212,8 @@ def export(run, direction: str, fmt: str, out: Path | str, tolerance: float | No
         try:
             with _quiet(), torch.no_grad():
                 write(model, example(*CAPTURE_SIZE, seed=0), height is None, tmp)
+        except OSError:
+            raise  # writing the file failed: atomic_path says so
         except Exception as exc:  # torch.export and tracing fail in many ways; one line
             raise StyletxError(f"{fmt} export of the {run.translator.name} model failed: "
                                f"{_first_line(exc)}") from exc
@@ -269,7 +272,6 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, dynamic_height: bool,
     """torch.export with every size dynamic (Dim.DYNAMIC), then ONNX. The ONNX exporter's own
     named dynamic axes are not used: with them, ONNX Runtime failed on sizes such as 8 x 16
     (wrong intermediate shapes); the input's and output's axes are renamed afterwards."""
-    import onnx
     from torch.export import Dim
 
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_height else {0: "batch", 3: "width"}
@@ -283,12 +285,16 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, dynamic_height: bool,
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in names:  # (assigning "" would clear a fixed size)
                 dim.dim_param = names[dim.dim_param]
-    onnx.save_model(proto, str(path))  # one file, weights inside (models under 2 GB)
+    # one file, weights inside (models under 2 GB), written by Python: a failed write is an
+    # OSError (see _write_torchscript)
+    path.write_bytes(proto.SerializeToString())
 
 
 def _write_torchscript(model: nn.Module, example: torch.Tensor, dynamic_height: bool,
                        path: Path) -> None:
-    torch.jit.save(torch.jit.trace(model, (example,), check_trace=False), str(path))
+    buffer = io.BytesIO()  # torch.jit.save to a full disk aborts the process (C++ terminate)
+    torch.jit.save(torch.jit.trace(model, (example,), check_trace=False), buffer)
+    path.write_bytes(buffer.getvalue())
 
 
 def _load(fmt: str, path: Path) -> Callable[[torch.Tensor], torch.Tensor] | None:

@@ -15,6 +15,7 @@ the previous checkpoint usable. Nothing here unpickles classes or runs code from
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import StyletxError, UsageError, WriteError
+from .errors import StyletxError, UsageError, WriteError, is_out_of_memory
 
 CONFIG, WEIGHTS, RESUME, LOG, SAMPLES = (
     "config.json", "model.safetensors", "resume.pt", "log.jsonl", "samples",
@@ -36,15 +37,15 @@ REQUIRED_KEYS = ("translator", "config", "domain", "encoders", "data", "train", 
 
 
 FULL_DISK_BYTES = 1 << 20  # a write that failed with less free space than this ran out of it
+NO_SPACE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); rename it into place on success.
 
-    A write that fails for want of space or permission raises ``WriteError`` naming ``path``:
-    an ``OSError`` or ``SafetensorError`` always, any other ``RuntimeError`` when the disk is
-    full (torch.save and libsndfile then raise messages such as "unexpected pos 576 vs 534").
+    A write refused by the file system raises ``WriteError`` naming ``path`` (see
+    ``write_error``); the temporary file is removed whatever happens.
     """
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
@@ -57,16 +58,32 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, SafetensorError, RuntimeError) as exc:
-        full = _disk_full(path.parent)  # measured before the partial file is removed
-        if full:
-            raise WriteError(path, "the disk is full", disk_full=True) from None
-        if isinstance(exc, (OSError, SafetensorError)):
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise WriteError(path, str(reason)) from None
-        raise
+        error = write_error(path, exc)  # measured before the partial file is removed
+        if error is None:
+            raise
+        raise error from None
     finally:
         with contextlib.suppress(OSError):  # e.g. the folder could not be made
             tmp.unlink(missing_ok=True)
+
+
+def write_error(path: Path, exc: BaseException) -> WriteError | None:
+    """``exc``, raised while writing ``path``, as a ``WriteError``; None if it is not a write
+    problem. An ``OSError`` or ``SafetensorError`` always is. Another ``RuntimeError`` is when
+    the disk is full: torch.save and libsndfile then say "unexpected pos 576 vs 534" or
+    "System error"."""
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+        return WriteError(path, NO_SPACE[exc.errno], disk_full=True)
+    if isinstance(exc, SafetensorError):  # "I/O error: No space left on device (os error 28)"
+        for number, reason in NO_SPACE.items():
+            if f"os error {number})" in str(exc):
+                return WriteError(path, reason, disk_full=True)
+        return WriteError(path, str(exc))
+    if isinstance(exc, OSError):
+        return WriteError(path, exc.strerror or str(exc))
+    if is_out_of_memory(exc) or not _disk_full(path.parent):
+        return None
+    return WriteError(path, NO_SPACE[errno.ENOSPC], disk_full=True)
 
 
 def file_in_the_way(folder: Path) -> Path | None:
@@ -78,10 +95,8 @@ def file_in_the_way(folder: Path) -> Path | None:
 
 
 def _disk_full(folder: Path) -> bool:
-    try:
-        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
-    except OSError:  # the folder could not be made
-        return False
+    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), None)
+    return existing is not None and shutil.disk_usage(existing).free < FULL_DISK_BYTES
 
 
 def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
@@ -147,14 +162,18 @@ def _keep_previous(run: Path) -> None:
         return
     tmp = run / f".previous.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name in (WEIGHTS, RESUME):
-        try:
-            os.link(run / name, tmp / name)
-        except OSError:  # a file system without hard links
-            shutil.copy2(run / name, tmp / name)
-    shutil.rmtree(run / PREVIOUS, ignore_errors=True)
-    os.replace(tmp, run / PREVIOUS)
+    try:
+        tmp.mkdir()
+        for name in (WEIGHTS, RESUME):
+            try:
+                os.link(run / name, tmp / name)
+            except OSError:  # a file system without hard links
+                shutil.copy2(run / name, tmp / name)
+        shutil.rmtree(run / PREVIOUS, ignore_errors=True)
+        os.replace(tmp, run / PREVIOUS)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(run / PREVIOUS, exc) from None
 
 
 def load_checkpoint(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -194,8 +213,11 @@ def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 
 
 def append_log(run: Path, record: dict[str, Any]) -> None:
-    with open(run / LOG, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(run / LOG, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise write_error(run / LOG, exc) from None
 
 
 def truncate_log(run: Path, step: int) -> None:

@@ -9,7 +9,6 @@ same weights as 2N uninterrupted steps.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -64,6 +63,7 @@ from .runs import (
     SAMPLES,
     WEIGHTS,
     append_log,
+    file_in_the_way,
     is_run_folder,
     load_checkpoint,
     read_config,
@@ -258,34 +258,43 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     stopping = False
     batches = _batch_source(sampler, settings, device)
     memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
-    advice = (f"lower --batch-size (now {train_values['batch_size']}) or --size (now "
-              f"{train_values['size']})" + (" in a new run (--out)" if start else ""))
-    with _StopAtStepBoundary() as stop, _explain_out_of_memory(device, lambda: step, advice):
-        while step < total and not stopping:
-            if settings.balance and step % settings.balance_every == 0:
-                _pause_prefetch(batches)
-                _rebalance(out, step, translator, sampler, settings.balance_smoothing, names,
-                           group)
-                _resume_prefetch(batches)
-            batch = {k: v.to(device, non_blocking=True, memory_format=memory_format)
-                     for k, v in batches.next_batch().items()}
-            losses = translator.training_step(batch, step)
-            for scheduler in translator.schedulers.values():
-                scheduler.step()
-            step += 1
-            stopping = group.any(stop.requested, device)  # Ctrl-C on any rank stops them all
-            if not group.is_main:
-                continue
-            bar.update(1)
-            bar.set_postfix_str(_format_losses(losses), refresh=False)
-            if step % settings.log_every == 0 or step == total:
-                rate = (step - tick_step) / max(time.perf_counter() - tick, 1e-9)
-                tick, tick_step = time.perf_counter(), step
-                _log_step(out, step, total, losses, rate, translator, quiet=not bar.disable)
-            if step % settings.preview_every == 0 or step == total:
-                _save_preview(out, step, translator, preview_batch, device, dom, encoders)
-            if step % settings.save_every == 0 or step == total or stopping:
-                _save_checkpoint(out, run_config, step, translator, encoders, batches)
+    saved, failure = start, None  # the step of the last whole checkpoint
+    try:
+        with _StopAtStepBoundary() as stop:
+            while step < total and not stopping:
+                if settings.balance and step % settings.balance_every == 0:
+                    _pause_prefetch(batches)
+                    _rebalance(out, step, translator, sampler, settings.balance_smoothing, names,
+                               group)
+                    _resume_prefetch(batches)
+                batch = {k: v.to(device, non_blocking=True, memory_format=memory_format)
+                         for k, v in batches.next_batch().items()}
+                losses = translator.training_step(batch, step)
+                for scheduler in translator.schedulers.values():
+                    scheduler.step()
+                step += 1
+                stopping = group.any(stop.requested, device)  # Ctrl-C on any rank stops them all
+                if not group.is_main:
+                    continue
+                bar.update(1)
+                bar.set_postfix_str(_format_losses(losses), refresh=False)
+                if step % settings.log_every == 0 or step == total:
+                    rate = (step - tick_step) / max(time.perf_counter() - tick, 1e-9)
+                    tick, tick_step = time.perf_counter(), step
+                    _log_step(out, step, total, losses, rate, translator, quiet=not bar.disable)
+                if step % settings.preview_every == 0 or step == total:
+                    _save_preview(out, step, translator, preview_batch, device, dom, encoders)
+                if step % settings.save_every == 0 or step == total or stopping:
+                    _save_checkpoint(out, run_config, step, translator, encoders, batches)
+                    saved = step
+    except (WriteError, RuntimeError) as exc:
+        failure = _why_training_stopped(exc, device, step, train_values, start)
+        if failure is None:
+            raise
+    if failure is not None:  # raised here, not in the handler, so the step's tensors are freed
+        bar.close()
+        raise StyletxError(failure + (f"; a rerun resumes from step {saved}" if saved
+                                      else "; no checkpoint was saved"))
     _pause_prefetch(batches)
     bar.close()
     if step < total:
@@ -303,16 +312,16 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     return TrainResult(out, step, losses)
 
 
-@contextlib.contextmanager
-def _explain_out_of_memory(device: torch.device, current_step, advice: str):
-    """Running out of memory in the loop becomes a one-line error that says what to change."""
-    try:
-        yield
-    except RuntimeError as exc:
-        if not is_out_of_memory(exc):
-            raise
-        raise StyletxError(out_of_memory_problem(exc, f"on {device} at step {current_step() + 1}",
-                                                 advice)) from None
+def _why_training_stopped(exc: BaseException, device: torch.device, step: int,
+                          train_values: dict[str, Any], start: int) -> str | None:
+    """One line for running out of memory or disk space in the loop; None for anything else."""
+    if isinstance(exc, WriteError):
+        return f"{exc}; training stopped at step {step}"
+    if not is_out_of_memory(exc):
+        return None
+    advice = (f"lower --batch-size (now {train_values['batch_size']}) or --size (now "
+              f"{train_values['size']})" + (" in a new run (--out)" if start else ""))
+    return out_of_memory_problem(exc, f"on {device} in step {step + 1}", advice)
 
 
 def _apply_speed_options(translator: Translator, settings: TrainSettings) -> None:
@@ -413,19 +422,16 @@ class _StopAtStepBoundary:
 # -- checkpoints ------------------------------------------------------------------------------
 
 def _save_checkpoint(out, run_config, step, translator, encoders, sampler) -> None:
-    try:
-        save_checkpoint(out, model_tensors(translator, encoders), {
-            "step": step,
-            "optimizers": {k: o.state_dict() for k, o in translator.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in translator.schedulers.items()},
-            "translator": translator.extra_state(),
-            "sampler": sampler.state_dict(),
-            "rng": _rng_state(),
-        }, step)
-        run_config["step"] = step
-        write_json(out / CONFIG, run_config)
-    except WriteError as err:  # the checkpoint before this one is still whole (runs.py)
-        raise StyletxError(f"{err}; training stopped at step {step}") from None
+    save_checkpoint(out, model_tensors(translator, encoders), {
+        "step": step,
+        "optimizers": {k: o.state_dict() for k, o in translator.optimizers.items()},
+        "schedulers": {k: s.state_dict() for k, s in translator.schedulers.items()},
+        "translator": translator.extra_state(),
+        "sampler": sampler.state_dict(),
+        "rng": _rng_state(),
+    }, step)
+    run_config["step"] = step
+    write_json(out / CONFIG, run_config)
 
 
 def _load_training_state(state: dict[str, Any], translator: Translator,
@@ -601,10 +607,11 @@ def _check_encoder(enc: Encoder, dom: Domain) -> None:
 
 def _saved_config(out: Path) -> dict[str, Any] | None:
     """The config of a resumable run in ``out``; None for a new (or never saved) run."""
+    blocker = file_in_the_way(out)
+    if blocker is not None:
+        raise UsageError(f"--out {out}: {blocker} is a file, not a folder")
     if not out.exists():
         return None
-    if not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
     if is_run_folder(out):
         return read_config(out) if (out / WEIGHTS).exists() else None
     if any(out.iterdir()):

@@ -79,16 +79,17 @@ def test_training_out_of_memory_says_what_to_lower(styletx, data, tmp_path, monk
     result = styletx("train", data["a"], data["b"], "--out", tmp_path / "run", *TINY,
                      "--steps", "3", "--size", "16", "--batch-size", "2")
     assert result.exit_code == 1
-    assert result.error_lines == ["Error: out of memory on cpu at step 2 (an allocation of "
+    assert result.error_lines == ["Error: out of memory on cpu in step 2 (an allocation of "
                                   "1048576.00 GiB failed); lower --batch-size (now 2) or --size "
-                                  "(now 16)"]
+                                  "(now 16); no checkpoint was saved"]
 
 
 def test_a_gpu_running_out_elsewhere_suggests_the_cpu(styletx, trained_run, tmp_path,
                                                       monkeypatch):
     def load_run(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has "
-                                     "a total capacity of 7.79 GiB of which 1.20 GiB is free.")
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 "
+                                          "has a total capacity of 7.79 GiB of which 1.20 GiB is "
+                                          "free.")
     monkeypatch.setattr("styletx.convert.load_run", load_run)
     write_images(tmp_path / "in", [(16, 16)])
     result = styletx("convert", trained_run, tmp_path / "in", "-o", tmp_path / "out")
