@@ -344,17 +344,19 @@ class Run:
             try:
                 with atomic_path(dst) as tmp:
                     self.domain.save(converted, tmp)
-            except (WriteError, ValueError) as exc:  # e.g. a format that cannot hold the image
-                if getattr(exc, "disk_full", False):
+            except WriteError as exc:
+                if exc.disk_full:
                     raise  # the next files would not fit either
-                problem = str(exc) if isinstance(exc, WriteError) else f"cannot write {dst} ({exc})"
-                report.failed.append((src, problem))
-                on_file(src, None, problem)
+                problem = str(exc)
+            except ValueError as exc:  # e.g. a format that cannot hold the image
+                problem = f"cannot write {dst} ({exc})"
+            else:
+                report.converted.append((src, dst))
+                on_file(src, dst, None)
                 continue
-            report.converted.append((src, dst))
-            on_file(src, dst, None)
+            report.failed.append((src, problem))
+            on_file(src, None, problem)
         pending.clear()
-
 
     def _translate_batch(self, pending, direction: str, batch_size: int) -> list[Sample]:
         _, target = direction_sides(direction)
