@@ -88,15 +88,19 @@ def write_error(path: Path, exc: BaseException) -> WriteError | None:
 
 def file_in_the_way(folder: Path) -> Path | None:
     """The file at ``folder`` or at one of its parents that stops it being a folder, if any."""
-    for place in (folder, *folder.parents):
-        if place.exists():
-            return None if place.is_dir() else place
-    return None
+    place = _nearest_existing(folder)
+    return place if place is not None and not place.is_dir() else None
 
 
 def _disk_full(folder: Path) -> bool:
-    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), None)
-    return existing is not None and shutil.disk_usage(existing).free < FULL_DISK_BYTES
+    place = _nearest_existing(folder)
+    return (place is not None and place.is_dir()
+            and shutil.disk_usage(place).free < FULL_DISK_BYTES)
+
+
+def _nearest_existing(folder: Path) -> Path | None:
+    """``folder``, or the nearest of its parents that exists."""
+    return next((place for place in (folder, *folder.parents) if place.exists()), None)
 
 
 def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
