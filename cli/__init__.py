@@ -98,7 +98,25 @@ def registry():
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def cli(quiet: bool) -> None:
     """Learn a style mapping between two folders of files, and apply it."""
+    from styletx.threads import set_threads
+
     _setup_logging(quiet)
+    set_threads()  # OMP_NUM_THREADS if set, else one per physical core (per local process)
+
+
+def _set_threads(ctx, param, value):
+    if value is not None:
+        from styletx.threads import set_threads
+
+        set_threads(value)
+    return value
+
+
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None, expose_value=False,
+    callback=_set_threads,
+    help="Compute threads per process (default: OMP_NUM_THREADS, else one per physical core, "
+         "shared by the processes of --nproc).")
 
 
 @cli.command()
@@ -109,6 +127,9 @@ def cli(quiet: bool) -> None:
 @click.option("--model", "-m", default=None, help="Translator (default: cyclegan).")
 @click.option("--preset", "-p", default=None, help="Named settings, e.g. default or tiny.")
 @click.option("--steps", type=int, default=None, help="Total training steps.")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Train for about this long: a new run without --steps times its first "
+                   "steps and plans as many as fit; any run saves and stops when time is up.")
 @click.option("--batch-size", type=int, default=None, help="Examples per step.")
 @click.option("--size", type=int, default=None, help="Training crop size in pixels.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
@@ -117,8 +138,11 @@ def cli(quiet: bool) -> None:
               help="Override a translator setting, e.g. --set ngf=32 (repeatable).")
 @click.option("--domain", default=None, help="Force the domain (default: from the files).")
 @click.option("--encoder", default=None, help="Force the encoder (default: the domain's choice).")
-@click.option("--save-every", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--preview-every", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--save-every", type=click.IntRange(min=1), default=None,
+              help="Checkpoint every N steps (default: a tenth of the run, at most 500; and at "
+                   "least every 5 minutes).")
+@click.option("--preview-every", type=click.IntRange(min=1), default=None,
+              help="Preview grid every N steps (default: as --save-every).")
 @click.option("--log-every", type=click.IntRange(min=1), default=25, show_default=True)
 @click.option("--amp/--no-amp", default=True, show_default=True,
               help="bf16 autocast for forward passes on CUDA.")
@@ -144,8 +168,10 @@ def cli(quiet: bool) -> None:
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
               help="Train on N processes of this machine (one per GPU; CPU: gloo) through "
                    "torchrun; --batch-size is then per process.")
+@threads_option
 @reports_errors
-def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, seed, settings,
+def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, device, seed,
+          settings,
           domain, encoder, save_every, preview_every, log_every, amp, aligned, balance,
           balance_every, balance_smoothing, channels_last, compile_, prefetch, workers, nproc):
     """Train a model that turns files like A_DIR's into files like B_DIR's.
@@ -169,7 +195,8 @@ def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, see
         a_dir, b_dir, out, model=model, preset=preset, overrides=parse_settings(settings),
         domain=domain, encoder=encoder, registry=registry(), aligned=aligned,
         settings=TrainSettings(
-            steps=steps, batch_size=batch_size, size=size, seed=seed, device=device, amp=amp,
+            steps=steps, minutes=minutes, batch_size=batch_size, size=size, seed=seed,
+            device=device, amp=amp,
             save_every=save_every, preview_every=preview_every, log_every=log_every,
             balance=balance, channels_last=channels_last, compile=compile_, prefetch=prefetch,
             workers=workers, **tuning,
@@ -182,6 +209,7 @@ def train(a_dir, b_dir, out, model, preset, steps, batch_size, size, device, see
 def _relaunch_with_torchrun(nproc: int) -> None:
     """Run this same command line again as ``nproc`` processes under torchrun (one machine),
     without ``--nproc``, and exit with its status."""
+    from styletx import threads
     from styletx.distributed import launched_by_torchrun
 
     if launched_by_torchrun():
@@ -196,7 +224,10 @@ def _relaunch_with_torchrun(nproc: int) -> None:
                f"--nproc-per-node={nproc}", "-m", "styletx.cli", *args]
     log.info("starting %d training processes: torchrun --standalone --nproc-per-node=%d "
              "-m styletx.cli %s", nproc, nproc, " ".join(args))
-    sys.exit(subprocess.call(command))
+    env = dict(os.environ)
+    if threads.USER_THREADS is None:  # our default was for one process: share the cores
+        env["OMP_NUM_THREADS"] = str(max(1, threads.physical_cores() // nproc))
+    sys.exit(subprocess.call(command, env=env))
 
 
 @cli.command()
@@ -218,6 +249,7 @@ def _relaunch_with_torchrun(nproc: int) -> None:
               show_default=True,
               help="bf16: faster on GPUs and on CPUs with bf16 instructions, with slightly "
                    "different output.")
+@threads_option
 @reports_errors
 def convert(run, inputs, out_dir, direction, batch_size, out_format, device, keep_dropout,
             precision):
@@ -252,6 +284,7 @@ def convert(run, inputs, out_dir, direction, batch_size, out_format, device, kee
               help="Each file of A_TEST holds A and B side by side (no B_TEST).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--device", default="auto", show_default=True)
+@threads_option
 @reports_errors
 def evaluate(run, a_test, b_test, direction, aligned, as_json, device):
     """Score RUN on held-out pairs: convert each input of A_TEST and compare it with its pair
@@ -476,6 +509,7 @@ def plugins(as_json):
 @click.option("--part", type=click.Choice(["all", "images", "voice"]), default="all",
               show_default=True, help="Which demo to run.")
 @click.option("--device", default="auto", show_default=True)
+@threads_option
 @reports_errors
 def demo(out, steps, part, device):
     """Offline demos: synthetic images with a hidden colour transform, and two bundled voices."""

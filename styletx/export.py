@@ -131,17 +131,6 @@ class PadCrop(nn.Module):
         return crop(y, height, width)
 
 
-class FirstChannels(nn.Module):
-    """``x[:, :n]``, e.g. the posterior mean of a ``(mean, log-variance)`` stack."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.n = n
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, : self.n]
-
-
 # -- the export ------------------------------------------------------------------------------
 @dataclasses.dataclass
 class ExportReport:

@@ -127,6 +127,27 @@ class Upsample(nn.Sequential):
         super().__init__(*up, norm_layer(norm)(out_ch), nn.ReLU(True))
 
 
+class ColourPath(nn.Module):
+    """A per-pixel colour and tone change, ``(N, C, H, W) -> (N, C, H, W)``: a small MLP on each
+    pixel's values alone (1x1 convs, ``width`` hidden channels), so it can learn any global
+    grade (a sepia matrix, tone curves, a split-tone that depends on brightness) in a few
+    hundred steps, where a spatial network needs thousands. It is meant to sit beside a
+    spatial path, both adding a change to the input; its last layer starts at zero, so at
+    step 0 it changes nothing (default PyTorch init elsewhere, not N(0, 0.02), which would
+    make its hidden units nearly constant)."""
+
+    def __init__(self, channels: int, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, width, 1), nn.LeakyReLU(0.2),
+                                 nn.Conv2d(width, width, 1), nn.LeakyReLU(0.2),
+                                 nn.Conv2d(width, channels, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class WideConv2d(nn.Conv2d):
     """``nn.Conv2d`` (stride 1, "same" zero padding, odd kernel) for a wide kernel on few
     channels, such as CycleGAN-VC2's (5, 15) first and last layers: the same parameters and

@@ -9,10 +9,12 @@ same weights as 2N uninterrupted steps.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -86,9 +88,15 @@ class TrainSettings:
     seed: int = 0  # weights init, data order, crops, image pool
     device: str = "auto"  # auto = CUDA when available, else CPU
     amp: bool = True  # bf16 autocast for forward passes on CUDA (ignored on CPU)
-    save_every: int = 500  # checkpoint period in steps (and always at the end)
+    minutes: float | None = None  # wall-clock budget for this command: a new run without
+    #                               `steps` times its first steps and plans as many as fit (the
+    #                               lr schedule included); any run stops and saves when it is spent
+    save_every: int | None = None  # checkpoint period in steps (and always at the end); None:
+    #                                a tenth of the run, at most 500
+    save_minutes: float = 5.0  # also checkpoint when this long has passed since the last one
     log_every: int = 25  # log.jsonl period in steps
-    preview_every: int = 500  # samples/ grid period in steps (and at the end)
+    preview_every: int | None = None  # samples/ grid period in steps (and at the end); None:
+    #                                   as save_every
     progress: bool = True  # progress bar on a terminal
     balance: bool = False  # latent models: draw rare kinds of example more often (DB-VAE)
     balance_every: int = 100  # steps between re-estimates of the sampling weights
@@ -100,6 +108,8 @@ class TrainSettings:
     #                              GPU); None: 2 on CUDA, 0 on CPU
     workers: int | None = None  # processes reading the training files; None: one per CPU
     #                             core (shared by the processes on this machine), at most 8
+    started: float = dataclasses.field(default_factory=time.monotonic, repr=False)  # when the
+    #                                   command began: `minutes` counts from here
 
 
 class TrainingInterrupted(StyletxError):
@@ -214,8 +224,6 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     translator.to(device, amp=settings.amp)
     group.prepare(translator.networks(), device)
     _apply_speed_options(translator, settings)
-    translator.configure_optimizers(total)
-    group.distribute(translator, device)
     crop = dom.training_crop(train_values["size"])
     _check_size_multiple(crop, translator)
     if settings.balance and not isinstance(translator, LatentTranslator):
@@ -237,6 +245,11 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     sampler = CropSampler(examples, crop, train_values["batch_size"], dom.flip_augment,
                           translator.paired, seed=train_values["seed"], rank=group.rank,
                           world=group.size)
+    if settings.minutes is not None and resume_state is None and settings.steps is None:
+        total = train_values["steps"] = _steps_in_budget(translator, sampler, settings, device,
+                                                         group)
+    translator.configure_optimizers(total)
+    group.distribute(translator, device)
     if resume_state is not None:
         _load_training_state(resume_state, translator, sampler)
     if group.rank > 0:  # noise of its own (sampling, image pools), seeded from rank 0's
@@ -259,6 +272,10 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     batches = _batch_source(sampler, settings, device)
     memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
     saved, failure = start, None  # the step of the last whole checkpoint
+    saved_at = time.monotonic()
+    save_every = settings.save_every or _save_interval(total)
+    preview_every = settings.preview_every or save_every
+    deadline = None if settings.minutes is None else settings.started + 60 * settings.minutes
     try:
         with _StopAtStepBoundary() as stop:
             while step < total and not stopping:
@@ -273,20 +290,22 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
                 for scheduler in translator.schedulers.values():
                     scheduler.step()
                 step += 1
-                stopping = group.any(stop.requested, device)  # Ctrl-C on any rank stops them all
+                out_of_time = deadline is not None and time.monotonic() >= deadline
+                stopping = group.any(stop.requested or out_of_time, device)  # on any rank: all
                 if not group.is_main:
                     continue
                 bar.update(1)
                 bar.set_postfix_str(_format_losses(losses), refresh=False)
-                if step % settings.log_every == 0 or step == total:
+                if step % settings.log_every == 0 or step == total or stopping:
                     rate = (step - tick_step) / max(time.perf_counter() - tick, 1e-9)
                     tick, tick_step = time.perf_counter(), step
                     _log_step(out, step, total, losses, rate, translator, quiet=not bar.disable)
-                if step % settings.preview_every == 0 or step == total:
+                if step % preview_every == 0 or step == total or stopping:
                     _save_preview(out, step, translator, preview_batch, device, dom, encoders)
-                if step % settings.save_every == 0 or step == total or stopping:
+                if (step % save_every == 0 or step == total or stopping
+                        or time.monotonic() - saved_at >= 60 * settings.save_minutes):
                     _save_checkpoint(out, run_config, step, translator, encoders, batches)
-                    saved = step
+                    saved, saved_at = step, time.monotonic()
     except (WriteError, RuntimeError) as exc:
         failure = _why_training_stopped(exc, device, step, train_values, start)
         if failure is None:
@@ -297,11 +316,15 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
                                       else "; no checkpoint was saved"))
     _pause_prefetch(batches)
     bar.close()
-    if step < total:
+    if step < total and (deadline is None or stop.requested):
         group.finish()
         raise TrainingInterrupted(
             f"interrupted at step {step}; checkpoint saved in {out}; run the same command to resume"
         )
+    if step < total:
+        log.warning("the --minutes %g budget is spent at step %d of %d; the checkpoint is "
+                    "saved; run the same command again to train the rest", settings.minutes,
+                    step, total)
     if isinstance(translator, LatentTranslator) and group.is_main:  # baseline outlier scores
         from .latent import save_training_statistics
 
@@ -322,6 +345,52 @@ def _why_training_stopped(exc: BaseException, device: torch.device, step: int,
     advice = (f"lower --batch-size (now {train_values['batch_size']}) or --size (now "
               f"{train_values['size']})" + (" in a new run (--out)" if start else ""))
     return out_of_memory_problem(exc, f"on {device} in step {step + 1}", advice)
+
+
+def _save_interval(total: int) -> int:
+    """Default checkpoint period: about ten checkpoints a run, at most every 500 steps, so a
+    short run has some before it ends (``save_minutes`` adds one every few minutes)."""
+    return max(1, min(500, total // 10))
+
+
+BUDGET_SHARE = 0.93  # of the time left after timing: the rest is for previews, checkpoints and
+#                      steps slower than the timed ones (measured: 3-5% on 2 cores)
+
+
+def _steps_in_budget(translator: Translator, sampler: CropSampler, settings: TrainSettings,
+                     device: torch.device, group: distributed.Group) -> int:
+    """Training steps that fit in what is left of ``settings.minutes``: a few steps are timed
+    and then undone (weights, extra state, data order and RNG restored), so the run is the
+    same as one started with ``--steps`` of the result; every process takes rank 0's count."""
+    per_step = _time_steps(translator, sampler, device)
+    left = settings.started + 60 * settings.minutes - time.monotonic()
+    steps = max(1, int(BUDGET_SHARE * left / per_step))
+    steps = int(group.broadcast(torch.tensor([steps]), device))
+    log.info("--minutes %g: %.3f s a step, so %d steps", settings.minutes, per_step, steps)
+    return steps
+
+
+def _time_steps(translator: Translator, sampler: CropSampler, device: torch.device,
+                warmup: int = 2, least: int = 5, seconds: float = 2.0) -> float:
+    """Seconds per training step, the median of ``least`` or more steps (at least ``seconds``
+    of them) after ``warmup`` untimed ones, on throwaway optimizers; everything the steps
+    changed is put back."""
+    nets = {name: copy.deepcopy(net.state_dict()) for name, net in translator.networks().items()}
+    extra, data, rng = translator.extra_state(), sampler.state_dict(), _rng_state()
+    translator.configure_optimizers(1 << 30)  # a constant lr while timing
+    translator.train(True)
+    times: list[float] = []
+    while len(times) < warmup + least or sum(times[warmup:]) < seconds:
+        batch = {k: v.to(device) for k, v in sampler.next_batch().items()}
+        began = time.perf_counter()
+        translator.training_step(batch, len(times))
+        times.append(time.perf_counter() - began)
+    for name, net in translator.networks().items():
+        net.load_state_dict(nets[name])
+    translator.load_extra_state(extra)
+    sampler.load_state_dict(data)
+    _restore_rng(rng)
+    return statistics.median(times[warmup:])
 
 
 def _apply_speed_options(translator: Translator, settings: TrainSettings) -> None:
@@ -441,9 +510,7 @@ def _load_training_state(state: dict[str, Any], translator: Translator,
             obj.load_state_dict(state[kind][name])
     translator.load_extra_state(state["translator"])
     sampler.load_state_dict(state["sampler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if torch.cuda.is_available() and state["rng"].get("cuda"):
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    _restore_rng(state["rng"])
 
 
 def _rng_state() -> dict[str, Any]:
@@ -451,6 +518,12 @@ def _rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # -- reporting --------------------------------------------------------------------------------
@@ -464,7 +537,16 @@ def _log_step(out, step, total, losses, rate, translator, quiet: bool) -> None:
     append_log(out, {"step": step, "time": time.time(), "steps_per_s": round(rate, 3),
                      "lr": lrs, "losses": losses})
     if not quiet:  # no progress bar (not a terminal): a plain line instead
-        log.info("step %d/%d  %s  (%.1f steps/s)", step, total, _format_losses(losses), rate)
+        eta = (total - step) / max(rate, 1e-9)
+        log.info("step %d/%d  %s  (%.1f steps/s, %s left)", step, total, _format_losses(losses),
+                 rate, _clock(eta))
+
+
+def _clock(seconds: float) -> str:
+    """``1:02:03`` or ``2:03``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _save_preview(out: Path, step: int, translator: Translator, batch, device, dom: Domain,

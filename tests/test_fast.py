@@ -1,0 +1,149 @@
+"""The `fast` presets, --minutes, the default checkpoint interval and the thread policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from styletx.convert import load_run
+from styletx.demo import load_rgb, make_paired_image_dataset
+from styletx.metrics import psnr
+from styletx.model import make_config
+from styletx.nn import linear_decay
+from styletx.registry import get_registry
+from styletx.threads import default_threads, physical_cores, set_threads
+from styletx.training import TrainSettings, _save_interval, train
+
+MODELS = ("cyclegan", "pix2pix", "vaegan")
+
+
+def held_out_psnr(run, folders) -> tuple[float, float]:
+    """Mean PSNR against the truth of the untouched held-out inputs and of their conversions."""
+    model = load_run(run, device="cpu")
+    before, after = [], []
+    for path in sorted(folders["test_a"].glob("*.png")):
+        x, truth = load_rgb(path), load_rgb(folders["test_b"] / path.name)
+        y = np.asarray(model.convert_array((x * 255).round().astype(np.uint8)), np.float32)
+        before.append(psnr(x, truth))
+        after.append(psnr(y / 255 if y.max() > 1.5 else y, truth))
+    return float(np.mean(before)), float(np.mean(after))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fast_preset_starts_as_the_identity(model):
+    """Output = input at step 0, so a fast model cannot be worse than doing nothing at first."""
+    cls = get_registry().translator(model)
+    config = cls.config_for_data(make_config(cls, "fast", {}, "image"),
+                                 {"a": (3, 32, 32), "b": (3, 32, 32)}, (32, 32))
+    torch.manual_seed(0)
+    translator = cls(config, 3, 3)
+    translator.train(False)
+    x = torch.rand(2, 3, 24, 40) * 2 - 1
+    for direction in translator.directions if model == "pix2pix" else ("a2b", "b2a"):
+        assert torch.allclose(translator.translate(x, direction), x, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,steps", [("cyclegan", 300), ("pix2pix", 200), ("vaegan", 200)])
+def test_fast_preset_beats_the_untouched_input(model, steps, scenes, tmp_path):
+    """A colour grade with a known answer, learned in a few hundred steps: held-out conversions
+    are measurably closer to the truth than the inputs were (unpaired for cyclegan and vaegan,
+    pairs for pix2pix)."""
+    folders = scenes
+    if model == "pix2pix":
+        folders = make_paired_image_dataset(tmp_path / "pairs", n_train=12, n_test=3, size=40)
+    run = tmp_path / "run"
+    train(folders["a"], folders["b"], run, model=model, preset="fast",
+          settings=TrainSettings(steps=steps, size=32, device="cpu", progress=False))
+    before, after = held_out_psnr(run, folders)
+    assert after > before + 1.0, (before, after)
+
+
+def test_minutes_plans_the_steps_and_the_schedule(scenes, tmp_path, caplog):
+    """A new run with --minutes and no --steps times its first steps and saves the number of
+    steps that fit as the run's total, which the lr schedule follows; it ends there or, on a
+    slower machine, when the time is spent, saying so."""
+    run = tmp_path / "run"
+    with caplog.at_level("INFO", logger="styletx"):
+        result = train(scenes["a"], scenes["b"], run, preset="tiny",
+                       settings=TrainSettings(minutes=0.05, size=16, device="cpu",
+                                              progress=False))
+    config = json.loads((run / "config.json").read_text())
+    planned = config["train"]["steps"]
+    assert planned >= 1 and config["step"] == result.step
+    assert f"so {planned} steps" in caplog.text
+    assert result.step == planned or "budget is spent" in caplog.text
+    last = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert last["lr"]["G"] == pytest.approx(1e-3 * linear_decay(planned)(last["step"]))
+
+
+def test_minutes_timing_changes_nothing(scenes, tmp_path, monkeypatch):
+    """The timed steps are undone: a --minutes run is the same as a --steps run of its total."""
+    timed = train(scenes["a"], scenes["b"], tmp_path / "timed", preset="tiny",
+                  settings=TrainSettings(minutes=0.02, size=16, device="cpu", progress=False))
+    plain = train(scenes["a"], scenes["b"], tmp_path / "plain", preset="tiny",
+                  settings=TrainSettings(steps=timed.step, size=16, device="cpu",
+                                         progress=False))
+    a = (tmp_path / "timed" / "model.safetensors").read_bytes()
+    b = (tmp_path / "plain" / "model.safetensors").read_bytes()
+    assert plain.step == timed.step and a == b
+
+
+def test_minutes_spent_saves_and_resumes(scenes, tmp_path, monkeypatch):
+    """With --steps too, --minutes is a limit: when it is spent the run saves and returns (no
+    error); the same command continues from that step."""
+    clock = iter(range(0, 10_000, 30))  # each look at the clock: 30 s later
+    monkeypatch.setattr(time, "monotonic", lambda: float(next(clock)))
+    run = tmp_path / "run"
+    first = train(scenes["a"], scenes["b"], run, preset="tiny",
+                  settings=TrainSettings(steps=50, minutes=2, size=16, device="cpu",
+                                         progress=False, workers=0, started=0.0))
+    assert 0 < first.step < 50
+    assert json.loads((run / "config.json").read_text())["step"] == first.step
+    monkeypatch.undo()
+    second = train(scenes["a"], scenes["b"], run, preset="tiny",
+                   settings=TrainSettings(steps=50, size=16, device="cpu", progress=False))
+    assert second.step == 50
+
+
+def test_default_save_interval_scales_with_the_run(scenes, tmp_path):
+    assert [_save_interval(n) for n in (5, 300, 3000, 100_000)] == [1, 30, 300, 500]
+    run = tmp_path / "run"
+    train(scenes["a"], scenes["b"], run, preset="tiny",
+          settings=TrainSettings(steps=20, size=16, device="cpu", progress=False))
+    previews = sorted(p.name for p in (run / "samples").glob("*.png"))
+    assert previews[0] == "step-000002.png" and len(previews) == 10
+
+
+def test_thread_policy(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+    assert default_threads() == 1  # never 0, however many processes share the cores
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert default_threads() == physical_cores() <= len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1"  # for Numba and child processes
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_option(styletx, trained_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # restored afterwards
+    before = torch.get_num_threads()
+    try:
+        result = styletx("convert", trained_run, trained_run / "samples", "-o", tmp_path / "o",
+                         "--threads", "1")
+        assert torch.get_num_threads() == 1, result.stderr
+    finally:
+        torch.set_num_threads(before)
+    assert styletx("convert", trained_run, "x.png", "-o", tmp_path, "--threads", "0"
+                   ).exit_code == 2
