@@ -264,14 +264,14 @@ class CycleGAN(styletx.Translator):
         ),
         "fast": Preset(
             config=dict(ngf=8, ndf=16, n_blocks=2, n_layers_d=2, upsample="resize",
-                        residual=True, colour_path=32, lambda_cycle=5.0, lambda_identity=0.5,
-                        identity_steps=300, lr=1e-3),
+                        residual=True, colour_path=32, lambda_cycle=5.0, lambda_identity=0.2,
+                        lr=1e-3),
             train=dict(size=64, batch_size=4, steps=3000),
             description="quality per CPU minute on photos: starts as the identity (output = "
                         "input + change) with a per-pixel colour/tone path beside a small "
                         "ResNet (ngf 8, 2 blocks, resize-conv up-sampling: no checkerboard), "
-                        "34x34 PatchGAN (ndf 16), cycle 5, identity for the first 300 steps, "
-                        "lr 1e-3, 64 px; pair with --minutes",
+                        "34x34 PatchGAN (ndf 16), cycle 5, identity 0.2, lr 1e-3, 64 px; pair "
+                        "with --minutes",
         ),
     }
     # Spectrograms (1, bins, frames): CycleGAN-VC2's recipe. 64-frame segments, all bins.

@@ -97,6 +97,7 @@ from styletx.errors import UsageError
 from styletx.interfaces import DIRECTIONS, LatentTranslator, Preset
 from styletx.nn import (
     GAN_MODES,
+    ColourPath,
     GANLoss,
     ResnetBlock,
     adam,
@@ -136,6 +137,8 @@ class VAEGANConfig:
     detail_skip: bool = False  # translations keep the input's fine detail: a -> b is
     #                            G_b(z) + (a - G_a(z)), the target decoding plus what a's own
     #                            VAE could not reconstruct (equal channel counts only)
+    colour_path: int = 0  # with detail_skip: hidden width of a per-pixel colour/tone path per
+    #                       direction, added to the translations (styletx.nn.ColourPath); 0 = none
     lr: float = 1e-4  # Adam learning rate (generator parts and discriminators)
     beta1: float = 0.5  # Adam beta1
     beta2: float = 0.999  # Adam beta2
@@ -160,6 +163,8 @@ class VAEGANConfig:
                              "lambda_identity, weight_decay and lr_step must be >= 0")
         if self.lr <= 0:
             raise UsageError(f"vaegan: lr must be > 0, not {self.lr}")
+        if self.colour_path < 0 or (self.colour_path and not self.detail_skip):
+            raise UsageError("vaegan: colour_path must be >= 0, and needs detail_skip=true")
         if not 0.0 < self.lr_gamma <= 1.0:
             raise UsageError(f"vaegan: lr_gamma must be in (0, 1], not {self.lr_gamma}")
 
@@ -345,20 +350,23 @@ def _crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class Translation(nn.Module):
     """One direction as a module, on inputs padded to ``LATENT_STRIDE``: the source encoder's
     posterior mean (the first ``latent_channels`` of its output) decoded by the target decoder;
-    with ``detail`` also ``+ x - G_src(mu)``, the detail the latent does not hold (``detail_skip``).
+    with ``own_decoder`` also ``+ x - G_src(mu)``, the detail the latent does not hold
+    (``detail_skip``), and with ``colour`` a per-pixel colour change of x (``colour_path``).
     """
 
     def __init__(self, encoder: nn.Module, latent_channels: int, decoder: nn.Module,
-                 own_decoder: nn.Module | None = None):
+                 own_decoder: nn.Module | None = None, colour: nn.Module | None = None):
         super().__init__()
         self.encoder, self.decoder, self.own_decoder = encoder, decoder, own_decoder
-        self.latent_channels = latent_channels
+        self.latent_channels, self.colour = latent_channels, colour
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mu = self.encoder(x)[:, : self.latent_channels]
         y = self.decoder(mu)
         if self.own_decoder is not None:
             y = y + x - self.own_decoder(mu)
+        if self.colour is not None:
+            y = y + self.colour(x)
         return y
 
 
@@ -388,13 +396,14 @@ class VAEGAN(LatentTranslator):
                         "PatchGANs (ndf 8, 3 layers), lr 1e-3",
         ),
         "fast": Preset(
-            config=dict(ngf=8, n_res=2, ndf=16, n_layers_d=3, num_scales=2, lr=1e-3,
-                        lambda_identity=1.0, detail_skip=True),
+            config=dict(ngf=8, n_res=2, ndf=16, n_layers_d=3, num_scales=2, lr=3e-4,
+                        lambda_identity=1.0, detail_skip=True, colour_path=32),
             train=dict(size=64, batch_size=4, steps=3000),
             description="quality per CPU minute on photos: translations keep the input's "
                         "fine detail and start as the identity (detail_skip, equal decoders "
-                        "at first), ngf 8, 1 private + 1 shared residual block, 2-scale "
-                        "PatchGANs (ndf 16), identity 1, lr 1e-3, 64 px; pair with --minutes",
+                        "at first) with a per-pixel colour/tone path, ngf 8, 1 private + 1 "
+                        "shared residual block, 2-scale PatchGANs (ndf 16), identity 1, lr "
+                        "3e-4, 64 px; pair with --minutes",
         ),
     }
     # Spectrograms (1, bins, frames): 64-frame segments with every bin and a linear output, as
@@ -432,6 +441,10 @@ class VAEGAN(LatentTranslator):
         self.dec_b = DomainDecoder(channels_b, c.ngf, private, c.tanh)
         if self.use_detail:  # equal decoders: a fresh model translates to exactly the input
             self.dec_b.load_state_dict(self.dec_a.state_dict())
+        self.colour = None
+        if self.use_detail and c.colour_path:
+            self.colour = nn.ModuleDict({d: ColourPath(channels_a, c.colour_path)
+                                         for d in DIRECTIONS})
         self.D_a = MultiScaleDiscriminator(channels_a, c.ndf, c.n_layers_d, c.num_scales)
         self.D_b = MultiScaleDiscriminator(channels_b, c.ndf, c.n_layers_d, c.num_scales)
         # Each domain's whole encoder and decoder; the shared parts are the same modules.
@@ -444,7 +457,8 @@ class VAEGAN(LatentTranslator):
     def networks(self) -> dict[str, nn.Module]:
         return {"enc_a": self.enc_a, "enc_b": self.enc_b, "shared_enc": self.shared_enc,
                 "shared_dec": self.shared_dec, "dec_a": self.dec_a, "dec_b": self.dec_b,
-                "D_a": self.D_a, "D_b": self.D_b}
+                "D_a": self.D_a, "D_b": self.D_b,
+                **({"colour": self.colour} if self.colour is not None else {})}
 
     @property
     def latent_channels(self) -> int:
@@ -461,7 +475,7 @@ class VAEGAN(LatentTranslator):
         # One optimizer for every generator part, one for both discriminators, as UNIT.
         self.optimizers = {
             "G": optimizer([self.enc_a, self.enc_b, self.shared_enc, self.shared_dec, self.dec_a,
-                            self.dec_b]),
+                            self.dec_b, *([self.colour] if self.colour is not None else [])]),
             "D": optimizer([self.D_a, self.D_b]),
         }
 
@@ -564,6 +578,9 @@ class VAEGAN(LatentTranslator):
         if self.use_detail:  # the detail each VAE misses; its gradient trains the VAEs' recon
             fake_b = fake_b + (real_a - rec_a).detach()
             fake_a = fake_a + (real_b - rec_b).detach()
+        if self.colour is not None:
+            fake_b = fake_b + self.colour["a2b"](real_a)
+            fake_a = fake_a + self.colour["b2a"](real_b)
         # Cycle: encode the translations with the other domain's encoder, decode back.
         stats_ab, stats_ba = _apply(self.shared_enc, self.enc_b(pad_to_multiple(fake_b)),
                                     self.enc_a(pad_to_multiple(fake_a)))
@@ -638,7 +655,8 @@ class VAEGAN(LatentTranslator):
 
     def _translation(self, src: str, dst: str) -> Translation:
         return Translation(self.encoders[src], self.latent_channels, self.decoders[dst],
-                           self.decoders[src] if self.use_detail else None)
+                           self.decoders[src] if self.use_detail else None,
+                           self.colour[f"{src}2{dst}"] if self.colour is not None else None)
 
     def export_module(self, direction: str) -> nn.Module:
         """``translate`` as one module (``Translation``) behind ``pad_to_multiple``'s padding
