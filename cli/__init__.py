@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from styletx import __version__
-from styletx.demo import DEMO_STEPS, VOICE_DEMO_STEPS
+from styletx.demo import DEMO_MINUTES, VOICE_DEMO_MINUTES
 from styletx.errors import StyletxError, UsageError, is_out_of_memory, out_of_memory_problem
 
 log = logging.getLogger("styletx")
@@ -504,20 +504,23 @@ def plugins(as_json):
 @cli.command()
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("styletx-demo"),
               show_default=True, help="Folder for the demo data, run and results.")
-@click.option("--steps", type=int, default=None,
-              help=f"Training steps (default: {DEMO_STEPS} images, {VOICE_DEMO_STEPS} voice).")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help=f"Training time of each part (default: {DEMO_MINUTES:g} images, "
+                   f"{VOICE_DEMO_MINUTES:g} voice).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Train each part for this many steps instead of a time budget.")
 @click.option("--part", type=click.Choice(["all", "images", "voice"]), default="all",
               show_default=True, help="Which demo to run.")
 @click.option("--device", default="auto", show_default=True)
 @threads_option
 @reports_errors
-def demo(out, steps, part, device):
+def demo(out, minutes, steps, part, device):
     """Offline demos: synthetic images with a hidden colour transform, and two bundled voices."""
     from styletx.demo import run_demo, run_voice_demo
 
     registry()
     if part in ("all", "images"):
-        result = run_demo(out, steps=steps or DEMO_STEPS, device=device)
+        result = run_demo(out, minutes or DEMO_MINUTES, steps, device=device)
         click.echo(
             f"\nconverted {result['files']} held-out images into {result['converted']}\n"
             f"previews during training: {result['samples']}\n"
@@ -526,7 +529,7 @@ def demo(out, steps, part, device):
             f"try: styletx convert {result['run']} YOUR_IMAGES -o OUT\n"
         )
     if part in ("all", "voice"):
-        voice = run_voice_demo(out, steps=steps or VOICE_DEMO_STEPS, device=device)
+        voice = run_voice_demo(out, minutes or VOICE_DEMO_MINUTES, steps, device=device)
         click.echo(
             f"\nconverted a held-out sentence of voice A into voice B: {voice['audio']}\n"
             f"spectrograms (input above, converted below): {voice['picture']}\n"

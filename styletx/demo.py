@@ -17,14 +17,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from .metrics import psnr
 
 log = logging.getLogger("styletx")
-DEMO_STEPS = 1500  # about two minutes on a 2-core CPU
-# The tiny preset, widened and with batch norm. Measured on the demo data (PSNR of held-out
-# conversions minus that of the untouched inputs): plain tiny +2.5 dB (1000 steps) to +2.9 dB
-# (3000); ngf 16 + 3 blocks, 1500 steps: +4.5 dB at lr 1e-3, +5.4 dB at lr 2e-4, and +8.4 dB
-# with batch norm (instance norm erases each image's mean colour, the very thing to change here;
-# no norm: +2.7 dB; a residual generator: -2.0 dB).
-DEMO_SETTINGS = {"ngf": 16, "n_blocks": 3, "lr": 2e-4, "norm": "batch"}
+DEMO_MINUTES = 2.0  # the image part's training budget (train --minutes)
 DEMO_IMAGE_SIZE = 40  # close to the training scale (crops of 32 from images loaded at 36)
+DEMO_CROP = 32
 
 
 def winterize(rgb: np.ndarray) -> np.ndarray:
@@ -109,8 +104,11 @@ def score_folder(converted: Path, inputs: Path, truth: Path) -> tuple[float, flo
     return float(np.mean(before)), float(np.mean(after))
 
 
-def run_demo(out: Path, steps: int = DEMO_STEPS, device: str = "auto") -> dict[str, object]:
-    """Generate the demo folders, train the tiny CycleGAN, convert the held-out scenes, score."""
+def run_demo(out: Path, minutes: float = DEMO_MINUTES, steps: int | None = None,
+             device: str = "auto") -> dict[str, object]:
+    """Generate the demo folders, train the fast CycleGAN for ``minutes`` (or ``steps``),
+    convert the held-out scenes, score. The fast preset starts as the identity, so even a
+    run cut short by a busy machine does not make the scenes worse."""
     from .convert import load_run
     from .training import TrainSettings, train
 
@@ -118,9 +116,9 @@ def run_demo(out: Path, steps: int = DEMO_STEPS, device: str = "auto") -> dict[s
     if not all(folder.is_dir() for folder in data.values()):
         log.info("writing demo images to %s", out / "data")
         data = make_image_dataset(out / "data", size=DEMO_IMAGE_SIZE)
-    settings = TrainSettings(steps=steps, device=device, preview_every=250, save_every=250)
-    train(data["a"], data["b"], out / "run", model="cyclegan", preset="tiny",
-          overrides=DEMO_SETTINGS, settings=settings)
+    settings = TrainSettings(steps=steps, minutes=None if steps else minutes, size=DEMO_CROP,
+                             device=device)
+    train(data["a"], data["b"], out / "run", model="cyclegan", preset="fast", settings=settings)
     report = load_run(out / "run", device=device).convert_files([data["test_a"]], out / "converted")
     before, after = score_folder(out / "converted", data["test_a"], data["test_b"])
     return {"run": out / "run", "converted": out / "converted", "samples": out / "run" / "samples",
@@ -128,10 +126,10 @@ def run_demo(out: Path, steps: int = DEMO_STEPS, device: str = "auto") -> dict[s
 
 
 DEMO_VOICES = Path(__file__).parent / "demo_voices"  # two espeak-ng voices, see scripts/
-VOICE_DEMO_STEPS = 1500  # a few minutes of the tiny voice preset on a 2-core CPU
+VOICE_DEMO_MINUTES = 3.0  # the voice part's training budget (train --minutes)
 
 
-def run_voice_demo(out: Path, steps: int = VOICE_DEMO_STEPS,
+def run_voice_demo(out: Path, minutes: float = VOICE_DEMO_MINUTES, steps: int | None = None,
                    device: str = "auto") -> dict[str, object]:
     """Train the tiny voice CycleGAN on the bundled voices (low male -> high female), convert a
     held-out sentence, write its audio and a spectrogram picture, and measure MCD and F0."""
@@ -140,7 +138,7 @@ def run_voice_demo(out: Path, steps: int = VOICE_DEMO_STEPS,
     from .training import TrainSettings, train
     from .voice_metrics import mcd, median_f0
 
-    settings = TrainSettings(steps=steps, device=device, preview_every=500, save_every=250)
+    settings = TrainSettings(steps=steps, minutes=None if steps else minutes, device=device)
     train(DEMO_VOICES / "a", DEMO_VOICES / "b", out / "voice-run", preset="tiny",
           domain="audio", settings=settings)
     run = load_run(out / "voice-run", device=device)

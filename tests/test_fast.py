@@ -77,7 +77,7 @@ def test_minutes_plans_the_steps_and_the_schedule(scenes, tmp_path, caplog):
     planned = config["train"]["steps"]
     assert planned >= 1 and config["step"] == result.step
     assert f"so {planned} steps" in caplog.text
-    assert result.step == planned or "budget is spent" in caplog.text
+    assert result.step == planned or "time is up" in caplog.text
     last = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
     assert last["lr"]["G"] == pytest.approx(1e-3 * linear_decay(planned)(last["step"]))
 
