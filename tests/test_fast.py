@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -64,20 +65,34 @@ def test_fast_preset_beats_the_untouched_input(model, steps, scenes, tmp_path):
     assert after > before + 1.0, (before, after)
 
 
-def test_minutes_plans_the_steps_and_the_schedule(scenes, tmp_path, caplog):
+@pytest.fixture
+def messages():
+    """What the styletx logger says (the CLI tests turn its propagation to the root off)."""
+    said: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: said.append(record.getMessage())
+    log = logging.getLogger("styletx")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    yield said
+    log.removeHandler(handler)
+    log.setLevel(level)
+
+
+def test_minutes_plans_the_steps_and_the_schedule(scenes, tmp_path, messages):
     """A new run with --minutes and no --steps times its first steps and saves the number of
     steps that fit as the run's total, which the lr schedule follows; it ends there or, on a
     slower machine, when the time is spent, saying so."""
     run = tmp_path / "run"
-    with caplog.at_level("INFO", logger="styletx"):
-        result = train(scenes["a"], scenes["b"], run, preset="tiny",
-                       settings=TrainSettings(minutes=0.05, size=16, device="cpu",
-                                              progress=False))
+    result = train(scenes["a"], scenes["b"], run, preset="tiny",
+                   settings=TrainSettings(minutes=0.05, size=16, device="cpu", progress=False))
     config = json.loads((run / "config.json").read_text())
     planned = config["train"]["steps"]
     assert planned >= 1 and config["step"] == result.step
-    assert f"so {planned} steps" in caplog.text
-    assert result.step == planned or "time is up" in caplog.text
+    text = "\n".join(messages)
+    assert f"so {planned} steps" in text
+    assert result.step == planned or "time is up" in text
     last = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
     assert last["lr"]["G"] == pytest.approx(1e-3 * linear_decay(planned)(last["step"]))
 
