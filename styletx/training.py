@@ -372,19 +372,19 @@ def _steps_in_budget(translator: Translator, sampler: CropSampler, settings: Tra
 
 
 def _time_steps(translator: Translator, sampler: CropSampler, device: torch.device,
-                warmup: int = 2, least: int = 5, seconds: float = 2.0) -> float:
-    """Seconds per training step, the median of ``least`` or more steps (at least ``seconds``
-    of them) after ``warmup`` untimed ones, on throwaway optimizers; everything the steps
-    changed is put back."""
+                warmup: int = 2, timed: int = 8) -> float:
+    """Seconds per training step, the median of ``timed`` steps after ``warmup`` untimed ones,
+    on throwaway optimizers; everything the steps changed is put back. A fixed count, so that
+    every process runs the same steps (synchronised batch norm communicates in each)."""
     nets = {name: copy.deepcopy(net.state_dict()) for name, net in translator.networks().items()}
     extra, data, rng = translator.extra_state(), sampler.state_dict(), _rng_state()
     translator.configure_optimizers(1 << 30)  # a constant lr while timing
     translator.train(True)
-    times: list[float] = []
-    while len(times) < warmup + least or sum(times[warmup:]) < seconds:
+    times = []
+    for step in range(warmup + timed):
         batch = {k: v.to(device) for k, v in sampler.next_batch().items()}
         began = time.perf_counter()
-        translator.training_step(batch, len(times))
+        translator.training_step(batch, step)
         times.append(time.perf_counter() - began)
     for name, net in translator.networks().items():
         net.load_state_dict(nets[name])

@@ -53,9 +53,9 @@ def _rank_worker(rank: int, world: int, port: int, model: str, a: str, b: str, o
 
     training._run_loop, CropSampler._index = spy_loop, spy_index
     training.train(Path(a), Path(b), Path(out), model=model, preset="tiny", overrides=SMALL,
-                   settings=training.TrainSettings(steps=STEPS, size=16, batch_size=2,
-                                                   device="cpu", progress=False, save_every=3,
-                                                   preview_every=STEPS, **extra))
+                   settings=training.TrainSettings(**{
+                       "steps": STEPS, "size": 16, "batch_size": 2, "device": "cpu",
+                       "progress": False, "save_every": 3, "preview_every": STEPS, **extra}))
     networks = seen["translator"].networks()
     torch.save({"weights": {name: net.state_dict() for name, net in networks.items()},
                 "drawn": drawn}, Path(dump) / f"rank{rank}.pt")
@@ -124,6 +124,15 @@ def test_balance_on_two_processes(scenes, tmp_path):
     _assert_same_weights(ranks, tmp_path / "run")
     log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     assert [e["step"] for e in map(json.loads, log) if "balance" in e] == [0, 2, 4]
+
+
+@pytest.mark.slow
+def test_minutes_on_two_processes(scenes, tmp_path):
+    """--minutes plans one step count for all processes (rank 0's) and stops them together."""
+    ranks = _train_on_two_processes("cyclegan", scenes, tmp_path, steps=None, minutes=0.1)
+    _assert_same_weights(ranks, tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert 1 <= config["step"] <= config["train"]["steps"]
 
 
 @pytest.mark.slow
