@@ -231,12 +231,27 @@ class UnetGenerator(nn.Module):
             x = F.pad(x, (0, pad_w, 0, 0), mode="reflect" if pad_w < w else "replicate")
         if pad_h:
             x = F.pad(x, (0, 0, 0, pad_h), mode="reflect" if pad_h < h else "replicate")
+        return self.unpadded(x)[..., :h, :w]
+
+    def unpadded(self, x: torch.Tensor) -> torch.Tensor:
+        """The generator on an input whose sides are already multiples of 2**depth."""
         y = self.model(x)
         if self.colour is not None:
             y = y + self.colour(x)
         if self.residual:
             y = y + x
-        return y[..., :h, :w]
+        return y
+
+
+class Unpadded(nn.Module):
+    """``generator.unpadded`` as a module, for export behind ``PadCrop``."""
+
+    def __init__(self, generator: UnetGenerator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.generator.unpadded(x)
 
 
 class Pix2Pix(styletx.Translator):
@@ -444,7 +459,7 @@ class Pix2Pix(styletx.Translator):
 
         self._check_direction(direction, f"export --direction {self.directions[0]}")
         generator = self.generators[direction]
-        return PadCrop(generator.model, multiple=2**generator.depth)
+        return PadCrop(Unpadded(generator), multiple=2**generator.depth)
 
     def preview(self, batch: dict[str, torch.Tensor]) -> list[list[tuple[str, torch.Tensor]]]:
         """One row per trained direction: (input, translated, the true pair)."""
