@@ -487,10 +487,14 @@ def export(run, direction, fmt, out):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @reports_errors
 def plugins(as_json):
-    """List the loaded plugins, their versions and what they register."""
+    """List the loaded plugins, their versions, what they register and each translator's
+    presets (per domain: training crop, batch size, steps and what the preset is for)."""
     reg = registry()
+    presets = {name: _presets(cls, reg.domains) for name, cls in reg.translators.items()}
     if as_json:
-        click.echo(json.dumps([p.__dict__ for p in reg.plugins], indent=2))
+        click.echo(json.dumps([{**p.__dict__, "presets": {
+            name: presets[name] for name in p.registers.get("translators", []) if name in presets
+        }} for p in reg.plugins], indent=2))
         return
     for p in reg.plugins:
         origin = "built-in" if p.builtin else "entry point"
@@ -499,6 +503,25 @@ def plugins(as_json):
             click.echo(f"  error: {p.error}")
         for kind, names in p.registers.items():
             click.echo(f"  {kind}: {', '.join(names)}")
+            for name in names if kind == "translators" else []:
+                _echo_presets(presets.get(name, {}))
+
+
+def _presets(cls, domains) -> dict[str, dict[str, dict]]:
+    """{domain: {preset: {size, batch_size, steps, description}}} of a translator class."""
+    from styletx.training import TRAIN_DEFAULTS
+
+    return {domain: {name: {**TRAIN_DEFAULTS, **preset.train, "description": preset.description}
+                     for name, preset in cls.presets_for(domain).items()}
+            for domain in domains}
+
+
+def _echo_presets(by_domain: dict[str, dict[str, dict]]) -> None:
+    unit = {"audio": "frames"}
+    for domain, presets in by_domain.items():
+        for name, p in presets.items():
+            click.echo(f"    --preset {name} ({domain}: {p['size']} {unit.get(domain, 'px')}, "
+                       f"batch {p['batch_size']}, {p['steps']} steps): {p['description']}")
 
 
 @cli.command()

@@ -116,9 +116,14 @@ def test_plugins_command_reports_broken_plugin(styletx, fake_entry_points, monke
     assert listed["cyclegan"]["registers"] == {"translators": ["cyclegan"]}
     assert listed["good"]["registers"] == {"translators": ["cyclegan2"]}
     assert "ModuleNotFoundError" in listed["importerror"]["error"]
+    fast = listed["cyclegan"]["presets"]["cyclegan"]["image"]["fast"]
+    assert fast["size"] == 64 and "colour" in fast["description"]
+    assert set(listed["cyclegan"]["presets"]["cyclegan"]["audio"]) == {"default", "tiny"}
 
 
 def test_plugins_command_text(styletx):
     result = styletx("plugins")
     assert result.exit_code == 0
     assert "cyclegan 0.1.0 (built-in)" in result.stdout and "translators: cyclegan" in result.stdout
+    assert "--preset fast (image: 64 px, batch 4" in result.stdout
+    assert "--preset tiny (audio: 64 frames" in result.stdout
