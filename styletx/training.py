@@ -76,6 +76,7 @@ from .runs import (
 
 log = logging.getLogger("styletx")
 
+PLAIN_LINE_SECONDS = 10  # without a progress bar (not a terminal): a progress line this often
 # Used when neither the user nor the preset says otherwise.
 TRAIN_DEFAULTS = {"steps": 10_000, "batch_size": 1, "size": 256}
 
@@ -272,7 +273,7 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     batches = _batch_source(sampler, settings, device)
     memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
     saved, failure = start, None  # the step of the last whole checkpoint
-    saved_at = time.monotonic()
+    saved_at, printed_at = time.monotonic(), float("-inf")
     save_every = settings.save_every or _save_interval(total)
     preview_every = settings.preview_every or save_every
     deadline = None if settings.minutes is None else settings.started + 60 * settings.minutes
@@ -299,7 +300,10 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
                 if step % settings.log_every == 0 or step == total or stopping:
                     rate = (step - tick_step) / max(time.perf_counter() - tick, 1e-9)
                     tick, tick_step = time.perf_counter(), step
-                    _log_step(out, step, total, losses, rate, translator, quiet=not bar.disable)
+                    plain = bar.disable and (time.monotonic() - printed_at >= PLAIN_LINE_SECONDS
+                                             or step == total or stopping)
+                    _log_step(out, step, total, losses, rate, translator, quiet=not plain)
+                    printed_at = time.monotonic() if plain else printed_at
                 if step % preview_every == 0 or step == total or stopping:
                     _save_preview(out, step, translator, preview_batch, device, dom, encoders)
                 if (step % save_every == 0 or step == total or stopping
@@ -537,7 +541,7 @@ def _log_step(out, step, total, losses, rate, translator, quiet: bool) -> None:
     lrs = {k: o.param_groups[0]["lr"] for k, o in translator.optimizers.items()}
     append_log(out, {"step": step, "time": time.time(), "steps_per_s": round(rate, 3),
                      "lr": lrs, "losses": losses})
-    if not quiet:  # no progress bar (not a terminal): a plain line instead
+    if not quiet:  # no progress bar (not a terminal): a plain line now and then instead
         eta = (total - step) / max(rate, 1e-9)
         log.info("step %d/%d  %s  (%.1f steps/s, %s left)", step, total, _format_losses(losses),
                  rate, _clock(eta))

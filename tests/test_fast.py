@@ -98,9 +98,15 @@ def test_minutes_plans_the_steps_and_the_schedule(scenes, tmp_path, messages):
 
 
 def test_minutes_timing_changes_nothing(scenes, tmp_path, monkeypatch):
-    """The timed steps are undone: a --minutes run is the same as a --steps run of its total."""
+    """The timed steps are undone: a --minutes run is the same as a --steps run of its total.
+    (The real timing runs, but reports 60 s a step, so that 10 minutes plan a few steps.)"""
+    import styletx.training as training
+
+    time_steps = training._time_steps
+    monkeypatch.setattr(training, "_time_steps", lambda *args: time_steps(*args) * 0 + 60.0)
     timed = train(scenes["a"], scenes["b"], tmp_path / "timed", preset="tiny",
-                  settings=TrainSettings(minutes=0.02, size=16, device="cpu", progress=False))
+                  settings=TrainSettings(minutes=10, size=16, device="cpu", progress=False))
+    assert 5 <= timed.step <= 9
     plain = train(scenes["a"], scenes["b"], tmp_path / "plain", preset="tiny",
                   settings=TrainSettings(steps=timed.step, size=16, device="cpu",
                                          progress=False))
