@@ -246,7 +246,8 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     sampler = CropSampler(examples, crop, train_values["batch_size"], dom.flip_augment,
                           translator.paired, seed=train_values["seed"], rank=group.rank,
                           world=group.size)
-    if settings.minutes is not None and resume_state is None and settings.steps is None:
+    planned = settings.minutes is not None and resume_state is None and settings.steps is None
+    if planned:
         total = train_values["steps"] = _steps_in_budget(translator, sampler, settings, device,
                                                          group)
     translator.configure_optimizers(total)
@@ -276,7 +277,8 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
     saved_at, printed_at = time.monotonic(), float("-inf")
     save_every = settings.save_every or _save_interval(total)
     preview_every = settings.preview_every or save_every
-    deadline = None if settings.minutes is None else settings.started + 60 * settings.minutes
+    budget = None if settings.minutes is None else Budget(settings, start,
+                                                          replan=planned and not group.active)
     try:
         with _StopAtStepBoundary() as stop:
             while step < total and not stopping:
@@ -291,8 +293,11 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
                 for scheduler in translator.schedulers.values():
                     scheduler.step()
                 step += 1
-                out_of_time = deadline is not None and time.monotonic() >= deadline
+                out_of_time = budget is not None and budget.spent()
                 stopping = group.any(stop.requested or out_of_time, device)  # on any rank: all
+                revised = budget and budget.revised_total(step, total, time.monotonic())
+                if revised:
+                    total = _replan(translator, train_values, revised, bar)
                 if not group.is_main:
                     continue
                 bar.update(1)
@@ -320,7 +325,7 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
                                       else "; no checkpoint was saved"))
     _pause_prefetch(batches)
     bar.close()
-    if step < total and (deadline is None or stop.requested):
+    if step < total and (budget is None or stop.requested):
         group.finish()
         raise TrainingInterrupted(
             f"interrupted at step {step}; checkpoint saved in {out}; run the same command to resume"
@@ -373,6 +378,51 @@ def _steps_in_budget(translator: Translator, sampler: CropSampler, settings: Tra
     steps = int(group.broadcast(torch.tensor([steps]), device))
     log.info("--minutes %g: %.3f s a step, so %d steps", settings.minutes, per_step, steps)
     return steps
+
+
+class Budget:
+    """``--minutes``: when time is up, and one revision of a planned step count from the speed
+    the loop really has (the first timing may have met a busier or idler machine)."""
+
+    REVISE_AT = 0.1  # of the loop's time: late enough to measure, early enough that the lr is
+    #                  still constant (CycleGAN and pix2pix decay over the second half)
+    BEFORE = 0.45  # revise only before this share of the planned steps
+    LEAST_CHANGE = 0.05  # and only when the count changes by more than this share
+
+    def __init__(self, settings: TrainSettings, step: int, replan: bool):
+        self.deadline = settings.started + 60 * settings.minutes
+        self.began, self.first_step = time.monotonic(), step
+        self.revise_at = (self.began + self.REVISE_AT * (self.deadline - self.began)
+                          if replan else float("inf"))
+
+    def spent(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def revised_total(self, step: int, total: int, now: float) -> int | None:
+        """A better step count at the revision time, once; None otherwise."""
+        if now < self.revise_at:
+            return None
+        self.revise_at = float("inf")
+        rate = (step - self.first_step) / max(now - self.began, 1e-9)
+        revised = step + int(BUDGET_SHARE * (self.deadline - now) * rate)
+        if step >= self.BEFORE * total or abs(revised - total) <= self.LEAST_CHANGE * total:
+            return None
+        return revised
+
+
+def _replan(translator: Translator, train_values: dict[str, Any], total: int, bar) -> int:
+    """Make ``total`` the run's step count: new schedulers (and optimizers) for it, carrying
+    the current optimizer and scheduler state over, as a resume does."""
+    state = {kind: {name: obj.state_dict() for name, obj in getattr(translator, kind).items()}
+             for kind in ("optimizers", "schedulers")}
+    translator.configure_optimizers(total)
+    for kind, objects in state.items():
+        for name, obj_state in objects.items():
+            getattr(translator, kind)[name].load_state_dict(obj_state)
+    log.info("--minutes: %d steps fit at the speed so far (planned %d)", total,
+             train_values["steps"])
+    train_values["steps"] = bar.total = total
+    return total
 
 
 def _time_steps(translator: Translator, sampler: CropSampler, device: torch.device,

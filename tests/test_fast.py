@@ -18,7 +18,7 @@ from styletx.model import make_config
 from styletx.nn import linear_decay
 from styletx.registry import get_registry
 from styletx.threads import default_threads, physical_cores, set_threads
-from styletx.training import TrainSettings, _save_interval, train
+from styletx.training import BUDGET_SHARE, Budget, TrainSettings, _save_interval, train
 
 MODELS = ("cyclegan", "pix2pix", "vaegan")
 
@@ -192,3 +192,36 @@ def test_fast_export_module_matches_translate(model):
             assert torch.allclose(exported(x), y, atol=1e-5)
         else:
             assert torch.allclose(exported(x)[..., :28, :36], y, atol=1e-5)
+
+
+def test_budget_revises_a_plan_once_early_on():
+    settings = TrainSettings(minutes=10, started=time.monotonic())
+    budget = Budget(settings, step=0, replan=True)
+    at = budget.revise_at
+    assert at - budget.began == pytest.approx(0.1 * (budget.deadline - budget.began))
+    assert budget.revised_total(100, 3000, at - 1) is None  # not yet
+    revised = budget.revised_total(500, 3000, at)  # 500 steps in a tenth: ~4x faster than planned
+    assert revised == 500 + int(BUDGET_SHARE * (budget.deadline - at) * 500 / (at - budget.began))
+    assert budget.revised_total(600, revised, at + 1) is None  # once only
+    late = Budget(settings, step=0, replan=True)
+    assert late.revised_total(2000, 3000, late.revise_at) is None  # the lr may be decaying
+    assert Budget(settings, step=0, replan=False).revised_total(1, 3000, 1e12) is None
+
+
+def test_a_revised_plan_is_the_run_of_its_step_count(scenes, tmp_path, monkeypatch):
+    """Revised at step 4 from 10 to 16 steps, a run ends with the weights of a --steps 16 run:
+    the lr is constant until then, and the optimizer and scheduler state carry over."""
+    import styletx.training as training
+
+    monkeypatch.setattr(training, "_time_steps", lambda *args: 60.0)  # 10 minutes: 9 steps
+    monkeypatch.setattr(Budget, "revised_total",
+                        lambda self, step, total, now: 16 if step == 4 else None)
+    revised = train(scenes["a"], scenes["b"], tmp_path / "revised", preset="tiny",
+                    settings=TrainSettings(minutes=10, size=16, device="cpu", progress=False))
+    monkeypatch.undo()
+    plain = train(scenes["a"], scenes["b"], tmp_path / "plain", preset="tiny",
+                  settings=TrainSettings(steps=16, size=16, device="cpu", progress=False))
+    config = json.loads((tmp_path / "revised" / "config.json").read_text())
+    assert revised.step == plain.step == config["train"]["steps"] == 16
+    a = (tmp_path / "revised" / "model.safetensors").read_bytes()
+    assert a == (tmp_path / "plain" / "model.safetensors").read_bytes()
