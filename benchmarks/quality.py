@@ -196,7 +196,14 @@ def baseline(folders: dict[str, Path]) -> dict:
 
 def run_one(task: str, model: str, preset: str, folders, args) -> dict:
     run = args.out / "runs" / f"{task}-{model}-{preset}{args.tag}"
-    trained = train(run, folders, model, preset, args)
+    record = run / "benchmark.json"  # written when a run is trained and scored
+    if args.reuse and record.is_file():
+        trained = json.loads(record.read_text())
+        first = run.with_name(run.name + "-first")
+        trained["first"] = first if first.is_dir() else None
+    else:
+        trained = train(run, folders, model, preset, args)
+        record.write_text(json.dumps({"seconds": trained["seconds"]}))
     result = score(run, folders)
     first = score(trained["first"], folders) if trained["first"] else None
     print(f"{task:10s} {model:8s} {preset:5s} PSNR {result['psnr']:6.2f} SSIM "
@@ -269,6 +276,9 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the run folders' names")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a translator setting for every run (train --set), to try variants")
+    parser.add_argument("--reuse", action="store_true",
+                        help="score runs already trained under --out instead of training again "
+                             "(to assemble one table and grids from several invocations)")
     parser.add_argument("--out", type=Path, default=Path("quality-benchmark"))
     args = parser.parse_args()
     args.tasks, args.models, args.presets = (v.split(",") for v in

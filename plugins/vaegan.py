@@ -137,6 +137,9 @@ class VAEGANConfig:
     detail_skip: bool = False  # translations keep the input's fine detail: a -> b is
     #                            G_b(z) + (a - G_a(z)), the target decoding plus what a's own
     #                            VAE could not reconstruct (equal channel counts only)
+    latent_gate: bool = False  # with detail_skip: the latent's change G_dst(z) - G_src(z) is
+    #                            scaled by a learned gate per direction that starts at 0, so a
+    #                            translation uses the latent only as far as that helps
     colour_path: int = 0  # with detail_skip: hidden width of a per-pixel colour/tone path per
     #                       direction, added to the translations (styletx.nn.ColourPath); 0 = none
     lr: float = 1e-4  # Adam learning rate (generator parts and discriminators)
@@ -163,8 +166,10 @@ class VAEGANConfig:
                              "lambda_identity, weight_decay and lr_step must be >= 0")
         if self.lr <= 0:
             raise UsageError(f"vaegan: lr must be > 0, not {self.lr}")
-        if self.colour_path < 0 or (self.colour_path and not self.detail_skip):
-            raise UsageError("vaegan: colour_path must be >= 0, and needs detail_skip=true")
+        if self.colour_path < 0 or ((self.colour_path or self.latent_gate)
+                                    and not self.detail_skip):
+            raise UsageError("vaegan: colour_path must be >= 0; it and latent_gate need "
+                             "detail_skip=true")
         if not 0.0 < self.lr_gamma <= 1.0:
             raise UsageError(f"vaegan: lr_gamma must be in (0, 1], not {self.lr_gamma}")
 
@@ -347,24 +352,39 @@ def _crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[..., : size[0], : size[1]]
 
 
+class Gate(nn.Module):
+    """``x * g`` for one learned scalar g that starts at 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
 class Translation(nn.Module):
     """One direction as a module, on inputs padded to ``LATENT_STRIDE``: the source encoder's
-    posterior mean (the first ``latent_channels`` of its output) decoded by the target decoder;
-    with ``own_decoder`` also ``+ x - G_src(mu)``, the detail the latent does not hold
-    (``detail_skip``), and with ``colour`` a per-pixel colour change of x (``colour_path``).
+    posterior mean (the first ``latent_channels`` of its output) decoded by the target decoder.
+    With ``own_decoder`` (``detail_skip``) it is ``x + gate(G_dst(mu) - G_src(mu))`` instead:
+    the input keeps the detail the latent does not hold, and takes the latent's change through
+    ``gate`` (``latent_gate``; none: all of it); ``colour`` adds a per-pixel colour change of x
+    (``colour_path``).
     """
 
     def __init__(self, encoder: nn.Module, latent_channels: int, decoder: nn.Module,
-                 own_decoder: nn.Module | None = None, colour: nn.Module | None = None):
+                 own_decoder: nn.Module | None = None, colour: nn.Module | None = None,
+                 gate: nn.Module | None = None):
         super().__init__()
         self.encoder, self.decoder, self.own_decoder = encoder, decoder, own_decoder
-        self.latent_channels, self.colour = latent_channels, colour
+        self.latent_channels, self.colour, self.gate = latent_channels, colour, gate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mu = self.encoder(x)[:, : self.latent_channels]
         y = self.decoder(mu)
         if self.own_decoder is not None:
-            y = y + x - self.own_decoder(mu)
+            change = y - self.own_decoder(mu)
+            y = x + (change if self.gate is None else self.gate(change))
         if self.colour is not None:
             y = y + self.colour(x)
         return y
@@ -397,13 +417,14 @@ class VAEGAN(LatentTranslator):
         ),
         "fast": Preset(
             config=dict(ngf=8, n_res=2, ndf=16, n_layers_d=3, num_scales=2, lr=3e-4,
-                        lambda_identity=1.0, detail_skip=True, colour_path=32),
+                        lambda_identity=1.0, detail_skip=True, latent_gate=True, colour_path=32),
             train=dict(size=64, batch_size=4, steps=3000),
-            description="quality per CPU minute on photos: translations keep the input's "
-                        "fine detail and start as the identity (detail_skip, equal decoders "
-                        "at first) with a per-pixel colour/tone path, ngf 8, 1 private + 1 "
-                        "shared residual block, 2-scale PatchGANs (ndf 16), identity 1, lr "
-                        "3e-4, 64 px; pair with --minutes",
+            description="quality per CPU minute on photos: translations are the input plus "
+                        "a per-pixel colour/tone path plus the latent's change through a gate "
+                        "learned from 0 (detail_skip, latent_gate: they start as the identity "
+                        "and keep the input's detail), ngf 8, 1 private + 1 shared residual "
+                        "block, 2-scale PatchGANs (ndf 16), identity 1, lr 3e-4, 64 px; pair "
+                        "with --minutes",
         ),
     }
     # Spectrograms (1, bins, frames): 64-frame segments with every bin and a linear output, as
@@ -441,10 +462,12 @@ class VAEGAN(LatentTranslator):
         self.dec_b = DomainDecoder(channels_b, c.ngf, private, c.tanh)
         if self.use_detail:  # equal decoders: a fresh model translates to exactly the input
             self.dec_b.load_state_dict(self.dec_a.state_dict())
-        self.colour = None
+        self.colour = self.gate = None
         if self.use_detail and c.colour_path:
             self.colour = nn.ModuleDict({d: ColourPath(channels_a, c.colour_path)
                                          for d in DIRECTIONS})
+        if self.use_detail and c.latent_gate:
+            self.gate = nn.ModuleDict({d: Gate() for d in DIRECTIONS})
         self.D_a = MultiScaleDiscriminator(channels_a, c.ndf, c.n_layers_d, c.num_scales)
         self.D_b = MultiScaleDiscriminator(channels_b, c.ndf, c.n_layers_d, c.num_scales)
         # Each domain's whole encoder and decoder; the shared parts are the same modules.
@@ -458,7 +481,8 @@ class VAEGAN(LatentTranslator):
         return {"enc_a": self.enc_a, "enc_b": self.enc_b, "shared_enc": self.shared_enc,
                 "shared_dec": self.shared_dec, "dec_a": self.dec_a, "dec_b": self.dec_b,
                 "D_a": self.D_a, "D_b": self.D_b,
-                **({"colour": self.colour} if self.colour is not None else {})}
+                **{name: net for name, net in (("colour", self.colour), ("gate", self.gate))
+                   if net is not None}}
 
     @property
     def latent_channels(self) -> int:
@@ -475,7 +499,8 @@ class VAEGAN(LatentTranslator):
         # One optimizer for every generator part, one for both discriminators, as UNIT.
         self.optimizers = {
             "G": optimizer([self.enc_a, self.enc_b, self.shared_enc, self.shared_dec, self.dec_a,
-                            self.dec_b, *([self.colour] if self.colour is not None else [])]),
+                            self.dec_b, *[net for net in (self.colour, self.gate)
+                                          if net is not None]]),
             "D": optimizer([self.D_a, self.D_b]),
         }
 
@@ -575,9 +600,9 @@ class VAEGAN(LatentTranslator):
         fake_b, rec_b = _apply(self.dec_b, s_a, s_b)
         rec_a, fake_a = _crop(rec_a, size_a), _crop(fake_a, size_b)
         fake_b, rec_b = _crop(fake_b, size_a), _crop(rec_b, size_b)
-        if self.use_detail:  # the detail each VAE misses; its gradient trains the VAEs' recon
-            fake_b = fake_b + (real_a - rec_a).detach()
-            fake_a = fake_a + (real_b - rec_b).detach()
+        if self.use_detail:  # the input plus the latent's change, as Translation
+            fake_b = real_a + self._gated("a2b", fake_b - rec_a.detach())
+            fake_a = real_b + self._gated("b2a", fake_a - rec_b.detach())
         if self.colour is not None:
             fake_b = fake_b + self.colour["a2b"](real_a)
             fake_a = fake_a + self.colour["b2a"](real_b)
@@ -653,10 +678,14 @@ class VAEGAN(LatentTranslator):
             y = _crop(self._translation(src, dst)(x32), x.shape[-2:])
         return y.float().to(x.device)
 
+    def _gated(self, direction: str, change: torch.Tensor) -> torch.Tensor:
+        return change if self.gate is None else self.gate[direction](change)
+
     def _translation(self, src: str, dst: str) -> Translation:
         return Translation(self.encoders[src], self.latent_channels, self.decoders[dst],
                            self.decoders[src] if self.use_detail else None,
-                           self.colour[f"{src}2{dst}"] if self.colour is not None else None)
+                           self.colour[f"{src}2{dst}"] if self.colour is not None else None,
+                           self.gate[f"{src}2{dst}"] if self.gate is not None else None)
 
     def export_module(self, direction: str) -> nn.Module:
         """``translate`` as one module (``Translation``) behind ``pad_to_multiple``'s padding
