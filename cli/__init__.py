@@ -71,10 +71,11 @@ def reports_errors(command):
 
 def _exit_with(err: StyletxError) -> None:
     rank = _rank()
-    if rank == 0:
-        click.echo(f"Error: {err}", err=True)
+    message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    if rank == 0:  # one line, even when a library's message brought its own line breaks
+        click.echo(f"Error: {message}", err=True)
     elif not isinstance(err, UsageError):  # usage errors are the same on every rank
-        click.echo(f"Error (process {rank}): {err}", err=True)
+        click.echo(f"Error (process {rank}): {message}", err=True)
     sys.exit(err.exit_code)
 
 

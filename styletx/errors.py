@@ -77,3 +77,14 @@ def out_of_memory_problem(exc: BaseException, doing: str, advice: str | None = N
     line = f"out of memory {doing}".rstrip()
     return (line + (f" (an allocation of {size} failed)" if size else "")
             + (f"; {advice}" if advice else ""))
+
+
+def one_line(exc: BaseException, limit: int = 300, type_name: bool = True) -> str:
+    """``exc`` as one line for a message: its lines joined by "; ", cut at ``limit`` characters
+    (torch's errors run to many lines of advice that would bury the problem)."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    if not type_name:
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,17 +1,25 @@
 """Plugin discovery: built-in plugins and ``styletx`` entry points, through pluggy.
 
 Each plugin's hooks are called one plugin at a time so that a broken plugin (import error,
-exception in a hook, a name already taken) is reported by name and skipped, never fatal.
+exception in a hook, a name already taken) is reported by name and skipped, never fatal. That
+includes a plugin that calls ``sys.exit``, raises ``KeyboardInterrupt`` or any other
+``BaseException`` while loading (a Ctrl-C during plugin loading is therefore taken as that
+plugin's failure), and one whose import takes longer than ``STYLETX_PLUGIN_TIMEOUT`` seconds
+(default 60; only Python code can be interrupted, and only in the main thread).
 Set ``STYLETX_DISABLE_PLUGIN_AUTOLOAD=1`` to load only the built-in plugins.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.metadata
 import inspect
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pluggy
@@ -22,6 +30,7 @@ from .interfaces import Domain, Encoder, Translator
 
 ENTRY_POINT_GROUP = "styletx"
 DISABLE_AUTOLOAD_ENV = "STYLETX_DISABLE_PLUGIN_AUTOLOAD"
+TIMEOUT_ENV, DEFAULT_TIMEOUT = "STYLETX_PLUGIN_TIMEOUT", 60.0  # seconds for one plugin's import
 KINDS = {"domains": Domain, "encoders": Encoder, "translators": Translator}
 
 
@@ -54,8 +63,9 @@ class Registry:
         for module_name in builtins.BUILTIN_PLUGINS:
             name = module_name.rsplit(".", 1)[-1]
             try:
-                module = importlib.import_module(module_name)
-            except Exception as exc:  # noqa: BLE001 -- e.g. a missing optional dependency
+                with _time_limit(name):
+                    module = importlib.import_module(module_name)
+            except BaseException as exc:  # noqa: BLE001 -- e.g. a missing optional dependency
                 self.plugins.append(PluginInfo(name, __version__, True, error=_one_line(exc)))
                 continue
             self._add(name, module, __version__, builtin=True)
@@ -65,8 +75,9 @@ class Registry:
             for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
                 version = ep.dist.version if ep.dist else "?"
                 try:
-                    module = ep.load()
-                except Exception as exc:  # noqa: BLE001 -- any import failure must not take styletx down
+                    with _time_limit(ep.name):
+                        module = ep.load()
+                except BaseException as exc:  # noqa: BLE001 -- sys.exit included: styletx goes on
                     self.plugins.append(PluginInfo(ep.name, version, False, error=_one_line(exc)))
                     continue
                 self._add(ep.name, module, version, builtin=False)
@@ -78,7 +89,7 @@ class Registry:
         try:
             self.manager.register(module, name=name)
             self.manager.check_pending()  # a misspelled hook name is an error, not a no-op
-        except Exception as exc:  # noqa: BLE001 -- a broken plugin is reported, not fatal
+        except BaseException as exc:  # noqa: BLE001 -- a broken plugin is reported, not fatal
             info.error = _one_line(exc)
             if self.manager.is_registered(module):
                 self.manager.unregister(module)
@@ -89,7 +100,7 @@ class Registry:
                 for impl in getattr(self.manager.hook, f"register_{kind}").get_hookimpls():
                     if impl.plugin is module:
                         impl.function(register=self._stager(kind, staged[kind]))
-        except Exception as exc:  # noqa: BLE001 -- a broken plugin is reported, not fatal
+        except BaseException as exc:  # noqa: BLE001 -- a broken plugin is reported, not fatal
             info.error = _one_line(exc)
             self.manager.unregister(module)
             return
@@ -156,7 +167,40 @@ class Registry:
         return best() if best else None
 
 
+class _ImportTimeout(BaseException):  # not an Exception: the plugin's own handlers miss it
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(name: str) -> Iterator[None]:
+    """Raise ``_ImportTimeout`` in the importing code after ``STYLETX_PLUGIN_TIMEOUT`` seconds
+    (SIGALRM: main thread only, and only if no other timer is running)."""
+    try:
+        seconds = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+    except ValueError:
+        seconds = DEFAULT_TIMEOUT
+    usable = (seconds > 0 and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread()
+              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _ImportTimeout(f"did not finish importing in {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, _ImportTimeout):
+        return str(exc)
     text = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
     return f"{type(exc).__name__}: {text}".rstrip(": ")
 

@@ -2,22 +2,35 @@
 
     RUN/config.json        styletx version, translator + config, domain, encoders, data, step
     RUN/model.safetensors  network weights ("net.<name>.<param>") and fitted encoder state
-                           ("encoder.<a|b>.<key>"); metadata records the step
+                           ("encoder.<a|b>.<key>"); metadata: the step, a SHA-256 of the
+                           tensors and one of the resume.pt saved with them
     RUN/resume.pt          optimizers, schedulers, translator extra state, RNG and data-sampler
                            state; tensors and plain containers only (loaded with weights_only=True)
+    RUN/.previous/         the checkpoint pair before the current one (hard links)
+    RUN/.lock              held (flock) by the one process training in RUN
     RUN/log.jsonl          one JSON line per logged step
     RUN/samples/           preview grids
 
-Every file is written to a temporary name and renamed into place, so a crash mid-save leaves
-the previous checkpoint usable. Nothing here unpickles classes or runs code from a checkpoint.
+Every file is written to a temporary name, fsynced and renamed into place. A checkpoint is the
+pair model.safetensors + resume.pt, and the pair is what must survive: both new files are whole
+on disk before either is renamed, and the current pair is copied to .previous/ first only when
+it is itself whole, so any sequence of crashes leaves at least one whole pair (see
+docs/reliability.md). Nothing here unpickles classes or runs code from a checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import functools
+import hashlib
+import inspect
 import json
+import logging
 import os
+import pickle
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,12 +40,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import StyletxError, UsageError, WriteError, is_out_of_memory
+from .errors import StyletxError, UsageError, WriteError, is_out_of_memory, one_line
+
+log = logging.getLogger("styletx")
 
 CONFIG, WEIGHTS, RESUME, LOG, SAMPLES = (
     "config.json", "model.safetensors", "resume.pt", "log.jsonl", "samples",
 )
 PREVIOUS = ".previous"  # the checkpoint pair before the last one
+LOCK = ".lock"  # flock-ed by the training process; holds its PID
+TENSORS_DIGEST, RESUME_DIGEST = "sha256", "resume_sha256"  # model.safetensors metadata keys
+TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)(\.\w+)?$")  # atomic_path's names: ".NAME.tmp-PID.EXT"
 REQUIRED_KEYS = ("translator", "config", "domain", "encoders", "data", "train", "step")
 
 
@@ -41,11 +59,12 @@ NO_SPACE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is u
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, commit: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); rename it into place on success.
 
     A write refused by the file system raises ``WriteError`` naming ``path`` (see
-    ``write_error``); the temporary file is removed whatever happens.
+    ``write_error``); the temporary file is removed whatever happens. With ``commit`` False the
+    caller fsyncs and renames it (``save_checkpoint`` renames two files together).
     """
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
@@ -54,9 +73,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
             raise WriteError(path, f"{blocker} is a file, not a folder")
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if commit:
+            _fsync(tmp)
+            os.replace(tmp, path)
+            _fsync_folder(path.parent)  # the rename itself survives a power cut
     except (OSError, SafetensorError, RuntimeError) as exc:
         error = write_error(path, exc)  # measured before the partial file is removed
         if error is None:
@@ -65,6 +85,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):  # e.g. the folder could not be made
             tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # some file systems cannot sync a folder; nothing to do
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_error(path: Path, exc: BaseException) -> WriteError | None:
@@ -132,83 +166,195 @@ def read_config(run: Path) -> dict[str, Any]:
 
 
 def save_weights(run: Path, tensors: dict[str, torch.Tensor], step: int) -> None:
+    """``model.safetensors`` alone (no resume state), e.g. for a model made outside training."""
+    plain = _plain(tensors)
+    write_atomic(run / WEIGHTS, lambda tmp: _write_weights(tmp, plain, {"step": str(step)}))
+
+
+def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses shared or non-contiguous storage: give it plain copies.
-    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    write_atomic(run / WEIGHTS, lambda tmp: save_file(plain, tmp, metadata={"step": str(step)}))
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+
+
+def _write_weights(tmp: Path, plain: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    save_file(plain, tmp, metadata={**metadata, TENSORS_DIGEST: _tensors_digest(plain)})
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files 0600; follow the umask
+
+
+def _umask() -> int:
+    with contextlib.suppress(OSError, ValueError, StopIteration):  # Linux: read, not set
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the names, types, shapes and bytes (safetensors has no checksum of its own)."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_weights(run: Path) -> tuple[dict[str, torch.Tensor], int]:
     """The tensors of ``model.safetensors`` and the step they were saved at."""
-    path = run / WEIGHTS
+    tensors, metadata = _read_weights(run / WEIGHTS)
+    return tensors, int(metadata.get("step", -1))
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a weights file, checked against their digest if it has one."""
     if not path.is_file():
         raise StyletxError(f"{path}: weights file is missing (has training saved a checkpoint?)")
     try:
         tensors = load_file(path)
         with safe_open(path, "pt") as f:
-            step = int((f.metadata() or {}).get("step", -1))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise StyletxError(f"{path}: weights file is corrupt or truncated ({exc})") from None
-    return tensors, step
+            metadata = f.metadata() or {}
+        int(metadata.get("step", -1))
+    except OSError as exc:  # e.g. no permission: the file may well be fine
+        raise StyletxError(f"{path}: cannot read the weights file ({exc.strerror})") from None
+    except (SafetensorError, ValueError) as exc:
+        raise StyletxError(f"{path}: weights file is corrupt or truncated "
+                           f"({one_line(exc, type_name=False)})") from None
+    if TENSORS_DIGEST in metadata and _tensors_digest(tensors) != metadata[TENSORS_DIGEST]:
+        raise StyletxError(f"{path}: weights file is corrupt (its checksum does not match)")
+    return tensors, metadata
 
 
 def save_checkpoint(run: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any],
                     step: int) -> None:
-    """Weights and resume state of one step. Each file is replaced atomically, and the pair
-    before is kept (hard links in ``.previous/``), so a crash between the two replacements still
-    leaves a matching pair for ``load_checkpoint``."""
-    _keep_previous(run)
-    save_weights(run, tensors, step)
-    write_atomic(run / RESUME, lambda tmp: torch.save(state, tmp))
+    """Weights and resume state of one step, as a pair that a crash at any moment (or in any
+    sequence of saves) cannot leave without a whole predecessor: both new files are written and
+    fsynced under temporary names first; then the current pair, if whole, goes to .previous/;
+    then resume.pt and model.safetensors are renamed into place. The weights record a digest
+    of the resume state they belong to, so ``load_checkpoint`` can tell a matching pair."""
+    plain = _plain(tensors)
+    with atomic_path(run / RESUME, commit=False) as resume_tmp:
+        torch.save(state, resume_tmp)
+        _fsync(resume_tmp)
+        with atomic_path(run / WEIGHTS, commit=False) as weights_tmp:
+            _write_weights(weights_tmp, plain,
+                           {"step": str(step), RESUME_DIGEST: _file_digest(resume_tmp)})
+            _fsync(weights_tmp)
+            _keep_previous(run)
+            # resume.pt first: a crash between the renames leaves new resume state beside the
+            # old weights (a mismatch load_checkpoint recognises), never new weights with no
+            # resume state beside them, which would look like a whole first checkpoint
+            os.replace(resume_tmp, run / RESUME)
+            os.replace(weights_tmp, run / WEIGHTS)
+            _fsync_folder(run)
 
 
 def _keep_previous(run: Path) -> None:
-    if not ((run / WEIGHTS).is_file() and (run / RESUME).is_file()):
+    """Copy the current pair to .previous/, but only a whole, matching one: after a save cut
+    short, .previous/ already holds the last good pair and must keep it."""
+    if not (run / WEIGHTS).is_file() or _pair_problem(run) is not None:
         return
-    tmp = run / f".previous.tmp-{os.getpid()}"
+    tmp = run / f"{PREVIOUS}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
         for name in (WEIGHTS, RESUME):
             try:
-                os.link(run / name, tmp / name)
+                os.link(run / name, tmp / name)  # files are only ever replaced, never rewritten
             except OSError:  # a file system without hard links
                 shutil.copy2(run / name, tmp / name)
-        shutil.rmtree(run / PREVIOUS, ignore_errors=True)
+                _fsync(tmp / name)
+        _fsync_folder(tmp)
+        shutil.rmtree(run / PREVIOUS, ignore_errors=True)  # the current pair is whole meanwhile
         os.replace(tmp, run / PREVIOUS)
+        _fsync_folder(run)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(run / PREVIOUS, exc) from None
 
 
+def _pair_problem(folder: Path) -> str | None:
+    """Why the checkpoint in ``folder`` is not a whole, matching pair; None if it is."""
+    try:
+        _load_pair(folder, resume_state=False)
+    except StyletxError as problem:
+        return str(problem)
+    return None
+
+
+def _load_pair(folder: Path, resume_state: bool = True):
+    """(tensors, resume state or None) of the pair in ``folder``; raises StyletxError if the
+    files are missing, damaged or from different saves."""
+    tensors, metadata = _read_weights(folder / WEIGHTS)
+    step, digest = int(metadata.get("step", -1)), metadata.get(RESUME_DIGEST)
+    state = None
+    if digest is None:  # saved before the digest existed: compare the steps
+        state = load_resume(folder)
+        if state.get("step") != step:
+            raise StyletxError(
+                f"{folder}: weights (step {step}) and resume state (step {state.get('step')}) "
+                "are from different saves (the last save was cut short)")
+    elif not (folder / RESUME).is_file():
+        raise StyletxError(f"{folder / RESUME}: resume state is missing")
+    elif _read_digest(folder / RESUME) != digest:
+        raise StyletxError(f"{folder / RESUME}: does not belong to {WEIGHTS} (step {step}): "
+                           "damaged, or the last save was cut short")
+    if resume_state and state is None:
+        state = load_resume(folder)
+    return tensors, state
+
+
+def _read_digest(path: Path) -> str:
+    try:
+        return _file_digest(path)
+    except OSError as exc:
+        raise StyletxError(f"{path}: cannot read the resume state ({exc.strerror})") from None
+
+
 def load_checkpoint(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The newest weights and resume state saved at the same step (see ``save_checkpoint``)."""
-    tensors, step = load_weights(run)
-    state = load_resume(run)
-    if state["step"] == step:
-        return tensors, state
-    previous = run / PREVIOUS
-    for weights_dir, resume_dir in ((run, previous), (previous, run), (previous, previous)):
+    """The newest whole checkpoint: the current pair, else (with a warning) the one in
+    .previous/ (see ``save_checkpoint``)."""
+    try:
+        return _load_pair(run)
+    except StyletxError as problem:
+        if not (run / PREVIOUS / WEIGHTS).is_file():
+            raise
         try:
-            other_tensors, other_step = load_weights(weights_dir)
-            other_state = load_resume(resume_dir)
+            tensors, state = _load_pair(run / PREVIOUS)
         except StyletxError:
-            continue
-        if other_step == other_state["step"]:
-            return other_tensors, other_state
-    raise StyletxError(
-        f"{run}: weights (step {step}) and resume state (step {state['step']}) disagree and no "
-        "earlier matching pair exists; the last save was cut short"
-    )
+            raise StyletxError(f"{problem}; the previous checkpoint in {run / PREVIOUS} is "
+                               "not usable either") from None
+        log.warning("%s; resuming from the previous checkpoint (step %d)", problem, state["step"])
+        return tensors, state
 
 
 def load_resume(run: Path) -> dict[str, Any]:
     path = run / RESUME
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise StyletxError(f"{path}: resume state is missing; cannot continue training") from None
+    except OSError as exc:  # e.g. no permission: not a damaged file
+        raise StyletxError(f"{path}: cannot read the resume state ({exc.strerror})") from None
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower():  # torch's advice would run the pickle
+            raise StyletxError(f"{path}: refused to load: it holds objects other than tensors "
+                               "and plain containers (not a styletx resume state)") from None
+        raise StyletxError(f"{path}: resume state is corrupt ({one_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 -- torch raises many types for damaged files
-        raise StyletxError(f"{path}: resume state is corrupt ({exc})") from None
+        raise StyletxError(f"{path}: resume state is corrupt or truncated "
+                           f"({one_line(exc)})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise StyletxError(f"{path}: not a styletx resume state (no step)")
+    return state
 
 
 def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -237,3 +383,122 @@ def truncate_log(run: Path, step: int) -> None:
         except ValueError:
             continue  # a line cut short by a kill
     write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
+
+
+# -- one trainer per run folder ---------------------------------------------------------------
+
+def holds_run_lock(train: Callable) -> Callable:
+    """Decorate ``train``: hold its ``out`` folder's lock (``run_lock``) while it runs."""
+    signature = inspect.signature(train)
+
+    @functools.wraps(train)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with run_lock(Path(signature.bind(*args, **kwargs).arguments["out"])):
+            return train(*args, **kwargs)
+
+    return locked
+
+
+@contextlib.contextmanager
+def run_lock(run: Path) -> Iterator[None]:
+    """Hold ``run``'s lock: a second trainer on the same folder stops with one line instead of
+    interleaving its log and checkpoints with ours. The lock is an flock on RUN/.lock, so the
+    kernel drops it when the holder dies (kill -9 included): a lock is never stale. Held by
+    torchrun's rank 0 only. A folder that cannot be a run (a file, another program's folder) is
+    left alone for ``train`` to report; a folder made here is removed again if no run came of it.
+    """
+    made = _make_run_folder(run) if os.environ.get("RANK", "0") == "0" else None
+    if made is None:
+        yield
+        return
+    fd = _acquire(run / LOCK)
+    try:
+        remove_stale_temporaries(run)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if not is_run_folder(run) and [p.name for p in run.iterdir()] == [LOCK]:
+                (run / LOCK).unlink()  # ours while we hold it; see _acquire for the race
+                for folder in made:
+                    folder.rmdir()
+        if fd is not None:
+            os.close(fd)
+
+
+def _make_run_folder(run: Path) -> list[Path] | None:
+    """The folders made for ``run`` (deepest first); None if it should not be locked."""
+    if run.is_dir():
+        if is_run_folder(run) or not any(p.name != LOCK for p in run.iterdir()):
+            return []
+        return None  # not a run and not empty: train refuses it
+    missing = [run, *(p for p in run.parents if not p.exists())]
+    try:
+        run.mkdir(parents=True)
+    except OSError:  # a file in the way, no permission: train reports it
+        return None
+    return [p for p in missing if p.exists()]
+
+
+def _acquire(path: Path) -> int | None:
+    """An fd holding the lock on ``path`` (None if the folder cannot hold one, e.g. read-only:
+    training then fails on its first write, with that write's message); StyletxError if
+    another process holds it."""
+    for _ in range(3):  # the holder may remove the file between our open and our lock
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise StyletxError(
+                f"{path.parent}: another styletx process{f' (PID {holder})' if holder else ''} "
+                "is training in this run folder; wait for it to finish or use another --out"
+            ) from None
+        except OSError:  # a file system without locks (some network ones): go on unlocked
+            return fd
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return fd
+        os.close(fd)
+    raise StyletxError(f"{path}: cannot lock the run folder (it keeps being removed)")
+
+
+def _read_pid(fd: int) -> str:
+    with contextlib.suppress(OSError):
+        return os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return ""
+
+
+def remove_stale_temporaries(run: Path) -> list[Path]:
+    """Remove the temporary files (and .previous.tmp-PID folders) that saves killed mid-write
+    left in ``run`` and its samples/: those whose process is gone. Returns what was removed."""
+    removed = []
+    for folder in (run, run / SAMPLES):
+        entries = list(folder.iterdir()) if folder.is_dir() else []
+        for entry in entries:
+            found = TEMPORARY.match(entry.name)
+            if found and not _alive(int(found.group(1))):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True

@@ -38,7 +38,14 @@ from .data import (
     list_files,
     load_folder,
 )
-from .errors import StyletxError, UsageError, WriteError, is_out_of_memory, out_of_memory_problem
+from .errors import (
+    StyletxError,
+    UsageError,
+    WriteError,
+    is_out_of_memory,
+    one_line,
+    out_of_memory_problem,
+)
 from .interfaces import Domain, Encoder, LatentTranslator, Preset, Translator
 from .model import (
     SIDES,
@@ -62,10 +69,12 @@ from .pairs import (
 from .registry import Registry, get_registry
 from .runs import (
     CONFIG,
+    LOCK,
     SAMPLES,
     WEIGHTS,
     append_log,
     file_in_the_way,
+    holds_run_lock,
     is_run_folder,
     load_checkpoint,
     read_config,
@@ -124,6 +133,7 @@ class TrainResult:
     losses: dict[str, float]
 
 
+@holds_run_lock  # one trainer per run folder
 def train(
     a_dir: Path | str,
     b_dir: Path | str | None,
@@ -201,8 +211,9 @@ def _resume(saved, a_dir, b_dir, out, model, preset, overrides, settings, domain
     tensors, state = load_checkpoint(out)
     try:
         load_model_tensors(translator, encoders, tensors)
-    except (RuntimeError, KeyError) as exc:
-        raise StyletxError(f"{out / WEIGHTS}: does not match {out / CONFIG} ({exc})") from None
+    except (RuntimeError, KeyError) as exc:  # torch's message runs to a line per tensor
+        raise StyletxError(f"{out / WEIGHTS}: does not match {out / CONFIG} "
+                           f"({one_line(exc, limit=200, type_name=False)})") from None
     saved["step"] = state["step"]
     if saved["step"] >= saved["train"]["steps"]:
         log.info("%s is already trained to step %d of %d; raise --steps to continue",
@@ -258,8 +269,7 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
         torch.manual_seed(int(torch.randint(2**62, (1,))) + group.rank)
     # Only now, with the data known to be usable, does anything get written (by rank 0).
     if group.is_main:
-        if resume_state is not None:
-            truncate_log(out, start)
+        truncate_log(out, start)  # a new run (start 0) drops the log of one killed before saving
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / CONFIG, run_config)
         if alignment is not None:
@@ -751,7 +761,7 @@ def _saved_config(out: Path) -> dict[str, Any] | None:
         return None
     if is_run_folder(out):
         return read_config(out) if (out / WEIGHTS).exists() else None
-    if any(out.iterdir()):
+    if any(p.name != LOCK for p in out.iterdir()):  # the lock: see holds_run_lock
         raise UsageError(f"--out {out}: folder exists, is not empty and is not a styletx run")
     return None
 
@@ -769,6 +779,9 @@ def _check_same(saved, a_dir, b_dir, model, preset, overrides, settings, domain,
         "--domain": (domain, saved["domain"]),
         "--encoder": (encoder, saved["encoders"]["a"]["name"]),
         "--batch-size": (settings.batch_size, saved["train"]["batch_size"]),
+        # the default seed cannot be told from an explicit --seed 0: only another one is checked
+        "--seed": (None if settings.seed == TrainSettings.seed else settings.seed,
+                   saved["train"].get("seed", TrainSettings.seed)),
     }
     given.update({f"--set {k}": (v, saved["config"].get(k)) for k, v in overrides.items()})
     for option, (now, before) in given.items():

@@ -96,22 +96,23 @@ def test_finished_run_is_not_retrained(scenes, tmp_path):
 
 
 def test_crash_between_weights_and_resume_state_still_resumes(scenes, tmp_path, monkeypatch):
-    """A kill after model.safetensors was replaced but before resume.pt was: the run resumes
-    from the previous matching pair instead of refusing."""
+    """A kill after resume.pt was renamed into place but before model.safetensors was: the run
+    resumes from the previous matching pair (in .previous/) instead of refusing."""
     import styletx.runs as runs
 
     train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny", settings=settings(2))
-    real_write_atomic = runs.write_atomic
+    real_replace = os.replace
 
-    def die_before_resume_state(path, write):
-        if path.name == "resume.pt":
+    def die_before_the_weights(src, dst):
+        if str(dst).endswith("model.safetensors"):
             raise KeyboardInterrupt  # as if killed right here
-        real_write_atomic(path, write)
+        real_replace(src, dst)
 
-    monkeypatch.setattr(runs, "write_atomic", die_before_resume_state)
+    monkeypatch.setattr(runs.os, "replace", die_before_the_weights)
     with pytest.raises(KeyboardInterrupt):
         train(scenes["a"], scenes["b"], tmp_path / "run", settings=settings(4, save_every=1))
-    monkeypatch.setattr(runs, "write_atomic", real_write_atomic)
+    monkeypatch.setattr(runs.os, "replace", real_replace)
+    assert load_resume(tmp_path / "run")["step"] == 3  # beside the weights of step 2
     result = train(scenes["a"], scenes["b"], tmp_path / "run", settings=settings(4))
     assert result.step == 4
     assert load_resume(tmp_path / "run")["step"] == 4
