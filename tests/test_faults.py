@@ -22,6 +22,7 @@ import pytest
 import torch
 from conftest import TINY
 from safetensors.torch import load_file
+from test_plugins import GOOD
 
 from styletx import runs
 from styletx.errors import StyletxError, UsageError
@@ -337,18 +338,6 @@ def test_a_new_run_is_locked_too_and_leaves_nothing_when_it_fails(styletx, scene
 
 
 # -- plugins that raise, exit or hang at import ------------------------------------------------
-
-GOOD = """
-import styletx
-from styletx.plugins.cyclegan import CycleGAN
-
-class Renamed(CycleGAN):
-    name = "cyclegan2"
-
-@styletx.hookimpl
-def register_translators(register):
-    register(Renamed)
-"""
 
 HOSTILE = {
     "exits": ("import sys\nsys.exit(3)\n", "SystemExit: 3"),
