@@ -565,5 +565,33 @@ def demo(out, minutes, steps, part, device):
         )
 
 
+class _ReaderMayLeave:
+    """A text stream whose writes are dropped once the reader at the other end of the pipe has
+    gone. With ``styletx train ... | tee log``, Ctrl-C stops tee too, and the next progress
+    line would raise BrokenPipeError in the middle of the step that saves the checkpoint."""
+
+    def __init__(self, stream):
+        self._stream, self._gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone = True
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...
+        return getattr(self._stream, name)
+
+
 def main() -> None:
+    sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     cli(prog_name="styletx")

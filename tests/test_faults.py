@@ -388,3 +388,25 @@ def test_the_cli_survives_a_plugin_that_exits(styletx, plugins, monkeypatch):
     assert result.exit_code == 0
     assert 'Error loading plugin "exits": SystemExit: 3' in result.stderr
     assert "cyclegan 0.1.0 (built-in)" in result.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_the_output_piped_to_a_reader_that_left_saves(scenes, tmp_path):
+    """``styletx train ... | tee log`` and Ctrl-C: tee goes first, so the output pipe has no
+    reader; training still finishes its step, saves, and exits 130 (issue: exit 1, nothing
+    saved, progress lost)."""
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "styletx.cli", "train", str(scenes["a"]), str(scenes["b"]),
+         *TINY, "--size", "16", "--steps", "100000", "--log-every", "5", "--out", str(run)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in process.stderr:  # a progress line: training is under way
+        if line.startswith("step "):
+            break
+    process.stdout.close()
+    process.stderr.close()  # the reader leaves, as tee does on Ctrl-C
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    step = json.loads((run / "config.json").read_text())["step"]
+    assert step >= 5 and runs.load_resume(run)["step"] == step
