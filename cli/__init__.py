@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -70,6 +71,8 @@ def reports_errors(command):
 
 
 def _exit_with(err: StyletxError) -> None:
+    if os.environ.get("STYLETX_DEBUG"):  # --debug: where it happened, before the one line
+        traceback.print_exc()
     rank = _rank()
     message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
     if rank == 0:  # one line, even when a library's message brought its own line breaks
@@ -97,10 +100,14 @@ def registry():
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="styletx")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-def cli(quiet: bool) -> None:
+@click.option("--debug", is_flag=True,
+              help="Print the traceback above an error's one line (also STYLETX_DEBUG=1).")
+def cli(quiet: bool, debug: bool) -> None:
     """Learn a style mapping between two folders of files, and apply it."""
     from styletx.threads import set_threads
 
+    if debug:
+        os.environ["STYLETX_DEBUG"] = "1"  # for torchrun's processes too
     _setup_logging(quiet)
     set_threads()  # OMP_NUM_THREADS if set, else one per physical core (per local process)
 

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from conftest import TINY
 from safetensors.torch import load_file
 from test_plugins import GOOD
 
 from styletx import runs
+from styletx.cli import cli
 from styletx.errors import StyletxError, UsageError
 from styletx.registry import Registry
 from styletx.training import TrainSettings, train
@@ -410,3 +412,16 @@ def test_ctrl_c_with_the_output_piped_to_a_reader_that_left_saves(scenes, tmp_pa
     assert process.wait(timeout=120) == 130
     step = json.loads((run / "config.json").read_text())["step"]
     assert step >= 5 and runs.load_resume(run)["step"] == step
+
+
+def test_debug_shows_the_traceback_above_the_one_line(styletx, tmp_path, monkeypatch):
+    plain = styletx("convert", tmp_path / "no-run", "x.png", "-o", tmp_path / "o")
+    assert plain.exit_code == 2 and len(plain.stderr.strip().splitlines()) == 1
+    monkeypatch.delenv("STYLETX_DEBUG", raising=False)
+    try:
+        debug = CliRunner().invoke(cli, ["--debug", "convert", str(tmp_path / "no-run"), "x.png",
+                                         "-o", str(tmp_path / "o")])
+    finally:
+        os.environ.pop("STYLETX_DEBUG", None)
+    assert debug.exit_code == 2
+    assert "Traceback" in debug.stderr and debug.stderr.strip().splitlines()[-1].startswith("Error")
