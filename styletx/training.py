@@ -394,8 +394,10 @@ class Budget:
     """``--minutes``: when time is up, and one revision of a planned step count from the speed
     the loop really has (the first timing may have met a busier or idler machine)."""
 
-    REVISE_AT = 0.1  # of the loop's time: late enough to measure, early enough that the lr is
-    #                  still constant (CycleGAN and pix2pix decay over the second half)
+    REVISE_AT = 0.1  # of the loop's time, or of the planned steps if they come first (a plan
+    #                  that was too cautious): late enough to measure, early enough that the lr
+    #                  is still constant (CycleGAN and pix2pix decay over the second half)
+    LEAST_SECONDS = 5.0  # of the loop at least, to measure its speed
     BEFORE = 0.45  # revise only before this share of the planned steps
     LEAST_CHANGE = 0.05  # and only when the count changes by more than this share
 
@@ -410,7 +412,8 @@ class Budget:
 
     def revised_total(self, step: int, total: int, now: float) -> int | None:
         """A better step count at the revision time, once; None otherwise."""
-        if now < self.revise_at:
+        early = step - self.first_step >= self.REVISE_AT * total and self.revise_at < float("inf")
+        if now < self.revise_at and not (early and now - self.began >= self.LEAST_SECONDS):
             return None
         self.revise_at = float("inf")
         rate = (step - self.first_step) / max(now - self.began, 1e-9)

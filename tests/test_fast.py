@@ -210,6 +210,9 @@ def test_budget_revises_a_plan_once_early_on():
     assert budget.revised_total(600, revised, at + 1) is None  # once only
     late = Budget(settings, step=0, replan=True)
     assert late.revised_total(2000, 3000, late.revise_at) is None  # the lr may be decaying
+    early = Budget(settings, step=0, replan=True)  # a tenth of the steps before a tenth of the
+    assert early.revised_total(300, 3000, early.began + 1) is None  # time, but too soon to tell
+    assert early.revised_total(300, 3000, early.began + 6) > 3000  # the plan was too cautious
     assert Budget(settings, step=0, replan=False).revised_total(1, 3000, 1e12) is None
 
 
