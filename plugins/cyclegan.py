@@ -298,12 +298,12 @@ class CycleGAN(styletx.Translator):
         ),
         "fast": Preset(
             config=dict(generator="local", ngf=16, n_blocks=2, colour_path=32, ndf=16,
-                        n_layers_d=2, lambda_cycle=5.0, lambda_identity=0.2, lr=1e-3),
+                        n_layers_d=2, lambda_cycle=5.0, lambda_identity=0.5, lr=1e-3),
             train=dict(size=64, batch_size=4, steps=3000),
             description="quality per CPU minute on photos: the local generator (input + a "
                         "per-pixel colour/tone path + three full-resolution 3x3 convs at 16 "
                         "channels; starts as the identity and cannot invent blotches), 34x34 "
-                        "PatchGAN (ndf 16), cycle 5, identity 0.2, lr 1e-3, 64 px; pair with "
+                        "PatchGAN (ndf 16), cycle 5, identity 0.5, lr 1e-3, 64 px; pair with "
                         "--minutes",
         ),
     }
