@@ -619,9 +619,11 @@ def _clock(seconds: float) -> str:
 
 def _save_preview(out: Path, step: int, translator: Translator, batch, device, dom: Domain,
                   encoders: dict[str, Encoder]) -> None:
+    rng = _rng_state()  # a preview (sampling, dropout) must not change the training that follows
     translator.train(False)
     rows = translator.preview({k: v.to(device) for k, v in batch.items()})
     translator.train(True)
+    _restore_rng(rng)
     tensors = [[tensor for _, tensor in row] for row in rows]
     grid = [[encoders[side] for side, _ in row] for row in rows]
     dom.save_preview(tensors, grid, out / SAMPLES / f"step-{step:06d}")

@@ -232,7 +232,10 @@ def test_griffinlim_on_a_batch_equals_one_at_a_time(backend):
     batch = griffinlim(mag, 512, 128, n_iter=8, length=8000, seed=[0, 0, 5], backend=backend)
     alone = [griffinlim(m, 512, 128, n_iter=8, length=8000, seed=s, backend=backend)
              for m, s in zip(mag, [0, 0, 5])]
-    np.testing.assert_array_equal(batch, np.stack(alone))
+    # torch's batched FFTs may sum in another order than one at a time on some CPUs (measured
+    # on a Xeon: up to 4e-5 apart); another seed or item would differ everywhere, by ~100 %
+    tolerance = 0 if backend == "numba" else 1e-2 * np.abs(batch).max()
+    np.testing.assert_allclose(batch, np.stack(alone), rtol=0, atol=tolerance)
     tensor = griffinlim(torch.from_numpy(mag), 512, 128, n_iter=8, length=8000, seed=[0, 0, 5],
                         backend=backend)
     np.testing.assert_array_equal(tensor.numpy(), batch)

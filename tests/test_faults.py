@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -191,7 +192,9 @@ def _damage(path: Path, how: str) -> None:
 @pytest.mark.parametrize("name", [runs.WEIGHTS, runs.RESUME])
 @pytest.mark.parametrize("how", ["flip", "truncate"])
 def test_damaged_checkpoint_falls_back_to_the_previous_one(scenes, tmp_path, caplog, name,
-                                                           how):
+                                                           how, monkeypatch):
+    # the CLI's tests turn the styletx logger's propagation off; caplog listens at the root
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
     run = tmp_path / "run"
     train(scenes["a"], scenes["b"], run, preset="tiny", settings=_settings(2))
     _damage(run / name, how)

@@ -81,7 +81,8 @@ def test_training_out_of_memory_says_what_to_lower(styletx, data, tmp_path, monk
     assert result.exit_code == 1
     assert result.error_lines == ["Error: out of memory on cpu in step 2 (an allocation of "
                                   "1048576.00 GiB failed); lower --batch-size (now 2) or --size "
-                                  "(now 16); no checkpoint was saved"]
+                                  "(now 16); a rerun resumes from step 1"]  # a short run
+    #                                                  saves from its first steps on
 
 
 def test_a_gpu_running_out_elsewhere_suggests_the_cpu(styletx, trained_run, tmp_path,
