@@ -1,6 +1,6 @@
 """Image translation quality on real photographs, against the truth and the untouched input.
 
-    python benchmarks/quality.py                      # every task, model and preset (~1 h on 2 cores)
+    python benchmarks/quality.py          # every task, model and preset (~1 h on 2 cores)
     python benchmarks/quality.py --tasks sepia --models pix2pix --presets fast --minutes 2
 
 Photographs: scikit-image's bundled photos (``pip install scikit-image``) and Debian's MATE
@@ -148,7 +148,8 @@ def train(run: Path, folders: dict[str, Path], model: str, preset: str, args) ->
     watcher.join()
     if process.returncode:
         raise RuntimeError(f"{' '.join(command)} failed: {errors.strip()}")
-    return {"seconds": round(time.monotonic() - began, 1), "first": first if first.exists() else None}
+    return {"seconds": round(time.monotonic() - began, 1),
+            "first": first if first.exists() else None}
 
 
 def copy_first_checkpoint(run: Path, first: Path, process: subprocess.Popen) -> None:
