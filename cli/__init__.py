@@ -16,7 +16,13 @@ import click
 
 from styletx import __version__
 from styletx.demo import DEMO_MINUTES, VOICE_DEMO_MINUTES
-from styletx.errors import StyletxError, UsageError, is_out_of_memory, out_of_memory_problem
+from styletx.errors import (
+    StyletxError,
+    UsageError,
+    is_out_of_memory,
+    one_line,
+    out_of_memory_problem,
+)
 
 log = logging.getLogger("styletx")
 
@@ -74,7 +80,7 @@ def _exit_with(err: StyletxError) -> None:
     if os.environ.get("STYLETX_DEBUG"):  # --debug: where it happened, before the one line
         traceback.print_exc()
     rank = _rank()
-    message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    message = one_line(err, limit=10_000, type_name=False)
     if rank == 0:  # one line, even when a library's message brought its own line breaks
         click.echo(f"Error: {message}", err=True)
     elif not isinstance(err, UsageError):  # usage errors are the same on every rank

@@ -25,7 +25,7 @@ from typing import Any
 import pluggy
 
 from . import __version__, hookspecs
-from .errors import UsageError
+from .errors import UsageError, one_line
 from .interfaces import Domain, Encoder, Translator
 
 ENTRY_POINT_GROUP = "styletx"
@@ -201,8 +201,7 @@ def _time_limit(name: str) -> Iterator[None]:
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, _ImportTimeout):
         return str(exc)
-    text = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
-    return f"{type(exc).__name__}: {text}".rstrip(": ")
+    return one_line(exc, limit=10_000)
 
 
 _registry: Registry | None = None

@@ -255,12 +255,28 @@ def save_checkpoint(run: Path, tensors: dict[str, torch.Tensor], state: dict[str
             os.replace(resume_tmp, run / RESUME)
             os.replace(weights_tmp, run / WEIGHTS)
             _fsync_folder(run)
+    _written[run.resolve()] = _pair_stamp(run)
+
+
+# The pair each run folder holds as this process last saved it ((inode, mtime) of both files):
+# _keep_previous need not read and hash it back from disk to know that it is whole.
+_written: dict[Path, tuple] = {}
+
+
+def _pair_stamp(run: Path) -> tuple:
+    stats = [os.stat(run / name) for name in (WEIGHTS, RESUME)]
+    return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in stats)
 
 
 def _keep_previous(run: Path) -> None:
     """Copy the current pair to .previous/, but only a whole, matching one: after a save cut
     short, .previous/ already holds the last good pair and must keep it."""
-    if not (run / WEIGHTS).is_file() or _pair_problem(run) is not None:
+    if not (run / WEIGHTS).is_file():
+        return
+    saved_here = False  # whole by construction: no need to read it back
+    with contextlib.suppress(OSError):
+        saved_here = _written.get(run.resolve()) == _pair_stamp(run)
+    if not saved_here and _pair_problem(run) is not None:
         return
     tmp = run / f"{PREVIOUS}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
