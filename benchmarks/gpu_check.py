@@ -23,9 +23,8 @@ griffinlim  ``styletx.dsp.griffinlim`` on a CUDA tensor (torch.stft / istft on t
             of the whole call and of its loop alone (the call draws its phase on the CPU).
 ddp         ``torchrun --standalone --nproc-per-node N -m styletx.cli train ...`` (N: the GPUs,
             at most 2; on the CPU 2 gloo processes) for a few steps, then the same command with
-            twice the steps: it must resume, and the log must hold every step once. With one
-            process styletx trains without a process group (it sets one up for WORLD_SIZE > 1
-            only), so one GPU runs the launcher and resume but not NCCL / DDP.
+            twice the steps: it must resume, and the log must hold every step once. One
+            process under torchrun joins a process group too, so one GPU runs NCCL and DDP.
 compile     the image CycleGAN (every translator with ``--compile-all``) in bf16 +
             channels-last with ``--compile``; last, as its compilation is the slowest start.
 
@@ -439,16 +438,17 @@ def part_ddp(work: Path, data: dict, scale: dict, device: str, args, checks: Che
                 "--log-every", "1", "--workers", "0"]
 
     result = {"nproc": nproc, "steps": [steps, 2 * steps],
-              "process_group": ("nccl" if device != "cpu" else "gloo") if nproc > 1 else None}
-    if nproc == 1:
-        result["note"] = ("one process: styletx sets up a process group only when WORLD_SIZE > "
-                          "1, so this job trains without NCCL or DDP wrappers")
+              "process_group": "nccl" if device != "cpu" else "gloo"}
     outputs = []
+    run.parent.mkdir(parents=True, exist_ok=True)
     for total in (steps, 2 * steps):
         began = time.perf_counter()
-        returncode, stderr = run_group(command(total), env, args.ddp_timeout)
+        # Started outside the checkout: "-m styletx.cli" must find the installed styletx,
+        # not a styletx/ folder in the current directory.
+        returncode, stderr = run_group(command(total), env, args.ddp_timeout, cwd=run.parent)
         outputs.append({"returncode": returncode, "seconds": time.perf_counter() - began,
                         "resumed": f"resuming {run} from step {steps}" in stderr,
+                        "ddp": "DistributedDataParallel over" in stderr,
                         "stderr_tail": stderr[-3000:]})
         if returncode != 0:
             break
@@ -463,7 +463,9 @@ def part_ddp(work: Path, data: dict, scale: dict, device: str, args, checks: Che
     result["logged_steps"] = logged
     result["final_step"] = config.get("step")
     result["resumed"] = outputs[-1]["resumed"]
-    result["ok"] = bool(ok and result["resumed"] and result["final_step"] == 2 * steps
+    result["ddp"] = all(o["ddp"] for o in outputs)
+    result["ok"] = bool(ok and result["resumed"] and result["ddp"]
+                        and result["final_step"] == 2 * steps
                         and logged == list(range(1, 2 * steps + 1)))
     log.info("ddp %s", {k: v for k, v in result.items() if k != "runs"})
     detail = (f"{nproc} process(es), {result['process_group'] or 'no process group'}; steps "
@@ -474,7 +476,8 @@ def part_ddp(work: Path, data: dict, scale: dict, device: str, args, checks: Che
     return result
 
 
-def run_group(command: list[str], env: dict, timeout: float) -> tuple[int | str, str]:
+def run_group(command: list[str], env: dict, timeout: float,
+              cwd: Path | None = None) -> tuple[int | str, str]:
     """Run ``command``; past ``timeout`` seconds, stop it with every process it started.
     Returns (exit status or why it was stopped, stderr).
 
@@ -484,7 +487,7 @@ def run_group(command: list[str], env: dict, timeout: float) -> tuple[int | str,
     import signal
 
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, cwd=cwd)
     try:
         _, stderr = proc.communicate(timeout=timeout)
         return proc.returncode, stderr

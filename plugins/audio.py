@@ -213,6 +213,7 @@ class SpectrogramEncoder(styletx.Encoder):
 
     domain = "audio"
     channels = 1
+    decodes_on_device = True  # Griffin-Lim on the GPU when converting on one
 
     def __init__(self, **params):
         unknown = set(params) - set(FEATURE_DEFAULTS)
@@ -263,7 +264,8 @@ class SpectrogramEncoder(styletx.Encoder):
         """``decode`` of every item of ``(N, 1, bins, frames)`` (``likes``: each one's source),
         with the magnitudes inverted together and one batched Griffin-Lim per output length;
         each item's random initial phase is the one ``decode`` would draw for it alone, so the
-        waves equal those of decoding one at a time."""
+        waves equal those of decoding one at a time. Griffin-Lim runs on the tensors' device:
+        torch.stft / istft on a GPU, the Numba loop on the CPU."""
         from styletx.dsp import griffinlim
 
         likes = list(likes) if likes is not None else [None] * len(tensors)
@@ -277,9 +279,15 @@ class SpectrogramEncoder(styletx.Encoder):
         for i, like in enumerate(likes):
             groups.setdefault(self._length(like, log_spec.shape[-1]), []).append(i)
         waves: list[np.ndarray | None] = [None] * len(likes)
+        on_gpu = tensors.device.type != "cpu"
         for length, items in groups.items():
-            batch = griffinlim(magnitude[items], n_fft=p["n_fft"], hop=p["hop"],
-                               n_iter=p["gl_iters"], length=length, seed=[0] * len(items))
+            chosen = magnitude[items]
+            if on_gpu:
+                chosen = torch.from_numpy(chosen).to(tensors.device)
+            batch = griffinlim(chosen, n_fft=p["n_fft"], hop=p["hop"], n_iter=p["gl_iters"],
+                               length=length, seed=[0] * len(items))
+            if on_gpu:
+                batch = batch.cpu().numpy()
             for i, wave in zip(items, batch):
                 waves[i] = wave
         return [AudioSample(np.asarray(wave, np.float32), p["rate"], like.format if like else None)

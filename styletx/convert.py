@@ -188,7 +188,12 @@ class Run:
     def convert_sample(self, sample: Sample, direction: str = "a2b") -> Sample:
         source, target = direction_sides(direction)
         x = self.encoders[source].encode(sample)[None]
-        return self.encoders[target].decode(self.convert_tensor(x, direction)[0], like=sample)
+        y = self._for_decoding(target, self.convert_tensor(x, direction))
+        return self.encoders[target].decode(y[0], like=sample)
+
+    def _for_decoding(self, side: str, y: torch.Tensor) -> torch.Tensor:
+        """``y`` where the ``side`` encoder decodes: the run's device when it decodes there."""
+        return y.to(self.device) if self.encoders[side].decodes_on_device else y
 
     def convert_array(self, array: Any, direction: str = "a2b") -> Any:
         """Convert an in-memory array (e.g. an image ``(H, W, C)``) of the run's domain."""
@@ -361,7 +366,8 @@ class Run:
     def _translate_batch(self, pending, direction: str, batch_size: int) -> list[Sample]:
         _, target = direction_sides(direction)
         out = self.convert_tensor(torch.stack([x for *_, x in pending]), direction, batch_size)
-        return self.encoders[target].decode_batch(out, likes=[sample for *_, sample, _ in pending])
+        return self.encoders[target].decode_batch(self._for_decoding(target, out),
+                                                  likes=[sample for *_, sample, _ in pending])
 
 
 def release_cached_memory(device: torch.device) -> None:

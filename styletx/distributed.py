@@ -23,6 +23,7 @@ A checkpoint holds no trace of the number of processes, so a run can resume with
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -37,14 +38,19 @@ from .errors import UsageError
 if TYPE_CHECKING:
     from .interfaces import Translator
 
+log = logging.getLogger("styletx")
 TIMEOUT = datetime.timedelta(minutes=30)  # a checkpoint or preview on rank 0 may take a while
 
 
 class Group:
     """This process's place among the training processes (a single process: rank 0 of 1)."""
 
-    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0):
+    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0,
+                 joined: bool | None = None):
         self.rank, self.size, self.local_rank = rank, size, local_rank
+        # torchrun's processes join a process group even when there is one of them (a 1-GPU
+        # job is then the same DDP / NCCL job as an 8-GPU one); a plain process does not.
+        self.joined = size > 1 if joined is None else joined
 
     @property
     def is_main(self) -> bool:
@@ -52,7 +58,7 @@ class Group:
 
     @property
     def active(self) -> bool:
-        return self.size > 1
+        return self.joined
 
     # -- models -------------------------------------------------------------------------------
     def prepare(self, networks: dict[str, nn.Module], device: torch.device) -> None:
@@ -85,6 +91,9 @@ class Group:
                 step, device_ids=[device.index] if device.type == "cuda" else None)
             optimizer.register_step_pre_hook(_require_forward_for(translator.name, name, step))
         translator.distributed_wrappers = wrappers
+        if self.is_main:
+            log.info("training on %d process(es): DistributedDataParallel over %s", self.size,
+                     dist.get_backend())
 
     # -- agreement ----------------------------------------------------------------------------
     def any(self, flag: bool, device: torch.device) -> bool:
@@ -111,7 +120,10 @@ class Group:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """torchrun started this process (also as a job of one process: torchrun names its run
+    in TORCHELASTIC_RUN_ID), or another launcher started several with WORLD_SIZE."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    return size > 1 or ("WORLD_SIZE" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ)
 
 
 def rank_from_environment() -> int:
@@ -133,7 +145,7 @@ def setup(device: str) -> tuple[Group, str]:
         device = f"cuda:{local_rank}"
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
-    return Group(rank, size, local_rank), device
+    return Group(rank, size, local_rank, joined=True), device
 
 
 def _swap_in_sync_batch_norm(net: nn.Module) -> None:

@@ -111,6 +111,9 @@ class Encoder(ABC):
     name: ClassVar[str]
     domain: ClassVar[str]  # name of the domain whose samples it encodes
     channels: int  # C of the tensors it produces
+    # True: ``decode`` and ``decode_batch`` take tensors on the run's device (a GPU) and decode
+    # there (the spectrogram encoders run Griffin-Lim on it); False: they get CPU tensors.
+    decodes_on_device: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         self.params = params

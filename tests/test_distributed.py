@@ -260,3 +260,29 @@ def test_frozen_parameters_may_stay_out_of_the_optimizer(one_process_group):
     model.optimizers["G"] = torch.optim.Adam([*rest, *model.G_B.parameters()])
     Group(0, 2).distribute(model, torch.device("cpu"))
     assert list(model.distributed_wrappers["G"].module.networks) == [model.G_A, model.G_B]
+
+
+def test_one_process_under_torchrun_joins_a_process_group(monkeypatch):
+    """torchrun --nproc-per-node 1 (one GPU) runs the same DDP job as N processes do, so a
+    1-GPU machine exercises NCCL and the DDP wrappers; a plain process stays alone."""
+    import torch.distributed as dist
+
+    from styletx import distributed
+
+    assert not distributed.setup("cpu")[0].active
+    monkeypatch.setenv("WORLD_SIZE", "1")  # set, but not by torchrun: still alone
+    assert not distributed.setup("cpu")[0].active
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    group, device = distributed.setup("cpu")
+    try:
+        assert group.active and group.size == 1 and device == "cpu"
+        assert dist.get_backend() == "gloo"
+        flag = group.any(True, torch.device("cpu"))
+        assert flag is True
+    finally:
+        group.finish()
+    assert not dist.is_initialized()
