@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 
 import styletx
-from styletx import convert
 from styletx.demo import make_image_dataset
+from styletx.engine import convert
 
 
 def reference_loop(generator: torch.nn.Module, files: list[Path], out: Path) -> dict[str, float]:

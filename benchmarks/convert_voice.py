@@ -21,7 +21,7 @@ import soundfile as sf
 import torch
 
 import styletx
-from styletx.synthvoice import LOW, utterance, write_voice_folders
+from styletx.audio.synth import LOW, utterance, write_voice_folders
 
 RATE = 22050
 

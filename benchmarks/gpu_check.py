@@ -17,7 +17,7 @@ convert     each image run (the fp32 runs of ``train``) converts a batch of held
             voice run converts a 60 s recording both ways. Outputs must match: images PSNR >=
             40 dB (8-bit), voice: the translated spectrogram's SNR >= 30 dB (the wave's SNR is
             reported: the audio encoder runs Griffin-Lim on the CPU in both).
-griffinlim  ``styletx.dsp.griffinlim`` on a CUDA tensor (torch.stft / istft on the GPU)
+griffinlim  ``styletx.audio.dsp.griffinlim`` on a CUDA tensor (torch.stft / istft on the GPU)
             against the Numba CPU path on the magnitude of the same 60 s recording (32
             iterations, the same initial phase): equal spectral convergence, and the speed-up
             of the whole call and of its loop alone (the call draws its phase on the CPU).
@@ -118,8 +118,8 @@ def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
 
 
 def psnr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    """PSNR of [0, 1] images, capped (``styletx.metrics.psnr`` gives inf for equal ones)."""
-    from styletx.metrics import psnr
+    """PSNR of [0, 1] images, capped (``styletx.image.metrics.psnr`` gives inf for equal ones)."""
+    from styletx.image.metrics import psnr
 
     return min(CAP_DB, psnr(reference, other))
 
@@ -157,8 +157,8 @@ def make_data(root: Path, scale: dict) -> dict[str, dict[str, Path] | Path]:
     long recording (the conversion's and Griffin-Lim's input)."""
     import soundfile as sf
 
+    from styletx.audio.synth import LOW, utterance, write_voice_folders
     from styletx.demo import make_image_dataset, make_paired_image_dataset
-    from styletx.synthvoice import LOW, utterance, write_voice_folders
 
     n_train, n_test = scale["images"]
     size = scale["size"] + scale["size"] // 8
@@ -224,7 +224,7 @@ def part_train(work: Path, data: dict, scale: dict, device: str, args, checks: C
                runs: dict, compiled: bool = False, fp32_rows: list[dict] = ()) -> list[dict]:
     """Train every (translator, data) in each configuration (``compiled``: the compile part,
     whose speed-ups are over the ``fp32_rows`` of the train part)."""
-    from styletx.training import TrainSettings, train
+    from styletx.engine.training import TrainSettings, train
 
     rows = []
     for model, domain in TRANSLATORS:
@@ -306,7 +306,7 @@ def ensure_run(work: Path, data: dict, scale: dict, model: str, domain: str, run
     the training, decides whether GPU and CPU agree."""
     if (model, domain) in runs:
         return runs[(model, domain)]
-    from styletx.training import TrainSettings, train
+    from styletx.engine.training import TrainSettings, train
 
     folders = folders_for(data, model, domain)
     run = work / "convert-runs" / f"{model}-{domain}"
@@ -319,8 +319,8 @@ def ensure_run(work: Path, data: dict, scale: dict, model: str, domain: str, run
 
 def convert_images(run_path: Path, inputs: Path, work: Path, device: str) -> dict:
     """The device batched (as ``styletx convert``) against the CPU one image at a time."""
-    from styletx.convert import load_run
     from styletx.demo import load_rgb
+    from styletx.engine.convert import load_run
 
     result = {}
     outputs = {}
@@ -349,7 +349,7 @@ def convert_images(run_path: Path, inputs: Path, work: Path, device: str) -> dic
 def convert_voice(run_path: Path, recording: Path, work: Path, device: str) -> dict:
     """The long recording, whole-file (chunked, batched, decoded) on the device and on the CPU;
     also the translated spectrograms, compared before Griffin-Lim."""
-    from styletx.convert import load_run
+    from styletx.engine.convert import load_run
 
     result, waves, spectrograms = {}, {}, {}
     for label, dev in (("device", device), ("cpu", "cpu")):
@@ -533,7 +533,7 @@ def part_griffinlim(data: dict, scale: dict, device: str, checks: Checks) -> dic
     import torch
     from griffinlim import interleaved
 
-    from styletx import dsp
+    from styletx.audio import dsp
 
     n_fft, hop, n_iter = 1024, 256, 32
     wave, rate = sf.read(data["long_voice"], dtype="float32")
@@ -705,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from styletx.threads import set_threads
+    from styletx.engine.threads import set_threads
 
     if args.threads:
         set_threads(args.threads)

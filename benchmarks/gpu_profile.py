@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=30)
     args = parser.parse_args()
     from styletx.demo import make_image_dataset
-    from styletx.training import TrainSettings, train
+    from styletx.engine.training import TrainSettings, train
 
     configs = {
         "fp32": dict(amp=False, prefetch=0),

@@ -1,4 +1,4 @@
-"""Griffin-Lim and mel -> linear inversion: styletx.dsp against librosa, measured in one run.
+"""Griffin-Lim and mel -> linear inversion: styletx.audio.dsp against librosa, measured in one run.
 
     python benchmarks/griffinlim.py            # full (a few minutes on 2 busy cores)
     python benchmarks/griffinlim.py --quick    # fewer repeats
@@ -9,9 +9,10 @@ F0 through vowel formant resonators, fricative noise bursts and pauses), and its
 
 Fair comparison: both Griffin-Lims start from the same random phase. ``librosa.griffinlim(S,
 init="random", random_state=0)`` draws ``2 pi * RandomState(0).random(S.shape)``, which is what
-``styletx.dsp.griffinlim(S, seed=0)`` draws (librosa's ``init=None`` would be zero phase instead).
+``styletx.audio.dsp.griffinlim(S, seed=0)`` draws
+(librosa's ``init=None`` would be zero phase instead).
 Both run the same momentum update (0.99) for the same number of iterations, and both results are
-scored by the same function (``styletx.dsp.spectral_convergence``, whose STFT matches
+scored by the same function (``styletx.audio.dsp.spectral_convergence``, whose STFT matches
 ``librosa.stft``). Each repeat times every method once, in turn, so background load affects all
 alike; the table gives the median.
 """
@@ -31,7 +32,7 @@ import scipy.fft
 import scipy.signal
 import torch
 
-from styletx import dsp
+from styletx.audio import dsp
 
 SR, N_FFT, HOP, N_MELS = 22050, 1024, 256, 80
 

@@ -168,8 +168,8 @@ def copy_first_checkpoint(run: Path, first: Path, process: subprocess.Popen) -> 
 
 def score(run: Path, folders: dict[str, Path]) -> dict:
     """Mean PSNR and SSIM of the run's conversions of test_a against test_b, and the outputs."""
-    from styletx.convert import load_run
-    from styletx.metrics import psnr, ssim
+    from styletx.engine.convert import load_run
+    from styletx.image.metrics import psnr, ssim
 
     model = load_run(run, device="cpu")
     psnrs, ssims, outputs = [], [], {}
@@ -186,7 +186,7 @@ def score(run: Path, folders: dict[str, Path]) -> dict:
 
 
 def baseline(folders: dict[str, Path]) -> dict:
-    from styletx.metrics import psnr, ssim
+    from styletx.image.metrics import psnr, ssim
 
     pairs = [(np.asarray(Image.open(p).convert("RGB"), np.float64) / 255,
               np.asarray(Image.open(folders["test_b"] / p.name), np.float64) / 255)

@@ -4,7 +4,7 @@
 
 Each measurement is a fresh process that trains the model on random 64 px batches and reports
 steps per second (median of the steps after two warm-up ones). Thread settings compared:
-torch's own default (one thread per logical CPU), styletx's default (``styletx.threads``:
+torch's own default (one thread per logical CPU), styletx's default (``styletx.engine.threads``:
 OMP_NUM_THREADS, else physical cores per local process) and one thread. The load is N other
 processes, each a training loop of the same model with torch's default threads, as a second
 user or a second run on the same machine would be.
@@ -25,8 +25,8 @@ import json, statistics, sys, time, torch
 threads, model, preset, size, steps = sys.argv[1:6]
 if threads != "torch":
     torch.set_num_threads(int(threads))
-from styletx.registry import get_registry
-from styletx.model import make_config
+from styletx.contract.registry import get_registry
+from styletx.engine.model import make_config
 cls = get_registry().translator(model)
 size = int(size)
 config = cls.config_for_data(make_config(cls, preset, {}, "image"),
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--loads", default="0,1", help="numbers of load processes to try")
     args = parser.parse_args()
-    from styletx.threads import default_threads, physical_cores
+    from styletx.engine.threads import default_threads, physical_cores
 
     os.environ.pop("OMP_NUM_THREADS", None)
     ours = default_threads()

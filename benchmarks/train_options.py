@@ -41,7 +41,7 @@ def main() -> None:
     import torch
 
     from styletx.demo import make_image_dataset
-    from styletx.training import TrainSettings, train
+    from styletx.engine.training import TrainSettings, train
 
     print(f"torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))

@@ -22,9 +22,9 @@ import numpy as np
 import soundfile as sf
 
 import styletx
-from styletx.voice_metrics import mcd, median_f0
+from styletx.audio.metrics import mcd, median_f0
 
-VOICES = Path(styletx.__file__).parent / "demo_voices"
+VOICES = Path(styletx.__file__).parent / "audio" / "demo_voices"
 
 
 def evaluate(converted: Path, source: Path, target: Path) -> dict[str, float]:
@@ -59,7 +59,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="voice-quality-"))
     run = args.run
     if run is None:
-        from styletx.model import parse_settings
+        from styletx.engine.model import parse_settings
 
         run = work / "run"
         start = time.perf_counter()

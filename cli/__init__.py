@@ -15,14 +15,14 @@ from pathlib import Path
 import click
 
 from styletx import __version__
-from styletx.demo import DEMO_MINUTES, VOICE_DEMO_MINUTES
-from styletx.errors import (
+from styletx.contract.errors import (
     StyletxError,
     UsageError,
     is_out_of_memory,
     one_line,
     out_of_memory_problem,
 )
+from styletx.demo import DEMO_MINUTES, VOICE_DEMO_MINUTES
 
 log = logging.getLogger("styletx")
 
@@ -95,7 +95,7 @@ def _rank() -> int:
 
 def registry():
     """The plugin registry; broken plugins are reported on stderr and skipped."""
-    from styletx.registry import get_registry
+    from styletx.contract.registry import get_registry
 
     reg = get_registry()
     for message in reg.errors:
@@ -110,7 +110,7 @@ def registry():
               help="Print the traceback above an error's one line (also STYLETX_DEBUG=1).")
 def cli(quiet: bool, debug: bool) -> None:
     """Learn a style mapping between two folders of files, and apply it."""
-    from styletx.threads import set_threads
+    from styletx.engine.threads import set_threads
 
     if debug:
         os.environ["STYLETX_DEBUG"] = "1"  # for torchrun's processes too
@@ -120,7 +120,7 @@ def cli(quiet: bool, debug: bool) -> None:
 
 def _set_threads(ctx, param, value):
     if value is not None:
-        from styletx.threads import set_threads
+        from styletx.engine.threads import set_threads
 
         set_threads(value)
     return value
@@ -194,9 +194,9 @@ def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, de
     a/x/001.png with b/x/001.jpg by relative path without extension, or read side-by-side
     pairs from A_DIR alone with --aligned.
     """
-    from styletx.model import parse_settings
-    from styletx.training import TrainSettings
-    from styletx.training import train as run_training
+    from styletx.engine.model import parse_settings
+    from styletx.engine.training import TrainSettings
+    from styletx.engine.training import train as run_training
 
     if nproc is not None and nproc > 1:
         _relaunch_with_torchrun(nproc)
@@ -223,8 +223,8 @@ def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, de
 def _relaunch_with_torchrun(nproc: int) -> None:
     """Run this same command line again as ``nproc`` processes under torchrun (one machine),
     without ``--nproc``, and exit with its status."""
-    from styletx import threads
-    from styletx.distributed import launched_by_torchrun
+    from styletx.engine import threads
+    from styletx.engine.distributed import launched_by_torchrun
 
     if launched_by_torchrun():
         raise UsageError("--nproc: already running under torchrun; give one or the other")
@@ -270,7 +270,7 @@ def convert(run, inputs, out_dir, direction, batch_size, out_format, device, kee
     """Convert files and folders (recursively) with the model in RUN."""
     from tqdm import tqdm
 
-    from styletx.convert import load_run
+    from styletx.engine.convert import load_run
 
     model = load_run(run, device=device, registry=registry(), keep_dropout=keep_dropout,
                      precision=precision)
@@ -307,7 +307,7 @@ def evaluate(run, a_test, b_test, direction, aligned, as_json, device):
     """
     from tqdm import tqdm
 
-    from styletx.evaluate import evaluate as run_evaluation
+    from styletx.engine.evaluate import evaluate as run_evaluation
 
     with tqdm(unit="pair", file=sys.stderr, disable=None) as bar:
 
@@ -369,9 +369,9 @@ SIDE = click.Choice(["a", "b"])
 @reports_errors
 def sample(run, side, count, out_dir, seed, size, device):
     """Decode latents drawn from the prior: new examples of one side (vaegan runs)."""
-    from styletx.convert import load_run
-    from styletx.latent import require_latent
-    from styletx.latent import sample as draw
+    from styletx.engine.convert import load_run
+    from styletx.tools.latent import require_latent
+    from styletx.tools.latent import sample as draw
 
     model = load_run(run, device=device, registry=registry())
     require_latent(model)
@@ -397,9 +397,9 @@ def sample(run, side, count, out_dir, seed, size, device):
 @reports_errors
 def traverse(run, input_path, dims, steps, k, side, out_dir, device):
     """Walk one latent channel at a time through INPUT's latent (vaegan runs)."""
-    from styletx.convert import load_run
-    from styletx.latent import require_latent
-    from styletx.latent import traverse as walk
+    from styletx.engine.convert import load_run
+    from styletx.tools.latent import require_latent
+    from styletx.tools.latent import traverse as walk
 
     channels = _parse_dims(dims)
     model = load_run(run, device=device, registry=registry())
@@ -432,9 +432,9 @@ def score(run, inputs, side, as_json, device):
     """How unlike the training data each input is (vaegan runs): its outlier score (negative
     ELBO per element), its percentile among the training examples' scores, and a flag above
     the threshold. Files and folders (recursively)."""
-    from styletx.convert import load_run
-    from styletx.latent import require_latent
-    from styletx.latent import score as run_scores
+    from styletx.engine.convert import load_run
+    from styletx.tools.latent import require_latent
+    from styletx.tools.latent import score as run_scores
 
     model = load_run(run, device=device, registry=registry())
     require_latent(model)
@@ -477,11 +477,11 @@ def export(run, direction, fmt, out):
     long recordings into chunks): any N, H and W (voices: any number of frames, the bins fixed
     by the run). Right after writing, the file is loaded and run on random inputs of two sizes
     and compared with PyTorch's translation: if the largest absolute difference exceeds 1e-3
-    (styletx.export.TOLERANCE) the file is removed and the exit code is 1. ONNX needs the onnx
-    and onnxscript packages (pip install "styletx[export]"); without onnxruntime the ONNX file
+    (styletx.engine.export.TOLERANCE) the file is removed and the exit code is 1. ONNX needs the
+    onnx and onnxscript packages (pip install "styletx[export]"); without onnxruntime the ONNX file
     is written but not verified.
     """
-    from styletx.export import export as run_export
+    from styletx.engine.export import export as run_export
 
     report = run_export(run, direction, fmt, out, registry=registry())
     size = f"{report.size_bytes / 1e6:.1f} MB" if report.size_bytes >= 1e5 else (
@@ -523,7 +523,7 @@ def plugins(as_json):
 
 def _presets(cls, domains) -> dict[str, dict[str, dict]]:
     """{domain: {preset: {size, batch_size, steps, description}}} of a translator class."""
-    from styletx.training import TRAIN_DEFAULTS
+    from styletx.engine.training import TRAIN_DEFAULTS
 
     return {domain: {name: {**TRAIN_DEFAULTS, **preset.train, "description": preset.description}
                      for name, preset in cls.presets_for(domain).items()}

@@ -150,11 +150,11 @@ class AudioDomain(styletx.Domain):
 
     def compare(self, converted: AudioSample, target: AudioSample) -> dict[str, float]:
         """Mel-cepstral distortion and log-F0 RMSE (cents) against the target saying the same
-        words, after DTW alignment (``styletx.voice_metrics``). Both are measured at
+        words, after DTW alignment (``styletx.audio.metrics``). Both are measured at
         ``METRIC_RATE`` (MCD depends on the rate), so scores of inputs, outputs and models at
         other rates compare. An F0 RMSE that cannot be measured (no frame voiced in both) is
         NaN."""
-        from styletx.voice_metrics import log_f0_rmse, mcd
+        from styletx.audio.metrics import log_f0_rmse, mcd
 
         x, y = (_resampled(s, METRIC_RATE) for s in (converted, target))
         result = {"mcd_db": mcd(x, y, METRIC_RATE)}
@@ -178,7 +178,7 @@ class AudioDomain(styletx.Domain):
         """Spectrogram pictures (low frequencies at the bottom) as ``stem.png`` and the audio of
         every tile as ``stem-<row><col>.wav``, rows lettered a, b, c, ... (in a training preview
         ``-a1`` is A translated to B)."""
-        from styletx.previews import save_grid
+        from styletx.image.previews import save_grid
 
         # Normalised log spectrograms span about +-3 standard deviations: fit them to [-1, 1].
         save_grid([[t.flip(-2) / 3 for t in row] for row in rows], stem.with_suffix(".png"))
@@ -266,7 +266,7 @@ class SpectrogramEncoder(styletx.Encoder):
         each item's random initial phase is the one ``decode`` would draw for it alone, so the
         waves equal those of decoding one at a time. Griffin-Lim runs on the tensors' device:
         torch.stft / istft on a GPU, the Numba loop on the CPU."""
-        from styletx.dsp import griffinlim
+        from styletx.audio.dsp import griffinlim
 
         likes = list(likes) if likes is not None else [None] * len(tensors)
         if len(likes) != len(tensors):
@@ -319,14 +319,14 @@ class MelEncoder(SpectrogramEncoder):
                     fmax=p["fmax"])
 
     def log_spectrogram(self, wave: np.ndarray) -> np.ndarray:
-        from styletx.dsp import mel_filterbank, stft_magnitude
+        from styletx.audio.dsp import mel_filterbank, stft_magnitude
 
         p = self.params
         mel = mel_filterbank(**self._mel_args()) @ stft_magnitude(wave, p["n_fft"], p["hop"])
         return np.log(np.maximum(mel, p["log_floor"]))
 
     def linear_magnitude(self, log_spec: np.ndarray) -> np.ndarray:
-        from styletx.dsp import mel_to_linear
+        from styletx.audio.dsp import mel_to_linear
 
         p = self.params
         return mel_to_linear(np.exp(log_spec), sr=p["rate"], n_fft=p["n_fft"], fmin=p["fmin"],
@@ -343,7 +343,7 @@ class StftEncoder(SpectrogramEncoder):
         return self.params["n_fft"] // 2 + 1
 
     def log_spectrogram(self, wave: np.ndarray) -> np.ndarray:
-        from styletx.dsp import stft_magnitude
+        from styletx.audio.dsp import stft_magnitude
 
         p = self.params
         return np.log(np.maximum(stft_magnitude(wave, p["n_fft"], p["hop"]), p["log_floor"]))

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import styletx
-from styletx.errors import UsageError
-from styletx.interfaces import DIRECTIONS, Preset
+from styletx.contract.errors import UsageError
+from styletx.contract.interfaces import DIRECTIONS, Preset
 from styletx.nn import (
     GAN_MODES,
     NORMS,
@@ -522,7 +522,7 @@ class CycleGAN(styletx.Translator):
         ``size_multiple``); the voice generator with the frames padded before it as its forward
         pads them (replicate, to a multiple of 4 and at least 8), but without a branch on the
         size, so that the padding inside its forward never happens."""
-        from styletx.export import PadCrop
+        from styletx.engine.export import PadCrop
 
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")

@@ -254,7 +254,7 @@ class ImageDomain(styletx.Domain):
         colour one counts as colour. A target of another size is resized to the converted
         image's (which has its input's size), with a warning. SSIM is NaN for images smaller
         than its 11 x 11 window."""
-        from styletx.metrics import SSIM_RADIUS, psnr, ssim
+        from styletx.image.metrics import SSIM_RADIUS, psnr, ssim
 
         x, y = converted.pixels, target.pixels
         if x.shape[:2] != y.shape[:2]:

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import styletx
-from styletx.errors import UsageError
-from styletx.interfaces import DIRECTIONS, Preset
+from styletx.contract.errors import UsageError
+from styletx.contract.interfaces import DIRECTIONS, Preset
 from styletx.nn import (
     GAN_MODES,
     NORMS,
@@ -455,7 +455,7 @@ class Pix2Pix(styletx.Translator):
         """The U-Net of ``direction``: its blocks behind the padding its forward applies (to
         multiples of 2**depth, reflect where the pad is smaller than the side, else replicate),
         written without a branch on the size."""
-        from styletx.export import PadCrop
+        from styletx.engine.export import PadCrop
 
         self._check_direction(direction, f"export --direction {self.directions[0]}")
         generator = self.generators[direction]

@@ -93,8 +93,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import styletx
-from styletx.errors import UsageError
-from styletx.interfaces import DIRECTIONS, LatentTranslator, Preset
+from styletx.contract.errors import UsageError
+from styletx.contract.interfaces import DIRECTIONS, LatentTranslator, Preset
 from styletx.nn import (
     GAN_MODES,
     ColourPath,
@@ -690,7 +690,7 @@ class VAEGAN(LatentTranslator):
     def export_module(self, direction: str) -> nn.Module:
         """``translate`` as one module (``Translation``) behind ``pad_to_multiple``'s padding
         written without a branch on the size."""
-        from styletx.export import PadCrop
+        from styletx.engine.export import PadCrop
 
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
@@ -711,7 +711,7 @@ class VAEGAN(LatentTranslator):
         the posterior mean (a one-point estimate of the expectation) and the KL is closed form,
         so the score is deterministic. Measured: weighting the two terms 1:1 instead (per input
         element) let the KL, which barely tells inputs apart, swamp the reconstruction error,
-        which does (see ``styletx.latent``)."""
+        which does (see ``styletx.tools.latent``)."""
         self._check_input(x, side, f"negative_elbo({side!r})")
         c = self.config
         with torch.no_grad(), self.autocast():

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import test_faults as faults  # noqa: E402 -- the killer and the checks of the test suite
 
-from styletx import runs  # noqa: E402
 from styletx.demo import make_image_dataset  # noqa: E402
+from styletx.engine import runs  # noqa: E402
 
 POINTS = ["mid-resume", "mid-weights", "mid-rotation", "between-renames", "before-config"]
 

@@ -1,4 +1,4 @@
-"""Regenerate the bundled demo voices (styletx/demo_voices/) with espeak-ng.
+"""Regenerate the bundled demo voices (styletx/audio/demo_voices/) with espeak-ng.
 
 Two clearly different espeak-ng voices read different sentences (unpaired training folders a/
 and b/) and the same held-out sentences (test_a/ and test_b/, same file names), written as
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-OUT = Path(__file__).resolve().parents[1] / "styletx" / "demo_voices"
+OUT = Path(__file__).resolve().parents[1] / "styletx" / "audio" / "demo_voices"
 VOICES = {  # espeak-ng voice, pitch (0-99), speed (words per minute)
     "a": ("en-us+m3", 30, 150),  # a low male voice
     "b": ("en-us+f4", 75, 165),  # a high female voice

@@ -14,11 +14,18 @@ Plugins subclass ``Domain``, ``Encoder`` and ``Translator`` and register them wi
 __version__ = "0.1.0"
 
 
-from .convert import load_run  # noqa: E402
-from .errors import BadInputError, StyletxError, UsageError
-from .hookspecs import hookimpl
-from .interfaces import DIRECTIONS, Domain, Encoder, LatentTranslator, Preset, Translator
-from .training import TrainSettings, train  # noqa: E402
+from styletx.contract.errors import BadInputError, StyletxError, UsageError
+from styletx.contract.hookspecs import hookimpl
+from styletx.contract.interfaces import (
+    DIRECTIONS,
+    Domain,
+    Encoder,
+    LatentTranslator,
+    Preset,
+    Translator,
+)
+from styletx.engine.convert import load_run  # noqa: E402
+from styletx.engine.training import TrainSettings, train  # noqa: E402
 
 __all__ = [
     "DIRECTIONS",

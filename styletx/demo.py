@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .metrics import psnr
+from styletx.image.metrics import psnr
 
 log = logging.getLogger("styletx")
 DEMO_MINUTES = 2.0  # the image part's training budget (train --minutes)
@@ -109,8 +109,8 @@ def run_demo(out: Path, minutes: float = DEMO_MINUTES, steps: int | None = None,
     """Generate the demo folders, train the fast CycleGAN for ``minutes`` (or ``steps``),
     convert the held-out scenes, score. The fast preset starts as the identity, so even a
     run cut short by a busy machine does not make the scenes worse."""
-    from .convert import load_run
-    from .training import TrainSettings, train
+    from styletx.engine.convert import load_run
+    from styletx.engine.training import TrainSettings, train
 
     data = {name: out / "data" / name for name in ("a", "b", "test_a", "test_b")}
     if not all(folder.is_dir() for folder in data.values()):
@@ -125,7 +125,7 @@ def run_demo(out: Path, minutes: float = DEMO_MINUTES, steps: int | None = None,
             "files": len(report.converted), "psnr_before": before, "psnr_after": after}
 
 
-DEMO_VOICES = Path(__file__).parent / "demo_voices"  # two espeak-ng voices, see scripts/
+DEMO_VOICES = Path(__file__).parent / "audio" / "demo_voices"  # two espeak-ng voices, see scripts/
 VOICE_DEMO_MINUTES = 3.0  # the voice part's training budget (train --minutes)
 
 
@@ -133,10 +133,10 @@ def run_voice_demo(out: Path, minutes: float = VOICE_DEMO_MINUTES, steps: int | 
                    device: str = "auto") -> dict[str, object]:
     """Train the tiny voice CycleGAN on the bundled voices (low male -> high female), convert a
     held-out sentence, write its audio and a spectrogram picture, and measure MCD and F0."""
-    from .convert import load_run
-    from .previews import save_grid
-    from .training import TrainSettings, train
-    from .voice_metrics import mcd, median_f0
+    from styletx.audio.metrics import mcd, median_f0
+    from styletx.engine.convert import load_run
+    from styletx.engine.training import TrainSettings, train
+    from styletx.image.previews import save_grid
 
     settings = TrainSettings(steps=steps, minutes=None if steps else minutes, device=device)
     train(DEMO_VOICES / "a", DEMO_VOICES / "b", out / "voice-run", preset="tiny",

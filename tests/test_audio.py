@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from styletx.errors import BadInputError
+from styletx.contract.errors import BadInputError
 from styletx.plugins.audio import AudioDomain, AudioSample
 
 RATE = 22050
@@ -88,7 +88,7 @@ def test_unsupported_extension_is_not_handled(tmp_path):
 
 @pytest.fixture(scope="module")
 def voices():
-    from styletx.synthvoice import HIGH, LOW, utterance
+    from styletx.audio.synth import HIGH, LOW, utterance
 
     return {"low": AudioSample(utterance(LOW, 1.5, seed=0), RATE),
             "high": AudioSample(utterance(HIGH, 1.5, seed=1), RATE)}
@@ -96,8 +96,8 @@ def voices():
 
 @pytest.mark.parametrize("name, bins", [("mel", 80), ("stft", 513)])
 def test_encoder_round_trip(voices, name, bins):
+    from styletx.audio.metrics import mcd
     from styletx.plugins.audio import MelEncoder, StftEncoder
-    from styletx.voice_metrics import mcd
 
     encoder = {"mel": MelEncoder, "stft": StftEncoder}[name]()
     encoder.fit([voices["low"]])
@@ -136,7 +136,7 @@ def test_decoding_uses_the_decoders_own_statistics(voices):
 
 
 def test_bad_encoder_settings():
-    from styletx.errors import UsageError
+    from styletx.contract.errors import UsageError
     from styletx.plugins.audio import MelEncoder
 
     with pytest.raises(UsageError, match="unknown setting 'bins'"):

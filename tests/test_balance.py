@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import TINY
 
-from styletx.balance import describe, effective_dimensions, inverse_density_weights
-from styletx.data import CropSampler
 from styletx.demo import make_scene, save_rgb, winterize
+from styletx.engine.balance import describe, effective_dimensions, inverse_density_weights
+from styletx.engine.data import CropSampler
 
 
 def _latents(n_common=95, n_rare=5, dims=8, seed=0):

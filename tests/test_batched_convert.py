@@ -11,9 +11,9 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from styletx import convert
-from styletx.convert import load_run
-from styletx.dsp import griffinlim, stft_magnitude
+from styletx.audio.dsp import griffinlim, stft_magnitude
+from styletx.engine import convert
+from styletx.engine.convert import load_run
 
 RATE = 22050
 
@@ -188,7 +188,7 @@ def test_an_unexpected_error_stops_the_conversion_and_the_reader(trained_run, tm
 def voice_run(tmp_path_factory):
     """A tiny voice CycleGAN after one step: batching must not change what any model gives."""
     import styletx
-    from styletx.synthvoice import write_voice_folders
+    from styletx.audio.synth import write_voice_folders
 
     root = tmp_path_factory.mktemp("batched-voice")
     voices = write_voice_folders(root / "data", n_train=3, n_test=1, seconds=2.0)
@@ -198,8 +198,8 @@ def voice_run(tmp_path_factory):
 
 
 def test_chunks_of_a_long_recording_are_batched_with_the_same_result(voice_run, monkeypatch):
+    from styletx.audio.synth import LOW, utterance
     from styletx.plugins.audio import AudioSample
-    from styletx.synthvoice import LOW, utterance
 
     run = load_run(voice_run, device="cpu")
     chunk, overlap = run.domain.chunk_frames, run.domain.chunk_overlap
@@ -263,7 +263,7 @@ def test_decode_batch_equals_decode(voice_run):
 
 
 def test_equal_length_recordings_convert_as_one_at_a_time(voice_run, tmp_path, monkeypatch):
-    from styletx.synthvoice import HIGH, LOW, utterance
+    from styletx.audio.synth import HIGH, LOW, utterance
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -315,7 +315,7 @@ def test_bf16_precision_runs_the_networks_in_bf16_close_to_fp32(fixture, request
 
 
 def test_unknown_precision_is_a_usage_error(styletx, trained_run, tmp_path):
-    from styletx.errors import UsageError
+    from styletx.contract.errors import UsageError
 
     with pytest.raises(UsageError, match="--precision fp16: use one of fp32, bf16"):
         load_run(trained_run, device="cpu", precision="fp16")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from styletx.convert import load_run
-from styletx.errors import UsageError
+from styletx.contract.errors import UsageError
+from styletx.engine.convert import load_run
 
 
 def write(path, mode, size, value=100):

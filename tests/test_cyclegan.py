@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from toy import reddish_images, swap_red_blue, train_red_blue
 
-from styletx.errors import UsageError
+from styletx.contract.errors import UsageError
 from styletx.nn import (
     GANLoss,
     GatedConv,

@@ -15,8 +15,8 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from styletx.data import CropSampler
 from styletx.demo import make_paired_image_dataset
+from styletx.engine.data import CropSampler
 
 SMALL = {"ngf": 4, "ndf": 4}
 STEPS = 6
@@ -35,7 +35,7 @@ def _rank_worker(rank: int, world: int, port: int, model: str, a: str, b: str, o
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from styletx import training
+    from styletx.engine import training
 
     seen: dict[str, object] = {}
     run_loop, index = training._run_loop, CropSampler._index
@@ -169,7 +169,7 @@ def test_nproc_refuses_to_nest_under_torchrun(styletx, scenes, tmp_path, monkeyp
 def test_batch_norm_becomes_synchronised_in_place():
     """On GPUs pix2pix's batch norm is swapped for SyncBatchNorm inside each network, keeping
     its weights and statistics and the network object the translator holds."""
-    from styletx.distributed import _swap_in_sync_batch_norm
+    from styletx.engine.distributed import _swap_in_sync_batch_norm
     from styletx.plugins.pix2pix import Pix2Pix, Pix2PixConfig
 
     model = Pix2Pix(Pix2PixConfig(ngf=4, ndf=4, depth=3), 3, 3)
@@ -209,7 +209,7 @@ def _toy_cyclegan():
 def test_each_optimizer_gets_one_ddp_wrapper_over_its_networks(one_process_group):
     from torch.nn.parallel import DistributedDataParallel
 
-    from styletx.distributed import Group
+    from styletx.engine.distributed import Group
 
     model = _toy_cyclegan()
     Group(0, 2).distribute(model, torch.device("cpu"))
@@ -225,8 +225,8 @@ def test_each_optimizer_gets_one_ddp_wrapper_over_its_networks(one_process_group
 
 def test_a_translator_bypassing_forward_for_is_stopped_before_its_first_update(
         one_process_group):
-    from styletx.distributed import Group
-    from styletx.errors import UsageError
+    from styletx.contract.errors import UsageError
+    from styletx.engine.distributed import Group
     from styletx.plugins.cyclegan import CycleGAN
 
     model = _toy_cyclegan()
@@ -240,8 +240,8 @@ def test_a_translator_bypassing_forward_for_is_stopped_before_its_first_update(
 
 
 def test_an_optimizer_over_part_of_a_network_cannot_be_distributed(one_process_group):
-    from styletx.distributed import Group
-    from styletx.errors import UsageError
+    from styletx.contract.errors import UsageError
+    from styletx.engine.distributed import Group
 
     model = _toy_cyclegan()
     model.optimizers["G"] = torch.optim.Adam(list(model.G_A.parameters())[:2])
@@ -252,7 +252,7 @@ def test_an_optimizer_over_part_of_a_network_cannot_be_distributed(one_process_g
 def test_frozen_parameters_may_stay_out_of_the_optimizer(one_process_group):
     """DDP averages only trainable parameters: an optimizer over a network's trainable ones
     (here the first layer frozen) is accepted."""
-    from styletx.distributed import Group
+    from styletx.engine.distributed import Group
 
     model = _toy_cyclegan()
     first, *rest = model.G_A.parameters()
@@ -267,7 +267,7 @@ def test_one_process_under_torchrun_joins_a_process_group(monkeypatch):
     1-GPU machine exercises NCCL and the DDP wrappers; a plain process stays alone."""
     import torch.distributed as dist
 
-    from styletx import distributed
+    from styletx.engine import distributed
 
     assert not distributed.setup("cpu")[0].active
     monkeypatch.setenv("WORLD_SIZE", "1")  # set, but not by torchrun: still alone

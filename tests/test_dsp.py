@@ -1,4 +1,4 @@
-"""styletx.dsp: STFT, mel inversion and Griffin-Lim against librosa and against known answers.
+"""styletx.audio.dsp: STFT, mel inversion and Griffin-Lim against librosa and against known answers.
 
 No timing here: speed is measured by benchmarks/griffinlim.py.
 """
@@ -13,7 +13,7 @@ import pytest
 import scipy.signal
 import torch
 
-from styletx import dsp
+from styletx.audio import dsp
 
 SR, N_FFT, HOP = 22050, 1024, 256
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 
-from styletx import export as export_module
-from styletx.convert import load_run
-from styletx.export import TOLERANCE, pad_bottom_right
-from styletx.synthvoice import write_voice_folders
+from styletx.audio.synth import write_voice_folders
+from styletx.engine import export as export_module
+from styletx.engine.convert import load_run
+from styletx.engine.export import TOLERANCE, pad_bottom_right
 
 SMALL = ("--set", "ngf=4", "--set", "ndf=4")
 # torch.jit.trace and torch.jit.load warn that TorchScript is deprecated; exporting it is the point
@@ -229,8 +229,8 @@ def test_padding_is_f_pad_and_stays_dynamic_when_traced(multiple, least, mode, j
 
 
 def test_translators_without_an_export_module_say_so():
-    from styletx.errors import UsageError
-    from styletx.interfaces import Translator
+    from styletx.contract.errors import UsageError
+    from styletx.contract.interfaces import Translator
 
     class Plain(Translator):
         name = "plain"

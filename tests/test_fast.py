@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from styletx.convert import load_run
+from styletx.contract.registry import get_registry
 from styletx.demo import load_rgb, make_paired_image_dataset
-from styletx.metrics import psnr
-from styletx.model import make_config
+from styletx.engine.convert import load_run
+from styletx.engine.model import make_config
+from styletx.engine.threads import default_threads, physical_cores, set_threads
+from styletx.engine.training import BUDGET_SHARE, Budget, TrainSettings, _save_interval, train
+from styletx.image.metrics import psnr
 from styletx.nn import linear_decay
-from styletx.registry import get_registry
-from styletx.threads import default_threads, physical_cores, set_threads
-from styletx.training import BUDGET_SHARE, Budget, TrainSettings, _save_interval, train
 
 MODELS = ("cyclegan", "pix2pix", "vaegan")
 
@@ -111,7 +111,7 @@ def test_minutes_plans_the_steps_and_the_schedule(scenes, tmp_path, messages):
 def test_minutes_timing_changes_nothing(scenes, tmp_path, monkeypatch):
     """The timed steps are undone: a --minutes run is the same as a --steps run of its total.
     (The real timing runs, but reports 60 s a step, so that 10 minutes plan a few steps.)"""
-    import styletx.training as training
+    import styletx.engine.training as training
 
     time_steps = training._time_steps
     monkeypatch.setattr(training, "_time_steps", lambda *args: time_steps(*args) * 0 + 60.0)
@@ -220,7 +220,7 @@ def test_budget_revises_a_plan_once_early_on():
 def test_a_revised_plan_is_the_run_of_its_step_count(scenes, tmp_path, monkeypatch):
     """Revised at step 4 from 10 to 16 steps, a run ends with the weights of a --steps 16 run:
     the lr is constant until then, and the optimizer and scheduler state carry over."""
-    import styletx.training as training
+    import styletx.engine.training as training
 
     monkeypatch.setattr(training, "_time_steps", lambda *args: 60.0)  # 10 minutes: 9 steps
     monkeypatch.setattr(Budget, "revised_total",

@@ -26,11 +26,11 @@ from conftest import TINY
 from safetensors.torch import load_file
 from test_plugins import GOOD
 
-from styletx import runs
 from styletx.cli import cli
-from styletx.errors import StyletxError, UsageError
-from styletx.registry import Registry
-from styletx.training import TrainSettings, train
+from styletx.contract.errors import StyletxError, UsageError
+from styletx.contract.registry import Registry
+from styletx.engine import runs
+from styletx.engine.training import TrainSettings, train
 
 pytestmark = pytest.mark.faults
 
@@ -44,7 +44,8 @@ CLI_ARGS = ("--preset", "tiny", "--size", "16", "--device", "cpu", "--steps", st
 KILLER = '''
 import os, signal, sys
 from pathlib import Path
-from styletx import runs, training
+from styletx.engine import runs
+from styletx.engine import training
 
 step_to_kill, point = os.environ["KILL_AT"].split(":")
 saving = {"step": None, "renames": 0}
@@ -382,7 +383,7 @@ def test_hostile_plugin_is_reported_and_the_rest_loads(plugins, name):
 
 
 def test_the_cli_survives_a_plugin_that_exits(styletx, plugins, monkeypatch):
-    import styletx.registry as registry_module
+    import styletx.contract.registry as registry_module
 
     plugins({"exits": HOSTILE["exits"][0]})
     monkeypatch.setattr(registry_module, "_registry", None)

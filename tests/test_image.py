@@ -323,7 +323,7 @@ def test_domain_rules(domain, tmp_path):
 
 def test_plugin_registers_through_the_registry(monkeypatch):
     import styletx.plugins
-    from styletx.registry import Registry
+    from styletx.contract.registry import Registry
 
     # Only this plugin, so the test does not depend on the other built-ins.
     monkeypatch.setattr(styletx.plugins, "BUILTIN_PLUGINS", ["styletx.plugins.image"])

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from styletx import latent
-from styletx.convert import load_run
+from styletx.contract.errors import StyletxError
 from styletx.demo import make_image_dataset, save_rgb
-from styletx.errors import StyletxError
-from styletx.previews import MIN_TILE, to_picture
-from styletx.training import TrainSettings, train
+from styletx.engine.convert import load_run
+from styletx.engine.training import TrainSettings, train
+from styletx.image.previews import MIN_TILE, to_picture
+from styletx.tools import latent
 
 SIZE = 40  # the scenes' size; the tiny preset trains on 32-pixel crops of them loaded at 36
 CROP = 32

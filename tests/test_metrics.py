@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from styletx.metrics import psnr, ssim
+from styletx.image.metrics import psnr, ssim
 
 C1, C2 = 0.01**2, 0.03**2  # at peak 1
 

@@ -10,7 +10,7 @@ import torch
 from conftest import TINY
 from PIL import Image
 
-from styletx.convert import Run
+from styletx.engine.convert import Run
 from styletx.plugins.cyclegan import CycleGAN
 
 
@@ -91,7 +91,7 @@ def test_a_gpu_running_out_elsewhere_suggests_the_cpu(styletx, trained_run, tmp_
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 "
                                           "has a total capacity of 7.79 GiB of which 1.20 GiB is "
                                           "free.")
-    monkeypatch.setattr("styletx.convert.load_run", load_run)
+    monkeypatch.setattr("styletx.engine.convert.load_run", load_run)
     write_images(tmp_path / "in", [(16, 16)])
     result = styletx("convert", trained_run, tmp_path / "in", "-o", tmp_path / "out")
     assert result.exit_code == 1

@@ -11,12 +11,12 @@ import pytest
 from conftest import TINY
 from PIL import Image
 
+from styletx.contract.errors import UsageError
 from styletx.demo import make_paired_image_dataset
-from styletx.errors import UsageError
-from styletx.evaluate import evaluate
-from styletx.pairs import pair_files
+from styletx.engine.evaluate import evaluate
+from styletx.engine.pairs import pair_files
+from styletx.engine.training import TrainSettings, train
 from styletx.plugins.image import ImageDomain
-from styletx.training import TrainSettings, train
 
 P2P = ("--model", "pix2pix", *TINY)
 QUICK = ("--steps", "2", "--size", "16")
@@ -279,7 +279,7 @@ def test_a_run_that_cannot_start_writes_nothing(styletx, tmp_path):
     """Voice pairs shorter than one training segment: refused before the run folder exists."""
     import soundfile as sf
 
-    from styletx.synthvoice import HIGH, LOW, utterance
+    from styletx.audio.synth import HIGH, LOW, utterance
 
     for i in range(4):
         for side, voice in (("a", LOW), ("b", HIGH)):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from styletx import plugins
-from styletx.errors import UsageError
+from styletx.contract.errors import UsageError
 from styletx.nn import GANLoss, PatchDiscriminator
 from styletx.plugins import pix2pix
 from styletx.plugins.pix2pix import (

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from styletx.registry import Registry
+from styletx.contract.registry import Registry
 
 GOOD = """
 import styletx
@@ -102,7 +102,7 @@ def test_autoload_can_be_disabled(fake_entry_points, monkeypatch):
 
 
 def test_plugins_command_reports_broken_plugin(styletx, fake_entry_points, monkeypatch):
-    import styletx.registry as registry_module
+    import styletx.contract.registry as registry_module
 
     fake_entry_points({"importerror": BROKEN["importerror"][0], "good": GOOD})
     monkeypatch.setattr(registry_module, "_registry", None)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from styletx.data import Reader, load_folder
+from styletx.engine.data import Reader, load_folder
 from styletx.plugins.image import ImageDomain
 
 SIZE = 32  # prepared: the shorter side becomes round(32 * 286 / 256) = 36
@@ -103,7 +103,7 @@ def test_a_worker_reads_at_least_four_files(tmp_path):
 def test_a_usage_error_while_reading_stops_with_its_own_message(tmp_path, workers):
     """Only a bad file is skipped; any other styletx error (here a usage error, as
     ``split_aligned`` raises for audio) comes out of a worker as the same one-line error."""
-    from styletx.errors import BadInputError, UsageError
+    from styletx.contract.errors import BadInputError, UsageError
 
     def job(i):
         if i == 5:

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from styletx.contract.errors import StyletxError
 from styletx.demo import score_folder
-from styletx.errors import StyletxError
+from styletx.engine.runs import load_resume
+from styletx.engine.training import TrainingInterrupted, TrainSettings, train
 from styletx.plugins.cyclegan import CycleGAN
-from styletx.runs import load_resume
-from styletx.training import TrainingInterrupted, TrainSettings, train
 
 
 def settings(steps: int, **kw) -> TrainSettings:
@@ -80,7 +80,7 @@ def test_resume_after_interruption_gives_identical_weights(scenes, tmp_path, mon
 
 
 def test_resume_refuses_contradicting_options(scenes, tmp_path):
-    from styletx.errors import UsageError
+    from styletx.contract.errors import UsageError
 
     train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny", settings=settings(2))
     with pytest.raises(UsageError, match="--size 16, not 24"):
@@ -98,7 +98,7 @@ def test_finished_run_is_not_retrained(scenes, tmp_path):
 def test_crash_between_weights_and_resume_state_still_resumes(scenes, tmp_path, monkeypatch):
     """A kill after resume.pt was renamed into place but before model.safetensors was: the run
     resumes from the previous matching pair (in .previous/) instead of refusing."""
-    import styletx.runs as runs
+    import styletx.engine.runs as runs
 
     train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny", settings=settings(2))
     real_replace = os.replace
@@ -126,7 +126,7 @@ def test_resume_survives_a_log_line_cut_short(scenes, tmp_path):
 
 
 def test_crash_while_saving_keeps_previous_checkpoint(scenes, tmp_path, monkeypatch):
-    import styletx.runs as runs
+    import styletx.engine.runs as runs
 
     train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny", settings=settings(2))
     before = (tmp_path / "run" / "model.safetensors").read_bytes()
@@ -148,8 +148,8 @@ def test_tiny_cyclegan_learns_the_hidden_colour_transform(tmp_path):
     conversions must be closer to the true answers than the untouched inputs are.
     Measured: +4.0, +4.3 and +4.9 dB over the untouched inputs for data seeds 1, 2 and 3
     (15.2 -> 19.2 dB for seed 1); the threshold leaves 1 dB of room."""
-    from styletx.convert import load_run
     from styletx.demo import make_image_dataset
+    from styletx.engine.convert import load_run
 
     data = make_image_dataset(tmp_path / "data", n_train=32, n_test=6, size=48, seed=1)
     train(data["a"], data["b"], tmp_path / "run", preset="tiny",

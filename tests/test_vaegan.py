@@ -11,8 +11,8 @@ from PIL import Image
 from torch.distributions import Normal, kl_divergence
 from toy import reddish_images, swap_red_blue, train_red_blue
 
-from styletx.errors import UsageError
-from styletx.interfaces import LatentTranslator
+from styletx.contract.errors import UsageError
+from styletx.contract.interfaces import LatentTranslator
 from styletx.plugins import vaegan
 from styletx.plugins.vaegan import (
     VAEGAN,
@@ -394,9 +394,9 @@ def test_state_round_trip_gives_identical_outputs(trained):
 def test_trains_resumes_and_converts_through_the_trainer(scenes, tmp_path, monkeypatch):
     """The whole path with the plugin registered: train, checkpoint, resume, load, convert."""
     import styletx.plugins
-    from styletx.convert import load_run
-    from styletx.registry import Registry
-    from styletx.training import TrainSettings, train
+    from styletx.contract.registry import Registry
+    from styletx.engine.convert import load_run
+    from styletx.engine.training import TrainSettings, train
 
     builtins = [*styletx.plugins.BUILTIN_PLUGINS, "styletx.plugins.vaegan"]  # once, if listed
     monkeypatch.setattr(styletx.plugins, "BUILTIN_PLUGINS", list(dict.fromkeys(builtins)))

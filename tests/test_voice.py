@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from styletx.synthvoice import HIGH, LOW, utterance, write_voice_folders
-from styletx.voice_metrics import mcd, median_f0
+from styletx.audio.metrics import mcd, median_f0
+from styletx.audio.synth import HIGH, LOW, utterance, write_voice_folders
 
 RATE = 22050
 TINY_VOICE = ("--preset", "tiny", "--device", "cpu", "--log-every", "50")
@@ -123,7 +123,7 @@ def test_stft_encoder_builds_the_generator_for_its_bins(voices, tmp_path):
 @pytest.fixture(scope="module")
 def parallel(tmp_path_factory):
     """LOW and HIGH saying the same texts, HIGH 25 % slower, paired by file name."""
-    from styletx.synthvoice import write_parallel_voice_folders
+    from styletx.audio.synth import write_parallel_voice_folders
 
     return write_parallel_voice_folders(tmp_path_factory.mktemp("parallel"), n_train=6,
                                         n_test=2, seconds=2.0, tempo_b=0.8)
@@ -134,7 +134,7 @@ def test_dtw_path_follows_the_change_of_pace():
     1 / 0.8 times the position in the fast one. Measured error: median under 2 frames, 95th
     percentile 5.75 (inside steady vowels every frame matches about equally well); without
     warping the sounds drift apart by up to a quarter of the length, ~40 frames."""
-    from styletx.pairs import dtw_path, warp
+    from styletx.engine.pairs import dtw_path, warp
     from styletx.plugins.audio import AudioSample, MelEncoder
 
     fast = AudioSample(utterance(LOW, 2.0, seed=1, text_seed=3), RATE)
@@ -157,7 +157,7 @@ def test_tiny_pix2pix_on_parallel_voices(parallel, tmp_path, styletx):
     """Measured (300 steps, tiny): MCD 6.07 -> 2.17 dB and F0 error 1315 -> 267 cents on the two
     held-out sentences. The alignment is computed once and cached in the run folder."""
 
-    from styletx.evaluate import evaluate
+    from styletx.engine.evaluate import evaluate
 
     run = tmp_path / "run"
     first = styletx("train", parallel["a"], parallel["b"], "--model", "pix2pix", *TINY_VOICE,

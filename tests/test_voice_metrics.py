@@ -9,16 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from styletx.synthvoice import (
-    HIGH,
-    LOW,
-    Voice,
-    _text,
-    utterance,
-    write_parallel_voice_folders,
-    write_voice_folders,
-)
-from styletx.voice_metrics import (
+from styletx.audio.metrics import (
     MCD_CONSTANT,
     f0_difference_cents,
     f0_track,
@@ -27,6 +18,15 @@ from styletx.voice_metrics import (
     mcd,
     median_f0,
     mel_cepstrum,
+)
+from styletx.audio.synth import (
+    HIGH,
+    LOW,
+    Voice,
+    _text,
+    utterance,
+    write_parallel_voice_folders,
+    write_voice_folders,
 )
 
 RATE = 22050

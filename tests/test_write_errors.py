@@ -14,8 +14,8 @@ from conftest import TINY
 from PIL import Image
 from safetensors import SafetensorError
 
-from styletx import runs
-from styletx.errors import WriteError
+from styletx.contract.errors import WriteError
+from styletx.engine import runs
 from styletx.plugins.image import ImageDomain
 
 DISK_FULL = SafetensorError("Error while serializing: I/O error: No space left on device "

@@ -5,7 +5,7 @@ torchrun starts N copies of the same command and tells each its rank through the
 (NCCL on CUDA, one GPU per process; gloo on CPU), and then:
 
 * every rank starts from rank 0's weights and buffers (a broadcast);
-* each rank draws its own shard of the data each epoch (``styletx.data.CropSampler``);
+* each rank draws its own shard of the data each epoch (``styletx.engine.data.CropSampler``);
 * the networks each optimizer trains are wrapped together in one DistributedDataParallel
   module, and the translator runs that optimizer's forward pass through it
   (``Translator.forward_for``), so the backward pass averages their gradients over the ranks.
@@ -33,10 +33,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import UsageError
+from styletx.contract.errors import UsageError
 
 if TYPE_CHECKING:
-    from .interfaces import Translator
+    from styletx.contract.interfaces import Translator
 
 log = logging.getLogger("styletx")
 TIMEOUT = datetime.timedelta(minutes=30)  # a checkpoint or preview on rank 0 may take a while

@@ -7,8 +7,8 @@ Each test input is converted with the run and compared with its pair by the doma
 (images: PSNR and SSIM; voice: mel-cepstral distortion and log-F0 RMSE). The same metrics for
 the *unconverted* input against its pair are the baseline a model has to beat. Any translator
 can be evaluated, paired or not, so different models can be compared on one test set. Pairs are
-found as in paired training (``styletx.pairs``): by relative path without extension, or side by
-side in one file with ``aligned``.
+found as in paired training (``styletx.engine.pairs``): by relative path without extension, or
+side by side in one file with ``aligned``.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .convert import Run, direction_sides, load_run
-from .data import check_folder, domain_files
-from .errors import BadInputError, UsageError
-from .pairs import pair_files, pair_key
-from .registry import Registry
+from styletx.contract.errors import BadInputError, UsageError
+from styletx.contract.registry import Registry
+from styletx.engine.convert import Run, direction_sides, load_run
+from styletx.engine.data import check_folder, domain_files
+from styletx.engine.pairs import pair_files, pair_key
 
 log = logging.getLogger("styletx")
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .interfaces import LatentTranslator
+from styletx.contract.interfaces import LatentTranslator
 
 BINS = 10  # histogram bins per latent dimension
 

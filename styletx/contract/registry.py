@@ -24,9 +24,10 @@ from typing import Any
 
 import pluggy
 
-from . import __version__, hookspecs
-from .errors import UsageError, one_line
-from .interfaces import Domain, Encoder, Translator
+from styletx import __version__
+from styletx.contract import hookspecs
+from styletx.contract.errors import UsageError, one_line
+from styletx.contract.interfaces import Domain, Encoder, Translator
 
 ENTRY_POINT_GROUP = "styletx"
 DISABLE_AUTOLOAD_ENV = "STYLETX_DISABLE_PLUGIN_AUTOLOAD"

@@ -43,13 +43,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .data import expand_inputs
-from .errors import BadInputError, StyletxError, UsageError
-from .interfaces import Domain, LatentTranslator, Sample
-from .runs import write_json
+from styletx.contract.errors import BadInputError, StyletxError, UsageError
+from styletx.contract.interfaces import Domain, LatentTranslator, Sample
+from styletx.engine.data import expand_inputs
+from styletx.engine.runs import write_json
 
 if TYPE_CHECKING:
-    from .convert import Run
+    from styletx.engine.convert import Run
 
 log = logging.getLogger("styletx")
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import StyletxError, UsageError
+from styletx.contract.errors import StyletxError, UsageError
 
 FORMATS = ("onnx", "torchscript")
 # Largest |exported - PyTorch| accepted, on tensors in the encoders' units: [-1, 1] for images,
@@ -171,8 +171,8 @@ def export(run, direction: str, fmt: str, out: Path | str, tolerance: float | No
     The export runs on the CPU in evaluation mode: a ``Run`` on another device is moved there
     (and one loaded with ``keep_dropout`` loses it). ``registry``: the plugin registry to load
     a run folder with (default: the process-wide one)."""
-    from .convert import Run, direction_sides, load_run
-    from .runs import atomic_path
+    from styletx.engine.convert import Run, direction_sides, load_run
+    from styletx.engine.runs import atomic_path
 
     tolerance = TOLERANCE if tolerance is None else tolerance
     if fmt not in FORMATS:

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .errors import BadInputError, StyletxError, UsageError
-from .interfaces import Domain, Encoder, Sample
+from styletx.contract.errors import BadInputError, StyletxError, UsageError
+from styletx.contract.interfaces import Domain, Encoder, Sample
 
 log = logging.getLogger("styletx")
 T = TypeVar("T")
@@ -177,8 +177,8 @@ class CropSampler:
     index, crop and flip for a and b; unpaired ones draw a and b independently.
 
     One process draws each example at random (by ``weights`` with ``--balance``). Among
-    ``world`` training processes (``styletx.distributed``) each epoch has one order of all the
-    examples, the same on every rank (drawn from a generator seeded alike; by the weights, with
+    ``world`` training processes (``styletx.engine.distributed``) each epoch has one order of all
+    the examples, the same on every rank (drawn from a generator seeded alike; by the weights, with
     replacement, with ``--balance``), and rank r takes every world-th example of it from the
     r-th on, so the ranks see disjoint shards; crops and flips come from a generator of the
     rank's own.

@@ -3,7 +3,7 @@
 A *domain* knows a modality's files, an *encoder* turns one loaded sample into a tensor
 ``(C, H, W)`` and back, and a *translator* is the model that maps tensors of domain A to
 domain B and back. Plugins subclass these and register them through the hooks in
-``styletx.hookspecs``. Everything here is public API; keep it small.
+``styletx.contract.hookspecs``. Everything here is public API; keep it small.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
-from .errors import UsageError
+from styletx.contract.errors import UsageError
 
 Sample = Any  # whatever a domain loads: an image array with its metadata, a waveform, ...
 DIRECTIONS = ("a2b", "b2a")
@@ -95,7 +95,7 @@ class Domain(ABC):
                      stem: Path) -> None:
         """Write a training preview: ``rows`` of tensors ``(C, H, W)`` (input, translated,
         reconstructed) and the encoder that decodes each; default: one picture ``stem.png``."""
-        from .previews import save_grid
+        from styletx.image.previews import save_grid
 
         save_grid(rows, stem.with_suffix(".png"))
 
@@ -274,12 +274,26 @@ class Translator(ABC):
 
         Its forward must not branch in Python on the input's size (``if``, ``max``): tracing
         and torch.export decide such a branch once, for the example input, so the exported
-        graph would be wrong for other sizes. Pad and crop with ``styletx.export``'s
+        graph would be wrong for other sizes. Pad and crop with ``styletx.engine.export``'s
         ``PadCrop`` / ``pad_bottom_right``, which compute F.pad's result with integer
         arithmetic and gathers. Raise ``UsageError`` for a direction the model cannot
         translate; the default says that the model cannot be exported."""
         raise UsageError(f"the {self.name} model cannot be exported (its translator has no "
                          f"export_module)")
+
+    # -- extras the engine calls (optional) -------------------------------------------------
+    def on_trained(self, run: Path, examples: dict[str, list[torch.Tensor]],
+                   chunk: int | None) -> None:
+        """Called when a training command has trained and saved (on the main process only),
+        with each side's encoded training examples ``(C, H, W)`` and the domain's chunk width
+        (``Domain.chunk_frames``): write extra outputs into the run folder ``run``. Default:
+        nothing."""
+
+    def input_check(self, run: Any, side: str) -> Callable[[Path, Sample], None] | None:
+        """For conversion with the loaded ``run`` (a ``styletx.engine.convert.Run``): a function
+        ``(path, sample)`` called for each input of ``side`` before it is translated, e.g. to
+        warn about inputs unlike the training data; None (the default) for no check."""
+        return None
 
     def preview(self, batch: dict[str, torch.Tensor]) -> list[list[tuple[str, torch.Tensor]]]:
         """Rows of ``(side, tensor (C, H, W))`` for a preview grid, the side naming the domain
@@ -321,3 +335,19 @@ class LatentTranslator(Translator):
     def negative_elbo(self, x: torch.Tensor, side: str) -> torch.Tensor:
         """Outlier score ``(N,)`` per input element (reconstruction error + KL): higher means
         less like the training data of ``side``."""
+
+    # The latent tools (styletx.tools.latent) give every latent model these two extras.
+    def on_trained(self, run: Path, examples: dict[str, list[torch.Tensor]],
+                   chunk: int | None) -> None:
+        """Scores of the training examples (``latent.json``): the baseline of the outlier
+        check and of ``styletx score``."""
+        from styletx.tools.latent import save_training_statistics
+
+        self.train(False)
+        save_training_statistics(run, self, examples, self.device, chunk=chunk)
+
+    def input_check(self, run: Any, side: str) -> Callable[[Path, Sample], None] | None:
+        """Warn about inputs unlike the training data (scored against ``latent.json``)."""
+        from styletx.tools.latent import outlier_check
+
+        return outlier_check(run, side)

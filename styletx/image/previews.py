@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .runs import atomic_path
+from styletx.engine.runs import atomic_path
 
 MIN_TILE = 128  # small training crops are enlarged (nearest) so a preview can be looked at
 

@@ -40,7 +40,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import StyletxError, UsageError, WriteError, is_out_of_memory, one_line
+from styletx.contract.errors import StyletxError, UsageError, WriteError, is_out_of_memory, one_line
 
 log = logging.getLogger("styletx")
 

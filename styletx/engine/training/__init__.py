@@ -24,10 +24,21 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import __version__, distributed
-from .balance import describe as describe_weights
-from .balance import inverse_density_weights, pooled_means
-from .data import (
+from styletx import __version__
+from styletx.contract.errors import (
+    StyletxError,
+    UsageError,
+    WriteError,
+    is_out_of_memory,
+    one_line,
+    out_of_memory_problem,
+)
+from styletx.contract.interfaces import Domain, Encoder, LatentTranslator, Preset, Translator
+from styletx.contract.registry import Registry, get_registry
+from styletx.engine import distributed
+from styletx.engine.balance import describe as describe_weights
+from styletx.engine.balance import inverse_density_weights, pooled_means
+from styletx.engine.data import (
     CropSampler,
     FolderData,
     Prefetcher,
@@ -38,16 +49,7 @@ from .data import (
     list_files,
     load_folder,
 )
-from .errors import (
-    StyletxError,
-    UsageError,
-    WriteError,
-    is_out_of_memory,
-    one_line,
-    out_of_memory_problem,
-)
-from .interfaces import Domain, Encoder, LatentTranslator, Preset, Translator
-from .model import (
+from styletx.engine.model import (
     SIDES,
     build_from_config,
     encoder_record,
@@ -56,7 +58,7 @@ from .model import (
     model_tensors,
     pick_device,
 )
-from .pairs import (
+from styletx.engine.pairs import (
     MIN_PAIRS,
     AlignmentCache,
     check_enough,
@@ -66,8 +68,7 @@ from .pairs import (
     pair_files,
     pair_key,
 )
-from .registry import Registry, get_registry
-from .runs import (
+from styletx.engine.runs import (
     CONFIG,
     LOCK,
     SAMPLES,
@@ -346,7 +347,7 @@ def _run_loop(run_config, dom, encoders, translator: Translator, folders, out: P
         report("--minutes %g: time is up at step %d of %d; saved; the same command trains the "
                "rest", settings.minutes, step, total)
     if isinstance(translator, LatentTranslator) and group.is_main:  # baseline outlier scores
-        from .latent import save_training_statistics
+        from styletx.tools.latent import save_training_statistics
 
         translator.train(False)
         save_training_statistics(out, translator, sampler.examples, device, chunk=dom.chunk_frames)
@@ -504,7 +505,7 @@ def _rebalance(out: Path, step: int, translator: Translator, sampler: CropSample
                smoothing: float, names: dict[str, list[str]] | None,
                group: distributed.Group) -> None:
     """Re-estimate each side's sampling weights from the latent density of its examples (see
-    ``styletx.balance``), and log how far they are from uniform and which files are drawn
+    ``styletx.engine.balance``), and log how far they are from uniform and which files are drawn
     most often."""
     translator.train(False)
     summary = {}
@@ -727,7 +728,7 @@ def _encode_examples(data: FolderData, encoder: Encoder,
 
 def _paired_examples(folders: dict[str, FolderData], encoders: dict[str, Encoder], width: int,
                      alignment: AlignmentCache | None) -> dict[str, list[torch.Tensor]]:
-    """Encoded pairs whose halves line up element for element (see ``styletx.pairs``; time
+    """Encoded pairs whose halves line up element for element (see ``styletx.engine.pairs``; time
     alignments come from and go to the ``alignment`` cache); a pair with a side narrower than
     a training crop is reported and dropped."""
     a, b = (encode_all(folders[side].samples, encoders[side]) for side in SIDES)

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from .errors import StyletxError, UsageError
-from .interfaces import Domain, Encoder, Translator
-from .registry import Registry
-from .runs import split_prefix
+from styletx.contract.errors import StyletxError, UsageError
+from styletx.contract.interfaces import Domain, Encoder, Translator
+from styletx.contract.registry import Registry
+from styletx.engine.runs import split_prefix
 
 SIDES = ("a", "b")
 

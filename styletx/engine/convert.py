@@ -30,8 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .data import expand_inputs, is_inside, read_ahead
-from .errors import (
+from styletx.contract.errors import (
     BadInputError,
     StyletxError,
     UsageError,
@@ -39,11 +38,19 @@ from .errors import (
     is_out_of_memory,
     out_of_memory_problem,
 )
-from .interfaces import DIRECTIONS, Sample
-from .latent import outlier_check
-from .model import build_from_config, load_model_tensors, pick_device
-from .registry import Registry, get_registry
-from .runs import CONFIG, WEIGHTS, atomic_path, file_in_the_way, load_weights, read_config
+from styletx.contract.interfaces import DIRECTIONS, Sample
+from styletx.contract.registry import Registry, get_registry
+from styletx.engine.data import expand_inputs, is_inside, read_ahead
+from styletx.engine.model import build_from_config, load_model_tensors, pick_device
+from styletx.engine.runs import (
+    CONFIG,
+    WEIGHTS,
+    atomic_path,
+    file_in_the_way,
+    load_weights,
+    read_config,
+)
+from styletx.tools.latent import outlier_check
 
 log = logging.getLogger("styletx")
 

@@ -2,7 +2,7 @@
 
 - ``mcd``: how far a converted utterance's spectral envelope (timbre) is from the target
   speaker saying the same words, in dB, after DTW alignment. Lower is closer: the same
-  recording gives 0, the synthetic LOW and HIGH voices of ``styletx.synthvoice`` saying the same
+  recording gives 0, the synthetic LOW and HIGH voices of ``styletx.audio.synth`` saying the same
   words about 6 dB.
 - ``f0_track`` / ``median_f0`` / ``log_f0_stats``: pitch (pYIN) over voiced frames, to check that
   a conversion moved the F0 toward the target speaker's.

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .data import FolderData, Reader, domain_files
-from .errors import BadInputError, UsageError
-from .interfaces import Domain
-from .runs import write_atomic
+from styletx.contract.errors import BadInputError, UsageError
+from styletx.contract.interfaces import Domain
+from styletx.engine.data import FolderData, Reader, domain_files
+from styletx.engine.runs import write_atomic
 
 log = logging.getLogger("styletx")
 

@@ -1,0 +1,1 @@
+"""Image helpers plugins may use: quality metrics and preview grids."""
