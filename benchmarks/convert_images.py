@@ -8,7 +8,7 @@ two batches. The model is the default preset's (9-block ResNet generator, ngf 64
 training step: the architecture, not training, sets the time. The outputs of both are compared,
 so both really do the same work.
 
-On the CPU styletx limits a network call to ``convert.BATCH_ELEMENTS`` input pixels (one
+On the CPU styletx limits a network call to ``apply.BATCH_ELEMENTS`` input pixels (one
 256 x 256 image), because larger batches run slower there; the "forced" row lifts that limit and
 translates ``--batch-size`` images a call, to show it. The last row is ``convert --precision
 bf16`` (bf16 autocast; not the same arithmetic, so its output differences are printed).
@@ -33,7 +33,7 @@ from PIL import Image
 
 import styletx
 from styletx.demo import make_image_dataset
-from styletx.engine import convert
+from styletx.engine import apply
 
 
 def reference_loop(generator: torch.nn.Module, files: list[Path], out: Path) -> dict[str, float]:
@@ -124,7 +124,7 @@ def main() -> None:
         if args.also_unbatched:
             methods["single"] = 1
         seconds = dict.fromkeys(methods, 0.0)
-        limits = dict(convert.BATCH_ELEMENTS)
+        limits = dict(apply.BATCH_ELEMENTS)
         lifted = dict.fromkeys(limits, 10**12)
         parts = {"read": 0.0, "generator": 0.0, "write": 0.0}
         rounds = [files[i : i + 2 * args.batch_size]
@@ -136,10 +136,10 @@ def main() -> None:
                     for part, t in reference_loop(generator, chunk, work / name).items():
                         parts[part] += t
                 else:
-                    convert.BATCH_ELEMENTS = lifted if name == "forced" else limits
+                    apply.BATCH_ELEMENTS = lifted if name == "forced" else limits
                     report = (run_bf16 if name == "bf16" else run).convert_files(
                         chunk, work / name, batch_size=methods[name])
-                    convert.BATCH_ELEMENTS = limits
+                    apply.BATCH_ELEMENTS = limits
                     assert len(report.converted) == len(chunk) and not report.failed
                 seconds[name] += time.perf_counter() - start
         t_ref, t_batched, t_single = (seconds["reference"], seconds["batched"],

@@ -523,7 +523,7 @@ def plugins(as_json):
 
 def _presets(cls, domains) -> dict[str, dict[str, dict]]:
     """{domain: {preset: {size, batch_size, steps, description}}} of a translator class."""
-    from styletx.engine.training import TRAIN_DEFAULTS
+    from styletx.engine.training.settings import TRAIN_DEFAULTS
 
     return {domain: {name: {**TRAIN_DEFAULTS, **preset.train, "description": preset.description}
                      for name, preset in cls.presets_for(domain).items()}

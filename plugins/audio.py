@@ -19,34 +19,11 @@ import soundfile as sf
 import torch
 
 import styletx
+from styletx.audio import AudioSample
 
 TRIM_TOP_DB = 40.0  # trailing/leading parts this far below the peak count as silence
 SILENCE_PEAK = 1e-4  # a file whose peak is below this (-80 dBFS) is pure silence
 WRITABLE = {".wav": "WAV", ".flac": "FLAC"}
-
-
-@dataclasses.dataclass
-class AudioSample:
-    """One recording in memory.
-
-    wave:   float32 ``(samples,)``, mono, nominally in [-1, 1]
-    rate:   sample rate in Hz
-    format: the source's container ("WAV", "FLAC", "OGG", "MP3", ...), None for arrays
-    """
-
-    wave: np.ndarray
-    rate: int
-    format: str | None = None
-
-    def __post_init__(self):
-        if self.wave.ndim != 1:
-            raise ValueError(f"wave must be 1-D (mono), got shape {self.wave.shape}")
-        if self.rate <= 0:
-            raise ValueError(f"rate must be positive, got {self.rate}")
-
-    @property
-    def seconds(self) -> float:
-        return len(self.wave) / self.rate
 
 
 def _read(path: Path) -> tuple[np.ndarray, int, str]:

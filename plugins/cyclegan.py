@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import styletx
-from styletx.contract.errors import UsageError
-from styletx.contract.interfaces import DIRECTIONS, Preset
+from styletx import Preset, UsageError, direction_sides
 from styletx.nn import (
     GAN_MODES,
     NORMS,
@@ -497,9 +496,7 @@ class CycleGAN(styletx.Translator):
         W divisible by 4 and at least 8; voice generator: H = bins, any W (it pads itself).
 
         Runs in the networks' current mode (instance norm acts the same in both)."""
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
-        src = "a" if direction == "a2b" else "b"
+        src, _ = direction_sides(direction)
         if x.ndim != 4 or x.shape[1] != self.channels[src]:
             raise ValueError(f"{direction} expects (N, {self.channels[src]}, H, W), "
                              f"got {tuple(x.shape)}")
@@ -522,13 +519,10 @@ class CycleGAN(styletx.Translator):
         ``size_multiple``); the voice generator with the frames padded before it as its forward
         pads them (replicate, to a multiple of 4 and at least 8), but without a branch on the
         size, so that the padding inside its forward never happens."""
-        from styletx.engine.export import PadCrop
-
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+        direction_sides(direction)  # checks it
         net = self.G_A if direction == "a2b" else self.G_B
         if self.config.generator == "voice":
-            return PadCrop(net, multiple=(1, 4), least=(0, 8), mode="replicate")
+            return styletx.PadCrop(net, multiple=(1, 4), least=(0, 8), mode="replicate")
         return net
 
 

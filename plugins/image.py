@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 import styletx
 from styletx import BadInputError, UsageError
+from styletx.image import ImageSample, mode_for
 
 ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}  # formats that can store transparency
 SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}  # formats Pillow writes 16-bit grayscale to
@@ -31,71 +32,7 @@ log = logging.getLogger("styletx")
 
 
 # -----------------------------------------------------------------------------
-# the sample
-
-
-@dataclasses.dataclass
-class ImageSample:
-    """One image in memory.
-
-    pixels: float32 ``(H, W, C)`` in [0, 1], C = 1 (gray) or 3 (RGB)
-    alpha:  float32 ``(H, W)`` in [0, 1], or None when the image is opaque
-    mode:   the source's Pillow mode ("RGB", "RGBA", "L", "LA", "P", "I;16", ...)
-    format: the source's Pillow format ("PNG", "JPEG", ...), None for arrays
-    bits:   bits per channel of the source, 8 or 16
-    """
-
-    pixels: np.ndarray
-    alpha: np.ndarray | None = None
-    mode: str = ""  # empty: named from the channels ("L", "LA", "RGB", "RGBA")
-    format: str | None = None
-    bits: int = 8
-
-    def __post_init__(self):
-        p = self.pixels
-        if p.dtype != np.float32 or p.ndim != 3 or p.shape[2] not in (1, 3):
-            raise ValueError(f"pixels must be float32 (H, W, 1|3), got {p.dtype} {p.shape}")
-        if self.alpha is not None and self.alpha.shape != p.shape[:2]:
-            raise ValueError(f"alpha {self.alpha.shape} does not match pixels {p.shape[:2]}")
-        self.mode = self.mode or _mode_for(p.shape[2], self.alpha is not None)
-
-    @property
-    def channels(self) -> int:
-        return self.pixels.shape[2]
-
-    @classmethod
-    def from_array(cls, arr: np.ndarray) -> ImageSample:
-        """From ``(H, W)``, ``(H, W, 1|2|3|4)`` uint8, uint16 or float (in [0, 1]) arrays.
-
-        2 and 4 channels are gray + alpha and RGB + alpha.
-        """
-        arr = np.asarray(arr)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
-            raise ValueError(f"expected an (H, W) or (H, W, 1|2|3|4) array, got {arr.shape}")
-        bits = 8
-        if arr.dtype == np.uint8:
-            values = arr.astype(np.float32) / 255
-        elif arr.dtype == np.uint16:
-            values, bits = arr.astype(np.float32) / 65535, 16
-        elif np.issubdtype(arr.dtype, np.floating):
-            # A float image in [0, 255] would silently clip to white: refuse it instead.
-            if not (arr.min() >= -1e-3 and arr.max() <= 1 + 1e-3):
-                raise ValueError(f"float pixels must lie in [0, 1], got [{arr.min()}, {arr.max()}]")
-            values = np.clip(arr, 0, 1).astype(np.float32)
-        else:
-            raise TypeError(f"pixels must be uint8, uint16 or float, got {arr.dtype}")
-        colour = values.shape[2] >= 3
-        has_alpha = values.shape[2] in (2, 4)
-        pixels = values[:, :, :3] if colour else values[:, :, :1]
-        alpha = values[:, :, -1] if has_alpha else None
-        mode = "I;16" if bits == 16 and not colour and not has_alpha else ""
-        return cls(np.ascontiguousarray(pixels), alpha, mode, None, bits)
-
-
-def _mode_for(channels: int, has_alpha: bool) -> str:
-    return ("L" if channels == 1 else "RGB") + ("A" if has_alpha else "")
+# pixels (the sample type, ImageSample, is styletx.image's)
 
 
 def _resize(plane: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -166,7 +103,7 @@ def _to_sample(img: Image.Image, fmt: str | None) -> ImageSample:
         return ImageSample(np.ascontiguousarray(pixels), None, mode, fmt, 16)
     has_alpha = mode in ALPHA_MODES or "transparency" in img.info
     gray = mode in GRAY_MODES
-    target = _mode_for(1 if gray else 3, has_alpha)  # P, CMYK, YCbCr, ... become RGB(A)
+    target = mode_for(1 if gray else 3, has_alpha)  # P, CMYK, YCbCr, ... become RGB(A)
     values = np.asarray(img.convert(target), dtype=np.float32) / 255
     if values.ndim == 2:
         values = values[:, :, None]
@@ -298,7 +235,7 @@ def _tensor_to_sample(tensor: torch.Tensor, channels: int, like: ImageSample | N
     h, w = pixels.shape[:2]
     alpha = None if like.alpha is None else _resize(like.alpha, h, w)
     # Same channel count: keep the source's mode (P, I;16, ...); else name what we now hold.
-    mode = like.mode if like.channels == channels else _mode_for(channels, alpha is not None)
+    mode = like.mode if like.channels == channels else mode_for(channels, alpha is not None)
     return ImageSample(pixels, alpha, mode, like.format, like.bits)
 
 

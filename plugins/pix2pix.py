@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import styletx
-from styletx.contract.errors import UsageError
-from styletx.contract.interfaces import DIRECTIONS, Preset
+from styletx import DIRECTIONS, Preset, UsageError, direction_sides
 from styletx.nn import (
     GAN_MODES,
     NORMS,
@@ -431,8 +430,7 @@ class Pix2Pix(styletx.Translator):
 
     # -- inference ------------------------------------------------------------------------
     def _check_direction(self, direction: str, remedy: str) -> None:
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+        direction_sides(direction)  # a2b or b2a
         if direction not in self.generators:
             raise UsageError(f"pix2pix: this model was trained for {self.config.direction} "
                              f"only, not {direction}; {remedy}")
@@ -455,11 +453,9 @@ class Pix2Pix(styletx.Translator):
         """The U-Net of ``direction``: its blocks behind the padding its forward applies (to
         multiples of 2**depth, reflect where the pad is smaller than the side, else replicate),
         written without a branch on the size."""
-        from styletx.engine.export import PadCrop
-
         self._check_direction(direction, f"export --direction {self.directions[0]}")
         generator = self.generators[direction]
-        return PadCrop(Unpadded(generator), multiple=2**generator.depth)
+        return styletx.PadCrop(Unpadded(generator), multiple=2**generator.depth)
 
     def preview(self, batch: dict[str, torch.Tensor]) -> list[list[tuple[str, torch.Tensor]]]:
         """One row per trained direction: (input, translated, the true pair)."""

@@ -93,8 +93,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import styletx
-from styletx.contract.errors import UsageError
-from styletx.contract.interfaces import DIRECTIONS, LatentTranslator, Preset
+from styletx import DIRECTIONS, SIDES, LatentTranslator, Preset, UsageError, direction_sides
 from styletx.nn import (
     GAN_MODES,
     ColourPath,
@@ -106,7 +105,6 @@ from styletx.nn import (
 )
 
 ENC_NORMS = ("layer", "instance", "none")
-SIDES = ("a", "b")
 LATENT_STRIDE = 4  # two stride-2 down-samplings
 MIN_SIZE = 8  # padded inputs are at least this big: 2x2 latents for the reflection padding
 
@@ -669,9 +667,7 @@ class VAEGAN(LatentTranslator):
         """``(N, C_src, H, W) -> (N, C_dst, H, W)`` float32 on x's device, any H and W: the
         source encoder's posterior MEAN (no sampling, so deterministic) decoded by the target's
         decoder (with ``detail_skip``, plus the input's detail, see ``Translation``)."""
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
-        src, dst = direction[0], direction[2]
+        src, dst = direction_sides(direction)
         self._check_input(x, src, direction)
         with torch.no_grad(), self.autocast():
             x32 = pad_to_multiple(x.to(self.device, torch.float32))
@@ -690,12 +686,9 @@ class VAEGAN(LatentTranslator):
     def export_module(self, direction: str) -> nn.Module:
         """``translate`` as one module (``Translation``) behind ``pad_to_multiple``'s padding
         written without a branch on the size."""
-        from styletx.engine.export import PadCrop
-
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
-        return PadCrop(self._translation(direction[0], direction[2]), multiple=LATENT_STRIDE,
-                       least=MIN_SIZE)
+        src, dst = direction_sides(direction)
+        return styletx.PadCrop(self._translation(src, dst), multiple=LATENT_STRIDE,
+                               least=MIN_SIZE)
 
     def negative_elbo(self, x: torch.Tensor, side: str) -> torch.Tensor:
         """Outlier score per example, ``(N,)`` float32 on x's device: higher = less like the

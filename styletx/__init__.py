@@ -1,45 +1,47 @@
 """styletx: learn a style mapping between two folders of files and apply it.
 
-Public API::
-
     import styletx
-    styletx.train("photos/summer", "photos/winter", "runs/summer2winter", preset="tiny")
+    styletx.train("photos/summer", "photos/winter", "runs/summer2winter", preset="fast")
     run = styletx.load_run("runs/summer2winter")
     run.convert_files(["photo.jpg"], "out/")        # or run.convert_array(pixels)
 
-Plugins subclass ``Domain``, ``Encoder`` and ``Translator`` and register them with
-``@styletx.hookimpl`` functions (see docs/plugins.md).
+The public API is what ``__all__`` names here, plus the libraries ``styletx.nn`` (network
+blocks), ``styletx.image`` (the image sample, metrics, preview grids) and ``styletx.audio``
+(the audio sample, DSP, voice metrics), each with its own ``__all__``. Plugins subclass
+``Domain``, ``Encoder`` and ``Translator`` and register them with ``@styletx.hookimpl``
+functions (docs/plugins.md); the built-in plugins use nothing else. Everything under
+``styletx.contract``, ``styletx.engine`` and ``styletx.tools`` not named here is internal.
 """
 
 __version__ = "0.1.0"
 
 
-from styletx.contract.errors import BadInputError, StyletxError, UsageError
+from styletx.contract.errors import BadInputError, StyletxError, UsageError, WriteError
 from styletx.contract.hookspecs import hookimpl
 from styletx.contract.interfaces import (
     DIRECTIONS,
+    SIDES,
     Domain,
     Encoder,
     LatentTranslator,
     Preset,
+    Sample,
     Translator,
+    direction_sides,
 )
-from styletx.engine.convert import load_run  # noqa: E402
-from styletx.engine.training import TrainSettings, train  # noqa: E402
+from styletx.engine.apply import PadCrop, crop, pad_bottom_right
+from styletx.engine.convert import Run, load_run
+from styletx.engine.training import TrainResult, TrainSettings, train
 
 __all__ = [
-    "DIRECTIONS",
-    "BadInputError",
-    "Domain",
-    "Encoder",
-    "LatentTranslator",
-    "Preset",
-    "TrainSettings",
-    "StyletxError",
-    "Translator",
-    "UsageError",
+    # the plugin contract
+    "Domain", "Encoder", "Translator", "LatentTranslator", "Preset", "Sample", "hookimpl",
+    "SIDES", "DIRECTIONS", "direction_sides",
+    # errors a plugin raises (one line each for the user)
+    "StyletxError", "UsageError", "BadInputError", "WriteError",
+    # any-size networks for Translator.export_module
+    "PadCrop", "pad_bottom_right", "crop",
+    # training and conversion from Python
+    "train", "TrainSettings", "TrainResult", "load_run", "Run",
     "__version__",
-    "hookimpl",
-    "load_run",
-    "train",
 ]

@@ -18,6 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+__all__ = ["init_weights", "norm_layer", "conv_bias", "ResnetBlock", "Upsample", "ColourPath",
+           "WideConv2d", "GatedConv", "GatedResBlock1d", "PatchDiscriminator", "GANLoss",
+           "ImagePool", "set_requires_grad", "adam", "linear_decay", "NORMS", "PADDINGS",
+           "UPSAMPLES", "GAN_MODES"]
+
 NORMS = ("instance", "batch", "none")
 PADDINGS = ("reflect", "replicate", "zeros")
 UPSAMPLES = ("transpose", "resize", "shuffle")

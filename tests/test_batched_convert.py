@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from styletx.audio.dsp import griffinlim, stft_magnitude
-from styletx.engine import convert
+from styletx.engine import apply
 from styletx.engine.convert import load_run
 
 RATE = 22050
@@ -142,7 +142,7 @@ def test_reading_ahead_is_bounded(trained_run, tmp_path, monkeypatch):
 
 
 def test_large_inputs_go_in_smaller_batches(trained_run, tmp_path):
-    """On the CPU big batches run slower (see convert.BATCH_ELEMENTS): 128 x 128 images go two
+    """On the CPU big batches run slower (see apply.BATCH_ELEMENTS): 128 x 128 images go two
     at a time, 256 x 256 ones alone, whatever --batch-size says."""
     inputs = tmp_path / "in"
     for i in range(5):
@@ -157,7 +157,7 @@ def test_large_inputs_go_in_smaller_batches(trained_run, tmp_path):
 
 def unlimited(monkeypatch):
     """Lift the per-call element limit, so that batches of large inputs can be tested."""
-    monkeypatch.setattr(convert, "BATCH_ELEMENTS", {"cpu": 10**9, "default": 10**9})
+    monkeypatch.setattr(apply, "BATCH_ELEMENTS", {"cpu": 10**9, "default": 10**9})
 
 
 def test_an_unexpected_error_stops_the_conversion_and_the_reader(trained_run, tmp_path,

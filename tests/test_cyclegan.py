@@ -300,7 +300,7 @@ def test_networks_and_translate():
     rows = model.preview({"a": a, "b": b})
     assert [[side for side, _ in row] for row in rows] == [["a", "b", "a"], ["b", "a", "b"]]
     assert [row[1][1].shape[0] for row in rows] == [3, 1]
-    with pytest.raises(ValueError, match="direction"):
+    with pytest.raises(UsageError, match="direction"):
         model.translate(a, "a2a")
     with pytest.raises(ValueError, match="multiples of 4"):
         model.translate(torch.rand(1, 1, 18, 24), "a2b")

@@ -36,14 +36,15 @@ def _rank_worker(rank: int, world: int, port: int, model: str, a: str, b: str, o
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     from styletx.engine import training
+    from styletx.engine.training import loop
 
     seen: dict[str, object] = {}
-    run_loop, index = training._run_loop, CropSampler._index
+    run_loop, index = loop.run, CropSampler._index
     drawn: list[int] = []
 
-    def spy_loop(*args, **kwargs):
-        seen["translator"] = args[3]
-        return run_loop(*args, **kwargs)
+    def spy_loop(prepared, settings):
+        seen["translator"] = prepared.translator
+        return run_loop(prepared, settings)
 
     def spy_index(self, side):
         i = index(self, side)
@@ -51,7 +52,7 @@ def _rank_worker(rank: int, world: int, port: int, model: str, a: str, b: str, o
             drawn.append(i)
         return i
 
-    training._run_loop, CropSampler._index = spy_loop, spy_index
+    loop.run, CropSampler._index = spy_loop, spy_index
     training.train(Path(a), Path(b), Path(out), model=model, preset="tiny", overrides=SMALL,
                    settings=training.TrainSettings(**{
                        "steps": STEPS, "size": 16, "batch_size": 2, "device": "cpu",

@@ -14,8 +14,9 @@ from conftest import TINY
 
 from styletx.audio.synth import write_voice_folders
 from styletx.engine import export as export_module
+from styletx.engine.apply import pad_bottom_right
 from styletx.engine.convert import load_run
-from styletx.engine.export import TOLERANCE, pad_bottom_right
+from styletx.engine.export import TOLERANCE
 
 SMALL = ("--set", "ngf=4", "--set", "ndf=4")
 # torch.jit.trace and torch.jit.load warn that TorchScript is deprecated; exporting it is the point

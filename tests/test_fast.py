@@ -17,7 +17,9 @@ from styletx.demo import load_rgb, make_paired_image_dataset
 from styletx.engine.convert import load_run
 from styletx.engine.model import make_config
 from styletx.engine.threads import default_threads, physical_cores, set_threads
-from styletx.engine.training import BUDGET_SHARE, Budget, TrainSettings, _save_interval, train
+from styletx.engine.training import TrainSettings, train
+from styletx.engine.training.budget import BUDGET_SHARE, Budget
+from styletx.engine.training.checkpoints import save_interval
 from styletx.image.metrics import psnr
 from styletx.nn import linear_decay
 
@@ -111,10 +113,10 @@ def test_minutes_plans_the_steps_and_the_schedule(scenes, tmp_path, messages):
 def test_minutes_timing_changes_nothing(scenes, tmp_path, monkeypatch):
     """The timed steps are undone: a --minutes run is the same as a --steps run of its total.
     (The real timing runs, but reports 60 s a step, so that 10 minutes plan a few steps.)"""
-    import styletx.engine.training as training
+    from styletx.engine.training import budget
 
-    time_steps = training._time_steps
-    monkeypatch.setattr(training, "_time_steps", lambda *args: time_steps(*args) * 0 + 60.0)
+    time_steps = budget.time_steps
+    monkeypatch.setattr(budget, "time_steps", lambda *args: time_steps(*args) * 0 + 60.0)
     timed = train(scenes["a"], scenes["b"], tmp_path / "timed", preset="tiny",
                   settings=TrainSettings(minutes=10, size=16, device="cpu", progress=False))
     assert 5 <= timed.step <= 9
@@ -143,7 +145,7 @@ def test_minutes_spent_saves_and_resumes(scenes, tmp_path, monkeypatch):
 
 
 def test_default_save_interval_scales_with_the_run(scenes, tmp_path):
-    assert [_save_interval(n) for n in (5, 300, 3000, 100_000)] == [1, 30, 300, 500]
+    assert [save_interval(n) for n in (5, 300, 3000, 100_000)] == [1, 30, 300, 500]
     run = tmp_path / "run"
     train(scenes["a"], scenes["b"], run, preset="tiny",
           settings=TrainSettings(steps=20, size=16, device="cpu", progress=False))
@@ -220,9 +222,9 @@ def test_budget_revises_a_plan_once_early_on():
 def test_a_revised_plan_is_the_run_of_its_step_count(scenes, tmp_path, monkeypatch):
     """Revised at step 4 from 10 to 16 steps, a run ends with the weights of a --steps 16 run:
     the lr is constant until then, and the optimizer and scheduler state carry over."""
-    import styletx.engine.training as training
+    from styletx.engine.training import budget
 
-    monkeypatch.setattr(training, "_time_steps", lambda *args: 60.0)  # 10 minutes: 9 steps
+    monkeypatch.setattr(budget, "time_steps", lambda *args: 60.0)  # 10 minutes: 9 steps
     monkeypatch.setattr(Budget, "revised_total",
                         lambda self, step, total, now: 16 if step == 4 else None)
     revised = train(scenes["a"], scenes["b"], tmp_path / "revised", preset="tiny",

@@ -45,7 +45,7 @@ KILLER = '''
 import os, signal, sys
 from pathlib import Path
 from styletx.engine import runs
-from styletx.engine import training
+from styletx.engine.training import checkpoints as training
 
 step_to_kill, point = os.environ["KILL_AT"].split(":")
 saving = {"step": None, "renames": 0}

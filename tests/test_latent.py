@@ -278,7 +278,7 @@ def test_full_height_crops_take_their_height_from_the_run(vae, monkeypatch):
     monkeypatch.setattr(run.domain, "training_crop", lambda size: (None, size))
     assert latent._crop_shape(run, "a", None) == (36, CROP)  # loaded at 36 for 32 crops
     assert latent._crop_shape(run, "a", 20) == (36, 20)
-    run.config.pop("shapes", None)
+    run.config.shapes = {}  # an older run: no shapes recorded
     assert latent._crop_shape(run, "a", 20) == (36, 20)
     monkeypatch.setattr(latent, "load_training_statistics", lambda path: None)
     with pytest.raises(StyletxError, match="records no example shape"):

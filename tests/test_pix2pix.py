@@ -224,7 +224,7 @@ def test_networks_per_direction():
     assert y.shape == (2, 3, 37, 53) and y.dtype == torch.float32 and not y.requires_grad
     with pytest.raises(UsageError, match="trained for a2b only.*--set direction=both"):
         model.translate(torch.rand(1, 3, 16, 16), "b2a")
-    with pytest.raises(ValueError, match="direction"):
+    with pytest.raises(UsageError, match="direction"):
         model.translate(x, "a2a")
     with pytest.raises(ValueError, match="expects"):
         model.translate(torch.rand(1, 3, 16, 16), "a2b")

@@ -193,7 +193,7 @@ def test_translate_any_size_and_channels():
         assert y.shape == (2, 1, h, w) and y.dtype == torch.float32 and not y.requires_grad
         assert y.abs().max() <= 1.0  # tanh
         assert model.translate(y, "b2a").shape == (2, 3, h, w)
-    with pytest.raises(ValueError, match="direction"):
+    with pytest.raises(UsageError, match="direction"):
         model.translate(torch.rand(1, 3, 8, 8), "a2a")
     with pytest.raises(ValueError, match="expects"):
         model.translate(torch.rand(1, 1, 8, 8), "a2b")

@@ -14,6 +14,7 @@ from conftest import TINY
 from PIL import Image
 from safetensors import SafetensorError
 
+from styletx.contract import files
 from styletx.contract.errors import WriteError
 from styletx.engine import runs
 from styletx.plugins.image import ImageDomain
@@ -48,7 +49,7 @@ def test_other_errors_are_a_full_disk_only_when_the_disk_is_full(tmp_path, monke
     with pytest.raises(RuntimeError, match="unexpected pos"):  # plenty of space: not ours
         with runs.atomic_path(tmp_path / "y.pt"):
             raise unexpected_pos
-    monkeypatch.setattr(runs, "FULL_DISK_BYTES", 2**62)  # as if the disk had filled up
+    monkeypatch.setattr(files, "FULL_DISK_BYTES", 2**62)  # as if the disk had filled up
     with pytest.raises(WriteError, match="the disk is full"):
         with runs.atomic_path(tmp_path / "new" / "z.pt"):
             raise unexpected_pos

@@ -22,6 +22,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.fft import dct
 
+__all__ = ["mcd", "mel_cepstrum", "log_f0_rmse", "f0_difference_cents", "f0_track", "median_f0",
+           "log_f0_stats"]
+
 MCD_CONSTANT = 10.0 / np.log(10.0) * np.sqrt(2.0)  # dB; applied to the Euclidean cepstral distance
 FMIN, FMAX = 50.0, 600.0  # Hz: the F0 search range, wide enough for low male to child voices
 _SILENT_RMS = 1e-5  # a wave whose loudest frame is below this (-100 dBFS) counts as silence

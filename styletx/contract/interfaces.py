@@ -21,7 +21,16 @@ from torch import nn
 from styletx.contract.errors import UsageError
 
 Sample = Any  # whatever a domain loads: an image array with its metadata, a waveform, ...
+SIDES = ("a", "b")  # the two folders (domains) of a run
 DIRECTIONS = ("a2b", "b2a")
+
+
+def direction_sides(direction: str) -> tuple[str, str]:
+    """``"a2b"`` -> ``("a", "b")``, ``"b2a"`` -> ``("b", "a")`` (source, target); anything
+    else is a ``UsageError`` naming ``--direction``."""
+    if direction not in DIRECTIONS:
+        raise UsageError(f"--direction {direction!r}: use a2b or b2a")
+    return direction[0], direction[2]
 T = TypeVar("T")
 
 

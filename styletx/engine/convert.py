@@ -10,8 +10,8 @@ cropped back. Inputs are encoded with the *source* side's fitted encoder and dec
 
 Files are converted in batches: consecutive inputs whose encoded tensors have the same shape go
 through the network together (up to ``batch_size`` of them, fewer for large inputs, see
-``BATCH_ELEMENTS``: on the CPU only small inputs gain from batching), long recordings' chunks
-are batched the same way, and a background thread reads and encodes the next files while the
+``styletx.engine.apply``: on the CPU only small inputs gain from batching), long recordings'
+chunks are batched the same way, and a background thread reads and encodes the next files while the
 network runs (at most ``batch_size`` ahead). Each batch is decoded by the target encoder's
 ``decode_batch`` (the audio encoders: one batched Griffin-Lim). In evaluation mode the
 outputs equal those of converting one file at a time, up to float rounding (oneDNN picks other
@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from styletx.contract.errors import (
     BadInputError,
@@ -38,33 +37,27 @@ from styletx.contract.errors import (
     is_out_of_memory,
     out_of_memory_problem,
 )
-from styletx.contract.interfaces import DIRECTIONS, Sample
+from styletx.contract.interfaces import Sample, direction_sides
 from styletx.contract.registry import Registry, get_registry
+from styletx.engine.apply import (
+    BATCH_SIZE,
+    blend_chunks,
+    chunk_starts,
+    pad_for_network,
+    per_call,
+)
 from styletx.engine.data import expand_inputs, is_inside, read_ahead
 from styletx.engine.model import build_from_config, load_model_tensors, pick_device
+from styletx.engine.run_config import RunConfig
 from styletx.engine.runs import (
     CONFIG,
     WEIGHTS,
     atomic_path,
     file_in_the_way,
     load_weights,
-    read_config,
 )
-from styletx.tools.latent import outlier_check
 
 log = logging.getLogger("styletx")
-
-BATCH_SIZE = 8  # at most this many inputs of one shape per network call (``--batch-size``)
-# ... and at most this many input positions (N x H x W) per call, so large inputs go fewer at a
-# time (always at least one). On the CPU big batches are slower, not faster: the default
-# generator's activations are 256 bytes per input pixel, so one 256 x 256 image already fills
-# the caches and a batch of them runs from main memory. Measured (2-core EPYC, 2 threads, the
-# default image generator, ms per image at batch 1 / 2 / 4 / 8): 32 px 13.8 / 11.0 / 9.9 / 9.4,
-# 64 px 38.8 / 36.8 / 35.4 / 35.1, 128 px 137 / 135 / 145 / 158, 256 px 558 / 594 / 679 / 711;
-# the default voice model on a 10 s recording's 4 chunks: 513 / 537 / 573 ms for 1 / 2 / 4
-# chunks a call. Hence 2 x 128 x 128 on the CPU (eight 64 px images, two 128 px, one 256 px or
-# one voice chunk of 80 x 256). GPUs want big batches; their limit is memory: 8 x 256 x 256.
-BATCH_ELEMENTS = {"cpu": 2 * 128 * 128, "default": 8 * 256 * 256}
 
 DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
             torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
@@ -97,7 +90,7 @@ class Run:
         if precision not in PRECISIONS:
             raise UsageError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
         self.path = path
-        self.config = read_config(path)
+        self.config = RunConfig.read(path)
         self.domain, self.encoders, self.translator = build_from_config(self.config, registry)
         tensors, self.step = load_weights(path)
         try:
@@ -137,9 +130,9 @@ class Run:
         For domains with ``chunk_frames`` (audio), inputs wider than that are translated in
         overlapping chunks along W, cross-faded, so memory stays bounded for any length; the
         chunks (all of the same width) go through the network up to ``batch_size`` at a time
-        (see ``BATCH_ELEMENTS``).
+        (see ``apply.BATCH_ELEMENTS``).
         """
-        _check_direction(direction)
+        direction_sides(direction)  # validates it
         if batch_size < 1:
             raise UsageError(f"batch_size must be at least 1 (got {batch_size})")
         chunk = self.domain.chunk_frames
@@ -150,44 +143,22 @@ class Run:
 
     def _convert_chunked(self, x: torch.Tensor, direction: str, chunk: int,
                          overlap: int, batch_size: int = 1) -> torch.Tensor:
-        """Chunks of ``chunk`` frames every ``chunk - overlap``; in each overlap the two chunks
-        are blended with complementary linear ramps, so there is no step at the seam.
-
-        Every chunk of every input is translated first, up to ``batch_size`` chunks per network
-        call (within ``BATCH_ELEMENTS``; chunk-major: chunk 0 of each input, then chunk 1, ...),
-        then blended in order exactly as one chunk at a time would be."""
+        """Chunks of ``chunk`` frames every ``chunk - overlap``, blended back with linear
+        ramps in each overlap (``apply.blend_chunks``). Every chunk of every input is
+        translated first, up to ``batch_size`` chunks per network call (within
+        ``apply.BATCH_ELEMENTS``; chunk-major: chunk 0 of each input, then chunk 1, ...)."""
         width = x.shape[-1]
-        starts = list(range(0, width - chunk, chunk - overlap)) + [width - chunk]
+        starts = chunk_starts(width, chunk, chunk - overlap)
         pieces = torch.cat([x[..., start : start + chunk] for start in starts])
-        per_call = max(1, min(batch_size, self._batch_elements() // (x.shape[-2] * chunk)))
-        translated = torch.cat([self._convert_whole(pieces[i : i + per_call], direction)
-                                for i in range(0, len(pieces), per_call)])
+        step = per_call(batch_size, self.device, x.shape[-2] * chunk)
+        translated = torch.cat([self._convert_whole(pieces[i : i + step], direction)
+                                for i in range(0, len(pieces), step)])
         del pieces
-        out, weight = None, torch.zeros(width)
-        for i, (start, y) in enumerate(zip(starts, translated.split(len(x)))):
-            w = torch.ones(chunk)
-            if i > 0:  # fade in over the overlap with the previous chunk
-                fade = min(overlap, starts[i - 1] + chunk - start)
-                w[:fade] = torch.linspace(0, 1, fade + 2)[1:-1]
-            if i < len(starts) - 1:  # fade out over the overlap with the next chunk
-                fade = min(overlap, start + chunk - starts[i + 1])
-                w[chunk - fade :] = torch.linspace(1, 0, fade + 2)[1:-1]
-            if out is None:
-                out = torch.zeros(*y.shape[:-1], width)
-            out[..., start : start + chunk] += y * w
-            weight[start : start + chunk] += w
-        return out / weight
+        return blend_chunks(translated.split(len(x)), starts, width, overlap)
 
     def _convert_whole(self, x: torch.Tensor, direction: str) -> torch.Tensor:
         h, w = x.shape[-2:]
-        m = self.translator.size_multiple
-        # Round up to the multiple, and to at least two multiples so that even a tiny input
-        # keeps more than one element at the network's coarsest scale (instance norm needs it).
-        pad_h, pad_w = max(-h % m, 2 * m - h), max(-w % m, 2 * m - w)
-        if pad_h or pad_w:
-            # Reflection hides the border best; tiny inputs can only be replicated.
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        x = pad_for_network(x, self.translator.size_multiple)
         with torch.inference_mode(), self._autocast():
             y = self.translator.translate(x.to(self.device), direction)
         return y[..., :h, :w].float().cpu()
@@ -221,7 +192,7 @@ class Run:
 
         A file that cannot be read is reported (``on_file(src, None, problem)``) and skipped; the
         rest are converted. Consecutive inputs of equal encoded shape are translated
-        ``batch_size`` at a time (fewer when large, see ``BATCH_ELEMENTS``), while a background
+        ``batch_size`` at a time (fewer when large: ``apply.BATCH_ELEMENTS``), while a background
         thread reads and encodes the next ones. Outputs keep each input's format unless
         ``out_format`` (a suffix such as "png") says otherwise, and are written atomically, in
         input order. With a latent model (vaegan), an input unlike the training data is named in
@@ -235,7 +206,7 @@ class Run:
         report = ConversionReport()
         on_file = on_file or (lambda *_: None)
         pending: list[tuple[Path, Path, Sample, torch.Tensor]] = []
-        check = outlier_check(self, source)  # latent models warn about unusual inputs
+        check = self.translator.input_check(self, source)  # e.g. unusual inputs
         # A background thread loads and encodes the next files (Pillow, soundfile, numpy and
         # torch release the GIL) while the network runs, at most batch_size files ahead.
         loading = (self._load(src, dst, source) for src, dst in jobs)
@@ -272,14 +243,11 @@ class Run:
 
     def _joins(self, pending: list, x: torch.Tensor, batch_size: int) -> bool:
         """May ``x`` join the pending batch? Same shape, and the batch within its limits."""
-        if len(pending) >= batch_size or pending[0][3].shape != x.shape:
+        if pending[0][3].shape != x.shape:
             return False
         chunk = self.domain.chunk_frames
         width = min(x.shape[-1], chunk) if chunk else x.shape[-1]  # what one network call sees
-        return (len(pending) + 1) * x.shape[-2] * width <= self._batch_elements()
-
-    def _batch_elements(self) -> int:
-        return BATCH_ELEMENTS.get(self.device.type, BATCH_ELEMENTS["default"])
+        return len(pending) + 1 <= per_call(batch_size, self.device, x.shape[-2] * width)
 
     def _output_suffix(self, out_format: str | None) -> str | None:
         if out_format is None:
@@ -300,26 +268,18 @@ class Run:
         jobs: list[tuple[Path, Path | None]] = []
         seen: dict[Path, Path] = {}
         for item in map(Path, inputs):
-            ignored = []
             if not item.exists():
                 raise UsageError(f"{item}: no such file or folder")
             if item.is_dir() and is_inside(out_dir, item):
                 raise UsageError(f"-o {out_dir} is inside the input folder {item}; choose another")
+            ignored = []
             for src, rel in expand_inputs([item]):
-                if not self.domain.handles(src):
-                    if item.is_dir():
-                        ignored.append(src)  # folders may hold other files
-                    else:
-                        jobs.append((src, None))  # a named file must not be passed over
-                    continue
-                dst = out_dir / rel.parent / self.domain.output_name(src)
-                dst = dst.with_suffix(suffix) if suffix else dst
-                if dst.resolve() == src.resolve():
-                    raise UsageError(f"{src}: the output would overwrite the input; use another -o")
-                if dst in seen:
-                    raise UsageError(f"{src} and {seen[dst]} would both be written to {dst}")
-                seen[dst] = src
-                jobs.append((src, dst))
+                if self.domain.handles(src):
+                    jobs.append((src, self._output(src, out_dir / rel.parent, suffix, seen)))
+                elif item.is_dir():
+                    ignored.append(src)  # folders may hold other files
+                else:
+                    jobs.append((src, None))  # a named file must not be passed over
             if ignored:
                 log.warning("ignoring %d file(s) in %s that are not %s files, e.g. %s",
                             len(ignored), item, self.domain.name, ignored[0].name)
@@ -331,7 +291,21 @@ class Run:
                         len(replaced), out_dir, replaced[0])
         return jobs
 
+    def _output(self, src: Path, folder: Path, suffix: str | None,
+                seen: dict[Path, Path]) -> Path:
+        """Where ``src`` is written in ``folder``; two inputs may not share it, nor an input be
+        overwritten."""
+        dst = folder / self.domain.output_name(src)
+        dst = dst.with_suffix(suffix) if suffix else dst
+        if dst.resolve() == src.resolve():
+            raise UsageError(f"{src}: the output would overwrite the input; use another -o")
+        if dst in seen:
+            raise UsageError(f"{src} and {seen[dst]} would both be written to {dst}")
+        seen[dst] = src
+        return dst
+
     def _flush(self, pending, direction, report, on_file, batch_size: int = BATCH_SIZE) -> None:
+        """Translate and write the pending batch; on running out of memory, one at a time."""
         if not pending:
             return
         problem = None
@@ -353,22 +327,27 @@ class Run:
             pending.clear()
             return
         for (src, dst, _, _), converted in zip(pending, converted_all):
-            try:
-                with atomic_path(dst) as tmp:
-                    self.domain.save(converted, tmp)
-            except WriteError as exc:
-                if exc.disk_full:
-                    raise  # the next files would not fit either
-                problem = str(exc)
-            except ValueError as exc:  # e.g. a format that cannot hold the image
-                problem = f"cannot write {dst} ({exc})"
-            else:
+            problem = self._write(converted, dst)
+            if problem is None:
                 report.converted.append((src, dst))
                 on_file(src, dst, None)
-                continue
-            report.failed.append((src, problem))
-            on_file(src, None, problem)
+            else:
+                report.failed.append((src, problem))
+                on_file(src, None, problem)
         pending.clear()
+
+    def _write(self, converted: Sample, dst: Path) -> str | None:
+        """Write one output atomically; the problem, or None. A full disk stops everything."""
+        try:
+            with atomic_path(dst) as tmp:
+                self.domain.save(converted, tmp)
+        except WriteError as exc:
+            if exc.disk_full:
+                raise  # the next files would not fit either
+            return str(exc)
+        except ValueError as exc:  # e.g. a format that cannot hold the image
+            return f"cannot write {dst} ({exc})"
+        return None
 
     def _translate_batch(self, pending, direction: str, batch_size: int) -> list[Sample]:
         _, target = direction_sides(direction)
@@ -381,17 +360,6 @@ def release_cached_memory(device: torch.device) -> None:
     """Give the GPU memory PyTorch holds but no longer uses back, after running out of it."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def _check_direction(direction: str) -> None:
-    if direction not in DIRECTIONS:
-        raise UsageError(f"--direction {direction!r}: use a2b or b2a")
-
-
-def direction_sides(direction: str) -> tuple[str, str]:
-    """"a2b" -> ("a", "b")."""
-    _check_direction(direction)
-    return (direction[0], direction[2])
 
 
 def _cpu_has_bf16() -> bool:

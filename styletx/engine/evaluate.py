@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from styletx.contract.errors import BadInputError, UsageError
+from styletx.contract.interfaces import direction_sides
 from styletx.contract.registry import Registry
-from styletx.engine.convert import Run, direction_sides, load_run
+from styletx.engine.convert import Run, load_run
 from styletx.engine.data import check_folder, domain_files
 from styletx.engine.pairs import pair_files, pair_key
 

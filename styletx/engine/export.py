@@ -13,9 +13,10 @@ H is fixed to the run's.
 
 How: ``Translator.export_module(direction)`` gives the direction's networks as a plain module,
 written with no Python branch on the input's size (the padding is integer arithmetic and
-gathers, ``pad_bottom_right``), so one captured graph serves every size. ONNX goes through
-``torch.onnx.export(..., dynamo=True)`` (torch.export; needs the ``onnx`` and ``onnxscript``
-packages); the legacy TorchScript-based ONNX exporter is deprecated in torch 2.13 and not used.
+gathers, ``styletx.engine.apply.pad_bottom_right``), so one captured graph serves every size.
+ONNX goes through ``torch.onnx.export(..., dynamo=True)`` (torch.export; needs the ``onnx``
+and ``onnxscript`` packages); the legacy TorchScript-based ONNX exporter is deprecated in
+torch 2.13 and not used.
 TorchScript is ``torch.jit.trace`` of the same module (itself deprecated by PyTorch in favour of
 torch.export, but still loadable with ``torch.jit.load`` in Python and LibTorch).
 
@@ -40,6 +41,9 @@ import torch
 from torch import nn
 
 from styletx.contract.errors import StyletxError, UsageError
+from styletx.contract.files import atomic_path
+from styletx.contract.interfaces import direction_sides
+from styletx.engine.apply import PadCrop
 
 FORMATS = ("onnx", "torchscript")
 # Largest |exported - PyTorch| accepted, on tensors in the encoders' units: [-1, 1] for images,
@@ -50,85 +54,6 @@ TOLERANCE = 1e-3
 INPUT, OUTPUT = "input", "output"  # the ONNX graph's input and output names
 CAPTURE_SIZE = (2, 37, 45)  # (N, H, W) of the example the graph is captured with
 CHECK_SIZES = ((1, 29, 53), (3, 45, 30))  # (N, H, W) of the two checks; H is the run's when fixed
-
-
-# -- export-friendly padding -----------------------------------------------------------------
-# torch.export and torch.jit.trace record tensor operations and (symbolic) integer arithmetic on
-# sizes, but a Python ``if`` or ``max`` on a size is decided once, for the example input, and
-# baked into the graph. These helpers compute what F.pad would with integer arithmetic alone,
-# on non-negative numbers (ONNX's integer division truncates where Python's floors).
-def padded_size(size, multiple: int, least: int = 0):
-    """``size`` rounded up to a multiple of ``multiple``, and at least ``least``, which must
-    be 0, ``multiple`` or ``2 * multiple`` (``max(blocks, 2)`` is ``blocks + 1 // blocks``
-    for ``blocks >= 1``: exact, and simple enough for torch.export's symbolic shapes, which
-    mis-evaluate the general branch-free maximum)."""
-    if least not in (0, multiple, 2 * multiple):
-        raise ValueError(f"least must be 0, {multiple} or {2 * multiple}, not {least}")
-    blocks = (size + multiple - 1) // multiple
-    if least == 2 * multiple:
-        blocks = blocks + 1 // blocks
-    return blocks * multiple
-
-
-def _pad_index(size, multiple: int, least: int, device: torch.device):
-    """For one axis of ``size`` padded at the end: the positions, their mirror images (reflect
-    padding) and whether reflection is possible (the pad is smaller than the size)."""
-    j = torch.arange(padded_size(size, multiple, least), device=device)
-    mirror = 2 * (size - 1) - j
-    return j, mirror, mirror[-1:] >= 0
-
-
-def pad_bottom_right(x: torch.Tensor, multiple: int | tuple[int, int] = 1,
-                     least: int | tuple[int, int] = 0, mode: str = "reflect",
-                     joint: bool = False) -> torch.Tensor:
-    """Pad ``(..., H, W)`` at the bottom and right up to multiples of ``multiple`` and at least
-    ``least`` (each an int or a per-axis ``(H, W)`` pair), as ``F.pad`` would, but with no Python
-    branch on the size, so one traced or exported graph serves every size.
-
-    ``mode`` "replicate" repeats the last row/column; "reflect" mirrors where the pad is smaller
-    than the axis and replicates where it is not (F.pad's reflect cannot), each axis on its own
-    (``styletx.plugins``' networks) or, with ``joint``, both replicated unless both can reflect
-    (``Run.convert_tensor``). An axis with multiple 1 and least <= 1 is left alone.
-    """
-    if mode not in ("reflect", "replicate"):
-        raise ValueError(f"mode must be reflect or replicate, not {mode!r}")
-    multiples = (multiple, multiple) if isinstance(multiple, int) else tuple(multiple)
-    leasts = (least, least) if isinstance(least, int) else tuple(least)
-    axes = [(-2, x.shape[-2], multiples[0], leasts[0]), (-1, x.shape[-1], multiples[1], leasts[1])]
-    axes = [axis for axis in axes if axis[2] > 1 or axis[3] > 1]
-    index = [_pad_index(size, m, n, x.device) for _, size, m, n in axes]
-    if mode == "replicate":
-        ok = [torch.zeros_like(can) for _, _, can in index]
-    elif joint and len(index) == 2:
-        ok = [index[0][2] & index[1][2]] * 2
-    else:
-        ok = [can for _, _, can in index]
-    for (dim, size, _, _), (j, mirror, _), can in zip(axes, index, ok):
-        x = x.index_select(dim, torch.where(j < size, j, torch.where(can, mirror, size - 1)))
-    return x
-
-
-def crop(y: torch.Tensor, height, width) -> torch.Tensor:
-    """``y[..., :height, :width]`` as gathers: a slice whose end may equal the size makes
-    torch.export guard on the two being different."""
-    y = y.index_select(-2, torch.arange(height, device=y.device))
-    return y.index_select(-1, torch.arange(width, device=y.device))
-
-
-class PadCrop(nn.Module):
-    """``crop(net(pad_bottom_right(x, ...)), H, W)``: a network that needs sizes of a multiple,
-    made to take any size, as export-friendly code (arguments as ``pad_bottom_right``)."""
-
-    def __init__(self, net: nn.Module, multiple: int | tuple[int, int] = 1,
-                 least: int | tuple[int, int] = 0, mode: str = "reflect", joint: bool = False):
-        super().__init__()
-        self.net = net
-        self.multiple, self.least, self.mode, self.joint = multiple, least, mode, joint
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2], x.shape[-1]
-        y = self.net(pad_bottom_right(x, self.multiple, self.least, self.mode, self.joint))
-        return crop(y, height, width)
 
 
 # -- the export ------------------------------------------------------------------------------
@@ -171,8 +96,7 @@ def export(run, direction: str, fmt: str, out: Path | str, tolerance: float | No
     The export runs on the CPU in evaluation mode: a ``Run`` on another device is moved there
     (and one loaded with ``keep_dropout`` loses it). ``registry``: the plugin registry to load
     a run folder with (default: the process-wide one)."""
-    from styletx.engine.convert import Run, direction_sides, load_run
-    from styletx.engine.runs import atomic_path
+    from styletx.engine.convert import Run, load_run
 
     tolerance = TOLERANCE if tolerance is None else tolerance
     if fmt not in FORMATS:
@@ -189,58 +113,73 @@ def export(run, direction: str, fmt: str, out: Path | str, tolerance: float | No
     model = export_model(run, direction)  # usage errors (a direction not trained) first
     if fmt == "onnx":
         _require_onnx_exporter()
-    channels, height = run.translator.channels[source], _fixed_height(run, source)
-
-    def example(n: int, h: int, w: int, seed: int) -> torch.Tensor:
-        """Uniform in [-1, 1] from a fixed seed; the height is the run's where it is fixed."""
-        generator = torch.Generator().manual_seed(seed)
-        return torch.rand((n, channels, height or h, w), generator=generator) * 2 - 1
-
-    write = _write_onnx if fmt == "onnx" else _write_torchscript
+    example = _Examples(run.translator.channels[source], _fixed_height(run, source))
     with atomic_path(out) as tmp:
-        try:
-            with _quiet(), torch.no_grad():
-                write(model, example(*CAPTURE_SIZE, seed=0), height is None, tmp)
-        except OSError:
-            raise  # writing the file failed: atomic_path says so
-        except Exception as exc:  # torch.export and tracing fail in many ways; one line
-            raise StyletxError(f"{fmt} export of the {run.translator.name} model failed: "
-                               f"{_first_line(exc)}") from exc
+        _write(fmt, model, example, tmp, run.translator.name)
         try:
             runner = _load(fmt, tmp)
         except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types
             raise StyletxError(f"the exported file cannot be loaded: {_first_line(exc)}; "
                                f"nothing was written") from exc
-        checks = []
-        for seed, size in enumerate(CHECK_SIZES if runner else (), start=1):
-            x = example(*size, seed=seed)
-            # what convert does to one tensor (pad, translate, crop), without the chunking
-            expected = run._convert_whole(x, direction)
-            try:
-                got = runner(x)
-            except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types
-                raise StyletxError(f"the exported model failed on input {tuple(x.shape)}: "
-                                   f"{_first_line(exc)}; nothing was written") from exc
-            if got.shape != expected.shape:
-                raise StyletxError(f"the exported model gave shape {tuple(got.shape)} for input "
-                                   f"{tuple(x.shape)}, PyTorch {tuple(expected.shape)}; "
-                                   f"nothing was written")
-            diff = (got - expected).abs().max().item()
-            if not diff <= tolerance:  # NaN fails too
-                raise StyletxError(f"the exported model differs from PyTorch by up to "
-                                   f"{diff:.3g} (tolerance {tolerance:g}) on input "
-                                   f"{tuple(x.shape)}; nothing was written")
-            checks.append((tuple(x.shape), diff))
+        checks = [_check(runner, run, direction, example(*size, seed=seed), tolerance)
+                  for seed, size in enumerate(CHECK_SIZES if runner else (), start=1)]
         size = tmp.stat().st_size
     return ExportReport(out, fmt, direction, run.translator.name, tolerance, checks,
                         verified=runner is not None, size_bytes=size)
+
+
+class _Examples:
+    """Inputs uniform in [-1, 1] from a fixed seed; the height is the run's where it is
+    fixed (audio: every frequency bin)."""
+
+    def __init__(self, channels: int, height: int | None):
+        self.channels, self.height = channels, height
+
+    def __call__(self, n: int, h: int, w: int, seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return torch.rand((n, self.channels, self.height or h, w), generator=generator) * 2 - 1
+
+
+def _write(fmt: str, model: nn.Module, example: _Examples, tmp: Path, name: str) -> None:
+    write = _write_onnx if fmt == "onnx" else _write_torchscript
+    try:
+        with _quiet(), torch.no_grad():
+            write(model, example(*CAPTURE_SIZE, seed=0), example.height is None, tmp)
+    except OSError:
+        raise  # writing the file failed: atomic_path says so
+    except Exception as exc:  # torch.export and tracing fail in many ways; one line
+        raise StyletxError(f"{fmt} export of the {name} model failed: "
+                           f"{_first_line(exc)}") from exc
+
+
+def _check(runner: Callable[[torch.Tensor], torch.Tensor], run, direction: str,
+           x: torch.Tensor, tolerance: float) -> tuple[tuple[int, ...], float]:
+    """(input shape, largest difference) of the exported model against what convert does to
+    one tensor (pad, translate, crop, without the chunking); a StyletxError beyond
+    ``tolerance``."""
+    expected = run._convert_whole(x, direction)
+    try:
+        got = runner(x)
+    except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types
+        raise StyletxError(f"the exported model failed on input {tuple(x.shape)}: "
+                           f"{_first_line(exc)}; nothing was written") from exc
+    if got.shape != expected.shape:
+        raise StyletxError(f"the exported model gave shape {tuple(got.shape)} for input "
+                           f"{tuple(x.shape)}, PyTorch {tuple(expected.shape)}; "
+                           f"nothing was written")
+    diff = (got - expected).abs().max().item()
+    if not diff <= tolerance:  # NaN fails too
+        raise StyletxError(f"the exported model differs from PyTorch by up to "
+                           f"{diff:.3g} (tolerance {tolerance:g}) on input "
+                           f"{tuple(x.shape)}; nothing was written")
+    return tuple(x.shape), diff
 
 
 def _fixed_height(run, side: str) -> int | None:
     """The tensors' height when the domain fixes it (audio: the bins), else None."""
     if run.domain.training_crop(1)[0] is not None:
         return None
-    shape = (run.config.get("shapes") or {}).get(side)
+    shape = run.config.shapes.get(side)
     if shape is None:
         raise StyletxError(f"{run.path}: the run records no example shape (config.json "
                            "\"shapes\"); train it with this version of styletx")

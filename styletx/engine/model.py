@@ -13,11 +13,10 @@ from typing import Any
 import torch
 
 from styletx.contract.errors import StyletxError, UsageError
-from styletx.contract.interfaces import Domain, Encoder, Translator
+from styletx.contract.interfaces import SIDES, Domain, Encoder, Translator
 from styletx.contract.registry import Registry
+from styletx.engine.run_config import RunConfig
 from styletx.engine.runs import split_prefix
-
-SIDES = ("a", "b")
 
 
 def make_config(
@@ -74,19 +73,19 @@ def encoder_record(encoder: Encoder) -> dict[str, Any]:
     return {"name": encoder.name, "params": encoder.params, "channels": encoder.channels}
 
 
-def build_from_config(config: dict[str, Any], registry: Registry):
-    """(domain, {side: encoder}, translator) described by a run's config.json."""
+def build_from_config(config: RunConfig, registry: Registry):
+    """(domain, {side: encoder}, translator) described by a run's config."""
     missing = _missing_plugins(config, registry)
     if missing:
         raise StyletxError(f"this run needs {missing}, which no loaded plugin provides")
-    domain: Domain = registry.domain(config["domain"])
-    records = config["encoders"]
+    domain: Domain = registry.domain(config.domain)
+    records = config.encoders
     encoders = {
         side: registry.encoder(records[side]["name"])(**records[side]["params"]) for side in SIDES
     }
-    cls = registry.translator(config["translator"])
+    cls = registry.translator(config.translator)
     try:
-        translator_config = cls.Config(**config["config"])
+        translator_config = cls.Config(**config.config)
     except TypeError as exc:  # the plugin's settings changed since the run was trained
         raise StyletxError(
             f"the run's {cls.name} settings do not fit the installed plugin ({exc})"
@@ -95,10 +94,10 @@ def build_from_config(config: dict[str, Any], registry: Registry):
     return domain, encoders, translator
 
 
-def _missing_plugins(config: dict[str, Any], registry: Registry) -> str:
-    wanted = [("translator", config["translator"], registry.translators),
-              ("domain", config["domain"], registry.domains)]
-    wanted += [("encoder", config["encoders"][s]["name"], registry.encoders) for s in SIDES]
+def _missing_plugins(config: RunConfig, registry: Registry) -> str:
+    wanted = [("translator", config.translator, registry.translators),
+              ("domain", config.domain, registry.domains)]
+    wanted += [("encoder", config.encoders[s]["name"], registry.encoders) for s in SIDES]
     return ", ".join(f"{kind} {name!r}" for kind, name, table in wanted if name not in table)
 
 

@@ -21,7 +21,6 @@ docs/reliability.md). Nothing here unpickles classes or runs code from a checkpo
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import functools
 import hashlib
@@ -40,7 +39,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from styletx.contract.errors import StyletxError, UsageError, WriteError, is_out_of_memory, one_line
+from styletx.contract.errors import StyletxError, UsageError, one_line
+from styletx.contract.files import (  # noqa: F401 - file_in_the_way is used through runs too
+    _fsync,
+    _fsync_folder,
+    atomic_path,
+    file_in_the_way,
+    write_atomic,
+    write_error,
+)
 
 log = logging.getLogger("styletx")
 
@@ -52,94 +59,6 @@ LOCK = ".lock"  # flock-ed by the training process; holds its PID
 TENSORS_DIGEST, RESUME_DIGEST = "sha256", "resume_sha256"  # model.safetensors metadata keys
 TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)(\.\w+)?$")  # atomic_path's names: ".NAME.tmp-PID.EXT"
 REQUIRED_KEYS = ("translator", "config", "domain", "encoders", "data", "train", "step")
-
-
-FULL_DISK_BYTES = 1 << 20  # a write that failed with less free space than this ran out of it
-NO_SPACE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path, commit: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); rename it into place on success.
-
-    A write refused by the file system raises ``WriteError`` naming ``path`` (see
-    ``write_error``); the temporary file is removed whatever happens. With ``commit`` False the
-    caller fsyncs and renames it (``save_checkpoint`` renames two files together).
-    """
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        blocker = file_in_the_way(path.parent)
-        if blocker is not None:
-            raise WriteError(path, f"{blocker} is a file, not a folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        if commit:
-            _fsync(tmp)
-            os.replace(tmp, path)
-            _fsync_folder(path.parent)  # the rename itself survives a power cut
-    except (OSError, SafetensorError, RuntimeError) as exc:
-        error = write_error(path, exc)  # measured before the partial file is removed
-        if error is None:
-            raise
-        raise error from None
-    finally:
-        with contextlib.suppress(OSError):  # e.g. the folder could not be made
-            tmp.unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_folder(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # some file systems cannot sync a folder; nothing to do
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_error(path: Path, exc: BaseException) -> WriteError | None:
-    """``exc``, raised while writing ``path``, as a ``WriteError``; None if it is not a write
-    problem. An ``OSError`` or ``SafetensorError`` always is. Another ``RuntimeError`` is when
-    the disk is full: torch.save and libsndfile then say "unexpected pos 576 vs 534" or
-    "System error"."""
-    if isinstance(exc, OSError) and exc.errno in NO_SPACE:
-        return WriteError(path, NO_SPACE[exc.errno], disk_full=True)
-    if isinstance(exc, SafetensorError):  # "I/O error: No space left on device (os error 28)"
-        for number, reason in NO_SPACE.items():
-            if f"os error {number})" in str(exc):
-                return WriteError(path, reason, disk_full=True)
-        return WriteError(path, str(exc))
-    if isinstance(exc, OSError):
-        return WriteError(path, exc.strerror or str(exc))
-    if is_out_of_memory(exc) or not _disk_full(path.parent):
-        return None
-    return WriteError(path, NO_SPACE[errno.ENOSPC], disk_full=True)
-
-
-def file_in_the_way(folder: Path) -> Path | None:
-    """The file at ``folder`` or at one of its parents that stops it being a folder, if any."""
-    place = _nearest_existing(folder)
-    return place if place is not None and not place.is_dir() else None
-
-
-def _disk_full(folder: Path) -> bool:
-    place = _nearest_existing(folder)
-    return (place is not None and place.is_dir()
-            and shutil.disk_usage(place).free < FULL_DISK_BYTES)
-
-
-def _nearest_existing(folder: Path) -> Path | None:
-    """``folder``, or the nearest of its parents that exists."""
-    return next((place for place in (folder, *folder.parents) if place.exists()), None)
-
-
-def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    with atomic_path(path) as tmp:
-        write(tmp)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 # SSIM settings of Wang et al. (2004), as in scikit-image's ``gaussian_weights=True``.
+__all__ = ["psnr", "ssim", "SSIM_RADIUS", "SSIM_SIGMA"]
+
 SSIM_SIGMA = 1.5  # pixels: the Gaussian window's standard deviation
 SSIM_RADIUS = 5  # the window is truncated to 2 * 5 + 1 = 11 pixels (3.5 sigma)
 SSIM_K1, SSIM_K2 = 0.01, 0.03  # stabilisers: C1 = (K1 peak)^2, C2 = (K2 peak)^2

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from styletx.engine.runs import atomic_path
+from styletx.contract.files import atomic_path
+
+__all__ = ["save_grid", "to_picture", "MIN_TILE"]
 
 MIN_TILE = 128  # small training crops are enlarged (nearest) so a preview can be looked at
 

@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from styletx.contract.errors import BadInputError, StyletxError, UsageError
-from styletx.contract.interfaces import Domain, LatentTranslator, Sample
+from styletx.contract.interfaces import SIDES, Domain, LatentTranslator, Sample
+from styletx.engine.apply import chunk_starts, group_by_shape
 from styletx.engine.data import expand_inputs
 from styletx.engine.runs import write_json
 
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("styletx")
 
 STATS = "latent.json"
-SIDES = ("a", "b")
 THRESHOLD_QUANTILE = 0.95  # the training scores' quantile the threshold is built on
 THRESHOLD_MARGIN = 1.3  # flagged above this many times that quantile (measured, see above)
 ROW = 8  # sample grids: tiles per row
@@ -82,7 +82,7 @@ def save_training_statistics(run: Path, translator: LatentTranslator,
         square = torch.zeros_like(total)
         count = 0
         pieces = [piece for x in items for piece, _ in _pieces(x, chunk)]
-        for batch in _batches(pieces):
+        for batch, _ in _batches(pieces):
             mu, _ = translator.encode_latent(batch.to(device), side)
             mu = mu.double().cpu().transpose(0, 1).flatten(1)  # (channels, N * h * w)
             total += mu.sum(1)
@@ -188,9 +188,9 @@ def _crop_shape(run: Run, side: str, size: int | None) -> tuple[int, int]:
     ``train --size`` means: images ``size`` x ``size``, spectrograms every bin x ``size``)."""
     if size is not None and size < 1:
         raise UsageError(f"--size must be at least 1 (got {size})")
-    height, width = run.domain.training_crop(size or int(run.config["train"]["size"]))
+    height, width = run.domain.training_crop(size or run.config.train.size)
     if height is None:  # the full height of the encoded examples (audio: every bin)
-        shape = (run.config.get("shapes") or {}).get(side)
+        shape = run.config.shapes.get(side)
         if shape is None:
             stats = load_training_statistics(run.path) or {}
             shape = (stats.get(side) or {}).get("shape")
@@ -345,7 +345,7 @@ class _Scorer:
 
     def __call__(self, path: Path, sample: Sample) -> InputScore:
         run = self.run
-        prepared = run.domain.prepare_for_training(sample, int(run.config["train"]["size"]))
+        prepared = run.domain.prepare_for_training(sample, run.config.train.size)
         x = run.encoders[self.side].encode(prepared)
         value = _scores(self.translator, [x], self.side, run.domain.chunk_frames,
                         run.device)[0]
@@ -358,45 +358,39 @@ def _scores(translator: LatentTranslator, items: list[torch.Tensor], side: str,
     """``negative_elbo`` of each ``(C, H, W)`` tensor: one forward pass per batch of pieces of
     one shape; a tensor wider than ``chunk`` is cut into chunks (``_pieces``) and scored as the
     width-weighted mean of its chunks."""
-    pieces = [(i, piece, weight) for i, x in enumerate(items)
-              for piece, weight in _pieces(x, chunk)]
-    groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor, int]]] = {}
-    for entry in pieces:
-        groups.setdefault(tuple(entry[1].shape), []).append(entry)
-    total = [0.0] * len(items)
-    weights = [0] * len(items)
-    for group in groups.values():
-        for start in range(0, len(group), BATCH):
-            part = group[start : start + BATCH]
-            batch = torch.stack([piece for _, piece, _ in part]).float().to(device)
-            values = translator.negative_elbo(batch, side).float().cpu().tolist()
-            for (i, _, weight), value in zip(part, values):
-                total[i] += value * weight
-                weights[i] += weight
-    return [t / w for t, w in zip(total, weights)]
+    owners, pieces, weights = [], [], []
+    for i, x in enumerate(items):
+        for piece, weight in _pieces(x, chunk):
+            owners.append(i)
+            pieces.append(piece)
+            weights.append(weight)
+    total, covered = [0.0] * len(items), [0] * len(items)
+    for batch, indices in _batches(pieces):
+        values = translator.negative_elbo(batch.to(device), side).float().cpu().tolist()
+        for j, value in zip(indices, values):
+            total[owners[j]] += value * weights[j]
+            covered[owners[j]] += weights[j]
+    return [t / w for t, w in zip(total, covered)]
 
 
 def _pieces(x: torch.Tensor, chunk: int | None) -> list[tuple[torch.Tensor, int]]:
-    """``x`` whole, or cut along W into chunks of ``chunk`` (the last one ending at the end,
-    overlapping its neighbour), each with the number of frames it alone covers."""
+    """``x`` whole, or cut along W into chunks of ``chunk`` side by side (the last one ending
+    at the end, overlapping the one before), each with the number of frames it alone covers."""
     width = x.shape[-1]
     if not chunk or width <= chunk:
         return [(x, width)]
-    starts = list(range(0, width - chunk, chunk))  # chunks side by side ...
-    pieces = [(x[..., s : s + chunk], chunk) for s in starts]
-    # ... and one that ends at the end, overlapping the one before: count only its new frames.
-    pieces.append((x[..., width - chunk :], width - (starts[-1] + chunk)))
-    return pieces
+    starts = chunk_starts(width, chunk, chunk)
+    covers = [chunk] * (len(starts) - 1) + [width - (starts[-2] + chunk)]
+    return [(x[..., s : s + chunk], cover) for s, cover in zip(starts, covers)]
 
 
-def _batches(items: list[torch.Tensor]) -> Iterable[torch.Tensor]:
-    """Batches of at most BATCH tensors of one shape, as float32 ``(N, C, H, W)``."""
-    groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
-    for x in items:
-        groups.setdefault(tuple(x.shape), []).append(x)
-    for group in groups.values():
-        for start in range(0, len(group), BATCH):
-            yield torch.stack(group[start : start + BATCH]).float()
+def _batches(items: list[torch.Tensor]) -> Iterable[tuple[torch.Tensor, list[int]]]:
+    """Batches of at most BATCH tensors of one shape, as float32 ``(N, C, H, W)``, each with
+    the indices of its tensors in ``items``."""
+    for indices in group_by_shape(items).values():
+        for start in range(0, len(indices), BATCH):
+            part = indices[start : start + BATCH]
+            yield torch.stack([items[i] for i in part]).float(), part
 
 
 def _files(domain: Domain, inputs: Iterable[Path | str]) -> list[Path]:

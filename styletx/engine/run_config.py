@@ -1,0 +1,119 @@
+"""A run's configuration (``config.json``), typed: what was trained, on which data, and how.
+
+This module owns the file's format. Training writes it, and conversion, evaluation, export and
+the latent tools read it, always through ``RunConfig``. Each field says on itself which command
+line option sets it and whether a resumed run may change it (``on_resume``): ``train`` checks
+a resumed run with ``RunConfig.check_resume`` instead of a table of its own.
+
+The JSON keeps the layout of runs written before this class existed, so they load and resume
+unchanged; keys this version does not know are kept and written back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from styletx.contract.errors import UsageError
+from styletx.engine.runs import read_config
+
+FIXED, MAY_CHANGE = "fixed", "may change"
+
+
+def option(name: str, on_resume: str = FIXED, saved: Callable[[Any], Any] | None = None,
+           **field_args) -> Any:
+    """A field set by the command line option ``name``. ``on_resume``: FIXED (a resumed run
+    must be given the saved value or none) or MAY_CHANGE. ``saved``: what of the field the
+    option is compared with (default: the field's value)."""
+    return dataclasses.field(metadata={"option": name, "on_resume": on_resume, "saved": saved},
+                             **field_args)
+
+
+@dataclasses.dataclass
+class DataSource:
+    a: str = option("A_DIR")
+    b: str | None = option("B_DIR")  # None with --aligned: the pairs are side by side in A
+    aligned: bool = option("--aligned", default=False)
+
+
+@dataclasses.dataclass
+class TrainPlan:
+    steps: int = option("--steps", MAY_CHANGE)  # the run's length: a resume may extend it
+    batch_size: int = option("--batch-size")
+    size: int = option("--size")  # training crop in pixels (images) or frames (audio)
+    seed: int = option("--seed", default=0)
+
+
+@dataclasses.dataclass
+class RunConfig:
+    translator: str = option("--model")
+    preset: str = option("--preset")
+    domain: str = option("--domain")
+    # the translator's Config as a dict; each key can only be the saved one (``--set KEY=...``)
+    config: dict[str, Any] = option("--set")
+    # per side: {"name", "params", "channels"} of the fitted encoder
+    encoders: dict[str, dict[str, Any]] = option("--encoder",
+                                                 saved=lambda records: records["a"]["name"])
+    data: DataSource = dataclasses.field(default_factory=lambda: DataSource("", None))
+    train: TrainPlan = dataclasses.field(default_factory=lambda: TrainPlan(1, 1, 1))
+    shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # encoded, per side
+    step: int = 0  # the step of the checkpoint beside it
+    styletx_version: str = ""
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # unknown keys, kept
+
+    # -- the file ------------------------------------------------------------------------------
+    @classmethod
+    def read(cls, run: Path) -> RunConfig:
+        """The config of the run folder ``run`` (a one-line error when it is none)."""
+        return cls.from_json(read_config(run))
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RunConfig:
+        """From config.json's dict (already checked to hold the required keys)."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        values = {k: v for k, v in raw.items() if k in known}
+        values["data"] = DataSource(**_known(DataSource, raw["data"]))
+        values["train"] = TrainPlan(**_known(TrainPlan, raw["train"]))
+        return cls(**values, extra={k: v for k, v in raw.items() if k not in known})
+
+    def to_json(self) -> dict[str, Any]:
+        raw = dataclasses.asdict(self)
+        return {"styletx_version": raw.pop("styletx_version"), **raw, **raw.pop("extra")}
+
+    # -- resuming ------------------------------------------------------------------------------
+    def check_resume(self, given: dict[str, Any], settings: dict[str, Any]) -> None:
+        """Refuse options that contradict the saved run. ``given``: field path ("preset",
+        "train.size", ...) -> the value the command gave (None: not given); ``settings``:
+        the ``--set`` overrides."""
+        for path, field, saved in self._fields():
+            now = given.get(path)
+            if field.metadata["on_resume"] != FIXED or now is None or field.name == "config":
+                continue
+            before = field.metadata["saved"](saved) if field.metadata["saved"] else saved
+            if now != before:
+                _refuse(field.metadata["option"], before, now)
+        for key, now in settings.items():
+            if now != self.config.get(key):
+                _refuse(f"--set {key}", self.config.get(key), now)
+
+    def _fields(self):
+        """(path, field, value) of every field with an option, nested ones included."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if dataclasses.is_dataclass(value):
+                for inner in dataclasses.fields(value):
+                    yield f"{field.name}.{inner.name}", inner, getattr(value, inner.name)
+            elif "option" in field.metadata:
+                yield field.name, field, value
+
+
+def _known(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in raw.items() if k in names}
+
+
+def _refuse(option_name: str, before: Any, now: Any) -> None:
+    raise UsageError(f"the run folder was trained with {option_name} {before}, not {now}; use "
+                     "the same options to resume, or a new --out")

@@ -1,0 +1,58 @@
+"""Checkpoints of a training run: everything a bit-exact resume needs (weights, optimizers,
+schedulers, the translator's extra state such as image pools, the data order, the RNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from styletx.contract.interfaces import Encoder, Translator
+from styletx.engine.data import CropSampler
+from styletx.engine.model import model_tensors
+from styletx.engine.run_config import RunConfig
+from styletx.engine.runs import CONFIG, save_checkpoint, write_json
+
+
+def save_interval(total: int) -> int:
+    """Default checkpoint period: about ten checkpoints a run, at most every 500 steps, so a
+    short run has some before it ends (``save_minutes`` adds one every few minutes)."""
+    return max(1, min(500, total // 10))
+
+
+def save_training_checkpoint(out: Path, run_config: RunConfig, step: int, translator: Translator,
+                             encoders: dict[str, Encoder], sampler: CropSampler) -> None:
+    save_checkpoint(out, model_tensors(translator, encoders), {
+        "step": step,
+        "optimizers": {k: o.state_dict() for k, o in translator.optimizers.items()},
+        "schedulers": {k: s.state_dict() for k, s in translator.schedulers.items()},
+        "translator": translator.extra_state(),
+        "sampler": sampler.state_dict(),
+        "rng": rng_state(),
+    }, step)
+    run_config.step = step
+    write_json(out / CONFIG, run_config.to_json())
+
+
+def load_training_state(state: dict[str, Any], translator: Translator,
+                         sampler: CropSampler) -> None:
+    for kind in ("optimizers", "schedulers"):
+        for name, obj in getattr(translator, kind).items():
+            obj.load_state_dict(state[kind][name])
+    translator.load_extra_state(state["translator"])
+    sampler.load_state_dict(state["sampler"])
+    restore_rng(state["rng"])
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,160 @@
+"""The training data: checking the folders, reading and pairing the files, encoding them."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from styletx.contract.errors import UsageError
+from styletx.contract.interfaces import SIDES, Domain, Encoder, Translator
+from styletx.contract.registry import Registry
+from styletx.engine import distributed
+from styletx.engine.data import (
+    FolderData,
+    Reader,
+    check_folder,
+    encode_all,
+    list_files,
+    load_folder,
+)
+from styletx.engine.pairs import (
+    MIN_PAIRS,
+    AlignmentCache,
+    check_enough,
+    load_aligned,
+    load_pairs,
+    match_sizes,
+    pair_files,
+    pair_key,
+)
+from styletx.engine.training.settings import TrainSettings
+
+log = logging.getLogger("styletx")
+
+
+def check_folders(a_dir, b_dir, aligned: bool) -> tuple[Path, Path | None]:
+    a_dir = check_folder(Path(a_dir), "A_DIR")
+    if aligned:
+        if b_dir is not None:
+            raise UsageError("--aligned reads both halves of each pair from A_DIR: give no B_DIR")
+        return a_dir, None
+    if b_dir is None:
+        raise UsageError("missing B_DIR (or --aligned, for one folder of side-by-side pairs)")
+    b_dir = check_folder(Path(b_dir), "B_DIR")
+    if a_dir == b_dir:
+        raise UsageError(f"A_DIR and B_DIR are the same folder ({a_dir})")
+    return a_dir, b_dir
+
+
+def check_paired(cls: type[Translator], aligned: bool) -> None:
+    if aligned and not cls.paired:
+        raise UsageError(f"--aligned is for paired models such as pix2pix; {cls.name} learns from "
+                         "two unpaired folders")
+
+
+def guess_domain(registry: Registry, a_dir: Path, b_dir: Path | None) -> Domain:
+    folders = [d for d in (a_dir, b_dir) if d is not None]
+    suffixes = {p.suffix.lower() for d in folders for p in list_files(d)}
+    dom = registry.domain_for(suffixes)
+    if dom is None:
+        for option, folder in zip(("A_DIR", "B_DIR"), folders):
+            if not list_files(folder):
+                raise UsageError(f"{option} {folder}: the folder is empty")
+        known = " ".join(sorted({e for d in registry.domains.values() for e in d.extensions}))
+        raise UsageError(f"no supported files in {' or '.join(map(str, folders))} "
+                         f"(styletx reads {known})")
+    return dom
+
+
+def check_encoder(enc: Encoder, dom: Domain) -> None:
+    if enc.domain != dom.name:
+        raise UsageError(f"--encoder {enc.name} encodes {enc.domain} files, not {dom.name} files")
+
+
+def check_size_multiple(crop: tuple[int | None, int], translator: Translator) -> None:
+    """Crops must be a multiple of the network's and, like conversion's padding, at least two
+    multiples (so the coarsest scale keeps more than one element)."""
+    multiple = translator.size_multiple
+    for size in crop:
+        if size is not None and (size % multiple or size < 2 * multiple):
+            raise UsageError(f"--size {size}: {translator.name} needs a multiple of {multiple} "
+                             f"of at least {2 * multiple}")
+
+
+def load_data(dom: Domain, a_dir: Path, b_dir: Path | None, out: Path, size: int,
+               paired: bool, settings: TrainSettings) -> dict[str, FolderData]:
+    """Each side's usable samples at training scale; for a paired model, pair i of each side
+    belongs together."""
+    progress = settings.progress and distributed.rank_from_environment() == 0
+    reader = Reader(dom, size, reading_workers(settings.workers), progress)
+    if b_dir is None:
+        folders = load_aligned(a_dir, reader, exclude=out)
+    elif paired:
+        folders = load_pairs(pair_files(a_dir, b_dir, dom, exclude=out), reader, (a_dir, b_dir))
+    else:
+        folders = {side: load_folder(folder, reader, f"{side.upper()}_DIR", exclude=out)
+                   for side, folder in (("a", a_dir), ("b", b_dir))}
+    if paired:
+        check_enough(folders)
+    for side, data in folders.items():
+        log.info("%s: %s: %s%s", side.upper(), data.folder, dom.describe(data.samples),
+                 f" ({len(data.skipped)} file(s) skipped)" if data.skipped else "")
+    return folders
+
+
+def reading_workers(requested: int | None) -> int:
+    if requested is not None:
+        if requested < 0:
+            raise UsageError(f"--workers must be >= 0 (got {requested})")
+        return requested
+    # the cores this process may use (container limits included), shared by the
+    # LOCAL_WORLD_SIZE training processes torchrun starts on this machine
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(8, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def encode_examples(data: FolderData, encoder: Encoder,
+                     width: int) -> list[tuple[Path, torch.Tensor]]:
+    """Encode every sample once, as (file, tensor); one narrower than a training crop is
+    reported and dropped."""
+    kept = []
+    for path, tensor in zip(data.files, encode_all(data.samples, encoder)):
+        if tensor.shape[-1] < width:
+            log.warning("skipping %s: shorter than one training segment (%d < %d frames)",
+                        path, tensor.shape[-1], width)
+        else:
+            kept.append((path, tensor))
+    if not kept:
+        raise UsageError(f"{data.folder}: no file is as long as one training segment "
+                         f"({width} frames); use longer files or a smaller --size")
+    return kept
+
+
+def paired_examples(folders: dict[str, FolderData], encoders: dict[str, Encoder], width: int,
+                     alignment: AlignmentCache | None) -> dict[str, list[torch.Tensor]]:
+    """Encoded pairs whose halves line up element for element (see ``styletx.engine.pairs``; time
+    alignments come from and go to the ``alignment`` cache); a pair with a side narrower than
+    a training crop is reported and dropped."""
+    a, b = (encode_all(folders[side].samples, encoders[side]) for side in SIDES)
+    files = list(zip(folders["a"].files, folders["b"].files))
+    kept = [i for i in range(len(a)) if min(a[i].shape[-1], b[i].shape[-1]) >= width]
+    for i in sorted(set(range(len(a))) - set(kept)):
+        side = "a" if a[i].shape[-1] < width else "b"
+        log.warning("skipping the pair of %s: %s is shorter than one training segment "
+                    "(%d < %d frames)", files[i][0], files[i][side == "b"],
+                    (a if side == "a" else b)[i].shape[-1], width)
+    if len(kept) < MIN_PAIRS:
+        raise UsageError(f"only {len(kept)} pair(s) are as long as one training segment "
+                         f"({width} frames); a paired model needs at least {MIN_PAIRS}")
+    a, b, files = [a[i] for i in kept], [b[i] for i in kept], [files[i] for i in kept]
+    if alignment is not None:
+        a, b = alignment.align(a, b, files)
+        if len(a) < MIN_PAIRS:
+            raise UsageError(f"only {len(a)} pair(s) could be aligned; a paired model needs at "
+                             f"least {MIN_PAIRS}")
+        return {"a": a, "b": b}
+    keys = [pair_key(path, folders["a"].folder) for path, _ in files]
+    return {"a": a, "b": match_sizes(a, b, keys)}

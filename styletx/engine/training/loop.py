@@ -1,0 +1,395 @@
+"""The training loop, flat on purpose: draw a batch, let the translator take its step (GANs own
+several optimizers, so the step is theirs), step the schedulers, then log, preview and
+checkpoint on their schedules.
+
+``run`` sets the loop up around a ``Prepared`` run (processes, device, speed options, the
+sampler, the step plan of ``--minutes``), ``Loop`` runs the steps, and ``Loop.finish`` says how
+it ended. A resumed run restores the optimizer, scheduler, image pool, RNG and data-sampler
+state, so N + N steps give the same weights as 2N uninterrupted steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from styletx.contract.errors import (
+    StyletxError,
+    UsageError,
+    WriteError,
+    is_out_of_memory,
+    out_of_memory_problem,
+)
+from styletx.contract.interfaces import SIDES, LatentTranslator, Translator
+from styletx.engine import distributed
+from styletx.engine.balance import describe as describe_weights
+from styletx.engine.balance import inverse_density_weights, pooled_means
+from styletx.engine.data import CropSampler, Prefetcher
+from styletx.engine.model import pick_device
+from styletx.engine.pairs import AlignmentCache
+from styletx.engine.runs import CONFIG, SAMPLES, append_log, truncate_log, write_json
+from styletx.engine.training.budget import Budget, replan, steps_in_budget
+from styletx.engine.training.checkpoints import (
+    load_training_state,
+    restore_rng,
+    rng_state,
+    save_interval,
+    save_training_checkpoint,
+)
+from styletx.engine.training.inputs import (
+    check_size_multiple,
+    encode_examples,
+    paired_examples,
+)
+from styletx.engine.training.prepare import Prepared
+from styletx.engine.training.settings import TrainingInterrupted, TrainResult, TrainSettings
+
+log = logging.getLogger("styletx")
+
+PLAIN_LINE_SECONDS = 10  # without a progress bar (not a terminal): a progress line this often
+
+
+def run(prepared: Prepared, settings: TrainSettings) -> TrainResult:
+    """Train ``prepared`` to its planned step (or until time is up or Ctrl-C)."""
+    translator, plan = prepared.translator, prepared.run_config.train
+    group, device = _join_processes(translator, settings)
+    _check_settings(translator, settings)
+    sampler, names, alignment = _sampler(prepared, group)
+    planned = (settings.minutes is not None and prepared.resume_state is None
+               and settings.steps is None)
+    if planned:
+        plan.steps = steps_in_budget(translator, sampler, settings, device, group)
+    translator.configure_optimizers(plan.steps)
+    group.distribute(translator, device)
+    if prepared.resume_state is not None:
+        load_training_state(prepared.resume_state, translator, sampler)
+    if group.rank > 0:  # noise of its own (sampling, image pools), seeded from rank 0's
+        torch.manual_seed(int(torch.randint(2**62, (1,))) + group.rank)
+    if group.is_main:  # only now, with the data known to be usable, is anything written
+        _write_start(prepared, alignment)
+    loop = Loop(prepared, settings, group, device, sampler, names,
+                replan=planned and not group.active)
+    loop.run()
+    return loop.finish()
+
+
+def _join_processes(translator: Translator,
+                    settings: TrainSettings) -> tuple[distributed.Group, torch.device]:
+    """This process's place among torchrun's (alone: rank 0 of 1) and its device, with the
+    networks moved there, synchronised across processes, and the speed options applied."""
+    group, device_name = distributed.setup(settings.device)
+    if not group.is_main:
+        log.setLevel(logging.ERROR)  # one process reports
+    device = pick_device(device_name)
+    translator.to(device, amp=settings.amp)
+    group.prepare(translator.networks(), device)
+    _apply_speed_options(translator, settings)
+    return group, device
+
+
+def _apply_speed_options(translator: Translator, settings: TrainSettings) -> None:
+    if settings.channels_last:  # NHWC: faster convolutions on recent GPUs (tensor cores)
+        for net in translator.networks().values():
+            net.to(memory_format=torch.channels_last)
+    if settings.compile:  # in place, so names, state dicts and checkpoints stay the same
+        for net in translator.generator_networks().values():
+            net.compile()
+
+
+def _check_settings(translator: Translator, settings: TrainSettings) -> None:
+    if settings.balance and not isinstance(translator, LatentTranslator):
+        raise UsageError(f"--balance needs a model with a latent space (vaegan), not "
+                         f"{translator.name}")
+    if settings.balance_every < 1 or settings.balance_smoothing < 0:
+        raise UsageError("--balance-every must be at least 1 and --balance-smoothing >= 0")
+    if settings.prefetch is not None and settings.prefetch < 0:
+        raise UsageError(f"--prefetch must be >= 0 (got {settings.prefetch})")
+
+
+def _sampler(prepared: Prepared, group: distributed.Group):
+    """(the crop sampler over the encoded examples, each example's file name by side (None for
+    pairs: they are kept by index), the alignment cache of time-aligned pairs or None)."""
+    dom, translator, folders = prepared.domain, prepared.translator, prepared.folders
+    plan = prepared.run_config.train
+    crop = dom.training_crop(plan.size)
+    check_size_multiple(crop, translator)
+    alignment = (AlignmentCache.load(prepared.out) if translator.paired and dom.pairs_by_time
+                 else None)
+    names = None
+    if translator.paired:
+        examples = paired_examples(folders, prepared.encoders, crop[1], alignment)
+    else:
+        kept = {side: encode_examples(folders[side], prepared.encoders[side], crop[1])
+                for side in SIDES}
+        examples = {side: [tensor for _, tensor in items] for side, items in kept.items()}
+        names = {side: [str(path.relative_to(folders[side].folder)) for path, _ in items]
+                 for side, items in kept.items()}
+    sampler = CropSampler(examples, crop, plan.batch_size, dom.flip_augment, translator.paired,
+                          seed=plan.seed, rank=group.rank, world=group.size)
+    return sampler, names, alignment
+
+
+def _write_start(prepared: Prepared, alignment: AlignmentCache | None) -> None:
+    out = prepared.out
+    truncate_log(out, prepared.run_config.step)  # a new run drops the log of one killed
+    #                                              before its first checkpoint
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CONFIG, prepared.run_config.to_json())
+    if alignment is not None:
+        alignment.save(out)
+
+
+@dataclasses.dataclass
+class _Marks:
+    """When the loop last did what it does on a schedule."""
+
+    saved: int  # the step of the last whole checkpoint
+    saved_at: float = dataclasses.field(default_factory=time.monotonic)
+    printed_at: float = float("-inf")
+    tick: float = dataclasses.field(default_factory=time.perf_counter)  # steps/s measured since
+    tick_step: int = 0
+
+
+class Loop:
+    """The steps of one training command, from the run's step to its planned total."""
+
+    def __init__(self, prepared: Prepared, settings: TrainSettings, group: distributed.Group,
+                 device: torch.device, sampler: CropSampler,
+                 names: dict[str, list[str]] | None, replan: bool):
+        self.prepared, self.settings, self.group, self.device = prepared, settings, group, device
+        self.translator, self.plan = prepared.translator, prepared.run_config.train
+        self.sampler, self.names = sampler, names
+        self.start = self.step = prepared.run_config.step
+        self.losses: dict[str, float] = {}
+        self.preview_batch = sampler.fixed_batch()
+        self.bar = tqdm(total=self.plan.steps, initial=self.start, file=sys.stderr,
+                        dynamic_ncols=True, unit="step",
+                        disable=None if settings.progress and group.is_main else True)
+        self.marks = _Marks(saved=self.start, tick_step=self.start)
+        self.translator.train(True)
+        self.batches = _batch_source(sampler, settings, device)
+        self.memory_format = (torch.channels_last if settings.channels_last
+                              else torch.preserve_format)
+        self.save_every = settings.save_every or save_interval(self.plan.steps)
+        self.preview_every = settings.preview_every or self.save_every
+        self.budget = (None if settings.minutes is None
+                       else Budget(settings, self.start, replan=replan))
+        self.stop: _StopAtStepBoundary | None = None
+        self.failure: str | None = None
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            with _StopAtStepBoundary() as self.stop:
+                stopping = False
+                while self.step < self.plan.steps and not stopping:
+                    stopping = self._one_step()
+                    if self.group.is_main:
+                        self._on_schedule(stopping)
+        except (WriteError, RuntimeError) as exc:
+            self.failure = _why_training_stopped(exc, self.device, self.step, self.plan,
+                                                 self.start)
+            if self.failure is None:
+                raise
+
+    def _one_step(self) -> bool:
+        """One training step; True when the loop must stop after it (on every process)."""
+        if self.settings.balance and self.step % self.settings.balance_every == 0:
+            self._rebalance()
+        batch = {k: v.to(self.device, non_blocking=True, memory_format=self.memory_format)
+                 for k, v in self.batches.next_batch().items()}
+        self.losses = self.translator.training_step(batch, self.step)
+        for scheduler in self.translator.schedulers.values():
+            scheduler.step()
+        self.step += 1
+        out_of_time = self.budget is not None and self.budget.spent()
+        stopping = self.group.any(self.stop.requested or out_of_time, self.device)
+        revised = self.budget and self.budget.revised_total(self.step, self.plan.steps,
+                                                            time.monotonic())
+        if revised:
+            replan(self.translator, self.plan, revised)
+            self.bar.total = revised
+        return stopping
+
+    def _on_schedule(self, stopping: bool) -> None:
+        """Progress, log, preview and checkpoint, each when its period says (and at the end)."""
+        step, last = self.step, self.step == self.plan.steps or stopping
+        self.bar.update(1)
+        self.bar.set_postfix_str(_format_losses(self.losses), refresh=False)
+        if step % self.settings.log_every == 0 or last:
+            self._log_step(last)
+        if step % self.preview_every == 0 or last:
+            self._save_preview()
+        minutes_since_save = (time.monotonic() - self.marks.saved_at) / 60
+        if step % self.save_every == 0 or last or minutes_since_save >= self.settings.save_minutes:
+            p = self.prepared
+            save_training_checkpoint(p.out, p.run_config, step, self.translator, p.encoders,
+                                     self.batches)
+            self.marks.saved, self.marks.saved_at = step, time.monotonic()
+
+    def _log_step(self, last: bool) -> None:
+        marks, step, total = self.marks, self.step, self.plan.steps
+        rate = (step - marks.tick_step) / max(time.perf_counter() - marks.tick, 1e-9)
+        marks.tick, marks.tick_step = time.perf_counter(), step
+        lrs = {k: o.param_groups[0]["lr"] for k, o in self.translator.optimizers.items()}
+        append_log(self.prepared.out, {"step": step, "time": time.time(),
+                                       "steps_per_s": round(rate, 3), "lr": lrs,
+                                       "losses": self.losses})
+        # no progress bar (not a terminal): a plain line now and then instead
+        if self.bar.disable and (time.monotonic() - marks.printed_at >= PLAIN_LINE_SECONDS
+                                 or last):
+            eta = (total - step) / max(rate, 1e-9)
+            log.info("step %d/%d  %s  (%.1f steps/s, %s left)", step, total,
+                     _format_losses(self.losses), rate, _clock(eta))
+            marks.printed_at = time.monotonic()
+
+    def _save_preview(self) -> None:
+        p, translator = self.prepared, self.translator
+        rng = rng_state()  # a preview (sampling, dropout) must not change the training after it
+        translator.train(False)
+        rows = translator.preview({k: v.to(self.device) for k, v in self.preview_batch.items()})
+        translator.train(True)
+        restore_rng(rng)
+        tensors = [[tensor for _, tensor in row] for row in rows]
+        grid = [[p.encoders[side] for side, _ in row] for row in rows]
+        p.domain.save_preview(tensors, grid, p.out / SAMPLES / f"step-{self.step:06d}")
+
+    def _rebalance(self) -> None:
+        _pause_prefetch(self.batches)
+        rebalance(self.prepared.out, self.step, self.translator, self.sampler,
+                  self.settings.balance_smoothing, self.names, self.group)
+        _resume_prefetch(self.batches)
+
+    # -- the end -------------------------------------------------------------------------------
+    def finish(self) -> TrainResult:
+        """How the loop ended: trained (or out of time: saved), or an error naming the step of
+        the last checkpoint."""
+        out, step, total = self.prepared.out, self.step, self.plan.steps
+        self.bar.close()
+        if self.failure is not None:
+            saved = self.marks.saved
+            raise StyletxError(self.failure + (f"; a rerun resumes from step {saved}" if saved
+                                               else "; no checkpoint was saved"))
+        _pause_prefetch(self.batches)
+        if step < total and (self.budget is None or self.stop.requested):
+            self.group.finish()
+            raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved in {out}; "
+                                      "run the same command to resume")
+        if step < total:  # the time budget is spent: a short fall means the plan was a little
+            #               optimistic (the lr was nearly decayed), a long one a much slower one
+            report = log.info if step >= 0.9 * total else log.warning
+            report("--minutes %g: time is up at step %d of %d; saved; the same command trains "
+                   "the rest", self.settings.minutes, step, total)
+        if self.group.is_main:  # extra outputs of the model (latent models: outlier scores)
+            self.translator.on_trained(out, self.sampler.examples,
+                                       chunk=self.prepared.domain.chunk_frames)
+        self.group.finish()
+        log.info("trained %s to step %d; model in %s", self.translator.name, step, out)
+        return TrainResult(out, step, self.losses)
+
+
+def _why_training_stopped(exc: BaseException, device: torch.device, step: int, plan,
+                          start: int) -> str | None:
+    """One line for running out of memory or disk space in the loop; None for anything else."""
+    if isinstance(exc, WriteError):
+        return f"{exc}; training stopped at step {step}"
+    if not is_out_of_memory(exc):
+        return None
+    advice = (f"lower --batch-size (now {plan.batch_size}) or --size (now {plan.size})"
+              + (" in a new run (--out)" if start else ""))
+    return out_of_memory_problem(exc, f"on {device} in step {step + 1}", advice)
+
+
+def _batch_source(sampler: CropSampler, settings: TrainSettings,
+                  device: torch.device) -> CropSampler | Prefetcher:
+    """The sampler itself, or a ``Prefetcher`` drawing ahead of it (``--prefetch``)."""
+    depth = settings.prefetch
+    if depth is None:
+        depth = 2 if device.type == "cuda" else 0
+    return Prefetcher(sampler, depth, pin=device.type == "cuda") if depth else sampler
+
+
+def _pause_prefetch(batches: CropSampler | Prefetcher) -> None:
+    if isinstance(batches, Prefetcher):
+        batches.pause()
+
+
+def _resume_prefetch(batches: CropSampler | Prefetcher) -> None:
+    if isinstance(batches, Prefetcher):
+        batches.resume()
+
+
+def rebalance(out: Path, step: int, translator: Translator, sampler: CropSampler,
+              smoothing: float, names: dict[str, list[str]] | None,
+              group: distributed.Group) -> None:
+    """Re-estimate each side's sampling weights from the latent density of its examples (see
+    ``styletx.engine.balance``), and log how far they are from uniform and which files are
+    drawn most often."""
+    translator.train(False)
+    summary = {}
+    for side, examples in sampler.examples.items():
+        if sampler.paired and side == "b":
+            break  # a pair is drawn by its A index
+        crops = torch.stack([sampler.centre_crop(side, i) for i in range(len(examples))])
+        weights = inverse_density_weights(pooled_means(translator, crops, side), smoothing)
+        sampler.weights[side] = weights = group.broadcast(weights, translator.device)
+        summary[side] = describe_weights(weights, names and names[side])
+    translator.train(True)
+    if not group.is_main:
+        return
+    append_log(out, {"step": step, "balance": summary})
+    log.info("balance at step %d: %s", step, "; ".join(
+        _balance_line(side, s, len(sampler.examples[side])) for side, s in summary.items()))
+
+
+def _balance_line(side: str, summary: dict[str, Any], count: int) -> str:
+    line = (f"{side.upper()}: {summary['effective_examples']:g} effective examples of {count}, "
+            f"the rarest 5% drawn {100 * summary['top5pct_share']:.0f}% of the time")
+    if "most_drawn" in summary:
+        line += "; most often " + ", ".join(f"{name} ({times:g}x)"
+                                            for name, times in summary["most_drawn"])
+    return line
+
+
+class _StopAtStepBoundary:
+    """The first Ctrl-C (SIGINT) asks the loop to stop after the current step, so the checkpoint
+    it saves is a consistent state; a second Ctrl-C stops at once (the last checkpoint stays
+    intact, as every write is atomic)."""
+
+    requested = False
+
+    def __enter__(self) -> _StopAtStepBoundary:
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this step (Ctrl-C again to stop at once)")
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _format_losses(losses: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.3f}" for k, v in losses.items())
+
+
+def _clock(seconds: float) -> str:
+    """``1:02:03`` or ``2:03``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -1,0 +1,178 @@
+"""A training command made ready for the loop: one ``Prepared`` for a new run and a resumed
+one alike (the data read, the encoders fitted or loaded, the translator built, its checkpoint
+state when resuming)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from styletx import __version__
+from styletx.contract.errors import StyletxError, UsageError, one_line
+from styletx.contract.interfaces import Domain, Encoder, Translator
+from styletx.contract.registry import Registry
+from styletx.engine.data import FolderData, is_inside
+from styletx.engine.model import (
+    SIDES,
+    build_from_config,
+    encoder_record,
+    load_model_tensors,
+    make_config,
+)
+from styletx.engine.run_config import DataSource, RunConfig, TrainPlan
+from styletx.engine.runs import (
+    CONFIG,
+    LOCK,
+    WEIGHTS,
+    file_in_the_way,
+    is_run_folder,
+    load_checkpoint,
+)
+from styletx.engine.training.inputs import (
+    check_encoder,
+    check_folders,
+    check_paired,
+    guess_domain,
+    load_data,
+)
+from styletx.engine.training.settings import TrainResult, TrainSettings, train_values
+
+log = logging.getLogger("styletx")
+
+
+@dataclasses.dataclass
+class Request:
+    """What the command asked for (None: not given, the saved or default value applies)."""
+
+    a_dir: Path | str
+    b_dir: Path | str | None
+    out: Path | str
+    model: str | None = None
+    preset: str | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    settings: TrainSettings = dataclasses.field(default_factory=TrainSettings)
+    domain: str | None = None
+    encoder: str | None = None
+    aligned: bool = False
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A run ready to train, new or resumed."""
+
+    out: Path
+    run_config: RunConfig
+    domain: Domain
+    encoders: dict[str, Encoder]
+    translator: Translator
+    folders: dict[str, FolderData]
+    resume_state: dict[str, Any] | None  # the checkpoint's training state; None: a new run
+
+
+def prepare(request: Request, registry: Registry) -> Prepared | TrainResult:
+    """The run ``request`` describes, made ready; a ``TrainResult`` when a saved run is already
+    trained as far as asked."""
+    a_dir, b_dir = check_folders(request.a_dir, request.b_dir, request.aligned)
+    out = Path(request.out)
+    for folder in (a_dir, b_dir):
+        if folder and is_inside(out, folder):
+            raise UsageError(f"--out {out} is inside the input folder {folder}; choose another")
+    saved = saved_config(out)
+    if saved is None:
+        return _new_run(request, a_dir, b_dir, out, registry)
+    saved.check_resume(_given(request, a_dir, b_dir), request.overrides)
+    return _resumed_run(saved, request.settings, out, registry)
+
+
+def saved_config(out: Path) -> RunConfig | None:
+    """The config of a resumable run in ``out``; None for a new (or never saved) run."""
+    blocker = file_in_the_way(out)
+    if blocker is not None:
+        raise UsageError(f"--out {out}: {blocker} is a file, not a folder")
+    if not out.exists():
+        return None
+    if is_run_folder(out):
+        return RunConfig.read(out) if (out / WEIGHTS).exists() else None
+    if any(p.name != LOCK for p in out.iterdir()):  # the lock: see holds_run_lock
+        raise UsageError(f"--out {out}: folder exists, is not empty and is not a styletx run")
+    return None
+
+
+def _given(request: Request, a_dir: Path, b_dir: Path | None) -> dict[str, Any]:
+    """The command's values by RunConfig field, for ``RunConfig.check_resume``."""
+    settings = request.settings
+    return {
+        "translator": request.model, "preset": request.preset, "domain": request.domain,
+        "encoders": request.encoder,
+        "data.a": str(a_dir), "data.b": b_dir and str(b_dir), "data.aligned": b_dir is None,
+        "train.size": settings.size, "train.batch_size": settings.batch_size,
+        # the default seed cannot be told from an explicit --seed 0: only another one is checked
+        "train.seed": None if settings.seed == TrainSettings.seed else settings.seed,
+    }
+
+
+def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
+             registry: Registry) -> Prepared:
+    cls = registry.translator(request.model or "cyclegan")
+    check_paired(cls, request.aligned)
+    preset = request.preset or "default"
+    dom = (registry.domain(request.domain) if request.domain
+           else guess_domain(registry, a_dir, b_dir))
+    config = make_config(cls, preset, request.overrides, dom.name)
+    plan = TrainPlan(**train_values(cls.presets_for(dom.name)[preset], request.settings),
+                     seed=request.settings.seed)
+    folders = load_data(dom, a_dir, b_dir, out, plan.size, cls.paired, request.settings)
+    encoders = _fitted_encoders(registry, request.encoder, dom, folders)
+    shapes = {side: tuple(enc.encode(folders[side].samples[0]).shape)
+              for side, enc in encoders.items()}
+    config = cls.config_for_data(config, shapes, dom.training_crop(plan.size))
+    run_config = RunConfig(
+        translator=cls.name, preset=preset, domain=dom.name,
+        config=dataclasses.asdict(config),
+        encoders={side: encoder_record(enc) for side, enc in encoders.items()},
+        data=DataSource(str(a_dir), b_dir and str(b_dir), request.aligned), train=plan,
+        shapes={side: list(shape) for side, shape in shapes.items()},
+        styletx_version=__version__)
+    torch.manual_seed(plan.seed)  # weight initialisation
+    translator = cls(config, encoders["a"].channels, encoders["b"].channels)
+    return Prepared(out, run_config, dom, encoders, translator, folders, None)
+
+
+def _fitted_encoders(registry: Registry, name: str | None, dom: Domain,
+                     folders: dict[str, FolderData]) -> dict[str, Encoder]:
+    """One encoder per side (``name``, else the domain's choice), fitted on that side."""
+    encoders = {side: registry.encoder(name or dom.default_encoder(folders[side].samples))()
+                for side in SIDES}
+    for side, enc in encoders.items():
+        check_encoder(enc, dom)
+        enc.fit(folders[side].samples)
+    return encoders
+
+
+def _resumed_run(saved: RunConfig, settings: TrainSettings, out: Path,
+                 registry: Registry) -> Prepared | TrainResult:
+    if settings.steps is not None:
+        if settings.steps < 1:
+            raise UsageError(f"--steps must be at least 1 (got {settings.steps})")
+        saved.train.steps = settings.steps
+    dom, encoders, translator = build_from_config(saved, registry)
+    tensors, state = load_checkpoint(out)
+    try:
+        load_model_tensors(translator, encoders, tensors)
+    except (RuntimeError, KeyError) as exc:  # torch's message runs to a line per tensor
+        raise StyletxError(f"{out / WEIGHTS}: does not match {out / CONFIG} "
+                           f"({one_line(exc, limit=200, type_name=False)})") from None
+    saved.step = state["step"]
+    if saved.step >= saved.train.steps:
+        log.info("%s is already trained to step %d of %d; raise --steps to continue",
+                 out, saved.step, saved.train.steps)
+        return TrainResult(out, saved.step, {})
+    data = saved.data
+    folders = load_data(dom, Path(data.a), data.b and Path(data.b), out, saved.train.size,
+                        translator.paired, settings)
+    log.info("resuming %s from step %d", out, saved.step)
+    return Prepared(out, saved, dom, encoders, translator, folders, state)
