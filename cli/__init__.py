@@ -497,12 +497,16 @@ def export(run, direction, fmt, out):
                    f"(pip install onnxruntime)", err=True)
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
 @reports_errors
-def plugins(as_json):
+def plugins(ctx, as_json):
     """List the loaded plugins, their versions, what they register and each translator's
-    presets (per domain: training crop, batch size, steps and what the preset is for)."""
+    presets (per domain: training crop, batch size, steps and what the preset is for).
+    `styletx plugins new NAME --kind KIND` starts a plugin of your own."""
+    if ctx.invoked_subcommand is not None:
+        return
     reg = registry()
     presets = {name: _presets(cls, reg.domains) for name, cls in reg.translators.items()}
     if as_json:
@@ -519,6 +523,21 @@ def plugins(as_json):
             click.echo(f"  {kind}: {', '.join(names)}")
             for name in names if kind == "translators" else []:
                 _echo_presets(presets.get(name, {}))
+
+
+@plugins.command("new")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["translator", "encoder", "domain"]), required=True,
+              help="What the plugin registers (a domain comes with its encoder).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("."),
+              show_default=True, help="Folder to write the package styletx-NAME into.")
+@reports_errors
+def new_plugin(name, kind, out):
+    """Write a working plugin package NAME of KIND, with its own tests, to start from."""
+    from styletx.tools.scaffold import new_plugin as write_plugin
+
+    folder = write_plugin(name, kind, out)
+    click.echo(f"wrote {folder}\n  cd {folder} && pip install -e . && python -m pytest tests")
 
 
 def _presets(cls, domains) -> dict[str, dict[str, dict]]:
