@@ -61,7 +61,7 @@ calls and when, the checkpoint rules, the public API).
 USAGE = {
     "translator": "\n    styletx train A_DIR B_DIR --model $name --out runs/$name\n",
     "encoder": "\n    styletx train A_DIR B_DIR --encoder $name --preset tiny --out runs/$name\n",
-    "domain": "\n    styletx train A_DIR B_DIR --preset tiny --out runs/$name  # A, B: .npy files\n",
+    "domain": "\n    styletx train A_DIR B_DIR --preset tiny --out runs/$name # .npy files\n",
 }
 
 TRANSLATOR = Template('''\
