@@ -26,6 +26,7 @@ from styletx.contract.interfaces import (
     LatentTranslator,
     Preset,
     Sample,
+    TrainingContext,
     Translator,
     direction_sides,
 )
@@ -35,7 +36,8 @@ from styletx.engine.training import TrainResult, TrainSettings, train
 
 __all__ = [
     # the plugin contract
-    "Domain", "Encoder", "Translator", "LatentTranslator", "Preset", "Sample", "hookimpl",
+    "Domain", "Encoder", "Translator", "LatentTranslator", "Preset", "Sample", "TrainingContext",
+    "hookimpl",
     "SIDES", "DIRECTIONS", "direction_sides",
     # errors a plugin raises (one line each for the user)
     "StyletxError", "UsageError", "BadInputError", "WriteError",

@@ -214,7 +214,7 @@ def test_each_optimizer_gets_one_ddp_wrapper_over_its_networks(one_process_group
 
     model = _toy_cyclegan()
     Group(0, 2).distribute(model, torch.device("cpu"))
-    wrappers = model.distributed_wrappers
+    wrappers = model.context.wrappers
     assert set(wrappers) == {"G", "D"}
     assert all(isinstance(w, DistributedDataParallel) for w in wrappers.values())
     assert list(wrappers["G"].module.networks) == [model.G_A, model.G_B]
@@ -260,7 +260,7 @@ def test_frozen_parameters_may_stay_out_of_the_optimizer(one_process_group):
     first.requires_grad_(False)
     model.optimizers["G"] = torch.optim.Adam([*rest, *model.G_B.parameters()])
     Group(0, 2).distribute(model, torch.device("cpu"))
-    assert list(model.distributed_wrappers["G"].module.networks) == [model.G_A, model.G_B]
+    assert list(model.context.wrappers["G"].module.networks) == [model.G_A, model.G_B]
 
 
 def test_one_process_under_torchrun_joins_a_process_group(monkeypatch):

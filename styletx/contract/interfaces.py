@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -163,6 +164,29 @@ class Preset:
     description: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingContext:
+    """How the engine runs a translator's networks: on which device, under bf16 autocast or not
+    (CUDA only), and, under torchrun, through the DistributedDataParallel module that wraps the
+    networks each optimizer trains. The engine sets it (``Translator.to``, the distributed
+    setup); a translator only reads it, through its ``device``, ``amp``, ``autocast`` and
+    ``forward_for``."""
+
+    device: torch.device = torch.device("cpu")
+    amp: bool = False
+    wrappers: Mapping[str, nn.Module] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}))  # optimizer name -> its DDP module
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def forward(self, optimizer: str, forward: Callable[..., T], *args: Any) -> T:
+        wrapper = self.wrappers.get(optimizer)
+        return forward(*args) if wrapper is None else wrapper(forward, *args)
+
+
 class Translator(ABC):
     """The model. Owns its networks, optimizers and the logic of one training step.
 
@@ -193,13 +217,11 @@ class Translator(ABC):
         return config
     paired: ClassVar[bool] = False  # needs (a, b) examples that belong together
 
-    device: torch.device = torch.device("cpu")
-    amp: bool = False
     optimizers: dict[str, torch.optim.Optimizer]
     schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
-    # Under torchrun, one DistributedDataParallel module per optimizer (see forward_for); set
-    # by the trainer, never changed in place.
-    distributed_wrappers: dict[str, nn.Module] = {}
+    # How the engine runs the networks (device, autocast, DDP); replaced by the engine, read by
+    # ``device``, ``amp``, ``autocast`` and ``forward_for``.
+    context: TrainingContext = TrainingContext()
 
     def __init__(self, config: Any, channels_a: int, channels_b: int):
         self.config = config
@@ -223,19 +245,26 @@ class Translator(ABC):
         """Inputs to ``translate`` must have H and W divisible by this (the caller pads)."""
         return 1
 
+    @property
+    def device(self) -> torch.device:
+        return self.context.device
+
+    @property
+    def amp(self) -> bool:
+        return self.context.amp
+
     def to(self, device: torch.device | str, amp: bool = False) -> Translator:
         """Move the networks; ``amp`` enables bf16 autocast on CUDA (ignored on CPU)."""
-        self.device = torch.device(device)
-        self.amp = amp and self.device.type == "cuda"
+        device = torch.device(device)
+        self.context = dataclasses.replace(self.context, device=device,
+                                           amp=amp and device.type == "cuda")
         for net in self.networks().values():
-            net.to(self.device)
+            net.to(device)
         return self
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Context for forward passes: bf16 autocast when enabled, else nothing."""
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return self.context.autocast()
 
     def train(self, mode: bool = True) -> None:
         for net in self.networks().values():
@@ -260,8 +289,7 @@ class Translator(ABC):
         its backward pass; every parameter of the optimizer must get a gradient there. Inside
         ``forward``, and after it until the backward, call the networks directly as in one
         process; networks the loss uses without training them (a frozen discriminator) too."""
-        wrapper = self.distributed_wrappers.get(optimizer)
-        return forward(*args) if wrapper is None else wrapper(forward, *args)
+        return self.context.forward(optimizer, forward, *args)
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         """Training state beyond weights and optimizers (e.g. image pools), as tensors."""

@@ -22,10 +22,12 @@ A checkpoint holds no trace of the number of processes, so a run can resume with
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -90,7 +92,8 @@ class Group:
             wrappers[name] = DistributedDataParallel(
                 step, device_ids=[device.index] if device.type == "cuda" else None)
             optimizer.register_step_pre_hook(_require_forward_for(translator.name, name, step))
-        translator.distributed_wrappers = wrappers
+        translator.context = dataclasses.replace(translator.context,
+                                                 wrappers=MappingProxyType(wrappers))
         if self.is_main:
             log.info("training on %d process(es): DistributedDataParallel over %s", self.size,
                      dist.get_backend())
