@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
 
 import styletx
-from styletx.audio import AudioSample
+from styletx.audio import AudioSample, SpectrogramEncoder, resampled
 
 TRIM_TOP_DB = 40.0  # trailing/leading parts this far below the peak count as silence
 SILENCE_PEAK = 1e-4  # a file whose peak is below this (-80 dBFS) is pure silence
@@ -61,14 +60,6 @@ def _read_with_librosa(path: Path, first_error: Exception) -> tuple[np.ndarray, 
 
 
 METRIC_RATE = 22050  # Hz: evaluation measures every wave at this rate
-
-
-def _resampled(sample: AudioSample, rate: int) -> np.ndarray:
-    import librosa
-
-    if sample.rate == rate:
-        return sample.wave
-    return librosa.resample(sample.wave, orig_sr=sample.rate, target_sr=rate)
 
 
 class AudioDomain(styletx.Domain):
@@ -133,7 +124,7 @@ class AudioDomain(styletx.Domain):
         NaN."""
         from styletx.audio.metrics import log_f0_rmse, mcd
 
-        x, y = (_resampled(s, METRIC_RATE) for s in (converted, target))
+        x, y = (resampled(s, METRIC_RATE) for s in (converted, target))
         result = {"mcd_db": mcd(x, y, METRIC_RATE)}
         try:
             result["f0_rmse_cents"] = log_f0_rmse(x, y, METRIC_RATE)
@@ -166,119 +157,7 @@ class AudioDomain(styletx.Domain):
 
 
 # -----------------------------------------------------------------------------
-# the encoders: normalised log spectrograms, inverted by Griffin-Lim
-
-FEATURE_DEFAULTS = {
-    "rate": 22050,  # Hz; every sample is resampled to this
-    "n_fft": 1024,  # STFT size (46 ms at 22.05 kHz)
-    "hop": 256,  # STFT hop (11.6 ms): one spectrogram frame
-    "n_mels": 80,  # mel bins (mel encoder only)
-    "fmin": 0.0,  # lowest mel frequency in Hz
-    "fmax": None,  # highest mel frequency in Hz; None = rate / 2
-    "log_floor": 1e-5,  # magnitudes are clamped here before the log
-    "gl_iters": 32,  # Griffin-Lim iterations when decoding
-}
-
-
-class SpectrogramEncoder(styletx.Encoder):
-    """Waveform <-> normalised log-magnitude spectrogram ``(1, bins, frames)``.
-
-    Normalisation is per frequency bin, with the mean and standard deviation fitted on one
-    training folder, so each voice keeps its own statistics: a converted spectrogram is
-    de-normalised by the *target* side's encoder (the one that decodes it).
-    """
-
-    domain = "audio"
-    channels = 1
-    decodes_on_device = True  # Griffin-Lim on the GPU when converting on one
-
-    def __init__(self, **params):
-        unknown = set(params) - set(FEATURE_DEFAULTS)
-        if unknown:
-            raise styletx.UsageError(f"{self.name} encoder: unknown setting {sorted(unknown)[0]!r}")
-        super().__init__(**{**FEATURE_DEFAULTS, **params})
-        p = self.params
-        if p["hop"] < 1 or p["n_fft"] < p["hop"] or p["rate"] < 1000:
-            raise styletx.UsageError(
-                f"{self.name} encoder: need rate >= 1000 and n_fft >= hop >= 1, got {p}"
-            )
-        self.mean = np.zeros(self.bins, np.float32)
-        self.std = np.ones(self.bins, np.float32)
-
-    # -- subclass parts: the log spectrogram and its linear magnitude ------------------------
-    def log_spectrogram(self, wave: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def linear_magnitude(self, log_spec: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    # -- Encoder interface -------------------------------------------------------------------
-    def resample(self, sample: AudioSample) -> np.ndarray:
-        return _resampled(sample, self.params["rate"])
-
-    def fit(self, samples: Sequence[AudioSample]) -> None:
-        frames = np.concatenate([self.log_spectrogram(self.resample(s)) for s in samples], axis=1)
-        self.mean = frames.mean(axis=1).astype(np.float32)
-        self.std = np.maximum(frames.std(axis=1), 1e-3).astype(np.float32)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.mean = state["mean"].numpy().astype(np.float32)
-        self.std = state["std"].numpy().astype(np.float32)
-
-    def encode(self, sample: AudioSample) -> torch.Tensor:
-        log_spec = self.log_spectrogram(self.resample(sample))
-        normalised = (log_spec - self.mean[:, None]) / self.std[:, None]
-        return torch.from_numpy(normalised.astype(np.float32))[None]
-
-    def decode(self, tensor: torch.Tensor, like: AudioSample | None = None) -> AudioSample:
-        return self.decode_batch(tensor[None], [like])[0]
-
-    def decode_batch(self, tensors: torch.Tensor,
-                     likes: Sequence[AudioSample | None] | None = None) -> list[AudioSample]:
-        """``decode`` of every item of ``(N, 1, bins, frames)`` (``likes``: each one's source),
-        with the magnitudes inverted together and one batched Griffin-Lim per output length;
-        each item's random initial phase is the one ``decode`` would draw for it alone, so the
-        waves equal those of decoding one at a time. Griffin-Lim runs on the tensors' device:
-        torch.stft / istft on a GPU, the Numba loop on the CPU."""
-        from styletx.audio.dsp import griffinlim
-
-        likes = list(likes) if likes is not None else [None] * len(tensors)
-        if len(likes) != len(tensors):
-            raise ValueError(f"{len(tensors)} tensors but {len(likes)} likes")
-        log_spec = tensors[:, 0].detach().float().cpu().numpy()
-        log_spec = log_spec * self.std[:, None] + self.mean[:, None]
-        magnitude = self.linear_magnitude(log_spec)
-        p = self.params
-        groups: dict[int | None, list[int]] = {}
-        for i, like in enumerate(likes):
-            groups.setdefault(self._length(like, log_spec.shape[-1]), []).append(i)
-        waves: list[np.ndarray | None] = [None] * len(likes)
-        on_gpu = tensors.device.type != "cpu"
-        for length, items in groups.items():
-            chosen = magnitude[items]
-            if on_gpu:
-                chosen = torch.from_numpy(chosen).to(tensors.device)
-            batch = griffinlim(chosen, n_fft=p["n_fft"], hop=p["hop"], n_iter=p["gl_iters"],
-                               length=length, seed=[0] * len(items))
-            if on_gpu:
-                batch = batch.cpu().numpy()
-            for i, wave in zip(items, batch):
-                waves[i] = wave
-        return [AudioSample(np.asarray(wave, np.float32), p["rate"], like.format if like else None)
-                for wave, like in zip(waves, likes)]
-
-    def _length(self, like: AudioSample | None, frames: int) -> int | None:
-        """The output's length in samples: the source's duration when it fits the frame count,
-        else None (Griffin-Lim's default, ``(frames - 1) * hop``)."""
-        if like is None:
-            return None
-        p = self.params
-        source_length = round(len(like.wave) * p["rate"] / like.rate)
-        return source_length if 1 + source_length // p["hop"] == frames else None
-
+# the encoders: normalised log spectrograms, inverted by Griffin-Lim (styletx.audio's base)
 
 class MelEncoder(SpectrogramEncoder):
     """Log-mel spectrogram (80 bins at 22.05 kHz by default), inverted by a clipped mel

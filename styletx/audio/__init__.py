@@ -1,10 +1,12 @@
 """Audio helpers plugins may use: the audio sample, the DSP core and voice metrics.
 
     from styletx.audio import AudioSample     # float32 mono wave (samples,), its rate
+    from styletx.audio import SpectrogramEncoder  # base of normalised log-spectrogram encoders
     from styletx.audio.dsp import stft_magnitude, mel_filterbank, mel_to_linear, griffinlim
     from styletx.audio.metrics import mcd, log_f0_rmse
 """
 
+from styletx.audio.encoder import FEATURE_DEFAULTS, SpectrogramEncoder, resampled
 from styletx.audio.sample import AudioSample
 
-__all__ = ["AudioSample"]
+__all__ = ["AudioSample", "FEATURE_DEFAULTS", "SpectrogramEncoder", "resampled"]
