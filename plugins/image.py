@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,7 +66,17 @@ def _open(path: Path) -> tuple[Image.Image, str | None]:
     if path.stat().st_size == 0:
         raise BadInputError(path, "empty file (0 bytes)")
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():
+            # Pillow warns (raw, on stderr) above MAX_IMAGE_PIXELS and refuses above twice that:
+            # the warning becomes one line naming the file.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(path)
+            except Image.DecompressionBombWarning as warning:
+                log.warning("%s: a very large image (%s); reading it anyway", path,
+                            _reason(warning))
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(path)
     except UnidentifiedImageError:
         raise BadInputError(path, "not an image file (unrecognised format)") from None
     except Image.DecompressionBombError as exc:

@@ -333,3 +333,31 @@ def test_plugin_registers_through_the_registry(monkeypatch):
     assert {"rgb", "gray"} <= set(r.encoders)
     assert all(issubclass(r.encoders[n], styletx.Encoder) for n in ("rgb", "gray"))
     assert r.encoders["gray"].domain == r.encoders["rgb"].domain == image.ImageDomain.name
+
+
+def test_a_very_large_image_is_one_warning_line_and_a_too_large_one_a_bad_input(
+        tmp_path, monkeypatch, caplog):
+    """Pillow's DecompressionBombWarning never reaches the user raw: above MAX_IMAGE_PIXELS the
+    file is read with one warning naming it, above twice that it is refused as a bad input."""
+    import logging
+    import warnings
+
+    from PIL import Image
+
+    from styletx.plugins.image import ImageDomain
+
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    large, huge = tmp_path / "large.png", tmp_path / "huge.png"
+    Image.new("RGB", (12, 12), (10, 20, 30)).save(large)  # 144 pixels: over 100, under 200
+    Image.new("RGB", (20, 20), (10, 20, 30)).save(huge)  # 400 pixels: over 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a raw warning would fail the test
+        with caplog.at_level(logging.WARNING, logger="styletx"):
+            sample = ImageDomain().load(large)
+        assert sample.pixels.shape == (12, 12, 3)
+        assert [r.getMessage() for r in caplog.records if "very large" in r.getMessage()] == [
+            f"{large}: a very large image (Image size (144 pixels) exceeds limit of 100 pixels, "
+            "could be decompression bomb DOS attack.); reading it anyway"]
+        with pytest.raises(BadInputError, match="image too large"):
+            ImageDomain().load(huge)

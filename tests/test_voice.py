@@ -85,6 +85,24 @@ def test_short_recordings_are_reported_and_skipped(voices, tmp_path, styletx):
     assert any("tiny.flac" in line and "shorter than one training segment" in line
                for line in result.stderr.splitlines())
     assert "min after trimming silence" in result.stderr
+    assert f"{a}: 6 of 7 readable file(s) are long enough to train on" in result.stderr
+
+
+def test_a_folder_of_only_short_recordings_says_so(voices, tmp_path, styletx):
+    """Not "4 usable audio files" and then all four skipped: the files are readable, and the
+    error says that none of them is long enough."""
+    a = tmp_path / "a"
+    a.mkdir()
+    for i in range(4):
+        sf.write(a / f"short{i}.flac", utterance(LOW, 0.3, seed=i), RATE)
+    result = styletx("train", a, voices["b"], "--out", tmp_path / "run", "--preset", "tiny",
+                     "--steps", "1", "--device", "cpu")
+    assert result.exit_code == 2
+    assert "4 readable audio file(s)" in result.stderr
+    assert result.error_lines == [f"Error: {a}: none of its 4 readable file(s) is as long as one "
+                                  "training segment (64 frames); use longer files or a smaller "
+                                  "--size"]
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("problem, make", [

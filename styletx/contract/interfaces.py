@@ -68,8 +68,9 @@ class Domain(ABC):
         return source.name
 
     def describe(self, samples: Sequence[Sample]) -> str:
-        """A short summary of a training folder's usable samples, printed before training."""
-        return f"{len(samples)} usable {self.name} file(s)"
+        """A short summary of a training folder's readable samples, printed before training
+        (files too short for a training crop are reported after it, when they are encoded)."""
+        return f"{len(samples)} readable {self.name} file(s)"
 
     def from_array(self, array: Any) -> Sample:
         """An in-memory array (e.g. an image ``(H, W, C)``) as a sample, for the Python API."""

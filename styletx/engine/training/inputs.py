@@ -128,8 +128,12 @@ def encode_examples(data: FolderData, encoder: Encoder,
         else:
             kept.append((path, tensor))
     if not kept:
-        raise UsageError(f"{data.folder}: no file is as long as one training segment "
-                         f"({width} frames); use longer files or a smaller --size")
+        raise UsageError(f"{data.folder}: none of its {len(data.files)} readable file(s) is as "
+                         f"long as one training segment ({width} frames); use longer files or "
+                         "a smaller --size")
+    if len(kept) < len(data.files):
+        log.info("%s: %d of %d readable file(s) are long enough to train on", data.folder,
+                 len(kept), len(data.files))
     return kept
 
 
