@@ -111,7 +111,8 @@ class AudioDomain(styletx.Domain):
 
     def describe(self, samples: Sequence[AudioSample]) -> str:
         seconds = sum(s.seconds for s in samples)
-        return f"{len(samples)} readable audio file(s), {seconds / 60:.1f} min after trimming silence"
+        return (f"{len(samples)} readable audio file(s), {seconds / 60:.1f} min after trimming "
+                "silence")
 
     def default_encoder(self, samples: Sequence[AudioSample]) -> str:
         return "mel"
