@@ -238,7 +238,9 @@ def _relaunch_with_torchrun(nproc: int) -> None:
                f"--nproc-per-node={nproc}", "-m", "styletx.cli", *args]
     log.info("starting %d training processes: torchrun --standalone --nproc-per-node=%d "
              "-m styletx.cli %s", nproc, nproc, " ".join(args))
-    env = dict(os.environ)
+    # The children import styletx by module name: a styletx/ folder in the current directory (a
+    # source checkout) must not shadow the installed package there (Python >= 3.11 honours it).
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
     if threads.USER_THREADS is None:  # our default was for one process: share the cores
         env["OMP_NUM_THREADS"] = str(max(1, threads.physical_cores() // nproc))
     sys.exit(subprocess.call(command, env=env))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -287,3 +288,24 @@ def test_one_process_under_torchrun_joins_a_process_group(monkeypatch):
     finally:
         group.finish()
     assert not dist.is_initialized()
+
+
+@pytest.mark.slow
+def test_nproc_from_a_folder_with_another_styletx_checkout(scenes, tmp_path):
+    """`styletx train --nproc 2` started in a folder that holds a styletx/ source tree (a
+    checkout, not what is installed): the training processes still import the installed
+    styletx instead of ending in torchrun's traceback about styletx.cli."""
+    decoy = tmp_path / "styletx"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy checkout was imported')\n")
+    script = shutil.which("styletx")
+    if script is None:
+        pytest.skip("the styletx command is not installed")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run(
+        [script, "train", str(scenes["a"]), str(scenes["b"]), "--out", str(tmp_path / "run"),
+         "--preset", "tiny", "--steps", "2", "--size", "16", "--device", "cpu", "--nproc", "2"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "decoy" not in result.stderr
