@@ -69,6 +69,9 @@ def fsync(path):
         if path.name.startswith(prefix) and armed(where):
             os.truncate(path, path.stat().st_size // 2)  # half of it reached the disk
             die()
+    if path.name.startswith(".model.tmp") and armed("disk-full"):
+        import errno
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
     real_fsync(path)
 if real_fsync:
     runs._fsync = fsync
@@ -151,6 +154,48 @@ def _survive(scenes, run, tmp_path, kills: list[tuple[int, str, int]]) -> None:
     assert finished.returncode == 0, finished.stderr
     assert f"from step {resumes_from}" in finished.stderr or not resumes_from
     assert not list(run.rglob(".*tmp-*"))  # what the kills left half-written is cleaned up
+
+
+def test_a_disk_full_twice_in_a_row_loses_nothing(scenes, straight, tmp_path):
+    """The disk fills up during the save of step 3, and again during the next attempt's save:
+    each time training stops with one line naming the step a rerun resumes from, the last
+    whole checkpoint (step 2) stays, and a third run finishes with the uninterrupted weights."""
+    run = tmp_path / "run"
+    for attempt in range(2):
+        full = _train_process(scenes, run, tmp_path, "3:disk-full")
+        assert full.returncode == 1, full.stderr
+        errors = [line for line in full.stderr.splitlines() if line.startswith("Error")]
+        assert len(errors) == 1 and "the disk is full" in errors[0], full.stderr
+        assert "a rerun resumes from step 2" in errors[0]
+        assert runs.load_checkpoint(run)[1]["step"] == 2
+        if attempt:
+            assert f"resuming {run} from step 2" in full.stderr
+    finished = _train_process(scenes, run, tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert not list(run.rglob(".*tmp-*"))
+    _assert_same_run(run, straight)
+
+
+@pytest.mark.parametrize("name", [runs.CONFIG, runs.LOG])
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_a_damaged_config_or_log_is_one_line_or_harmless(styletx, scenes, tmp_path, name, how):
+    """A byte flipped in (or the end cut off) config.json stops a resume with one line naming
+    the file; the same in log.jsonl, which nothing reads back, never stops training."""
+    run = tmp_path / "run"
+    train(scenes["a"], scenes["b"], run, preset="tiny", settings=_settings(2))
+    _damage(run / name, how)
+    result = styletx("train", scenes["a"], scenes["b"], "--out", run, *CLI_ARGS[:6],
+                     "--steps", "3", "--workers", "0", "--batch-size", "2")
+    if name == runs.LOG:
+        assert result.exit_code == 0, result.stderr
+        assert json.loads((run / runs.CONFIG).read_text())["step"] == 3
+        return
+    if result.exit_code == 0:  # a flip that still parses (a digit, a letter in a string)
+        assert json.loads((run / runs.CONFIG).read_text())["step"] == 3
+        return
+    assert result.exit_code in (1, 2) and len(result.error_lines) == 1, result.stderr
+    assert str(run / runs.CONFIG) in result.error_lines[0] or str(run) in result.error_lines[0]
+    assert "Traceback" not in result.stderr
 
 
 def test_kill_during_two_consecutive_saves(scenes, straight, tmp_path):

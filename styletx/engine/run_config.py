@@ -83,20 +83,21 @@ class RunConfig:
         return {"styletx_version": raw.pop("styletx_version"), **raw, **raw.pop("extra")}
 
     # -- resuming ------------------------------------------------------------------------------
-    def check_resume(self, given: dict[str, Any], settings: dict[str, Any]) -> None:
-        """Refuse options that contradict the saved run. ``given``: field path ("preset",
-        "train.size", ...) -> the value the command gave (None: not given); ``settings``:
-        the ``--set`` overrides."""
+    def check_resume(self, given: dict[str, Any], settings: dict[str, Any],
+                     run: Path | str = "the run folder") -> None:
+        """Refuse options that contradict the saved run ``run``. ``given``: field path
+        ("preset", "train.size", ...) -> the value the command gave (None: not given);
+        ``settings``: the ``--set`` overrides."""
         for path, field, saved in self._fields():
             now = given.get(path)
             if field.metadata["on_resume"] != FIXED or now is None or field.name == "config":
                 continue
             before = field.metadata["saved"](saved) if field.metadata["saved"] else saved
             if now != before:
-                _refuse(field.metadata["option"], before, now)
+                _refuse(run, field.metadata["option"], before, now)
         for key, now in settings.items():
             if now != self.config.get(key):
-                _refuse(f"--set {key}", self.config.get(key), now)
+                _refuse(run, f"--set {key}", self.config.get(key), now)
 
     def _fields(self):
         """(path, field, value) of every field with an option, nested ones included."""
@@ -114,6 +115,6 @@ def _known(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k in names}
 
 
-def _refuse(option_name: str, before: Any, now: Any) -> None:
-    raise UsageError(f"the run folder was trained with {option_name} {before}, not {now}; use "
-                     "the same options to resume, or a new --out")
+def _refuse(run: Path | str, option_name: str, before: Any, now: Any) -> None:
+    raise UsageError(f"{run} was trained with {option_name} {before}, not {now}; use the same "
+                     "options to resume, or a new --out")

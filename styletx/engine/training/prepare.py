@@ -84,7 +84,7 @@ def prepare(request: Request, registry: Registry) -> Prepared | TrainResult:
     saved = saved_config(out)
     if saved is None:
         return _new_run(request, a_dir, b_dir, out, registry)
-    saved.check_resume(_given(request, a_dir, b_dir), request.overrides)
+    saved.check_resume(_given(request, a_dir, b_dir), request.overrides, out)
     return _resumed_run(saved, request.settings, out, registry)
 
 
