@@ -210,3 +210,73 @@ def test_steps_zero_on_an_existing_run(styletx, trained_run, scenes, tmp_path):
     run = copy_run(trained_run, tmp_path)
     result = styletx("train", scenes["a"], scenes["b"], "--out", run, "--steps", "0")
     assert_usage_error(result, "--steps must be at least 1")
+
+
+def _huge_png(path: Path) -> None:
+    """A valid PNG header that claims 30000 x 30000 pixels (twice Pillow's safety limit)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+
+
+def _symlink_loop(path: Path) -> None:
+    path.symlink_to(path.name)  # points to itself
+
+
+BAD_FILES = {  # name -> (how to make it, what the one line says)
+    "empty.png": (lambda p: p.write_bytes(b""), "empty file"),
+    "truncated.png": (lambda p: p.write_bytes(min(p.parent.glob("*.png")).read_bytes()[:300]),
+                      "corrupt or truncated"),
+    "text.png": (lambda p: p.write_text("not a picture"), "not an image"),
+    "huge.png": (_huge_png, "image too large"),
+    "loop.png": (_symlink_loop, "a symbolic link to nothing"),
+    "folder.png": (lambda p: p.mkdir(), ""),
+}
+
+
+@pytest.mark.parametrize("command", ["train", "convert"])
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_file_matrix(styletx, trained_run, data, tmp_path, command, name):
+    """Every kind of bad file, in the folder a command reads: named on one line with its
+    problem, the good files used, no traceback, no partial output; train goes on (exit 0),
+    convert reports it at the end (exit 1)."""
+    make, problem = BAD_FILES[name]
+    folder = data["a"] if command == "train" else data["test_a"]
+    make(folder / name)
+    if command == "train":
+        result = styletx(*train_args(folder, data["b"], tmp_path / "run"))
+        assert result.exit_code == 0, result.stderr
+        lines = [line for line in result.stderr.splitlines() if name in line]
+    else:
+        out = tmp_path / "out"
+        result = styletx("convert", trained_run, folder, "-o", out)
+        lines = [line for line in result.stderr.splitlines() if name in line]
+        if any(line.startswith("Error") for line in lines):  # a file it could not read
+            assert result.exit_code == 1, result.stderr
+        good = sorted(p.name for p in folder.glob("held*.png"))
+        assert sorted(p.name for p in out.iterdir()) == good  # nothing partial, none missed
+    assert "Traceback" not in result.stderr
+    if name == "folder.png":  # a folder with a file's name: a folder, with nothing in it
+        assert lines == []
+        return
+    assert len(lines) == 1 and problem in lines[0], result.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_converted_or_named(styletx, trained_run, data,
+                                                            tmp_path):
+    import os
+
+    source = data["test_a"] / "held000.png"
+    odd = os.path.join(os.fsencode(data["test_a"]), b"caf\xe9.png")  # Latin-1, not UTF-8
+    os.rename(source, odd)
+    result = styletx("convert", trained_run, data["test_a"], "-o", tmp_path / "out")
+    assert "Traceback" not in result.stderr
+    assert result.exit_code == 0, result.stderr
+    assert os.path.exists(os.path.join(os.fsencode(tmp_path / "out"), b"caf\xe9.png"))

@@ -31,13 +31,17 @@ log = logging.getLogger("styletx")
 T = TypeVar("T")
 
 
-def list_files(folder: Path) -> list[Path]:
-    """All regular files below ``folder``, sorted, skipping hidden files and folders."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+def list_files(folder: Path, report: bool = False) -> list[Path]:
+    """All regular files below ``folder``, sorted, skipping hidden files and folders. With
+    ``report``, a symbolic link that leads nowhere (a missing target, a loop) is named in a
+    warning instead of being passed over in silence."""
+    found = [p for p in folder.rglob("*")
+             if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    if report:
+        for link in sorted(p for p in found if p.is_symlink() and not p.exists()):
+            log.warning("skipping %s: a symbolic link to nothing (a missing file or a loop)",
+                        link)
+    return sorted(p for p in found if p.is_file())
 
 
 def check_folder(folder: Path, option: str) -> Path:
@@ -67,7 +71,8 @@ def domain_files(folder: Path, domain: Domain, option: str,
                  exclude: Path | None = None) -> list[Path]:
     """The files of ``folder`` (outside ``exclude``) that ``domain`` reads; the others are
     reported, and a folder without any is refused."""
-    files = [f for f in list_files(folder) if exclude is None or not is_inside(f, exclude)]
+    files = [f for f in list_files(folder, report=True)
+             if exclude is None or not is_inside(f, exclude)]
     if not files:
         raise UsageError(f"{option} {folder}: the folder is empty")
     readable = [f for f in files if domain.handles(f)]
@@ -397,7 +402,7 @@ def expand_inputs(inputs: Iterable[Path]) -> list[tuple[Path, Path]]:
     pairs = []
     for item in inputs:
         if item.is_dir():
-            pairs += [(f, f.relative_to(item)) for f in list_files(item)]
+            pairs += [(f, f.relative_to(item)) for f in list_files(item, report=True)]
         else:
             pairs.append((item, Path(item.name)))
     return pairs
