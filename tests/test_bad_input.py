@@ -280,3 +280,22 @@ def test_a_file_name_that_is_not_utf8_is_converted_or_named(styletx, trained_run
     assert "Traceback" not in result.stderr
     assert result.exit_code == 0, result.stderr
     assert os.path.exists(os.path.join(os.fsencode(tmp_path / "out"), b"caf\xe9.png"))
+
+
+def test_an_output_folder_that_cannot_be_written_stops_at_once(styletx, trained_run, data):
+    """Not one error per input: one line, before any work. (/sys refuses new folders even to
+    root, where permission bits do not.)"""
+    import os
+
+    target = Path("/sys/styletx-test-output")
+    try:
+        os.mkdir(target)
+    except OSError:
+        pass
+    else:  # a machine where /sys takes folders: nothing to test here
+        os.rmdir(target)
+        pytest.skip("/sys accepts new folders here")
+    result = styletx("convert", trained_run, data["test_a"], "-o", target)
+    assert result.exit_code == 1
+    assert len(result.error_lines) == 1, result.stderr
+    assert result.error_lines[0].startswith(f"Error: -o {target}: cannot write there (")

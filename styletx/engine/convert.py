@@ -203,6 +203,7 @@ class Run:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
         suffix = self._output_suffix(out_format)
         out_dir, jobs = Path(out_dir), self._plan(inputs, Path(out_dir), suffix)
+        _check_writable(out_dir)  # once, before any work: not one error per file
         report = ConversionReport()
         on_file = on_file or (lambda *_: None)
         pending: list[tuple[Path, Path, Sample, torch.Tensor]] = []
@@ -354,6 +355,18 @@ class Run:
         out = self.convert_tensor(torch.stack([x for *_, x in pending]), direction, batch_size)
         return self.encoders[target].decode_batch(self._for_decoding(target, out),
                                                   likes=[sample for *_, sample, _ in pending])
+
+
+def _check_writable(folder: Path) -> None:
+    """Make ``folder`` and write a file in it, or stop with one line saying why not."""
+    try:
+        with atomic_path(folder / ".styletx-write-check") as probe:
+            probe.write_bytes(b"")
+        (folder / ".styletx-write-check").unlink()
+    except WriteError as exc:
+        if exc.disk_full:
+            raise
+        raise StyletxError(f"-o {folder}: cannot write there ({exc.reason})") from None
 
 
 def release_cached_memory(device: torch.device) -> None:
