@@ -33,6 +33,10 @@ def _read(path: Path) -> tuple[np.ndarray, int, str]:
         raise styletx.BadInputError(path, "not a file")
     if path.stat().st_size == 0:
         raise styletx.BadInputError(path, "empty file (0 bytes)")
+    try:  # libsndfile would call a file it may not read "unreadable audio"; say why
+        path.open("rb").close()
+    except PermissionError:
+        raise styletx.BadInputError(path, "cannot read file (permission denied)") from None
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
         fmt = sf.info(path).format

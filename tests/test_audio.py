@@ -143,3 +143,19 @@ def test_bad_encoder_settings():
         MelEncoder(bins=3)
     with pytest.raises(UsageError, match="n_fft >= hop"):
         MelEncoder(n_fft=128, hop=256)
+
+
+def test_an_unreadable_recording_says_permission_denied(tmp_path, monkeypatch):
+    """(chmod 000 cannot stop root, so the refusal is injected where the file is opened.)"""
+    locked = tmp_path / "locked.wav"
+    sf.write(locked, np.zeros(2205, np.float32) + 0.1, 22050)
+    real_open = Path.open
+
+    def refusing_open(self, *args, **kwargs):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refusing_open)
+    with pytest.raises(BadInputError, match="cannot read file \\(permission denied\\)"):
+        AudioDomain().load(locked)

@@ -299,3 +299,24 @@ def test_an_output_folder_that_cannot_be_written_stops_at_once(styletx, trained_
     assert result.exit_code == 1
     assert len(result.error_lines) == 1, result.stderr
     assert result.error_lines[0].startswith(f"Error: -o {target}: cannot write there (")
+
+
+def test_an_unreadable_input_is_skipped_and_the_rest_converted(styletx, trained_run, data,
+                                                              tmp_path, monkeypatch):
+    """(chmod 000 cannot stop root, so the refusal is injected where Pillow opens the file.)"""
+    from PIL import Image
+
+    locked = data["test_a"] / "held000.png"
+    real_open = Image.open
+
+    def refusing_open(path, *args, **kwargs):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", refusing_open)
+    result = styletx("convert", trained_run, data["test_a"], "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert result.error_lines == [f"Error: {locked}: cannot read file (permission denied)"]
+    others = sorted(p.name for p in data["test_a"].glob("held*.png") if p != locked)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == others
