@@ -103,7 +103,27 @@ def registry():
     return reg
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """Click's usage errors as one line ("Error: ..."), like every other error of styletx,
+    instead of the usage text above it (``--help`` shows that). Exit code 2."""
+
+    def main(self, *args, **kwargs):
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            path = exc.ctx.command_path if exc.ctx else "styletx"
+            click.echo(f"Error: {exc.format_message()} See '{path} --help'.", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="styletx")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.option("--debug", is_flag=True,
@@ -145,7 +165,9 @@ threads_option = click.option(
               help="Train for about this long: a new run without --steps times its first "
                    "steps and plans as many as fit; any run saves and stops when time is up.")
 @click.option("--batch-size", type=int, default=None, help="Examples per step.")
-@click.option("--size", type=int, default=None, help="Training crop size in pixels.")
+@click.option("--size", type=int, default=None,
+              help="Training crop: pixels (square) for images, frames for audio (default: "
+                   "the preset's; `styletx plugins` lists them).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
@@ -251,7 +273,8 @@ def _relaunch_with_torchrun(nproc: int) -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder; names mirror the inputs.")
-@click.option("--direction", "-d", default="a2b", show_default=True, help="a2b or b2a.")
+@click.option("--direction", "-d", type=click.Choice(["a2b", "b2a"]), default="a2b",
+              show_default=True, help="A to B, or B to A.")
 @click.option("--batch-size", type=int, default=8, show_default=True,
               help="At most this many inputs of equal size translated together (fewer for "
                    "large ones: on the CPU a 256 px image goes alone); the next files are "
@@ -295,7 +318,8 @@ def convert(run, inputs, out_dir, direction, batch_size, out_format, device, kee
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("a_test", type=click.Path(path_type=Path))
 @click.argument("b_test", type=click.Path(path_type=Path), required=False)
-@click.option("--direction", "-d", default="a2b", show_default=True, help="a2b or b2a.")
+@click.option("--direction", "-d", type=click.Choice(["a2b", "b2a"]), default="a2b",
+              show_default=True, help="A to B, or B to A.")
 @click.option("--aligned", is_flag=True,
               help="Each file of A_TEST holds A and B side by side (no B_TEST).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -464,9 +488,10 @@ def _score_table(report) -> str:
 
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--direction", "-d", default="a2b", show_default=True, help="a2b or b2a.")
-@click.option("--format", "fmt", default="onnx", show_default=True,
-              help="onnx or torchscript.")
+@click.option("--direction", "-d", type=click.Choice(["a2b", "b2a"]), default="a2b",
+              show_default=True, help="A to B, or B to A.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx",
+              show_default=True, help="The file format.")
 @click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
               help="The file to write, e.g. model.onnx or model.pt.")
 @reports_errors

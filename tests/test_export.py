@@ -132,9 +132,9 @@ def test_voice_export_with_griffin_lim_writes_what_convert_writes(styletx, runs,
 # -- errors: one line, the right exit code, no file -------------------------------------------
 @pytest.mark.parametrize(("args", "code", "message"), [
     (("nowhere",), 2, "no such run folder"),
-    (("{cyclegan}", "-d", "sideways"), 2, "--direction 'sideways': use a2b or b2a"),
+    (("{cyclegan}", "-d", "sideways"), 2, "'sideways' is not one of 'a2b', 'b2a'"),
     (("{pix2pix}", "-d", "b2a"), 2, "trained for a2b only, not b2a"),
-    (("{cyclegan}", "--format", "tflite"), 2, "--format 'tflite': use onnx or torchscript"),
+    (("{cyclegan}", "--format", "tflite"), 2, "'tflite' is not one of 'onnx', 'torchscript'"),
 ])
 def test_bad_arguments(styletx, runs, tmp_path, args, code, message):
     args = [str(a).format(**{k: v for k, v in runs.items() if k != "voices"}) for a in args]
