@@ -126,7 +126,11 @@ def test_voice_export_with_griffin_lim_writes_what_convert_writes(styletx, runs,
     mine, rate = sf.read(mine, dtype="float32")
     theirs, rate_cli = sf.read(tmp_path / "cli" / source.name, dtype="float32")
     assert rate == rate_cli and mine.shape == theirs.shape and np.abs(theirs).max() > 0.01
-    assert np.abs(mine - theirs).max() <= 2 / 32768  # at most 2 steps of 16-bit rounding
+    # The exported model's tensor differs from PyTorch's within TOLERANCE; the decoder's
+    # loudness matching (a gain from the whole output) carries that into every sample, so the
+    # waves agree to a signal-to-difference ratio, not to the last bit.
+    snr = 10 * np.log10(np.mean(theirs**2) / max(np.mean((mine - theirs) ** 2), 1e-20))
+    assert snr >= 40, snr
 
 
 # -- errors: one line, the right exit code, no file -------------------------------------------

@@ -249,3 +249,25 @@ def test_vaegan_trains_converts_and_runs_its_latent_tools_on_voices(voices, styl
     assert len(report["inputs"]) == len(list(voices["test_a"].iterdir())) + len(
         list(voices["b"].iterdir()))
     assert all(math.isfinite(item["score"]) for item in report["inputs"])
+
+
+def test_converted_voice_keeps_the_loudness_and_the_pauses_of_its_source(voice_run, voices):
+    """Output as loud as the input where the input sounds (within 1 dB), and silent where the
+    input is silent, at any input level."""
+    import styletx
+    from styletx.audio import AudioSample
+
+    run = styletx.load_run(voice_run, device="cpu")
+    speech = sf.read(sorted(voices["test_a"].iterdir())[0], dtype="float32")[0]
+    pause = np.zeros(RATE, np.float32)
+    for level_db in (-30.0, -12.0):
+        wave = np.concatenate([speech, pause, speech])
+        wave *= 10 ** (level_db / 20) / np.sqrt(np.mean(speech**2))
+        out = run.convert_sample(AudioSample(wave, RATE)).wave
+        assert len(out) == len(wave)
+        sounding = np.r_[0 : len(speech) - RATE // 10, -len(speech) + RATE // 10 : 0]
+        rms_db = 10 * np.log10(np.mean(out[sounding] ** 2) / np.mean(wave[sounding] ** 2))
+        assert abs(rms_db) < 1.0, (level_db, rms_db)
+        middle = out[len(speech) + RATE // 4 : len(speech) + 3 * RATE // 4]
+        quiet_db = 10 * np.log10(np.mean(middle**2) / np.mean(out[sounding] ** 2) + 1e-20)
+        assert quiet_db < -50, (level_db, quiet_db)

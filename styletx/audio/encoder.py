@@ -18,6 +18,41 @@ from styletx.audio.sample import AudioSample
 from styletx.contract.errors import UsageError
 from styletx.contract.interfaces import Encoder
 
+LOUDNESS_FRAME = 0.02  # s: loudness is followed in frames of this length
+SILENCE_DB = -50.0  # a source frame this far below its loudest frame counts as silence
+
+
+def match_loudness(wave: np.ndarray, rate: int, like: AudioSample | None) -> np.ndarray:
+    """``wave`` (decoded at ``rate``) at the loudness of its source ``like``: the same RMS
+    over the frames where the source sounds, and no louder than the source where it is silent
+    (Griffin-Lim leaves a low hiss in pauses). Without a source, or for a silent one, ``wave``
+    is returned as it is."""
+    if like is None or not wave.size or not like.wave.size:
+        return wave
+    source = _frame_rms(like.wave, max(1, round(LOUDNESS_FRAME * like.rate)))
+    output = _frame_rms(wave, max(1, round(LOUDNESS_FRAME * rate)))
+    source = np.interp(np.linspace(0, 1, len(output)), np.linspace(0, 1, len(source)), source)
+    sounding = source > source.max() * 10 ** (SILENCE_DB / 20)
+    heard = float(np.sqrt(np.mean(output[sounding] ** 2))) if sounding.any() else 0.0
+    if heard == 0.0:
+        return wave
+    gain = float(np.sqrt(np.mean(source[sounding] ** 2))) / heard
+    # per frame: the gain, held down to the source's level where the source is silent
+    frame_gain = np.where(sounding, gain, np.minimum(gain, source / np.maximum(output, 1e-12)))
+    frame_gain = np.convolve(frame_gain, np.ones(3) / 3, mode="same")  # no clicks at edges
+    hop = len(wave) / len(output)
+    per_sample = np.interp(np.arange(len(wave)), (np.arange(len(output)) + 0.5) * hop,
+                           frame_gain)
+    return (wave * per_sample).astype(np.float32)
+
+
+def _frame_rms(wave: np.ndarray, frame: int) -> np.ndarray:
+    """RMS of consecutive frames of ``frame`` samples (the last one partial)."""
+    count = -(-len(wave) // frame)
+    padded = np.zeros(count * frame, np.float64)
+    padded[: len(wave)] = wave
+    return np.sqrt(np.mean(padded.reshape(count, frame) ** 2, axis=1))
+
 
 def resampled(sample: AudioSample, rate: int) -> np.ndarray:
     """The sample's wave at ``rate`` Hz (librosa's default resampler), itself if already."""
@@ -135,7 +170,8 @@ class SpectrogramEncoder(Encoder):
                 batch = batch.cpu().numpy()
             for i, wave in zip(items, batch):
                 waves[i] = wave
-        return [AudioSample(np.asarray(wave, np.float32), p["rate"], like.format if like else None)
+        return [AudioSample(match_loudness(np.asarray(wave, np.float32), p["rate"], like),
+                            p["rate"], like.format if like else None)
                 for wave, like in zip(waves, likes)]
 
     def _length(self, like: AudioSample | None, frames: int) -> int | None:
