@@ -16,23 +16,34 @@ functions (docs/plugins.md); the built-in plugins use nothing else. Everything u
 __version__ = "0.1.0"
 
 
+import importlib
+
 from styletx.contract.errors import BadInputError, StyletxError, UsageError, WriteError
 from styletx.contract.hookspecs import hookimpl
-from styletx.contract.interfaces import (
-    DIRECTIONS,
-    SIDES,
-    Domain,
-    Encoder,
-    LatentTranslator,
-    Preset,
-    Sample,
-    TrainingContext,
-    Translator,
-    direction_sides,
-)
-from styletx.engine.apply import PadCrop, crop, pad_bottom_right
-from styletx.engine.convert import Run, load_run
-from styletx.engine.training import TrainResult, TrainSettings, train
+
+# The rest loads on first use (PEP 562), so that `styletx --help` does not wait for torch.
+_HOMES = {
+    **dict.fromkeys(["DIRECTIONS", "SIDES", "Domain", "Encoder", "LatentTranslator", "Preset",
+                     "Sample", "TrainingContext", "Translator", "direction_sides"],
+                    "styletx.contract.interfaces"),
+    **dict.fromkeys(["PadCrop", "crop", "pad_bottom_right"], "styletx.engine.apply"),
+    **dict.fromkeys(["Run", "load_run"], "styletx.engine.convert"),
+    **dict.fromkeys(["TrainResult", "TrainSettings", "train"], "styletx.engine.training"),
+}
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'styletx' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     # the plugin contract

@@ -350,14 +350,16 @@ def test_batchnorm_model_trains():
 
 def test_bf16_autocast_path():
     model = small_model(pool_size=2)
-    model.amp = True  # Translator.to enables it only on CUDA; CPU autocast runs the same code
+    model.context = dataclasses.replace(model.context, amp=True)  # Translator.to: CUDA only;
+    #                                                    CPU autocast runs the same code
     model.configure_optimizers(total_steps=4)
     for step in range(2):
         losses = model.training_step({"a": torch.rand(2, 3, 16, 16),
                                       "b": torch.rand(2, 3, 16, 16)}, step)
         assert all(math.isfinite(v) for v in losses.values())
     assert model.translate(torch.rand(1, 3, 16, 16), "a2b").dtype == torch.float32
-    model.amp = False  # a resume without autocast gets float32 fakes next to bf16 ones
+    model.context = dataclasses.replace(model.context, amp=False)  # a resume without autocast:
+    #                                              float32 fakes next to bf16 ones
     model.training_step({"a": torch.rand(2, 3, 16, 16), "b": torch.rand(2, 3, 16, 16)}, 2)
     assert model.extra_state()["pool_A.images"].dtype == torch.float32
 

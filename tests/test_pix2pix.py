@@ -328,7 +328,8 @@ def test_training_refuses_unusable_batches():
 def test_bf16_autocast_path():
     torch.manual_seed(0)
     model = small_model(1, 1, tanh=False)
-    model.amp = True  # Translator.to enables it only on CUDA; CPU autocast runs the same code
+    model.context = dataclasses.replace(model.context, amp=True)  # Translator.to: CUDA only;
+    #                                                    CPU autocast runs the same code
     model.configure_optimizers(total_steps=4)
     for step in range(2):
         losses = model.training_step({"a": torch.randn(2, 1, 24, 20),

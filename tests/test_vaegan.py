@@ -325,7 +325,8 @@ def test_training_refuses_crops_too_small_for_the_discriminators():
 
 def test_bf16_autocast_path():
     model = small_model(1, 3)
-    model.amp = True  # Translator.to enables it only on CUDA; CPU autocast runs the same code
+    model.context = dataclasses.replace(model.context, amp=True)  # Translator.to: CUDA only;
+    #                                                    CPU autocast runs the same code
     model.configure_optimizers(total_steps=4)
     for step in range(2):
         losses = model.training_step({"a": torch.rand(2, 1, 16, 16),
