@@ -103,6 +103,10 @@ def registry():
     return reg
 
 
+# Click >= 8.2 raises this for `styletx` alone (its message is the help); older Click prints it
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class OneLineErrors(click.Group):
     """Click's usage errors as one line ("Error: ..."), like every other error of styletx,
     instead of the usage text above it (``--help`` shows that). Exit code 2."""
@@ -111,6 +115,9 @@ class OneLineErrors(click.Group):
         kwargs.pop("standalone_mode", None)
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
+        except NO_ARGS_IS_HELP as exc:
+            exc.show()  # `styletx` alone, or a group without its command: the help itself
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             path = exc.ctx.command_path if exc.ctx else "styletx"
             click.echo(f"Error: {exc.format_message()} See '{path} --help'.", err=True)
@@ -653,4 +660,5 @@ class _ReaderMayLeave:
 
 def main() -> None:
     sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
-    cli(prog_name="styletx")
+    status = cli(prog_name="styletx")  # ctx.exit(n) returns n here (not standalone mode)
+    sys.exit(status if isinstance(status, int) else 0)

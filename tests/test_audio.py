@@ -159,3 +159,14 @@ def test_an_unreadable_recording_says_permission_denied(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "open", refusing_open)
     with pytest.raises(BadInputError, match="cannot read file \\(permission denied\\)"):
         AudioDomain().load(locked)
+
+
+def test_a_clip_shorter_than_two_loudness_frames_decodes(tmp_path):
+    """600 samples (27 ms): fewer frames than the loudness smoothing's window."""
+    from styletx.plugins.audio import MelEncoder
+
+    clip = AudioSample(np.random.default_rng(0).standard_normal(600).astype(np.float32) * 0.1,
+                       22050)
+    encoder = MelEncoder()
+    out = encoder.decode(encoder.encode(clip), like=clip)
+    assert out.wave.shape == (600,) and np.isfinite(out.wave).all()

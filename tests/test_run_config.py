@@ -66,3 +66,21 @@ def test_a_resume_may_extend_the_run_and_repeat_its_settings():
     config.check_resume({"preset": "tiny", "train.steps": 500, "train.size": None}, {"ngf": 8})
     with pytest.raises(UsageError, match="trained with --set ngf 8, not 16"):
         config.check_resume({}, {"ngf": 16})
+
+
+def test_written_back_without_an_extra_key_and_unknown_keys_once():
+    written = RunConfig.from_json(copy.deepcopy(OLD)).to_json()
+    assert "extra" not in written and written["notes"] == OLD["notes"]
+    assert set(written) == set(OLD) | {"shapes"}
+
+
+@pytest.mark.parametrize("damage", [{"data": None}, {"train": {"steps": 3}}, {"data": "x"}])
+def test_a_config_with_a_field_of_the_wrong_kind_is_one_line(tmp_path, damage):
+    import json
+
+    from styletx.contract.errors import StyletxError
+
+    (tmp_path / "config.json").write_text(json.dumps({**OLD, **damage}))
+    with pytest.raises(StyletxError, match="config.json: unreadable run config") as caught:
+        RunConfig.read(tmp_path)
+    assert "\n" not in str(caught.value)

@@ -6,7 +6,7 @@
     from styletx.audio.metrics import mcd, log_f0_rmse
 """
 
-from styletx.audio.encoder import FEATURE_DEFAULTS, SpectrogramEncoder, resampled
+from styletx.audio.encoder import FEATURE_DEFAULTS, SpectrogramEncoder, match_loudness, resampled
 from styletx.audio.sample import AudioSample
 
-__all__ = ["AudioSample", "FEATURE_DEFAULTS", "SpectrogramEncoder", "resampled"]
+__all__ = ["AudioSample", "FEATURE_DEFAULTS", "SpectrogramEncoder", "match_loudness", "resampled"]

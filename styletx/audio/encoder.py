@@ -39,7 +39,8 @@ def match_loudness(wave: np.ndarray, rate: int, like: AudioSample | None) -> np.
     gain = float(np.sqrt(np.mean(source[sounding] ** 2))) / heard
     # per frame: the gain, held down to the source's level where the source is silent
     frame_gain = np.where(sounding, gain, np.minimum(gain, source / np.maximum(output, 1e-12)))
-    frame_gain = np.convolve(frame_gain, np.ones(3) / 3, mode="same")  # no clicks at edges
+    frame_gain = np.convolve(np.pad(frame_gain, 1, mode="edge"), np.ones(3) / 3, "valid")  # no
+    #                                                          clicks where the gain changes
     hop = len(wave) / len(output)
     per_sample = np.interp(np.arange(len(wave)), (np.arange(len(output)) + 0.5) * hop,
                            frame_gain)

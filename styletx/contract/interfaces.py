@@ -312,8 +312,8 @@ class Translator(ABC):
 
         Its forward must not branch in Python on the input's size (``if``, ``max``): tracing
         and torch.export decide such a branch once, for the example input, so the exported
-        graph would be wrong for other sizes. Pad and crop with ``styletx.engine.export``'s
-        ``PadCrop`` / ``pad_bottom_right``, which compute F.pad's result with integer
+        graph would be wrong for other sizes. Pad and crop with ``styletx.PadCrop`` /
+        ``styletx.pad_bottom_right``, which compute F.pad's result with integer
         arithmetic and gathers. Raise ``UsageError`` for a direction the model cannot
         translate; the default says that the model cannot be exported."""
         raise UsageError(f"the {self.name} model cannot be exported (its translator has no "

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from styletx.contract.errors import UsageError
-from styletx.engine.runs import read_config
+from styletx.contract.errors import StyletxError, UsageError
+from styletx.engine.runs import CONFIG, read_config
 
 FIXED, MAY_CHANGE = "fixed", "may change"
 
@@ -66,8 +66,13 @@ class RunConfig:
     # -- the file ------------------------------------------------------------------------------
     @classmethod
     def read(cls, run: Path) -> RunConfig:
-        """The config of the run folder ``run`` (a one-line error when it is none)."""
-        return cls.from_json(read_config(run))
+        """The config of the run folder ``run`` (a one-line error when it is none, or damaged)."""
+        raw = read_config(run)
+        try:
+            return cls.from_json(raw)
+        except (TypeError, AttributeError, KeyError) as exc:  # a field missing or of the wrong
+            #                                                   kind, e.g. "data": null
+            raise StyletxError(f"{run / CONFIG}: unreadable run config ({exc})") from None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> RunConfig:
@@ -80,7 +85,8 @@ class RunConfig:
 
     def to_json(self) -> dict[str, Any]:
         raw = dataclasses.asdict(self)
-        return {"styletx_version": raw.pop("styletx_version"), **raw, **raw.pop("extra")}
+        version, extra = raw.pop("styletx_version"), raw.pop("extra")
+        return {"styletx_version": version, **raw, **extra}
 
     # -- resuming ------------------------------------------------------------------------------
     def check_resume(self, given: dict[str, Any], settings: dict[str, Any],

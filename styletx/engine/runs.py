@@ -58,7 +58,8 @@ PREVIOUS = ".previous"  # the checkpoint pair before the last one
 LOCK = ".lock"  # flock-ed by the training process; holds its PID
 TENSORS_DIGEST, RESUME_DIGEST = "sha256", "resume_sha256"  # model.safetensors metadata keys
 TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)(\.\w+)?$")  # atomic_path's names: ".NAME.tmp-PID.EXT"
-REQUIRED_KEYS = ("translator", "config", "domain", "encoders", "data", "train", "step")
+REQUIRED_KEYS = ("translator", "preset", "config", "domain", "encoders", "data", "train",
+                 "step")
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -69,7 +69,8 @@ def save_training_statistics(run: Path, translator: LatentTranslator,
     latent.json``: per side the sorted scores, the per-channel mean and standard deviation of
     the posterior means (over all examples and latent positions) and one example's shape.
 
-    Called by the trainer at the end of training, the networks in evaluation mode. ``chunk``:
+    Called by ``LatentTranslator.on_trained`` at the end of training, the networks in
+    evaluation mode. ``chunk``:
     examples wider than this many frames are encoded in chunks (pass the domain's
     ``chunk_frames``, as ``score`` and ``convert`` use it)."""
     stats: dict[str, Any] = {}
