@@ -23,7 +23,7 @@ BUDGET_SHARE = 0.9  # of the time left after timing: the rest is for previews, c
 
 
 def steps_in_budget(translator: Translator, sampler: CropSampler, settings: TrainSettings,
-                     device: torch.device, group: distributed.Group) -> int:
+                    device: torch.device, group: distributed.Group) -> int:
     """Training steps that fit in what is left of ``settings.minutes``: a few steps are timed
     and then undone (weights, extra state, data order and RNG restored), so the run is the
     same as one started with ``--steps`` of the result; every process takes rank 0's count."""
@@ -82,7 +82,7 @@ def replan(translator: Translator, plan: TrainPlan, total: int) -> None:
 
 
 def time_steps(translator: Translator, sampler: CropSampler, device: torch.device,
-                warmup: int = 2, timed: int = 8) -> float:
+               warmup: int = 2, timed: int = 8) -> float:
     """Seconds per training step, the median of ``timed`` steps after ``warmup`` untimed ones,
     on throwaway optimizers; everything the steps changed is put back. A fixed count, so that
     every process runs the same steps (synchronised batch norm communicates in each)."""

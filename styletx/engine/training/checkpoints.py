@@ -36,7 +36,7 @@ def save_training_checkpoint(out: Path, run_config: RunConfig, step: int, transl
 
 
 def load_training_state(state: dict[str, Any], translator: Translator,
-                         sampler: CropSampler) -> None:
+                        sampler: CropSampler) -> None:
     for kind in ("optimizers", "schedulers"):
         for name, obj in getattr(translator, kind).items():
             obj.load_state_dict(state[kind][name])

@@ -85,7 +85,7 @@ def check_size_multiple(crop: tuple[int | None, int], translator: Translator) ->
 
 
 def load_data(dom: Domain, a_dir: Path, b_dir: Path | None, out: Path, size: int,
-               paired: bool, settings: TrainSettings) -> dict[str, FolderData]:
+              paired: bool, settings: TrainSettings) -> dict[str, FolderData]:
     """Each side's usable samples at training scale; for a paired model, pair i of each side
     belongs together."""
     progress = settings.progress and distributed.rank_from_environment() == 0
@@ -117,7 +117,7 @@ def reading_workers(requested: int | None) -> int:
 
 
 def encode_examples(data: FolderData, encoder: Encoder,
-                     width: int) -> list[tuple[Path, torch.Tensor]]:
+                    width: int) -> list[tuple[Path, torch.Tensor]]:
     """Encode every sample once, as (file, tensor); one narrower than a training crop is
     reported and dropped."""
     kept = []
@@ -138,7 +138,7 @@ def encode_examples(data: FolderData, encoder: Encoder,
 
 
 def paired_examples(folders: dict[str, FolderData], encoders: dict[str, Encoder], width: int,
-                     alignment: AlignmentCache | None) -> dict[str, list[torch.Tensor]]:
+                    alignment: AlignmentCache | None) -> dict[str, list[torch.Tensor]]:
     """Encoded pairs whose halves line up element for element (see ``styletx.engine.pairs``; time
     alignments come from and go to the ``alignment`` cache); a pair with a side narrower than
     a training crop is reported and dropped."""
