@@ -241,15 +241,25 @@ BAD_FILES = {  # name -> (how to make it, what the one line says)
 }
 
 
-@pytest.mark.parametrize("command", ["train", "convert"])
+@pytest.mark.parametrize("command", ["train", "convert", "evaluate"])
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
 def test_bad_file_matrix(styletx, trained_run, data, tmp_path, command, name):
     """Every kind of bad file, in the folder a command reads: named on one line with its
     problem, the good files used, no traceback, no partial output; train goes on (exit 0),
-    convert reports it at the end (exit 1)."""
+    convert and evaluate report it at the end (exit 1)."""
     make, problem = BAD_FILES[name]
     folder = data["a"] if command == "train" else data["test_a"]
     make(folder / name)
+    if command == "evaluate":
+        shutil.copy(min(data["test_b"].glob("*.png")), data["test_b"] / name)  # its pair
+        result = styletx("evaluate", trained_run, folder, data["test_b"])
+        lines = [line for line in result.stderr.splitlines() if name in line]
+        assert "Traceback" not in result.stderr
+        assert result.exit_code in (0, 1), result.stderr
+        assert "mean" in result.stdout  # the good pairs were scored
+        if name != "folder.png":  # (a broken link's B partner is named as left out, too)
+            assert [line for line in lines if problem in line], result.stderr
+        return
     if command == "train":
         result = styletx(*train_args(folder, data["b"], tmp_path / "run"))
         assert result.exit_code == 0, result.stderr
