@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -307,18 +308,46 @@ def convert(run, inputs, out_dir, direction, batch_size, out_format, device, kee
     model = load_run(run, device=device, registry=registry(), keep_dropout=keep_dropout,
                      precision=precision)
     with tqdm(unit="file", file=sys.stderr, disable=None) as bar:
+        progress = _PlainProgress(bar, "converted")
 
         def on_file(src, dst, problem):
             bar.update(1)
             if problem:
                 tqdm.write(f"Error: {src}: {problem}", file=sys.stderr)
+            progress.tick()
 
         report = model.convert_files(inputs, out_dir, direction, batch_size, on_file=on_file,
-                                     out_format=out_format)
+                                     out_format=out_format, on_start=progress.start)
     click.echo(f"converted {len(report.converted)} file(s) into {out_dir}"
                + (f"; {len(report.failed)} failed" if report.failed else ""))
     if report.failed:
         sys.exit(1)
+
+
+class _PlainProgress:
+    """Without a terminal (CI, `| tee`, nohup) the bar is off: a plain line now and then, with
+    the count, the speed and the time left, as training prints."""
+
+    EVERY = 10.0  # seconds between lines
+
+    def __init__(self, bar, verb: str):
+        self.bar, self.verb, self.total, self.done = bar, verb, None, 0
+        self.began = self.printed = time.monotonic()
+
+    def start(self, total: int) -> None:
+        self.total = self.bar.total = total
+        self.bar.refresh()
+
+    def tick(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if not self.bar.disable or now - self.printed < self.EVERY or self.done == self.total:
+            return
+        self.printed = now
+        rate = self.done / max(now - self.began, 1e-9)
+        left = f", {(self.total - self.done) / rate:.0f} s left" if self.total else ""
+        log.info("%s %d/%s file(s) (%.2f files/s%s)", self.verb, self.done,
+                 self.total or "?", rate, left)
 
 
 @cli.command()

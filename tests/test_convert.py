@@ -107,3 +107,18 @@ def test_a_second_run_into_the_same_folder_says_what_it_replaces(styletx, traine
     again = styletx("convert", trained_run, tmp_path / "in", "-o", tmp_path / "out")
     assert again.exit_code == 0, again.stderr
     assert "replacing 2 existing file(s)" in again.stderr
+
+
+def test_convert_without_a_terminal_prints_progress_lines(styletx, trained_run, data, tmp_path,
+                                                           monkeypatch):
+    """No progress bar when stderr is not a terminal: a plain line now and then (here: after
+    every file) with the count, the speed and the time left."""
+    from styletx.cli import _PlainProgress
+
+    monkeypatch.setattr(_PlainProgress, "EVERY", 0.0)
+    count = len(list(data["test_a"].glob("*.png")))
+    result = styletx("convert", trained_run, data["test_a"], "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("converted ")]
+    assert lines[0].startswith(f"converted 1/{count} file(s) (") and "s left)" in lines[0]
+    assert len(lines) == count - 1  # the last file: the summary line says it

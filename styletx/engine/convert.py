@@ -187,6 +187,7 @@ class Run:
         batch_size: int = BATCH_SIZE,
         on_file: Callable[[Path, Path | None, str | None], None] | None = None,
         out_format: str | None = None,
+        on_start: Callable[[int], None] | None = None,
     ) -> ConversionReport:
         """Convert files and folders (recursively) into ``out_dir``, mirroring relative paths.
 
@@ -196,7 +197,7 @@ class Run:
         thread reads and encodes the next ones. Outputs keep each input's format unless
         ``out_format`` (a suffix such as "png") says otherwise, and are written atomically, in
         input order. With a latent model (vaegan), an input unlike the training data is named in
-        a warning.
+        a warning. ``on_start(count)`` is told how many files there are before the first one.
         """
         source, _ = direction_sides(direction)  # validates the direction before any work
         if batch_size < 1:
@@ -204,6 +205,8 @@ class Run:
         suffix = self._output_suffix(out_format)
         out_dir, jobs = Path(out_dir), self._plan(inputs, Path(out_dir), suffix)
         _check_writable(out_dir)  # once, before any work: not one error per file
+        if on_start is not None:
+            on_start(len(jobs))
         report = ConversionReport()
         on_file = on_file or (lambda *_: None)
         pending: list[tuple[Path, Path, Sample, torch.Tensor]] = []
