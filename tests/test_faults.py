@@ -301,6 +301,9 @@ def test_weights_that_do_not_fit_the_config_are_one_line(styletx, scenes, tmp_pa
                      "--device", "cpu")
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "does not match" in result.stderr
+    converted = styletx("convert", run, scenes["a"], "-o", tmp_path / "out")  # convert too
+    assert converted.exit_code == 1
+    assert converted.stderr.count("\n") == 1 and "does not match" in converted.stderr
 
 
 def test_safetensors_follows_the_umask(scenes, tmp_path):

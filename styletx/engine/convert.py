@@ -50,8 +50,6 @@ from styletx.engine.data import expand_inputs, is_inside, read_ahead
 from styletx.engine.model import build_from_config, load_model_tensors, pick_device
 from styletx.engine.run_config import RunConfig
 from styletx.engine.runs import (
-    CONFIG,
-    WEIGHTS,
     atomic_path,
     file_in_the_way,
     load_weights,
@@ -93,12 +91,7 @@ class Run:
         self.config = RunConfig.read(path)
         self.domain, self.encoders, self.translator = build_from_config(self.config, registry)
         tensors, self.step = load_weights(path)
-        try:
-            load_model_tensors(self.translator, self.encoders, tensors)
-        except (RuntimeError, KeyError) as exc:
-            raise StyletxError(
-                f"{path / WEIGHTS}: does not match {path / CONFIG} ({exc})"
-            ) from None
+        load_model_tensors(self.translator, self.encoders, tensors, run=path)
         self.device = pick_device(device)
         self.translator.to(self.device, amp=False)
         self.translator.train(False)

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from styletx.contract.errors import StyletxError, UsageError
+from styletx.contract.errors import StyletxError, UsageError, one_line
 from styletx.contract.interfaces import SIDES, Domain, Encoder, Translator
 from styletx.contract.registry import Registry
 from styletx.engine.run_config import RunConfig
-from styletx.engine.runs import split_prefix
+from styletx.engine.runs import CONFIG, WEIGHTS, split_prefix
 
 
 def make_config(
@@ -111,12 +112,22 @@ def model_tensors(translator: Translator, encoders: dict[str, Encoder]) -> dict[
 
 
 def load_model_tensors(
-    translator: Translator, encoders: dict[str, Encoder], tensors: dict[str, torch.Tensor]
+    translator: Translator, encoders: dict[str, Encoder], tensors: dict[str, torch.Tensor],
+    run: Path | None = None,
 ) -> None:
-    for name, net in translator.networks().items():
-        net.load_state_dict(split_prefix(tensors, f"net.{name}."))
-    for side, encoder in encoders.items():
-        encoder.load_state_dict(split_prefix(tensors, f"encoder.{side}."))
+    """The saved tensors into the networks and encoders. With ``run`` (the run folder), tensors
+    that do not fit the model its config.json describes are one line naming both files (torch's
+    message runs to a line per tensor)."""
+    try:
+        for name, net in translator.networks().items():
+            net.load_state_dict(split_prefix(tensors, f"net.{name}."))
+        for side, encoder in encoders.items():
+            encoder.load_state_dict(split_prefix(tensors, f"encoder.{side}."))
+    except (RuntimeError, KeyError) as exc:
+        if run is None:
+            raise
+        raise StyletxError(f"{run / WEIGHTS}: does not match {run / CONFIG} "
+                           f"({one_line(exc, limit=200, type_name=False)})") from None
 
 
 def pick_device(device: str) -> torch.device:

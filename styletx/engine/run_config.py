@@ -56,8 +56,8 @@ class RunConfig:
     # per side: {"name", "params", "channels"} of the fitted encoder
     encoders: dict[str, dict[str, Any]] = option("--encoder",
                                                  saved=lambda records: records["a"]["name"])
-    data: DataSource = dataclasses.field(default_factory=lambda: DataSource("", None))
-    train: TrainPlan = dataclasses.field(default_factory=lambda: TrainPlan(1, 1, 1))
+    data: DataSource
+    train: TrainPlan
     shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # encoded, per side
     step: int = 0  # the step of the checkpoint beside it
     styletx_version: str = ""
@@ -89,11 +89,11 @@ class RunConfig:
         return {"styletx_version": version, **raw, **extra}
 
     # -- resuming ------------------------------------------------------------------------------
-    def check_resume(self, given: dict[str, Any], settings: dict[str, Any],
+    def check_resume(self, given: dict[str, Any], overrides: dict[str, Any],
                      run: Path | str = "the run folder") -> None:
         """Refuse options that contradict the saved run ``run``. ``given``: field path
         ("preset", "train.size", ...) -> the value the command gave (None: not given);
-        ``settings``: the ``--set`` overrides."""
+        ``overrides``: the ``--set`` values."""
         for path, field, saved in self._fields():
             now = given.get(path)
             if field.metadata["on_resume"] != FIXED or now is None or field.name == "config":
@@ -101,7 +101,7 @@ class RunConfig:
             before = field.metadata["saved"](saved) if field.metadata["saved"] else saved
             if now != before:
                 _refuse(run, field.metadata["option"], before, now)
-        for key, now in settings.items():
+        for key, now in overrides.items():
             if now != self.config.get(key):
                 _refuse(run, f"--set {key}", self.config.get(key), now)
 

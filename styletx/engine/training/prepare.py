@@ -12,12 +12,11 @@ from typing import Any
 import torch
 
 from styletx import __version__
-from styletx.contract.errors import StyletxError, UsageError, one_line
-from styletx.contract.interfaces import Domain, Encoder, Translator
+from styletx.contract.errors import UsageError
+from styletx.contract.interfaces import SIDES, Domain, Encoder, Translator
 from styletx.contract.registry import Registry
 from styletx.engine.data import FolderData, is_inside
 from styletx.engine.model import (
-    SIDES,
     build_from_config,
     encoder_record,
     load_model_tensors,
@@ -25,7 +24,6 @@ from styletx.engine.model import (
 )
 from styletx.engine.run_config import DataSource, RunConfig, TrainPlan
 from styletx.engine.runs import (
-    CONFIG,
     LOCK,
     WEIGHTS,
     file_in_the_way,
@@ -161,11 +159,7 @@ def _resumed_run(saved: RunConfig, settings: TrainSettings, out: Path,
         saved.train.steps = settings.steps
     dom, encoders, translator = build_from_config(saved, registry)
     tensors, state = load_checkpoint(out)
-    try:
-        load_model_tensors(translator, encoders, tensors)
-    except (RuntimeError, KeyError) as exc:  # torch's message runs to a line per tensor
-        raise StyletxError(f"{out / WEIGHTS}: does not match {out / CONFIG} "
-                           f"({one_line(exc, limit=200, type_name=False)})") from None
+    load_model_tensors(translator, encoders, tensors, run=out)
     saved.step = state["step"]
     if saved.step >= saved.train.steps:
         log.info("%s is already trained to step %d of %d; raise --steps to continue",
