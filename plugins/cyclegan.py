@@ -196,11 +196,15 @@ class LocalGenerator(nn.Module):
     Several times cheaper per step than the ResNet generator, so more steps fit in a budget.
 
     ``highpass`` k: the local path's change minus its mean over k x k pixels (replicate
-    padding), so that path alters detail only and cannot shift any neighbourhood's colour or
-    tone, which is the colour path's job. Measured (benchmarks/quality.py, 3-minute runs, the
-    fast preset at identity 0.2): with both paths free, the local path learned part of the
-    split-tone grade itself and cost 2 dB against the colour path alone (29.2 against 31.2 dB),
-    and on the sharpening task both paths shifted colours.
+    padding), so that path alters detail only: whatever it would change smoothly over k pixels
+    or more (a colour or tone shift of a region) is removed, and left to the colour path.
+    Measured (benchmarks/quality.py, 3-minute runs, identity 0.2, averaged weights): with both
+    paths free, the local path learned part of the split-tone grade itself and cost 2 dB
+    against the colour path alone (29.2 against 31.2 dB), and on the sharpening task both paths
+    shifted colours (26.9 dB, input 29.0); high-passed, 30.4 and 29.1 dB, and the local path
+    alone sharpened to 32.9 dB. Off in the fast preset: it does not stop the colour path's drift
+    on sharpening in 8-minute runs (-2.3 dB at identity 0.5, -8.5 at 0.2; see
+    benchmarks/quality/EXPERIMENTS-issue14.md).
     """
 
     def __init__(self, channels: int, ngf: int = 16, n_blocks: int = 2, colour_path: int = 32,
@@ -220,7 +224,7 @@ class LocalGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         change = self.local(x)
-        if self.highpass:  # detail only: no change to any neighbourhood's mean colour
+        if self.highpass:  # detail only: changes smoother than k pixels are taken out
             k = self.highpass
             mean = F.avg_pool2d(F.pad(change, (k // 2,) * 4, mode="replicate"), k, stride=1)
             change = change - mean
@@ -238,7 +242,12 @@ class WeightEMA(nn.Module):
     (the warm-up keeps early checkpoints from sitting at the initial weights). Buffers are
     copied as they are. Its ``forward`` is the averaged network's: adversarial training makes
     the generator's weights orbit around a good solution rather than settle on it, and the
-    average lies nearer its centre."""
+    average lies nearer its centre.
+
+    Off in the presets. Measured on the fast preset (benchmarks/quality.py, 3-minute runs,
+    about 1200 steps): 0.999 changed the split-tone and sharpening results by -0.2 and +0.2 dB,
+    within run-to-run noise; its lr already decays linearly to 0, which averages too. It does
+    not stop a slow drift (see benchmarks/quality/EXPERIMENTS-issue14.md)."""
 
     def __init__(self, net: nn.Module, decay: float):
         super().__init__()
