@@ -143,7 +143,9 @@ class VAEGANConfig:
     colour_path: int = 0  # with detail_skip: hidden width of a per-pixel colour/tone path per
     #                       direction, added to the translations (styletx.nn.ColourPath); 0 = none
     lr: float = 1e-4  # Adam learning rate (generator parts and discriminators)
-    lr_d: float | None = None  # the discriminators' learning rate; None = lr
+    lr_d: float | None = None  # the discriminators' learning rate; None = lr. The fast
+    #                            preset's 1e-3: at 3e-4 its small discriminators stayed at
+    #                            chance for the whole of an 8-minute run on subtle grades
     lr_colour: float | None = None  # learning rate of the colour paths and latent gates; None
     #                                 = lr. Per-pixel and scalar parameters that cannot invent
     #                                 blotches, so they can learn faster than the VAE
@@ -425,15 +427,16 @@ class VAEGAN(LatentTranslator):
                         "PatchGANs (ndf 8, 3 layers), lr 1e-3",
         ),
         "fast": Preset(
-            config=dict(ngf=8, n_res=2, ndf=16, n_layers_d=3, num_scales=2, lr=3e-4,
-                        lambda_identity=1.0, detail_skip=True, latent_gate=True, colour_path=32),
+            config=dict(ngf=8, n_res=2, ndf=16, n_layers_d=3, num_scales=2, lr=3e-4, lr_d=1e-3,
+                        lr_colour=1e-3, lambda_identity=0.25, detail_skip=True,
+                        latent_gate=True, colour_path=32),
             train=dict(size=64, batch_size=4, steps=3000),
             description="quality per CPU minute on photos: translations are the input plus "
                         "a per-pixel colour/tone path plus the latent's change through a gate "
                         "learned from 0 (detail_skip, latent_gate: they start as the identity "
                         "and keep the input's detail), ngf 8, 1 private + 1 shared residual "
-                        "block, 2-scale PatchGANs (ndf 16), identity 1, lr 3e-4, 64 px; pair "
-                        "with --minutes",
+                        "block, 2-scale PatchGANs (ndf 16), identity 0.25, lr 3e-4 (colour "
+                        "paths, gates and discriminators 1e-3), 64 px; pair with --minutes",
         ),
     }
     # Spectrograms (1, bins, frames): 64-frame segments with every bin and a linear output, as
