@@ -144,8 +144,8 @@ class VAEGANConfig:
     #                       direction, added to the translations (styletx.nn.ColourPath); 0 = none
     lr: float = 1e-4  # Adam learning rate (generator parts and discriminators)
     lr_d: float | None = None  # the discriminators' learning rate; None = lr. The fast
-    #                            preset's 1e-3: at 3e-4 its small discriminators stayed at
-    #                            chance for the whole of an 8-minute run on subtle grades
+    #                            preset's small discriminators stay near chance on subtle
+    #                            grades at 3e-4 (and still hover near it at its 1e-3)
     lr_colour: float | None = None  # learning rate of the colour paths and latent gates; None
     #                                 = lr. Per-pixel and scalar parameters that cannot invent
     #                                 blotches, so they can learn faster than the VAE
