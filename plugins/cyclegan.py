@@ -20,6 +20,7 @@ gives the discriminators their own learning rate ``lr_d``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -75,6 +76,9 @@ class CycleGANConfig:
     colour_path: int = 0  # ResNet generator with ``residual``: hidden width of a per-pixel
     #                       colour/tone path beside the spatial one (styletx.nn.ColourPath);
     #                       0 = none. Global grades are learned by it in a few hundred steps
+    highpass: int = 0  # local generator: its local path's change minus that change's mean
+    #                    over highpass x highpass pixels (odd), so it changes detail only and
+    #                    leaves colour and tone to the colour path; 0 = off (see LocalGenerator)
     spectral_norm: bool = False  # spectral norm on every discriminator conv
     gan_mode: str = "lsgan"  # "lsgan" (reference) | "vanilla"
     lambda_cycle: float = 10.0  # weight of each cycle-consistency L1 loss
@@ -87,6 +91,8 @@ class CycleGANConfig:
     beta1: float = 0.5  # Adam beta1
     beta2: float = 0.999  # Adam beta2
     decay_start: float = 0.5  # fraction of the steps at constant lr before the linear decay to 0
+    ema: float = 0.0  # decay of a moving average of the generators' weights (e.g. 0.999), which
+    #                   converts, previews and exports in their place; 0 = none (see WeightEMA)
 
     def __post_init__(self):
         for field, value, choices in (("generator", self.generator, GENERATORS),
@@ -112,6 +118,10 @@ class CycleGANConfig:
                                     and self.generator == "resnet"):
             raise UsageError("cyclegan: colour_path must be >= 0, and needs residual=true (it "
                              "adds a change to the input)")
+        if self.highpass < 0 or (self.highpass and self.highpass % 2 == 0):
+            raise UsageError(f"cyclegan: highpass must be 0 or an odd size, not {self.highpass}")
+        if not 0.0 <= self.ema < 1.0:
+            raise UsageError(f"cyclegan: ema must be in [0, 1), not {self.ema}")
         if not 0.0 <= self.decay_start <= 1.0:
             raise UsageError(f"cyclegan: decay_start must be in [0, 1], not {self.decay_start}")
 
@@ -183,10 +193,23 @@ class LocalGenerator(nn.Module):
     below the untouched input). Global grades need only the colour path; sharpening, softening
     and texture need only a neighbourhood; neither needs to move a region's colour as a whole.
     Several times cheaper per step than the ResNet generator, so more steps fit in a budget.
+
+    ``highpass`` k: the local path's change minus its mean over k x k pixels (replicate
+    padding), so that path alters detail only: whatever it would change smoothly over k pixels
+    or more (a colour or tone shift of a region) is removed, and left to the colour path.
+    Measured (benchmarks/quality.py, 3-minute runs, identity 0.2, averaged weights): with both
+    paths free, the local path learned part of the split-tone grade itself and cost 2 dB
+    against the colour path alone (29.2 against 31.2 dB), and on the sharpening task both paths
+    shifted colours (26.9 dB, input 29.0); high-passed, 30.4 and 29.1 dB, and the local path
+    alone sharpened to 32.9 dB. Off in the fast preset: it does not stop the colour path's drift
+    on sharpening in 8-minute runs (-2.3 dB at identity 0.5, -8.5 at 0.2; see
+    benchmarks/quality/EXPERIMENTS-issue14.md).
     """
 
-    def __init__(self, channels: int, ngf: int = 16, n_blocks: int = 2, colour_path: int = 32):
+    def __init__(self, channels: int, ngf: int = 16, n_blocks: int = 2, colour_path: int = 32,
+                 highpass: int = 0):
         super().__init__()
+        self.highpass = highpass
         layers: list[nn.Module] = [nn.Conv2d(channels, ngf, 3, padding=1, padding_mode="reflect"),
                                    nn.LeakyReLU(0.2)]
         for _ in range(n_blocks):
@@ -199,8 +222,47 @@ class LocalGenerator(nn.Module):
         self.colour = ColourPath(channels, colour_path) if colour_path else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x + self.local(x)
+        change = self.local(x)
+        if self.highpass:  # detail only: changes smoother than k pixels are taken out
+            k = self.highpass
+            mean = F.avg_pool2d(F.pad(change, (k // 2,) * 4, mode="replicate"), k, stride=1)
+            change = change - mean
+        y = x + change
         return y + self.colour(x) if self.colour is not None else y
+
+
+class WeightEMA(nn.Module):
+    """An exponential moving average of a network's weights (Polyak averaging; for GAN
+    generators Yazici et al., "The Unusual Effectiveness of Averaging in GAN Training", 2019):
+    a frozen copy of ``net`` that ``update`` moves towards it after each optimizer step,
+
+        ema <- ema + (1 - d) * (net - ema),   d = min(decay, (1 + step) / (10 + step))
+
+    (the warm-up keeps early checkpoints from sitting at the initial weights). Buffers are
+    copied as they are. Its ``forward`` is the averaged network's: adversarial training makes
+    the generator's weights orbit around a good solution rather than settle on it, and the
+    average lies nearer its centre.
+
+    Off in the presets. Measured on the fast preset (benchmarks/quality.py, 3-minute runs,
+    about 1200 steps): 0.999 changed the split-tone and sharpening results by -0.2 and +0.2 dB,
+    within run-to-run noise; its lr already decays linearly to 0, which averages too. It does
+    not stop a slow drift (see benchmarks/quality/EXPERIMENTS-issue14.md)."""
+
+    def __init__(self, net: nn.Module, decay: float):
+        super().__init__()
+        self.net, self.decay = copy.deepcopy(net), decay
+        self.net.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for ema, p in zip(self.net.parameters(), net.parameters()):
+            ema.lerp_(p.detach(), 1.0 - d)
+        for ema, b in zip(self.net.buffers(), net.buffers()):
+            ema.copy_(b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 class VoiceGenerator(nn.Module):
@@ -346,7 +408,7 @@ class CycleGAN(styletx.Translator):
 
         def generator(i: int, o: int) -> nn.Module:
             if c.generator == "local":
-                return LocalGenerator(i, c.ngf, c.n_blocks, c.colour_path)
+                return LocalGenerator(i, c.ngf, c.n_blocks, c.colour_path, c.highpass)
             if c.generator == "voice":
                 return VoiceGenerator(i, o, c.bins, c.ngf, c.n_blocks, c.norm, c.upsample,
                                       c.residual)
@@ -361,6 +423,9 @@ class CycleGAN(styletx.Translator):
                              f"the same channels, not {channels_a} and {channels_b}")
         self.G_A = generator(channels_a, channels_b)
         self.G_B = generator(channels_b, channels_a)
+        # Averaged copies that translate in the generators' place (``ema``).
+        self.G_A_ema = WeightEMA(self.G_A, c.ema) if c.ema else None
+        self.G_B_ema = WeightEMA(self.G_B, c.ema) if c.ema else None
         self.D_A = discriminator(channels_b)  # judges B-domain images: real b vs G_A(a)
         self.D_B = discriminator(channels_a)  # judges A-domain images: real a vs G_B(b)
         self.gan_loss = GANLoss(c.gan_mode)
@@ -370,7 +435,16 @@ class CycleGAN(styletx.Translator):
         self.pool_B = ImagePool(c.pool_size)  # generated B images (G_A(a)), shown to D_A
 
     def networks(self) -> dict[str, nn.Module]:
-        return {"G_A": self.G_A, "G_B": self.G_B, "D_A": self.D_A, "D_B": self.D_B}
+        nets = {"G_A": self.G_A, "G_B": self.G_B, "D_A": self.D_A, "D_B": self.D_B}
+        if self.G_A_ema is not None:
+            nets |= {"G_A_ema": self.G_A_ema, "G_B_ema": self.G_B_ema}
+        return nets
+
+    def _translator_net(self, direction: str) -> nn.Module:
+        """The network that converts ``direction``: the averaged generator when there is one."""
+        if self.G_A_ema is not None:
+            return self.G_A_ema if direction == "a2b" else self.G_B_ema
+        return self.G_A if direction == "a2b" else self.G_B
 
     @property
     def size_multiple(self) -> int:
@@ -436,6 +510,9 @@ class CycleGAN(styletx.Translator):
                 idt_a = idt_b = torch.zeros(())
         loss_g.backward()
         opt_g.step()
+        if self.G_A_ema is not None:
+            self.G_A_ema.update(self.G_A, step)
+            self.G_B_ema.update(self.G_B, step)
 
         # Discriminators, on real images and on fakes from the history pools.
         set_requires_grad([self.D_A, self.D_B], True)
@@ -509,7 +586,7 @@ class CycleGAN(styletx.Translator):
             # >= 8: the reflection padding at 1/4 resolution needs 2 pixels to reflect
             raise ValueError(f"height and width must be multiples of {self.size_multiple} and "
                              f"at least 8, got {h}x{w} (pad the input)")
-        net = self.G_A if direction == "a2b" else self.G_B
+        net = self._translator_net(direction)
         with torch.no_grad(), self.autocast():
             y = net(x.to(self.device, torch.float32))
         return y.float().to(x.device)
@@ -520,7 +597,7 @@ class CycleGAN(styletx.Translator):
         pads them (replicate, to a multiple of 4 and at least 8), but without a branch on the
         size, so that the padding inside its forward never happens."""
         direction_sides(direction)  # checks it
-        net = self.G_A if direction == "a2b" else self.G_B
+        net = self._translator_net(direction)
         if self.config.generator == "voice":
             return styletx.PadCrop(net, multiple=(1, 4), least=(0, 8), mode="replicate")
         return net

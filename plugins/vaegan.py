@@ -141,6 +141,12 @@ class VAEGANConfig:
     colour_path: int = 0  # with detail_skip: hidden width of a per-pixel colour/tone path per
     #                       direction, added to the translations (styletx.nn.ColourPath); 0 = none
     lr: float = 1e-4  # Adam learning rate (generator parts and discriminators)
+    lr_d: float | None = None  # the discriminators' learning rate; None = lr. The fast
+    #                            preset's small discriminators stay near chance on subtle
+    #                            grades at 3e-4 (and still hover near it at its 1e-3)
+    lr_colour: float | None = None  # learning rate of the colour paths and latent gates; None
+    #                                 = lr. Per-pixel and scalar parameters that cannot invent
+    #                                 blotches, so they can learn faster than the VAE
     beta1: float = 0.5  # Adam beta1
     beta2: float = 0.999  # Adam beta2
     weight_decay: float = 1e-4  # Adam (L2) weight decay, UNIT's
@@ -162,6 +168,11 @@ class VAEGANConfig:
                self.lambda_identity, self.weight_decay, self.lr_step) < 0:
             raise UsageError("vaegan: beta, lambda_recon, lambda_cycle, lambda_gan, "
                              "lambda_identity, weight_decay and lr_step must be >= 0")
+        for field in ("lr_d", "lr_colour"):
+            value = getattr(self, field)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float)) or value <= 0):
+                raise UsageError(f"vaegan: {field} must be a number > 0 or null, not {value!r}")
         if self.lr <= 0:
             raise UsageError(f"vaegan: lr must be > 0, not {self.lr}")
         if self.colour_path < 0 or ((self.colour_path or self.latent_gate)
@@ -414,15 +425,16 @@ class VAEGAN(LatentTranslator):
                         "PatchGANs (ndf 8, 3 layers), lr 1e-3",
         ),
         "fast": Preset(
-            config=dict(ngf=8, n_res=2, ndf=16, n_layers_d=3, num_scales=2, lr=3e-4,
-                        lambda_identity=1.0, detail_skip=True, latent_gate=True, colour_path=32),
+            config=dict(ngf=8, n_res=2, ndf=16, n_layers_d=3, num_scales=2, lr=3e-4, lr_d=1e-3,
+                        lr_colour=1e-3, lambda_identity=0.25, detail_skip=True,
+                        latent_gate=True, colour_path=32),
             train=dict(size=64, batch_size=4, steps=3000),
             description="quality per CPU minute on photos: translations are the input plus "
                         "a per-pixel colour/tone path plus the latent's change through a gate "
                         "learned from 0 (detail_skip, latent_gate: they start as the identity "
                         "and keep the input's detail), ngf 8, 1 private + 1 shared residual "
-                        "block, 2-scale PatchGANs (ndf 16), identity 1, lr 3e-4, 64 px; pair "
-                        "with --minutes",
+                        "block, 2-scale PatchGANs (ndf 16), identity 0.25, lr 3e-4 (colour "
+                        "paths, gates and discriminators 1e-3), 64 px; pair with --minutes",
         ),
     }
     # Spectrograms (1, bins, frames): 64-frame segments with every bin and a linear output, as
@@ -490,16 +502,21 @@ class VAEGAN(LatentTranslator):
     def configure_optimizers(self, total_steps: int) -> None:
         c = self.config
 
-        def optimizer(nets: list[nn.Module]) -> torch.optim.Optimizer:
-            params = [p for net in nets for p in net.parameters()]
-            return adam(params, c.lr, (c.beta1, c.beta2), c.weight_decay)
+        def optimizer(nets: list[nn.Module], lr: float,
+                      fast: list[nn.Module] = ()) -> torch.optim.Optimizer:
+            slow = [p for net in nets for p in net.parameters()]
+            quick = [p for net in fast for p in net.parameters()]
+            if c.lr_colour is None or not quick:  # one group: runs saved before lr_colour
+                return adam(slow + quick, lr, (c.beta1, c.beta2), c.weight_decay)
+            groups = [{"params": slow}, {"params": quick, "lr": c.lr_colour}]
+            return adam(groups, lr, (c.beta1, c.beta2), c.weight_decay)
 
         # One optimizer for every generator part, one for both discriminators, as UNIT.
         self.optimizers = {
             "G": optimizer([self.enc_a, self.enc_b, self.shared_enc, self.shared_dec, self.dec_a,
-                            self.dec_b, *[net for net in (self.colour, self.gate)
-                                          if net is not None]]),
-            "D": optimizer([self.D_a, self.D_b]),
+                            self.dec_b], c.lr,
+                           [net for net in (self.colour, self.gate) if net is not None]),
+            "D": optimizer([self.D_a, self.D_b], c.lr if c.lr_d is None else c.lr_d),
         }
 
         def factor(step: int) -> float:  # UNIT's "step" policy; a function, so a resumed run

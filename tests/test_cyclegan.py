@@ -498,6 +498,54 @@ def test_lr_d_sets_the_discriminator_learning_rate():
     assert same.optimizers["D"].param_groups[0]["lr"] == pytest.approx(3e-4)
 
 
+def test_local_generator_highpass_changes_detail_only():
+    """With ``highpass`` the local path cannot shift colours: a constant change (its last
+    conv's bias) is removed entirely, and a random one keeps its detail but next to none of
+    its mean; the colour path still changes colours."""
+    from styletx.plugins.cyclegan import LocalGenerator
+
+    torch.manual_seed(0)
+    net = LocalGenerator(3, ngf=4, n_blocks=1, colour_path=4, highpass=5)
+    x = torch.rand(2, 3, 20, 24) * 2 - 1
+    with torch.no_grad():
+        net.local[-1].bias.fill_(0.3)  # a constant colour shift: high-passed away
+        assert torch.allclose(net(x), x, atol=1e-6)
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        change = net(x) - x - net.colour(x)
+        raw = net.local(x)
+        assert change.abs().mean() > 1e-2
+        assert change.mean((2, 3)).abs().max() < 0.1 * raw.mean((2, 3)).abs().max()
+        assert net.colour(x).abs().mean() > 1e-2
+        assert net(torch.rand(1, 3, 2, 3)).shape == (1, 3, 2, 3)  # smaller than the window
+    with pytest.raises(UsageError, match="highpass"):
+        CycleGANConfig(highpass=4)
+
+
+def test_ema_generators_average_the_weights_and_translate():
+    """With ``ema`` the averaged copies are saved beside the generators, follow them after each
+    step (not trained themselves) and are what translate and export use."""
+    torch.manual_seed(0)
+    model = small_model(generator="local", colour_path=8, ema=0.9)
+    assert sorted(model.networks()) == ["D_A", "D_B", "G_A", "G_A_ema", "G_B", "G_B_ema"]
+    assert not any(p.requires_grad for p in model.G_A_ema.parameters())
+    model.configure_optimizers(total_steps=10)
+    batch = {"a": torch.rand(2, 3, 16, 16) * 2 - 1, "b": torch.rand(2, 3, 16, 16) * 2 - 1}
+    start = _params(model.G_A)
+    for step in range(3):
+        model.training_step(batch, step)
+    ema, now = _params(model.G_A_ema), _params(model.G_A)
+    moved = [not torch.equal(e, s) for e, s in zip(ema, start)]
+    assert any(moved) and not all(torch.equal(e, n) for e, n in zip(ema, now))
+    x = torch.rand(1, 3, 12, 12) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(model.translate(x, "a2b"), model.G_A_ema(x))
+        assert not torch.allclose(model.translate(x, "a2b"), model.G_A(x))
+        assert torch.equal(model.export_module("b2a")(x), model.G_B_ema(x))
+    with pytest.raises(UsageError, match="ema"):
+        CycleGANConfig(ema=1.0)
+
+
 def test_voice_config_is_validated():
     c = CycleGANConfig()
     assert (c.generator, c.bins, c.lr_d, c.identity_steps) == ("resnet", 80, None, 0)

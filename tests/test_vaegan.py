@@ -314,6 +314,34 @@ def test_lr_halves_every_lr_step():
     assert constant.optimizers["G"].param_groups[0]["lr"] == pytest.approx(0.4)
 
 
+def test_lr_colour_sets_the_colour_path_and_gate_learning_rate():
+    model = small_model(detail_skip=True, latent_gate=True, colour_path=4, lr=1e-4,
+                        lr_colour=1e-3, lr_step=2)
+    model.configure_optimizers(total_steps=10)
+    slow, quick = model.optimizers["G"].param_groups
+    assert slow["lr"] == pytest.approx(1e-4) and quick["lr"] == pytest.approx(1e-3)
+    assert {id(p) for p in quick["params"]} == {
+        id(p) for net in (model.colour, model.gate) for p in net.parameters()}
+    for _ in range(2):  # the schedule scales both
+        model.optimizers["G"].step()
+        model.schedulers["G"].step()
+    assert quick["lr"] == pytest.approx(5e-4)
+    plain = small_model(detail_skip=True, latent_gate=True, colour_path=4)  # None: one group
+    plain.configure_optimizers(total_steps=10)
+    assert len(plain.optimizers["G"].param_groups) == 1
+    with pytest.raises(UsageError, match="lr_colour"):
+        VAEGANConfig(lr_colour=0.0)
+
+
+def test_lr_d_sets_the_discriminator_learning_rate():
+    model = small_model(lr=2e-4, lr_d=1e-3)
+    model.configure_optimizers(total_steps=10)
+    assert model.optimizers["G"].param_groups[0]["lr"] == pytest.approx(2e-4)
+    assert model.optimizers["D"].param_groups[0]["lr"] == pytest.approx(1e-3)
+    with pytest.raises(UsageError, match="lr_d"):
+        VAEGANConfig(lr_d="fast")
+
+
 def test_training_refuses_crops_too_small_for_the_discriminators():
     model = small_model()  # 2 scales of 2 layers: at least 7 pixels (7 -> 4 = 2**2)
     model.configure_optimizers(total_steps=2)
