@@ -523,8 +523,8 @@ class CycleGAN(styletx.Translator):
             (real_da, fake_da), (real_db, fake_db) = self.forward_for(
                 "D", lambda: (self._run(self.D_A, real_b, pooled_b),
                               self._run(self.D_B, real_a, pooled_a)))
-            loss_d_a = 0.5 * (self.gan_loss(real_da, True) + self.gan_loss(fake_da, False))
-            loss_d_b = 0.5 * (self.gan_loss(real_db, True) + self.gan_loss(fake_db, False))
+            loss_d_a = self.gan_loss.discriminator(real_da, fake_da)
+            loss_d_b = self.gan_loss.discriminator(real_db, fake_db)
         (loss_d_a + loss_d_b).backward()
         opt_d.step()
 

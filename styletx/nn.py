@@ -310,6 +310,12 @@ class GANLoss(nn.Module):
             return F.mse_loss(prediction, target)
         return F.binary_cross_entropy_with_logits(prediction, target)
 
+    def discriminator(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """A discriminator's loss on its scores for real and for (detached) generated
+        examples: the mean of the two, as the reference halves it so that D learns at half
+        the generators' rate."""
+        return 0.5 * (self(real, True) + self(fake, False))
+
 
 class ImagePool:
     """History of generated images for the discriminator (Shrivastava et al., 2017).

@@ -619,3 +619,14 @@ def test_tiny_voice_preset_learns_a_per_bin_offset():
     # measured 0.20-0.25 against 0.375 (seeds 0-2); a generator that has not learned the
     # identity yet sits at 0.5-0.7
     assert learned < 0.75 * untranslated, (learned, untranslated)
+
+
+@pytest.mark.parametrize("mode", ["lsgan", "vanilla"])
+def test_the_discriminator_loss_is_the_mean_of_real_and_fake(mode):
+    loss = GANLoss(mode)
+    real, fake = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    both = loss.discriminator(real, fake)
+    assert torch.allclose(both, 0.5 * (loss(real, True) + loss(fake, False)))
+    perfect = loss.discriminator(torch.ones(1, 1, 2, 2) * (1 if mode == "lsgan" else 50),
+                                 torch.zeros(1, 1, 2, 2) - (0 if mode == "lsgan" else 50))
+    assert perfect.item() < 1e-6

@@ -269,23 +269,30 @@ class Run:
                 raise UsageError(f"{item}: no such file or folder")
             if item.is_dir() and is_inside(out_dir, item):
                 raise UsageError(f"-o {out_dir} is inside the input folder {item}; choose another")
-            ignored = []
-            for src, rel in expand_inputs([item]):
-                if self.domain.handles(src):
-                    jobs.append((src, self._output(src, out_dir / rel.parent, suffix, seen)))
-                elif item.is_dir():
-                    ignored.append(src)  # folders may hold other files
-                else:
-                    jobs.append((src, None))  # a named file must not be passed over
-            if ignored:
-                log.warning("ignoring %d file(s) in %s that are not %s files, e.g. %s",
-                            len(ignored), item, self.domain.name, ignored[0].name)
+            jobs += self._jobs_of(item, out_dir, suffix, seen)
         if not jobs:
             raise UsageError(f"no {self.domain.name} files to convert in the given inputs")
         replaced = [dst for _, dst in jobs if dst is not None and dst.exists()]
         if replaced:  # e.g. a second run into the same folder: say so rather than lose them quietly
             log.warning("replacing %d existing file(s) in %s, e.g. %s",
                         len(replaced), out_dir, replaced[0])
+        return jobs
+
+    def _jobs_of(self, item: Path, out_dir: Path, suffix: str | None,
+                 seen: dict[Path, Path]) -> list[tuple[Path, Path | None]]:
+        """(input, output) for a named file or every file of a named folder; output None for a
+        named file of another kind (reported later, never passed over)."""
+        jobs, ignored = [], []
+        for src, rel in expand_inputs([item]):
+            if self.domain.handles(src):
+                jobs.append((src, self._output(src, out_dir / rel.parent, suffix, seen)))
+            elif item.is_dir():
+                ignored.append(src)  # folders may hold other files
+            else:
+                jobs.append((src, None))
+        if ignored:
+            log.warning("ignoring %d file(s) in %s that are not %s files, e.g. %s",
+                        len(ignored), item, self.domain.name, ignored[0].name)
         return jobs
 
     def _output(self, src: Path, folder: Path, suffix: str | None,

@@ -314,39 +314,46 @@ def read_ahead(items: Iterator[T], depth: int, name: str = "styletx-read-ahead")
     closing the generator (or leaving its loop) stops and joins the thread."""
     results: queue.Queue = queue.Queue(maxsize=max(depth, 1))
     stop = threading.Event()
-    done = object()
-
-    def put(item: Any) -> None:
-        while not stop.is_set():
-            try:
-                results.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def produce() -> None:
-        try:
-            for item in items:
-                put((item, None))
-                if stop.is_set():
-                    return
-        except Exception as exc:  # handed to the consumer, raised there
-            put((None, exc))
-        put((done, None))
-
-    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread = threading.Thread(target=_produce, args=(items, results, stop), name=name,
+                              daemon=True)
     thread.start()
     try:
         while True:
             item, error = results.get()
             if error is not None:
                 raise error
-            if item is done:
+            if item is _DONE:
                 return
             yield item
     finally:
         stop.set()
         thread.join()
+
+
+_DONE = object()  # read_ahead's end of the sequence
+
+
+def _produce(items: Iterator[Any], results: queue.Queue, stop: threading.Event) -> None:
+    """read_ahead's producer: (item, None) for each item, (None, exception) for a failure,
+    then the end; stops early when ``stop`` is set."""
+    try:
+        for item in items:
+            _put(results, stop, (item, None))
+            if stop.is_set():
+                return
+    except Exception as exc:  # handed to the consumer, raised there
+        _put(results, stop, (None, exc))
+    _put(results, stop, (_DONE, None))
+
+
+def _put(results: queue.Queue, stop: threading.Event, entry: tuple) -> None:
+    """Put ``entry``, waiting for room, unless the consumer has left (``stop``)."""
+    while not stop.is_set():
+        try:
+            results.put(entry, timeout=0.1)
+            return
+        except queue.Full:
+            continue
 
 
 class Prefetcher:
