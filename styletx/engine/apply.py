@@ -72,7 +72,11 @@ def pad_for_network(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """``(..., H, W)`` padded at the bottom and right to multiples of ``multiple`` and to at least
     two of them, so that even a tiny input keeps more than one element at the network's
     coarsest scale (instance norm needs it). Reflected, which hides the border best; replicated
-    when an axis is too small to reflect (both then, so the corner stays consistent)."""
+    when an axis is too small to reflect (both then, so the corner stays consistent). An input
+    that needs no padding is returned as it is (the gathers would copy it)."""
+    height, width = x.shape[-2:]
+    if all(padded_size(size, multiple, 2 * multiple) == size for size in (height, width)):
+        return x
     return pad_bottom_right(x, multiple, 2 * multiple, "reflect", joint=True)
 
 

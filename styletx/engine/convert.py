@@ -37,6 +37,7 @@ from styletx.contract.errors import (
     is_out_of_memory,
     out_of_memory_problem,
 )
+from styletx.contract.files import atomic_path, file_in_the_way
 from styletx.contract.interfaces import Sample, direction_sides
 from styletx.contract.registry import Registry, get_registry
 from styletx.engine.apply import (
@@ -49,11 +50,7 @@ from styletx.engine.apply import (
 from styletx.engine.data import expand_inputs, is_inside, read_ahead
 from styletx.engine.model import build_from_config, load_model_tensors, pick_device
 from styletx.engine.run_config import RunConfig
-from styletx.engine.runs import (
-    atomic_path,
-    file_in_the_way,
-    load_weights,
-)
+from styletx.engine.runs import load_weights
 
 log = logging.getLogger("styletx")
 

@@ -179,11 +179,11 @@ def _fixed_height(run, side: str) -> int | None:
     """The tensors' height when the domain fixes it (audio: the bins), else None."""
     if run.domain.training_crop(1)[0] is not None:
         return None
-    shape = run.config.shapes.get(side)
-    if shape is None:
+    height = run.config.encoded_height(side)
+    if height is None:
         raise StyletxError(f"{run.path}: the run records no example shape (config.json "
                            "\"shapes\"); train it with this version of styletx")
-    return int(shape[1])
+    return height
 
 
 def _require_onnx_exporter() -> None:

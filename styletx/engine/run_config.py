@@ -88,6 +88,12 @@ class RunConfig:
         version, extra = raw.pop("styletx_version"), raw.pop("extra")
         return {"styletx_version": version, **raw, **extra}
 
+    def encoded_height(self, side: str) -> int | None:
+        """H of ``side``'s encoded examples as training saw them (audio: the frequency bins);
+        None for runs written before config.json recorded it."""
+        shape = self.shapes.get(side)
+        return None if shape is None else int(shape[1])
+
     # -- resuming ------------------------------------------------------------------------------
     def check_resume(self, given: dict[str, Any], overrides: dict[str, Any],
                      run: Path | str = "the run folder") -> None:

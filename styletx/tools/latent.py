@@ -191,14 +191,13 @@ def _crop_shape(run: Run, side: str, size: int | None) -> tuple[int, int]:
         raise UsageError(f"--size must be at least 1 (got {size})")
     height, width = run.domain.training_crop(size or run.config.train.size)
     if height is None:  # the full height of the encoded examples (audio: every bin)
-        shape = run.config.shapes.get(side)
-        if shape is None:
-            stats = load_training_statistics(run.path) or {}
-            shape = (stats.get(side) or {}).get("shape")
-        if shape is None:
-            raise StyletxError(f"{run.path}: the run records no example shape (config.json "
-                               "\"shapes\"); train it with this version of styletx")
-        height = int(shape[1])
+        height = run.config.encoded_height(side)
+        if height is None:  # an older run: latent.json recorded one example's shape
+            shape = ((load_training_statistics(run.path) or {}).get(side) or {}).get("shape")
+            if shape is None:
+                raise StyletxError(f"{run.path}: the run records no example shape (config.json "
+                                   "\"shapes\"); train it with this version of styletx")
+            height = int(shape[1])
     return height, width
 
 

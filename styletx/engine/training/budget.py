@@ -13,7 +13,12 @@ from styletx.contract.interfaces import Translator
 from styletx.engine import distributed
 from styletx.engine.data import CropSampler
 from styletx.engine.run_config import TrainPlan
-from styletx.engine.training.checkpoints import restore_rng, rng_state
+from styletx.engine.training.checkpoints import (
+    load_optimizer_state,
+    optimizer_state,
+    restore_rng,
+    rng_state,
+)
 from styletx.engine.training.settings import TrainSettings
 
 log = logging.getLogger("styletx")
@@ -71,12 +76,9 @@ class Budget:
 def replan(translator: Translator, plan: TrainPlan, total: int) -> None:
     """Make ``total`` the run's step count (``plan.steps``): new schedulers (and optimizers)
     for it, carrying the current optimizer and scheduler state over, as a resume does."""
-    state = {kind: {name: obj.state_dict() for name, obj in getattr(translator, kind).items()}
-             for kind in ("optimizers", "schedulers")}
+    state = optimizer_state(translator)
     translator.configure_optimizers(total)
-    for kind, objects in state.items():
-        for name, obj_state in objects.items():
-            getattr(translator, kind)[name].load_state_dict(obj_state)
+    load_optimizer_state(translator, state)
     log.info("--minutes: %d steps fit at the speed so far (planned %d)", total, plan.steps)
     plan.steps = total
 

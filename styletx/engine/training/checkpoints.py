@@ -25,8 +25,7 @@ def save_training_checkpoint(out: Path, run_config: RunConfig, step: int, transl
                              encoders: dict[str, Encoder], sampler: CropSampler) -> None:
     save_checkpoint(out, model_tensors(translator, encoders), {
         "step": step,
-        "optimizers": {k: o.state_dict() for k, o in translator.optimizers.items()},
-        "schedulers": {k: s.state_dict() for k, s in translator.schedulers.items()},
+        **optimizer_state(translator),
         "translator": translator.extra_state(),
         "sampler": sampler.state_dict(),
         "rng": rng_state(),
@@ -37,12 +36,24 @@ def save_training_checkpoint(out: Path, run_config: RunConfig, step: int, transl
 
 def load_training_state(state: dict[str, Any], translator: Translator,
                         sampler: CropSampler) -> None:
-    for kind in ("optimizers", "schedulers"):
-        for name, obj in getattr(translator, kind).items():
-            obj.load_state_dict(state[kind][name])
+    load_optimizer_state(translator, state)
     translator.load_extra_state(state["translator"])
     sampler.load_state_dict(state["sampler"])
     restore_rng(state["rng"])
+
+
+def optimizer_state(translator: Translator) -> dict[str, dict[str, Any]]:
+    """The state of every optimizer and scheduler, by name: {"optimizers": ..., "schedulers":
+    ...}."""
+    return {kind: {name: obj.state_dict() for name, obj in getattr(translator, kind).items()}
+            for kind in ("optimizers", "schedulers")}
+
+
+def load_optimizer_state(translator: Translator, state: dict[str, Any]) -> None:
+    """The inverse of ``optimizer_state``, into the translator's current objects."""
+    for kind in ("optimizers", "schedulers"):
+        for name, obj in getattr(translator, kind).items():
+            obj.load_state_dict(state[kind][name])
 
 
 def rng_state() -> dict[str, Any]:
