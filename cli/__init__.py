@@ -26,6 +26,9 @@ from styletx.contract.errors import (
 from styletx.demo import DEMO_MINUTES, VOICE_DEMO_MINUTES
 
 log = logging.getLogger("styletx")
+# torch.compile's modes, as styletx.engine.training.loop's (not imported: --help starts fast)
+COMPILE_MODES = ["auto", "default", "reduce-overhead", "max-autotune",
+                 "max-autotune-no-cudagraphs"]
 
 
 class _Handler(logging.Handler):
@@ -203,6 +206,9 @@ threads_option = click.option(
               help="Channels-last memory format for the networks (faster on recent GPUs).")
 @click.option("--compile", "compile_", is_flag=True,
               help="Run the generators through torch.compile (slow start, faster steps).")
+@click.option("--compile-mode", type=click.Choice(COMPILE_MODES), default=None,
+              help="torch.compile's mode (implies --compile). auto (default): "
+                   "reduce-overhead (CUDA graphs) on CUDA, default on CPU.")
 @click.option("--prefetch", type=click.IntRange(min=0), default=None,
               help="Batches drawn ahead in a background thread, pinned for the GPU "
                    "(default: 2 on CUDA, 0 on CPU).")
@@ -217,7 +223,8 @@ threads_option = click.option(
 def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, device, seed,
           settings,
           domain, encoder, save_every, preview_every, log_every, amp, aligned, balance,
-          balance_every, balance_smoothing, channels_last, compile_, prefetch, workers, nproc):
+          balance_every, balance_smoothing, channels_last, compile_, compile_mode, prefetch,
+          workers, nproc):
     """Train a model that turns files like A_DIR's into files like B_DIR's.
 
     Unpaired models (cyclegan) learn from any two folders. Paired ones (--model pix2pix) pair
@@ -242,7 +249,8 @@ def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, de
             steps=steps, minutes=minutes, batch_size=batch_size, size=size, seed=seed,
             device=device, amp=amp,
             save_every=save_every, preview_every=preview_every, log_every=log_every,
-            balance=balance, channels_last=channels_last, compile=compile_, prefetch=prefetch,
+            balance=balance, channels_last=channels_last, compile=compile_ or bool(compile_mode),
+            compile_mode=compile_mode or "auto", prefetch=prefetch,
             workers=workers, **tuning,
         ),
     )

@@ -207,3 +207,22 @@ def test_db_helpers_are_capped_and_json_safe():
     assert gpu_check.snr_db(a, a * 1.01) == pytest.approx(40.0, abs=0.01)
     assert gpu_check.finite_or_none({"x": [1.0, float("nan")], "y": float("inf")}) == {
         "x": [1.0, None], "y": None}
+
+
+def test_gpu_speed_cpu_mode(tmp_path):
+    """benchmarks/gpu_speed.py without CUDA: two tiny eager configurations, each in its own
+    process through the real trainer, with a rate, finite losses and a table."""
+    out_json, out_md = tmp_path / "speed.json", tmp_path / "speed.md"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_speed.py"), "--steps", "20", "--warmup", "10",
+         "--json", str(out_json), "--md", str(out_md)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [r["config"] for r in rows] == ["fp32", "fp32 autotune"]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["steps"] == 20 and row["timed_steps"] == 10
+        assert _positive(row["steps_per_s"]) and row["losses_finite"] is True
+    assert "| fp32 | " in out_md.read_text()

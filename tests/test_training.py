@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from styletx.contract.errors import StyletxError
+from styletx.contract.errors import StyletxError, UsageError
 from styletx.demo import score_folder
 from styletx.engine.runs import load_resume
 from styletx.engine.training import TrainingInterrupted, TrainSettings, train
@@ -180,8 +180,11 @@ def test_compile_compiles_the_generators_only(scenes, tmp_path, monkeypatch):
     """--compile compiles the generators in place (names and checkpoints unchanged). The real
     torch.compile takes over a minute per shape on 2 CPU cores, so it is recorded here; it was
     run by hand (tiny CycleGAN, one step: 85 s, then the usual losses)."""
-    compiled = []
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda net, *a, **k: compiled.append(net))
+    compiled, modes, marks = [], set(), []
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda net, mode: (compiled.append(net), modes.add(mode)))
+    # CUDA graphs (--compile on CUDA) reuse a step's buffers once the next step is marked
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     seen = {}
     original = CycleGAN.configure_optimizers
 
@@ -191,10 +194,24 @@ def test_compile_compiles_the_generators_only(scenes, tmp_path, monkeypatch):
 
     monkeypatch.setattr(CycleGAN, "configure_optimizers", spy)
     train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny",
-          settings=settings(1, compile=True))
+          settings=settings(2, compile=True))
     model = seen["model"]
     assert compiled == [model.G_A, model.G_B]
+    assert modes == {"default"} and len(marks) == 2  # auto: CUDA graphs on CUDA only
     from styletx.plugins.pix2pix import Pix2Pix, Pix2PixConfig
 
     paired = Pix2Pix(Pix2PixConfig(ngf=4, ndf=4, depth=3, direction="both"), 3, 3)
     assert sorted(paired.generator_networks()) == ["G_a2b", "G_b2a"]
+
+
+def test_compile_mode_on_each_device_and_a_bad_one(scenes, tmp_path):
+    from styletx.engine.training.loop import COMPILE_MODE_ON_CUDA, compile_mode
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compile_mode(TrainSettings(compile=True), cpu) == "default"
+    assert compile_mode(TrainSettings(compile=True), cuda) == COMPILE_MODE_ON_CUDA
+    assert compile_mode(TrainSettings(compile=True, compile_mode="max-autotune"),
+                        cuda) == "max-autotune"
+    with pytest.raises(UsageError, match="--compile-mode must be one of"):
+        train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny",
+              settings=settings(1, compile=True, compile_mode="fastest"))

@@ -56,13 +56,16 @@ from styletx.engine.training.settings import TrainingInterrupted, TrainResult, T
 log = logging.getLogger("styletx")
 
 PLAIN_LINE_SECONDS = 10  # without a progress bar (not a terminal): a progress line this often
+COMPILE_MODE_ON_CUDA = "reduce-overhead"  # --compile's mode on CUDA (benchmarks/gpu_speed.py)
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune",
+                 "max-autotune-no-cudagraphs")
 
 
 def run(prepared: Prepared, settings: TrainSettings) -> TrainResult:
     """Train ``prepared`` to its planned step (or until time is up or Ctrl-C)."""
     translator, plan = prepared.translator, prepared.run_config.train
-    group, device = _join_processes(translator, settings)
     _check_settings(translator, settings)
+    group, device = _join_processes(translator, settings)
     sampler, names, alignment = _sampler(prepared, group)
     planned = (settings.minutes is not None and prepared.resume_state is None
                and settings.steps is None)
@@ -92,17 +95,29 @@ def _join_processes(translator: Translator,
     device = pick_device(device_name)
     translator.to(device, amp=settings.amp)
     group.prepare(translator.networks(), device)
-    _apply_speed_options(translator, settings)
+    _apply_speed_options(translator, settings, device)
     return group, device
 
 
-def _apply_speed_options(translator: Translator, settings: TrainSettings) -> None:
+def _apply_speed_options(translator: Translator, settings: TrainSettings,
+                         device: torch.device) -> None:
     if settings.channels_last:  # NHWC: faster convolutions on recent GPUs (tensor cores)
         for net in translator.networks().values():
             net.to(memory_format=torch.channels_last)
+    if device.type == "cuda":  # training crops have one size: the timing is paid once
+        torch.backends.cudnn.benchmark = settings.cudnn_autotune
     if settings.compile:  # in place, so names, state dicts and checkpoints stay the same
+        mode = compile_mode(settings, device)
         for net in translator.generator_networks().values():
-            net.compile()
+            net.compile(mode=mode)
+
+
+def compile_mode(settings: TrainSettings, device: torch.device) -> str:
+    """torch.compile's mode for ``settings``: "auto" is CUDA graphs on CUDA, where a step at
+    the reference batch of 1 is bound by kernel launches, not by the GPU's arithmetic."""
+    if settings.compile_mode != "auto":
+        return settings.compile_mode
+    return COMPILE_MODE_ON_CUDA if device.type == "cuda" else "default"
 
 
 def _check_settings(translator: Translator, settings: TrainSettings) -> None:
@@ -111,6 +126,9 @@ def _check_settings(translator: Translator, settings: TrainSettings) -> None:
                          f"{translator.name}")
     if settings.balance_every < 1 or settings.balance_smoothing < 0:
         raise UsageError("--balance-every must be at least 1 and --balance-smoothing >= 0")
+    if settings.compile_mode not in COMPILE_MODES:
+        raise UsageError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)} "
+                         f"(got {settings.compile_mode})")
     if settings.prefetch is not None and settings.prefetch < 0:
         raise UsageError(f"--prefetch must be >= 0 (got {settings.prefetch})")
 
@@ -207,6 +225,8 @@ class Loop:
             self._rebalance()
         batch = {k: v.to(self.device, non_blocking=True, memory_format=self.memory_format)
                  for k, v in self.batches.next_batch().items()}
+        if self.settings.compile:  # CUDA graphs: buffers of the last step may be reused now
+            torch.compiler.cudagraph_mark_step_begin()
         self.losses = self.translator.training_step(batch, self.step)
         for scheduler in self.translator.schedulers.values():
             scheduler.step()

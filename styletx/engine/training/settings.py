@@ -37,6 +37,9 @@ class TrainSettings:
     #                                   move the sampling towards uniform
     channels_last: bool = False  # channels-last memory format for the networks and batches
     compile: bool = False  # run the generators through torch.compile
+    compile_mode: str = "auto"  # torch.compile's mode; auto: COMPILE_MODE_ON_CUDA on CUDA,
+    #                             "default" elsewhere
+    cudnn_autotune: bool = True  # CUDA: let cuDNN time its algorithms for the (fixed) crop
     prefetch: int | None = None  # batches drawn ahead in a background thread (pinned for the
     #                              GPU); None: 2 on CUDA, 0 on CPU
     workers: int | None = None  # processes reading the training files; None: one per CPU
