@@ -338,8 +338,8 @@ class _PlainProgress:
 
     EVERY = 10.0  # seconds between lines
 
-    def __init__(self, bar, verb: str):
-        self.bar, self.verb, self.total, self.done = bar, verb, None, 0
+    def __init__(self, bar, verb: str, unit: str = "file(s)"):
+        self.bar, self.verb, self.unit, self.total, self.done = bar, verb, unit, None, 0
         self.began = self.printed = time.monotonic()
 
     def start(self, total: int) -> None:
@@ -354,8 +354,8 @@ class _PlainProgress:
         self.printed = now
         rate = self.done / max(now - self.began, 1e-9)
         left = f", {(self.total - self.done) / rate:.0f} s left" if self.total else ""
-        log.info("%s %d/%s file(s) (%.2f files/s%s)", self.verb, self.done,
-                 self.total or "?", rate, left)
+        log.info("%s %d/%s %s (%.2f/s%s)", self.verb, self.done, self.total or "?", self.unit,
+                 rate, left)
 
 
 @cli.command()
@@ -380,15 +380,33 @@ def evaluate(run, a_test, b_test, direction, aligned, as_json, device):
     from styletx.engine.evaluate import evaluate as run_evaluation
 
     with tqdm(unit="pair", file=sys.stderr, disable=None) as bar:
+        progress = _PlainProgress(bar, "evaluated", "pair(s)")
 
         def on_pair(name, problem):
             bar.update(1)
             if problem:
                 tqdm.write(f"Error: {name}: {problem}", file=sys.stderr)
+            progress.tick()
 
         result = run_evaluation(run, a_test, b_test, direction, aligned, device=device,
-                                registry=registry(), on_pair=on_pair)
+                                registry=registry(), on_pair=on_pair, on_start=progress.start)
+    _keep_in_report(result)
     _print_report(result, as_json, _evaluation_table, "pair(s)")
+
+
+def _keep_in_report(result) -> None:
+    """The evaluation joins the run's report (RUN/report.html). A run folder that cannot be
+    written (a shared, read-only model) only loses that: a warning, the scores still print."""
+    from styletx.contract.errors import WriteError
+    from styletx.engine.report import REPORT, save_evaluation, write_report
+
+    if not result.scores:
+        return
+    try:
+        save_evaluation(result.run, result.to_json())
+        write_report(result.run)
+    except (OSError, WriteError) as exc:
+        log.warning("%s not updated: %s", result.run / REPORT, one_line(exc, type_name=False))
 
 
 def _print_report(report, as_json: bool, table, what: str) -> None:
@@ -528,6 +546,21 @@ def _score_table(report) -> str:
     lines.append(f"\n{flagged} of {len(report.scores)} file(s) above the threshold "
                  f"{report.threshold:.4f} (side {report.side.upper()})")
     return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@reports_errors
+def report(run):
+    """Write RUN/report.html: settings, loss curves, the preview of each checkpoint (voice: with
+    players), the last evaluation and the timing, as one page that opens offline.
+
+    Training refreshes it at each checkpoint and at the end, and `styletx evaluate` adds its
+    table; this command writes it for any run folder, e.g. one trained by an older version.
+    """
+    from styletx.engine.report import write_report
+
+    click.echo(f"wrote {write_report(run)}")
 
 
 @cli.command()

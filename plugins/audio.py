@@ -147,14 +147,13 @@ class AudioDomain(styletx.Domain):
     def training_crop(self, size: int) -> tuple[int | None, int]:
         return None, size  # every frequency bin, ``size`` frames
 
-    def save_preview(self, rows, encoders, stem: Path) -> None:
-        """Spectrogram pictures (low frequencies at the bottom) as ``stem.png`` and the audio of
+    def save_preview(self, rows, encoders, stem: Path, titles=None) -> None:
+        """Spectrograms with time and frequency axes, in dB, as ``stem.png``, and the audio of
         every tile as ``stem-<row><col>.wav``, rows lettered a, b, c, ... (in a training preview
         ``-a1`` is A translated to B)."""
-        from styletx.image.previews import save_grid
+        from styletx.audio.previews import save_spectrogram_grid
 
-        # Normalised log spectrograms span about +-3 standard deviations: fit them to [-1, 1].
-        save_grid([[t.flip(-2) / 3 for t in row] for row in rows], stem.with_suffix(".png"))
+        save_spectrogram_grid(rows, encoders, stem.with_suffix(".png"), titles)
         for side, row, row_encoders in zip(string.ascii_lowercase, rows, encoders):
             for col, (tensor, encoder) in enumerate(zip(row, row_encoders)):
                 clip = stem.with_name(f"{stem.name}-{side}{col}.wav")

@@ -255,6 +255,7 @@ class Unpadded(nn.Module):
 
 class Pix2Pix(styletx.Translator):
     name = "pix2pix"
+    preview_columns = ("input", "translated", "true pair")
     Config = Pix2PixConfig
     paired = True
     presets = {

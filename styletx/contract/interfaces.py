@@ -103,12 +103,14 @@ class Domain(ABC):
         return size, size
 
     def save_preview(self, rows: list[list[torch.Tensor]], encoders: list[list[Encoder]],
-                     stem: Path) -> None:
+                     stem: Path, titles: list[list[str]] | None = None) -> None:
         """Write a training preview: ``rows`` of tensors ``(C, H, W)`` (input, translated,
-        reconstructed) and the encoder that decodes each; default: one picture ``stem.png``."""
+        reconstructed), the encoder that decodes each and each tile's title (e.g. "translated
+        (B)"); default: one labelled picture ``stem.png``. (An override without ``titles`` still
+        works: the engine then leaves them out.)"""
         from styletx.image.previews import save_grid
 
-        save_grid(rows, stem.with_suffix(".png"))
+        save_grid(rows, stem.with_suffix(".png"), titles=titles)
 
 
 class Encoder(ABC):
@@ -333,9 +335,13 @@ class Translator(ABC):
         warn about inputs unlike the training data; None (the default) for no check."""
         return None
 
+    # What the columns of ``preview``'s rows show, for the titles of the preview pictures.
+    preview_columns: ClassVar[tuple[str, ...]] = ("input", "translated", "reconstructed")
+
     def preview(self, batch: dict[str, torch.Tensor]) -> list[list[tuple[str, torch.Tensor]]]:
         """Rows of ``(side, tensor (C, H, W))`` for a preview grid, the side naming the domain
-        whose encoder decodes the tensor; default: input, translated, reconstructed."""
+        whose encoder decodes the tensor; default: input, translated, reconstructed
+        (``preview_columns`` names them)."""
         rows = []
         with torch.no_grad():
             for src, direction, back in (("a", "a2b", "b2a"), ("b", "b2a", "a2b")):

@@ -81,10 +81,11 @@ def evaluate(
     device: str = "auto",
     registry: Registry | None = None,
     on_pair: Callable[[str, str | None], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> Evaluation:
     """Convert every paired test input of ``a_test``/``b_test`` in ``direction`` and score it
     against its pair. A pair whose file is unusable is reported (``on_pair(name, problem)``)
-    and left out; the rest are scored."""
+    and left out; the rest are scored. ``on_start(n)`` is told the number of pairs first."""
     direction_sides(direction)  # validates the direction before any work
     model = run if isinstance(run, Run) else load_run(run, device=device, registry=registry)
     domain = model.domain
@@ -92,7 +93,10 @@ def evaluate(
         raise UsageError(f"the {domain.name} domain has no evaluation metrics")
     result = Evaluation(model.path, direction, dict(domain.metrics))
     on_pair = on_pair or (lambda *_: None)
-    for name, paths, load in _test_pairs(domain, a_test, b_test, aligned, direction):
+    pairs = _test_pairs(domain, a_test, b_test, aligned, direction)
+    if on_start is not None:
+        on_start(len(pairs))
+    for name, paths, load in pairs:
         try:
             with _warnings_named(name):
                 src, tgt = load()

@@ -11,6 +11,7 @@ state, so N + N steps give the same weights as 2N uninterrupted steps.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import signal
 import sys
@@ -27,6 +28,7 @@ from styletx.contract.errors import (
     UsageError,
     WriteError,
     is_out_of_memory,
+    one_line,
     out_of_memory_problem,
 )
 from styletx.contract.interfaces import SIDES, LatentTranslator, Translator
@@ -36,6 +38,7 @@ from styletx.engine.balance import inverse_density_weights, pooled_means
 from styletx.engine.data import CropSampler, Prefetcher
 from styletx.engine.model import pick_device
 from styletx.engine.pairs import AlignmentCache
+from styletx.engine.report import REPORT, save_preview_titles, write_report
 from styletx.engine.runs import CONFIG, SAMPLES, append_log, truncate_log, write_json
 from styletx.engine.training.budget import Budget, replan, steps_in_budget
 from styletx.engine.training.checkpoints import (
@@ -112,6 +115,14 @@ def _apply_speed_options(translator: Translator, settings: TrainSettings,
             net.compile(mode=mode)
 
 
+def preview_titles(translator: Translator, rows: list[list[tuple[str, torch.Tensor]]]
+                   ) -> list[list[str]]:
+    """Each preview tile's title: what its column shows and its side, "translated (B)"."""
+    columns = translator.preview_columns
+    return [[f"{columns[c] if c < len(columns) else ''} ({side.upper()})".strip()
+             for c, (side, _) in enumerate(row)] for row in rows]
+
+
 def compile_mode(settings: TrainSettings, device: torch.device) -> str:
     """torch.compile's mode for ``settings``: "auto" is CUDA graphs on CUDA, where a step at
     the reference batch of 1 is bound by kernel launches, not by the GPU's arithmetic."""
@@ -175,6 +186,7 @@ class _Marks:
     printed_at: float = float("-inf")
     tick: float = dataclasses.field(default_factory=time.perf_counter)  # steps/s measured since
     tick_step: int = 0
+    report_failed: bool = False  # warned once that the run report could not be written
 
 
 class Loop:
@@ -255,6 +267,17 @@ class Loop:
             save_training_checkpoint(p.out, p.run_config, step, self.translator, p.encoders,
                                      self.batches)
             self.marks.saved, self.marks.saved_at = step, time.monotonic()
+            self._refresh_report()
+
+    def _refresh_report(self) -> None:
+        """The run report follows the checkpoints. It is only a page: failing to write it
+        warns once and never stops the training."""
+        try:
+            write_report(self.prepared.out)
+        except Exception as exc:  # noqa: BLE001 - the checkpoint before it is what matters
+            if not self.marks.report_failed:
+                log.warning("%s not refreshed: %s", self.prepared.out / REPORT, one_line(exc))
+                self.marks.report_failed = True
 
     def _log_step(self, last: bool) -> None:
         marks, step, total = self.marks, self.step, self.plan.steps
@@ -281,7 +304,12 @@ class Loop:
         restore_rng(rng)
         tensors = [[tensor for _, tensor in row] for row in rows]
         grid = [[p.encoders[side] for side, _ in row] for row in rows]
-        p.domain.save_preview(tensors, grid, p.out / SAMPLES / f"step-{self.step:06d}")
+        stem, titles = p.out / SAMPLES / f"step-{self.step:06d}", preview_titles(translator, rows)
+        if "titles" in inspect.signature(p.domain.save_preview).parameters:
+            p.domain.save_preview(tensors, grid, stem, titles=titles)
+        else:  # a domain plugin written before previews had titles
+            p.domain.save_preview(tensors, grid, stem)
+        save_preview_titles(p.out, titles)
 
     def _rebalance(self) -> None:
         _pause_prefetch(self.batches)

@@ -1,0 +1,177 @@
+"""The run report (RUN/report.html): written by training at each checkpoint, by `styletx report`
+and by `styletx evaluate`; its structure always, its rendering in headless Chromium when there
+is one (scripts/report_screenshot.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from styletx.engine.training import TrainSettings, train
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import report_screenshot  # noqa: E402
+
+
+class Page(HTMLParser):
+    """The parts of a report the tests look at: headings, pictures, players, table cells."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.headings, self.images, self.audio, self.cells = [], [], [], []
+        self._in = None
+        self.feed(path.read_text())
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"].split("?")[0])
+        elif tag == "audio":
+            self.audio.append(attrs["src"].split("?")[0])
+        self._in = tag
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+    def handle_data(self, data):
+        if self._in == "h2":
+            self.headings.append(data.strip())
+        elif self._in == "td" and data.strip():
+            self.cells.append(data.strip())
+
+
+def settings(steps: int, **kw) -> TrainSettings:
+    return TrainSettings(**{**dict(steps=steps, size=16, batch_size=2, device="cpu",
+                                   progress=False, log_every=1), **kw})
+
+
+@pytest.fixture(scope="module")
+def image_run(scenes, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("report") / "run"
+    train(scenes["a"], scenes["b"], run, preset="tiny", settings=settings(6, save_every=3))
+    return run
+
+
+@pytest.fixture(scope="module")
+def voice_folders(tmp_path_factory) -> dict[str, Path]:
+    from styletx.audio.synth import write_voice_folders
+
+    return write_voice_folders(tmp_path_factory.mktemp("voices"), n_train=2, n_test=1,
+                               seconds=1.0)
+
+
+def test_training_writes_the_report_with_curves_and_labelled_previews(image_run):
+    page = Page(image_run / "report.html")
+    assert page.headings == ["Losses", "Evaluation", "Previews", "Timing", "Settings"]
+    # the loss curves and one preview per checkpoint (steps 3 and 6), newest first
+    assert page.images == ["report/losses.png", "samples/step-000006.png",
+                           "samples/step-000003.png"]
+    for link in page.images:
+        pixels = np.asarray(Image.open(image_run / link).convert("L"))
+        assert pixels.std() > 10, link  # not a blank picture
+    # the settings and the timing come from the run's config and log
+    assert {"cyclegan", "tiny", "image"} <= set(page.cells)
+    assert "last logged step" in page.cells and "6" in page.cells
+    # each preview tile is titled; the titles are kept for the report
+    titles = json.loads((image_run / "samples" / "titles.json").read_text())["titles"]
+    assert titles == [["input (A)", "translated (B)", "cycled back (A)"],
+                      ["input (B)", "translated (A)", "cycled back (B)"]]
+
+
+def test_the_page_links_only_files_beside_it(image_run):
+    """Opens offline: every link is relative and names a file of the run folder."""
+    text = (image_run / "report.html").read_text()
+    assert "http://" not in text and "https://" not in text and "<script" not in text
+    for link in Page(image_run / "report.html").images:
+        assert (image_run / link).is_file()
+
+
+def test_voice_report_has_labelled_spectrograms_and_players(voice_folders, tmp_path):
+    run = tmp_path / "voice"
+    train(voice_folders["a"], voice_folders["b"], run, preset="tiny", domain="audio",
+          settings=settings(2, size=32, save_every=2))
+    page = Page(run / "report.html")
+    assert page.images == ["report/losses.png", "samples/step-000002.png"]
+    # a player for each tile: 2 rows (from A, from B) of input, translated, cycled back
+    assert len(page.audio) == 6 and all((run / clip).is_file() for clip in page.audio)
+    assert "translated (B)" in page.cells  # the clip named by its tile's title
+    figure = np.asarray(Image.open(run / "samples" / "step-000002.png").convert("RGB"))
+    assert figure.shape[1] > 600  # axes, colour bars and titles around each spectrogram
+
+
+def test_evaluate_adds_its_table(styletx, image_run, scenes):
+    result = styletx("evaluate", image_run, scenes["test_a"], scenes["test_b"], "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    saved = json.loads((image_run / "evaluation-a2b.json").read_text())
+    assert saved["direction"] == "a2b" and len(saved["pairs"]) == 3
+    page = Page(image_run / "report.html")
+    assert "psnr_db" in page.cells and "ssim" in page.cells
+
+
+def test_report_command(styletx, image_run, tmp_path):
+    (image_run / "report.html").unlink()
+    result = styletx("report", image_run)
+    assert result.exit_code == 0 and (image_run / "report.html").is_file()
+    missing = styletx("report", tmp_path / "nothing")
+    assert missing.exit_code == 2
+    assert missing.error_lines == [f"Error: {tmp_path / 'nothing'}: no such run folder"]
+
+
+def test_a_damaged_log_line_is_left_out(image_run, tmp_path):
+    from styletx.engine.report import write_report
+
+    log = image_run / "log.jsonl"
+    kept = log.read_text()
+    try:
+        log.write_text(kept + '{"step": 7, "losses": {"G_A": 0.1')  # torn by a power cut
+        write_report(image_run)
+        assert "report/losses.png" in Page(image_run / "report.html").images
+    finally:
+        log.write_text(kept)
+
+
+def test_a_failing_report_warns_once_and_training_goes_on(scenes, tmp_path, monkeypatch,
+                                                          caplog):
+    from styletx.engine.training import loop
+
+    def broken(run):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(loop, "write_report", broken)
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="styletx"):
+        result = train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny",
+                       settings=settings(4, save_every=1))
+    assert result.step == 4
+    warnings = [r.getMessage() for r in caplog.records if "not refreshed" in r.getMessage()]
+    assert warnings == [f"{tmp_path / 'run' / 'report.html'} not refreshed: "
+                        f"RuntimeError: no fonts"]
+
+
+@pytest.mark.skipif(report_screenshot.find_browser() is None,
+                    reason="no Chromium (apt-get install chromium); "
+                           "scripts/report_screenshot.py RUN does this check by hand")
+def test_report_renders_in_chromium(image_run, tmp_path):
+    seen = report_screenshot.check(image_run, tmp_path / "shot.png")
+    assert seen["changed_fraction"] >= report_screenshot.MIN_CHANGED, seen
+    assert seen["curve_pixels"] >= report_screenshot.MIN_CURVE_PIXELS, seen
+    # and the check can fail: the same page with blank pictures
+    blank = tmp_path / "blank"
+    (blank / "report").mkdir(parents=True)
+    (blank / "samples").mkdir()
+    page = (image_run / "report.html").read_text()
+    (blank / "report.html").write_text(page)
+    for link in Page(image_run / "report.html").images:
+        size = Image.open(image_run / link).size
+        Image.new("RGB", size, "white").save(blank / link)
+    seen = report_screenshot.check(blank, tmp_path / "blank.png")
+    assert seen["changed_fraction"] < 0.01 and seen["curve_pixels"] == 0
