@@ -209,6 +209,9 @@ threads_option = click.option(
 @click.option("--compile-mode", type=click.Choice(COMPILE_MODES), default=None,
               help="torch.compile's mode (implies --compile). auto (default): "
                    "reduce-overhead (CUDA graphs) on CUDA, default on CPU.")
+@click.option("--log", "log_to", type=click.Choice(["tensorboard"]), default=None,
+              help="Also write the losses and previews for TensorBoard, in RUN/tensorboard/ "
+                   "(pip install \"styletx[tensorboard]\").")
 @click.option("--prefetch", type=click.IntRange(min=0), default=None,
               help="Batches drawn ahead in a background thread, pinned for the GPU "
                    "(default: 2 on CUDA, 0 on CPU).")
@@ -223,8 +226,8 @@ threads_option = click.option(
 def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, device, seed,
           settings,
           domain, encoder, save_every, preview_every, log_every, amp, aligned, balance,
-          balance_every, balance_smoothing, channels_last, compile_, compile_mode, prefetch,
-          workers, nproc):
+          balance_every, balance_smoothing, channels_last, compile_, compile_mode, log_to,
+          prefetch, workers, nproc):
     """Train a model that turns files like A_DIR's into files like B_DIR's.
 
     Unpaired models (cyclegan) learn from any two folders. Paired ones (--model pix2pix) pair
@@ -250,7 +253,7 @@ def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, de
             device=device, amp=amp,
             save_every=save_every, preview_every=preview_every, log_every=log_every,
             balance=balance, channels_last=channels_last, compile=compile_ or bool(compile_mode),
-            compile_mode=compile_mode or "auto", prefetch=prefetch,
+            compile_mode=compile_mode or "auto", log_to=log_to, prefetch=prefetch,
             workers=workers, **tuning,
         ),
     )

@@ -175,3 +175,30 @@ def test_report_renders_in_chromium(image_run, tmp_path):
         Image.new("RGB", size, "white").save(blank / link)
     seen = report_screenshot.check(blank, tmp_path / "blank.png")
     assert seen["changed_fraction"] < 0.01 and seen["curve_pixels"] == 0
+
+
+def test_log_tensorboard_writes_scalars_and_previews(styletx, scenes, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    result = styletx("train", scenes["a"], scenes["b"], "--out", run, "--preset", "tiny",
+                     "--device", "cpu", "--steps", "4", "--size", "16", "--save-every", "2",
+                     "--log-every", "1", "--log", "tensorboard")
+    assert result.exit_code == 0, result.stderr
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    assert {"loss/cycle_A", "loss/D_A", "lr/G", "speed/steps_per_s"} <= set(
+        events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss/cycle_A")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Images("preview")] == [2, 4]
+
+
+def test_log_tensorboard_without_the_package_is_a_usage_error(styletx, scenes, tmp_path,
+                                                              monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    result = styletx("train", scenes["a"], scenes["b"], "--out", tmp_path / "run",
+                     "--preset", "tiny", "--device", "cpu", "--steps", "2", "--log",
+                     "tensorboard")
+    assert result.exit_code == 2
+    assert result.error_lines == ['Error: --log tensorboard needs the tensorboard package: '
+                                  'pip install "styletx[tensorboard]"']
+    assert not (tmp_path / "run").exists()  # nothing written before the check

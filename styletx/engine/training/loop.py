@@ -55,6 +55,7 @@ from styletx.engine.training.inputs import (
 )
 from styletx.engine.training.prepare import Prepared
 from styletx.engine.training.settings import TrainingInterrupted, TrainResult, TrainSettings
+from styletx.engine.training.tensorboard import TensorBoardLog, check_available
 
 log = logging.getLogger("styletx")
 
@@ -137,6 +138,7 @@ def _check_settings(translator: Translator, settings: TrainSettings) -> None:
                          f"{translator.name}")
     if settings.balance_every < 1 or settings.balance_smoothing < 0:
         raise UsageError("--balance-every must be at least 1 and --balance-smoothing >= 0")
+    check_available(settings.log_to)
     if settings.compile_mode not in COMPILE_MODES:
         raise UsageError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)} "
                          f"(got {settings.compile_mode})")
@@ -213,6 +215,8 @@ class Loop:
         self.preview_every = settings.preview_every or self.save_every
         self.budget = (None if settings.minutes is None
                        else Budget(settings, self.start, replan=replan))
+        self.tensorboard = (TensorBoardLog(prepared.out, self.start)
+                            if settings.log_to and group.is_main else None)
         self.stop: _StopAtStepBoundary | None = None
         self.failure: str | None = None
 
@@ -287,6 +291,8 @@ class Loop:
         append_log(self.prepared.out, {"step": step, "time": time.time(),
                                        "steps_per_s": round(rate, 3), "lr": lrs,
                                        "losses": self.losses})
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(step, self.losses, lrs, rate)
         # no progress bar (not a terminal): a plain line now and then instead
         if self.bar.disable and (time.monotonic() - marks.printed_at >= PLAIN_LINE_SECONDS
                                  or last):
@@ -310,6 +316,8 @@ class Loop:
         else:  # a domain plugin written before previews had titles
             p.domain.save_preview(tensors, grid, stem)
         save_preview_titles(p.out, titles)
+        if self.tensorboard is not None and stem.with_suffix(".png").is_file():
+            self.tensorboard.picture(self.step, stem.with_suffix(".png"))
 
     def _rebalance(self) -> None:
         _pause_prefetch(self.batches)
@@ -323,6 +331,8 @@ class Loop:
         the last checkpoint."""
         out, step, total = self.prepared.out, self.step, self.plan.steps
         self.bar.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.failure is not None:
             saved = self.marks.saved
             raise StyletxError(self.failure + (f"; a rerun resumes from step {saved}" if saved

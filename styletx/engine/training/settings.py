@@ -31,6 +31,8 @@ class TrainSettings:
     preview_every: int | None = None  # samples/ grid period in steps (and at the end); None:
     #                                   as save_every
     progress: bool = True  # progress bar on a terminal
+    log_to: str | None = None  # "tensorboard": also write the log and previews as TensorBoard
+    #                            events in RUN/tensorboard/ (needs the tensorboard package)
     balance: bool = False  # latent models: draw rare kinds of example more often (DB-VAE)
     balance_every: int = 100  # steps between re-estimates of the sampling weights
     balance_smoothing: float = 0.001  # added to each latent histogram's density; larger values
