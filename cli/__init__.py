@@ -614,22 +614,48 @@ def plugins(ctx, as_json):
     `styletx plugins new NAME --kind KIND` starts a plugin of your own."""
     if ctx.invoked_subcommand is not None:
         return
-    reg = registry()
-    presets = {name: _presets(cls, reg.domains) for name, cls in reg.translators.items()}
+    from styletx.engine.user_cache import plugin_listing, step_times
+
+    listing = plugin_listing(_plugin_listing)  # cached: no torch import while nothing changed
+    _add_step_times(listing, step_times())
+    for p in listing:
+        if p["error"]:
+            click.echo(f'Error loading plugin "{p["name"]}": {p["error"]}', err=True)
     if as_json:
-        click.echo(json.dumps([{**p.__dict__, "presets": {
-            name: presets[name] for name in p.registers.get("translators", []) if name in presets
-        }} for p in reg.plugins], indent=2))
+        click.echo(json.dumps(listing, indent=2))
         return
-    for p in reg.plugins:
-        origin = "built-in" if p.builtin else "entry point"
-        click.echo(f"{p.name} {p.version} ({origin})")
-        if p.error:
-            click.echo(f"  error: {p.error}")
-        for kind, names in p.registers.items():
+    for p in listing:
+        origin = "built-in" if p["builtin"] else "entry point"
+        click.echo(f"{p['name']} {p['version']} ({origin})")
+        if p["error"]:
+            click.echo(f"  error: {p['error']}")
+        for kind, names in p["registers"].items():
             click.echo(f"  {kind}: {', '.join(names)}")
             for name in names if kind == "translators" else []:
-                _echo_presets(presets.get(name, {}))
+                _echo_presets(p["presets"].get(name, {}))
+
+
+def _plugin_listing() -> list[dict]:
+    """Every plugin, what it registers and each of its translators' presets, as JSON values."""
+    from styletx.contract.registry import get_registry
+
+    reg = get_registry()
+    presets = {name: _presets(cls, reg.domains) for name, cls in reg.translators.items()}
+    return [{**p.__dict__, "presets": {
+        name: presets[name] for name in p.registers.get("translators", []) if name in presets
+    }} for p in reg.plugins]
+
+
+def _add_step_times(listing: list[dict], times: dict[str, float]) -> None:
+    """Each preset's ``measured``: {device: seconds per step} of the last training run of it
+    on this machine (styletx.engine.user_cache)."""
+    from styletx.engine.user_cache import measured
+
+    for p in listing:
+        for translator, by_domain in p["presets"].items():
+            for domain, presets in by_domain.items():
+                for preset, values in presets.items():
+                    values["measured"] = measured(times, translator, preset, domain)
 
 
 @plugins.command("new")
@@ -660,8 +686,12 @@ def _echo_presets(by_domain: dict[str, dict[str, dict]]) -> None:
     unit = {"audio": "frames"}
     for domain, presets in by_domain.items():
         for name, p in presets.items():
+            measured = ", ".join(f"{seconds:.3g} s a step on {device}"
+                                 for device, seconds in p.get("measured", {}).items())
             click.echo(f"    --preset {name} ({domain}: {p['size']} {unit.get(domain, 'px')}, "
-                       f"batch {p['batch_size']}, {p['steps']} steps): {p['description']}")
+                       f"batch {p['batch_size']}, {p['steps']} steps"
+                       + (f"; measured here: {measured}" if measured else "")
+                       + f"): {p['description']}")
 
 
 @cli.command()

@@ -61,3 +61,12 @@ def trained_run(scenes, tmp_path_factory) -> Path:
     )
     assert result.exit_code == 0, result.output
     return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_user_cache(tmp_path_factory):
+    """The tests' plugin listing and step times go to a cache folder of their own, never to
+    the user's ~/.cache/styletx (subprocesses inherit it)."""
+    import os
+
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))

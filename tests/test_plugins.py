@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import sys
 import textwrap
 
@@ -127,3 +128,39 @@ def test_plugins_command_text(styletx):
     assert "cyclegan 0.1.0 (built-in)" in result.stdout and "translators: cyclegan" in result.stdout
     assert "--preset fast (image: 64 px, batch 4" in result.stdout
     assert "--preset tiny (audio: 64 frames" in result.stdout
+
+
+def test_plugins_listing_is_cached_and_answers_without_torch(tmp_path):
+    """The second `styletx plugins` reads the cached listing: torch is never imported."""
+    import subprocess
+    import sys
+
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules))\n"
+             "sys.argv = ['styletx', 'plugins']\n"
+             "from styletx.cli import main\n"
+             "main()\n")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    first, second = (subprocess.run([sys.executable, "-c", probe], env=env, text=True,
+                                    capture_output=True, timeout=300) for _ in range(2))
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout.replace("torch imported: True", "torch imported: False") == second.stdout
+    assert "torch imported: True" in first.stdout and "torch imported: False" in second.stdout
+    assert len(list((tmp_path / "styletx").glob("plugins-*.json"))) == 1
+
+
+def test_plugins_shows_the_step_time_measured_here(styletx, scenes, tmp_path, monkeypatch):
+    import styletx as api
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    api.train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny",
+              settings=api.TrainSettings(steps=4, device="cpu", progress=False, log_every=1))
+    api.train(scenes["a"], scenes["b"], tmp_path / "other", preset="fast",  # not fast's crop:
+              settings=api.TrainSettings(steps=2, size=16, device="cpu", progress=False,
+                                         log_every=1))  # not recorded
+    listed = {p["name"]: p for p in json.loads(styletx("plugins", "--json").stdout)}
+    image = listed["cyclegan"]["presets"]["cyclegan"]["image"]
+    assert set(image["tiny"]["measured"]) == {"cpu"} and image["tiny"]["measured"]["cpu"] > 0
+    assert image["fast"]["measured"] == {} and image["default"]["measured"] == {}
+    text = styletx("plugins").stdout
+    assert "--preset tiny (image: 32 px, batch 4, 300 steps; measured here: " in text

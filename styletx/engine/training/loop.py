@@ -54,8 +54,14 @@ from styletx.engine.training.inputs import (
     paired_examples,
 )
 from styletx.engine.training.prepare import Prepared
-from styletx.engine.training.settings import TrainingInterrupted, TrainResult, TrainSettings
+from styletx.engine.training.settings import (
+    TRAIN_DEFAULTS,
+    TrainingInterrupted,
+    TrainResult,
+    TrainSettings,
+)
 from styletx.engine.training.tensorboard import TensorBoardLog, check_available
+from styletx.engine.user_cache import record_step_time
 
 log = logging.getLogger("styletx")
 
@@ -219,6 +225,7 @@ class Loop:
                             if settings.log_to and group.is_main else None)
         self.stop: _StopAtStepBoundary | None = None
         self.failure: str | None = None
+        self.rates: list[float] = []  # steps/s of each logged period of this command
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -288,6 +295,7 @@ class Loop:
         rate = (step - marks.tick_step) / max(time.perf_counter() - marks.tick, 1e-9)
         marks.tick, marks.tick_step = time.perf_counter(), step
         lrs = {k: o.param_groups[0]["lr"] for k, o in self.translator.optimizers.items()}
+        self.rates.append(rate)
         append_log(self.prepared.out, {"step": step, "time": time.time(),
                                        "steps_per_s": round(rate, 3), "lr": lrs,
                                        "losses": self.losses})
@@ -325,6 +333,17 @@ class Loop:
                   self.settings.balance_smoothing, self.names, self.group)
         _resume_prefetch(self.batches)
 
+    def _as_the_preset_says(self) -> bool:
+        """Crops and batches of the preset's size, on one process, the model's settings its
+        own: then this run's speed is the preset's."""
+        config = self.prepared.run_config
+        preset = type(self.translator).presets_for(config.domain).get(config.preset)
+        if preset is None or self.group.active or any(
+                config.config.get(k) != v for k, v in preset.config.items()):
+            return False
+        values = {**TRAIN_DEFAULTS, **preset.train}
+        return (self.plan.size, self.plan.batch_size) == (values["size"], values["batch_size"])
+
     # -- the end -------------------------------------------------------------------------------
     def finish(self) -> TrainResult:
         """How the loop ended: trained (or out of time: saved), or an error naming the step of
@@ -351,6 +370,10 @@ class Loop:
             self.translator.on_trained(out, self.sampler.examples,
                                        chunk=self.prepared.domain.chunk_frames)
         self.group.finish()
+        if self.group.is_main and self.rates and self._as_the_preset_says():
+            config = self.prepared.run_config  # for `styletx plugins`: what a step costs here
+            record_step_time(config.translator, config.preset, config.domain, self.device.type,
+                             1 / max(sorted(self.rates)[len(self.rates) // 2], 1e-9))
         log.info("trained %s to step %d; model in %s", self.translator.name, step, out)
         return TrainResult(out, step, self.losses)
 
