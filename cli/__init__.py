@@ -303,6 +303,9 @@ def _relaunch_with_torchrun(nproc: int) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--keep-dropout", is_flag=True,
               help="Keep the generator's dropout on (pix2pix): a different output each run.")
+@click.option("--normalize", type=click.Choice(["loudness", "peak"]), default=None,
+              help="Voice: scale each output to its input's loudness (default; silence stays "
+                   "silent) or its peak to -0.1 dBFS.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
               show_default=True,
               help="bf16: faster on GPUs and on CPUs with bf16 instructions, with slightly "
@@ -310,14 +313,14 @@ def _relaunch_with_torchrun(nproc: int) -> None:
 @threads_option
 @reports_errors
 def convert(run, inputs, out_dir, direction, batch_size, out_format, device, keep_dropout,
-            precision):
+            normalize, precision):
     """Convert files and folders (recursively) with the model in RUN."""
     from tqdm import tqdm
 
     from styletx.engine.convert import load_run
 
     model = load_run(run, device=device, registry=registry(), keep_dropout=keep_dropout,
-                     precision=precision)
+                     precision=precision, normalize=normalize)
     with tqdm(unit="file", file=sys.stderr, disable=None) as bar:
         progress = _PlainProgress(bar, "converted")
 

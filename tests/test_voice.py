@@ -271,3 +271,25 @@ def test_converted_voice_keeps_the_loudness_and_the_pauses_of_its_source(voice_r
         middle = out[len(speech) + RATE // 4 : len(speech) + 3 * RATE // 4]
         quiet_db = 10 * np.log10(np.mean(middle**2) / np.mean(out[sounding] ** 2) + 1e-20)
         assert quiet_db < -50, (level_db, quiet_db)
+
+
+def test_normalize_peak_scales_the_loudest_sample_and_images_refuse_it(voice_run, voices,
+                                                                       trained_run, styletx,
+                                                                       tmp_path):
+    from styletx.audio.encoder import PEAK
+
+    source = sorted(voices["test_a"].iterdir())[0]
+    quiet = tmp_path / "quiet.wav"
+    sf.write(quiet, sf.read(source, dtype="float32")[0] * 0.05, RATE)
+    for normalize, out in (("peak", tmp_path / "peak"), ("loudness", tmp_path / "loud")):
+        result = styletx("convert", voice_run, quiet, "-o", out, "--device", "cpu",
+                         "--normalize", normalize)
+        assert result.exit_code == 0, result.stderr
+    peak = np.abs(sf.read(tmp_path / "peak" / "quiet.wav")[0]).max()
+    loudness = np.abs(sf.read(tmp_path / "loud" / "quiet.wav")[0]).max()
+    assert abs(peak - PEAK) < 1e-3 and loudness < 0.2  # the quiet input stays quiet by default
+    refused = styletx("convert", trained_run, source, "-o", tmp_path / "img", "--normalize",
+                      "peak", "--device", "cpu")
+    assert refused.exit_code == 2 and len(refused.error_lines) == 1
+    assert "--normalize is for voice runs" in refused.error_lines[0]
+    assert not (tmp_path / "img").exists()

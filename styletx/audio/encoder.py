@@ -18,6 +18,8 @@ from styletx.audio.sample import AudioSample
 from styletx.contract.errors import UsageError
 from styletx.contract.interfaces import Encoder
 
+NORMALIZE = ("loudness", "peak")  # what a decoded voice is scaled to (convert --normalize)
+PEAK = 0.99  # --normalize peak: the loudest sample's magnitude (-0.09 dBFS)
 LOUDNESS_FRAME = 0.02  # s: loudness is followed in frames of this length
 SILENCE_DB = -50.0  # a source frame this far below its loudest frame counts as silence
 
@@ -86,6 +88,8 @@ class SpectrogramEncoder(Encoder):
 
     domain = "audio"
     channels = 1
+    NORMALIZE = NORMALIZE  # the choices of ``normalize``
+    normalize = "loudness"  # conversion may set it (convert --normalize)
     decodes_on_device = True  # Griffin-Lim on the GPU when converting on one
 
     def __init__(self, **params):
@@ -171,9 +175,18 @@ class SpectrogramEncoder(Encoder):
                 batch = batch.cpu().numpy()
             for i, wave in zip(items, batch):
                 waves[i] = wave
-        return [AudioSample(match_loudness(np.asarray(wave, np.float32), p["rate"], like),
-                            p["rate"], like.format if like else None)
+        return [AudioSample(self._scaled(np.asarray(wave, np.float32), like), p["rate"],
+                            like.format if like else None)
                 for wave, like in zip(waves, likes)]
+
+    def _scaled(self, wave: np.ndarray, like: AudioSample | None) -> np.ndarray:
+        """At its source's loudness (``normalize`` "loudness", the default), or with its
+        loudest sample at PEAK ("peak", as styletx did before 0.1: pauses then carry
+        Griffin-Lim's hiss at the output's level)."""
+        if self.normalize == "peak":
+            peak = float(np.abs(wave).max()) if wave.size else 0.0
+            return wave * (PEAK / peak) if peak > 0 else wave
+        return match_loudness(wave, self.params["rate"], like)
 
     def _length(self, like: AudioSample | None, frames: int) -> int | None:
         """The output's length in samples: the source's duration when it fits the frame count,

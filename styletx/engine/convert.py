@@ -65,15 +65,20 @@ class ConversionReport:
 
 
 def load_run(path: Path | str, device: str = "auto", registry: Registry | None = None,
-             keep_dropout: bool = False, precision: str = "fp32") -> "Run":
+             keep_dropout: bool = False, precision: str = "fp32",
+             normalize: str | None = None) -> "Run":
     """Load a run folder's model for conversion (weights only; no code runs from the files).
 
     The networks run in evaluation mode; ``keep_dropout`` leaves their dropout layers on, for
     the stochastic outputs of a pix2pix-style generator (a different result each time).
     ``precision`` "bf16" runs the networks under bf16 autocast: faster on GPUs and on CPUs with
     bf16 instructions (1.65x for 256 px images with the default CycleGAN on an AVX512-BF16
-    CPU), with slightly different output (41 dB PSNR against fp32 there)."""
-    return Run(Path(path), device, registry or get_registry(), keep_dropout, precision)
+    CPU), with slightly different output (41 dB PSNR against fp32 there). ``normalize``
+    ("loudness" or "peak"; voice runs only) sets how decoded voices are scaled."""
+    run = Run(Path(path), device, registry or get_registry(), keep_dropout, precision)
+    if normalize is not None:
+        run.set_normalize(normalize)
+    return run
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -111,6 +116,18 @@ class Run:
             raise UsageError(f"--keep-dropout: the {self.translator.name} model has no dropout")
         for layer in layers:
             layer.train(True)
+
+    def set_normalize(self, normalize: str) -> None:
+        """How the decoded outputs are scaled, for encoders that offer a choice (``normalize``
+        and its choices ``NORMALIZE``: the voice encoders' "loudness" or "peak")."""
+        for side, encoder in self.encoders.items():
+            choices = getattr(encoder, "NORMALIZE", None)
+            if choices is None:
+                raise UsageError(f"--normalize is for voice runs: {self.path}'s {side.upper()} "
+                                 f"side has the {encoder.name} encoder, which has no choice")
+            if normalize not in choices:
+                raise UsageError(f"--normalize {normalize}: use one of {', '.join(choices)}")
+            encoder.normalize = normalize
 
     # -- tensors and samples -----------------------------------------------------------------
     def convert_tensor(self, x: torch.Tensor, direction: str = "a2b",
