@@ -341,6 +341,7 @@ class VoiceGenerator(nn.Module):
 
 class CycleGAN(styletx.Translator):
     name = "cyclegan"
+    tileable = True  # convolutions and instance/group norms only
     preview_columns = ("input", "translated", "cycled back")
     Config = CycleGANConfig
     paired = False

@@ -154,6 +154,7 @@ class ImageDomain(styletx.Domain):
     """Image files read and written with Pillow."""
 
     name = "image"
+    tiles = True  # large photos are converted in tiles: bounded memory
     extensions = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
     flip_augment = True
 

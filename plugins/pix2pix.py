@@ -255,6 +255,7 @@ class Unpadded(nn.Module):
 
 class Pix2Pix(styletx.Translator):
     name = "pix2pix"
+    tileable = True  # convolutions and instance/group norms only
     preview_columns = ("input", "translated", "true pair")
     Config = Pix2PixConfig
     paired = True

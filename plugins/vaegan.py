@@ -401,6 +401,7 @@ class Translation(nn.Module):
 
 class VAEGAN(LatentTranslator):
     name = "vaegan"
+    tileable = True  # convolutions and instance/group norms only
     Config = VAEGANConfig
     paired = False
     latent_stride = LATENT_STRIDE

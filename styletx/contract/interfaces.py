@@ -45,6 +45,9 @@ class Domain(ABC):
     # (bounded memory for long recordings); None = always whole (images).
     chunk_frames: ClassVar[int | None] = None
     chunk_overlap: ClassVar[int] = 0
+    # Conversion may cut a large input into overlapping square tiles along H and W (images: a
+    # bounded memory for any size; see styletx.engine.tiles), when the translator allows it.
+    tiles: ClassVar[bool] = False
     # Paired training: True when the two files of a pair may differ in length along W (the same
     # sentence spoken faster) and are aligned by dynamic time warping of their encoded frames;
     # False: a pair of different sizes has its B side resized to the A side's (with a warning).
@@ -334,6 +337,12 @@ class Translator(ABC):
         ``(path, sample)`` called for each input of ``side`` before it is translated, e.g. to
         warn about inputs unlike the training data; None (the default) for no check."""
         return None
+
+    # True: the translation of a region depends only on what is near it, apart from per-image
+    # normalisations (InstanceNorm2d, GroupNorm) that tiling fixes to the whole image's
+    # statistics; then a large image may be converted in tiles (Domain.tiles). False (the
+    # default, for anything global such as attention or pooling over the image): always whole.
+    tileable: ClassVar[bool] = False
 
     # What the columns of ``preview``'s rows show, for the titles of the preview pictures.
     preview_columns: ClassVar[tuple[str, ...]] = ("input", "translated", "reconstructed")

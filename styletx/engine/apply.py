@@ -55,16 +55,24 @@ def blend_chunks(chunks: Sequence[torch.Tensor], starts: Sequence[int], width: i
     out = torch.zeros(*chunks[0].shape[:-1], width)
     weight = torch.zeros(width)
     for i, (start, y) in enumerate(zip(starts, chunks)):
-        w = torch.ones(chunk)
-        if i > 0:  # fade in over the overlap with the previous chunk
-            fade = min(overlap, starts[i - 1] + chunk - start)
-            w[:fade] = torch.linspace(0, 1, fade + 2)[1:-1]
-        if i < len(starts) - 1:  # fade out over the overlap with the next chunk
-            fade = min(overlap, start + chunk - starts[i + 1])
-            w[chunk - fade :] = torch.linspace(1, 0, fade + 2)[1:-1]
+        w = ramp(starts, i, chunk, overlap)
         out[..., start : start + chunk] += y * w
         weight[start : start + chunk] += w
     return out / weight
+
+
+def ramp(starts: Sequence[int], i: int, chunk: int, overlap: int) -> torch.Tensor:
+    """The blending weights of chunk ``i`` (of ``chunk`` elements, at ``starts[i]``): 1, but
+    rising over its overlap with the chunk before and falling over the one with the chunk
+    after (at most ``overlap`` elements each)."""
+    w = torch.ones(chunk)
+    if i > 0:  # fade in over the overlap with the previous chunk
+        fade = min(overlap, starts[i - 1] + chunk - starts[i])
+        w[:fade] = torch.linspace(0, 1, fade + 2)[1:-1]
+    if i < len(starts) - 1:  # fade out over the overlap with the next chunk
+        fade = min(overlap, starts[i] + chunk - starts[i + 1])
+        w[chunk - fade :] = torch.linspace(1, 0, fade + 2)[1:-1]
+    return w
 
 
 # -- padding -------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from styletx.engine.data import expand_inputs, is_inside, read_ahead
 from styletx.engine.model import build_from_config, load_model_tensors, pick_device
 from styletx.engine.run_config import RunConfig
 from styletx.engine.runs import load_weights
+from styletx.engine.tiles import needs_tiles, translate_tiled
 
 log = logging.getLogger("styletx")
 
@@ -146,6 +147,10 @@ class Run:
         if chunk and x.shape[-1] > chunk:
             return self._convert_chunked(x, direction, chunk, self.domain.chunk_overlap,
                                          batch_size)
+        if self.domain.tiles and self.translator.tileable and needs_tiles(*x.shape[-2:]):
+            networks = torch.nn.ModuleList(self.translator.networks().values())
+            return torch.cat([translate_tiled(lambda t: self._convert_whole(t, direction),
+                                              networks, x[i : i + 1]) for i in range(len(x))])
         return self._convert_whole(x, direction)
 
     def _convert_chunked(self, x: torch.Tensor, direction: str, chunk: int,
