@@ -19,7 +19,7 @@ from styletx.engine.apply import chunk_starts, ramp
 
 __all__ = ["WHOLE_PIXELS", "TILE", "OVERLAP", "STATS_SIDE", "needs_tiles", "translate_tiled"]
 
-WHOLE_PIXELS = 1536 * 1536  # larger images are tiled (benchmarks/convert_images.py --large)
+WHOLE_PIXELS = 1024 * 1024  # larger images are tiled: ~1.8 GiB at most (convert_large.py)
 TILE = 768  # pixels: a tile's side, a multiple of every built-in network's size multiple
 OVERLAP = 64  # pixels shared by neighbouring tiles and blended (47.5 dB against one piece)
 STATS_SIDE = 1024  # the reduced copy's longer side, for the normalisation statistics
