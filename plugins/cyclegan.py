@@ -44,9 +44,11 @@ from styletx.nn import (
     WideConv2d,
     adam,
     conv_bias,
+    diff_augment,
     init_weights,
     linear_decay,
     norm_layer,
+    r1_penalty,
     set_requires_grad,
 )
 
@@ -91,6 +93,15 @@ class CycleGANConfig:
     beta1: float = 0.5  # Adam beta1
     beta2: float = 0.999  # Adam beta2
     decay_start: float = 0.5  # fraction of the steps at constant lr before the linear decay to 0
+    # Against a discriminator that memorises a small training set (issue 14: the fast preset's
+    # D wins after ~600 steps on 35 tiles a side, and the generators drift after it):
+    diffaug: float = 0.0  # DiffAugment (styletx.nn.diff_augment) of every image D sees, real
+    #                       and generated, in both steps: random shifts up to this fraction of
+    #                       the size (e.g. 0.125); 0 = off. No colour augmentation
+    cutout: float = 0.0  # and a zeroed square of this fraction of the size (e.g. 0.5); 0 = off
+    r1: float = 0.0  # R1 penalty weight gamma on D's gradient at real images (e.g. 1); 0 = off
+    r1_every: int = 4  # R1 lazily, every this many steps (weighted by it, as StyleGAN2)
+    lr_colour: float | None = None  # learning rate of the generators' colour paths; None = lr
     ema: float = 0.0  # decay of a moving average of the generators' weights (e.g. 0.999), which
     #                   converts, previews and exports in their place; 0 = none (see WeightEMA)
 
@@ -120,6 +131,15 @@ class CycleGANConfig:
                              "adds a change to the input)")
         if self.highpass < 0 or (self.highpass and self.highpass % 2 == 0):
             raise UsageError(f"cyclegan: highpass must be 0 or an odd size, not {self.highpass}")
+        if not (0.0 <= self.diffaug < 0.5 and 0.0 <= self.cutout < 1.0):
+            raise UsageError("cyclegan: diffaug must be in [0, 0.5) and cutout in [0, 1)")
+        if self.r1 < 0 or self.r1_every < 1:
+            raise UsageError("cyclegan: r1 must be >= 0 and r1_every >= 1")
+        if self.lr_colour is not None and (isinstance(self.lr_colour, bool)
+                                           or not isinstance(self.lr_colour, (int, float))
+                                           or self.lr_colour <= 0):
+            raise UsageError(f"cyclegan: lr_colour must be a number > 0 or null, "
+                             f"not {self.lr_colour!r}")
         if not 0.0 <= self.ema < 1.0:
             raise UsageError(f"cyclegan: ema must be in [0, 1), not {self.ema}")
         if not 0.0 <= self.decay_start <= 1.0:
@@ -360,14 +380,18 @@ class CycleGAN(styletx.Translator):
                         "block, 34x34 patches, lr 1e-3",
         ),
         "fast": Preset(
+            # diffaug: without it the discriminator memorises the few tiles of a small set
+            # and wins after ~600 steps, and the colour path drifts after it (sharpening:
+            # -3.1 dB against the input; benchmarks/quality/EXPERIMENTS-issue14.md)
             config=dict(generator="local", ngf=16, n_blocks=2, colour_path=32, ndf=16,
-                        n_layers_d=2, lambda_cycle=5.0, lambda_identity=0.5, lr=1e-3),
+                        n_layers_d=2, lambda_cycle=5.0, lambda_identity=0.5, lr=1e-3,
+                        diffaug=0.125),
             train=dict(size=64, batch_size=4, steps=3000),
             description="quality per CPU minute on photos: the local generator (input + a "
                         "per-pixel colour/tone path + three full-resolution 3x3 convs at 16 "
                         "channels; starts as the identity and cannot invent blotches), 34x34 "
-                        "PatchGAN (ndf 16), cycle 5, identity 0.5, lr 1e-3, 64 px; pair with "
-                        "--minutes",
+                        "PatchGAN (ndf 16) that sees randomly shifted images (DiffAugment), "
+                        "cycle 5, identity 0.5, lr 1e-3, 64 px; pair with --minutes",
         ),
     }
     # Spectrograms (1, bins, frames): CycleGAN-VC2's recipe. 64-frame segments, all bins.
@@ -473,8 +497,15 @@ class CycleGAN(styletx.Translator):
         c = self.config
         betas = (c.beta1, c.beta2)
         # One optimizer for both generators and one for both discriminators, as the reference.
+        generators = [*self.G_A.parameters(), *self.G_B.parameters()]
+        colour = [p for g in (self.G_A, self.G_B) if getattr(g, "colour", None) is not None
+                  for p in g.colour.parameters()]
+        if c.lr_colour is not None and colour:  # a second group (one otherwise: older runs)
+            ids = {id(p) for p in colour}
+            generators = [{"params": [p for p in generators if id(p) not in ids]},
+                          {"params": colour, "lr": c.lr_colour}]
         self.optimizers = {
-            "G": adam([*self.G_A.parameters(), *self.G_B.parameters()], c.lr, betas),
+            "G": adam(generators, c.lr, betas),
             "D": adam([*self.D_A.parameters(), *self.D_B.parameters()],
                       c.lr if c.lr_d is None else c.lr_d, betas),
         }
@@ -498,8 +529,8 @@ class CycleGAN(styletx.Translator):
         with self.autocast():
             fake_b, fake_a, rec_a, rec_b, same_b, same_a = self.forward_for(
                 "G", self._generate, real_a, real_b, identity)
-            loss_g_a = self.gan_loss(self.D_A(fake_b), True)
-            loss_g_b = self.gan_loss(self.D_B(fake_a), True)
+            loss_g_a = self.gan_loss(self.D_A(self._augment(fake_b)), True)
+            loss_g_b = self.gan_loss(self.D_B(self._augment(fake_a)), True)
             cycle_a = F.l1_loss(rec_a.float(), real_a) * c.lambda_cycle
             cycle_b = F.l1_loss(rec_b.float(), real_b) * c.lambda_cycle
             loss_g = loss_g_a + loss_g_b + cycle_a + cycle_b
@@ -519,21 +550,37 @@ class CycleGAN(styletx.Translator):
         # Discriminators, on real images and on fakes from the history pools.
         set_requires_grad([self.D_A, self.D_B], True)
         opt_d.zero_grad(set_to_none=True)
-        pooled_b = self.pool_B.query(fake_b.detach())
-        pooled_a = self.pool_A.query(fake_a.detach())
+        pooled_b = self._augment(self.pool_B.query(fake_b.detach()))
+        pooled_a = self._augment(self.pool_A.query(fake_a.detach()))
+        seen_b, seen_a = self._augment(real_b), self._augment(real_a)
         with self.autocast():
             (real_da, fake_da), (real_db, fake_db) = self.forward_for(
-                "D", lambda: (self._run(self.D_A, real_b, pooled_b),
-                              self._run(self.D_B, real_a, pooled_a)))
+                "D", lambda: (self._run(self.D_A, seen_b, pooled_b),
+                              self._run(self.D_B, seen_a, pooled_a)))
             loss_d_a = self.gan_loss.discriminator(real_da, fake_da)
             loss_d_b = self.gan_loss.discriminator(real_db, fake_db)
-        (loss_d_a + loss_d_b).backward()
+        loss_d = loss_d_a + loss_d_b
+        r1 = torch.zeros(())
+        if c.r1 and step % c.r1_every == 0:  # lazy: every r1_every steps, r1_every times as much
+            r1 = r1_penalty(self.D_A, seen_b) + r1_penalty(self.D_B, seen_a)
+            loss_d = loss_d + r1 * (0.5 * c.r1 * c.r1_every)
+        loss_d.backward()
         opt_d.step()
 
         losses = {"G_A": loss_g_a, "G_B": loss_g_b, "cycle_A": cycle_a, "cycle_B": cycle_b,
                   "idt_A": idt_a, "idt_B": idt_b, "D_A": loss_d_a, "D_B": loss_d_b}
+        if c.r1:
+            losses["R1"] = r1
         values = torch.stack([v.detach().float().to(self.device) for v in losses.values()])
         return dict(zip(losses, values.tolist()))  # one device sync, not eight
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """What the discriminators see of ``x``: with ``diffaug`` / ``cutout``, a random shift and
+        cutout per example (a fresh draw each call); otherwise ``x`` itself."""
+        c = self.config
+        if not (c.diffaug or c.cutout):
+            return x
+        return diff_augment(x, translation=c.diffaug, cutout=c.cutout)[0]
 
     def _generate(self, real_a: torch.Tensor, real_b: torch.Tensor, identity: bool) -> tuple:
         """The generators' forward pass: fake_b, fake_a, rec_a, rec_b, and each generator

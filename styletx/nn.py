@@ -20,8 +20,8 @@ from torch.nn.utils import parametrize
 
 __all__ = ["init_weights", "norm_layer", "conv_bias", "ResnetBlock", "Upsample", "ColourPath",
            "WideConv2d", "GatedConv", "GatedResBlock1d", "PatchDiscriminator", "GANLoss",
-           "ImagePool", "set_requires_grad", "adam", "linear_decay", "NORMS", "PADDINGS",
-           "UPSAMPLES", "GAN_MODES"]
+           "ImagePool", "diff_augment", "r1_penalty", "set_requires_grad", "adam",
+           "linear_decay", "NORMS", "PADDINGS", "UPSAMPLES", "GAN_MODES"]
 
 NORMS = ("instance", "batch", "none")
 PADDINGS = ("reflect", "replicate", "zeros")
@@ -364,6 +364,61 @@ class ImagePool:
         if len(images) > self.size:
             raise ValueError(f"pool state holds {len(images)} images, more than size {self.size}")
         self.images = [image.clone() for image in images]
+
+
+def diff_augment(*images: torch.Tensor, translation: float = 0.125,
+                 cutout: float = 0.0) -> list[torch.Tensor]:
+    """Differentiable augmentation of a discriminator's inputs (DiffAugment: Zhao et al.,
+    "Differentiable Augmentation for Data-Efficient GAN Training", 2020), for a discriminator
+    that memorises a small training set. Each ``(N, C, H, W)`` image is shifted by a random
+    whole number of pixels, up to ``translation`` of its height and width each way (zero
+    padding), then has a random square of side ``cutout`` of its size set to zero (centre
+    anywhere in the image; 0 = none). No colour changes: they would hide the very thing a
+    colour task's discriminator must judge.
+
+    Every tensor passed in one call gets the same transform per example (they need the same N,
+    H and W), e.g. a conditional discriminator's input and output; apply it to real and
+    generated batches in separate calls, before the discriminator, in the generators' step and
+    in its own alike. Gradients flow through to the images. Randomness from torch's global RNG
+    (drawn on the CPU)."""
+    n, _, h, w = images[0].shape
+    if any(x.shape[0] != n or x.shape[-2:] != (h, w) for x in images):
+        raise ValueError(f"diff_augment: images of different sizes "
+                         f"{[tuple(x.shape) for x in images]}")
+    device = images[0].device
+    out = list(images)
+    if translation > 0:
+        sy, sx = round(h * translation), round(w * translation)
+        ty = torch.randint(-sy, sy + 1, (n, 1, 1)).to(device)
+        tx = torch.randint(-sx, sx + 1, (n, 1, 1)).to(device)
+        rows = torch.arange(h, device=device).view(1, h, 1) - ty  # output pixel <- input pixel
+        cols = torch.arange(w, device=device).view(1, 1, w) - tx
+        inside = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).unsqueeze(1)  # (n,1,h,w)
+        index = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).view(n, 1, h * w)
+        out = [x.flatten(2).gather(2, index.expand(-1, x.shape[1], -1)).view_as(x) * inside
+               for x in out]
+    if cutout > 0:
+        ch, cw = max(1, round(h * cutout)), max(1, round(w * cutout))
+        cy = torch.randint(0, h, (n, 1, 1)).to(device)  # the square's centre
+        cx = torch.randint(0, w, (n, 1, 1)).to(device)
+        rows = torch.arange(h, device=device).view(1, h, 1) - cy + ch // 2
+        cols = torch.arange(w, device=device).view(1, 1, w) - cx + cw // 2
+        keep = ~((rows >= 0) & (rows < ch) & (cols >= 0) & (cols < cw)).unsqueeze(1)
+        out = [x * keep for x in out]
+    return out
+
+
+def r1_penalty(discriminator: nn.Module, real: torch.Tensor) -> torch.Tensor:
+    """R1 gradient penalty (Mescheder et al., "Which Training Methods for GANs do actually
+    Converge?", 2018): the mean over the batch of |grad_x D(x)|^2 on real images, for each
+    example the gradient of the sum of its scores (all patches of a PatchGAN). Keeps the
+    discriminator flat around the data, so it cannot sharpen its verdict on a few memorised
+    training images. Multiply by gamma / 2; it is built with ``create_graph``, so its backward
+    reaches the discriminator's weights. Computed in float32."""
+    real = real.detach().float().requires_grad_(True)
+    scores = discriminator(real).float()
+    (grad,) = torch.autograd.grad(scores.sum(), real, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
 
 
 def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:

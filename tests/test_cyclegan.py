@@ -21,9 +21,11 @@ from styletx.nn import (
     ResnetBlock,
     Upsample,
     WideConv2d,
+    diff_augment,
     init_weights,
     linear_decay,
     norm_layer,
+    r1_penalty,
 )
 from styletx.plugins import cyclegan
 from styletx.plugins.cyclegan import CycleGAN, CycleGANConfig, ResnetGenerator, VoiceGenerator
@@ -630,3 +632,70 @@ def test_the_discriminator_loss_is_the_mean_of_real_and_fake(mode):
     perfect = loss.discriminator(torch.ones(1, 1, 2, 2) * (1 if mode == "lsgan" else 50),
                                  torch.zeros(1, 1, 2, 2) - (0 if mode == "lsgan" else 50))
     assert perfect.item() < 1e-6
+
+
+def test_diff_augment_shifts_and_cuts_the_same_way_for_images_passed_together():
+    """Shapes kept; a shift moves the content whole pixels with zeros let in; tensors passed in
+    one call get the same transform (a second call draws anew); gradients reach the images."""
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 16, 16, requires_grad=True)
+    a, b = diff_augment(x, 2 * x, translation=0.25)
+    assert a.shape == b.shape == x.shape
+    assert torch.allclose(2 * a, b)
+    for i in range(len(x)):  # each example is x shifted by some (dy, dx) within +-4
+        shifts = [(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5)
+                  if torch.equal(a[i], _shifted(x[i].detach(), dy, dx))]
+        assert len(shifts) == 1
+    assert not torch.equal(diff_augment(x, translation=0.25)[0], a)
+    a.sum().backward()
+    assert x.grad.abs().sum() > 0
+    (cut,) = diff_augment(torch.ones(4, 2, 16, 16), translation=0.0, cutout=0.5)
+    zeros = (cut == 0).flatten(1).sum(1)
+    assert (zeros > 0).all() and (zeros <= 2 * 8 * 8).all()  # at most an 8x8 square a channel
+    assert torch.equal(cut[:, 0], cut[:, 1])  # the same square in every channel
+    same = torch.rand(2, 3, 8, 8)
+    assert torch.equal(diff_augment(same, translation=0.0)[0], same)
+
+
+def _shifted(image, dy, dx):
+    """image moved down dy and right dx pixels, zeros where nothing moved in."""
+    h, w = image.shape[-2:]
+    out = torch.zeros_like(image)
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        image[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def test_r1_penalty_is_the_squared_input_gradient_and_trains_the_discriminator():
+    torch.manual_seed(0)
+    linear = torch.nn.Conv2d(3, 1, 1, bias=False)  # D(x) = w . x per pixel
+    real = torch.rand(2, 3, 4, 4)
+    expected = (linear.weight.flatten().pow(2).sum() * 16).item()  # 16 pixels, |w|^2 each
+    penalty = r1_penalty(linear, real)
+    assert penalty.item() == pytest.approx(expected, rel=1e-5)
+    penalty.backward()
+    assert linear.weight.grad.abs().sum() > 0
+
+
+def test_discriminator_regularisers_train_and_are_validated():
+    """diffaug, cutout, r1 and lr_colour (issue 14's remedies for a discriminator that memorises
+    a small data set): a training step runs with each, R1 is logged on its steps only, and
+    lr_colour gives the colour paths their own learning rate."""
+    torch.manual_seed(0)
+    model = small_model(generator="local", colour_path=4, diffaug=0.125, cutout=0.5, r1=1.0,
+                        r1_every=2, lr_colour=1e-4)
+    model.configure_optimizers(total_steps=10)
+    groups = model.optimizers["G"].param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([model.config.lr, 1e-4])
+    colour = {id(p) for g in (model.G_A, model.G_B) for p in g.colour.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == colour
+    batch = {"a": torch.rand(2, 3, 16, 16) * 2 - 1, "b": torch.rand(2, 3, 16, 16) * 2 - 1}
+    before = _params(model.D_A)
+    first, second = model.training_step(batch, 0), model.training_step(batch, 1)
+    assert first["R1"] > 0 and second["R1"] == 0
+    assert all(math.isfinite(v) for v in first.values())
+    assert not all(torch.equal(p, q) for p, q in zip(before, model.D_A.parameters()))
+    for bad in (dict(diffaug=0.5), dict(cutout=1.0), dict(r1=-1.0), dict(r1_every=0),
+                dict(lr_colour=0.0)):
+        with pytest.raises(UsageError):
+            CycleGANConfig(**bad)
