@@ -561,8 +561,9 @@ def report(run):
     """Write RUN/report.html: settings, loss curves, the preview of each checkpoint (voice: with
     players), the last evaluation and the timing, as one page that opens offline.
 
-    Training refreshes it at each checkpoint and at the end, and `styletx evaluate` adds its
-    table; this command writes it for any run folder, e.g. one trained by an older version.
+    Training refreshes it at checkpoints (at most once a minute) and at the end, and `styletx
+    evaluate` adds its table; this command writes it for any run folder, e.g. one trained by an
+    older version.
     """
     from styletx.engine.report import write_report
 

@@ -2,9 +2,9 @@
 its settings, loss curves, the preview of each checkpoint (pictures; for voice, players for
 every clip), the last `styletx evaluate` results and the timing.
 
-Written by ``styletx report RUN``, and refreshed by training at each checkpoint and at the end.
-Pictures and sounds stay files beside the page (``samples/``, ``report/``): relative links,
-no network, nothing embedded twice.
+Written by ``styletx report RUN``, and refreshed by training at checkpoints (at most once a
+minute) and at the end. Pictures and sounds stay files beside the page (``samples/``,
+``report/``): relative links, no network, nothing embedded twice.
 """
 
 from __future__ import annotations
@@ -119,8 +119,10 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> Path:
     panels = [*names, "steps/s"]
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
+    # Fixed spacing: matplotlib's automatic layout would double the time of a refresh.
     figure, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.5 * rows), squeeze=False,
-                                layout="constrained")
+                                gridspec_kw=dict(left=0.07, right=0.98, bottom=0.3 / rows,
+                                                 top=1 - 0.1 / rows, wspace=0.3, hspace=0.6))
     for ax, name in zip(axes.flat, panels):
         key = (lambda r: r.get("steps_per_s")) if name == "steps/s" else (
             lambda r, n=name: r["losses"].get(n))

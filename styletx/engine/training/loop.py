@@ -66,6 +66,7 @@ from styletx.engine.user_cache import record_step_time
 log = logging.getLogger("styletx")
 
 PLAIN_LINE_SECONDS = 10  # without a progress bar (not a terminal): a progress line this often
+REPORT_SECONDS = 60  # the run report is rewritten at checkpoints at most this often (~0.3 s)
 COMPILE_MODE_ON_CUDA = "reduce-overhead"  # --compile's mode on CUDA (benchmarks/gpu_speed.py)
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune",
                  "max-autotune-no-cudagraphs")
@@ -195,6 +196,7 @@ class _Marks:
     tick: float = dataclasses.field(default_factory=time.perf_counter)  # steps/s measured since
     tick_step: int = 0
     report_failed: bool = False  # warned once that the run report could not be written
+    reported_at: float = float("-inf")
 
 
 class Loop:
@@ -278,11 +280,14 @@ class Loop:
             save_training_checkpoint(p.out, p.run_config, step, self.translator, p.encoders,
                                      self.batches)
             self.marks.saved, self.marks.saved_at = step, time.monotonic()
-            self._refresh_report()
+            self._refresh_report(last)
 
-    def _refresh_report(self) -> None:
-        """The run report follows the checkpoints. It is only a page: failing to write it
-        warns once and never stops the training."""
+    def _refresh_report(self, last: bool) -> None:
+        """The run report follows the checkpoints (at most every REPORT_SECONDS, and at the
+        end). It is only a page: failing to write it warns once and never stops training."""
+        if not last and time.monotonic() - self.marks.reported_at < REPORT_SECONDS:
+            return
+        self.marks.reported_at = time.monotonic()
         try:
             write_report(self.prepared.out)
         except Exception as exc:  # noqa: BLE001 - the checkpoint before it is what matters
