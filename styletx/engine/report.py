@@ -20,8 +20,8 @@ from typing import Any
 from styletx.contract.files import atomic_path, write_atomic
 from styletx.engine.runs import LOG, SAMPLES, read_config
 
-__all__ = ["write_report", "save_evaluation", "save_preview_titles", "REPORT", "ASSETS",
-           "EVALUATION", "TITLES"]
+__all__ = ["write_report", "save_evaluation", "save_preview_titles", "clock", "REPORT",
+           "ASSETS", "EVALUATION", "TITLES"]
 
 log = logging.getLogger("styletx")
 
@@ -205,23 +205,24 @@ def _timing_table(config: dict[str, Any], records: list[dict[str, Any]]) -> str:
         return "<p class=\"muted\">Not enough of the training log yet.</p>"
     first, last = timed[0], timed[-1]
     seconds = last["time"] - first["time"]
-    rates = [r["steps_per_s"] for r in timed if r.get("steps_per_s")]
+    rates = sorted(r["steps_per_s"] for r in timed if r.get("steps_per_s"))
+    rate = rates[len(rates) // 2] if rates else None  # the median
     started = datetime.datetime.fromtimestamp(first["time"]).astimezone()
     rows = [("first logged step", f"{first['step']} at {started:%Y-%m-%d %H:%M:%S}"),
             ("last logged step", last["step"]),
-            ("time between them", _clock(seconds)),
-            ("steps/s (median of the logged periods)", sorted(rates)[len(rates) // 2]
-             if rates else "")]
+            ("time between them", clock(seconds)),
+            ("steps/s (median of the logged periods)", rate if rate else "")]
     total = config["train"].get("steps")
-    if total and rates and last["step"] < total:
-        rows.append(("time left at that speed",
-                     _clock((total - last["step"]) / sorted(rates)[len(rates) // 2])))
+    if total and rate and last["step"] < total:
+        rows.append(("time left at that speed", clock((total - last["step"]) / rate)))
     return _table(rows)
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+def clock(seconds: float) -> str:
+    """``1:02:03`` or ``2:03`` (also the training progress line's)."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _curves_html(run: Path, curves: Path | None) -> str:

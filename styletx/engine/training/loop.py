@@ -38,7 +38,7 @@ from styletx.engine.balance import inverse_density_weights, pooled_means
 from styletx.engine.data import CropSampler, Prefetcher
 from styletx.engine.model import pick_device
 from styletx.engine.pairs import AlignmentCache
-from styletx.engine.report import REPORT, save_preview_titles, write_report
+from styletx.engine.report import REPORT, clock, save_preview_titles, write_report
 from styletx.engine.runs import CONFIG, SAMPLES, append_log, truncate_log, write_json
 from styletx.engine.training.budget import Budget, replan, steps_in_budget
 from styletx.engine.training.checkpoints import (
@@ -197,6 +197,7 @@ class _Marks:
     tick_step: int = 0
     report_failed: bool = False  # warned once that the run report could not be written
     reported_at: float = float("-inf")
+    titles_saved: bool = False  # samples/titles.json written by this command
 
 
 class Loop:
@@ -311,7 +312,7 @@ class Loop:
                                  or last):
             eta = (total - step) / max(rate, 1e-9)
             log.info("step %d/%d  %s  (%.1f steps/s, %s left)", step, total,
-                     _format_losses(self.losses), rate, _clock(eta))
+                     _format_losses(self.losses), rate, clock(eta))
             marks.printed_at = time.monotonic()
 
     def _save_preview(self) -> None:
@@ -328,7 +329,9 @@ class Loop:
             p.domain.save_preview(tensors, grid, stem, titles=titles)
         else:  # a domain plugin written before previews had titles
             p.domain.save_preview(tensors, grid, stem)
-        save_preview_titles(p.out, titles)
+        if not self.marks.titles_saved:  # the same for every preview of the run
+            save_preview_titles(p.out, titles)
+            self.marks.titles_saved = True
         if self.tensorboard is not None and stem.with_suffix(".png").is_file():
             self.tensorboard.picture(self.step, stem.with_suffix(".png"))
 
@@ -472,10 +475,3 @@ class _StopAtStepBoundary:
 
 def _format_losses(losses: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.3f}" for k, v in losses.items())
-
-
-def _clock(seconds: float) -> str:
-    """``1:02:03`` or ``2:03``."""
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
