@@ -126,9 +126,11 @@ def make_task_data(root: Path, task: str, photos, size: int) -> dict[str, Path]:
 
 
 # -- training and scoring ------------------------------------------------------------------------
-def train(run: Path, folders: dict[str, Path], model: str, preset: str, args) -> dict:
-    """Train one run in its own process (one thread); returns the wall time and the PSNR at its
-    first checkpoint (a copy of the run folder taken as soon as it appears)."""
+def train(run: Path, folders: dict[str, Path], model: str, preset: str, args,
+          extra: tuple[str, ...] = ()) -> dict:
+    """Train one run in its own process (one thread; ``extra``: more ``train`` options);
+    returns the wall time and the PSNR at its first checkpoint (a copy of the run folder taken
+    as soon as it appears)."""
     side = "paired" if model == "pix2pix" else "unpaired"
     budget = (["--steps", str(args.tiny_steps)] if preset == "tiny"
               else ["--minutes", str(args.minutes)])
@@ -136,7 +138,7 @@ def train(run: Path, folders: dict[str, Path], model: str, preset: str, args) ->
                str(folders[f"{side}_a"]), str(folders[f"{side}_b"]), "--out", str(run),
                "--model", model, "--preset", preset, "--size", str(args.size), "--device", "cpu",
                "--threads", "1", "--workers", "0", "--seed", str(args.seed), *budget]
-    command += [arg for value in args.set for arg in ("--set", value)]
+    command += [arg for value in args.set for arg in ("--set", value)] + list(extra)
     shutil.rmtree(run, ignore_errors=True)
     first = run.with_name(run.name + "-first")
     shutil.rmtree(first, ignore_errors=True)

@@ -459,17 +459,20 @@ SIDE = click.Choice(["a", "b"])
 @click.option("--size", type=int, default=None,
               help="Crop size as in train --size: pixels (square) or frames (default: the "
                    "training crop's).")
+@click.option("--prior", is_flag=True,
+              help="Draw from the prior N(0, I) instead of the Gaussian field fitted to the "
+                   "training latents (the default; older runs have only the prior).")
 @click.option("--device", default="auto", show_default=True)
 @reports_errors
-def sample(run, side, count, out_dir, seed, size, device):
-    """Decode latents drawn from the prior: new examples of one side (vaegan runs)."""
+def sample(run, side, count, out_dir, seed, size, prior, device):
+    """Decode drawn latents: new examples of one side (vaegan runs)."""
     from styletx.engine.convert import load_run
     from styletx.tools.latent import require_latent
     from styletx.tools.latent import sample as draw
 
     model = load_run(run, device=device, registry=registry())
     require_latent(model)
-    written = draw(model, side, count, out_dir, seed=seed, size=size)
+    written = draw(model, side, count, out_dir, seed=seed, size=size, prior=prior)
     click.echo(f"wrote {count} sample(s) of {side.upper()}: "
                + ", ".join(str(p) for p in written[:3]) + (" ..." if len(written) > 3 else ""))
 
@@ -478,8 +481,8 @@ def sample(run, side, count, out_dir, seed, size, device):
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--dims", default=None, metavar="D,D,...",
-              help="Latent channels to walk, e.g. 0,3,7 (default: the 4 that vary most over "
-                   "the training data).")
+              help="Latent channels to walk, e.g. 0,3,7 (default: the 4 that change the "
+                   "output most, largest first).")
 @click.option("--steps", type=int, default=7, show_default=True, help="Tiles per channel.")
 @click.option("--range", "k", type=float, default=3.0, show_default=True,
               help="Walk from -K to +K standard deviations.")
@@ -523,9 +526,10 @@ def _parse_dims(text):
 @click.option("--device", default="auto", show_default=True)
 @reports_errors
 def score(run, inputs, side, as_json, device):
-    """How unlike the training data each input is (vaegan runs): its outlier score (negative
-    ELBO per element), its percentile among the training examples' scores, and a flag above
-    the threshold. Files and folders (recursively)."""
+    """How unlike the training data each input is (vaegan runs): its outlier score (how far
+    its detail statistics and the model's reconstruction error lie from the training
+    examples', about 8 for a typical input), its percentile among the training examples'
+    scores, and a flag above the threshold. Files and folders (recursively)."""
     from styletx.engine.convert import load_run
     from styletx.tools.latent import require_latent
     from styletx.tools.latent import score as run_scores

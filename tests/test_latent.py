@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from styletx.contract.errors import StyletxError
 from styletx.demo import make_image_dataset, save_rgb
@@ -55,8 +55,12 @@ def vae(tmp_path_factory, one_thread):
     run = root / "run"
     train(folders["a"], folders["b"], run, model="vaegan", preset="tiny",
           settings=TrainSettings(steps=300, device="cpu", progress=False, preview_every=300))
+    (root / "blurred").mkdir()
+    for scene in folders["test_a"].iterdir():  # the held-out scenes, out of focus
+        Image.open(scene).filter(ImageFilter.GaussianBlur(2)).save(root / "blurred" / scene.name)
     return {"run": run, "held": folders["test_a"], "truth": folders["test_b"],
-            "train": folders["a"], "noise": root / "noise", "stripes": root / "stripes"}
+            "train": folders["a"], "noise": root / "noise", "stripes": root / "stripes",
+            "blurred": root / "blurred"}
 
 
 def _picture(path) -> np.ndarray:
@@ -183,17 +187,22 @@ def test_score_ranks_out_of_domain_inputs_above_held_out_ones(vae):
     held = latent.score(run, [vae["held"]]).scores
     noise = latent.score(run, [vae["noise"]]).scores
     stripes = latent.score(run, [vae["stripes"]]).scores
+    blurred = latent.score(run, [vae["blurred"]]).scores
     inside = [s.score for s in held]
-    # Measured with this fixture (one thread): AUROC 0.993 for noise, 0.931 for stripes; over
-    # data and training seeds 0, 1, 2: noise 0.99-1.0, stripes 0.81-0.99. Asserted with
-    # headroom, as other hardware rounds differently and so trains a slightly different model.
+    # Measured with this fixture (one thread): AUROC 1.0 for noise, 0.986 for stripes, 0.854
+    # for the blurred held-out scenes; over data and training seeds 0, 1, 2: noise 1.0, stripes
+    # 0.99-1.0, blurred 0.66-0.85. The negative ELBO alone, the score before: noise 0.98-1.0,
+    # stripes 0.87-0.99, blurred 0.19-0.35 (a VAE reconstructs blurred scenes better than
+    # sharp ones). Asserted with headroom, as other hardware rounds differently and so trains
+    # a slightly different model.
     outside = noise + stripes
     assert _auroc(inside, [s.score for s in noise]) >= 0.9
-    assert _auroc(inside, [s.score for s in stripes]) >= 0.75
-    # The threshold flags the most unusual probes (measured: 23 of 24; seeds 1, 2: 19, 23) and
-    # few held-out scenes (measured: 1 of 12; seeds 1, 2: 2, 0).
+    assert _auroc(inside, [s.score for s in stripes]) >= 0.9
+    assert _auroc(inside, [s.score for s in blurred]) >= 0.6
+    # The threshold flags the most unusual probes (measured: 24 of 24 for all three seeds) and
+    # few held-out scenes (measured: 1 of 12; seeds 1, 2: 3, 1).
     assert max(outside, key=lambda s: s.score).flagged
-    assert sum(s.flagged for s in outside) >= 12
+    assert sum(s.flagged for s in outside) >= 18
     assert sum(s.flagged for s in held) <= 3
     for s in held + noise + stripes:
         assert 0 <= s.percentile <= 100
@@ -283,3 +292,119 @@ def test_full_height_crops_take_their_height_from_the_run(vae, monkeypatch):
     monkeypatch.setattr(latent, "load_training_statistics", lambda path: None)
     with pytest.raises(StyletxError, match="records no example shape"):
         latent._crop_shape(run, "a", None)
+
+
+# -- the typicality features, the fitted latent field, channel effects ---------------------------
+def test_image_statistics_see_blur_noise_flatness_and_blocks():
+    """The three statistics move the way the score relies on: blur lowers the fine detail,
+    noise raises both scales, a flat field stays finite, and the orientation statistic falls
+    for axis-aligned blocks (what heavy JPEG compression makes) and rises for diagonal stripes
+    against a texture with no preferred direction."""
+    rng = np.random.default_rng(0)
+    texture = torch.from_numpy(rng.normal(size=(1, 3, 64, 64))).float()
+    texture = torch.nn.functional.avg_pool2d(texture, 3, 1, 1)  # some correlation, isotropic
+    blurred = torch.nn.functional.avg_pool2d(texture, 5, 1, 2)
+    noise = torch.rand(1, 3, 64, 64) * 2 - 1
+    blocks = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8), scale_factor=8)
+    flat = torch.zeros(1, 3, 64, 64)
+    y, x = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    diagonal = (((x + y) // 8) % 2).float().expand(1, 3, 64, 64)
+    fine, coarse, axis = latent.image_statistics(
+        torch.cat([texture, blurred, noise, blocks, flat, diagonal])).T
+    assert fine[1] < fine[0] - 1 and fine[2] > fine[0] and coarse[2] > coarse[0]
+    assert axis[3] < axis[0] - 0.2 and axis[5] > axis[0] + 0.2
+    assert torch.isfinite(torch.stack([fine, coarse, axis])).all()
+    assert latent.image_statistics(torch.rand(2, 1, 1, 1)).shape == (2, 3)  # any size
+
+
+def test_latent_draws_have_the_fitted_statistics():
+    """Channels with the stored mean and covariance, neighbours correlated as stored."""
+    cov = torch.tensor([[1.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
+    stats = {"latent_mean": [2.0, -1.0], "latent_cholesky": torch.linalg.cholesky(cov).tolist(),
+             "neighbour_correlation": 0.8}
+    z = latent.latent_draws(stats, 400, (12, 12), torch.Generator().manual_seed(0)).double()
+    flat = z.transpose(0, 1).flatten(1)
+    assert torch.allclose(flat.mean(1), torch.tensor([2.0, -1.0], dtype=torch.float64),
+                          atol=0.05)
+    assert torch.allclose(torch.cov(flat), cov, atol=0.05)
+    centred = z - z.mean((0, 2, 3), keepdim=True)
+    r = (centred[..., 1:] * centred[..., :-1]).mean() / centred.square().mean()
+    assert abs(float(r) - 0.8) < 0.05
+    white = latent.latent_draws({**stats, "neighbour_correlation": 0.0}, 400, (12, 12),
+                                torch.Generator().manual_seed(0)).double()
+    centred = white - white.mean((0, 2, 3), keepdim=True)
+    assert abs(float((centred[..., 1:] * centred[..., :-1]).mean()
+                     / centred.square().mean())) < 0.05
+
+
+def test_statistics_hold_the_field_and_the_channel_effects(vae):
+    stats = latent.load_training_statistics(vae["run"])["a"]
+    channels = len(stats["latent_std"])
+    cholesky = torch.tensor(stats["latent_cholesky"])
+    assert cholesky.shape == (channels, channels) and torch.equal(cholesky, cholesky.tril())
+    assert 0 < stats["neighbour_correlation"] <= latent.NEIGHBOUR_MAX
+    assert stats["typicality"]["features"] == list(latent.FEATURES)
+    assert min(stats["typicality"]["std"]) >= latent.MIN_SPREAD
+    effect = stats["channel_effect"]
+    assert len(effect) == channels and min(effect) >= 0 and max(effect) > 0
+
+
+def test_traverse_defaults_to_the_channels_that_change_the_output_most(vae, tmp_path):
+    """Default channels: the four largest effects, largest first; walking the largest changes
+    the picture more than walking the smallest."""
+    run = load_run(vae["run"], device="cpu")
+    effect = latent.load_training_statistics(vae["run"])["a"]["channel_effect"]
+    order = sorted(range(len(effect)), key=lambda d: -effect[d])
+    source = sorted(vae["held"].iterdir())[0]
+    written = latent.traverse(run, source, None, tmp_path / "default", steps=3)
+    assert [p.name for p in written] == [f"dim{d:02d}.png" for d in order[:4]] + ["all.png"]
+    latent.traverse(run, source, [order[-1]], tmp_path / "least", steps=3)
+    tile = SIZE * (MIN_TILE // SIZE)
+
+    def change(picture):
+        walk = _picture(picture).astype(float)
+        return np.abs(_tile(walk, 0, 0, tile, tile) - _tile(walk, 0, 2, tile, tile)).mean()
+
+    assert change(written[0]) > change(tmp_path / "least" / f"dim{order[-1]:02d}.png")
+
+
+def test_sample_draws_from_the_fitted_field_unless_asked_for_the_prior(vae, styletx, tmp_path):
+    field = styletx("sample", vae["run"], "-n", "4", "-o", tmp_path / "field", "--device", "cpu")
+    prior = styletx("sample", vae["run"], "-n", "4", "-o", tmp_path / "prior", "--prior",
+                    "--device", "cpu")
+    assert field.exit_code == 0 and prior.exit_code == 0, field.stderr + prior.stderr
+    # The fitted field's neighbours correlate (0.8-0.9 on these scenes), so its pictures are
+    # smoother than the prior's independent positions decode to.
+    def roughness(picture):
+        x = _picture(picture).astype(float)
+        return np.abs(np.diff(x, axis=1)).mean()
+
+    assert roughness(tmp_path / "field" / "samples.png") < roughness(
+        tmp_path / "prior" / "samples.png")
+
+
+def test_runs_saved_before_the_typicality_score_keep_their_elbo_scores(vae, tmp_path):
+    """A latent.json without the typicality features, the field or the channel effects (an
+    older styletx): scores are the negative ELBO, sample uses the prior, traverse the spread."""
+    import shutil
+
+    old = tmp_path / "old-run"
+    shutil.copytree(vae["run"], old)
+    stats = json.loads((old / latent.STATS).read_text())
+    for side in "ab":
+        for key in ("typicality", "latent_cholesky", "neighbour_correlation", "channel_effect"):
+            del stats[side][key]
+    run = load_run(old, device="cpu")
+    held = sorted(vae["held"].iterdir())[:3]
+    x = torch.stack([run.encoders["a"].encode(run.domain.prepare_for_training(
+        run.domain.load(p), run.config.train.size)) for p in held])
+    elbo = run.translator.negative_elbo(x, "a")
+    stats["a"]["scores"] = sorted(elbo.tolist())
+    (old / latent.STATS).write_text(json.dumps(stats))
+    scores = [s.score for s in latent.score(run, held).scores]
+    assert np.allclose(scores, elbo.tolist(), rtol=1e-4)
+    assert latent.sample(run, "a", 2, tmp_path / "s")[0].is_file()
+    std = stats["a"]["latent_std"]
+    written = latent.traverse(run, held[0], None, tmp_path / "t", steps=2)
+    busiest = sorted(range(len(std)), key=lambda d: -std[d])[:4]
+    assert [p.name for p in written[:4]] == [f"dim{d:02d}.png" for d in busiest]

@@ -386,8 +386,9 @@ class LatentTranslator(Translator):
 
     @abstractmethod
     def negative_elbo(self, x: torch.Tensor, side: str) -> torch.Tensor:
-        """Outlier score ``(N,)`` per input element (reconstruction error + KL): higher means
-        less like the training data of ``side``."""
+        """``(N,)`` per input element (reconstruction error + KL): higher means less like the
+        training data of ``side``; one of the outlier score's features (``styletx.tools.
+        latent``)."""
 
     # The latent tools (styletx.tools.latent) give every latent model these two extras.
     def on_trained(self, run: Path, examples: dict[str, list[torch.Tensor]],

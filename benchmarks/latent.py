@@ -1,0 +1,392 @@
+"""The VAE/GAN latent tools on real photographs: outlier scores, sampling, traversal, --balance.
+
+    python benchmarks/latent.py                       # both presets, ~12 min on 2 cores
+    python benchmarks/latent.py --presets fast --minutes 8
+    python benchmarks/latent.py --balance             # the --balance experiment (2 more runs)
+
+Domain A is tiles of Debian's MATE nature photographs (``apt-get install mate-backgrounds``),
+domain B their sepia grade (the other half of the training tiles); every fourth photograph is
+held out. A vaegan is trained per preset (``tiny``: --tiny-steps steps, ``fast``: --minutes of
+wall clock, one thread each) and ``styletx.tools.latent.score`` scores, against side A:
+
+    in-domain   the held-out nature tiles
+    noise       uniform RGB noise                          flat      one random colour per tile
+    documents   scikit-image's page.png and text.png       drawings  MATE's abstract backgrounds
+    objects     scikit-image's colour photographs (people, a cat, coffee, a rocket, a motorcycle)
+    blur        held-out tiles, Gaussian blur of radius 4  jpeg      held-out tiles, JPEG quality 5
+    inverted    held-out tiles with inverted colours
+
+Reported: the ROC AUC of the score for each kind against the in-domain tiles (1: every
+outlier scores above every in-domain tile; 0.5: a coin). ``objects`` is another photo category
+of the same kind of content (objects in daylight), the hardest case; the target (mean >= 0.95,
+no kind below 0.85) is over the other kinds. Also a distribution distance of ``styletx sample``'s
+images to the held-out photos, against noise and pixel-shuffled photos (``sample_distance``),
+and, with --balance, PSNR on a rare and a common kind of photo with and without ``--balance``.
+Writes results.json, results.md and grids under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).parent))
+from quality import SKIMAGE_PHOTOS, grade, train  # noqa: E402  (the quality benchmark's parts)
+
+MATE = Path("/usr/share/backgrounds/mate")
+OUTLIER_KINDS = ("noise", "flat", "documents", "drawings", "blur", "jpeg", "inverted")
+HARD_KINDS = ("objects",)  # reported, not in the target's mean
+TILE = 96  # tile side in pixels; training crops --size (64) of them
+
+
+# -- photographs and tiles -------------------------------------------------------------------------
+def open_rgb(path: Path) -> Image.Image:
+    return Image.open(path).convert("RGB")
+
+
+def tiles(photo: Image.Image, shorter: int) -> list[Image.Image]:
+    """TILE-px tiles of the photo scaled to a shorter side of ``shorter`` pixels."""
+    scale = shorter / min(photo.size)
+    photo = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.LANCZOS)
+    return [photo.crop((x, y, x + TILE, y + TILE))
+            for y in range(0, photo.height - TILE + 1, TILE)
+            for x in range(0, photo.width - TILE + 1, TILE)]
+
+
+def skimage_images(names) -> list[Image.Image]:
+    try:
+        import skimage.data
+    except ImportError:
+        sys.exit("pip install scikit-image: its bundled photographs are the documents and "
+                 "objects kinds")
+    folder = Path(skimage.data.__file__).parent
+    return [open_rgb(folder / name) for name in names]
+
+
+def nature_photos() -> list[Image.Image]:
+    photos = [open_rgb(p) for p in sorted((MATE / "nature").glob("*.jpg"))]
+    if len(photos) < 8:
+        sys.exit("need Debian's MATE nature photographs: apt-get install mate-backgrounds")
+    return photos
+
+
+def corrupt(kind: str, tile: Image.Image) -> Image.Image:
+    if kind == "blur":
+        return tile.filter(ImageFilter.GaussianBlur(4))
+    if kind == "inverted":
+        return Image.fromarray(255 - np.asarray(tile))
+    if kind == "jpeg":
+        buffer = io.BytesIO()
+        tile.save(buffer, "JPEG", quality=5)
+        return open_rgb(buffer)
+    raise ValueError(kind)
+
+
+def outlier_tiles(kind: str, held_out: list[Image.Image], rng) -> list[Image.Image]:
+    if kind == "noise":
+        return [Image.fromarray(rng.integers(0, 256, (TILE, TILE, 3), dtype=np.uint8))
+                for _ in range(48)]
+    if kind == "flat":
+        return [Image.new("RGB", (TILE, TILE), tuple(int(v) for v in rng.integers(0, 256, 3)))
+                for _ in range(48)]
+    if kind == "documents":
+        return [t for page in skimage_images(["page.png", "text.png"]) for t in tiles(page, 192)]
+    if kind == "drawings":
+        return [t for p in sorted((MATE / "abstract").glob("*")) for t in tiles(open_rgb(p), 192)]
+    if kind == "objects":
+        return [t for p in skimage_images(SKIMAGE_PHOTOS) for t in tiles(p, 192)]
+    return [corrupt(kind, t) for t in held_out]
+
+
+def save_all(folder: Path, images: list[Image.Image]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        image.save(folder / f"{i:03d}.png")
+    return folder
+
+
+def make_data(root: Path, seed: int) -> dict[str, Path]:
+    """Folders train_a/ train_b/ (unpaired: alternate tiles, B graded sepia), test_a/ and one
+    folder per outlier kind, under root; made once."""
+    names = ["train_a", "train_b", "test_a", *OUTLIER_KINDS, *HARD_KINDS]
+    folders = {name: root / name for name in names}
+    if (root / "done").is_file():
+        return folders
+    shutil.rmtree(root, ignore_errors=True)
+    train_tiles, held_out = [], []
+    for p, photo in enumerate(nature_photos()):
+        (held_out if p % 4 == 3 else train_tiles).extend(tiles(photo, 4 * TILE))
+    save_all(folders["train_a"], train_tiles[0::2])
+    save_all(folders["train_b"], [grade("sepia", t) for t in train_tiles[1::2]])
+    save_all(folders["test_a"], held_out)
+    rng = np.random.default_rng(seed)
+    for kind in (*OUTLIER_KINDS, *HARD_KINDS):
+        save_all(folders[kind], outlier_tiles(kind, held_out, rng))
+    (root / "done").write_text("")
+    return folders
+
+
+# -- outlier scores --------------------------------------------------------------------------------
+def auc(inliers: list[float], outliers: list[float]) -> float:
+    """ROC AUC of "score above" as an outlier test: P(outlier > inlier), ties counted half."""
+    a, b = np.asarray(inliers)[:, None], np.asarray(outliers)[None, :]
+    return float(((b > a).sum() + 0.5 * (b == a).sum()) / (a.size * b.size))
+
+
+def outlier_aucs(run: Path, folders: dict[str, Path]) -> dict:
+    """Every kind's AUC against the held-out in-domain tiles, with the score and flag counts."""
+    from styletx.engine.convert import load_run
+    from styletx.tools.latent import score
+
+    model = load_run(run, device="cpu")
+    reports = {kind: score(model, [folders[kind]], side="a").scores
+               for kind in ("test_a", *OUTLIER_KINDS, *HARD_KINDS)}
+    inliers = [s.score for s in reports["test_a"]]
+    result = {"in-domain flagged": f"{sum(s.flagged for s in reports['test_a'])}/{len(inliers)}"}
+    for kind in (*OUTLIER_KINDS, *HARD_KINDS):
+        result[kind] = {"auc": round(auc(inliers, [s.score for s in reports[kind]]), 3),
+                        "flagged": f"{sum(s.flagged for s in reports[kind])}/{len(reports[kind])}"}
+    result["mean auc"] = round(float(np.mean([result[k]["auc"] for k in OUTLIER_KINDS])), 3)
+    result["scores"] = {kind: sorted((s.score, s.path.name) for s in found)
+                        for kind, found in reports.items()}
+    return result
+
+
+# -- samples against real photographs --------------------------------------------------------------
+def small_features(x) -> np.ndarray:
+    """``(N, 3, H, W)`` tensors -> ``(N, 9)``: each channel's mean and spread (the colour) and
+    ``image_statistics`` (fine and coarse detail, axis-aligned detail): features that need no
+    downloaded network."""
+    from styletx.tools.latent import image_statistics
+
+    flat = x.flatten(2)
+    return np.concatenate([flat.mean(2).numpy(), flat.std(2).numpy(),
+                           image_statistics(x).numpy()], 1)
+
+
+def mmd(x: np.ndarray, y: np.ndarray, scale: np.ndarray) -> float:
+    """Unbiased squared maximum mean discrepancy between two sets of feature rows, with a
+    Gaussian kernel on features divided by ``scale``, bandwidth the median distance."""
+    x, y = x / scale, y / scale
+    both = np.concatenate([x, y])
+    d2 = ((both[:, None] - both[None]) ** 2).sum(-1)
+    k = np.exp(-d2 / np.median(d2[d2 > 0]))
+    n = len(x)
+    kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
+    return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+                 + (kyy.sum() - np.trace(kyy)) / (len(y) * (len(y) - 1)) - 2 * kxy.mean())
+
+
+def sample_distance(run_path: Path, folders: dict[str, Path], n: int = 64, seed: int = 0) -> dict:
+    """MMD of side A's samples to the held-out photos' crops (same size as training crops),
+    beside the same for the training photos (real against real: the floor), for their pixels
+    shuffled (the colours without the structure) and for uniform noise. Samples drawn from the
+    prior N(0, I) and from the Gaussian field fitted to the training posteriors."""
+    import torch
+
+    from styletx.engine.convert import load_run
+    from styletx.tools.latent import latent_draws, load_training_statistics
+
+    run = load_run(run_path, device="cpu")
+    size = run.config.train.size
+
+    def crops(folder: Path):
+        out = []
+        for path in sorted(folder.glob("*.png")):
+            prepared = run.domain.prepare_for_training(run.domain.load(path), size)
+            x = run.encoders["a"].encode(prepared)
+            top, left = (x.shape[1] - size) // 2, (x.shape[2] - size) // 2
+            out.append(x[:, top : top + size, left : left + size])
+        return torch.stack(out).float()
+
+    held, training = crops(folders["test_a"]), crops(folders["train_a"])
+    generator = torch.Generator().manual_seed(seed)
+    mu, _ = run.translator.encode_latent(held[:1], "a")
+    stats = load_training_statistics(run_path)["a"]
+    sets = {
+        "training photos (floor)": training,
+        "samples, prior N(0, I) (sample --prior)": run.translator.decode_latent(
+            torch.randn((n, *mu.shape[1:]), generator=generator), "a", size=(size, size)),
+        "samples, fitted field (sample)": run.translator.decode_latent(
+            latent_draws(stats, n, tuple(mu.shape[-2:]), generator), "a", size=(size, size)),
+        "held-out photos, pixels shuffled": torch.stack([
+            x.flatten(1)[:, torch.randperm(size * size, generator=generator)].view_as(x)
+            for x in held]),
+        "uniform noise": torch.rand((n, 3, size, size), generator=generator) * 2 - 1,
+    }
+    reference = small_features(held)
+    scale = reference.std(0) + 1e-6
+    return {name: round(mmd(small_features(x.clamp(-1, 1)), reference, scale), 4)
+            for name, x in sets.items()}
+
+
+# -- --balance on a skewed set ---------------------------------------------------------------------
+RARE_TRAIN = ("astronaut.png", "chelsea.png", "coffee.png")  # the rare kind's training photos
+RARE_TEST = ("rocket.jpg", "motorcycle_left.png")  # ... and its held-out ones
+
+
+def make_skewed_data(root: Path, folders: dict[str, Path]) -> dict[str, Path]:
+    """train_a/ train_b/: the nature tiles of ``folders`` plus a rare kind (scikit-image's
+    photographs of people, a cat, a cup, about 5 % of each side), B graded sepia;
+    test_common/ test_rare/ and their truths test_common_b/ test_rare_b/. Made once."""
+    names = ("train_a", "train_b", "test_common", "test_common_b", "test_rare", "test_rare_b")
+    skewed = {name: root / name for name in names}
+    if (root / "done").is_file():
+        return skewed
+    shutil.rmtree(root, ignore_errors=True)
+    common_a = [open_rgb(p) for p in sorted(folders["train_a"].glob("*.png"))]
+    common_b = [open_rgb(p) for p in sorted(folders["train_b"].glob("*.png"))]  # graded
+    rare = [t for photo in skimage_images(RARE_TRAIN) for t in tiles(photo, 3 * TILE)]
+    count = round(0.05 / 0.95 * len(common_a))
+    rare_a, rare_b = rare[0::2][:count], rare[1::2][:count]
+    save_all(skewed["train_a"], common_a + rare_a)
+    save_all(skewed["train_b"], common_b + [grade("sepia", t) for t in rare_b])
+    held = [open_rgb(p) for p in sorted(folders["test_a"].glob("*.png"))]
+    save_all(skewed["test_common"], held)
+    save_all(skewed["test_common_b"], [grade("sepia", t) for t in held])
+    rare_test = [t for photo in skimage_images(RARE_TEST) for t in tiles(photo, 3 * TILE)]
+    save_all(skewed["test_rare"], rare_test)
+    save_all(skewed["test_rare_b"], [grade("sepia", t) for t in rare_test])
+    (root / "done").write_text("")
+    return skewed
+
+
+def conversion_psnr(run: Path, inputs: Path, truths: Path) -> float:
+    """Mean PSNR of the run's conversions of ``inputs`` against ``truths`` (same names)."""
+    from styletx.engine.convert import load_run
+    from styletx.image.metrics import psnr
+
+    model = load_run(run, device="cpu")
+    values = []
+    for path in sorted(inputs.glob("*.png")):
+        y = np.asarray(model.convert_array(np.asarray(open_rgb(path))), np.float64)
+        truth = np.asarray(open_rgb(truths / path.name), np.float64) / 255
+        values.append(psnr(y / 255 if y.max() > 1.5 else y, truth))
+    return float(np.mean(values))
+
+
+def untouched_psnr(inputs: Path, truths: Path) -> float:
+    from styletx.image.metrics import psnr
+
+    return float(np.mean([psnr(np.asarray(open_rgb(p), np.float64) / 255,
+                               np.asarray(open_rgb(truths / p.name), np.float64) / 255)
+                          for p in sorted(inputs.glob("*.png"))]))
+
+
+def balance_experiment(args, folders: dict[str, Path]) -> dict:
+    """The fast vaegan on the skewed set with and without --balance (one after the other):
+    PSNR against the true sepia on held-out common and rare photos."""
+    skewed = make_skewed_data(args.out / "skewed", folders)
+    result: dict = {}
+    result["untouched"] = {kind: round(untouched_psnr(skewed[f"test_{kind}"],
+                                                      skewed[f"test_{kind}_b"]), 2)
+                           for kind in ("common", "rare")}
+    runs = {name: args.out / "runs" / f"skewed-{name}" for name in ("plain", "balance")}
+    todo = [name for name, run in runs.items()
+            if not (args.reuse and (run / "latent.json").is_file())]
+    data = {"unpaired_a": skewed["train_a"], "unpaired_b": skewed["train_b"]}
+    with ThreadPoolExecutor(2) as pool:  # one thread each
+        list(pool.map(lambda name: train(runs[name], data, "vaegan", "fast", args,
+                                         ("--balance",) if name == "balance" else ()), todo))
+    for name, run in runs.items():
+        result[name] = {kind: round(conversion_psnr(run, skewed[f"test_{kind}"],
+                                                    skewed[f"test_{kind}_b"]), 2)
+                        for kind in ("common", "rare")}
+        print(name, result[name], flush=True)
+    return result
+
+
+# -- pictures and the report -----------------------------------------------------------------------
+def save_pictures(run: Path, folders: dict[str, Path], scores: dict, out: Path) -> None:
+    """OUT/samples-PRESET.png (fitted field, then --prior), OUT/traverse-PRESET.png (the
+    default channels on the first held-out photo) and OUT/typical-PRESET.png (the 8 most
+    typical held-out photos by score, then the 8 least)."""
+    from styletx.engine.convert import load_run
+    from styletx.tools import latent
+
+    model, name = load_run(run, device="cpu"), run.name
+    work = out / "work"
+    for prior, tag in ((False, ""), (True, "-prior")):
+        written = latent.sample(model, "a", 16, work / f"samples{tag}", prior=prior)
+        shutil.copy(written[0], out / f"samples-{name}{tag}.png")
+    photo = sorted(folders["test_a"].glob("*.png"))[0]
+    walked = latent.traverse(model, photo, None, work / "traverse", steps=7)
+    shutil.copy(walked[-1], out / f"traverse-{name}.png")
+    ranked = [folders["test_a"] / file for _, file in scores["test_a"]]
+    rows = [ranked[:8], ranked[-8:]]
+    grid = Image.new("RGB", (8 * TILE, 2 * TILE), "white")
+    for r, row in enumerate(rows):
+        for c, path in enumerate(row):
+            grid.paste(open_rgb(path), (c * TILE, r * TILE))
+    grid.save(out / f"typical-{name}.png")
+
+
+def report(results: dict) -> str:
+    """results.md: AUC per kind and preset, the sample distances, the --balance table."""
+    presets = [p for p in results if p != "balance"]
+    kinds = [*OUTLIER_KINDS, *HARD_KINDS]
+    lines = ["| preset | " + " | ".join(kinds) + " | mean (w/o objects) | held-out flagged |",
+             "|---" * (len(kinds) + 3) + "|"]
+    for p in presets:
+        o = results[p]["outliers"]
+        lines.append(f"| {p} | " + " | ".join(f"{o[k]['auc']:.3f}" for k in kinds)
+                     + f" | {o['mean auc']:.3f} | {o['in-domain flagged']} |")
+    lines += ["", "| preset | " + " | ".join(results[presets[0]]["sample MMD"]) + " |",
+              "|---" * (len(results[presets[0]]["sample MMD"]) + 1) + "|"]
+    for p in presets:
+        lines.append(f"| {p} | " + " | ".join(f"{v:.3f}" for v in
+                                               results[p]["sample MMD"].values()) + " |")
+    if "balance" in results:
+        b = results["balance"]
+        lines += ["", "| fast vaegan, skewed set | common PSNR dB | rare PSNR dB |",
+                  "|---|---|---|"]
+        lines += [f"| {name} | {v['common']:.2f} | {v['rare']:.2f} |" for name, v in b.items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", default="tiny,fast")
+    parser.add_argument("--minutes", type=float, default=8.0, help="fast preset's budget")
+    parser.add_argument("--tiny-steps", type=int, default=600)
+    parser.add_argument("--size", type=int, default=64, help="training crop (pixels)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--reuse", action="store_true", help="score runs already trained")
+    parser.add_argument("--balance", action="store_true",
+                        help="also the --balance experiment (two more fast runs)")
+    parser.add_argument("--out", type=Path, default=Path("latent-benchmark"))
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    folders = make_data(args.out / "data", args.seed)
+    print({k: len(list(v.glob("*.png"))) for k, v in folders.items()}, flush=True)
+    results: dict = {}
+    for preset in args.presets.split(","):
+        run = args.out / "runs" / preset
+        if not (args.reuse and (run / "latent.json").is_file()):
+            print(train(run, {"unpaired_a": folders["train_a"], "unpaired_b": folders["train_b"]},
+                        "vaegan", preset, args), flush=True)
+        outliers = outlier_aucs(run, folders)
+        save_pictures(run, folders, outliers.pop("scores"), args.out)
+        results[preset] = {"outliers": outliers, "sample MMD": sample_distance(run, folders)}
+        print(preset, json.dumps(results[preset]), flush=True)
+    if args.balance:
+        results["balance"] = balance_experiment(args, folders)
+    text = report(results)
+    print(text)
+    (args.out / "results.md").write_text(text + "\n")
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
