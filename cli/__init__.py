@@ -202,6 +202,9 @@ threads_option = click.option(
 @click.option("--balance-smoothing", type=float, default=None,
               help="Added to the --balance densities; larger = closer to uniform "
                    "(default 0.001).")
+@click.option("--balance-share", type=float, default=None,
+              help="Share of the draws that follow the --balance weights, the rest uniform "
+                   "(default 1).")
 @click.option("--channels-last", is_flag=True,
               help="Channels-last memory format for the networks (faster on recent GPUs).")
 @click.option("--compile", "compile_", is_flag=True,
@@ -226,8 +229,8 @@ threads_option = click.option(
 def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, device, seed,
           settings,
           domain, encoder, save_every, preview_every, log_every, amp, aligned, balance,
-          balance_every, balance_smoothing, channels_last, compile_, compile_mode, log_to,
-          prefetch, workers, nproc):
+          balance_every, balance_smoothing, balance_share, channels_last, compile_, compile_mode,
+          log_to, prefetch, workers, nproc):
     """Train a model that turns files like A_DIR's into files like B_DIR's.
 
     Unpaired models (cyclegan) learn from any two folders. Paired ones (--model pix2pix) pair
@@ -243,7 +246,8 @@ def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, de
     default_name = f"{a_dir.name}2{b_dir.name}" if b_dir else a_dir.name
     out = out or Path("runs") / default_name
     tuning = {name: value for name, value in (("balance_every", balance_every),
-                                              ("balance_smoothing", balance_smoothing))
+                                              ("balance_smoothing", balance_smoothing),
+                                              ("balance_share", balance_share))
               if value is not None}  # unset: TrainSettings' defaults
     result = run_training(
         a_dir, b_dir, out, model=model, preset=preset, overrides=parse_settings(settings),

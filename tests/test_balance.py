@@ -11,7 +11,8 @@ import torch
 from conftest import TINY
 
 from styletx.demo import make_scene, save_rgb, winterize
-from styletx.engine.balance import describe, effective_dimensions, inverse_density_weights
+from styletx.engine.balance import (describe, effective_dimensions, inverse_density_weights,
+                                    with_uniform)
 from styletx.engine.data import CropSampler
 
 
@@ -119,3 +120,21 @@ def test_training_with_balance_draws_a_rare_kind_more_often(styletx, tmp_path, m
     assert rare & {name for name, _ in last["most_drawn"]}  # the 3 most drawn files
     assert last["effective_examples"] < 40
     assert "most often img" in result.stderr
+
+
+def test_share_keeps_a_uniform_floor():
+    z, rare = _latents()
+    full = inverse_density_weights(z, smoothing=0.001)
+    half = with_uniform(full, 0.5)
+    assert torch.isclose(half.sum(), torch.tensor(1.0, dtype=half.dtype))
+    assert half.min() >= 0.5 / len(half)
+    assert float(half[rare].sum()) == pytest.approx(0.5 * float(full[rare].sum()) + 0.025)
+    assert torch.equal(with_uniform(full, 1.0), full)
+
+
+def test_balance_share_out_of_range_is_a_usage_error(styletx, scenes, tmp_path):
+    result = styletx("train", scenes["a"], scenes["b"], "--model", "vaegan", *TINY,
+                     "--balance", "--balance-share", "1.5", "--out", tmp_path / "run")
+    assert result.exit_code == 2, result.stderr
+    assert "--balance-share must be between 0 and 1 (got 1.5)" in result.error_lines[0]
+    assert not (tmp_path / "run").exists()

@@ -69,6 +69,13 @@ def inverse_density_weights(latents: torch.Tensor, smoothing: float,
     return torch.softmax(log_weight, 0)
 
 
+def with_uniform(weights: torch.Tensor, share: float) -> torch.Tensor:
+    """Probabilities that follow ``weights`` for ``share`` of the draws and are uniform for the
+    rest: every example keeps at least ``(1 - share) / N`` of them, so the common kind is not
+    starved while the rare one is drawn more often."""
+    return share * weights + (1 - share) / len(weights)
+
+
 def effective_dimensions(x: torch.Tensor) -> float:
     """The participation ratio ``(sum l)^2 / sum l^2`` of the eigenvalues l of the columns'
     correlation matrix: how many independent directions ``(N, D)`` data really spans."""

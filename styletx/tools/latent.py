@@ -476,8 +476,10 @@ class _Scorer:
         x = run.encoders[self.side].encode(prepared)
         features = _features(self.translator, [x], self.side, run.domain.chunk_frames,
                              run.device)
+        # An older run's score is the negative ELBO itself (for a recording scored in chunks
+        # now the geometric, not the arithmetic, mean of its chunks': a little lower).
         value = (float(_combined(features, self.typicality)[0]) if self.typicality
-                 else float(features[0, -1].exp() - EPS))  # the negative ELBO itself
+                 else float(features[0, -1].exp() - EPS))
         return InputScore(path, value, percentile(self.training, value),
                           value > self.threshold)
 

@@ -34,7 +34,7 @@ from styletx.contract.errors import (
 from styletx.contract.interfaces import SIDES, LatentTranslator, Translator
 from styletx.engine import distributed
 from styletx.engine.balance import describe as describe_weights
-from styletx.engine.balance import inverse_density_weights, pooled_means
+from styletx.engine.balance import inverse_density_weights, pooled_means, with_uniform
 from styletx.engine.data import CropSampler, Prefetcher
 from styletx.engine.model import pick_device
 from styletx.engine.pairs import AlignmentCache
@@ -145,6 +145,9 @@ def _check_settings(translator: Translator, settings: TrainSettings) -> None:
                          f"{translator.name}")
     if settings.balance_every < 1 or settings.balance_smoothing < 0:
         raise UsageError("--balance-every must be at least 1 and --balance-smoothing >= 0")
+    if not 0 <= settings.balance_share <= 1:
+        raise UsageError(f"--balance-share must be between 0 and 1 (got "
+                         f"{settings.balance_share})")
     check_available(settings.log_to)
     if settings.compile_mode not in COMPILE_MODES:
         raise UsageError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)} "
@@ -338,7 +341,8 @@ class Loop:
     def _rebalance(self) -> None:
         _pause_prefetch(self.batches)
         rebalance(self.prepared.out, self.step, self.translator, self.sampler,
-                  self.settings.balance_smoothing, self.names, self.group)
+                  self.settings.balance_smoothing, self.names, self.group,
+                  self.settings.balance_share)
         _resume_prefetch(self.batches)
 
     def _as_the_preset_says(self) -> bool:
@@ -419,17 +423,18 @@ def _resume_prefetch(batches: CropSampler | Prefetcher) -> None:
 
 def rebalance(out: Path, step: int, translator: Translator, sampler: CropSampler,
               smoothing: float, names: dict[str, list[str]] | None,
-              group: distributed.Group) -> None:
+              group: distributed.Group, share: float = 1.0) -> None:
     """Re-estimate each side's sampling weights from the latent density of its examples (see
-    ``styletx.engine.balance``), and log how far they are from uniform and which files are
-    drawn most often."""
+    ``styletx.engine.balance``; ``share`` of the draws follow them, the rest are uniform), and
+    log how far they are from uniform and which files are drawn most often."""
     translator.train(False)
     summary = {}
     for side, examples in sampler.examples.items():
         if sampler.paired and side == "b":
             break  # a pair is drawn by its A index
         crops = torch.stack([sampler.centre_crop(side, i) for i in range(len(examples))])
-        weights = inverse_density_weights(pooled_means(translator, crops, side), smoothing)
+        weights = with_uniform(inverse_density_weights(pooled_means(translator, crops, side),
+                                                       smoothing), share)
         sampler.weights[side] = weights = group.broadcast(weights, translator.device)
         summary[side] = describe_weights(weights, names and names[side])
     translator.train(True)

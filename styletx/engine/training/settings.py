@@ -37,6 +37,7 @@ class TrainSettings:
     balance_every: int = 100  # steps between re-estimates of the sampling weights
     balance_smoothing: float = 0.001  # added to each latent histogram's density; larger values
     #                                   move the sampling towards uniform
+    balance_share: float = 1.0  # share of the draws that follow the weights; the rest uniform
     channels_last: bool = False  # channels-last memory format for the networks and batches
     compile: bool = False  # run the generators through torch.compile
     compile_mode: str = "auto"  # torch.compile's mode; auto: COMPILE_MODE_ON_CUDA on CUDA,
