@@ -407,6 +407,16 @@ class CycleGAN(styletx.Translator):
                         "cycle 10, identity 5 for the first 10k steps, lr 2e-4 / D 1e-4, "
                         "64-frame segments",
         ),
+        "fast": Preset(
+            config=dict(generator="voice", ngf=16, n_blocks=3, upsample="shuffle", ndf=16,
+                        n_layers_d=3, identity_steps=500, lr=1e-3, lr_d=5e-4),
+            train=dict(size=64, batch_size=4, steps=2000),
+            description="a CPU and minutes: a voice model for `--minutes 10` on 2 cores "
+                        "(benchmarks/voice_real.py), ~0.3 s a step there at 80 bins x 64 "
+                        "frames, batch 4: the voice generator at ngf 16 with 3 blocks, 70x70 "
+                        "PatchGAN at ndf 16, identity loss for the first 500 steps, lr 1e-3 / "
+                        "D 5e-4",
+        ),
         "tiny": Preset(
             config=dict(generator="voice", ngf=8, n_blocks=2, upsample="shuffle", ndf=8,
                         n_layers_d=2, identity_steps=150, lr=1e-3, lr_d=5e-4),

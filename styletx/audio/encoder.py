@@ -91,12 +91,13 @@ class SpectrogramEncoder(Encoder):
     NORMALIZE = NORMALIZE  # the choices of ``normalize``
     normalize = "loudness"  # conversion may set it (convert --normalize)
     decodes_on_device = True  # Griffin-Lim on the GPU when converting on one
+    defaults = FEATURE_DEFAULTS  # the settings a subclass takes, with their defaults
 
     def __init__(self, **params):
-        unknown = set(params) - set(FEATURE_DEFAULTS)
+        unknown = set(params) - set(self.defaults)
         if unknown:
             raise UsageError(f"{self.name} encoder: unknown setting {sorted(unknown)[0]!r}")
-        super().__init__(**{**FEATURE_DEFAULTS, **params})
+        super().__init__(**{**self.defaults, **params})
         p = self.params
         if p["hop"] < 1 or p["n_fft"] < p["hop"] or p["rate"] < 1000:
             raise UsageError(
