@@ -214,25 +214,38 @@ def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
 # -- decoders: the round trip without a model ------------------------------------------------
 
 def decoders(data: Path) -> dict[str, dict[str, float]]:
-    """Round-trip PESQ-WB / STOI on the held-out B sentences per decoder, each fitted on B."""
+    """Round-trip PESQ-WB, STOI and DNSMOS on the held-out B sentences per decoder, each
+    fitted on B (the real recordings' DNSMOS is in ``convert``'s "target" row)."""
     from styletx.plugins.audio import AudioDomain, MelEncoder, StftEncoder
 
     domain = AudioDomain()
-    training = [domain.prepare_for_training(domain.load(f), 0) for f in sorted((data / "b").glob("*"))]
-    candidates = {"mel pseudo-inverse (before)": MelEncoder(decoder_epochs=0, gl_iters=32),
-                  "mel learned, 32 GL iterations": MelEncoder(gl_iters=32),
-                  "mel learned (default)": MelEncoder(),
-                  "stft": StftEncoder()}
+    training = [domain.prepare_for_training(domain.load(f), 0)
+                for f in sorted((data / "b").glob("*"))]
+    candidates = {"mel 80, pseudo-inverse, GL 32": MelEncoder(n_mels=80, decoder_epochs=0,
+                                                              gl_iters=32),
+                  "mel 80, learned, GL 32": MelEncoder(n_mels=80, gl_iters=32),
+                  "mel 80, learned, GL 64": MelEncoder(n_mels=80, gl_iters=64),
+                  "mel 128, pseudo-inverse, GL 32": MelEncoder(n_mels=128, decoder_epochs=0,
+                                                               gl_iters=32),
+                  "mel 128, pseudo-inverse, GL 64": MelEncoder(n_mels=128, decoder_epochs=0,
+                                                               gl_iters=64),
+                  "mel 128, learned, GL 64": MelEncoder(n_mels=128, gl_iters=64),
+                  "stft, GL 32": StftEncoder(gl_iters=32),
+                  "stft, GL 64": StftEncoder(gl_iters=64)}
     results = {}
     for name, encoder in candidates.items():
         started = time.perf_counter()
         encoder.fit(training)
         fit_seconds = time.perf_counter() - started
-        rows = [intelligibility(load(f, RATE), round_trip(encoder, domain.load(f)))
+        rows = [decoder_metrics(load(f, RATE), round_trip(encoder, domain.load(f)))
                 for f in sorted((data / "test_b").glob("*"))]
         results[name] = {**mean_rows(rows), "fit_s": fit_seconds}
-        print(f"{name:<32}" + "".join(f"{k} {v:6.3f}  " for k, v in results[name].items()))
+        print(f"{name:<30}" + "".join(f"{k} {v:.3f}  " for k, v in results[name].items()))
     return results
+
+
+def decoder_metrics(original: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
+    return {**intelligibility(original, decoded), **naturalness(decoded)}
 
 
 def round_trip(encoder, sample) -> np.ndarray:
@@ -254,10 +267,16 @@ def train(data: Path, run: Path, preset: str, minutes: float | None, steps: int 
     return time.perf_counter() - started
 
 
-def convert_metrics(data: Path, run: Path, out: Path) -> dict[str, dict[str, float]]:
+def convert_metrics(data: Path, run: Path, out: Path,
+                    pseudo_inverse: bool = False) -> dict[str, dict[str, float]]:
     """The held-out A sentences converted by ``run``, measured against B saying them; the
-    untouched source and the real target are measured alike, for reference."""
-    styletx.load_run(run, device="cpu").convert_files([data / "test_a"], out)
+    untouched source and the real target are measured alike, for reference. With
+    ``pseudo_inverse`` the run's learned decoder is left out (as styletx decoded before it)."""
+    model = styletx.load_run(run, device="cpu")
+    if pseudo_inverse:
+        for encoder in model.encoders.values():
+            encoder.decoder, encoder.params["gl_iters"] = None, 32
+    model.convert_files([data / "test_a"], out)
     similarity = SpeakerSimilarity(data / "b")
     rows: dict[str, list[dict[str, float]]] = {"source": [], "converted": [], "target": []}
     for target in sorted((data / "test_b").glob("*.wav")):
@@ -270,7 +289,8 @@ def convert_metrics(data: Path, run: Path, out: Path) -> dict[str, dict[str, flo
     f0 = {kind: table[kind]["median_f0"] for kind in table}
     table["converted"]["f0_progress"] = ((f0["converted"] - f0["source"])
                                          / (f0["target"] - f0["source"]))
-    table["converted"]["rtf_10s"] = real_time_factor(data, run, out)
+    if not pseudo_inverse:
+        table["converted"]["rtf_10s"] = real_time_factor(data, run, out)
     return table
 
 
@@ -322,6 +342,8 @@ def main() -> None:
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--steps", type=int, help="instead of --minutes")
+    parser.add_argument("--pseudo-inverse", action="store_true",
+                        help="convert: decode without the run's learned decoder")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -339,7 +361,7 @@ def main() -> None:
             seconds = train(args.data, run, args.preset, None if args.steps else args.minutes,
                             args.steps)
             print(f"trained --preset {args.preset} in {seconds:.0f} s: {run}")
-        results = convert_metrics(args.data, run, work / "converted")
+        results = convert_metrics(args.data, run, work / "converted", args.pseudo_inverse)
         print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

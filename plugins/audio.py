@@ -165,7 +165,7 @@ class AudioDomain(styletx.Domain):
 # the encoders: normalised log spectrograms, inverted by Griffin-Lim (styletx.audio's base)
 
 class MelEncoder(SpectrogramEncoder):
-    """Log-mel spectrogram (80 bins at 22.05 kHz by default), inverted by a decoder network
+    """Log-mel spectrogram (128 bins at 22.05 kHz by default), inverted by a decoder network
     fitted on the voice's own recordings (``decoder_epochs``; 0: none) on top of a clipped mel
     pseudo-inverse, and Griffin-Lim.
 

@@ -74,7 +74,8 @@ def test_a_state_without_the_decoder_decodes_as_before(fitted, voice):
     old_params = {k: v for k, v in fitted.params.items() if k != "decoder_epochs"}
     old_params["gl_iters"] = 32  # what old runs saved
     old = MelEncoder(**old_params)
-    old.load_state_dict({"mean": torch.from_numpy(fitted.mean), "std": torch.from_numpy(fitted.std)})
+    old.load_state_dict({"mean": torch.from_numpy(fitted.mean),
+                         "std": torch.from_numpy(fitted.std)})
     plain = MelEncoder(**old_params, decoder_epochs=0)
     plain.mean, plain.std = fitted.mean, fitted.std
     x = fitted.encode(voice[1])

@@ -1,8 +1,9 @@
 """A learned mel -> linear-magnitude decoder (in the spirit of Tacotron's post-net).
 
-An 80-band mel spectrogram has too few bands to tell harmonics apart above ~1 kHz, so its
-pseudo-inverse smears them, and Griffin-Lim cannot find a consistent phase for a smeared
-magnitude: the voice sounds buzzy. ``MelToLinear`` is a small 1-D convolutional network along
+A mel spectrogram has far fewer bands than the STFT has bins (128 against 513 by default; 80
+before styletx 0.2, too few to tell harmonics apart above ~1 kHz), so its pseudo-inverse
+smears the harmonics, and Griffin-Lim cannot find a consistent phase for a smeared magnitude:
+the voice sounds buzzy. ``MelToLinear`` is a small 1-D convolutional network along
 time that predicts the log-linear magnitude from the normalised log-mel, as a correction on
 top of the pseudo-inverse (its last layer starts at zero, so an untrained network *is* the
 pseudo-inverse). ``fit_mel_decoder`` trains one on a voice's own recordings in seconds; the
@@ -17,6 +18,8 @@ import time
 import numpy as np
 import torch
 from torch import nn
+
+__all__ = ["MelToLinear", "fit_mel_decoder", "training_steps"]
 
 log = logging.getLogger("styletx")
 
@@ -66,9 +69,9 @@ class MelToLinear(nn.Module):
 
 
 def training_steps(frames: int, epochs: float) -> int:
-    """Steps that show the network ``frames`` frames ``epochs`` times (at least one step, at
-    most ``MAX_STEPS``): a few seconds of audio fit in a second, an hour in the time of
-    ``MAX_STEPS``."""
+    """Steps that show the network ``frames`` frames ``epochs`` times, at least one and at
+    most ``MAX_STEPS``: the fit's time follows the amount of audio (seconds of it: a second)
+    up to a cap (an hour of it costs no more than ten minutes)."""
     return int(min(MAX_STEPS, max(1, round(epochs * frames / (BATCH * SEGMENT)))))
 
 
