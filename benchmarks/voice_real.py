@@ -132,16 +132,19 @@ def split_sentences(sentences: list[str], held_out: int) -> dict[str, list[str]]
 
 
 def render_data(data: Path) -> None:
-    """The four folders of ``split_sentences`` under ``data`` as 16 kHz WAVs (once)."""
-    if (data / "test_b").is_dir():
+    """The four folders of ``split_sentences`` under ``data`` as 16 kHz WAVs, and the sentences
+    in ``data/SENTENCES.json``, written last: an interrupted rendering starts again."""
+    if (data / "SENTENCES.json").exists():
         return
     if shutil.which("text2wave") is None:
         raise SystemExit(f"Festival's text2wave is not installed: {INSTALL}")
-    for folder, sentences in split_sentences(SENTENCES, HELD_OUT).items():
+    folders = split_sentences(SENTENCES, HELD_OUT)
+    for folder, sentences in folders.items():
         (data / folder).mkdir(parents=True, exist_ok=True)
         prefix = "held" if folder.startswith("test") else folder
         for i, text in enumerate(sentences):
             speak(text, VOICES[folder[-1]], data / folder / f"{prefix}_{i:02d}.wav")
+    (data / "SENTENCES.json").write_text(json.dumps(folders, indent=1, ensure_ascii=False))
     print(f"rendered {len(SENTENCES)} sentences with {VOICES} into {data}")
 
 
@@ -152,7 +155,7 @@ def speak(text: str, voice: str, path: Path) -> None:
         script.flush()
         subprocess.run(["text2wave", "-eval", f"(voice_{voice})", "-o", str(path), script.name],
                        check=True, capture_output=True)
-    if path.stat().st_size < 1000:  # text2wave writes an empty file for an unknown voice
+    if not path.exists() or path.stat().st_size < 1000:  # an unknown voice: exit 0, no file
         raise SystemExit(f"Festival has no voice {voice!r}: {INSTALL}")
 
 
