@@ -77,6 +77,20 @@ def training_steps(frames: int, epochs: float) -> int:
 
 def fit_mel_decoder(normalised_mel: np.ndarray, log_pinv: np.ndarray, log_linear: np.ndarray,
                     steps: int, name: str = "mel decoder") -> MelToLinear:
+    """``_fit`` on one CPU thread, whatever torch's setting: its convolutions are too small to
+    gain from a second thread, and on cores busy with other work two threads took 15-20x as
+    long as one (100 steps: 38-48 s against 2.5 s, measured on 2 shared cores). One thread
+    also makes the result the same for every ``--threads``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit(normalised_mel, log_pinv, log_linear, steps, name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(normalised_mel: np.ndarray, log_pinv: np.ndarray, log_linear: np.ndarray,
+         steps: int, name: str) -> MelToLinear:
     """A ``MelToLinear`` trained for ``steps`` Adam steps so that ``log_pinv + net(mel)``
     matches ``log_linear``.
 
