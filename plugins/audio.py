@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 
 import styletx
-from styletx.audio import AudioSample, SpectrogramEncoder, resampled
+from styletx.audio import FEATURE_DEFAULTS, AudioSample, SpectrogramEncoder, resampled
 
 TRIM_TOP_DB = 40.0  # trailing/leading parts this far below the peak count as silence
 SILENCE_PEAK = 1e-4  # a file whose peak is below this (-80 dBFS) is pure silence
@@ -164,10 +165,22 @@ class AudioDomain(styletx.Domain):
 # the encoders: normalised log spectrograms, inverted by Griffin-Lim (styletx.audio's base)
 
 class MelEncoder(SpectrogramEncoder):
-    """Log-mel spectrogram (80 bins at 22.05 kHz by default), inverted by a clipped mel
-    pseudo-inverse and Griffin-Lim."""
+    """Log-mel spectrogram (128 bins at 22.05 kHz by default), inverted by a decoder network
+    fitted on the voice's own recordings (``decoder_epochs``; 0: none) on top of a clipped mel
+    pseudo-inverse, and Griffin-Lim.
+
+    A run saved without the decoder's tensors (styletx before 0.2, or ``decoder_epochs=0``)
+    decodes with the pseudo-inverse alone, as it did."""
 
     name = "mel"
+    defaults = {**FEATURE_DEFAULTS,
+                "gl_iters": 64,  # the learned decoder's sharper harmonics gain from more
+                "decoder_epochs": 40}  # passes of the learned decoder's fit over the
+    #                                    recordings (0: no learned decoder), at most 1000 steps
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.decoder = None  # a fitted styletx.audio.decoder.MelToLinear, or None
 
     @property
     def bins(self) -> int:
@@ -179,18 +192,68 @@ class MelEncoder(SpectrogramEncoder):
                     fmax=p["fmax"])
 
     def log_spectrogram(self, wave: np.ndarray) -> np.ndarray:
-        from styletx.audio.dsp import mel_filterbank, stft_magnitude
+        from styletx.audio.dsp import stft_magnitude
 
         p = self.params
-        mel = mel_filterbank(**self._mel_args()) @ stft_magnitude(wave, p["n_fft"], p["hop"])
-        return np.log(np.maximum(mel, p["log_floor"]))
+        return self._log_mel(stft_magnitude(wave, p["n_fft"], p["hop"]))
+
+    def _log_mel(self, magnitude: np.ndarray) -> np.ndarray:
+        from styletx.audio.dsp import mel_filterbank
+
+        return np.log(np.maximum(mel_filterbank(**self._mel_args()) @ magnitude,
+                                 self.params["log_floor"]))
 
     def linear_magnitude(self, log_spec: np.ndarray) -> np.ndarray:
+        pinv = self._pseudo_inverse(log_spec)
+        if self.decoder is None:
+            return pinv
+        normalised = (log_spec - self.mean[:, None]) / self.std[:, None]
+        batch = torch.from_numpy(normalised.astype(np.float32)).reshape(-1, *log_spec.shape[-2:])
+        with torch.no_grad():
+            correction = self.decoder(batch).numpy().reshape(pinv.shape)
+        return np.exp(np.log(np.maximum(pinv, self.params["log_floor"])) + correction)
+
+    def _pseudo_inverse(self, log_spec: np.ndarray) -> np.ndarray:
         from styletx.audio.dsp import mel_to_linear
 
         p = self.params
         return mel_to_linear(np.exp(log_spec), sr=p["rate"], n_fft=p["n_fft"], fmin=p["fmin"],
                              fmax=p["fmax"])
+
+    def fit(self, samples: Sequence[AudioSample]) -> None:
+        super().fit(samples)
+        self.decoder = None
+        if self.params["decoder_epochs"] > 0:
+            self.decoder = self._fit_decoder(samples)
+
+    def _fit_decoder(self, samples: Sequence[AudioSample]):
+        """The decoder network, trained to turn these recordings' mels into their magnitudes."""
+        from styletx.audio.decoder import fit_mel_decoder, training_steps
+        from styletx.audio.dsp import stft_magnitude
+
+        p = self.params
+        linear = np.concatenate([stft_magnitude(self.resample(s), p["n_fft"], p["hop"])
+                                 for s in samples], axis=1)
+        log_mel = self._log_mel(linear)
+        return fit_mel_decoder(
+            (log_mel - self.mean[:, None]) / self.std[:, None],
+            np.log(np.maximum(self._pseudo_inverse(log_mel), p["log_floor"])),
+            np.log(np.maximum(linear, p["log_floor"])),
+            training_steps(linear.shape[1], p["decoder_epochs"]))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = super().state_dict()
+        if self.decoder is not None:
+            state.update({f"decoder.{k}": v for k, v in self.decoder.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Statistics and, when the state has them, the decoder's weights."""
+        from styletx.audio.decoder import MelToLinear
+
+        super().load_state_dict(state)
+        decoder = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
+        self.decoder = MelToLinear.from_state_dict(decoder).eval() if decoder else None
 
 
 class StftEncoder(SpectrogramEncoder):

@@ -62,7 +62,7 @@ class CycleGANConfig:
     #                            (images: input + colour path + a few full-resolution convs,
     #                            see LocalGenerator)
     bins: int = 80  # voice generator only: frequency bins of the spectrograms it is built for
-    #                 (the encoder's: 80 for the default mel, n_fft/2+1 for stft); fixed per run
+    #                 (the encoder's: 128 for the default mel, n_fft/2+1 for stft); fixed per run
     ngf: int = 64  # generator width (channels after the first conv)
     ndf: int = 64  # discriminator width
     n_blocks: int = 9  # generator residual blocks; the reference uses 6 below 256 px
@@ -407,14 +407,25 @@ class CycleGAN(styletx.Translator):
                         "cycle 10, identity 5 for the first 10k steps, lr 2e-4 / D 1e-4, "
                         "64-frame segments",
         ),
+        "fast": Preset(
+            config=dict(generator="voice", ngf=32, n_blocks=4, upsample="shuffle", ndf=16,
+                        n_layers_d=3, identity_steps=500, lr=1e-3, lr_d=5e-4),
+            train=dict(size=64, batch_size=4, steps=2000),
+            description="a CPU and minutes: a voice model for `--minutes 10`, chosen with "
+                        "benchmarks/voice_real.py (pitch all the way to the target's, part of "
+                        "the timbre); 1.2-1.8 s a step at 128 bins x 64 frames, batch 4, on "
+                        "one thread of 2 busy cores: the voice generator at ngf 32 with 4 "
+                        "blocks, 70x70 PatchGAN at ndf 16, identity loss for the first 500 "
+                        "steps, lr 1e-3 / D 5e-4",
+        ),
         "tiny": Preset(
             config=dict(generator="voice", ngf=8, n_blocks=2, upsample="shuffle", ndf=8,
                         n_layers_d=2, identity_steps=150, lr=1e-3, lr_d=5e-4),
             train=dict(size=64, batch_size=4, steps=300),
             description="a CPU voice model for tests and smoke runs, ~0.1 s a step on 2 "
-                        "cores at 80 bins x 64 frames, batch 4: the voice generator at ngf 8 "
-                        "with 2 blocks, 34x34 PatchGAN at ndf 8, identity loss for the first "
-                        "half, lr 1e-3 / D 5e-4",
+                        "cores at 80 bins x 64 frames (more at the default mel's 128), batch "
+                        "4: the voice generator at ngf 8 with 2 blocks, 34x34 PatchGAN at ndf "
+                        "8, identity loss for the first half, lr 1e-3 / D 5e-4",
         ),
     }}
 

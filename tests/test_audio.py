@@ -94,7 +94,7 @@ def voices():
             "high": AudioSample(utterance(HIGH, 1.5, seed=1), RATE)}
 
 
-@pytest.mark.parametrize("name, bins", [("mel", 80), ("stft", 513)])
+@pytest.mark.parametrize("name, bins", [("mel", 128), ("stft", 513)])
 def test_encoder_round_trip(voices, name, bins):
     from styletx.audio.metrics import mcd
     from styletx.plugins.audio import MelEncoder, StftEncoder

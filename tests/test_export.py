@@ -115,7 +115,7 @@ def test_voice_export_with_griffin_lim_writes_what_convert_writes(styletx, runs,
 
     run = load_run(runs["voice"], device="cpu")
     sample = run.domain.load(source)
-    x = run.encoders["a"].encode(sample)[None]  # (1, 1, 80, frames) normalised log-mel
+    x = run.encoders["a"].encode(sample)[None]  # (1, 1, 128, frames) normalised log-mel
     assert x.shape[-1] % 4  # 87 frames: the generator pads them
     session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     y = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])

@@ -167,7 +167,7 @@ def test_dtw_path_follows_the_change_of_pace():
     error = np.abs(path[voiced, 1] - path[voiced, 0] / 0.8)
     assert np.median(error) < 2 and np.percentile(error, 95) < 8
     warped_x, warped_y = warp(x, y, path)
-    assert warped_x.shape == warped_y.shape == (1, 80, len(path))
+    assert warped_x.shape == warped_y.shape == (1, encoder.bins, len(path))
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@
     from styletx.audio import SpectrogramEncoder  # base of normalised log-spectrogram encoders
     from styletx.audio.dsp import stft_magnitude, mel_filterbank, mel_to_linear, griffinlim
     from styletx.audio.metrics import mcd, log_f0_rmse
+    from styletx.audio.decoder import MelToLinear, fit_mel_decoder  # learned mel decoder
 """
 
 from styletx.audio.encoder import FEATURE_DEFAULTS, SpectrogramEncoder, match_loudness, resampled
