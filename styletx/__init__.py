@@ -13,7 +13,7 @@ functions (docs/plugins.md); the built-in plugins use nothing else. Everything u
 ``styletx.contract``, ``styletx.engine`` and ``styletx.tools`` not named here is internal.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 import importlib

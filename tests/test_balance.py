@@ -11,8 +11,12 @@ import torch
 from conftest import TINY
 
 from styletx.demo import make_scene, save_rgb, winterize
-from styletx.engine.balance import (describe, effective_dimensions, inverse_density_weights,
-                                    with_uniform)
+from styletx.engine.balance import (
+    describe,
+    effective_dimensions,
+    inverse_density_weights,
+    with_uniform,
+)
 from styletx.engine.data import CropSampler
 
 

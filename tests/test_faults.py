@@ -441,7 +441,7 @@ def test_the_cli_survives_a_plugin_that_exits(styletx, plugins, monkeypatch):
         registry_module.reset_registry()
     assert result.exit_code == 0
     assert 'Error loading plugin "exits": SystemExit: 3' in result.stderr
-    assert "cyclegan 0.1.0 (built-in)" in result.stdout
+    assert "cyclegan 0.2.0 (built-in)" in result.stdout
 
 
 @pytest.mark.slow

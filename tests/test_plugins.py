@@ -125,7 +125,7 @@ def test_plugins_command_reports_broken_plugin(styletx, fake_entry_points, monke
 def test_plugins_command_text(styletx):
     result = styletx("plugins")
     assert result.exit_code == 0
-    assert "cyclegan 0.1.0 (built-in)" in result.stdout and "translators: cyclegan" in result.stdout
+    assert "cyclegan 0.2.0 (built-in)" in result.stdout and "translators: cyclegan" in result.stdout
     assert "--preset fast (image: 64 px, batch 4" in result.stdout
     assert "--preset tiny (audio: 64 frames" in result.stdout
 
