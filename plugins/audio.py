@@ -208,9 +208,11 @@ class MelEncoder(SpectrogramEncoder):
         if self.decoder is None:
             return pinv
         normalised = (log_spec - self.mean[:, None]) / self.std[:, None]
-        batch = torch.from_numpy(normalised.astype(np.float32)).reshape(-1, *log_spec.shape[-2:])
-        with torch.no_grad():
-            correction = self.decoder(batch).numpy().reshape(pinv.shape)
+        items = torch.from_numpy(normalised.astype(np.float32)).reshape(-1, *log_spec.shape[-2:])
+        with torch.no_grad():  # one item at a time: a batched convolution rounds differently,
+            #                    and decode_batch must give what decode gives
+            correction = torch.cat([self.decoder(item[None]) for item in items])
+        correction = correction.numpy().reshape(pinv.shape)
         return np.exp(np.log(np.maximum(pinv, self.params["log_floor"])) + correction)
 
     def _pseudo_inverse(self, log_spec: np.ndarray) -> np.ndarray:

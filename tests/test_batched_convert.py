@@ -282,9 +282,10 @@ def test_equal_length_recordings_convert_as_one_at_a_time(voice_run, tmp_path, m
         a, rate_a = sf.read(tmp_path / "batched" / f"take{i}.wav", dtype="int16")
         b, rate_b = sf.read(tmp_path / "single" / f"take{i}.wav", dtype="int16")
         assert rate_a == rate_b == RATE and a.shape == b.shape
-        # 16-bit samples: the batched convolutions' float rounding (~1e-6) after 32
-        # Griffin-Lim iterations
-        assert np.abs(a.astype(np.int32) - b).max() <= 32, i  # measured: at most 7
+        # 16-bit samples: the batched convolutions' float rounding (~1e-6), grown by the
+        # Griffin-Lim iterations (measured: at most 7 after 32; after the mel encoder's 64
+        # since 0.2, 57 with two threads, within 32 with one)
+        assert np.abs(a.astype(np.int32) - b).max() <= 128, i
 
 
 def _conv_output_dtypes(run) -> list[torch.dtype]:

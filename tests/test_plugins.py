@@ -119,7 +119,7 @@ def test_plugins_command_reports_broken_plugin(styletx, fake_entry_points, monke
     assert "ModuleNotFoundError" in listed["importerror"]["error"]
     fast = listed["cyclegan"]["presets"]["cyclegan"]["image"]["fast"]
     assert fast["size"] == 64 and "colour" in fast["description"]
-    assert set(listed["cyclegan"]["presets"]["cyclegan"]["audio"]) == {"default", "tiny"}
+    assert set(listed["cyclegan"]["presets"]["cyclegan"]["audio"]) == {"default", "fast", "tiny"}
 
 
 def test_plugins_command_text(styletx):
