@@ -29,9 +29,13 @@ def voice():
 def fitted(voice):
     from styletx.plugins.audio import MelEncoder
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    encoder = MelEncoder()  # 40 epochs of 6 recordings: ~130 steps, a few seconds
-    encoder.fit(voice[0])
+    try:
+        encoder = MelEncoder()  # 40 epochs of 6 recordings: ~130 steps, a few seconds
+        encoder.fit(voice[0])
+    finally:
+        torch.set_num_threads(threads)  # the tests after this module keep their threads
     return encoder
 
 
