@@ -23,7 +23,7 @@ from styletx.contract.errors import (
     one_line,
     out_of_memory_problem,
 )
-from styletx.demo import DEMO_MINUTES, VOICE_DEMO_MINUTES
+from styletx.demo import DEMO_MINUTES, DEMO_STEPS, VOICE_DEMO_MINUTES
 
 log = logging.getLogger("styletx")
 # torch.compile's modes, as styletx.engine.training.loop's (not imported: --help starts fast)
@@ -710,8 +710,8 @@ def _echo_presets(by_domain: dict[str, dict[str, dict]]) -> None:
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("styletx-demo"),
               show_default=True, help="Folder for the demo data, run and results.")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
-              help=f"Training time of each part (default: {DEMO_MINUTES:g} images, "
-                   f"{VOICE_DEMO_MINUTES:g} voice).")
+              help=f"Training time limit of each part (default: {DEMO_MINUTES:g} images, "
+                   f"which stop sooner at {DEMO_STEPS} steps; {VOICE_DEMO_MINUTES:g} voice).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Train each part for this many steps instead of a time budget.")
 @click.option("--part", type=click.Choice(["all", "images", "voice"]), default="all",
