@@ -39,7 +39,9 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality import SKIMAGE_PHOTOS, grade, train  # noqa: E402  (the quality benchmark's parts)
+# the quality benchmark's parts
+from quality import SKIMAGE_PHOTOS, baseline, grade, square_tiles, train  # noqa: E402
+from quality import score as conversion_score  # noqa: E402
 
 MATE = Path("/usr/share/backgrounds/mate")
 OUTLIER_KINDS = ("noise", "flat", "documents", "drawings", "blur", "jpeg", "inverted")
@@ -54,11 +56,7 @@ def open_rgb(path: Path) -> Image.Image:
 
 def tiles(photo: Image.Image, shorter: int) -> list[Image.Image]:
     """TILE-px tiles of the photo scaled to a shorter side of ``shorter`` pixels."""
-    scale = shorter / min(photo.size)
-    photo = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.LANCZOS)
-    return [photo.crop((x, y, x + TILE, y + TILE))
-            for y in range(0, photo.height - TILE + 1, TILE)
-            for x in range(0, photo.width - TILE + 1, TILE)]
+    return square_tiles(photo, shorter, TILE)
 
 
 def skimage_images(names) -> list[Image.Image]:
@@ -259,36 +257,15 @@ def make_skewed_data(root: Path, folders: dict[str, Path]) -> dict[str, Path]:
     return skewed
 
 
-def conversion_psnr(run: Path, inputs: Path, truths: Path) -> float:
-    """Mean PSNR of the run's conversions of ``inputs`` against ``truths`` (same names)."""
-    from styletx.engine.convert import load_run
-    from styletx.image.metrics import psnr
-
-    model = load_run(run, device="cpu")
-    values = []
-    for path in sorted(inputs.glob("*.png")):
-        y = np.asarray(model.convert_array(np.asarray(open_rgb(path))), np.float64)
-        truth = np.asarray(open_rgb(truths / path.name), np.float64) / 255
-        values.append(psnr(y / 255 if y.max() > 1.5 else y, truth))
-    return float(np.mean(values))
-
-
-def untouched_psnr(inputs: Path, truths: Path) -> float:
-    from styletx.image.metrics import psnr
-
-    return float(np.mean([psnr(np.asarray(open_rgb(p), np.float64) / 255,
-                               np.asarray(open_rgb(truths / p.name), np.float64) / 255)
-                          for p in sorted(inputs.glob("*.png"))]))
-
-
 def balance_experiment(args, folders: dict[str, Path]) -> dict:
     """The fast vaegan on the skewed set with and without --balance (one after the other):
     PSNR against the true sepia on held-out common and rare photos."""
     skewed = make_skewed_data(args.out / "skewed", folders)
     result: dict = {}
-    result["untouched"] = {kind: round(untouched_psnr(skewed[f"test_{kind}"],
-                                                      skewed[f"test_{kind}_b"]), 2)
-                           for kind in ("common", "rare")}
+    tests = {kind: {"test_a": skewed[f"test_{kind}"], "test_b": skewed[f"test_{kind}_b"]}
+             for kind in ("common", "rare")}
+    result["untouched"] = {kind: round(baseline(folders)["psnr"], 2)
+                           for kind, folders in tests.items()}
     runs = {name: args.out / "runs" / f"skewed-{name}" for name in ("plain", "balance")}
     todo = [name for name, run in runs.items()
             if not (args.reuse and (run / "latent.json").is_file())]
@@ -297,9 +274,8 @@ def balance_experiment(args, folders: dict[str, Path]) -> dict:
         list(pool.map(lambda name: train(runs[name], data, "vaegan", "fast", args,
                                          ("--balance",) if name == "balance" else ()), todo))
     for name, run in runs.items():
-        result[name] = {kind: round(conversion_psnr(run, skewed[f"test_{kind}"],
-                                                    skewed[f"test_{kind}_b"]), 2)
-                        for kind in ("common", "rare")}
+        result[name] = {kind: round(conversion_score(run, folders)["psnr"], 2)
+                        for kind, folders in tests.items()}
         print(name, result[name], flush=True)
     return result
 

@@ -69,7 +69,11 @@ def find_photos() -> list[tuple[str, Image.Image]]:
 
 def tiles_of(photo: Image.Image, size: int) -> list[Image.Image]:
     """Square tiles of 1.5 x ``size`` from the photo scaled to a shorter side of 3 x size."""
-    side, tile = 3 * size, size * 3 // 2
+    return square_tiles(photo, 3 * size, size * 3 // 2)
+
+
+def square_tiles(photo: Image.Image, side: int, tile: int) -> list[Image.Image]:
+    """``tile``-pixel squares from the photo scaled to a shorter side of ``side`` pixels."""
     scale = side / min(photo.size)
     photo = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.LANCZOS)
     return [photo.crop((x, y, x + tile, y + tile))

@@ -223,20 +223,24 @@ class MelEncoder(SpectrogramEncoder):
                              fmax=p["fmax"])
 
     def fit(self, samples: Sequence[AudioSample]) -> None:
-        super().fit(samples)
-        self.decoder = None
-        if self.params["decoder_epochs"] > 0:
-            self.decoder = self._fit_decoder(samples)
-
-    def _fit_decoder(self, samples: Sequence[AudioSample]):
-        """The decoder network, trained to turn these recordings' mels into their magnitudes."""
-        from styletx.audio.decoder import fit_mel_decoder, training_steps
+        """Statistics and decoder from one pass over the recordings (resampling and the STFT
+        are the costly part)."""
         from styletx.audio.dsp import stft_magnitude
 
         p = self.params
         linear = np.concatenate([stft_magnitude(self.resample(s), p["n_fft"], p["hop"])
                                  for s in samples], axis=1)
         log_mel = self._log_mel(linear)
+        self._fit_statistics(log_mel)
+        self.decoder = None
+        if p["decoder_epochs"] > 0:
+            self.decoder = self._fit_decoder(linear, log_mel)
+
+    def _fit_decoder(self, linear: np.ndarray, log_mel: np.ndarray):
+        """The decoder network, trained to turn these mels into their magnitudes."""
+        from styletx.audio.decoder import fit_mel_decoder, training_steps
+
+        p = self.params
         return fit_mel_decoder(
             (log_mel - self.mean[:, None]) / self.std[:, None],
             np.log(np.maximum(self._pseudo_inverse(log_mel), p["log_floor"])),

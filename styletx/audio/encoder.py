@@ -127,7 +127,11 @@ class SpectrogramEncoder(Encoder):
         return resampled(sample, self.params["rate"])
 
     def fit(self, samples: Sequence[AudioSample]) -> None:
-        frames = np.concatenate([self.log_spectrogram(self.resample(s)) for s in samples], axis=1)
+        self._fit_statistics(np.concatenate([self.log_spectrogram(self.resample(s))
+                                             for s in samples], axis=1))
+
+    def _fit_statistics(self, frames: np.ndarray) -> None:
+        """Per-bin mean and spread of ``(bins, frames)`` log spectrograms."""
         self.mean = frames.mean(axis=1).astype(np.float32)
         self.std = np.maximum(frames.std(axis=1), 1e-3).astype(np.float32)
 
