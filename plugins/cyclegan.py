@@ -50,6 +50,7 @@ from styletx.nn import (
     norm_layer,
     r1_penalty,
     set_requires_grad,
+    sliced_wasserstein,
 )
 
 GENERATORS = ("resnet", "voice", "local")
@@ -99,6 +100,12 @@ class CycleGANConfig:
     #                       and generated, in both steps: random shifts up to this fraction of
     #                       the size (e.g. 0.125); 0 = off. No colour augmentation
     cutout: float = 0.0  # and a zeroed square of this fraction of the size (e.g. 0.5); 0 = off
+    lambda_sw: float = 0.0  # weight of a sliced Wasserstein loss (styletx.nn.sliced_wasserstein)
+    #                         between each generator's outputs and real images of its output
+    #                         domain: a distribution match no discriminator can memorise away;
+    #                         0 = off
+    sw_patch: int = 1  # its neighbourhood: 1 = pixel colours (global grades), 3 = 3x3 patches
+    sw_pool: int = 32  # real images of each side remembered as its reference distribution
     r1: float = 0.0  # R1 penalty weight gamma on D's gradient at real images (e.g. 1); 0 = off
     r1_every: int = 4  # R1 lazily, every this many steps (weighted by it, as StyleGAN2)
     lr_colour: float | None = None  # learning rate of the generators' colour paths; None = lr
@@ -133,6 +140,8 @@ class CycleGANConfig:
             raise UsageError(f"cyclegan: highpass must be 0 or an odd size, not {self.highpass}")
         if not (0.0 <= self.diffaug < 0.5 and 0.0 <= self.cutout < 1.0):
             raise UsageError("cyclegan: diffaug must be in [0, 0.5) and cutout in [0, 1)")
+        if self.lambda_sw < 0 or self.sw_patch < 1 or self.sw_pool < 1:
+            raise UsageError("cyclegan: lambda_sw must be >= 0, sw_patch and sw_pool >= 1")
         if self.r1 < 0 or self.r1_every < 1:
             raise UsageError("cyclegan: r1 must be >= 0 and r1_every >= 1")
         if self.lr_colour is not None and (isinstance(self.lr_colour, bool)
@@ -470,6 +479,10 @@ class CycleGAN(styletx.Translator):
         self.use_identity = c.lambda_identity > 0 and channels_a == channels_b
         self.pool_A = ImagePool(c.pool_size)  # generated A images (G_B(b)), shown to D_B
         self.pool_B = ImagePool(c.pool_size)  # generated B images (G_A(a)), shown to D_A
+        # Real images remembered as the sliced Wasserstein loss's reference (``lambda_sw``):
+        # more than one batch, so that the target distribution is the domain's, not 4 tiles'.
+        self.real_pool_A = ImagePool(c.sw_pool if c.lambda_sw else 0)
+        self.real_pool_B = ImagePool(c.sw_pool if c.lambda_sw else 0)
 
     def networks(self) -> dict[str, nn.Module]:
         nets = {"G_A": self.G_A, "G_B": self.G_B, "D_A": self.D_A, "D_B": self.D_B}
@@ -545,6 +558,9 @@ class CycleGAN(styletx.Translator):
             cycle_a = F.l1_loss(rec_a.float(), real_a) * c.lambda_cycle
             cycle_b = F.l1_loss(rec_b.float(), real_b) * c.lambda_cycle
             loss_g = loss_g_a + loss_g_b + cycle_a + cycle_b
+            if c.lambda_sw:
+                sw_a, sw_b = self._distribution_losses(fake_b, fake_a, real_a, real_b)
+                loss_g = loss_g + sw_a + sw_b
             if identity:
                 weight = c.lambda_cycle * c.lambda_identity
                 idt_a = F.l1_loss(same_b.float(), real_b) * weight  # G_A should leave b alone
@@ -582,8 +598,22 @@ class CycleGAN(styletx.Translator):
                   "idt_A": idt_a, "idt_B": idt_b, "D_A": loss_d_a, "D_B": loss_d_b}
         if c.r1:
             losses["R1"] = r1
+        if c.lambda_sw:
+            losses |= {"SW_A": sw_a, "SW_B": sw_b}
         values = torch.stack([v.detach().float().to(self.device) for v in losses.values()])
         return dict(zip(losses, values.tolist()))  # one device sync, not eight
+
+    def _distribution_losses(self, fake_b: torch.Tensor, fake_a: torch.Tensor,
+                             real_a: torch.Tensor, real_b: torch.Tensor) -> tuple:
+        """``lambda_sw`` times the sliced Wasserstein distance of G_A's outputs to the
+        remembered real B images, and of G_B's to the real A images."""
+        c = self.config
+        self.real_pool_A.query(real_a)  # stores them
+        self.real_pool_B.query(real_b)
+        reference_a = torch.stack(self.real_pool_A.images)
+        reference_b = torch.stack(self.real_pool_B.images)
+        return (sliced_wasserstein(fake_b, reference_b, c.sw_patch) * c.lambda_sw,
+                sliced_wasserstein(fake_a, reference_a, c.sw_patch) * c.lambda_sw)
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         """What the discriminators see of ``x``: with ``diffaug`` / ``cutout``, a random shift and
@@ -615,15 +645,23 @@ class CycleGAN(styletx.Translator):
             return [net(x) for x in inputs]
         return list(net(torch.cat(inputs)).split([len(x) for x in inputs]))
 
+    def _pools(self) -> list[tuple[str, ImagePool]]:
+        pools = [("pool_A", self.pool_A), ("pool_B", self.pool_B)]
+        if self.config.lambda_sw:
+            pools += [("real_pool_A", self.real_pool_A), ("real_pool_B", self.real_pool_B)]
+        return pools
+
     def extra_state(self) -> dict[str, torch.Tensor]:
         state = {}
-        for name, pool in (("pool_A", self.pool_A), ("pool_B", self.pool_B)):
+        for name, pool in self._pools():
             state.update({f"{name}.{k}": v for k, v in pool.state_dict().items()})
         return state
 
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        for name, pool in (("pool_A", self.pool_A), ("pool_B", self.pool_B)):
+        for name, pool in self._pools():
             prefix = f"{name}."
+            if name.startswith("real") and not any(k.startswith(prefix) for k in state):
+                continue  # a run saved before the option existed
             pool.load_state_dict({k[len(prefix):]: v for k, v in state.items()
                                   if k.startswith(prefix)})
 
