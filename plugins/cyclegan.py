@@ -104,7 +104,8 @@ class CycleGANConfig:
     #                         between each generator's outputs and real images of its output
     #                         domain: a distribution match no discriminator can memorise away;
     #                         0 = off
-    sw_patch: int = 1  # its neighbourhood: 1 = pixel colours (global grades), 3 = 3x3 patches
+    sw_patch: int = 1  # its neighbourhood: 1 = pixel colours (global grades), 3 = 3x3
+    #                    patches, 0 = whole columns (spectrogram frames)
     sw_pool: int = 32  # real images of each side remembered as its reference distribution
     r1: float = 0.0  # R1 penalty weight gamma on D's gradient at real images (e.g. 1); 0 = off
     r1_every: int = 4  # R1 lazily, every this many steps (weighted by it, as StyleGAN2)
@@ -140,8 +141,8 @@ class CycleGANConfig:
             raise UsageError(f"cyclegan: highpass must be 0 or an odd size, not {self.highpass}")
         if not (0.0 <= self.diffaug < 0.5 and 0.0 <= self.cutout < 1.0):
             raise UsageError("cyclegan: diffaug must be in [0, 0.5) and cutout in [0, 1)")
-        if self.lambda_sw < 0 or self.sw_patch < 1 or self.sw_pool < 1:
-            raise UsageError("cyclegan: lambda_sw must be >= 0, sw_patch and sw_pool >= 1")
+        if self.lambda_sw < 0 or self.sw_patch < 0 or self.sw_pool < 1:
+            raise UsageError("cyclegan: lambda_sw and sw_patch must be >= 0, sw_pool >= 1")
         if self.r1 < 0 or self.r1_every < 1:
             raise UsageError("cyclegan: r1 must be >= 0 and r1_every >= 1")
         if self.lr_colour is not None and (isinstance(self.lr_colour, bool)

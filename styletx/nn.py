@@ -413,16 +413,18 @@ def sliced_wasserstein(fake: torch.Tensor, real: torch.Tensor, patch: int = 1,
     """A distribution distance between two sets of images that needs no discriminator: the
     sliced Wasserstein-1 distance (Rabin et al., 2011; for textures Heitz et al., "A Sliced
     Wasserstein Loss for Neural Texture Synthesis", 2021) between their ``patch`` x ``patch``
-    pixel neighbourhoods (1 = the pixels' colours alone). Each of ``projections`` random unit
+    pixel neighbourhoods (1 = the pixels' colours alone; 0 = whole columns, e.g. a
+    spectrogram's frames, each with all its frequency bins). Each of ``projections`` random unit
     directions in patch space (fresh each call, drawn on the CPU from torch's global RNG) maps
     every patch to one number; the two sorted sets of numbers are compared in order (the 1-D
     optimal transport), |difference| averaged, which is in the images' own units like an L1
     loss. ``real`` may hold more images than ``fake``: a random subset of its patches, as many
     as ``fake`` has, is compared. Gradients reach ``fake``."""
     channels = fake.shape[1]
-    directions = torch.randn(projections, channels * patch * patch)
+    height, width = (fake.shape[2], 1) if patch == 0 else (patch, patch)
+    directions = torch.randn(projections, channels * height * width)
     directions = (directions / directions.norm(dim=1, keepdim=True)).view(
-        projections, channels, patch, patch).to(fake.device, torch.float32)
+        projections, channels, height, width).to(fake.device, torch.float32)
     fake_values = F.conv2d(fake.float(), directions).transpose(0, 1).flatten(1)
     real_values = F.conv2d(real.detach().float(), directions).transpose(0, 1).flatten(1)
     count = fake_values.shape[1]

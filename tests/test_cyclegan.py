@@ -692,6 +692,9 @@ def test_sliced_wasserstein_compares_distributions_not_positions():
     mean_matched = blurred + (noise.mean() - blurred.mean())
     assert sliced_wasserstein(mean_matched, noise, patch=3) > 5 * sliced_wasserstein(
         noise[:, :, :30, :30], noise, patch=3)
+    columns = torch.rand(2, 1, 8, 16)  # "spectrograms": whole frames are compared
+    assert sliced_wasserstein(columns.flip(-1), columns, patch=0).item() < 1e-6
+    assert sliced_wasserstein(columns.flip(-2), columns, patch=0) > 0.05
     with pytest.raises(ValueError, match="fewer patches"):
         sliced_wasserstein(x, x[:1])
 
@@ -741,7 +744,7 @@ def test_sliced_wasserstein_loss_trains_and_remembers_real_images():
     assert all(torch.equal(p, q) for p, q in zip(model.real_pool_A.images,
                                                   fresh.real_pool_A.images))
     assert "real_pool_A.images" not in small_model().extra_state()
-    for bad in (dict(lambda_sw=-1.0), dict(sw_patch=0), dict(sw_pool=0)):
+    for bad in (dict(lambda_sw=-1.0), dict(sw_patch=-1), dict(sw_pool=0)):
         with pytest.raises(UsageError):
             CycleGANConfig(**bad)
 
