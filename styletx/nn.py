@@ -419,14 +419,21 @@ def sliced_wasserstein(fake: torch.Tensor, real: torch.Tensor, patch: int = 1,
     every patch to one number; the two sorted sets of numbers are compared in order (the 1-D
     optimal transport), |difference| averaged, which is in the images' own units like an L1
     loss. ``real`` may hold more images than ``fake``: a random subset of its patches, as many
-    as ``fake`` has, is compared. Gradients reach ``fake``."""
+    as ``fake`` has, is compared. Gradients reach ``fake``. Computed in float32 also under
+    autocast: sorting half-precision values would round away the differences it measures."""
+    with torch.autocast(fake.device.type, enabled=False):
+        return _sliced_wasserstein(fake.float(), real.detach().float(), patch, projections)
+
+
+def _sliced_wasserstein(fake: torch.Tensor, real: torch.Tensor, patch: int,
+                        projections: int) -> torch.Tensor:
     channels = fake.shape[1]
     height, width = (fake.shape[2], 1) if patch == 0 else (patch, patch)
     directions = torch.randn(projections, channels * height * width)
     directions = (directions / directions.norm(dim=1, keepdim=True)).view(
         projections, channels, height, width).to(fake.device, torch.float32)
-    fake_values = F.conv2d(fake.float(), directions).transpose(0, 1).flatten(1)
-    real_values = F.conv2d(real.detach().float(), directions).transpose(0, 1).flatten(1)
+    fake_values = F.conv2d(fake, directions).transpose(0, 1).flatten(1)
+    real_values = F.conv2d(real, directions).transpose(0, 1).flatten(1)
     count = fake_values.shape[1]
     if real_values.shape[1] > count:
         keep = torch.randperm(real_values.shape[1])[:count].to(fake.device)

@@ -697,6 +697,8 @@ def test_sliced_wasserstein_compares_distributions_not_positions():
     assert sliced_wasserstein(columns.flip(-2), columns, patch=0) > 0.05
     with pytest.raises(ValueError, match="fewer patches"):
         sliced_wasserstein(x, x[:1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as in a training step with --amp
+        assert sliced_wasserstein(x, torch.rand(4, 3, 16, 16)).dtype == torch.float32
 
 
 def test_sliced_wasserstein_alone_learns_a_grade_from_unpaired_images():
