@@ -664,8 +664,6 @@ class CycleGAN(styletx.Translator):
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
         for name, pool in self._pools():
             prefix = f"{name}."
-            if name.startswith("real") and not any(k.startswith(prefix) for k in state):
-                continue  # a run saved before the option existed
             pool.load_state_dict({k[len(prefix):]: v for k, v in state.items()
                                   if k.startswith(prefix)})
 
