@@ -219,7 +219,7 @@ def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
 def decoders(data: Path) -> dict[str, dict[str, float]]:
     """Round-trip PESQ-WB, STOI and DNSMOS on the held-out B sentences per decoder, each
     fitted on B (the real recordings' DNSMOS is in ``convert``'s "target" row)."""
-    from styletx.plugins.audio import AudioDomain, MelEncoder, StftEncoder
+    from styletx.plugins.audio import AudioDomain, MelEncoder, StftEncoder, WorldEncoder
 
     domain = AudioDomain()
     training = [domain.prepare_for_training(domain.load(f), 0)
@@ -234,7 +234,8 @@ def decoders(data: Path) -> dict[str, dict[str, float]]:
                                                                gl_iters=64),
                   "mel 128, learned, GL 64": MelEncoder(n_mels=128, gl_iters=64),
                   "stft, GL 32": StftEncoder(gl_iters=32),
-                  "stft, GL 64": StftEncoder(gl_iters=64)}
+                  "stft, GL 64": StftEncoder(gl_iters=64),
+                  "world (36 dims, 10 ms)": WorldEncoder()}
     results = {}
     for name, encoder in candidates.items():
         started = time.perf_counter()
@@ -261,10 +262,11 @@ def round_trip(encoder, sample) -> np.ndarray:
 
 # -- conversion ------------------------------------------------------------------------------
 
-def train(data: Path, run: Path, preset: str, minutes: float | None, steps: int | None) -> float:
+def train(data: Path, run: Path, preset: str, minutes: float | None, steps: int | None,
+          encoder: str | None = None) -> float:
     """A voice CycleGAN trained on ``a`` and ``b``; returns the wall-clock seconds."""
     started = time.perf_counter()
-    styletx.train(data / "a", data / "b", run, preset=preset,
+    styletx.train(data / "a", data / "b", run, preset=preset, encoder=encoder,
                   settings=styletx.TrainSettings(minutes=minutes, steps=steps, progress=False,
                                                  device="cpu"))
     return time.perf_counter() - started
@@ -345,6 +347,8 @@ def main() -> None:
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--steps", type=int, help="instead of --minutes")
+    parser.add_argument("--encoder", help="convert: train with this encoder (default: the "
+                                          "domain's choice, mel)")
     parser.add_argument("--pseudo-inverse", action="store_true",
                         help="convert: decode without the run's learned decoder")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
@@ -362,7 +366,7 @@ def main() -> None:
         if run is None:
             run = work / "run"
             seconds = train(args.data, run, args.preset, None if args.steps else args.minutes,
-                            args.steps)
+                            args.steps, args.encoder)
             print(f"trained --preset {args.preset} in {seconds:.0f} s: {run}")
         results = convert_metrics(args.data, run, work / "converted", args.pseudo_inverse)
         print_table(results)

@@ -49,6 +49,17 @@ def match_loudness(wave: np.ndarray, rate: int, like: AudioSample | None) -> np.
     return (wave * per_sample).astype(np.float32)
 
 
+def scaled_output(wave: np.ndarray, rate: int, like: AudioSample | None,
+                  normalize: str) -> np.ndarray:
+    """A decoded wave at its source's loudness (``normalize`` "loudness", the default), or with
+    its loudest sample at PEAK ("peak", as styletx did before 0.1: pauses then carry
+    Griffin-Lim's hiss at the output's level)."""
+    if normalize == "peak":
+        peak = float(np.abs(wave).max()) if wave.size else 0.0
+        return wave * (PEAK / peak) if peak > 0 else wave
+    return match_loudness(wave, rate, like)
+
+
 def _frame_rms(wave: np.ndarray, frame: int) -> np.ndarray:
     """RMS of consecutive frames of ``frame`` samples (the last one partial)."""
     count = -(-len(wave) // frame)
@@ -186,13 +197,7 @@ class SpectrogramEncoder(Encoder):
                 for wave, like in zip(waves, likes)]
 
     def _scaled(self, wave: np.ndarray, like: AudioSample | None) -> np.ndarray:
-        """At its source's loudness (``normalize`` "loudness", the default), or with its
-        loudest sample at PEAK ("peak", as styletx did before 0.1: pauses then carry
-        Griffin-Lim's hiss at the output's level)."""
-        if self.normalize == "peak":
-            peak = float(np.abs(wave).max()) if wave.size else 0.0
-            return wave * (PEAK / peak) if peak > 0 else wave
-        return match_loudness(wave, self.params["rate"], like)
+        return scaled_output(wave, self.params["rate"], like, self.normalize)
 
     def _length(self, like: AudioSample | None, frames: int) -> int | None:
         """The output's length in samples: the source's duration when it fits the frame count,
