@@ -11,23 +11,31 @@ A recording is analysed into three parts, frame by frame (``frame_period`` ms):
   spread fitted on the side's training folder;
 - the aperiodicity (D4C): how noisy each band is.
 
-A converted envelope is decoded with the *source's* F0 and aperiodicity: the F0 moved by the
-log-Gaussian transform of CycleGAN-VC, ``log f0 -> (log f0 - m_src) / s_src * s_dst + m_dst``,
-where ``m_dst, s_dst`` are the target side's (this encoder's fitted statistics) and ``m_src,
-s_src`` those of the source utterance itself (the decoding encoder knows only its own side), and
-synthesised by WORLD. The centres and spreads are the median and the scaled median absolute
-deviation, which Harvest's occasional octave errors do not move. The harmonics are made by the vocoder from the F0, not predicted from a
-spectrogram, so a model's blurred output still sounds like a voice; what the model cannot
-change is the rhythm and the source's breathiness.
+A converted envelope is decoded with the *source's* F0 and aperiodicity and synthesised by
+WORLD. The F0 is moved by CycleGAN-VC's log-Gaussian transform, ``log f0 -> (log f0 - m_src) /
+s_src * s_dst + m_dst``: ``m_dst, s_dst`` are the target side's (this encoder's fitted
+statistics), ``m_src, s_src`` the source utterance's own (the decoding encoder knows only its
+side). Centres and spreads are medians and scaled median absolute deviations, which Harvest's
+occasional octave errors do not move. The vocoder makes the harmonics from the F0 rather than
+recovering them from a spectrogram, so a model's blurred output still comes out as a voice;
+what the model cannot change is the rhythm and the source's breathiness.
 
-Measured (benchmarks/voice_real.py, Festival's real-recording Italian diphone voices, 16 kHz,
-the round trip with no model): DNSMOS overall 2.98 (male) / 2.65 (female) at 10 ms frames, above
-the recordings themselves (2.61 / 2.24) and the ``mel`` encoder's round trip (2.28), though
-PESQ-WB, which compares waveforms, is 1.7 (the vocoder does not keep the phase). Harvest is the
-slow part (about 0.1 s per second of audio, one core); Dio, 30x faster, made the male voice's
-round trip rough (DNSMOS 2.49 at 5 ms), so it is not offered.
+The envelope's level (coefficient 0) is smoothed over ``smooth_energy`` frames before
+synthesis. A short-trained model's level flickers from frame to frame out of step with the
+syllables, which a listener hears as roughness: on the benchmark's conversions (the ``fast``
+preset, 10 minutes) smoothing it over 5 frames (50 ms) raised DNSMOS overall from 1.60 to 2.06
+for a speaker similarity of 0.783 against 0.798; smoothing more coefficients raised DNSMOS
+further (2.43 with the first four) but cost more similarity (0.742).
 
-Decoding without the source (training previews) uses a flat F0 at the target's mean and the
+Measured (benchmarks/voice_real.py, Festival's real-recording Italian diphone voices, the
+round trip with no model, this encoder's defaults): DNSMOS overall 3.00 (male) / 2.71 (female)
+unsmoothed and 2.96 / 2.57 with the level smoothed, above the recordings themselves (2.61 /
+2.24) and the ``mel`` encoder's round trip (2.28), though PESQ-WB, which compares waveforms, is
+1.5-1.6 (the vocoder does not keep the phase). Harvest is the slow part (0.1-0.2 s per second of
+audio on one core); Dio, 30x faster, made the male voice's round trip rough (DNSMOS 2.49 against
+2.93 at 5 ms, 16 kHz), so it is not offered.
+
+Decoding without the source (training previews) uses a flat F0 at the target's median and the
 folder's mean aperiodicity: a monotone voice, for listening to the envelope only.
 """
 
@@ -49,7 +57,8 @@ from styletx.contract.interfaces import Encoder
 DEFAULTS = {
     "rate": 22050,  # Hz; every sample is resampled to this
     "frame_period": 10.0,  # ms between frames: round-trip DNSMOS 2.98 / 2.65 at 10 ms
-    #                        against 2.93 / 2.47 at 5 ms (male / female), half the frames
+    #                        against 2.93 / 2.47 at 5 ms (male / female, 16 kHz), half the
+    #                        frames to analyse and to learn
     "dims": 36,  # coded spectral envelope coefficients (CycleGAN-VC: 36; 60: no better)
     "f0_floor": 71.0,  # Hz: Harvest's search range
     "f0_ceil": 800.0,
