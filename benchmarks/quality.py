@@ -18,7 +18,8 @@ Unpaired models (cyclegan, vaegan) learn from the A tiles of half the training t
 tiles of the other half; pix2pix learns from aligned pairs of all of them. ``tiny`` trains for
 --tiny-steps steps, ``fast`` for --minutes of wall clock (``train --minutes``); each training
 process computes with one thread and --jobs of them run at once. Reported per run: PSNR and SSIM
-of the held-out conversions against the truth, the same for the untouched inputs, the PSNR at
+of the held-out conversions (rounded to 8 bits a channel, as ``styletx convert`` saves them;
+before 2026-12-05 the unrounded floats, which differ by about 0.01 dB) against the truth, the same for the untouched inputs, the PSNR at
 the first checkpoint, and the wall time. Writes results.json, results.md and a grid per task
 (input | each run | truth) under --out.
 """
@@ -183,7 +184,7 @@ def score(run: Path, folders: dict[str, Path]) -> dict:
         x = np.asarray(Image.open(path).convert("RGB"))
         truth = np.asarray(Image.open(folders["test_b"] / path.name), np.float64) / 255
         y = np.asarray(model.convert_array(x), np.float64)
-        y = y / 255 if y.max() > 1.5 else y
+        y = np.round(np.clip(y, 0, 1) * 255) / 255  # 8 bits a channel, as `convert` saves it
         psnrs.append(psnr(y, truth))
         ssims.append(ssim(y, truth))
         outputs[path.name] = y

@@ -147,6 +147,12 @@ class VAEGANConfig:
     lr_colour: float | None = None  # learning rate of the colour paths and latent gates; None
     #                                 = lr. Per-pixel and scalar parameters that cannot invent
     #                                 blotches, so they can learn faster than the VAE
+    colour_warmup: float = 0.0  # share of the run's steps over which the colour paths' and
+    #                             gates' learning rate rises linearly from 0 to lr_colour (0 =
+    #                             none). While the discriminators are near chance their
+    #                             verdicts push these fast global parameters to a contrast
+    #                             change that photos without one do not want; the warm-up lets
+    #                             the verdicts settle first. A share, so short runs keep it short
     beta1: float = 0.5  # Adam beta1
     beta2: float = 0.999  # Adam beta2
     weight_decay: float = 1e-4  # Adam (L2) weight decay, UNIT's
@@ -168,6 +174,9 @@ class VAEGANConfig:
                self.lambda_identity, self.weight_decay, self.lr_step) < 0:
             raise UsageError("vaegan: beta, lambda_recon, lambda_cycle, lambda_gan, "
                              "lambda_identity, weight_decay and lr_step must be >= 0")
+        if not 0.0 <= self.colour_warmup < 1.0:
+            raise UsageError(f"vaegan: colour_warmup is a share of the run's steps, in [0, 1), "
+                             f"not {self.colour_warmup}")
         for field in ("lr_d", "lr_colour"):
             value = getattr(self, field)
             if value is not None and (isinstance(value, bool)
@@ -427,15 +436,16 @@ class VAEGAN(LatentTranslator):
         ),
         "fast": Preset(
             config=dict(ngf=8, n_res=2, ndf=16, n_layers_d=3, num_scales=2, lr=3e-4, lr_d=1e-3,
-                        lr_colour=1e-3, lambda_identity=0.25, detail_skip=True,
-                        latent_gate=True, colour_path=32),
+                        lr_colour=1e-3, colour_warmup=1 / 3, lambda_identity=0.25,
+                        detail_skip=True, latent_gate=True, colour_path=32),
             train=dict(size=64, batch_size=4, steps=3000),
             description="quality per CPU minute on photos: translations are the input plus "
                         "a per-pixel colour/tone path plus the latent's change through a gate "
                         "learned from 0 (detail_skip, latent_gate: they start as the identity "
                         "and keep the input's detail), ngf 8, 1 private + 1 shared residual "
                         "block, 2-scale PatchGANs (ndf 16), identity 0.25, lr 3e-4 (colour "
-                        "paths, gates and discriminators 1e-3), 64 px; pair with --minutes",
+                        "paths, gates and discriminators 1e-3, the colour paths' and gates' "
+                        "warmed up over the first third of the run), 64 px; pair with --minutes",
         ),
     }
     # Spectrograms (1, bins, frames): 64-frame segments with every bin and a linear output, as
@@ -523,7 +533,15 @@ class VAEGAN(LatentTranslator):
         def factor(step: int) -> float:  # UNIT's "step" policy; a function, so a resumed run
             return c.lr_gamma ** (step // c.lr_step) if c.lr_step else 1.0  # follows the config
 
-        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        warmup = max(1, round(c.colour_warmup * total_steps))
+
+        def warmed(step: int) -> float:  # the colour group's: the warm-up, then the policy
+            return factor(step) * min(1.0, (step + 1) / warmup)
+
+        def factors(opt: torch.optim.Optimizer) -> list:  # the quick group is the second
+            return [factor, warmed if c.colour_warmup else factor][:len(opt.param_groups)]
+
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, factors(opt))
                            for name, opt in self.optimizers.items()}
 
     def _check_training_shape(self, x: torch.Tensor) -> None:

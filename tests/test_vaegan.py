@@ -333,6 +333,25 @@ def test_lr_colour_sets_the_colour_path_and_gate_learning_rate():
         VAEGANConfig(lr_colour=0.0)
 
 
+def test_colour_warmup_ramps_only_the_colour_group_then_follows_the_schedule():
+    model = small_model(detail_skip=True, latent_gate=True, colour_path=4, lr=1e-4,
+                        lr_colour=1e-3, colour_warmup=0.2, lr_step=6)
+    model.configure_optimizers(total_steps=20)  # a warm-up of 4 steps
+    slow, quick = model.optimizers["G"].param_groups
+    assert model.optimizers["D"].param_groups[0]["lr"] == pytest.approx(1e-4)  # not warmed
+    seen = []
+    for _ in range(8):
+        seen.append((slow["lr"], quick["lr"]))
+        model.optimizers["G"].step()  # no gradients: changes nothing
+        model.schedulers["G"].step()
+    assert [s for s, _ in seen] == pytest.approx([1e-4] * 6 + [5e-5] * 2)
+    assert [q for _, q in seen] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3,
+                                                  5e-4, 5e-4])
+    for share in (-0.1, 1.0):
+        with pytest.raises(UsageError, match="colour_warmup"):
+            VAEGANConfig(colour_warmup=share)
+
+
 def test_lr_d_sets_the_discriminator_learning_rate():
     model = small_model(lr=2e-4, lr_d=1e-3)
     model.configure_optimizers(total_steps=10)
