@@ -3,6 +3,7 @@ with the source's F0 moved to the target voice's pitch."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -15,6 +16,8 @@ from styletx.contract.errors import StyletxError, UsageError
 from styletx.plugins.audio import AudioDomain, AudioSample, WorldEncoder
 
 RATE = 22050
+needs_pyworld = pytest.mark.skipif(  # .ci/run installs it (styletx[world]: a compiler)
+    importlib.util.find_spec("pyworld") is None, reason="pyworld is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +34,7 @@ def fitted(voices):
     return encoders
 
 
+@needs_pyworld
 def test_round_trip_keeps_the_voice_and_the_length(voices, fitted):
     low, encoder = voices["low"][0], fitted["low"]
     x = encoder.encode(low)
@@ -43,6 +47,7 @@ def test_round_trip_keeps_the_voice_and_the_length(voices, fitted):
     assert abs(np.log(median_f0(back.wave, RATE) / median_f0(low.wave, RATE))) < 0.05
 
 
+@needs_pyworld
 def test_fit_learns_each_sides_envelope_and_pitch(fitted):
     low, high = fitted["low"], fitted["high"]
     assert np.exp(low.log_f0[0]) == pytest.approx(LOW.f0_hz, rel=0.1)
@@ -50,6 +55,7 @@ def test_fit_learns_each_sides_envelope_and_pitch(fitted):
     assert not np.allclose(low.mean, high.mean)
 
 
+@needs_pyworld
 def test_decoding_moves_the_sources_pitch_to_the_targets(voices, fitted):
     """The low voice's envelope decoded by the high side: the pitch is the high voice's (the
     source's contour moved to the target's log-F0 mean), the length the source's."""
@@ -59,6 +65,7 @@ def test_decoding_moves_the_sources_pitch_to_the_targets(voices, fitted):
     assert median_f0(converted.wave, RATE) == pytest.approx(HIGH.f0_hz, rel=0.1)
 
 
+@needs_pyworld
 def test_converted_f0_maps_centre_and_spread_and_keeps_unvoiced_frames(fitted):
     encoder = fitted["high"]
     rng = np.random.default_rng(0)
@@ -77,6 +84,7 @@ def test_converted_f0_maps_centre_and_spread_and_keeps_unvoiced_frames(fitted):
     assert (encoder.converted_f0(np.zeros(7)) == 0).all()  # nothing voiced: nothing moves
 
 
+@needs_pyworld
 def test_state_round_trip_and_decoding_without_a_source(voices, fitted):
     saved = fitted["high"]
     loaded = WorldEncoder(**saved.params)
@@ -99,6 +107,7 @@ def test_the_level_is_smoothed_over_frames_without_moving_it():
     assert _smoothed(noise, 1) is noise and len(_smoothed(noise, 4)) == 400
 
 
+@needs_pyworld
 def test_a_models_output_a_frame_longer_or_shorter_still_decodes(voices, fitted):
     source = voices["low"][0]
     x = fitted["low"].encode(source)
@@ -108,6 +117,7 @@ def test_a_models_output_a_frame_longer_or_shorter_still_decodes(voices, fitted)
         assert len(out.wave) == len(source.wave)
 
 
+@needs_pyworld
 def test_analysis_is_computed_once_per_wave(voices, monkeypatch):
     encoder = WorldEncoder()
     sample = AudioSample(voices["low"][0].wave.copy(), RATE)
@@ -130,6 +140,7 @@ def test_bad_settings_and_a_missing_pyworld(monkeypatch):
         WorldEncoder().encode(AudioSample(np.zeros(2205, np.float32), RATE))
 
 
+@needs_pyworld
 def test_a_voice_run_trains_and_converts_with_the_world_encoder(tmp_path):
     """The engine end to end: ``--encoder world`` fits both sides, trains, saves, and
     converting a file gives a wave of the source's length at the target's pitch."""
