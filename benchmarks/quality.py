@@ -19,9 +19,9 @@ tiles of the other half; pix2pix learns from aligned pairs of all of them. ``tin
 --tiny-steps steps, ``fast`` for --minutes of wall clock (``train --minutes``); each training
 process computes with one thread and --jobs of them run at once. Reported per run: PSNR and SSIM
 of the held-out conversions (rounded to 8 bits a channel, as ``styletx convert`` saves them;
-before 2026-12-05 the unrounded floats, which differ by about 0.01 dB) against the truth, the same for the untouched inputs, the PSNR at
-the first checkpoint, and the wall time. Writes results.json, results.md and a grid per task
-(input | each run | truth) under --out.
+before 2026-12-05 the unrounded floats, which differ by about 0.01 dB) against the truth, the
+same for the untouched inputs, the PSNR at the first checkpoint, and the wall time. Writes
+results.json, results.md and a grid per task (input | each run | truth) under --out.
 """
 
 from __future__ import annotations

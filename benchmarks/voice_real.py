@@ -219,7 +219,8 @@ def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
 def decoders(data: Path) -> dict[str, dict[str, float]]:
     """Round-trip PESQ-WB, STOI and DNSMOS on the held-out B sentences per decoder, each
     fitted on B (the real recordings' DNSMOS is in ``convert``'s "target" row)."""
-    from styletx.plugins.audio import AudioDomain, MelEncoder, StftEncoder, WorldEncoder
+    from styletx.plugins.audio import AudioDomain, MelEncoder, StftEncoder
+    from styletx.plugins.world import WorldEncoder
 
     domain = AudioDomain()
     training = [domain.prepare_for_training(domain.load(f), 0)

@@ -3,6 +3,7 @@
 BUILTIN_PLUGINS = [
     "styletx.plugins.image",
     "styletx.plugins.audio",
+    "styletx.plugins.world",
     "styletx.plugins.cyclegan",
     "styletx.plugins.pix2pix",
     "styletx.plugins.vaegan",

@@ -20,7 +20,6 @@ import torch
 
 import styletx
 from styletx.audio import FEATURE_DEFAULTS, AudioSample, SpectrogramEncoder, resampled
-from styletx.audio.world import WorldEncoder
 
 TRIM_TOP_DB = 40.0  # trailing/leading parts this far below the peak count as silence
 SILENCE_PEAK = 1e-4  # a file whose peak is below this (-80 dBFS) is pure silence
@@ -291,4 +290,3 @@ def register_domains(register):
 def register_encoders(register):
     register(MelEncoder)
     register(StftEncoder)
-    register(WorldEncoder)

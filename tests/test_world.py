@@ -1,4 +1,4 @@
-"""The ``world`` voice encoder (styletx.audio.world): WORLD's coded spectral envelope, decoded
+"""The ``world`` voice encoder (styletx.plugins.world): WORLD's coded spectral envelope, decoded
 with the source's F0 moved to the target voice's pitch."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch
 from styletx.audio.metrics import mcd, median_f0
 from styletx.audio.synth import HIGH, LOW, utterance
 from styletx.contract.errors import StyletxError, UsageError
-from styletx.plugins.audio import AudioDomain, AudioSample, WorldEncoder
+from styletx.plugins.audio import AudioDomain, AudioSample
+from styletx.plugins.world import WorldEncoder
 
 RATE = 22050
 needs_pyworld = pytest.mark.skipif(  # .ci/run installs it (styletx[world]: a compiler)
@@ -97,7 +98,7 @@ def test_state_round_trip_and_decoding_without_a_source(voices, fitted):
 
 
 def test_the_level_is_smoothed_over_frames_without_moving_it():
-    from styletx.audio.world import _smoothed
+    from styletx.plugins.world import _smoothed
 
     ramp = np.linspace(0.0, 9.0, 40)
     assert np.allclose(_smoothed(ramp, 5)[3:-3], ramp[3:-3])  # a steady change passes

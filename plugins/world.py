@@ -49,10 +49,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from styletx.audio.encoder import NORMALIZE, resampled, scaled_output
-from styletx.audio.sample import AudioSample
-from styletx.contract.errors import StyletxError, UsageError
-from styletx.contract.interfaces import Encoder
+import styletx
+from styletx import Encoder, StyletxError, UsageError
+from styletx.audio import NORMALIZE, AudioSample, resampled, scaled_output
 
 DEFAULTS = {
     "rate": 22050,  # Hz; every sample is resampled to this
@@ -246,3 +245,8 @@ def _stretched(values: np.ndarray, frames: int) -> np.ndarray:
     index = np.minimum((np.arange(frames) * len(values) / max(frames, 1)).astype(int),
                        len(values) - 1)
     return values[index]
+
+
+@styletx.hookimpl
+def register_encoders(register):
+    register(WorldEncoder)
