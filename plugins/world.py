@@ -52,6 +52,7 @@ import torch
 import styletx
 from styletx import Encoder, StyletxError, UsageError
 from styletx.audio import NORMALIZE, AudioSample, resampled, scaled_output
+from styletx.nn import smooth_time
 
 DEFAULTS = {
     "rate": 22050,  # Hz; every sample is resampled to this
@@ -194,7 +195,8 @@ class WorldEncoder(Encoder):
     def decode(self, tensor: torch.Tensor, like: AudioSample | None = None) -> AudioSample:
         envelope = tensor[0].detach().float().cpu().numpy().astype(np.float64).T
         envelope = envelope * self.std + self.mean
-        envelope[:, 0] = _smoothed(envelope[:, 0], self.params["smooth_energy"])
+        level = torch.from_numpy(envelope[:, 0].copy())
+        envelope[:, 0] = smooth_time(level, self.params["smooth_energy"]).numpy()
         frames = len(envelope)
         if like is not None:
             source = self.analyse(like)
@@ -225,16 +227,6 @@ def _robust_statistics(log_f0: np.ndarray) -> tuple[float, float]:
     median stays at 111."""
     centre = float(np.median(log_f0))
     return centre, 1.4826 * float(np.median(np.abs(log_f0 - centre)))
-
-
-def _smoothed(values: np.ndarray, frames: int) -> np.ndarray:
-    """``values`` (one per frame) averaged over ``frames`` frames with a Hann window, the ends
-    extended by their edge values; itself for 1."""
-    if frames <= 1 or len(values) < 2:
-        return values
-    window = np.hanning(frames + 2)[1:-1]
-    padded = np.pad(values, (frames // 2, (frames - 1) // 2), mode="edge")
-    return np.convolve(padded, window / window.sum(), mode="valid")
 
 
 def _stretched(values: np.ndarray, frames: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 
 __all__ = ["init_weights", "norm_layer", "conv_bias", "ResnetBlock", "Upsample", "ColourPath",
            "WideConv2d", "GatedConv", "GatedResBlock1d", "PatchDiscriminator", "GANLoss",
-           "ImagePool", "diff_augment", "r1_penalty", "set_requires_grad", "adam",
+           "ImagePool", "diff_augment", "r1_penalty", "set_requires_grad", "adam", "smooth_time",
            "linear_decay", "NORMS", "PADDINGS", "UPSAMPLES", "GAN_MODES"]
 
 NORMS = ("instance", "batch", "none")
@@ -442,6 +442,19 @@ def _sliced_wasserstein(fake: torch.Tensor, real: torch.Tensor, patch: int,
         raise ValueError(f"sliced_wasserstein: real holds fewer patches ({real_values.shape[1]}) "
                          f"than fake ({count})")
     return (fake_values.sort(dim=1).values - real_values.sort(dim=1).values).abs().mean()
+
+
+def smooth_time(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """``x`` (any shape, time last) averaged over ``frames`` neighbouring steps with a Hann
+    window, the ends extended by their edge values; ``x`` itself for ``frames`` <= 1. Applied
+    to a briefly trained voice model's output, it removes a frame-to-frame flicker that a
+    listener hears as roughness (benchmarks/RESULTS.md, Voice)."""
+    if frames <= 1 or x.shape[-1] < 2:
+        return x
+    window = torch.hann_window(frames + 2, periodic=False, dtype=x.dtype, device=x.device)[1:-1]
+    flat = x.reshape(-1, 1, x.shape[-1])
+    padded = F.pad(flat, (frames // 2, (frames - 1) // 2), mode="replicate")
+    return F.conv1d(padded, (window / window.sum()).view(1, 1, -1)).reshape(x.shape)
 
 
 def r1_penalty(discriminator: nn.Module, real: torch.Tensor) -> torch.Tensor:

@@ -97,15 +97,17 @@ def test_state_round_trip_and_decoding_without_a_source(voices, fitted):
     assert median_f0(monotone.wave, RATE) == pytest.approx(HIGH.f0_hz, rel=0.1)
 
 
-def test_the_level_is_smoothed_over_frames_without_moving_it():
-    from styletx.plugins.world import _smoothed
+def test_smoothing_over_time_keeps_steady_changes_and_calms_flicker():
+    from styletx.nn import smooth_time
 
-    ramp = np.linspace(0.0, 9.0, 40)
-    assert np.allclose(_smoothed(ramp, 5)[3:-3], ramp[3:-3])  # a steady change passes
-    noise = np.random.default_rng(0).normal(size=400)
-    out = _smoothed(noise, 5)
-    assert len(out) == 400 and np.diff(out).std() < 0.5 * np.diff(noise).std()
-    assert _smoothed(noise, 1) is noise and len(_smoothed(noise, 4)) == 400
+    ramp = torch.linspace(0.0, 9.0, 40, dtype=torch.float64)
+    assert torch.allclose(smooth_time(ramp, 5)[3:-3], ramp[3:-3])  # a steady change passes
+    noise = torch.randn(2, 3, 400, generator=torch.Generator().manual_seed(0))
+    out = smooth_time(noise, 5)
+    assert out.shape == noise.shape
+    assert out.diff(dim=-1).std() < 0.5 * noise.diff(dim=-1).std()
+    assert smooth_time(noise, 1) is noise and smooth_time(noise, 4).shape == noise.shape
+    assert torch.allclose(smooth_time(torch.ones(4, 9), 3), torch.ones(4, 9))
 
 
 @needs_pyworld
