@@ -40,6 +40,7 @@ from styletx.nn import (
     ImagePool,
     PatchDiscriminator,
     ResnetBlock,
+    TimeSmoothing,
     Upsample,
     WideConv2d,
     adam,
@@ -77,13 +78,14 @@ class CycleGANConfig:
     #                         identity (equal channel counts only). Off: on the colour test it
     #                         stays stuck at the identity, see ResnetGenerator; on synthetic
     #                         voices (tiny, 300 steps) MCD 3.9 dB against 3.1 without
-    smooth_frames: int = 1  # voice generator: when converting (not in training), its output
-    #                         is smoothed along time over this many frames (a Hann window; 1 =
-    #                         not at all). A briefly trained model's spectrogram flickers from
-    #                         frame to frame; over 3 frames, on two `fast` runs (benchmarks/
-    #                         RESULTS.md, Voice): DNSMOS 1.45 -> 1.61 and 1.36 -> 1.51, MCD
-    #                         down 0.05-0.08 dB, speaker similarity 0.814 -> 0.814 and 0.813 ->
-    #                         0.803. Not in the encoder, whose real spectrograms it would blur
+    smooth_frames: int = 1  # voice generator: when converting (``translate``, exported
+    #                         models; not in training) its output is smoothed along time over
+    #                         this many frames (a Hann window; 1 = not at all). A briefly
+    #                         trained model's spectrogram flickers from frame to frame; over 3
+    #                         frames, on two `fast` runs (benchmarks/RESULTS.md, Voice): DNSMOS
+    #                         1.45 -> 1.63 and 1.36 -> 1.50, MCD down 0.05-0.08 dB, speaker
+    #                         similarity 0.814 -> 0.814 and 0.813 -> 0.804. Not in the encoder,
+    #                         whose real spectrograms it would blur
     colour_path: int = 0  # ResNet generator with ``residual``: hidden width of a per-pixel
     #                       colour/tone path beside the spatial one (styletx.nn.ColourPath);
     #                       0 = none. Global grades are learned by it in a few hundred steps
@@ -336,9 +338,9 @@ class VoiceGenerator(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, bins: int = 80, ngf: int = 128,
                  n_blocks: int = 6, norm: str = "instance", upsample: str = "shuffle",
-                 residual: bool = False, smooth_frames: int = 1):
+                 residual: bool = False):
         super().__init__()
-        self.bins, self.smooth_frames = bins, smooth_frames
+        self.bins = bins
         self.residual = residual and in_ch == out_ch
         width, rows = 2 * ngf, -(-bins // 4)  # channels and frequency rows at 1/4 resolution
         self.encode = nn.Sequential(
@@ -375,8 +377,7 @@ class VoiceGenerator(nn.Module):
         y = self.decode(h.reshape(n, c, rows, t))
         if self.residual:
             y = y + x
-        y = y[..., :bins, :frames]
-        return y if self.training else smooth_time(y, self.smooth_frames)
+        return y[..., :bins, :frames]
 
 
 class CycleGAN(styletx.Translator):
@@ -472,7 +473,7 @@ class CycleGAN(styletx.Translator):
                 return LocalGenerator(i, c.ngf, c.n_blocks, c.colour_path, c.highpass)
             if c.generator == "voice":
                 return VoiceGenerator(i, o, c.bins, c.ngf, c.n_blocks, c.norm, c.upsample,
-                                      c.residual, c.smooth_frames)
+                                      c.residual)
             return ResnetGenerator(i, o, c.ngf, c.n_blocks, c.norm, c.upsample, c.residual,
                                    c.colour_path)
 
@@ -700,6 +701,8 @@ class CycleGAN(styletx.Translator):
         net = self._translator_net(direction)
         with torch.no_grad(), self.autocast():
             y = net(x.to(self.device, torch.float32))
+            if self.config.generator == "voice":  # converting only: training never calls this
+                y = smooth_time(y.float(), self.config.smooth_frames)
         return y.float().to(x.device)
 
     def export_module(self, direction: str) -> nn.Module:
@@ -710,7 +713,10 @@ class CycleGAN(styletx.Translator):
         direction_sides(direction)  # checks it
         net = self._translator_net(direction)
         if self.config.generator == "voice":
-            return styletx.PadCrop(net, multiple=(1, 4), least=(0, 8), mode="replicate")
+            padded = styletx.PadCrop(net, multiple=(1, 4), least=(0, 8), mode="replicate")
+            if self.config.smooth_frames > 1:  # as translate does
+                return nn.Sequential(padded, TimeSmoothing(self.config.smooth_frames))
+            return padded
         return net
 
 

@@ -21,6 +21,7 @@ from torch.nn.utils import parametrize
 __all__ = ["init_weights", "norm_layer", "conv_bias", "ResnetBlock", "Upsample", "ColourPath",
            "WideConv2d", "GatedConv", "GatedResBlock1d", "PatchDiscriminator", "GANLoss",
            "ImagePool", "diff_augment", "r1_penalty", "set_requires_grad", "adam", "smooth_time",
+           "TimeSmoothing",
            "linear_decay", "NORMS", "PADDINGS", "UPSAMPLES", "GAN_MODES"]
 
 NORMS = ("instance", "batch", "none")
@@ -451,10 +452,24 @@ def smooth_time(x: torch.Tensor, frames: int) -> torch.Tensor:
     listener hears as roughness (benchmarks/RESULTS.md, Voice)."""
     if frames <= 1 or x.shape[-1] < 2:
         return x
-    window = torch.hann_window(frames + 2, periodic=False, dtype=x.dtype, device=x.device)[1:-1]
-    flat = x.reshape(-1, 1, x.shape[-1])
-    padded = F.pad(flat, (frames // 2, (frames - 1) // 2), mode="replicate")
-    return F.conv1d(padded, (window / window.sum()).view(1, 1, -1)).reshape(x.shape)
+    weights = torch.hann_window(frames + 2, periodic=False, dtype=torch.float64)[1:-1]
+    weights = (weights / weights.sum()).tolist()
+    before, after = frames // 2, (frames - 1) // 2
+    # Edges repeated and shifted copies summed, with no reshape or size-dependent index, so an
+    # exported model (ONNX) smooths inputs of any length as PyTorch does.
+    padded = torch.cat([x[..., :1]] * before + [x] + [x[..., -1:]] * after, dim=-1)
+    return sum(w * padded[..., k : k - frames + 1 or None] for k, w in enumerate(weights))
+
+
+class TimeSmoothing(nn.Module):
+    """``smooth_time`` over ``frames`` steps as a module, for a model that is exported."""
+
+    def __init__(self, frames: int):
+        super().__init__()
+        self.frames = frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return smooth_time(x, self.frames)
 
 
 def r1_penalty(discriminator: nn.Module, real: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,7 @@ def runs(trained_run, scenes, tmp_path_factory):
         out[model] = train(scenes["a"], scenes["b"], root / model, "--model", model,
                            "--size", "16")
     out["voice"] = train(voices["a"], voices["b"], root / "voice", "--size", "32",
-                         "--batch-size", "2")
+                         "--batch-size", "2", "--set", "smooth_frames=3")  # exported too
     return out
 
 
