@@ -440,10 +440,10 @@ def test_voice_generator_output_is_linear_and_residual_starts_as_identity():
     assert torch.allclose(r(x), x)
 
 
-def test_voice_conversion_smooths_the_output_over_time_and_training_does_not():
+def test_voice_conversion_smooths_the_output_over_time():
     """``smooth_frames``: ``translate`` (conversion, previews) returns the generator's output
-    averaged along time with a Hann window; the training step's generators are untouched; the
-    fast voice preset smooths over 3 frames."""
+    averaged along time with a Hann window, while the generators themselves (what training
+    uses) are unchanged; the fast voice preset smooths over 3 frames."""
     from styletx.nn import smooth_time
 
     torch.manual_seed(0)
