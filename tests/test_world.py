@@ -59,7 +59,7 @@ def test_fit_learns_each_sides_envelope_and_pitch(fitted):
 @needs_pyworld
 def test_decoding_moves_the_sources_pitch_to_the_targets(voices, fitted):
     """The low voice's envelope decoded by the high side: the pitch is the high voice's (the
-    source's contour moved to the target's log-F0 mean), the length the source's."""
+    source's contour moved to the target's log-F0 median), the length the source's."""
     source = voices["low"][1]
     converted = fitted["high"].decode(fitted["low"].encode(source), like=source)
     assert len(converted.wave) == len(source.wave)
