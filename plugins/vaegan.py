@@ -538,8 +538,8 @@ class VAEGAN(LatentTranslator):
         def warmed(step: int) -> float:  # the colour group's: the warm-up, then the policy
             return factor(step) * min(1.0, (step + 1) / warmup)
 
-        def factors(opt: torch.optim.Optimizer) -> list:  # the quick group is the second
-            return [factor, warmed if c.colour_warmup else factor][:len(opt.param_groups)]
+        def factors(opt: torch.optim.Optimizer) -> list:  # the quick group is the second (with
+            return [factor, warmed][:len(opt.param_groups)]  # no warm-up, warmed is factor)
 
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, factors(opt))
                            for name, opt in self.optimizers.items()}

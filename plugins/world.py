@@ -66,6 +66,7 @@ DEFAULTS = {
     #                      over this many frames (a Hann window); 1 = not at all. See below
 }
 MIN_VOICED = 10  # voiced frames an utterance needs for its own log-F0 spread
+FITTED = ("mean", "std", "log_f0", "aperiodicity")  # the state saved with a run
 
 
 @dataclasses.dataclass
@@ -182,10 +183,10 @@ class WorldEncoder(Encoder):
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: torch.from_numpy(np.asarray(getattr(self, name), np.float64))
-                for name in ("mean", "std", "log_f0", "aperiodicity")}
+                for name in FITTED}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name in ("mean", "std", "log_f0", "aperiodicity"):
+        for name in FITTED:
             setattr(self, name, state[name].numpy().astype(np.float64))
 
     def encode(self, sample: AudioSample) -> torch.Tensor:

@@ -192,12 +192,10 @@ class SpectrogramEncoder(Encoder):
                 batch = batch.cpu().numpy()
             for i, wave in zip(items, batch):
                 waves[i] = wave
-        return [AudioSample(self._scaled(np.asarray(wave, np.float32), like), p["rate"],
-                            like.format if like else None)
+        return [AudioSample(scaled_output(np.asarray(wave, np.float32), p["rate"], like,
+                                          self.normalize),
+                            p["rate"], like.format if like else None)
                 for wave, like in zip(waves, likes)]
-
-    def _scaled(self, wave: np.ndarray, like: AudioSample | None) -> np.ndarray:
-        return scaled_output(wave, self.params["rate"], like, self.normalize)
 
     def _length(self, like: AudioSample | None, frames: int) -> int | None:
         """The output's length in samples: the source's duration when it fits the frame count,
