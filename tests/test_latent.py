@@ -6,6 +6,7 @@ about 45 s)."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -189,18 +190,18 @@ def test_score_ranks_out_of_domain_inputs_above_held_out_ones(vae):
     stripes = latent.score(run, [vae["stripes"]]).scores
     blurred = latent.score(run, [vae["blurred"]]).scores
     inside = [s.score for s in held]
-    # Measured with this fixture (one thread): AUROC 1.0 for noise, 0.986 for stripes, 0.854
-    # for the blurred held-out scenes; over data and training seeds 0, 1, 2: noise 1.0, stripes
-    # 0.99-1.0, blurred 0.66-0.85. The negative ELBO alone, the score before: noise 0.98-1.0,
-    # stripes 0.87-0.99, blurred 0.19-0.35 (a VAE reconstructs blurred scenes better than
-    # sharp ones). Asserted with headroom, as other hardware rounds differently and so trains
-    # a slightly different model.
+    # Measured with this fixture (one thread): AUROC 1.0 for noise, 1.0 for stripes, 0.812 for
+    # the blurred held-out scenes; over data and training seeds 0, 1, 2: noise 1.0, stripes 1.0,
+    # blurred 0.57-0.81 (without the contrast statistics: 0.99-1.0 and 0.66-0.85). The
+    # negative ELBO alone, the score before: noise 0.98-1.0, stripes 0.87-0.99, blurred
+    # 0.19-0.35 (a VAE reconstructs blurred scenes better than sharp ones). Asserted with
+    # headroom, as other hardware rounds differently and so trains a slightly different model.
     outside = noise + stripes
     assert _auroc(inside, [s.score for s in noise]) >= 0.9
     assert _auroc(inside, [s.score for s in stripes]) >= 0.9
     assert _auroc(inside, [s.score for s in blurred]) >= 0.6
     # The threshold flags the most unusual probes (measured: 24 of 24 for all three seeds) and
-    # few held-out scenes (measured: 1 of 12; seeds 1, 2: 3, 1).
+    # few held-out scenes (measured: 1 of 12; seeds 1, 2: 2, 1).
     assert max(outside, key=lambda s: s.score).flagged
     assert sum(s.flagged for s in outside) >= 18
     assert sum(s.flagged for s in held) <= 3
@@ -315,6 +316,39 @@ def test_image_statistics_see_blur_noise_flatness_and_blocks():
     assert axis[3] < axis[0] - 0.2 and axis[5] > axis[0] + 0.2
     assert torch.isfinite(torch.stack([fine, coarse, axis])).all()
     assert latent.image_statistics(torch.rand(2, 1, 1, 1)).shape == (2, 3)  # any size
+
+
+def test_contrast_statistics_see_blur_and_blocks():
+    """Blur narrows the normalised contrast's magnitude; flat blocks beside sharp block edges
+    (what heavy JPEG compression leaves) widen the spread of the local contrast; a flat field
+    and a one-pixel input stay finite."""
+    rng = np.random.default_rng(0)
+    texture = torch.from_numpy(rng.normal(size=(1, 3, 64, 64))).float() * 0.3
+    texture = torch.nn.functional.avg_pool2d(texture, 3, 1, 1)
+    blurred = torch.nn.functional.avg_pool2d(texture, 5, 1, 2)
+    blocks = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8) * 2 - 1, scale_factor=8)
+    flat = torch.zeros(1, 3, 64, 64)
+    normalised, spread = latent.contrast_statistics(
+        torch.cat([texture, blurred, blocks, flat])).T
+    assert normalised[1] < normalised[0] - 0.5
+    assert spread[2] > spread[0] + 0.5
+    assert torch.isfinite(torch.stack([normalised, spread])).all()
+    assert latent.contrast_statistics(torch.rand(2, 1, 1, 1)).shape == (2, 2)
+
+
+def test_a_run_keeps_the_features_its_statistics_name():
+    """A run trained before a feature was added is scored on the features it was trained
+    with, so its stored training scores stay comparable; a name this version does not know
+    is a clear error."""
+    features = torch.tensor([[0.5, 1.0, -0.2, 9.0, 9.0, 2.0]], dtype=torch.float64)
+    old = {"features": ["fine detail", "coarse detail", "edge orientation", "reconstruction"],
+           "mean": [0.0, 0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0, 1.0]}
+    z = torch.tensor([0.5, 1.0, -0.2, 2.0], dtype=torch.float64)
+    expected = -2 * (torch.special.log_ndtr(-z[:3].abs()).sum() + 3 * math.log(2)
+                     + torch.special.log_ndtr(-z[3]))
+    assert torch.allclose(latent._combined(features, old), expected[None])
+    with pytest.raises(StyletxError, match="sharpness"):
+        latent._combined(features, {**old, "features": ["sharpness"]})
 
 
 def test_latent_draws_have_the_fitted_statistics():
