@@ -2,7 +2,7 @@
 
     python benchmarks/latent.py                       # both presets, ~12 min on 2 cores
     python benchmarks/latent.py --presets fast --minutes 8
-    python benchmarks/latent.py --balance             # the --balance experiment (2 more runs)
+    python benchmarks/latent.py --balance             # the --balance experiment (20 more runs)
 
 Domain A is tiles of Debian's MATE nature photographs (``apt-get install mate-backgrounds``),
 domain B their sepia grade (the other half of the training tiles); every fourth photograph is
@@ -21,7 +21,9 @@ outlier scores above every in-domain tile; 0.5: a coin). ``objects`` is another 
 of the same kind of content (objects in daylight), the hardest case; the target (mean >= 0.95,
 no kind below 0.85) is over the other kinds. Also a distribution distance of ``styletx sample``'s
 images to the held-out photos, against noise and pixel-shuffled photos (``sample_distance``),
-and, with --balance, PSNR on a rare and a common kind of photo with and without ``--balance``.
+and, with --balance, PSNR on a rare and a common kind of photo without and with ``--balance``
+(latent or ELBO rarity, flattened or not) and for an oracle that sees the rare kind a third of
+the time, at a fixed step count over several training seeds.
 Writes results.json, results.md and grids under --out.
 """
 
@@ -257,26 +259,64 @@ def make_skewed_data(root: Path, folders: dict[str, Path]) -> dict[str, Path]:
     return skewed
 
 
+BALANCE_ARMS = {  # the --balance experiment's runs: label -> (run folder, extra train options)
+    "no balance": ("plain", ()),
+    "--balance (by the ELBO, the default)": ("elbo", ("--balance",)),
+    "--balance --balance-by latent": ("latent", ("--balance", "--balance-by", "latent")),
+    "--balance --balance-by latent --balance-min-effective 0": (
+        "latent-sharp", ("--balance", "--balance-by", "latent", "--balance-min-effective", "0")),
+    "oracle (rare tiles copied 10x)": ("oracle", ()),
+}
+ORACLE_COPIES = 10  # the oracle's copies of each rare training tile: a third of the draws
+
+
+def make_oracle_data(skewed: dict[str, Path], common: dict[str, int],
+                     root: Path) -> dict[str, Path]:
+    """The skewed training folders with every rare tile (those after the first ``common[side]``)
+    copied ORACLE_COPIES times: what ideal balancing could do, with no re-weighting. Made
+    once."""
+    folders = {side: root / side for side in ("train_a", "train_b")}
+    if (root / "done").is_file():
+        return folders
+    shutil.rmtree(root, ignore_errors=True)
+    for side, folder in folders.items():
+        shutil.copytree(skewed[side], folder)
+        files = sorted(folder.glob("*.png"))
+        for path in files[common[side]:]:
+            for k in range(1, ORACLE_COPIES):
+                shutil.copy(path, folder / f"{path.stem}_{k}.png")
+    (root / "done").write_text("")
+    return folders
+
+
 def balance_experiment(args, folders: dict[str, Path]) -> dict:
-    """The fast vaegan on the skewed set with and without --balance (one after the other):
-    PSNR against the true sepia on held-out common and rare photos."""
+    """The fast vaegan on the skewed set, --balance-steps steps, for each of BALANCE_ARMS and
+    --balance-seeds (two runs at a time, one thread each): PSNR against the true sepia on
+    held-out common and rare photos."""
     skewed = make_skewed_data(args.out / "skewed", folders)
-    result: dict = {}
+    common = {side: len(list(folders[side].glob("*.png"))) for side in ("train_a", "train_b")}
+    oracle = make_oracle_data(skewed, common, args.out / "skewed-oracle")
     tests = {kind: {"test_a": skewed[f"test_{kind}"], "test_b": skewed[f"test_{kind}_b"]}
              for kind in ("common", "rare")}
-    result["untouched"] = {kind: round(baseline(folders)["psnr"], 2)
-                           for kind, folders in tests.items()}
-    runs = {name: args.out / "runs" / f"skewed-{name}" for name in ("plain", "balance")}
-    todo = [name for name, run in runs.items()
-            if not (args.reuse and (run / "latent.json").is_file())]
-    data = {"unpaired_a": skewed["train_a"], "unpaired_b": skewed["train_b"]}
+    result: dict = {"untouched": {kind: round(baseline(folders)["psnr"], 2)
+                                  for kind, folders in tests.items()}}
+    jobs = [(arm, seed) for seed in args.balance_seeds.split(",") for arm in BALANCE_ARMS]
+
+    def one(job: tuple[str, str]) -> None:
+        arm, seed = job
+        name, options = BALANCE_ARMS[arm]
+        run = args.out / "runs" / f"skewed-{name}-s{seed}"
+        data = oracle if name == "oracle" else skewed
+        if not (args.reuse and (run / "latent.json").is_file()):
+            train(run, {"unpaired_a": data["train_a"], "unpaired_b": data["train_b"]},
+                  "vaegan", "fast", argparse.Namespace(**{**vars(args), "seed": int(seed)}),
+                  options, steps=args.balance_steps)
+        scores = {kind: round(conversion_score(run, f)["psnr"], 2) for kind, f in tests.items()}
+        result.setdefault(arm, {})[f"seed {seed}"] = scores
+        print(arm, seed, scores, flush=True)
+
     with ThreadPoolExecutor(2) as pool:  # one thread each
-        list(pool.map(lambda name: train(runs[name], data, "vaegan", "fast", args,
-                                         ("--balance",) if name == "balance" else ()), todo))
-    for name, run in runs.items():
-        result[name] = {kind: round(conversion_score(run, folders)["psnr"], 2)
-                        for kind, folders in tests.items()}
-        print(name, result[name], flush=True)
+        list(pool.map(one, jobs))
     return result
 
 
@@ -322,9 +362,13 @@ def report(results: dict) -> str:
                                                results[p]["sample MMD"].values()) + " |")
     if "balance" in results:
         b = results["balance"]
-        lines += ["", "| fast vaegan, skewed set | common PSNR dB | rare PSNR dB |",
-                  "|---|---|---|"]
-        lines += [f"| {name} | {v['common']:.2f} | {v['rare']:.2f} |" for name, v in b.items()]
+        lines += ["", "| fast vaegan, skewed set | seed | common PSNR dB | rare PSNR dB |",
+                  "|---|---|---|---|"]
+        untouched = b["untouched"]
+        lines += [f"| untouched | | {untouched['common']:.2f} | {untouched['rare']:.2f} |"]
+        lines += [f"| {arm} | {seed} | {v['common']:.2f} | {v['rare']:.2f} |"
+                  for arm in BALANCE_ARMS if arm in b
+                  for seed, v in sorted(b[arm].items())]
     return "\n".join(lines)
 
 
@@ -338,7 +382,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--reuse", action="store_true", help="score runs already trained")
     parser.add_argument("--balance", action="store_true",
-                        help="also the --balance experiment (two more fast runs)")
+                        help="also the --balance experiment (5 fast runs per seed)")
+    parser.add_argument("--balance-steps", type=int, default=1000)
+    parser.add_argument("--balance-seeds", default="0,1,2,3")
     parser.add_argument("--out", type=Path, default=Path("latent-benchmark"))
     args = parser.parse_args()
     import torch

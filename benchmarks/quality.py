@@ -132,13 +132,13 @@ def make_task_data(root: Path, task: str, photos, size: int) -> dict[str, Path]:
 
 # -- training and scoring ------------------------------------------------------------------------
 def train(run: Path, folders: dict[str, Path], model: str, preset: str, args,
-          extra: tuple[str, ...] = ()) -> dict:
-    """Train one run in its own process (one thread; ``extra``: more ``train`` options);
-    returns the wall time and the PSNR at its first checkpoint (a copy of the run folder taken
-    as soon as it appears)."""
+          extra: tuple[str, ...] = (), steps: int | None = None) -> dict:
+    """Train one run in its own process (one thread; ``extra``: more ``train`` options;
+    ``steps``: a fixed count instead of the preset's budget); returns the wall time and the
+    PSNR at its first checkpoint (a copy of the run folder taken as soon as it appears)."""
     side = "paired" if model == "pix2pix" else "unpaired"
-    budget = (["--steps", str(args.tiny_steps)] if preset == "tiny"
-              else ["--minutes", str(args.minutes)])
+    steps = steps or (args.tiny_steps if preset == "tiny" else None)
+    budget = ["--steps", str(steps)] if steps else ["--minutes", str(args.minutes)]
     command = [sys.executable, "-m", "styletx.cli", "--quiet", "train",
                str(folders[f"{side}_a"]), str(folders[f"{side}_b"]), "--out", str(run),
                "--model", model, "--preset", preset, "--size", str(args.size), "--device", "cpu",

@@ -196,7 +196,11 @@ threads_option = click.option(
 @click.option("--aligned", is_flag=True,
               help="Paired models: each file of A_DIR holds A and B side by side (no B_DIR).")
 @click.option("--balance", is_flag=True,
-              help="Latent models (vaegan): draw rare kinds of example more often (DB-VAE).")
+              help="Latent models (vaegan): draw rare kinds of example more often.")
+@click.option("--balance-by", type=click.Choice(["elbo", "latent"]), default=None,
+              help="How --balance finds rare examples: the model's negative ELBO (how badly "
+                   "it explains each example; default) or histograms of the pooled latent "
+                   "(DB-VAE).")
 @click.option("--balance-every", type=int, default=None,
               help="Steps between re-estimates of the --balance weights (default 100).")
 @click.option("--balance-smoothing", type=float, default=None,
@@ -205,6 +209,9 @@ threads_option = click.option(
 @click.option("--balance-share", type=float, default=None,
               help="Share of the draws that follow the --balance weights, the rest uniform "
                    "(default 1).")
+@click.option("--balance-min-effective", type=float, default=None,
+              help="Flatten the --balance weights until at least this share of the examples "
+                   "is effectively drawn (0: the weights as estimated; default 0.5).")
 @click.option("--channels-last", is_flag=True,
               help="Channels-last memory format for the networks (faster on recent GPUs).")
 @click.option("--compile", "compile_", is_flag=True,
@@ -229,8 +236,8 @@ threads_option = click.option(
 def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, device, seed,
           settings,
           domain, encoder, save_every, preview_every, log_every, amp, aligned, balance,
-          balance_every, balance_smoothing, balance_share, channels_last, compile_, compile_mode,
-          log_to, prefetch, workers, nproc):
+          balance_by, balance_every, balance_smoothing, balance_share, balance_min_effective,
+          channels_last, compile_, compile_mode, log_to, prefetch, workers, nproc):
     """Train a model that turns files like A_DIR's into files like B_DIR's.
 
     Unpaired models (cyclegan) learn from any two folders. Paired ones (--model pix2pix) pair
@@ -245,9 +252,11 @@ def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, de
         _relaunch_with_torchrun(nproc)
     default_name = f"{a_dir.name}2{b_dir.name}" if b_dir else a_dir.name
     out = out or Path("runs") / default_name
-    tuning = {name: value for name, value in (("balance_every", balance_every),
+    tuning = {name: value for name, value in (("balance_by", balance_by),
+                                              ("balance_every", balance_every),
                                               ("balance_smoothing", balance_smoothing),
-                                              ("balance_share", balance_share))
+                                              ("balance_share", balance_share),
+                                              ("balance_min_effective", balance_min_effective))
               if value is not None}  # unset: TrainSettings' defaults
     result = run_training(
         a_dir, b_dir, out, model=model, preset=preset, overrides=parse_settings(settings),

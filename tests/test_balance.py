@@ -14,6 +14,8 @@ from styletx.demo import make_scene, save_rgb, winterize
 from styletx.engine.balance import (
     describe,
     effective_dimensions,
+    effective_examples,
+    elbo_weights,
     inverse_density_weights,
     with_uniform,
 )
@@ -38,6 +40,36 @@ def test_rare_examples_get_a_share_well_above_their_count():
     # the tails of the six dimensions where the two kinds do not differ gain too
     assert share > 0.25
     assert weights[rare].min() > weights[~rare].median() * 5
+
+
+def test_flattening_keeps_the_ranking_and_spreads_the_draws():
+    """With a floor of half the examples the draws spread over at least 50 effective
+    examples, the rare kind still leads and is drawn several times its 5 %; without a floor
+    the weights are as estimated."""
+    z, rare = _latents()
+    sharp = inverse_density_weights(z, smoothing=0.001)
+    flat = inverse_density_weights(z, smoothing=0.001, min_effective=0.5)
+    assert effective_examples(sharp) < 50 <= effective_examples(flat) < 51
+    assert torch.equal(sharp.argsort(), flat.argsort())
+    assert 0.15 < float(flat[rare].sum()) < float(sharp[rare].sum())
+    assert torch.equal(inverse_density_weights(z, smoothing=0.001, min_effective=0.0), sharp)
+    assert torch.allclose(inverse_density_weights(z, 0.001, min_effective=1.0),
+                          torch.full((100,), 0.01, dtype=torch.float64))
+
+
+def test_elbo_weights_favour_what_the_model_explains_worst():
+    """The examples with the highest negative ELBO are drawn most, the draws spread over the
+    floor's share of the examples, and equal scores give uniform draws."""
+    g = torch.Generator().manual_seed(0)
+    scores = 0.2 + 0.02 * torch.rand(100, generator=g)
+    scores[95:] = 0.5  # a kind the model has seen too little of
+    weights = elbo_weights(scores, min_effective=0.5)
+    assert torch.isclose(weights.sum(), torch.tensor(1.0, dtype=weights.dtype))
+    assert 50 <= effective_examples(weights) < 51
+    assert weights[95:].min() > weights[:95].max()
+    assert 0.15 < float(weights[95:].sum()) < 0.3  # 5 % of the data, about a quarter of draws
+    assert torch.allclose(elbo_weights(torch.full((10,), 0.3), 0.5),
+                          torch.full((10,), 0.1, dtype=torch.float64))
 
 
 def test_effective_dimensions():
@@ -81,16 +113,22 @@ def test_sampler_draws_by_the_weights_and_restores_them():
 
 
 
-def test_training_with_balance_draws_a_rare_kind_more_often(styletx, tmp_path, monkeypatch):
-    """38 scenes and 2 noise images in A: after the first re-estimate the noise is drawn far
-    more often than its 5 % of the data, and the log names it."""
+def _scenes_with_two_noise_images(folder) -> set[str]:
+    """38 scenes and 2 uniform-noise images in ``folder``/a, 40 winter scenes in /b; returns
+    the noise images' names."""
     rng = np.random.default_rng(0)
     rare = {"img07.png", "img23.png"}
     for i in range(40):
         name = f"img{i:02d}.png"
         save_rgb(rng.uniform(0, 1, (40, 40, 3)) if name in rare else make_scene(rng, 40),
-                 tmp_path / "a" / name)
-        save_rgb(winterize(make_scene(rng, 40)), tmp_path / "b" / name)
+                 folder / "a" / name)
+        save_rgb(winterize(make_scene(rng, 40)), folder / "b" / name)
+    return rare
+
+
+def _train_drawing(styletx, folder, monkeypatch, *options) -> tuple[list[str], object]:
+    """Train a tiny vaegan on ``folder`` with ``options``; the names of the A examples drawn,
+    in order, and the command's result."""
     drawn = []
     index = CropSampler._index
 
@@ -104,18 +142,45 @@ def test_training_with_balance_draws_a_rare_kind_more_often(styletx, tmp_path, m
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # see test_latent: tiny networks on 2 shared cores
     try:
-        result = styletx("train", tmp_path / "a", tmp_path / "b", "--model", "vaegan", *TINY,
-                         "--steps", "150", "--balance", "--balance-every", "25",
-                         "--out", tmp_path / "run")
+        result = styletx("train", folder / "a", folder / "b", "--model", "vaegan", *TINY,
+                         *options, "--out", folder / "run")
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.stderr
     names = sorted(f"img{i:02d}.png" for i in range(40))
-    after = [names[i] for i in drawn[25 * 4:]]  # from the first re-estimate on a trained model
+    return [names[i] for i in drawn], result
+
+
+def test_training_with_balance_by_elbo_draws_what_the_model_explains_worst(
+        styletx, tmp_path, monkeypatch):
+    """The same data with the default --balance-by elbo: once the model has learnt the scenes
+    (early on it explains nothing well and favours busy scenes), the noise images, which it
+    cannot reconstruct, are drawn most."""
+    rare = _scenes_with_two_noise_images(tmp_path)
+    drawn, _ = _train_drawing(styletx, tmp_path, monkeypatch, "--steps", "300", "--balance",
+                              "--balance-every", "50")  # the default rule: elbo
+    share = sum(name in rare for name in drawn[200 * 4:]) / len(drawn[200 * 4:])
+    # measured: 21 % from step 200 on (18 % from step 150; 5 % of the data)
+    assert share > 0.15, share
+    log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    last = [e for e in map(json.loads, log) if "balance" in e][-1]["balance"]["a"]
+    assert rare & {name for name, _ in last["most_drawn"]}  # measured: both, the top two
+    assert 19.9 <= last["effective_examples"] <= 20.1  # half the examples: the default floor
+
+
+def test_training_with_balance_draws_a_rare_kind_more_often(styletx, tmp_path, monkeypatch):
+    """38 scenes and 2 noise images in A: after the first re-estimate the noise is drawn far
+    more often than its 5 % of the data, and the log names it."""
+    rare = _scenes_with_two_noise_images(tmp_path)
+    drawn, result = _train_drawing(styletx, tmp_path, monkeypatch, "--steps", "150",
+                                   "--balance", "--balance-by", "latent",
+                                   "--balance-every", "25")
+    after = drawn[25 * 4:]  # from the first re-estimate on a trained model
     share = sum(name in rare for name in after) / len(after)
-    # measured: 37 %, 26 %, 35 % (data seeds 0, 1, 2). Random stripes as the rare kind, which the
-    # tiny model's pooled latent barely separates from scenes, stayed at 4-6 % (250 steps,
-    # re-estimates every 50, seeds 0 and 1).
+    # measured: 37 %, 26 %, 35 % (data seeds 0, 1, 2) before the default floor of half the
+    # examples; with it 24 % (seed 0). Random stripes as the rare kind, which the tiny model's
+    # pooled latent barely separates from scenes, stayed at 4-6 % (250 steps, re-estimates
+    # every 50, seeds 0 and 1).
     assert share > 0.15, share
     log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     balance = [e for e in map(json.loads, log) if "balance" in e]

@@ -33,8 +33,8 @@ from styletx.contract.errors import (
 )
 from styletx.contract.interfaces import SIDES, LatentTranslator, Translator
 from styletx.engine import distributed
+from styletx.engine.balance import BALANCE_BY, sampling_weights, with_uniform
 from styletx.engine.balance import describe as describe_weights
-from styletx.engine.balance import inverse_density_weights, pooled_means, with_uniform
 from styletx.engine.data import CropSampler, Prefetcher
 from styletx.engine.model import pick_device
 from styletx.engine.pairs import AlignmentCache
@@ -148,6 +148,15 @@ def _check_settings(translator: Translator, settings: TrainSettings) -> None:
     if not 0 <= settings.balance_share <= 1:
         raise UsageError(f"--balance-share must be between 0 and 1 (got "
                          f"{settings.balance_share})")
+    if settings.balance_by not in BALANCE_BY:
+        raise UsageError(f"--balance-by must be one of {', '.join(BALANCE_BY)} (got "
+                         f"{settings.balance_by!r})")
+    if not 0 <= settings.balance_min_effective <= 1:
+        raise UsageError(f"--balance-min-effective must be between 0 and 1 (got "
+                         f"{settings.balance_min_effective})")
+    if settings.balance_by == "elbo" and settings.balance_min_effective == 0:
+        raise UsageError("--balance-by elbo needs --balance-min-effective above 0: it sets "
+                         "how strongly the draws favour rare examples")
     check_available(settings.log_to)
     if settings.compile_mode not in COMPILE_MODES:
         raise UsageError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)} "
@@ -340,9 +349,10 @@ class Loop:
 
     def _rebalance(self) -> None:
         _pause_prefetch(self.batches)
+        s = self.settings
         rebalance(self.prepared.out, self.step, self.translator, self.sampler,
-                  self.settings.balance_smoothing, self.names, self.group,
-                  self.settings.balance_share)
+                  s.balance_smoothing, self.names, self.group, s.balance_share,
+                  s.balance_min_effective, s.balance_by)
         _resume_prefetch(self.batches)
 
     def _as_the_preset_says(self) -> bool:
@@ -423,18 +433,21 @@ def _resume_prefetch(batches: CropSampler | Prefetcher) -> None:
 
 def rebalance(out: Path, step: int, translator: Translator, sampler: CropSampler,
               smoothing: float, names: dict[str, list[str]] | None,
-              group: distributed.Group, share: float = 1.0) -> None:
-    """Re-estimate each side's sampling weights from the latent density of its examples (see
-    ``styletx.engine.balance``; ``share`` of the draws follow them, the rest are uniform), and
-    log how far they are from uniform and which files are drawn most often."""
+              group: distributed.Group, share: float = 1.0,
+              min_effective: float = 0.0, by: str = "latent") -> None:
+    """Re-estimate each side's sampling weights from how rare its examples are (``by``: their
+    latent density or the model's negative ELBO, see ``styletx.engine.balance``; flattened
+    until ``min_effective`` of the examples are effectively drawn; ``share`` of the draws
+    follow them, the rest are uniform), and log how far they are from uniform and which files
+    are drawn most often."""
     translator.train(False)
     summary = {}
     for side, examples in sampler.examples.items():
         if sampler.paired and side == "b":
             break  # a pair is drawn by its A index
         crops = torch.stack([sampler.centre_crop(side, i) for i in range(len(examples))])
-        weights = with_uniform(inverse_density_weights(pooled_means(translator, crops, side),
-                                                       smoothing), share)
+        weights = with_uniform(sampling_weights(translator, crops, side, by, smoothing,
+                                                min_effective), share)
         sampler.weights[side] = weights = group.broadcast(weights, translator.device)
         summary[side] = describe_weights(weights, names and names[side])
     translator.train(True)

@@ -33,11 +33,15 @@ class TrainSettings:
     progress: bool = True  # progress bar on a terminal
     log_to: str | None = None  # "tensorboard": also write the log and previews as TensorBoard
     #                            events in RUN/tensorboard/ (needs the tensorboard package)
-    balance: bool = False  # latent models: draw rare kinds of example more often (DB-VAE)
+    balance: bool = False  # latent models: draw rare kinds of example more often
+    balance_by: str = "elbo"  # how rarity is estimated: "elbo" (the model's own negative ELBO)
+    #                           or "latent" (DB-VAE's histograms of the pooled latent)
     balance_every: int = 100  # steps between re-estimates of the sampling weights
     balance_smoothing: float = 0.001  # added to each latent histogram's density; larger values
     #                                   move the sampling towards uniform
     balance_share: float = 1.0  # share of the draws that follow the weights; the rest uniform
+    balance_min_effective: float = 0.5  # the weights are flattened until at least this share
+    #                                     of the examples is effectively drawn
     channels_last: bool = False  # channels-last memory format for the networks and batches
     compile: bool = False  # run the generators through torch.compile
     compile_mode: str = "auto"  # torch.compile's mode; auto: COMPILE_MODE_ON_CUDA on CUDA,
