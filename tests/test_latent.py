@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -279,6 +280,25 @@ def test_convert_warns_for_inputs_unlike_the_training_data(vae, styletx, tmp_pat
                         f"above {odd.percentile:.0f}% of the training examples)"], result.stderr
     assert (tmp_path / "out" / odd.path.name).is_file()
     assert (tmp_path / "out" / scene.path.name).is_file()
+
+
+def test_statistics_from_a_newer_version_stop_score_but_not_convert(vae, styletx, tmp_path):
+    """A latent.json naming a feature this version does not compute: ``score`` says so in one
+    line (exit 1); ``convert`` warns that inputs go unchecked and converts them."""
+    run = tmp_path / "run"
+    shutil.copytree(vae["run"], run)
+    stats = json.loads((run / "latent.json").read_text())
+    stats["a"]["typicality"]["features"][0] = "sharpness"
+    (run / "latent.json").write_text(json.dumps(stats))
+    scene = sorted(vae["held"].iterdir())[0]
+    result = styletx("score", run, scene, "--device", "cpu")
+    assert result.exit_code == 1
+    assert result.error_lines == ["Error: the run's latent statistics name features this "
+                                  "version does not compute: sharpness"], result.stderr
+    result = styletx("convert", run, scene, "-o", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert "inputs are not checked against the training data" in result.stderr
+    assert (tmp_path / "out" / scene.name).is_file()
 
 
 def test_full_height_crops_take_their_height_from_the_run(vae, monkeypatch):

@@ -453,7 +453,11 @@ def outlier_check(run: Run, side: str) -> Callable[[Path, Sample], None] | None:
         return None
     if stats is None or not isinstance(stats.get(side), dict) or not stats[side].get("scores"):
         return None
-    scorer = _Scorer(run, run.translator, side, stats[side], stats.get("threshold"))
+    try:
+        scorer = _Scorer(run, run.translator, side, stats[side], stats.get("threshold"))
+    except StyletxError as err:  # e.g. statistics from a newer version: convert all the same
+        log.warning("%s; inputs are not checked against the training data", err)
+        return None
 
     def check(path: Path, sample: Sample) -> None:
         result = scorer(path, sample)
@@ -474,6 +478,8 @@ class _Scorer:
         self.training = sorted(float(s) for s in stats["scores"])
         # A run trained before the typicality score kept the negative ELBO as its score.
         self.typicality = stats.get("typicality")
+        if self.typicality:
+            _known_features(self.typicality)  # fail here, before any input is read
         rule = rule if isinstance(rule, dict) else {}
         self.threshold = threshold_for(self.training,
                                        float(rule.get("quantile", THRESHOLD_QUANTILE)),
@@ -555,9 +561,9 @@ def _features(translator: LatentTranslator, items: list[torch.Tensor], side: str
               chunk: int | None, device: Any) -> torch.Tensor:
     """``(N, len(FEATURES))`` typicality features of each ``(C, H, W)`` tensor: its
     ``image_statistics``, ``contrast_statistics`` and the log of the model's
-    ``negative_elbo``; one forward pass per
-    batch of pieces of one shape; a tensor wider than ``chunk`` is cut into chunks
-    (``_pieces``) and gets the width-weighted mean of its chunks' features."""
+    ``negative_elbo``; one forward pass per batch of pieces of one shape; a tensor wider than
+    ``chunk`` is cut into chunks (``_pieces``) and gets the width-weighted mean of its chunks'
+    features."""
     owners, pieces, weights = [], [], []
     for i, x in enumerate(items):
         for piece, weight in _pieces(x, chunk):
@@ -584,11 +590,7 @@ def _combined(features: torch.Tensor, typicality: dict[str, Any]) -> torch.Tenso
     ones combined are those the run's statistics name (a run trained before a feature was
     added keeps the score its training scores were computed with). About 2 per feature for a
     typical input; every unit of log p adds 2."""
-    names = typicality["features"]
-    unknown = [n for n in names if n not in FEATURES]
-    if unknown:
-        raise StyletxError(f"the run's latent statistics name features this version does not "
-                           f"compute: {', '.join(unknown)}")
+    names = _known_features(typicality)
     columns = features[:, [FEATURES.index(n) for n in names]]
     z = (columns - torch.tensor(typicality["mean"], dtype=torch.float64)) / torch.tensor(
         typicality["std"], dtype=torch.float64)
@@ -596,6 +598,17 @@ def _combined(features: torch.Tensor, typicality: dict[str, Any]) -> torch.Tenso
     log_p = torch.where(one_sided, torch.special.log_ndtr(-z),
                         torch.special.log_ndtr(-z.abs()) + math.log(2))
     return -2 * log_p.sum(1)
+
+
+def _known_features(typicality: dict[str, Any]) -> list[str]:
+    """The feature names a run's statistics list, or an error naming those this version does
+    not compute (a run from a newer version)."""
+    names = typicality["features"]
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown:
+        raise StyletxError(f"the run's latent statistics name features this version does not "
+                           f"compute: {', '.join(unknown)}")
+    return names
 
 
 def _pieces(x: torch.Tensor, chunk: int | None) -> list[tuple[torch.Tensor, int]]:
