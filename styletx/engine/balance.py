@@ -34,9 +34,8 @@ Two additions, measured on real photographs (benchmarks/RESULTS.md, "--balance a
   training's default: half). The ranking is kept; what it prevents is what the histograms did
   on real photos: all the draws on 3-24 of 109 examples, a few near-black ones among them.
 - *ELBO rarity* (``elbo_weights``, ``--balance-by elbo``, the default): the model's negative
-  ELBO bounds
-  ``-log p(x)``, so weighting by it is the same inverse-density rule with the model's own
-  density in place of per-channel histograms. On real photos it found the rare kind (its tiles
+  ELBO bounds ``-log p(x)``, so weighting by it is the same inverse-density rule with the
+  model's own density in place of per-channel histograms. On real photos it found the rare kind (its tiles
   ranked 0, 1, 6, 10, 16 of 109; the histograms 2, 3, 4, 10, 24) where the histograms drew
   unusual common tiles most, and it cost the common kind nothing beyond the seed noise where
   the histograms cost 3.5 dB on average. Early in training, when the model explains nothing
