@@ -35,11 +35,12 @@ Two additions, measured on real photographs (benchmarks/RESULTS.md, "--balance a
   on real photos: all the draws on 3-24 of 109 examples, a few near-black ones among them.
 - *ELBO rarity* (``elbo_weights``, ``--balance-by elbo``, the default): the model's negative
   ELBO bounds ``-log p(x)``, so weighting by it is the same inverse-density rule with the
-  model's own density in place of per-channel histograms. On real photos it found the rare kind (its tiles
-  ranked 0, 1, 6, 10, 16 of 109; the histograms 2, 3, 4, 10, 24) where the histograms drew
-  unusual common tiles most, and it cost the common kind nothing beyond the seed noise where
-  the histograms cost 3.5 dB on average. Early in training, when the model explains nothing
-  well, it favours busy examples instead; its strength is set by the flattening floor alone.
+  model's own density in place of per-channel histograms. On real photos it found the rare
+  kind (its tiles ranked 0, 1, 6, 10, 16 of 109; the histograms 2, 3, 4, 10, 24) where the
+  histograms drew unusual common tiles most, and it cost the common kind nothing beyond the
+  seed noise where the histograms cost 3.5 dB on average. Early in training, when the model
+  explains nothing well, it favours busy examples instead; its strength is set by the
+  flattening floor alone.
 
 Neither made a measurable gain in conversion quality on the real skewed sets: there, even
 drawing the rare kind a third of the time (an oracle) did not convert held-out rare photos
