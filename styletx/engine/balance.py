@@ -74,9 +74,7 @@ def sampling_weights(translator: LatentTranslator, crops: torch.Tensor, side: st
 def negative_elbos(translator: LatentTranslator, crops: torch.Tensor, side: str,
                    batch_size: int = 16) -> torch.Tensor:
     """``(N, C, H, W)`` examples -> ``(N,)`` the model's negative ELBO of each."""
-    return torch.cat([translator.negative_elbo(crops[start : start + batch_size].float(),
-                                               side).float().cpu()
-                      for start in range(0, len(crops), batch_size)])
+    return _in_batches(lambda batch: translator.negative_elbo(batch, side), crops, batch_size)
 
 
 def elbo_weights(scores: torch.Tensor, min_effective: float) -> torch.Tensor:
@@ -98,11 +96,15 @@ def pooled_means(translator: LatentTranslator, crops: torch.Tensor, side: str,
                  batch_size: int = 16) -> torch.Tensor:
     """``(N, C, H, W)`` examples -> ``(N, latent_channels)`` posterior means averaged over the
     latent positions."""
-    out = []
-    for start in range(0, len(crops), batch_size):
-        mu, _ = translator.encode_latent(crops[start : start + batch_size].float(), side)
-        out.append(mu.float().mean(dim=(2, 3)).cpu())
-    return torch.cat(out)
+    return _in_batches(lambda batch: translator.encode_latent(batch, side)[0].float().mean((2, 3)),
+                       crops, batch_size)
+
+
+def _in_batches(per_batch, crops: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``per_batch`` applied to ``crops`` (as float32) ``batch_size`` at a time, the results
+    joined on the CPU as float32."""
+    return torch.cat([per_batch(crops[start : start + batch_size].float()).float().cpu()
+                      for start in range(0, len(crops), batch_size)])
 
 
 def inverse_density_weights(latents: torch.Tensor, smoothing: float, bins: int = BINS,

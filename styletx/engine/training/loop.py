@@ -433,8 +433,8 @@ def _resume_prefetch(batches: CropSampler | Prefetcher) -> None:
 
 def rebalance(out: Path, step: int, translator: Translator, sampler: CropSampler,
               smoothing: float, names: dict[str, list[str]] | None,
-              group: distributed.Group, share: float = 1.0,
-              min_effective: float = 0.0, by: str = "latent") -> None:
+              group: distributed.Group, share: float, min_effective: float,
+              by: str) -> None:
     """Re-estimate each side's sampling weights from how rare its examples are (``by``: their
     latent density or the model's negative ELBO, see ``styletx.engine.balance``; flattened
     until ``min_effective`` of the examples are effectively drawn; ``share`` of the draws
