@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import styletx
-from styletx import Preset, UsageError, direction_sides
+from styletx import DIRECTIONS, Preset, UsageError, direction_sides
 from styletx.nn import (
     GAN_MODES,
     NORMS,
@@ -86,6 +86,13 @@ class CycleGANConfig:
     #                         1.45 -> 1.63 and 1.36 -> 1.50, MCD down 0.05-0.08 dB, speaker
     #                         similarity 0.814 -> 0.814 and 0.813 -> 0.804. Not in the encoder,
     #                         whose real spectrograms it would blur
+    post_filter: float = 0.0  # voice generator: after training, a post-filter of its output
+    #                           (a small network along time, styletx.audio.decoder) fitted on
+    #                           the cycle's reconstructions of each voice's own recordings,
+    #                           G_A(G_B(b)) -> b, over this many passes (at most 1000 steps, ~10
+    #                           s a direction on one core); 0 = none. It learns what the
+    #                           generator's output gets wrong that a real spectrogram has right.
+    #                           The `fast` preset: 40 (benchmarks/RESULTS.md, Voice)
     colour_path: int = 0  # ResNet generator with ``residual``: hidden width of a per-pixel
     #                       colour/tone path beside the spatial one (styletx.nn.ColourPath);
     #                       0 = none. Global grades are learned by it in a few hundred steps
@@ -141,6 +148,9 @@ class CycleGANConfig:
         if min(self.pool_size, self.lambda_cycle, self.lambda_identity, self.identity_steps) < 0:
             raise UsageError("cyclegan: pool_size, lambda_cycle, lambda_identity and "
                              "identity_steps must be >= 0")
+        if self.post_filter < 0 or (self.post_filter and self.generator != "voice"):
+            raise UsageError("cyclegan: post_filter must be >= 0, and is for the voice "
+                             "generator (generator=voice)")
         if self.bins < 1 or self.smooth_frames < 1:
             raise UsageError(f"cyclegan: bins and smooth_frames must be >= 1, not {self.bins} "
                              f"and {self.smooth_frames}")
@@ -380,6 +390,41 @@ class VoiceGenerator(nn.Module):
         return y[..., :bins, :frames]
 
 
+class PostFilter(nn.Module):
+    """``(N, C, bins, T) -> (N, C, bins, T)``: the input plus a ``FrameCorrection`` of it, a
+    small convolutional network along time with every bin in view. It starts as no change;
+    ``CycleGAN.on_trained`` fits it (``post_filter``)."""
+
+    def __init__(self, channels: int, bins: int):
+        super().__init__()
+        from styletx.audio.decoder import FrameCorrection
+
+        self.shape = (channels, bins)
+        self.net = FrameCorrection(channels * bins, channels * bins)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        # flatten/unflatten with the fixed (C, bins): no size of T in the graph, so an exported
+        # model filters inputs of any length
+        return y + self.net(y.flatten(1, 2)).unflatten(1, self.shape)
+
+    def fit(self, outputs: list[torch.Tensor], truths: list[torch.Tensor], epochs: float,
+            name: str) -> None:
+        """Fitted so that ``self(output)`` matches ``truth`` for each aligned ``(C, bins, T)``
+        pair, by L1, ``epochs`` passes over their frames."""
+        from styletx.audio.decoder import fit_correction, l1_loss, training_steps
+
+        inputs, targets = (torch.cat([x.flatten(0, 1).float().cpu() for x in xs], dim=1).numpy()
+                           for xs in (outputs, truths))
+        fitted = fit_correction(inputs, inputs, targets, training_steps(inputs.shape[1], epochs),
+                                l1_loss, name)
+        self.net.load_state_dict(fitted.state_dict())  # into this module's device
+
+    def reset(self) -> None:
+        """No change again (the output layer back to zero)."""
+        nn.init.zeros_(self.net.out.weight)
+        nn.init.zeros_(self.net.out.bias)
+
+
 class CycleGAN(styletx.Translator):
     name = "cyclegan"
     tileable = True  # convolutions and instance/group norms only
@@ -433,7 +478,8 @@ class CycleGAN(styletx.Translator):
         ),
         "fast": Preset(
             config=dict(generator="voice", ngf=32, n_blocks=4, upsample="shuffle", ndf=16,
-                        n_layers_d=3, identity_steps=500, lr=5e-4, lr_d=5e-4, smooth_frames=3),
+                        n_layers_d=3, identity_steps=500, lr=5e-4, lr_d=5e-4, smooth_frames=3,
+                        post_filter=40),
             train=dict(size=64, batch_size=4, steps=2000),
             description="a CPU and minutes: a voice model for `--minutes 10`, chosen with "
                         "benchmarks/voice_real.py (pitch all the way to the target's, part of "
@@ -441,7 +487,8 @@ class CycleGAN(styletx.Translator):
                         "one thread of 2 busy cores: the voice generator at ngf 32 with 4 "
                         "blocks, 70x70 PatchGAN at ndf 16, identity loss for the first 500 "
                         "steps, lr 5e-4 for G and D (cleaner than 1e-3 in two seeds); outputs "
-                        "smoothed over 3 frames when converting",
+                        "smoothed over 3 frames when converting, then post-filtered (fitted "
+                        "after training, ~20 s)",
         ),
         "tiny": Preset(
             config=dict(generator="voice", ngf=8, n_blocks=2, upsample="shuffle", ndf=8,
@@ -490,6 +537,9 @@ class CycleGAN(styletx.Translator):
         self.G_B_ema = WeightEMA(self.G_B, c.ema) if c.ema else None
         self.D_A = discriminator(channels_b)  # judges B-domain images: real b vs G_A(a)
         self.D_B = discriminator(channels_a)  # judges A-domain images: real a vs G_B(b)
+        # Post-filters of G_A's and G_B's output, fitted after training (``post_filter``).
+        self.P_A = PostFilter(channels_b, c.bins) if c.post_filter else None
+        self.P_B = PostFilter(channels_a, c.bins) if c.post_filter else None
         self.gan_loss = GANLoss(c.gan_mode)
         # An identity loss needs G_A(b) to be comparable with b: only for equal channel counts.
         self.use_identity = c.lambda_identity > 0 and channels_a == channels_b
@@ -504,7 +554,12 @@ class CycleGAN(styletx.Translator):
         nets = {"G_A": self.G_A, "G_B": self.G_B, "D_A": self.D_A, "D_B": self.D_B}
         if self.G_A_ema is not None:
             nets |= {"G_A_ema": self.G_A_ema, "G_B_ema": self.G_B_ema}
+        if self.P_A is not None:
+            nets |= {"P_A": self.P_A, "P_B": self.P_B}
         return nets
+
+    def _post_filter(self, direction: str) -> PostFilter | None:
+        return self.P_A if direction == "a2b" else self.P_B
 
     def _translator_net(self, direction: str) -> nn.Module:
         """The network that converts ``direction``: the averaged generator when there is one."""
@@ -703,6 +758,9 @@ class CycleGAN(styletx.Translator):
             y = net(x.to(self.device, torch.float32))
             if self.config.generator == "voice":  # converting only: training never calls this
                 y = smooth_time(y.float(), self.config.smooth_frames)
+                post_filter = self._post_filter(direction)
+                if post_filter is not None:
+                    y = post_filter(y)
         return y.float().to(x.device)
 
     def export_module(self, direction: str) -> nn.Module:
@@ -712,12 +770,35 @@ class CycleGAN(styletx.Translator):
         size, so that the padding inside its forward never happens."""
         direction_sides(direction)  # checks it
         net = self._translator_net(direction)
-        if self.config.generator == "voice":
-            padded = styletx.PadCrop(net, multiple=(1, 4), least=(0, 8), mode="replicate")
-            if self.config.smooth_frames > 1:  # as translate does
-                return nn.Sequential(padded, TimeSmoothing(self.config.smooth_frames))
-            return padded
+        if self.config.generator == "voice":  # smoothed and post-filtered as translate does
+            steps = [styletx.PadCrop(net, multiple=(1, 4), least=(0, 8), mode="replicate")]
+            if self.config.smooth_frames > 1:
+                steps.append(TimeSmoothing(self.config.smooth_frames))
+            if self._post_filter(direction) is not None:
+                steps.append(self._post_filter(direction))
+            return steps[0] if len(steps) == 1 else nn.Sequential(*steps)
         return net
+
+    def on_trained(self, run, examples: dict[str, list[torch.Tensor]], chunk: int | None) -> bool:
+        """With ``post_filter``: each direction's post-filter fitted on the cycle's
+        reconstructions of its output side's training examples (G_A(G_B(b)) against b for
+        G_A's). True then: the engine saves the fitted weights."""
+        if self.P_A is None:
+            return False
+        self.train(False)
+        for direction in DIRECTIONS:  # the reconstructions are the bare generators' output
+            self._post_filter(direction).reset()
+        pairs = {}
+        for direction in DIRECTIONS:
+            source, target = direction_sides(direction)
+            back = f"{target}2{source}"
+            truths = examples[target]
+            pairs[direction] = ([self.translate(self.translate(x[None], back), direction)[0]
+                                 for x in truths], truths)
+        for direction, (outputs, truths) in pairs.items():
+            self._post_filter(direction).fit(outputs, truths, self.config.post_filter,
+                                             f"post-filter {direction}")
+        return True
 
 
 @styletx.hookimpl

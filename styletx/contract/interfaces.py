@@ -326,11 +326,13 @@ class Translator(ABC):
 
     # -- extras the engine calls (optional) -------------------------------------------------
     def on_trained(self, run: Path, examples: dict[str, list[torch.Tensor]],
-                   chunk: int | None) -> None:
+                   chunk: int | None) -> bool | None:
         """Called when a training command has trained and saved (on the main process only),
         with each side's encoded training examples ``(C, H, W)`` and the domain's chunk width
-        (``Domain.chunk_frames``): write extra outputs into the run folder ``run``. Default:
-        nothing."""
+        (``Domain.chunk_frames``): write extra outputs into the run folder ``run``, or fit
+        parts of the networks that are fitted after training (return True: the engine then
+        saves the checkpoint again, at the same step). It must leave the RNG as it found it.
+        Default: nothing."""
 
     def input_check(self, run: Any, side: str) -> Callable[[Path, Sample], None] | None:
         """For conversion with the loaded ``run`` (a ``styletx.engine.convert.Run``): a function

@@ -389,8 +389,12 @@ class Loop:
             report("--minutes %g: time is up at step %d of %d; saved; the same command trains "
                    "the rest", self.settings.minutes, step, total)
         if self.group.is_main:  # extra outputs of the model (latent models: outlier scores)
-            self.translator.on_trained(out, self.sampler.examples,
-                                       chunk=self.prepared.domain.chunk_frames)
+            refitted = self.translator.on_trained(out, self.sampler.examples,
+                                                  chunk=self.prepared.domain.chunk_frames)
+            if refitted:  # weights fitted after training (the voice post-filter): kept too
+                p = self.prepared
+                save_training_checkpoint(out, p.run_config, step, self.translator, p.encoders,
+                                         self.batches)
         self.group.finish()
         if self.group.is_main and self.rates and self._as_the_preset_says():
             config = self.prepared.run_config  # for `styletx plugins`: what a step costs here
