@@ -393,7 +393,7 @@ class VoiceGenerator(nn.Module):
 class PostFilter(nn.Module):
     """``(N, C, bins, T) -> (N, C, bins, T)``: the input plus a ``FrameCorrection`` of it, a
     small convolutional network along time with every bin in view. It starts as no change;
-    ``CycleGAN.on_trained`` fits it (``post_filter``)."""
+    ``CycleGAN.finish_training`` fits it (``post_filter``)."""
 
     def __init__(self, channels: int, bins: int):
         super().__init__()
@@ -779,12 +779,12 @@ class CycleGAN(styletx.Translator):
             return steps[0] if len(steps) == 1 else nn.Sequential(*steps)
         return net
 
-    def on_trained(self, run, examples: dict[str, list[torch.Tensor]], chunk: int | None) -> bool:
+    def finish_training(self, examples: dict[str, list[torch.Tensor]]) -> None:
         """With ``post_filter``: each direction's post-filter fitted on the cycle's
         reconstructions of its output side's training examples (G_A(G_B(b)) against b for
-        G_A's). True then: the engine saves the fitted weights."""
+        G_A's), in evaluation mode (the engine's next step, if any, sets training mode)."""
         if self.P_A is None:
-            return False
+            return
         self.train(False)
         for direction in DIRECTIONS:  # the reconstructions are the bare generators' output
             self._post_filter(direction).reset()
@@ -798,7 +798,6 @@ class CycleGAN(styletx.Translator):
         for direction, (outputs, truths) in pairs.items():
             self._post_filter(direction).fit(outputs, truths, self.config.post_filter,
                                              f"post-filter {direction}")
-        return True
 
 
 @styletx.hookimpl

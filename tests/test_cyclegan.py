@@ -463,11 +463,10 @@ def test_voice_conversion_smooths_the_output_over_time():
 
 
 def test_voice_post_filter_learns_what_the_cycle_gets_wrong():
-    """``post_filter``: at the end of training ``on_trained`` fits each direction's post-filter
-    on the cycle's reconstructions of its output side's own examples (G_A(G_B(b)) against b
-    for G_A's) and returns True, so the engine saves it; ``translate`` applies it after the
-    smoothing. Each voice here has its own spectral envelope, which the untrained generators
-    lose and the filters put back."""
+    """``post_filter``: after the last step ``finish_training`` fits each direction's
+    post-filter on the cycle's reconstructions of its output side's own examples (G_A(G_B(b))
+    against b for G_A's); ``translate`` applies it after the smoothing. Each voice here has
+    its own spectral envelope, which the untrained generators lose and the filters put back."""
     from styletx.nn import smooth_time
 
     torch.manual_seed(0)
@@ -489,7 +488,7 @@ def test_voice_post_filter_learns_what_the_cycle_gets_wrong():
     model.train(False)
     before = {d: cycle_error(d) for d in ("a2b", "b2a")}
     rng = torch.get_rng_state()
-    assert model.on_trained(None, examples, None) is True
+    model.finish_training(examples)
     assert torch.equal(torch.get_rng_state(), rng)  # the saved RNG state stays the truth
     for direction in ("a2b", "b2a"):
         assert cycle_error(direction) < 0.6 * before[direction]  # measured: 0.25, 0.48
@@ -500,7 +499,8 @@ def test_voice_post_filter_learns_what_the_cycle_gets_wrong():
     assert not torch.allclose(expected, smooth_time(model.G_A(x), 3), atol=1e-2)
 
     plain = voice_model(bins=20)
-    assert "P_A" not in plain.networks() and plain.on_trained(None, examples, None) is False
+    assert "P_A" not in plain.networks()
+    plain.finish_training(examples)  # nothing to fit
     assert CycleGAN.domain_presets["audio"]["fast"].config["post_filter"] == 40
     with pytest.raises(UsageError, match="post_filter"):
         CycleGANConfig(post_filter=40)  # the ResNet generator has no post-filter

@@ -79,6 +79,38 @@ def test_resume_after_interruption_gives_identical_weights(scenes, tmp_path, mon
     assert steps == list(range(1, 2 * n + 1))  # no duplicated log lines after resume
 
 
+def test_what_is_fitted_after_training_is_fitted_at_the_end_and_saved(scenes, tmp_path,
+                                                                       monkeypatch):
+    """``Translator.finish_training`` (the voice post-filter's fit) runs once, after the last
+    step and before its checkpoint, which keeps what it fitted; a run stopped early by Ctrl-C
+    does not run it, the resumed run does."""
+    calls = []
+
+    def finish_training(self, examples):
+        calls.append(sorted(examples))
+        with torch.no_grad():
+            self.G_A.body[0].bias.fill_(7.0)  # stands for what it fits
+
+    original = CycleGAN.training_step
+
+    def interrupt_at_2(self, batch, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch, step)
+
+    monkeypatch.setattr(CycleGAN, "finish_training", finish_training)
+    monkeypatch.setattr(CycleGAN, "training_step", interrupt_at_2)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="step 2"):
+        train(scenes["a"], scenes["b"], run, preset="tiny", settings=settings(4))
+    assert calls == []
+    monkeypatch.setattr(CycleGAN, "training_step", original)
+    assert train(scenes["a"], scenes["b"], run, settings=settings(4)).step == 4
+    assert calls == [["a", "b"]]
+    saved = load_file(run / "model.safetensors")
+    assert torch.all(saved["net.G_A.body.0.bias"] == 7.0)
+
+
 def test_resume_refuses_contradicting_options(scenes, tmp_path):
     from styletx.contract.errors import UsageError
 

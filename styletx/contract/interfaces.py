@@ -325,14 +325,20 @@ class Translator(ABC):
                          f"export_module)")
 
     # -- extras the engine calls (optional) -------------------------------------------------
+    def finish_training(self, examples: dict[str, list[torch.Tensor]]) -> None:
+        """Called once the last step is taken (the planned count, or the last that ``--minutes``
+        allows), before that step's checkpoint is saved, on the main process only, with each
+        side's encoded training examples ``(C, H, W)``: fit what is fitted after training (the
+        voice CycleGAN's post-filters); the checkpoint saves it. Not called when a run stops
+        early (Ctrl-C, a failure): the resumed run calls it at its end. It must leave the RNG
+        as it found it (the checkpoint saves that too). Default: nothing."""
+
     def on_trained(self, run: Path, examples: dict[str, list[torch.Tensor]],
-                   chunk: int | None) -> bool | None:
+                   chunk: int | None) -> None:
         """Called when a training command has trained and saved (on the main process only),
         with each side's encoded training examples ``(C, H, W)`` and the domain's chunk width
-        (``Domain.chunk_frames``): write extra outputs into the run folder ``run``, or fit
-        parts of the networks that are fitted after training (return True: the engine then
-        saves the checkpoint again, at the same step). It must leave the RNG as it found it.
-        Default: nothing."""
+        (``Domain.chunk_frames``): write extra outputs into the run folder ``run``. Default:
+        nothing."""
 
     def input_check(self, run: Any, side: str) -> Callable[[Path, Sample], None] | None:
         """For conversion with the loaded ``run`` (a ``styletx.engine.convert.Run``): a function

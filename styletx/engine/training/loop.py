@@ -288,6 +288,9 @@ class Loop:
         if step % self.preview_every == 0 or last:
             self._save_preview()
         minutes_since_save = (time.monotonic() - self.marks.saved_at) / 60
+        if last and not self.stop.requested:  # done (or out of time), not stopped: what is
+            #                                   fitted after training goes into this checkpoint
+            self.translator.finish_training(self.sampler.examples)
         if step % self.save_every == 0 or last or minutes_since_save >= self.settings.save_minutes:
             p = self.prepared
             save_training_checkpoint(p.out, p.run_config, step, self.translator, p.encoders,
@@ -389,12 +392,8 @@ class Loop:
             report("--minutes %g: time is up at step %d of %d; saved; the same command trains "
                    "the rest", self.settings.minutes, step, total)
         if self.group.is_main:  # extra outputs of the model (latent models: outlier scores)
-            refitted = self.translator.on_trained(out, self.sampler.examples,
-                                                  chunk=self.prepared.domain.chunk_frames)
-            if refitted:  # weights fitted after training (the voice post-filter): kept too
-                p = self.prepared
-                save_training_checkpoint(out, p.run_config, step, self.translator, p.encoders,
-                                         self.batches)
+            self.translator.on_trained(out, self.sampler.examples,
+                                       chunk=self.prepared.domain.chunk_frames)
         self.group.finish()
         if self.group.is_main and self.rates and self._as_the_preset_says():
             config = self.prepared.run_config  # for `styletx plugins`: what a step costs here
