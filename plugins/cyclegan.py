@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,6 +57,10 @@ from styletx.nn import (
 )
 
 GENERATORS = ("resnet", "voice", "local")
+POST_FILTER_FRAMES = 32_768  # the post-filter is fitted on at most this many frames (~6 min of
+#                              voice at 22.05 kHz, hop 256): more than its 1000 steps can use
+POST_FILTER_CROP = 1024  # ... in pieces of at most this many frames (a long recording's
+#                          translation stays small in memory)
 
 
 @dataclasses.dataclass
@@ -86,13 +91,14 @@ class CycleGANConfig:
     #                         1.45 -> 1.63 and 1.36 -> 1.50, MCD down 0.05-0.08 dB, speaker
     #                         similarity 0.814 -> 0.814 and 0.813 -> 0.804. Not in the encoder,
     #                         whose real spectrograms it would blur
-    post_filter: float = 0.0  # voice generator: after training, a post-filter of its output
-    #                           (a small network along time, styletx.audio.decoder) fitted on
-    #                           the cycle's reconstructions of each voice's own recordings,
-    #                           G_A(G_B(b)) -> b, over this many passes (at most 1000 steps, ~10
-    #                           s a direction on one core); 0 = none. It learns what the
-    #                           generator's output gets wrong that a real spectrogram has right.
-    #                           The `fast` preset: 40 (benchmarks/RESULTS.md, Voice)
+    post_filter_epochs: float = 0.0  # voice generator: after the last step, a post-filter of
+    #                                  its output (a small network along time) is fitted on the
+    #                                  cycle's reconstructions of each voice's own recordings,
+    #                                  G_A(G_B(b)) -> b, over this many passes (at most 1000
+    #                                  steps on up to POST_FILTER_FRAMES frames: ~10 s a
+    #                                  direction on one core); 0 = none. It learns what the
+    #                                  generator's output gets wrong that a real spectrogram has
+    #                                  right. The `fast` preset: 40 (benchmarks/RESULTS.md, Voice)
     colour_path: int = 0  # ResNet generator with ``residual``: hidden width of a per-pixel
     #                       colour/tone path beside the spatial one (styletx.nn.ColourPath);
     #                       0 = none. Global grades are learned by it in a few hundred steps
@@ -148,8 +154,9 @@ class CycleGANConfig:
         if min(self.pool_size, self.lambda_cycle, self.lambda_identity, self.identity_steps) < 0:
             raise UsageError("cyclegan: pool_size, lambda_cycle, lambda_identity and "
                              "identity_steps must be >= 0")
-        if self.post_filter < 0 or (self.post_filter and self.generator != "voice"):
-            raise UsageError("cyclegan: post_filter must be >= 0, and is for the voice "
+        if self.post_filter_epochs < 0 or (self.post_filter_epochs
+                                           and self.generator != "voice"):
+            raise UsageError("cyclegan: post_filter_epochs must be >= 0, and is for the voice "
                              "generator (generator=voice)")
         if self.bins < 1 or self.smooth_frames < 1:
             raise UsageError(f"cyclegan: bins and smooth_frames must be >= 1, not {self.bins} "
@@ -393,7 +400,7 @@ class VoiceGenerator(nn.Module):
 class PostFilter(nn.Module):
     """``(N, C, bins, T) -> (N, C, bins, T)``: the input plus a ``FrameCorrection`` of it, a
     small convolutional network along time with every bin in view. It starts as no change;
-    ``CycleGAN.finish_training`` fits it (``post_filter``)."""
+    ``CycleGAN.finish_training`` fits it (``post_filter_epochs``)."""
 
     def __init__(self, channels: int, bins: int):
         super().__init__()
@@ -479,7 +486,7 @@ class CycleGAN(styletx.Translator):
         "fast": Preset(
             config=dict(generator="voice", ngf=32, n_blocks=4, upsample="shuffle", ndf=16,
                         n_layers_d=3, identity_steps=500, lr=5e-4, lr_d=5e-4, smooth_frames=3,
-                        post_filter=40),
+                        post_filter_epochs=40),
             train=dict(size=64, batch_size=4, steps=2000),
             description="a CPU and minutes: a voice model for `--minutes 10`, chosen with "
                         "benchmarks/voice_real.py (pitch all the way to the target's, part of "
@@ -537,9 +544,11 @@ class CycleGAN(styletx.Translator):
         self.G_B_ema = WeightEMA(self.G_B, c.ema) if c.ema else None
         self.D_A = discriminator(channels_b)  # judges B-domain images: real b vs G_A(a)
         self.D_B = discriminator(channels_a)  # judges A-domain images: real a vs G_B(b)
-        # Post-filters of G_A's and G_B's output, fitted after training (``post_filter``).
-        self.P_A = PostFilter(channels_b, c.bins) if c.post_filter else None
-        self.P_B = PostFilter(channels_a, c.bins) if c.post_filter else None
+        # Post-filters of G_A's and G_B's output, fitted after training (``post_filter_epochs``);
+        # built on a forked RNG, so that the same seed trains the same generators without them
+        with torch.random.fork_rng(devices=[]):
+            self.P_A = PostFilter(channels_b, c.bins) if c.post_filter_epochs else None
+            self.P_B = PostFilter(channels_a, c.bins) if c.post_filter_epochs else None
         self.gan_loss = GANLoss(c.gan_mode)
         # An identity loss needs G_A(b) to be comparable with b: only for equal channel counts.
         self.use_identity = c.lambda_identity > 0 and channels_a == channels_b
@@ -557,6 +566,11 @@ class CycleGAN(styletx.Translator):
         if self.P_A is not None:
             nets |= {"P_A": self.P_A, "P_B": self.P_B}
         return nets
+
+    def generator_networks(self) -> dict[str, nn.Module]:
+        """The generators (and their averages): the post-filters are no part of a training
+        step, so ``--compile`` leaves them alone."""
+        return {name: net for name, net in self.networks().items() if name.startswith("G")}
 
     def _post_filter(self, direction: str) -> PostFilter | None:
         return self.P_A if direction == "a2b" else self.P_B
@@ -756,7 +770,7 @@ class CycleGAN(styletx.Translator):
         net = self._translator_net(direction)
         with torch.no_grad(), self.autocast():
             y = net(x.to(self.device, torch.float32))
-            if self.config.generator == "voice":  # converting only: training never calls this
+            if self.config.generator == "voice":  # converting: training steps never call this
                 y = smooth_time(y.float(), self.config.smooth_frames)
                 post_filter = self._post_filter(direction)
                 if post_filter is not None:
@@ -780,24 +794,44 @@ class CycleGAN(styletx.Translator):
         return net
 
     def finish_training(self, examples: dict[str, list[torch.Tensor]]) -> None:
-        """With ``post_filter``: each direction's post-filter fitted on the cycle's
-        reconstructions of its output side's training examples (G_A(G_B(b)) against b for
-        G_A's), in evaluation mode (the engine's next step, if any, sets training mode)."""
+        """With ``post_filter_epochs``: each direction's post-filter fitted on the cycle's
+        reconstructions of its output side's training examples (for G_A's: b through
+        ``translate`` to A and back, so each generator's output smoothed as when converting,
+        against b), on seeded pieces of them (``_post_filter_pieces``). Left in evaluation
+        mode."""
         if self.P_A is None:
             return
         self.train(False)
-        for direction in DIRECTIONS:  # the reconstructions are the bare generators' output
+        for direction in DIRECTIONS:  # the reconstructions are the unfiltered generators'
             self._post_filter(direction).reset()
         pairs = {}
         for direction in DIRECTIONS:
             source, target = direction_sides(direction)
+            truths = _post_filter_pieces(examples[target])
             back = f"{target}2{source}"
-            truths = examples[target]
             pairs[direction] = ([self.translate(self.translate(x[None], back), direction)[0]
                                  for x in truths], truths)
         for direction, (outputs, truths) in pairs.items():
-            self._post_filter(direction).fit(outputs, truths, self.config.post_filter,
+            self._post_filter(direction).fit(outputs, truths, self.config.post_filter_epochs,
                                              f"post-filter {direction}")
+
+
+def _post_filter_pieces(examples: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Up to ``POST_FILTER_FRAMES`` frames of ``examples`` in seeded pieces of at most
+    ``POST_FILTER_CROP`` frames: every example while they fit (two minutes of voice: all of
+    it), else a seeded choice. The same examples give the same pieces."""
+    rng = np.random.default_rng(0)
+    fits = sum(min(x.shape[-1], POST_FILTER_CROP) for x in examples) <= POST_FILTER_FRAMES
+    pieces, total = [], 0
+    for i in range(len(examples)) if fits else rng.permutation(len(examples)):
+        x = examples[int(i)]
+        frames = min(x.shape[-1], POST_FILTER_CROP, POST_FILTER_FRAMES - total)
+        if frames < 1:
+            break
+        start = int(rng.integers(0, x.shape[-1] - frames + 1))
+        pieces.append(x[..., start:start + frames])
+        total += frames
+    return pieces
 
 
 @styletx.hookimpl

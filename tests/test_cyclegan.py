@@ -463,7 +463,7 @@ def test_voice_conversion_smooths_the_output_over_time():
 
 
 def test_voice_post_filter_learns_what_the_cycle_gets_wrong():
-    """``post_filter``: after the last step ``finish_training`` fits each direction's
+    """``post_filter_epochs``: after the last step ``finish_training`` fits each direction's
     post-filter on the cycle's reconstructions of its output side's own examples (G_A(G_B(b))
     against b for G_A's); ``translate`` applies it after the smoothing. Each voice here has
     its own spectral envelope, which the untrained generators lose and the filters put back."""
@@ -476,7 +476,7 @@ def test_voice_post_filter_learns_what_the_cycle_gets_wrong():
         return [(envelope + 0.3 * torch.randn(20, 200)).unsqueeze(0) for _ in range(3)]
 
     examples = {"a": voice(1.0), "b": voice(-2.0)}
-    model = voice_model(bins=20, post_filter=400, smooth_frames=3)  # ~470 steps
+    model = voice_model(bins=20, post_filter_epochs=400, smooth_frames=3)  # ~470 steps
     assert set(model.networks()) >= {"P_A", "P_B"}
 
     def cycle_error(direction: str) -> float:
@@ -501,11 +501,35 @@ def test_voice_post_filter_learns_what_the_cycle_gets_wrong():
     plain = voice_model(bins=20)
     assert "P_A" not in plain.networks()
     plain.finish_training(examples)  # nothing to fit
-    assert CycleGAN.domain_presets["audio"]["fast"].config["post_filter"] == 40
-    with pytest.raises(UsageError, match="post_filter"):
-        CycleGANConfig(post_filter=40)  # the ResNet generator has no post-filter
-    with pytest.raises(UsageError, match="post_filter"):
-        CycleGANConfig(generator="voice", post_filter=-1)
+    assert CycleGAN.domain_presets["audio"]["fast"].config["post_filter_epochs"] == 40
+    with pytest.raises(UsageError, match="post_filter_epochs"):
+        CycleGANConfig(post_filter_epochs=40)  # the ResNet generator has no post-filter
+    with pytest.raises(UsageError, match="post_filter_epochs"):
+        CycleGANConfig(generator="voice", post_filter_epochs=-1)
+
+
+def test_post_filter_pieces_are_bounded_and_seeded():
+    """The post-filter is fitted on at most POST_FILTER_FRAMES frames in pieces of at most
+    POST_FILTER_CROP (an hour of voice costs no more than a few minutes of it); examples that
+    fit are all used, whole and in order; the same examples give the same pieces. Building the
+    filters draws nothing from the RNG that training draws from."""
+    from styletx.plugins.cyclegan import POST_FILTER_CROP, POST_FILTER_FRAMES, _post_filter_pieces
+
+    short = [torch.randn(1, 4, n) for n in (50, 70, 30)]
+    assert all(a is b or torch.equal(a, b) for a, b in zip(_post_filter_pieces(short), short))
+    long = [torch.randn(1, 4, 5000) for _ in range(40)]
+    pieces = _post_filter_pieces(long)
+    assert max(x.shape[-1] for x in pieces) <= POST_FILTER_CROP
+    assert sum(x.shape[-1] for x in pieces) == POST_FILTER_FRAMES
+    assert all(torch.equal(a, b) for a, b in zip(pieces, _post_filter_pieces(long)))
+
+    draws = []
+    for epochs in (0, 40):
+        torch.manual_seed(0)
+        voice_model(bins=20, post_filter_epochs=epochs)
+        draws.append(torch.rand(3))
+    assert torch.equal(*draws)
+    assert set(voice_model(bins=20, post_filter_epochs=40).generator_networks()) == {"G_A", "G_B"}
 
 
 def test_voice_translator_sizes_and_translate():

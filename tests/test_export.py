@@ -54,7 +54,7 @@ def runs(trained_run, scenes, tmp_path_factory):
                            "--size", "16")
     out["voice"] = train(voices["a"], voices["b"], root / "voice", "--size", "32",
                          "--batch-size", "2", "--set", "smooth_frames=3",  # exported too
-                         "--set", "post_filter=2")
+                         "--set", "post_filter_epochs=2")
     return out
 
 

@@ -111,6 +111,19 @@ def test_what_is_fitted_after_training_is_fitted_at_the_end_and_saved(scenes, tm
     assert torch.all(saved["net.G_A.body.0.bias"] == 7.0)
 
 
+def test_a_failure_fitting_after_training_costs_no_step(scenes, tmp_path, monkeypatch,
+                                                       caplog):
+    """An exception from ``finish_training`` is a warning: the last steps are saved."""
+    def finish_training(self, examples):
+        raise RuntimeError("out of memory fitting the post-filter")
+
+    monkeypatch.setattr(CycleGAN, "finish_training", finish_training)
+    result = train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny", settings=settings(3))
+    assert result.step == 3 and load_resume(tmp_path / "run")["step"] == 3
+    assert ("cyclegan: fitting after training failed (RuntimeError: out of memory fitting the "
+            "post-filter); the run is saved without it") in caplog.text
+
+
 def test_resume_refuses_contradicting_options(scenes, tmp_path):
     from styletx.contract.errors import UsageError
 

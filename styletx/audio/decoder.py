@@ -113,7 +113,8 @@ def fit_correction(inputs: np.ndarray, base: np.ndarray, targets: np.ndarray, st
     recordings concatenated. On one CPU thread, whatever torch's setting: its convolutions are
     too small to gain from a second thread, and on cores busy with other work two threads took
     15-20x as long as one (100 steps: 38-48 s against 2.5 s, measured on 2 shared cores). One
-    thread also makes the result the same for every ``--threads``; the RNG is left as it was."""
+    thread also makes the result the same for every ``--threads``; the RNG (CPU and CUDA) is
+    left as it was."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -130,8 +131,8 @@ def _fit(inputs: torch.Tensor, base: torch.Tensor, targets: torch.Tensor, steps:
     segment = min(SEGMENT, inputs.shape[1])
     starts = np.random.default_rng(SEED).integers(0, inputs.shape[1] - segment + 1,
                                                   (steps, BATCH))
-    torch.manual_seed(SEED)
-    net = FrameCorrection(inputs.shape[0], base.shape[0])
+    torch.random.default_generator.manual_seed(SEED)  # the CPU's only: torch.manual_seed
+    net = FrameCorrection(inputs.shape[0], base.shape[0])  # would reseed CUDA's too
     optimiser = torch.optim.Adam(net.parameters(), lr=LR)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, [steps // 2, 3 * steps // 4], 0.5)
     started, losses = time.perf_counter(), []

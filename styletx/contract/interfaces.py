@@ -330,8 +330,9 @@ class Translator(ABC):
         allows), before that step's checkpoint is saved, on the main process only, with each
         side's encoded training examples ``(C, H, W)``: fit what is fitted after training (the
         voice CycleGAN's post-filters); the checkpoint saves it. Not called when a run stops
-        early (Ctrl-C, a failure): the resumed run calls it at its end. It must leave the RNG
-        as it found it (the checkpoint saves that too). Default: nothing."""
+        early (Ctrl-C, a failure): the resumed run calls it at its end. An exception from it
+        is a warning, and the checkpoint is saved without what it would have fitted. It must
+        leave the RNG as it found it (the checkpoint saves that too). Default: nothing."""
 
     def on_trained(self, run: Path, examples: dict[str, list[torch.Tensor]],
                    chunk: int | None) -> None:

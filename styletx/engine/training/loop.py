@@ -239,6 +239,7 @@ class Loop:
         self.tensorboard = (TensorBoardLog(prepared.out, self.start)
                             if settings.log_to and group.is_main else None)
         self.stop: _StopAtStepBoundary | None = None
+        self.out_of_time = False  # --minutes: the last step's check of the time budget
         self.failure: str | None = None
         self.rates: list[float] = []  # steps/s of each logged period of this command
 
@@ -269,8 +270,8 @@ class Loop:
         for scheduler in self.translator.schedulers.values():
             scheduler.step()
         self.step += 1
-        out_of_time = self.budget is not None and self.budget.spent()
-        stopping = self.group.any(self.stop.requested or out_of_time, self.device)
+        self.out_of_time = self.budget is not None and self.budget.spent()
+        stopping = self.group.any(self.stop.requested or self.out_of_time, self.device)
         revised = self.budget and self.budget.revised_total(self.step, self.plan.steps,
                                                             time.monotonic())
         if revised:
@@ -288,15 +289,23 @@ class Loop:
         if step % self.preview_every == 0 or last:
             self._save_preview()
         minutes_since_save = (time.monotonic() - self.marks.saved_at) / 60
-        if last and not self.stop.requested:  # done (or out of time), not stopped: what is
-            #                                   fitted after training goes into this checkpoint
-            self.translator.finish_training(self.sampler.examples)
+        if step == self.plan.steps or (stopping and self.out_of_time):
+            self._finish_training()  # done, or out of time (not Ctrl-C): into this checkpoint
         if step % self.save_every == 0 or last or minutes_since_save >= self.settings.save_minutes:
             p = self.prepared
             save_training_checkpoint(p.out, p.run_config, step, self.translator, p.encoders,
                                      self.batches)
             self.marks.saved, self.marks.saved_at = step, time.monotonic()
             self._refresh_report(last)
+
+    def _finish_training(self) -> None:
+        """``Translator.finish_training``; a failure there (say, out of memory) is a warning:
+        the steps trained are saved all the same, without what it would have fitted."""
+        try:
+            self.translator.finish_training(self.sampler.examples)
+        except Exception as exc:  # noqa: BLE001 - a plugin's extra must not cost the steps
+            log.warning("%s: fitting after training failed (%s); the run is saved without it",
+                        self.translator.name, one_line(exc))
 
     def _refresh_report(self, last: bool) -> None:
         """The run report follows the checkpoints (at most every REPORT_SECONDS, and at the
