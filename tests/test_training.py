@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 
@@ -118,7 +119,11 @@ def test_a_failure_fitting_after_training_costs_no_step(scenes, tmp_path, monkey
         raise RuntimeError("out of memory fitting the post-filter")
 
     monkeypatch.setattr(CycleGAN, "finish_training", finish_training)
-    result = train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny", settings=settings(3))
+    # the CLI's tests turn the styletx logger's propagation off; caplog listens at the root
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
+    with caplog.at_level("WARNING", logger="styletx"):
+        result = train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny",
+                       settings=settings(3))
     assert result.step == 3 and load_resume(tmp_path / "run")["step"] == 3
     assert ("cyclegan: fitting after training failed (RuntimeError: out of memory fitting the "
             "post-filter); the run is saved without it") in caplog.text
