@@ -274,16 +274,16 @@ def train(data: Path, run: Path, preset: str, minutes: float | None, steps: int 
 
 
 def convert_metrics(data: Path, run: Path, out: Path, pseudo_inverse: bool = False,
-                    post_filter_epochs: bool = True) -> dict[str, dict[str, float]]:
+                    post_filter: bool = True) -> dict[str, dict[str, float]]:
     """The held-out A sentences converted by ``run``, measured against B saying them; the
     untouched source and the real target are measured alike, for reference. With
     ``pseudo_inverse`` the run's learned decoder is left out (as styletx decoded before it);
-    without ``post_filter_epochs`` the voice generator's post-filter is (as it converted before)."""
+    without ``post_filter`` the voice generator's post-filter is (as it converted before)."""
     model = styletx.load_run(run, device="cpu")
     if pseudo_inverse:
         for encoder in model.encoders.values():
             encoder.decoder, encoder.params["gl_iters"] = None, 32
-    for name in ("P_A", "P_B") if not post_filter_epochs else ():
+    for name in ("P_A", "P_B") if not post_filter else ():
         if getattr(model.translator, name, None) is not None:
             getattr(model.translator, name).reset()
     model.convert_files([data / "test_a"], out)
@@ -299,7 +299,7 @@ def convert_metrics(data: Path, run: Path, out: Path, pseudo_inverse: bool = Fal
     f0 = {kind: table[kind]["median_f0"] for kind in table}
     table["converted"]["f0_progress"] = ((f0["converted"] - f0["source"])
                                          / (f0["target"] - f0["source"]))
-    if not pseudo_inverse and post_filter_epochs:
+    if not pseudo_inverse and post_filter:
         table["converted"]["rtf_10s"] = real_time_factor(data, run, out)
     return table
 
@@ -376,7 +376,7 @@ def main() -> None:
                             args.steps, args.encoder)
             print(f"trained --preset {args.preset} in {seconds:.0f} s: {run}")
         results = convert_metrics(args.data, run, work / "converted", args.pseudo_inverse,
-                                  not args.no_post_filter_epochs)
+                                  not args.no_post_filter)
         print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
