@@ -427,9 +427,8 @@ class PostFilter(nn.Module):
         self.net.load_state_dict(fitted.state_dict())  # into this module's device
 
     def reset(self) -> None:
-        """No change again (the output layer back to zero)."""
-        nn.init.zeros_(self.net.out.weight)
-        nn.init.zeros_(self.net.out.bias)
+        """No change again."""
+        self.net.reset()
 
 
 class CycleGAN(styletx.Translator):

@@ -59,11 +59,15 @@ class FrameCorrection(nn.Module):
                        nn.LeakyReLU(0.2)]
         self.hidden = nn.Sequential(*hidden)
         self.out = nn.Conv1d(width, n_out, 1)
-        nn.init.zeros_(self.out.weight)  # starts as no correction: never worse at first
-        nn.init.zeros_(self.out.bias)
+        self.reset()  # starts as no correction: never worse at first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.hidden(x))
+
+    def reset(self) -> None:
+        """No correction again: the output layer back to zero."""
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> FrameCorrection:
