@@ -84,6 +84,7 @@ def square_tiles(photo: Image.Image, side: int, tile: int) -> list[Image.Image]:
 
 # -- tasks: B = task(A) ----------------------------------------------------------------------------
 SEPIA = np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]])
+CYANOTYPE = SEPIA[::-1]  # sepia's rows for red and blue swapped: a cold monochrome
 
 
 def grade(task: str, image: Image.Image) -> Image.Image:
@@ -92,6 +93,8 @@ def grade(task: str, image: Image.Image) -> Image.Image:
     x = np.asarray(image, np.float64) / 255
     if task == "sepia":
         y = x @ SEPIA.T
+    elif task == "cyanotype":
+        y = x @ CYANOTYPE.T
     elif task == "split_tone":
         luma = (x @ [0.299, 0.587, 0.114])[..., None]
         y = x + 0.18 * (1 - luma) ** 2 * [-1.0, 0.3, 0.6] + 0.18 * luma**2 * [0.9, 0.3, -0.9]

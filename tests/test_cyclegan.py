@@ -672,6 +672,9 @@ def test_presets_per_domain():
     assert (d.identity_steps, d.lr, d.lr_d, d.upsample) == (10_000, 2e-4, 1e-4, "shuffle")
     assert audio["default"].train["batch_size"] == 1
     assert audio["tiny"].train == dict(size=64, batch_size=4, steps=300)
+    # fast: identity loss for the whole run, 300 steps (600 drifted from the target voice)
+    assert CycleGANConfig(**audio["fast"].config).identity_steps == 0
+    assert audio["fast"].train["steps"] == 300
 
 
 # -- voice learning check -----------------------------------------------------------------------
