@@ -297,9 +297,10 @@ def make_oracle_data(skewed: dict[str, Path], common: dict[str, int],
 
 
 def balance_experiment(args, folders: dict[str, Path]) -> dict:
-    """The fast vaegan on the skewed set, --balance-steps steps, for each of BALANCE_ARMS and
-    --balance-seeds (two runs at a time, one thread each): PSNR against the true sepia on
-    held-out common and rare photos."""
+    """The fast vaegan on the skewed set (B's rare kind graded --rare-grade), --balance-steps
+    steps, for each of the BALANCE_ARMS named by --balance-arms and each of --balance-seeds
+    (two runs at a time, one thread each): PSNR against the true grade on held-out common and
+    rare photos."""
     own = "" if args.rare_grade == "sepia" else f"-{args.rare_grade}"  # the folders' suffix
     skewed = make_skewed_data(args.out / f"skewed{own}", folders, args.rare_grade)
     common = {side: len(list(folders[side].glob("*.png"))) for side in ("train_a", "train_b")}
