@@ -360,20 +360,19 @@ def report(results: dict) -> str:
     presets = [p for p in results if p != "balance"]
     kinds = [*OUTLIER_KINDS, *HARD_KINDS]
     lines = []
-    if presets:
+    if presets:  # none with --presets "" (the --balance experiment alone)
         lines += ["| preset | " + " | ".join(kinds) + " | mean (w/o objects) | held-out flagged |",
                   "|---" * (len(kinds) + 3) + "|"]
-    for p in presets:
-        o = results[p]["outliers"]
-        lines.append(f"| {p} | " + " | ".join(f"{o[k]['auc']:.3f}" for k in kinds)
-                     + f" | {o['mean auc']:.3f} | {o['in-domain flagged']} |")
-    if presets:
+        for p in presets:
+            o = results[p]["outliers"]
+            lines.append(f"| {p} | " + " | ".join(f"{o[k]['auc']:.3f}" for k in kinds)
+                         + f" | {o['mean auc']:.3f} | {o['in-domain flagged']} |")
         distances = results[presets[0]]["sample MMD"]
         lines += ["", "| preset | " + " | ".join(distances) + " |",
                   "|---" * (len(distances) + 1) + "|"]
-    for p in presets:
-        lines.append(f"| {p} | " + " | ".join(f"{v:.3f}" for v in
-                                               results[p]["sample MMD"].values()) + " |")
+        for p in presets:
+            lines.append(f"| {p} | " + " | ".join(f"{v:.3f}" for v in
+                                                   results[p]["sample MMD"].values()) + " |")
     if "balance" in results:
         b = results["balance"]
         lines += ["", "| fast vaegan, skewed set | seed | common PSNR dB | rare PSNR dB |",
@@ -406,6 +405,9 @@ def main() -> None:
                         help="--balance: the grade of B's rare kind (sepia: the common kind's)")
     parser.add_argument("--out", type=Path, default=Path("latent-benchmark"))
     args = parser.parse_args()
+    unknown = set(args.balance_arms.split(",")) - {name for name, _ in BALANCE_ARMS.values()}
+    if unknown:
+        parser.error(f"--balance-arms: no arm {', '.join(sorted(unknown))}")
     import torch
 
     torch.set_num_threads(1)
