@@ -16,6 +16,7 @@ held-out sentences are said by both, so every conversion has its true target. Th
     python benchmarks/voice_real.py --data /tmp/voice-real decoders
     python benchmarks/voice_real.py --data /tmp/voice-real convert --preset fast --minutes 10
     python benchmarks/voice_real.py --data /tmp/voice-real convert --run runs/it   # a run
+    python benchmarks/voice_real.py --data /tmp/voice-more --more-speech convert  # 4.6 min a voice
 
 Needs Festival with the two voices (``apt-get install festival festvox-itapc16k
 festvox-italp16k``) to render the data once, and the measurement packages of the ``bench``
@@ -120,6 +121,107 @@ SENTENCES = [
 ]
 
 
+# --more-speech: training sentences beyond SENTENCES' (about 4.6 min a voice in all, not 1.8)
+MORE_SENTENCES = [
+    "Il postino suona due volte quando porta un pacco pesante.",
+    "La farmacia della piazza resta aperta anche la domenica.",
+    "Abbiamo visto un arcobaleno sopra le colline dopo il temporale.",
+    "Il cuoco ha aggiunto basilico fresco alla salsa di pomodoro.",
+    "Le rondini tornano ogni primavera sotto il tetto della stalla.",
+    "Mio zio costruisce barche di legno nel suo piccolo cantiere.",
+    "La lezione di storia è durata più del previsto.",
+    "Il sindaco ha inaugurato il nuovo parco vicino al fiume.",
+    "Ogni mattina bevo un bicchiere d'acqua prima di colazione.",
+    "La sarta ha accorciato i pantaloni in meno di un'ora.",
+    "I turisti fotografavano la torre dalla piazza principale.",
+    "Il temporale ha spento le luci di tutto il quartiere.",
+    "Abbiamo comprato un tappeto rosso per il salotto.",
+    "La squadra ha vinto la partita all'ultimo minuto.",
+    "Il contadino raccoglie le olive alla fine di ottobre.",
+    "Ho dimenticato di chiudere la finestra della camera.",
+    "Il traghetto per l'isola parte ogni mattina alle otto.",
+    "La professoressa ha spiegato la lezione con molta calma.",
+    "Un gruppo di ciclisti attraversava il ponte sul torrente.",
+    "La pasticceria vende biscotti alle mandorle e torte di riso.",
+    "Il vento ha rovesciato i vasi sul balcone.",
+    "Mia cugina studia medicina all'università di Bologna.",
+    "Il cinema del paese proietta film vecchi il mercoledì.",
+    "Le campane della chiesa suonano a mezzogiorno in punto.",
+    "Abbiamo passato la notte in un rifugio di montagna.",
+    "Il pescatore ha riparato la rete seduto sul molo.",
+    "La lampada della scrivania si è rotta ieri sera.",
+    "Gli studenti hanno organizzato una festa per la fine dell'anno.",
+    "Il treno regionale si ferma in tutte le stazioni.",
+    "La pioggia battente ha allagato la cantina.",
+    "Il bambino ha costruito un castello di sabbia sulla spiaggia.",
+    "Il parrucchiere apre alle nove e chiude alle sette.",
+    "Ho letto il giornale seduto al tavolino del bar.",
+    "Il giardino botanico ospita piante da tutto il mondo.",
+    "Mio padre prepara il caffè con la vecchia moka.",
+    "La nebbia copriva la pianura fino a mezzogiorno.",
+    "Il meccanico ha cambiato le gomme della macchina.",
+    "La zia ha portato una crostata di albicocche.",
+    "Le foglie gialle cadevano lentamente sul viale.",
+    "Il concerto di beneficenza ha raccolto molti soldi.",
+    "Abbiamo dipinto la cucina di un giallo chiaro.",
+    "Il cane del vicino dorme sempre davanti al cancello.",
+    "La nave da crociera è entrata nel porto all'alba.",
+    "Il vigile ha fermato il traffico per far passare la scuola.",
+    "Ogni inverno andiamo a sciare sulle Alpi.",
+    "La bibliotecaria mi ha consigliato un romanzo giallo.",
+    "Il fuoco d'artificio ha illuminato il cielo sopra il lago.",
+    "Il falegname ha costruito una libreria su misura.",
+    "La mattina presto il mercato del pesce è già affollato.",
+    "Mio nonno coltiva rose nel giardino dietro casa.",
+    "Il corriere ha lasciato il pacco dal portiere.",
+    "La gara di corsa parte dalla piazza del municipio.",
+    "Abbiamo mangiato gli spaghetti alle vongole in riva al mare.",
+    "La luna piena si rifletteva sull'acqua del canale.",
+    "Il dentista mi ha dato appuntamento per giovedì.",
+    "Le api ronzavano tra i fiori di lavanda.",
+    "Il professore ha corretto gli esami durante il fine settimana.",
+    "Una lunga coda di macchine aspettava al casello.",
+    "La mia vicina suona il pianoforte ogni sera.",
+    "Il ghiaccio sul lago era abbastanza spesso per pattinare.",
+    "Hanno aperto una nuova libreria accanto alla posta.",
+    "Il gelataio prepara il gelato al pistacchio ogni giorno.",
+    "La tempesta ha abbattuto due alberi nel parco.",
+    "Ho prenotato un tavolo per quattro persone alle otto.",
+    "Il pastore guidava le pecore giù dalla montagna.",
+    "La sala d'attesa era piena di gente stanca.",
+    "Il ciclista si è fermato a bere alla fontana.",
+    "Mia madre ha cucito una coperta di lana per l'inverno.",
+    "Il vecchio mulino sul fiume è diventato un museo.",
+    "La banda del paese suona in piazza la domenica.",
+    "Abbiamo visto i delfini saltare vicino alla barca.",
+    "Il fruttivendolo vende ciliegie dolcissime a giugno.",
+    "La scuola resterà chiusa per la neve.",
+    "Il ragazzo ha perso il portafoglio sull'autobus.",
+    "Le luci della città brillavano sotto la collina.",
+    "Il vino di quest'anno sarà pronto a primavera.",
+    "La segretaria ha spedito le lettere prima di pranzo.",
+    "Il sentiero costeggia il lago fino al villaggio.",
+    "Ho trovato un gattino infreddolito sotto la macchina.",
+    "La fiera del libro si tiene ogni anno a maggio.",
+    "Il calzolaio ha riparato i miei stivali in un giorno.",
+    "La cena era pronta quando siamo arrivati a casa.",
+    "Un vecchio pescatore raccontava storie di mare.",
+    "Il giardiniere ha potato le siepi del cortile.",
+    "La radio annunciava traffico intenso in autostrada.",
+    "Le colline toscane sono verdi in primavera.",
+    "Il pittore ha esposto i suoi quadri in una piccola galleria.",
+    "Abbiamo acceso il camino per la prima volta quest'anno.",
+    "La stazione era deserta a quell'ora di notte.",
+    "Il maestro di musica ha diretto il coro della scuola.",
+    "Le nuvole si sono aperte e il sole è tornato.",
+    "Il pane appena sfornato profumava tutta la via.",
+    "Mio fratello ha trovato lavoro in una fabbrica di biciclette.",
+    "La ragazza ha raccolto conchiglie lungo la riva.",
+    "Il circo è arrivato in città con elefanti e giocolieri.",
+    "Abbiamo festeggiato il compleanno della nonna in giardino.",
+]
+
+
 # -- data ------------------------------------------------------------------------------------
 
 def split_sentences(sentences: list[str], held_out: int) -> dict[str, list[str]]:
@@ -131,21 +233,35 @@ def split_sentences(sentences: list[str], held_out: int) -> dict[str, list[str]]
     return {"a": train[0::2], "b": train[1::2], "test_a": test, "test_b": test}
 
 
-def render_data(data: Path) -> None:
+def sentence_list(more_speech: bool) -> list[str]:
+    """SENTENCES, or with ``more_speech`` MORE_SENTENCES inserted before the held-out ones: the
+    same held-out test and the same first training files, more training files after them."""
+    if not more_speech:
+        return SENTENCES
+    return SENTENCES[:-HELD_OUT] + MORE_SENTENCES + SENTENCES[-HELD_OUT:]
+
+
+def render_data(data: Path, more_speech: bool = False) -> None:
     """The four folders of ``split_sentences`` under ``data`` as 16 kHz WAVs, and the sentences
-    in ``data/SENTENCES.json``, written last: an interrupted rendering starts again."""
-    if (data / "SENTENCES.json").exists():
+    in ``data/SENTENCES.json``, written last: an interrupted rendering starts again. A folder
+    rendered from the other sentence list is an error, not a silent mix."""
+    folders = split_sentences(sentence_list(more_speech), HELD_OUT)
+    done = data / "SENTENCES.json"
+    if done.exists():
+        if json.loads(done.read_text()) != folders:
+            flag = "without" if more_speech else "with"
+            raise SystemExit(f"{data} holds the data rendered {flag} --more-speech: "
+                             f"pass another --data")
         return
     if shutil.which("text2wave") is None:
         raise SystemExit(f"Festival's text2wave is not installed: {INSTALL}")
-    folders = split_sentences(SENTENCES, HELD_OUT)
     for folder, sentences in folders.items():
         (data / folder).mkdir(parents=True, exist_ok=True)
         prefix = "held" if folder.startswith("test") else folder
         for i, text in enumerate(sentences):
             speak(text, VOICES[folder[-1]], data / folder / f"{prefix}_{i:02d}.wav")
-    (data / "SENTENCES.json").write_text(json.dumps(folders, indent=1, ensure_ascii=False))
-    print(f"rendered {len(SENTENCES)} sentences with {VOICES} into {data}")
+    done.write_text(json.dumps(folders, indent=1, ensure_ascii=False))
+    print(f"rendered {len(sentence_list(more_speech))} sentences with {VOICES} into {data}")
 
 
 def speak(text: str, voice: str, path: Path) -> None:
@@ -359,9 +475,12 @@ def main() -> None:
     parser.add_argument("--no-post-filter", action="store_true",
                         help="convert: without the voice generator's post-filter")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--more-speech", action="store_true",
+                        help="data: render MORE_SENTENCES too (4.6 min of training speech a "
+                             "voice, not 1.8; into its own --data folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    render_data(args.data)
+    render_data(args.data, args.more_speech)
     if args.what == "data":
         return
     bench_packages()  # before any long work: say now what is missing

@@ -484,18 +484,19 @@ class CycleGAN(styletx.Translator):
         ),
         "fast": Preset(
             config=dict(generator="voice", ngf=32, n_blocks=4, upsample="shuffle", ndf=16,
-                        n_layers_d=3, lr=5e-4, lr_d=5e-4, smooth_frames=3,
+                        n_layers_d=3, lr=5e-4, lr_d=5e-4, r1=1.0, smooth_frames=3,
                         post_filter_epochs=40),
             train=dict(size=64, batch_size=4, steps=300),
             description="a CPU and minutes: a voice model for `--minutes 10`, chosen with "
                         "benchmarks/voice_real.py (pitch all the way to the target's, part of "
                         "the timbre); 1.2-1.8 s a step at 128 bins x 64 frames, batch 4, on "
                         "one thread of 2 busy cores: the voice generator at ngf 32 with 4 "
-                        "blocks, 70x70 PatchGAN at ndf 16, identity loss throughout, lr 5e-4 "
-                        "for G and D (cleaner than 1e-3 in two seeds), 300 steps (600 were "
-                        "worse on two minutes of speech: MCD 3.0 -> 3.5-4.0 dB); outputs "
-                        "smoothed over 3 frames when converting, then post-filtered (fitted "
-                        "after training, ~20 s)",
+                        "blocks, 70x70 PatchGAN at ndf 16 with an R1 penalty (1: without it "
+                        "600 steps drifted from the target voice, MCD 3.0 -> 3.6-3.7 dB; with "
+                        "it 600 and 1200 hold), identity loss throughout, lr 5e-4 for G and D "
+                        "(cleaner than 1e-3 in two seeds), 300 steps; outputs smoothed over 3 "
+                        "frames when converting, then post-filtered (fitted after training, "
+                        "~20 s)",
         ),
         "tiny": Preset(
             config=dict(generator="voice", ngf=8, n_blocks=2, upsample="shuffle", ndf=8,

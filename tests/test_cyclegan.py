@@ -672,8 +672,10 @@ def test_presets_per_domain():
     assert (d.identity_steps, d.lr, d.lr_d, d.upsample) == (10_000, 2e-4, 1e-4, "shuffle")
     assert audio["default"].train["batch_size"] == 1
     assert audio["tiny"].train == dict(size=64, batch_size=4, steps=300)
-    # fast: identity loss for the whole run, 300 steps (600 drifted from the target voice)
-    assert CycleGANConfig(**audio["fast"].config).identity_steps == 0
+    # fast: identity loss for the whole run and R1 on the discriminators, 300 steps (600
+    # without both drifted from the target voice)
+    fast = CycleGANConfig(**audio["fast"].config)
+    assert (fast.identity_steps, fast.r1) == (0, 1.0)
     assert audio["fast"].train["steps"] == 300
 
 
