@@ -16,7 +16,7 @@ held-out sentences are said by both, so every conversion has its true target. Th
     python benchmarks/voice_real.py --data /tmp/voice-real decoders
     python benchmarks/voice_real.py --data /tmp/voice-real convert --preset fast --minutes 10
     python benchmarks/voice_real.py --data /tmp/voice-real convert --run runs/it   # a run
-    python benchmarks/voice_real.py --data /tmp/voice-more --more-speech convert  # 4.6 min a voice
+    python benchmarks/voice_real.py --data /tmp/voice-more --more-speech convert  # 4.1 min a voice
 
 Needs Festival with the two voices (``apt-get install festival festvox-itapc16k
 festvox-italp16k``) to render the data once, and the measurement packages of the ``bench``
@@ -121,7 +121,7 @@ SENTENCES = [
 ]
 
 
-# --more-speech: training sentences beyond SENTENCES' (about 4.6 min a voice in all, not 1.8)
+# --more-speech: training sentences beyond SENTENCES' (4.1 min a voice in all, not 1.8)
 MORE_SENTENCES = [
     "Il postino suona due volte quando porta un pacco pesante.",
     "La farmacia della piazza resta aperta anche la domenica.",
@@ -476,7 +476,7 @@ def main() -> None:
                         help="convert: without the voice generator's post-filter")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--more-speech", action="store_true",
-                        help="data: render MORE_SENTENCES too (4.6 min of training speech a "
+                        help="render MORE_SENTENCES too (4.1 min of training speech a "
                              "voice, not 1.8; into its own --data folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
