@@ -3,6 +3,7 @@ on a real-sounding voice, saved and loaded with the encoder, and absent from old
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -105,16 +106,35 @@ def test_training_steps_follow_the_audio_up_to_a_cap():
     assert training_steps(10**8, 40) == MAX_STEPS
 
 
-def test_the_benchmark_splits_training_sentences_into_unpaired_halves():
+def voice_benchmark():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
         "voice_real", Path(__file__).parents[1] / "benchmarks" / "voice_real.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_benchmark_splits_training_sentences_into_unpaired_halves():
+    bench = voice_benchmark()
     folders = bench.split_sentences([f"s{i}" for i in range(10)], held_out=3)
     assert folders["test_a"] == folders["test_b"] == ["s7", "s8", "s9"]
     assert not set(folders["a"]) & set(folders["b"])
     assert sorted(folders["a"] + folders["b"]) == [f"s{i}" for i in range(7)]
     with pytest.raises(ValueError, match="held-out"):
         bench.split_sentences(["x", "y"], held_out=2)
+
+
+def test_more_speech_keeps_the_test_and_the_first_files_and_refuses_the_other_folder(tmp_path):
+    bench = voice_benchmark()
+    standard, more = (bench.split_sentences(bench.sentence_list(m), bench.HELD_OUT)
+                      for m in (False, True))
+    assert more["test_a"] == standard["test_a"] and more["test_b"] == standard["test_b"]
+    for side in ("a", "b"):  # the same files first, then more of them
+        assert more[side][: len(standard[side])] == standard[side]
+        assert len(more[side]) == len(standard[side]) + len(bench.MORE_SENTENCES) // 2
+    (tmp_path / "SENTENCES.json").write_text(json.dumps(standard))
+    bench.render_data(tmp_path)  # rendered already: nothing to do
+    with pytest.raises(SystemExit, match="rendered without --more-speech: pass another --data"):
+        bench.render_data(tmp_path, more_speech=True)
