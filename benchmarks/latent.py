@@ -274,6 +274,7 @@ BALANCE_ARMS = {  # the --balance experiment's runs: label -> (run folder, extra
         "latent-sharp", ("--balance", "--balance-by", "latent", "--balance-min-effective", "0")),
     "oracle (rare tiles copied 10x)": ("oracle", ()),
 }
+ARM_NAMES = [name for name, _ in BALANCE_ARMS.values()]  # what --balance-arms names
 ORACLE_COPIES = 10  # the oracle's copies of each rare training tile: a third of the draws
 
 
@@ -309,7 +310,8 @@ def balance_experiment(args, folders: dict[str, Path]) -> dict:
              for kind in ("common", "rare")}
     result: dict = {"untouched": {kind: round(baseline(folders)["psnr"], 2)
                                   for kind, folders in tests.items()}}
-    arms = [arm for arm in BALANCE_ARMS if BALANCE_ARMS[arm][0] in args.balance_arms.split(",")]
+    chosen = args.balance_arms.split(",")
+    arms = [arm for arm, (name, _) in BALANCE_ARMS.items() if name in chosen]
     jobs = [(arm, seed) for seed in args.balance_seeds.split(",") for arm in arms]
 
     def one(job: tuple[str, str]) -> None:
@@ -398,14 +400,14 @@ def main() -> None:
                         help="also the --balance experiment (5 fast runs per seed)")
     parser.add_argument("--balance-steps", type=int, default=1000)
     parser.add_argument("--balance-seeds", default="0,1,2,3")
-    parser.add_argument("--balance-arms", default=",".join(a for a, _ in BALANCE_ARMS.values()),
+    parser.add_argument("--balance-arms", default=",".join(ARM_NAMES),
                         help="the runs of the --balance experiment, by folder name")
     parser.add_argument("--rare-grade", default="sepia",
                         choices=("sepia", "cyanotype", "split_tone"),
                         help="--balance: the grade of B's rare kind (sepia: the common kind's)")
     parser.add_argument("--out", type=Path, default=Path("latent-benchmark"))
     args = parser.parse_args()
-    unknown = set(args.balance_arms.split(",")) - {name for name, _ in BALANCE_ARMS.values()}
+    unknown = set(args.balance_arms.split(",")) - set(ARM_NAMES)
     if unknown:
         parser.error(f"--balance-arms: no arm {', '.join(sorted(unknown))}")
     import torch

@@ -245,7 +245,8 @@ def render_data(data: Path, more_speech: bool = False) -> None:
     """The four folders of ``split_sentences`` under ``data`` as 16 kHz WAVs, and the sentences
     in ``data/SENTENCES.json``, written last: an interrupted rendering starts again. A folder
     rendered from the other sentence list is an error, not a silent mix."""
-    folders = split_sentences(sentence_list(more_speech), HELD_OUT)
+    sentences = sentence_list(more_speech)
+    folders = split_sentences(sentences, HELD_OUT)
     done = data / "SENTENCES.json"
     if done.exists():
         if json.loads(done.read_text()) != folders:
@@ -255,13 +256,13 @@ def render_data(data: Path, more_speech: bool = False) -> None:
         return
     if shutil.which("text2wave") is None:
         raise SystemExit(f"Festival's text2wave is not installed: {INSTALL}")
-    for folder, sentences in folders.items():
+    for folder, texts in folders.items():
         (data / folder).mkdir(parents=True, exist_ok=True)
         prefix = "held" if folder.startswith("test") else folder
-        for i, text in enumerate(sentences):
+        for i, text in enumerate(texts):
             speak(text, VOICES[folder[-1]], data / folder / f"{prefix}_{i:02d}.wav")
     done.write_text(json.dumps(folders, indent=1, ensure_ascii=False))
-    print(f"rendered {len(sentence_list(more_speech))} sentences with {VOICES} into {data}")
+    print(f"rendered {len(sentences)} sentences with {VOICES} into {data}")
 
 
 def speak(text: str, voice: str, path: Path) -> None:
