@@ -391,12 +391,14 @@ def train(data: Path, run: Path, preset: str, minutes: float | None, steps: int 
 
 
 def convert_metrics(data: Path, run: Path, out: Path, pseudo_inverse: bool = False,
-                    post_filter: bool = True) -> dict[str, dict[str, float]]:
+                    post_filter: bool = True,
+                    vocoder: str = "griffinlim") -> dict[str, dict[str, float]]:
     """The held-out A sentences converted by ``run``, measured against B saying them; the
     untouched source and the real target are measured alike, for reference. With
     ``pseudo_inverse`` the run's learned decoder is left out (as styletx decoded before it);
-    without ``post_filter`` the voice generator's post-filter is (as it converted before)."""
-    model = styletx.load_run(run, device="cpu")
+    without ``post_filter`` the voice generator's post-filter is (as it converted before);
+    ``vocoder`` is convert's --vocoder."""
+    model = styletx.load_run(run, device="cpu", vocoder=vocoder)
     if pseudo_inverse:
         for encoder in model.encoders.values():
             encoder.decoder, encoder.params["gl_iters"] = None, 32
@@ -417,7 +419,7 @@ def convert_metrics(data: Path, run: Path, out: Path, pseudo_inverse: bool = Fal
     table["converted"]["f0_progress"] = ((f0["converted"] - f0["source"])
                                          / (f0["target"] - f0["source"]))
     if not pseudo_inverse and post_filter:
-        table["converted"]["rtf_10s"] = real_time_factor(data, run, out)
+        table["converted"]["rtf_10s"] = real_time_factor(data, run, out, vocoder)
     return table
 
 
@@ -436,7 +438,7 @@ def utterance_metrics(path: Path, target: Path, similarity: SpeakerSimilarity,
             "median_f0": median_f0_of(path), "speaker_sim": similarity(wave), **naturalness(wave)}
 
 
-def real_time_factor(data: Path, run: Path, work: Path) -> float:
+def real_time_factor(data: Path, run: Path, work: Path, vocoder: str) -> float:
     """Seconds to convert a ``RTF_SECONDS`` file (held-out A sentences joined), loading the
     run included, over its duration."""
     import soundfile as sf
@@ -447,7 +449,8 @@ def real_time_factor(data: Path, run: Path, work: Path) -> float:
     source.parent.mkdir(parents=True, exist_ok=True)
     sf.write(source, long, RATE)
     started = time.perf_counter()
-    styletx.load_run(run, device="cpu").convert_files([source], work / "rtf-out")
+    styletx.load_run(run, device="cpu", vocoder=vocoder).convert_files([source],
+                                                                       work / "rtf-out")
     return (time.perf_counter() - started) / RTF_SECONDS
 
 
@@ -475,6 +478,8 @@ def main() -> None:
                         help="convert: decode without the run's learned decoder")
     parser.add_argument("--no-post-filter", action="store_true",
                         help="convert: without the voice generator's post-filter")
+    parser.add_argument("--vocoder", choices=["griffinlim", "world"], default="griffinlim",
+                        help="convert: convert's --vocoder")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--more-speech", action="store_true",
                         help="render MORE_SENTENCES too (4.1 min of training speech a "
@@ -496,7 +501,7 @@ def main() -> None:
                             args.steps, args.encoder)
             print(f"trained --preset {args.preset} in {seconds:.0f} s: {run}")
         results = convert_metrics(args.data, run, work / "converted", args.pseudo_inverse,
-                                  not args.no_post_filter)
+                                  not args.no_post_filter, args.vocoder)
         print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -319,6 +319,11 @@ def _relaunch_with_torchrun(nproc: int) -> None:
 @click.option("--normalize", type=click.Choice(["loudness", "peak"]), default=None,
               help="Voice: scale each output to its input's loudness (default; silence stays "
                    "silent) or its peak to -0.1 dBFS.")
+@click.option("--vocoder", type=click.Choice(["griffinlim", "world"]), default=None,
+              help="Voice (mel and stft runs): turn spectrograms into sound by Griffin-Lim "
+                   "(default) or re-synthesise that with the WORLD vocoder from the input's "
+                   "pitch: a cleaner voice, a little further from the target's timbre (needs "
+                   "styletx[world]; docs/voice.md).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
               show_default=True,
               help="bf16: faster on GPUs and on CPUs with bf16 instructions, with slightly "
@@ -326,14 +331,14 @@ def _relaunch_with_torchrun(nproc: int) -> None:
 @threads_option
 @reports_errors
 def convert(run, inputs, out_dir, direction, batch_size, out_format, device, keep_dropout,
-            normalize, precision):
+            normalize, vocoder, precision):
     """Convert files and folders (recursively) with the model in RUN."""
     from tqdm import tqdm
 
     from styletx.engine.convert import load_run
 
     model = load_run(run, device=device, registry=registry(), keep_dropout=keep_dropout,
-                     precision=precision, normalize=normalize)
+                     precision=precision, normalize=normalize, vocoder=vocoder)
     with tqdm(unit="file", file=sys.stderr, disable=None) as bar:
         progress = _PlainProgress(bar, "converted")
 

@@ -228,10 +228,11 @@ class MelEncoder(SpectrogramEncoder):
         from styletx.audio.dsp import stft_magnitude
 
         p = self.params
-        linear = np.concatenate([stft_magnitude(self.resample(s), p["n_fft"], p["hop"])
-                                 for s in samples], axis=1)
+        waves = [self.resample(s) for s in samples]
+        linear = np.concatenate([stft_magnitude(w, p["n_fft"], p["hop"]) for w in waves], axis=1)
         log_mel = self._log_mel(linear)
         self._fit_statistics(log_mel)
+        self._fit_pitch(waves)
         self.decoder = None
         if p["decoder_epochs"] > 0:
             self.decoder = self._fit_decoder(linear, log_mel)

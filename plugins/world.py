@@ -42,7 +42,6 @@ folder's mean aperiodicity: a monotone voice, for listening to the envelope only
 from __future__ import annotations
 
 import dataclasses
-import warnings
 import weakref
 from collections.abc import Sequence
 
@@ -50,8 +49,9 @@ import numpy as np
 import torch
 
 import styletx
-from styletx import Encoder, StyletxError, UsageError
+from styletx import Encoder, UsageError
 from styletx.audio import NORMALIZE, AudioSample, resampled, scaled_output
+from styletx.audio.vocoder import MIN_VOICED, moved_f0, pyworld, robust_log_f0, stretched
 from styletx.nn import smooth_time
 
 DEFAULTS = {
@@ -65,7 +65,6 @@ DEFAULTS = {
     "smooth_energy": 5,  # frames: the decoded envelope's level (its coefficient 0) is smoothed
     #                      over this many frames (a Hann window); 1 = not at all. See below
 }
-MIN_VOICED = 10  # voiced frames an utterance needs for its own log-F0 spread
 FITTED = ("mean", "std", "log_f0", "aperiodicity")  # the state saved with a run
 
 
@@ -81,17 +80,6 @@ class Analysis:
 
 # (id of a wave, its rate, the settings) -> (a weak reference to the wave, its analysis)
 _ANALYSES: dict[tuple, tuple[weakref.ref, Analysis]] = {}
-
-
-def _pyworld():
-    try:
-        with warnings.catch_warnings():  # pyworld 0.3.5 imports the deprecated pkg_resources
-            warnings.simplefilter("ignore", UserWarning)
-            import pyworld
-    except ImportError:
-        raise StyletxError("the world encoder needs the pyworld package: "
-                           "pip install 'styletx[world]'") from None
-    return pyworld
 
 
 class WorldEncoder(Encoder):
@@ -135,7 +123,7 @@ class WorldEncoder(Encoder):
         return analysis
 
     def _analyse(self, wave: np.ndarray) -> Analysis:
-        pw, p = _pyworld(), self.params
+        pw, p = pyworld(), self.params
         x = np.ascontiguousarray(wave, np.float64)
         f0, times = pw.harvest(x, p["rate"], f0_floor=p["f0_floor"], f0_ceil=p["f0_ceil"],
                                frame_period=p["frame_period"])
@@ -147,7 +135,7 @@ class WorldEncoder(Encoder):
     def synthesise(self, f0: np.ndarray, envelope: np.ndarray,
                    aperiodicity: np.ndarray) -> np.ndarray:
         """Per-frame F0, coded envelope and coded aperiodicity -> a float32 wave."""
-        pw, p = _pyworld(), self.params
+        pw, p = pyworld(), self.params
         fft = pw.get_cheaptrick_fft_size(p["rate"], p["f0_floor"])
         envelope = pw.decode_spectral_envelope(np.ascontiguousarray(envelope, np.float64),
                                                p["rate"], fft)
@@ -158,16 +146,9 @@ class WorldEncoder(Encoder):
 
     def converted_f0(self, f0: np.ndarray) -> np.ndarray:
         """The source's F0 moved to this side's log-F0 centre and spread (unvoiced stays 0)."""
-        voiced = f0 > 0
-        if not voiced.any():
+        if not (f0 > 0).any():
             return f0
-        log_f0 = np.log(f0[voiced])
-        centre, spread = _robust_statistics(log_f0)
-        target_centre, target_spread = self.log_f0
-        ratio = target_spread / spread if voiced.sum() >= MIN_VOICED and spread > 1e-6 else 1.0
-        out = np.zeros_like(f0)
-        out[voiced] = np.exp((log_f0 - centre) * ratio + target_centre)
-        return out
+        return moved_f0(f0, robust_log_f0(f0), tuple(self.log_f0))
 
     # -- Encoder interface -------------------------------------------------------------------
     def fit(self, samples: Sequence[AudioSample]) -> None:
@@ -177,7 +158,7 @@ class WorldEncoder(Encoder):
         self.std = np.maximum(envelopes.std(axis=0), 1e-3)
         f0 = np.concatenate([a.f0 for a in analyses])
         if (f0 > 0).sum() >= MIN_VOICED:
-            centre, spread = _robust_statistics(np.log(f0[f0 > 0]))
+            centre, spread = robust_log_f0(f0)
             self.log_f0 = np.array([centre, max(spread, 1e-3)])
         self.aperiodicity = np.concatenate([a.aperiodicity for a in analyses]).mean(axis=0)
 
@@ -201,8 +182,8 @@ class WorldEncoder(Encoder):
         frames = len(envelope)
         if like is not None:
             source = self.analyse(like)
-            f0 = _stretched(self.converted_f0(source.f0), frames)
-            aperiodicity = _stretched(source.aperiodicity, frames)
+            f0 = stretched(self.converted_f0(source.f0), frames)
+            aperiodicity = stretched(source.aperiodicity, frames)
         else:  # a monotone voice at the side's mean pitch (see the module docstring)
             f0 = np.full(frames, np.exp(self.log_f0[0]))
             aperiodicity = np.tile(self._mean_aperiodicity(), (frames, 1))
@@ -217,27 +198,8 @@ class WorldEncoder(Encoder):
     def _mean_aperiodicity(self) -> np.ndarray:
         if self.aperiodicity.size:
             return self.aperiodicity
-        bands = _pyworld().get_num_aperiodicities(self.params["rate"])
+        bands = pyworld().get_num_aperiodicities(self.params["rate"])
         return np.zeros(bands)  # not fitted: fully periodic
-
-
-def _robust_statistics(log_f0: np.ndarray) -> tuple[float, float]:
-    """The median and the spread (1.4826 times the median absolute deviation: the standard
-    deviation for a normal distribution) of log F0. Harvest doubles or halves the pitch of a
-    few frames at voicing edges, which pulled a synthetic 110 Hz voice's mean to 135 Hz; the
-    median stays at 111."""
-    centre = float(np.median(log_f0))
-    return centre, 1.4826 * float(np.median(np.abs(log_f0 - centre)))
-
-
-def _stretched(values: np.ndarray, frames: int) -> np.ndarray:
-    """Per-frame ``values`` (frames first) at ``frames`` frames, by the nearest frame: the
-    model's output can differ from its source by the padding of a frame or two."""
-    if len(values) == frames:
-        return values
-    index = np.minimum((np.arange(frames) * len(values) / max(frames, 1)).astype(int),
-                       len(values) - 1)
-    return values[index]
 
 
 @styletx.hookimpl

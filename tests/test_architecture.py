@@ -16,7 +16,8 @@ PACKAGE = ROOT / "styletx"
 # What the built-in plugins (and third-party ones, docs/plugins.md) may import from styletx.
 PUBLIC_MODULES = {"styletx", "styletx.nn", "styletx.image", "styletx.image.metrics",
                   "styletx.image.previews", "styletx.audio", "styletx.audio.dsp",
-                  "styletx.audio.metrics", "styletx.audio.previews", "styletx.audio.decoder"}
+                  "styletx.audio.metrics", "styletx.audio.previews", "styletx.audio.decoder",
+                  "styletx.audio.vocoder"}
 # layer -> the styletx layers it must not import (at any depth of the module)
 FORBIDDEN = {
     "contract": ("styletx.engine", "styletx.tools", "styletx.plugins", "styletx.cli"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -50,6 +51,32 @@ def test_tiny_voice_model_moves_pitch_and_envelope_towards_the_target(voice_run,
               f" -> {f0:.0f} Hz (target {median_f0(truth, RATE):.0f})")
         assert after < before - 0.5
         assert abs(np.log(f0 / HIGH.f0_hz)) < abs(np.log(f0 / LOW.f0_hz))  # nearer the target
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyworld") is None,
+                    reason="pyworld is not installed")  # .ci/run installs it
+def test_vocoder_world_converts_at_the_targets_pitch_and_images_refuse_it(voice_run, voices,
+                                                                          trained_run, styletx,
+                                                                          tmp_path):
+    import styletx as api
+
+    assert np.exp(api.load_run(voice_run).encoders["b"].pitch[0]) == pytest.approx(
+        HIGH.f0_hz, rel=0.1)  # fitted in training
+    result = styletx("convert", voice_run, voices["test_a"], "-o", tmp_path / "out",
+                     "--device", "cpu", "--vocoder", "world")
+    assert result.exit_code == 0, result.stderr
+    for target in sorted(voices["test_b"].glob("*.flac")):
+        source, _ = sf.read(voices["test_a"] / target.name, dtype="float32")
+        converted, _ = sf.read(tmp_path / "out" / target.name, dtype="float32")
+        truth, _ = sf.read(target, dtype="float32")
+        assert len(converted) == len(source)
+        assert mcd(converted, truth, RATE) < mcd(source, truth, RATE) - 0.5
+        assert median_f0(converted, RATE) == pytest.approx(HIGH.f0_hz, rel=0.1)
+    refused = styletx("convert", trained_run, voices["test_a"], "-o", tmp_path / "img",
+                      "--vocoder", "world", "--device", "cpu")
+    assert refused.exit_code == 2 and len(refused.error_lines) == 1
+    assert "--vocoder is for spectrogram voice runs" in refused.error_lines[0]
+    assert not (tmp_path / "img").exists()
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@
     from styletx.audio.dsp import stft_magnitude, mel_filterbank, mel_to_linear, griffinlim
     from styletx.audio.metrics import mcd, log_f0_rmse
     from styletx.audio.decoder import MelToLinear, fit_mel_decoder  # learned mel decoder
+    from styletx.audio.vocoder import world_resynthesis, moved_f0  # WORLD (needs pyworld)
 """
 
 from styletx.audio.encoder import (

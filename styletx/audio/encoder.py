@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from styletx.audio.sample import AudioSample
+from styletx.audio.vocoder import VOCODERS, has_pyworld, pitch_statistics, world_resynthesis
 from styletx.contract.errors import UsageError
 from styletx.contract.interfaces import Encoder
 
@@ -102,6 +103,8 @@ class SpectrogramEncoder(Encoder):
     channels = 1
     NORMALIZE = NORMALIZE  # the choices of ``normalize``
     normalize = "loudness"  # conversion may set it (convert --normalize)
+    VOCODERS = VOCODERS  # the choices of ``vocoder``
+    vocoder = "griffinlim"  # conversion may set it (convert --vocoder; styletx.audio.vocoder)
     decodes_on_device = True  # Griffin-Lim on the GPU when converting on one
     defaults = FEATURE_DEFAULTS  # the settings a subclass takes, with their defaults
 
@@ -117,6 +120,7 @@ class SpectrogramEncoder(Encoder):
             )
         self.mean = np.zeros(self.bins, np.float32)
         self.std = np.ones(self.bins, np.float32)
+        self.pitch = None  # [centre, spread] of the voice's log F0, for --vocoder world
 
     # -- subclass parts: the bins, the log spectrogram and its linear magnitude --------------
     @property
@@ -138,20 +142,33 @@ class SpectrogramEncoder(Encoder):
         return resampled(sample, self.params["rate"])
 
     def fit(self, samples: Sequence[AudioSample]) -> None:
-        self._fit_statistics(np.concatenate([self.log_spectrogram(self.resample(s))
-                                             for s in samples], axis=1))
+        waves = [self.resample(s) for s in samples]
+        self._fit_statistics(np.concatenate([self.log_spectrogram(w) for w in waves], axis=1))
+        self._fit_pitch(waves)
 
     def _fit_statistics(self, frames: np.ndarray) -> None:
         """Per-bin mean and spread of ``(bins, frames)`` log spectrograms."""
         self.mean = frames.mean(axis=1).astype(np.float32)
         self.std = np.maximum(frames.std(axis=1), 1e-3).astype(np.float32)
 
+    def _fit_pitch(self, waves: Sequence[np.ndarray]) -> None:
+        """The voice's pitch statistics for ``--vocoder world``, when pyworld is installed
+        (about 1.5 s for two minutes of speech); without them that vocoder estimates the
+        pitch from each decoded wave, a little less cleanly (docs/voice.md)."""
+        self.pitch = pitch_statistics(waves, self.params["rate"]) if has_pyworld() else None
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std)}
+        state = {"mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std)}
+        if self.pitch is not None:
+            state["pitch"] = torch.from_numpy(np.asarray(self.pitch, np.float64))
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Statistics; a run fitted without pyworld installed, or by an earlier styletx,
+        has no pitch."""
         self.mean = state["mean"].numpy().astype(np.float32)
         self.std = state["std"].numpy().astype(np.float32)
+        self.pitch = state["pitch"].numpy().astype(np.float64) if "pitch" in state else None
 
     def encode(self, sample: AudioSample) -> torch.Tensor:
         log_spec = self.log_spectrogram(self.resample(sample))
@@ -191,11 +208,18 @@ class SpectrogramEncoder(Encoder):
             if on_gpu:
                 batch = batch.cpu().numpy()
             for i, wave in zip(items, batch):
-                waves[i] = wave
+                waves[i] = self._vocoded(np.asarray(wave, np.float32), likes[i])
         return [AudioSample(scaled_output(np.asarray(wave, np.float32), p["rate"], like,
                                           self.normalize),
                             p["rate"], like.format if like else None)
                 for wave, like in zip(waves, likes)]
+
+    def _vocoded(self, wave: np.ndarray, like: AudioSample | None) -> np.ndarray:
+        """Griffin-Lim's wave, or with ``vocoder`` "world" and a source to take the pitch
+        from, its WORLD re-synthesis (previews, which have none, stay Griffin-Lim's)."""
+        if self.vocoder != "world" or like is None:
+            return wave
+        return world_resynthesis(wave, self.resample(like), self.params["rate"], self.pitch)
 
     def _length(self, like: AudioSample | None, frames: int) -> int | None:
         """The output's length in samples: the source's duration when it fits the frame count,

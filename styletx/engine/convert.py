@@ -67,7 +67,7 @@ class ConversionReport:
 
 def load_run(path: Path | str, device: str = "auto", registry: Registry | None = None,
              keep_dropout: bool = False, precision: str = "fp32",
-             normalize: str | None = None) -> "Run":
+             normalize: str | None = None, vocoder: str | None = None) -> "Run":
     """Load a run folder's model for conversion (weights only; no code runs from the files).
 
     The networks run in evaluation mode; ``keep_dropout`` leaves their dropout layers on, for
@@ -75,10 +75,13 @@ def load_run(path: Path | str, device: str = "auto", registry: Registry | None =
     ``precision`` "bf16" runs the networks under bf16 autocast: faster on GPUs and on CPUs with
     bf16 instructions (1.65x for 256 px images with the default CycleGAN on an AVX512-BF16
     CPU), with slightly different output (41 dB PSNR against fp32 there). ``normalize``
-    ("loudness" or "peak"; voice runs only) sets how decoded voices are scaled."""
+    ("loudness" or "peak"; voice runs only) sets how decoded voices are scaled, ``vocoder``
+    ("griffinlim" or "world"; spectrogram voice runs only) how they are turned into sound."""
     run = Run(Path(path), device, registry or get_registry(), keep_dropout, precision)
     if normalize is not None:
         run.set_normalize(normalize)
+    if vocoder is not None:
+        run.set_vocoder(vocoder)
     return run
 
 
@@ -129,6 +132,24 @@ class Run:
             if normalize not in choices:
                 raise UsageError(f"--normalize {normalize}: use one of {', '.join(choices)}")
             encoder.normalize = normalize
+
+    def set_vocoder(self, vocoder: str) -> None:
+        """How decoded spectrograms become sound, for encoders that offer a choice
+        (``vocoder`` and its choices ``VOCODERS``: the spectrogram encoders' "griffinlim" or
+        "world", styletx.audio.vocoder). Checks that pyworld is there before anything is
+        converted."""
+        from styletx.audio.vocoder import pyworld
+
+        for side, encoder in self.encoders.items():
+            choices = getattr(encoder, "VOCODERS", None)
+            if choices is None:
+                raise UsageError(f"--vocoder is for spectrogram voice runs: {self.path}'s "
+                                 f"{side.upper()} side has the {encoder.name} encoder")
+            if vocoder not in choices:
+                raise UsageError(f"--vocoder {vocoder}: use one of {', '.join(choices)}")
+            encoder.vocoder = vocoder
+        if vocoder == "world":
+            pyworld()
 
     # -- tensors and samples -----------------------------------------------------------------
     def convert_tensor(self, x: torch.Tensor, direction: str = "a2b",
