@@ -15,7 +15,14 @@ import numpy as np
 import torch
 
 from styletx.audio.sample import AudioSample
-from styletx.audio.vocoder import VOCODERS, has_pyworld, pitch_statistics, world_resynthesis
+from styletx.audio.vocoder import (
+    LEVEL_BANDS,
+    VOCODERS,
+    has_pyworld,
+    pitch_statistics,
+    with_band_levels,
+    world_resynthesis,
+)
 from styletx.contract.errors import UsageError
 from styletx.contract.interfaces import Encoder
 
@@ -208,18 +215,28 @@ class SpectrogramEncoder(Encoder):
             if on_gpu:
                 batch = batch.cpu().numpy()
             for i, wave in zip(items, batch):
-                waves[i] = self._vocoded(np.asarray(wave, np.float32), likes[i])
+                waves[i] = self._vocoded(np.asarray(wave, np.float32), likes[i], magnitude[i])
         return [AudioSample(scaled_output(np.asarray(wave, np.float32), p["rate"], like,
                                           self.normalize),
                             p["rate"], like.format if like else None)
                 for wave, like in zip(waves, likes)]
 
-    def _vocoded(self, wave: np.ndarray, like: AudioSample | None) -> np.ndarray:
+    def _vocoded(self, wave: np.ndarray, like: AudioSample | None,
+                 magnitude: np.ndarray) -> np.ndarray:
         """Griffin-Lim's wave, or with ``vocoder`` "world" and a source to take the pitch
-        from, its WORLD re-synthesis (previews, which have none, stay Griffin-Lim's)."""
+        from, its WORLD re-synthesis with the band levels of the decoded ``magnitude``
+        (previews, which have no source, stay Griffin-Lim's)."""
+        from styletx.audio.dsp import mel_filterbank
+
         if self.vocoder != "world" or like is None:
             return wave
-        return world_resynthesis(wave, self.resample(like), self.params["rate"], self.pitch)
+        p = self.params
+        voice = world_resynthesis(wave, self.resample(like), p["rate"], self.pitch)
+        if voice is wave:  # nothing voiced to re-synthesise
+            return wave
+        bands = mel_filterbank(p["rate"], p["n_fft"], LEVEL_BANDS)
+        return with_band_levels(voice, magnitude, np.asarray(bands, np.float64), p["n_fft"],
+                                p["hop"])
 
     def _length(self, like: AudioSample | None, frames: int) -> int | None:
         """The output's length in samples: the source's duration when it fits the frame count,
