@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import pytest
 
+from styletx.audio.dsp import mel_filterbank, stft_magnitude
 from styletx.audio.metrics import mcd, median_f0
 from styletx.audio.synth import HIGH, LOW, utterance
-from styletx.audio.vocoder import pitch_statistics, world_resynthesis
+from styletx.audio.vocoder import pitch_statistics, with_band_levels, world_resynthesis
 from styletx.contract.errors import StyletxError
 from styletx.plugins.audio import AudioSample, MelEncoder
 
@@ -63,6 +64,22 @@ def test_the_spectrogram_encoders_fit_and_keep_the_pitch(low):
     again = MelEncoder(decoder_epochs=0)
     again.load_state_dict(encoder.state_dict())
     assert np.array_equal(again.pitch, encoder.pitch)
+
+
+def test_band_levels_follow_the_decoded_spectrogram_and_keep_the_fine_structure(low, high):
+    bands = mel_filterbank(RATE, 1024, 40).astype(np.float64)
+    same = with_band_levels(low, stft_magnitude(low, 1024, 256), bands, 1024, 256)
+    snr_db = 10 * np.log10(np.sum(low ** 2) / np.sum((same - low) ** 2))
+    assert snr_db > 40  # its own levels: the wave comes back
+    louder = with_band_levels(low, 2 * stft_magnitude(low, 1024, 256), bands, 1024, 256)
+    assert np.sqrt(np.mean(louder ** 2) / np.mean(low ** 2)) == pytest.approx(2, rel=0.02)
+    # the high voice's band levels on the low voice's harmonics: its timbre, the low pitch
+    moved = with_band_levels(low, stft_magnitude(high, 1024, 256)[:, :len(low) // 256 + 1],
+                             bands, 1024, 256)
+    assert mcd(moved, high, RATE) < mcd(low, high, RATE) - 1.0
+    assert median_f0(moved, RATE) == pytest.approx(median_f0(low, RATE), rel=0.05)
+    with pytest.raises(ValueError, match="frames"):
+        with_band_levels(low[:-1024], stft_magnitude(low, 1024, 256), bands, 1024, 256)
 
 
 def test_without_pyworld_training_fits_no_pitch_and_the_vocoder_says_what_to_install(
