@@ -392,12 +392,13 @@ def train(data: Path, run: Path, preset: str, minutes: float | None, steps: int 
 
 def convert_metrics(data: Path, run: Path, out: Path, pseudo_inverse: bool = False,
                     post_filter: bool = True,
-                    vocoder: str = "griffinlim") -> dict[str, dict[str, float]]:
+                    vocoder: str | None = None) -> dict[str, dict[str, float]]:
     """The held-out A sentences converted by ``run``, measured against B saying them; the
     untouched source and the real target are measured alike, for reference. With
     ``pseudo_inverse`` the run's learned decoder is left out (as styletx decoded before it);
     without ``post_filter`` the voice generator's post-filter is (as it converted before);
-    ``vocoder`` is convert's --vocoder."""
+    ``vocoder`` is convert's --vocoder (None: the run's default; the world encoder has no
+    choice)."""
     model = styletx.load_run(run, device="cpu", vocoder=vocoder)
     if pseudo_inverse:
         for encoder in model.encoders.values():
@@ -438,7 +439,7 @@ def utterance_metrics(path: Path, target: Path, similarity: SpeakerSimilarity,
             "median_f0": median_f0_of(path), "speaker_sim": similarity(wave), **naturalness(wave)}
 
 
-def real_time_factor(data: Path, run: Path, work: Path, vocoder: str) -> float:
+def real_time_factor(data: Path, run: Path, work: Path, vocoder: str | None) -> float:
     """Seconds to convert a ``RTF_SECONDS`` file (held-out A sentences joined), loading the
     run included, over its duration."""
     import soundfile as sf
@@ -478,8 +479,9 @@ def main() -> None:
                         help="convert: decode without the run's learned decoder")
     parser.add_argument("--no-post-filter", action="store_true",
                         help="convert: without the voice generator's post-filter")
-    parser.add_argument("--vocoder", choices=["griffinlim", "world"], default="griffinlim",
-                        help="convert: convert's --vocoder")
+    parser.add_argument("--vocoder", choices=["griffinlim", "world"],
+                        help="convert: convert's --vocoder (default: Griffin-Lim for mel and "
+                             "stft runs)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--more-speech", action="store_true",
                         help="render MORE_SENTENCES too (4.1 min of training speech a "

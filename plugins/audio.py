@@ -230,9 +230,10 @@ class MelEncoder(SpectrogramEncoder):
         p = self.params
         waves = [self.resample(s) for s in samples]
         linear = np.concatenate([stft_magnitude(w, p["n_fft"], p["hop"]) for w in waves], axis=1)
+        self._fit_pitch(waves)
+        del waves  # the decoder's fit below needs only the spectrograms
         log_mel = self._log_mel(linear)
         self._fit_statistics(log_mel)
-        self._fit_pitch(waves)
         self.decoder = None
         if p["decoder_epochs"] > 0:
             self.decoder = self._fit_decoder(linear, log_mel)

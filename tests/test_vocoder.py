@@ -53,7 +53,20 @@ def test_without_fitted_statistics_the_pitch_centre_is_the_decoded_waves(low, hi
 @needs_pyworld
 def test_an_unvoiced_source_leaves_the_decoded_wave_as_it_is(high):
     noise = np.random.default_rng(0).normal(0, 0.1, len(high)).astype(np.float32)
-    assert world_resynthesis(high, noise, RATE, np.log([200.0, 0.1])) is high
+    assert world_resynthesis(high, noise, RATE, np.array([np.log(200.0), 0.1])) is high
+
+
+@needs_pyworld
+def test_a_monotone_source_keeps_its_pitch_in_range(high):
+    """A test tone's tiny spread is not stretched to a voice's: its wobbles would become
+    pitches far outside the search range (CheapTrick then failed with a MemoryError)."""
+    t = np.arange(len(high)) / RATE  # 150 Hz (+-0.2 %) for 1.2 s, then 300 Hz
+    f0 = np.where(t < 1.2, 150.0 * (1 + 0.002 * np.sin(2 * np.pi * 5 * t)), 300.0)
+    phase = 2 * np.pi * np.cumsum(f0) / RATE
+    tone = (0.1 * sum(np.sin(k * phase) / k for k in range(1, 11))).astype(np.float32)
+    out = world_resynthesis(high, tone, RATE, np.array([np.log(200.0), 0.15]))
+    assert out is not high and len(out) == len(high) and np.isfinite(out).all()
+    assert median_f0(out, RATE) == pytest.approx(200, rel=0.1)
 
 
 @needs_pyworld

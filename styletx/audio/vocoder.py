@@ -30,6 +30,10 @@ VOCODERS = ("griffinlim", "world")  # how a spectrogram voice is turned into sou
 F0_FLOOR, F0_CEIL = 71.0, 800.0  # Hz: the pitch search range (the world encoder's defaults)
 FRAME_PERIOD = 5.0  # ms between the re-synthesis frames (WORLD's default)
 MIN_VOICED = 10  # voiced frames an utterance needs for its own log-F0 spread
+MIN_SPREAD = 0.02  # the least log-F0 spread a source counts as having: a sung note or a test
+#                   tone is nearly monotone, and moving its spread to a voice's would
+#                   multiply its small wobbles into an F0 far outside F0_FLOOR..F0_CEIL
+PITCH_SECONDS = 600.0  # the pitch statistics read at most this much of a voice's recordings
 LEVEL_BANDS = 40  # mel bands whose levels the re-synthesis takes back from the decoded
 #                   spectrogram (benchmarks/RESULTS.md, Voice: 40 kept the MCD within 0.05 dB
 #                   of Griffin-Lim's; 128 bands brought back part of the roughness, 24 more MCD)
@@ -88,8 +92,14 @@ def quick_f0(wave: np.ndarray, rate: int) -> np.ndarray:
 
 def pitch_statistics(waves: Sequence[np.ndarray], rate: int) -> np.ndarray | None:
     """``[centre, spread]`` of a voice's log F0 over its recordings (``quick_f0``), or None
-    when fewer than ``MIN_VOICED`` frames are voiced."""
-    f0 = np.concatenate([quick_f0(w, rate) for w in waves])
+    when fewer than ``MIN_VOICED`` frames are voiced. Reads the first ``PITCH_SECONDS``."""
+    budget, tracks = PITCH_SECONDS * rate, []
+    for wave in waves:  # ten minutes tell a voice's range; an hour would only cost time
+        if budget <= 0:
+            break
+        tracks.append(quick_f0(wave, rate))
+        budget -= len(wave)
+    f0 = np.concatenate(tracks) if tracks else np.zeros(0)
     if (f0 > 0).sum() < MIN_VOICED:
         return None
     centre, spread = robust_log_f0(f0)
@@ -115,20 +125,28 @@ def world_resynthesis(decoded: np.ndarray, source: np.ndarray, rate: int,
     contour moved to ``pitch`` (``pitch_statistics`` of the output voice). Without it (a run
     trained without pyworld installed) the contour moves to the decoded wave's own pitch
     centre and spread. The result has ``decoded``'s length and RMS level; a source with
-    too few voiced frames to move (a whisper, noise) gives ``decoded`` back unchanged.
+    too few voiced frames to move (a whisper, noise, under 50 ms) gives ``decoded`` back
+    unchanged. It analyses the whole file at once: about 2 MB of memory per second.
     """
     pw = pyworld()
     x = np.ascontiguousarray(source, np.float64)
     y = np.ascontiguousarray(decoded, np.float64)
+    if min(len(x), len(y)) < rate * FRAME_PERIOD / 1000 * MIN_VOICED:
+        return decoded
     f0, times = pw.harvest(x, rate, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL,
                            frame_period=FRAME_PERIOD)
     own_f0 = quick_f0(x, rate)
-    to = pitch if pitch is not None else pitch_statistics([y], rate)
-    if (f0 > 0).sum() < MIN_VOICED or (own_f0 > 0).sum() < MIN_VOICED or to is None:
+    if (f0 > 0).sum() < MIN_VOICED or (own_f0 > 0).sum() < MIN_VOICED:
         return decoded
-    frames = int(len(y) / rate * 1000 / FRAME_PERIOD) + 1
+    to = pitch if pitch is not None else pitch_statistics([y], rate)
+    if to is None:
+        return decoded
     # The source's centre and spread by the same estimator as the target's (quick_f0).
-    f0_out = stretched(moved_f0(f0, robust_log_f0(own_f0), tuple(to)), frames)
+    centre, spread = robust_log_f0(own_f0)
+    moved = moved_f0(f0, (centre, max(spread, MIN_SPREAD)), tuple(to))
+    moved[moved > 0] = np.clip(moved[moved > 0], F0_FLOOR, F0_CEIL)
+    frames = int(len(y) / rate * 1000 / FRAME_PERIOD) + 1
+    f0_out = stretched(moved, frames)
     aperiodicity = stretched(pw.d4c(x, f0, times, rate), frames)
     times_out = np.arange(frames) * FRAME_PERIOD / 1000
     envelope = pw.cheaptrick(y, f0_out, times_out, rate, f0_floor=F0_FLOOR)
