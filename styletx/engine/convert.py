@@ -124,14 +124,7 @@ class Run:
     def set_normalize(self, normalize: str) -> None:
         """How the decoded outputs are scaled, for encoders that offer a choice (``normalize``
         and its choices ``NORMALIZE``: the voice encoders' "loudness" or "peak")."""
-        for side, encoder in self.encoders.items():
-            choices = getattr(encoder, "NORMALIZE", None)
-            if choices is None:
-                raise UsageError(f"--normalize is for voice runs: {self.path}'s {side.upper()} "
-                                 f"side has the {encoder.name} encoder, which has no choice")
-            if normalize not in choices:
-                raise UsageError(f"--normalize {normalize}: use one of {', '.join(choices)}")
-            encoder.normalize = normalize
+        self._set_encoder_choice("normalize", "NORMALIZE", normalize, "voice runs")
 
     def set_vocoder(self, vocoder: str) -> None:
         """How decoded spectrograms become sound, for encoders that offer a choice
@@ -140,16 +133,22 @@ class Run:
         converted."""
         from styletx.audio.vocoder import pyworld
 
-        for side, encoder in self.encoders.items():
-            choices = getattr(encoder, "VOCODERS", None)
-            if choices is None:
-                raise UsageError(f"--vocoder is for spectrogram voice runs: {self.path}'s "
-                                 f"{side.upper()} side has the {encoder.name} encoder")
-            if vocoder not in choices:
-                raise UsageError(f"--vocoder {vocoder}: use one of {', '.join(choices)}")
-            encoder.vocoder = vocoder
+        self._set_encoder_choice("vocoder", "VOCODERS", vocoder, "spectrogram voice runs")
         if vocoder == "world":
             pyworld()
+
+    def _set_encoder_choice(self, setting: str, choices_name: str, value: str,
+                            runs: str) -> None:
+        """Every encoder's ``setting`` to ``value``, one of its ``choices_name``; a usage
+        error naming the side whose encoder offers no such choice (``runs``: those that do)."""
+        for side, encoder in self.encoders.items():
+            choices = getattr(encoder, choices_name, None)
+            if choices is None:
+                raise UsageError(f"--{setting} is for {runs}: {self.path}'s {side.upper()} "
+                                 f"side has the {encoder.name} encoder, which has no choice")
+            if value not in choices:
+                raise UsageError(f"--{setting} {value}: use one of {', '.join(choices)}")
+            setattr(encoder, setting, value)
 
     # -- tensors and samples -----------------------------------------------------------------
     def convert_tensor(self, x: torch.Tensor, direction: str = "a2b",
