@@ -98,7 +98,8 @@ class CycleGANConfig:
     #                                  steps on up to POST_FILTER_FRAMES frames: ~10 s a
     #                                  direction on one core); 0 = none. It learns what the
     #                                  generator's output gets wrong that a real spectrogram has
-    #                                  right. The `fast` preset: 40 (benchmarks/RESULTS.md, Voice)
+    #                                  right. The `fast` preset: 60, which fills the 1000
+    #                                  steps with two minutes of speech (RESULTS.md, Voice)
     colour_path: int = 0  # ResNet generator with ``residual``: hidden width of a per-pixel
     #                       colour/tone path beside the spatial one (styletx.nn.ColourPath);
     #                       0 = none. Global grades are learned by it in a few hundred steps
@@ -485,7 +486,7 @@ class CycleGAN(styletx.Translator):
         "fast": Preset(
             config=dict(generator="voice", ngf=32, n_blocks=4, upsample="shuffle", ndf=16,
                         n_layers_d=3, lr=5e-4, lr_d=5e-4, r1=1.0, smooth_frames=3,
-                        post_filter_epochs=40),
+                        post_filter_epochs=60),
             train=dict(size=64, batch_size=4, steps=300),
             description="a CPU and minutes: a voice model for `--minutes 10`, chosen with "
                         "benchmarks/voice_real.py (pitch all the way to the target's, part of "
@@ -496,7 +497,7 @@ class CycleGAN(styletx.Translator):
                         "it 600 and 1200 hold), identity loss throughout, lr 5e-4 for G and D "
                         "(cleaner than 1e-3 in two seeds), 300 steps; outputs smoothed over 3 "
                         "frames when converting, then post-filtered (fitted after training, "
-                        "~20 s)",
+                        "~25 s)",
         ),
         "tiny": Preset(
             config=dict(generator="voice", ngf=8, n_blocks=2, upsample="shuffle", ndf=8,

@@ -501,7 +501,7 @@ def test_voice_post_filter_learns_what_the_cycle_gets_wrong():
     plain = voice_model(bins=20)
     assert "P_A" not in plain.networks()
     plain.finish_training(examples)  # nothing to fit
-    assert CycleGAN.domain_presets["audio"]["fast"].config["post_filter_epochs"] == 40
+    assert CycleGAN.domain_presets["audio"]["fast"].config["post_filter_epochs"] == 60
     with pytest.raises(UsageError, match="post_filter_epochs"):
         CycleGANConfig(post_filter_epochs=40)  # the ResNet generator has no post-filter
     with pytest.raises(UsageError, match="post_filter_epochs"):
