@@ -215,7 +215,7 @@ class SpectrogramEncoder(Encoder):
             if on_gpu:
                 batch = batch.cpu().numpy()
             for i, wave in zip(items, batch):
-                waves[i] = self._vocoded(np.asarray(wave, np.float32), likes[i], magnitude[i])
+                waves[i] = self._vocoded(wave, likes[i], magnitude[i])
         return [AudioSample(scaled_output(np.asarray(wave, np.float32), p["rate"], like,
                                           self.normalize),
                             p["rate"], like.format if like else None)
