@@ -391,21 +391,23 @@ def train(data: Path, run: Path, preset: str, minutes: float | None, steps: int 
 
 
 def convert_metrics(data: Path, run: Path, out: Path, pseudo_inverse: bool = False,
-                    post_filter: bool = True,
+                    post_filter: bool = True, frame_matching: bool = True,
                     vocoder: str | None = None) -> dict[str, dict[str, float]]:
     """The held-out A sentences converted by ``run``, measured against B saying them; the
     untouched source and the real target are measured alike, for reference. With
     ``pseudo_inverse`` the run's learned decoder is left out (as styletx decoded before it);
-    without ``post_filter`` the voice generator's post-filter is (as it converted before);
+    without ``post_filter`` the voice generator's post-filter is, without ``frame_matching``
+    its matching sets (as it converted before each);
     ``vocoder`` is convert's --vocoder (None: the run's default; the world encoder has no
     choice)."""
     model = styletx.load_run(run, device="cpu", vocoder=vocoder)
     if pseudo_inverse:
         for encoder in model.encoders.values():
             encoder.decoder, encoder.params["gl_iters"] = None, 32
-    for name in ("P_A", "P_B") if not post_filter else ():
-        if getattr(model.translator, name, None) is not None:
-            getattr(model.translator, name).reset()
+    for names, kept in ((("P_A", "P_B"), post_filter), (("M_A", "M_B"), frame_matching)):
+        for name in names if not kept else ():
+            if getattr(model.translator, name, None) is not None:
+                getattr(model.translator, name).reset()
     model.convert_files([data / "test_a"], out)
     similarity = SpeakerSimilarity(data / "b")
     rows: dict[str, list[dict[str, float]]] = {"source": [], "converted": [], "target": []}
@@ -419,7 +421,7 @@ def convert_metrics(data: Path, run: Path, out: Path, pseudo_inverse: bool = Fal
     f0 = {kind: table[kind]["median_f0"] for kind in table}
     table["converted"]["f0_progress"] = ((f0["converted"] - f0["source"])
                                          / (f0["target"] - f0["source"]))
-    if not pseudo_inverse and post_filter:
+    if not pseudo_inverse and post_filter and frame_matching:
         table["converted"]["rtf_10s"] = real_time_factor(data, run, out, vocoder)
     return table
 
@@ -479,6 +481,8 @@ def main() -> None:
                         help="convert: decode without the run's learned decoder")
     parser.add_argument("--no-post-filter", action="store_true",
                         help="convert: without the voice generator's post-filter")
+    parser.add_argument("--no-frame-matching", action="store_true",
+                        help="convert: without the voice generator's frame matching")
     parser.add_argument("--vocoder", choices=["griffinlim", "world"],
                         help="convert: convert's --vocoder (default: Griffin-Lim for mel and "
                              "stft runs)")
@@ -503,7 +507,8 @@ def main() -> None:
                             args.steps, args.encoder)
             print(f"trained --preset {args.preset} in {seconds:.0f} s: {run}")
         results = convert_metrics(args.data, run, work / "converted", args.pseudo_inverse,
-                                  not args.no_post_filter, args.vocoder)
+                                  not args.no_post_filter, not args.no_frame_matching,
+                                  args.vocoder)
         print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

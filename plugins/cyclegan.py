@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -53,8 +54,10 @@ from styletx.nn import (
     r1_penalty,
     set_requires_grad,
     sliced_wasserstein,
-    smooth_time,
 )
+
+if TYPE_CHECKING:  # imported where used: image runs need no audio modules
+    from styletx.audio.matching import FrameMatching
 
 GENERATORS = ("resnet", "voice", "local")
 POST_FILTER_FRAMES = 32_768  # the post-filter is fitted on at most this many frames (~6 min of
@@ -100,6 +103,13 @@ class CycleGANConfig:
     #                                  generator's output gets wrong that a real spectrogram has
     #                                  right. The `fast` preset: 60, which fills the 1000
     #                                  steps with two minutes of speech (RESULTS.md, Voice)
+    match_k: int = 0  # voice generator: when converting, after the post-filter, each output
+    #                   frame replaced by the mean of the match_k frames of the target's
+    #                   training recordings whose neighbourhoods are nearest to its own
+    #                   (styletx.audio.matching, kNN-VC's matching set; kept in the run,
+    #                   fitted after the last step); 0 = none. The `fast` preset: 16, which
+    #                   took 0.2-0.25 dB off its MCD in two runs (RESULTS.md, "Frame matching")
+    match_context: int = 4  # frames on each side of a frame that its match compares too
     colour_path: int = 0  # ResNet generator with ``residual``: hidden width of a per-pixel
     #                       colour/tone path beside the spatial one (styletx.nn.ColourPath);
     #                       0 = none. Global grades are learned by it in a few hundred steps
@@ -159,6 +169,10 @@ class CycleGANConfig:
                                            and self.generator != "voice"):
             raise UsageError("cyclegan: post_filter_epochs must be >= 0, and is for the voice "
                              "generator (generator=voice)")
+        if self.match_k < 0 or self.match_context < 0 or (self.match_k
+                                                         and self.generator != "voice"):
+            raise UsageError("cyclegan: match_k and match_context must be >= 0, and frame "
+                             "matching is for the voice generator (generator=voice)")
         if self.bins < 1 or self.smooth_frames < 1:
             raise UsageError(f"cyclegan: bins and smooth_frames must be >= 1, not {self.bins} "
                              f"and {self.smooth_frames}")
@@ -486,7 +500,7 @@ class CycleGAN(styletx.Translator):
         "fast": Preset(
             config=dict(generator="voice", ngf=32, n_blocks=4, upsample="shuffle", ndf=16,
                         n_layers_d=3, lr=5e-4, lr_d=5e-4, r1=1.0, smooth_frames=3,
-                        post_filter_epochs=60),
+                        post_filter_epochs=60, match_k=16),
             train=dict(size=64, batch_size=4, steps=300),
             description="a CPU and minutes: a voice model for `--minutes 10`, chosen with "
                         "benchmarks/voice_real.py (pitch all the way to the target's, part of "
@@ -496,8 +510,8 @@ class CycleGAN(styletx.Translator):
                         "600 steps drifted from the target voice, MCD 3.0 -> 3.6-3.7 dB; with "
                         "it 600 and 1200 hold), identity loss throughout, lr 5e-4 for G and D "
                         "(cleaner than 1e-3 in two seeds), 300 steps; outputs smoothed over 3 "
-                        "frames when converting, then post-filtered (fitted after training, "
-                        "~25 s)",
+                        "frames when converting, post-filtered (fitted after training, ~25 s) "
+                        "and matched to the target's own frames (k=16, +-4 frames)",
         ),
         "tiny": Preset(
             config=dict(generator="voice", ngf=8, n_blocks=2, upsample="shuffle", ndf=8,
@@ -551,6 +565,13 @@ class CycleGAN(styletx.Translator):
         with torch.random.fork_rng(devices=[]):
             self.P_A = PostFilter(channels_b, c.bins) if c.post_filter_epochs else None
             self.P_B = PostFilter(channels_a, c.bins) if c.post_filter_epochs else None
+        # The target voices' matching sets (``match_k``), filled after training.
+        self.M_A = self.M_B = None
+        if c.match_k:
+            from styletx.audio.matching import FrameMatching
+
+            self.M_A = FrameMatching(channels_b, c.bins, c.match_k, c.match_context)
+            self.M_B = FrameMatching(channels_a, c.bins, c.match_k, c.match_context)
         self.gan_loss = GANLoss(c.gan_mode)
         # An identity loss needs G_A(b) to be comparable with b: only for equal channel counts.
         self.use_identity = c.lambda_identity > 0 and channels_a == channels_b
@@ -567,6 +588,8 @@ class CycleGAN(styletx.Translator):
             nets |= {"G_A_ema": self.G_A_ema, "G_B_ema": self.G_B_ema}
         if self.P_A is not None:
             nets |= {"P_A": self.P_A, "P_B": self.P_B}
+        if self.M_A is not None:
+            nets |= {"M_A": self.M_A, "M_B": self.M_B}
         return nets
 
     def generator_networks(self) -> dict[str, nn.Module]:
@@ -576,6 +599,15 @@ class CycleGAN(styletx.Translator):
 
     def _post_filter(self, direction: str) -> PostFilter | None:
         return self.P_A if direction == "a2b" else self.P_B
+
+    def _frame_matching(self, direction: str) -> FrameMatching | None:
+        return self.M_A if direction == "a2b" else self.M_B
+
+    def _after_generator(self, direction: str) -> list[nn.Module]:
+        """What the voice generator's output goes through when converting, in order."""
+        steps = [TimeSmoothing(self.config.smooth_frames)] if self.config.smooth_frames > 1 else []
+        return steps + [m for m in (self._post_filter(direction), self._frame_matching(direction))
+                        if m is not None]
 
     def _translator_net(self, direction: str) -> nn.Module:
         """The network that converts ``direction``: the averaged generator when there is one."""
@@ -773,10 +805,9 @@ class CycleGAN(styletx.Translator):
         with torch.no_grad(), self.autocast():
             y = net(x.to(self.device, torch.float32))
             if self.config.generator == "voice":  # converting: training steps never call this
-                y = smooth_time(y.float(), self.config.smooth_frames)
-                post_filter = self._post_filter(direction)
-                if post_filter is not None:
-                    y = post_filter(y)
+                y = y.float()
+                for step in self._after_generator(direction):
+                    y = step(y)
         return y.float().to(x.device)
 
     def export_module(self, direction: str) -> nn.Module:
@@ -786,12 +817,9 @@ class CycleGAN(styletx.Translator):
         size, so that the padding inside its forward never happens."""
         direction_sides(direction)  # checks it
         net = self._translator_net(direction)
-        if self.config.generator == "voice":  # smoothed and post-filtered as translate does
+        if self.config.generator == "voice":  # smoothed, filtered and matched as translate does
             steps = [styletx.PadCrop(net, multiple=(1, 4), least=(0, 8), mode="replicate")]
-            if self.config.smooth_frames > 1:
-                steps.append(TimeSmoothing(self.config.smooth_frames))
-            if self._post_filter(direction) is not None:
-                steps.append(self._post_filter(direction))
+            steps += self._after_generator(direction)
             return steps[0] if len(steps) == 1 else nn.Sequential(*steps)
         return net
 
@@ -799,13 +827,22 @@ class CycleGAN(styletx.Translator):
         """With ``post_filter_epochs``: each direction's post-filter fitted on the cycle's
         reconstructions of its output side's training examples (for G_A's: b through
         ``translate`` to A and back, so each generator's output smoothed as when converting,
-        against b), on seeded pieces of them (``_post_filter_pieces``). Left in evaluation
-        mode."""
-        if self.P_A is None:
+        against b), on seeded pieces of them (``_post_filter_pieces``). With ``match_k``: each
+        direction's matching set filled with its output side's training examples. Left in
+        evaluation mode."""
+        fitted = [m for d in DIRECTIONS for m in (self._post_filter(d), self._frame_matching(d))
+                  if m is not None]
+        if not fitted:
             return
         self.train(False)
-        for direction in DIRECTIONS:  # the reconstructions are the unfiltered generators'
-            self._post_filter(direction).reset()
+        for module in fitted:  # the reconstructions are the bare generators'
+            module.reset()
+        if self.P_A is not None:
+            self._fit_post_filters(examples)
+        for direction in DIRECTIONS if self.M_A is not None else ():
+            self._frame_matching(direction).fit(examples[direction_sides(direction)[1]])
+
+    def _fit_post_filters(self, examples: dict[str, list[torch.Tensor]]) -> None:
         pairs = {}
         for direction in DIRECTIONS:
             source, target = direction_sides(direction)

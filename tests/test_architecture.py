@@ -17,7 +17,7 @@ PACKAGE = ROOT / "styletx"
 PUBLIC_MODULES = {"styletx", "styletx.nn", "styletx.image", "styletx.image.metrics",
                   "styletx.image.previews", "styletx.audio", "styletx.audio.dsp",
                   "styletx.audio.metrics", "styletx.audio.previews", "styletx.audio.decoder",
-                  "styletx.audio.vocoder"}
+                  "styletx.audio.vocoder", "styletx.audio.matching"}
 # layer -> the styletx layers it must not import (at any depth of the module)
 FORBIDDEN = {
     "contract": ("styletx.engine", "styletx.tools", "styletx.plugins", "styletx.cli"),

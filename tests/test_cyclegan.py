@@ -508,6 +508,39 @@ def test_voice_post_filter_learns_what_the_cycle_gets_wrong():
         CycleGANConfig(generator="voice", post_filter_epochs=-1)
 
 
+def test_voice_frame_matching_uses_the_target_voices_own_frames():
+    """``match_k``: ``finish_training`` fills each direction's matching set with its output
+    side's examples (after fitting the post-filters on the bare generators); ``translate``
+    matches after the post-filter, so with k = 1 every output frame is a real target frame."""
+    from styletx.nn import smooth_time
+
+    torch.manual_seed(0)
+    examples = {"a": [torch.randn(1, 20, n) for n in (50, 30)],
+                "b": [torch.randn(1, 20, n) + 3 for n in (40, 20)]}
+    model = voice_model(bins=20, smooth_frames=3, post_filter_epochs=2, match_k=1)
+    assert set(model.networks()) >= {"M_A", "M_B"}
+    model.train(False)
+    x = examples["a"][0][None]
+    rng = torch.get_rng_state()
+    model.finish_training(examples)
+    assert torch.equal(torch.get_rng_state(), rng)
+    for net, side in ((model.M_A, "b"), (model.M_B, "a")):
+        assert torch.equal(net.bank, torch.cat([e[0].T for e in examples[side]]))
+    y = model.translate(x, "a2b")
+    with torch.no_grad():
+        expected = model.M_A(model.P_A(smooth_time(model.G_A(x), 3)))
+    assert torch.allclose(y, expected, atol=1e-5)
+    distances = torch.cdist(y[0, 0].T, model.M_A.bank)  # each output frame to the real ones
+    assert distances.min(dim=1).values.max().item() < 1e-4
+
+    assert "M_A" not in voice_model(bins=20).networks()
+    assert CycleGAN.domain_presets["audio"]["fast"].config["match_k"] == 16
+    with pytest.raises(UsageError, match="match_k"):
+        CycleGANConfig(match_k=4)  # the ResNet generator: images have no frames
+    with pytest.raises(UsageError, match="match_k"):
+        CycleGANConfig(generator="voice", match_context=-1)
+
+
 def test_post_filter_pieces_are_bounded_and_seeded():
     """The post-filter is fitted on at most POST_FILTER_FRAMES frames in pieces of at most
     POST_FILTER_CROP (an hour of voice costs no more than a few minutes of it); examples that

@@ -54,7 +54,7 @@ def runs(trained_run, scenes, tmp_path_factory):
                            "--size", "16")
     out["voice"] = train(voices["a"], voices["b"], root / "voice", "--size", "32",
                          "--batch-size", "2", "--set", "smooth_frames=3",  # exported too
-                         "--set", "post_filter_epochs=2")
+                         "--set", "post_filter_epochs=2", "--set", "match_k=2")
     return out
 
 
@@ -116,6 +116,7 @@ def test_voice_export_with_griffin_lim_writes_what_convert_writes(styletx, runs,
 
     run = load_run(runs["voice"], device="cpu")
     assert run.translator.P_A.net.out.weight.abs().sum() > 0  # fitted after training, saved
+    assert len(run.translator.M_A.bank) > 0  # the matching set too, and exported with it
     sample = run.domain.load(source)
     x = run.encoders["a"].encode(sample)[None]  # (1, 1, 128, frames) normalised log-mel
     assert x.shape[-1] % 4  # 87 frames: the generator pads them

@@ -7,6 +7,7 @@
     from styletx.audio.metrics import mcd, log_f0_rmse
     from styletx.audio.decoder import MelToLinear, fit_mel_decoder  # learned mel decoder
     from styletx.audio.vocoder import world_resynthesis, moved_f0  # WORLD (needs pyworld)
+    from styletx.audio.matching import FrameMatching  # frames pulled onto a voice's own
 """
 
 from styletx.audio.encoder import (
