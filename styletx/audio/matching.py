@@ -104,10 +104,12 @@ def _window_distances(queries: torch.Tensor, bank: torch.Tensor, context: int) -
     b = F.pad(bank.T[None], (context, context), mode="replicate")[0].T
     t, m = queries.shape[1], bank.shape[0]
     products = q @ b.T  # (N, T + 2c, M + 2c)
-    cross = sum(products[:, i : i + t, i : i + m] for i in range(width))
+    distances = products[:, :t, :m] * -2
+    for i in range(1, width):
+        distances.add_(products[:, i : i + t, i : i + m], alpha=-2)
     q_norms = _window_sums(q.pow(2).sum(-1), width)  # (N, T)
     b_norms = _window_sums(b.pow(2).sum(-1)[None], width)[0]  # (M,)
-    return q_norms[..., None] + b_norms - 2 * cross
+    return distances.add_(q_norms[..., None]).add_(b_norms)
 
 
 def _window_sums(values: torch.Tensor, width: int) -> torch.Tensor:
