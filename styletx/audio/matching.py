@@ -50,7 +50,7 @@ class FrameMatching(nn.Module):
     def fit(self, examples: list[torch.Tensor], seed: int = 0) -> None:
         """The matching set: the frames of ``examples`` (each ``(C, bins, T)``), all of them
         while they fit in ``MATCH_VALUES``, else whole examples in a seeded order until it is
-        full (whole, so that neighbourhoods stay within one recording)."""
+        full (whole, so that neighbourhoods stay within one recording; the last one cut)."""
         most = max(self.k, MATCH_VALUES // self.bank.shape[1])  # frames
         order = np.random.default_rng(seed).permutation(len(examples))
         if sum(x.shape[-1] for x in examples) <= most:
