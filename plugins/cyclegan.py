@@ -837,10 +837,12 @@ class CycleGAN(styletx.Translator):
         self.train(False)
         for module in fitted:  # the reconstructions are the bare generators'
             module.reset()
-        if self.P_A is not None:
-            self._fit_post_filters(examples)
-        for direction in DIRECTIONS if self.M_A is not None else ():
-            self._frame_matching(direction).fit(examples[direction_sides(direction)[1]])
+        try:
+            if self.P_A is not None:
+                self._fit_post_filters(examples)
+        finally:  # the sets after the filters (which fit on unmatched output), even if they fail
+            for direction in DIRECTIONS if self.M_A is not None else ():
+                self._frame_matching(direction).fit(examples[direction_sides(direction)[1]])
 
     def _fit_post_filters(self, examples: dict[str, list[torch.Tensor]]) -> None:
         pairs = {}

@@ -533,6 +533,14 @@ def test_voice_frame_matching_uses_the_target_voices_own_frames():
     distances = torch.cdist(y[0, 0].T, model.M_A.bank)  # each output frame to the real ones
     assert distances.min(dim=1).values.max().item() < 1e-4
 
+    def out_of_memory(examples):
+        raise RuntimeError("out of memory")
+
+    model._fit_post_filters = out_of_memory  # a failed filter fit loses the filters only
+    with pytest.raises(RuntimeError, match="out of memory"):
+        model.finish_training(examples)
+    assert len(model.M_A.bank) == 60 and len(model.M_B.bank) == 80
+
     assert "M_A" not in voice_model(bins=20).networks()
     assert CycleGAN.domain_presets["audio"]["fast"].config["match_k"] == 16
     with pytest.raises(UsageError, match="match_k"):

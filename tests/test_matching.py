@@ -21,8 +21,24 @@ def test_window_distances_are_those_of_the_stacked_neighbourhoods():
     for context in (0, 2):
         brute = torch.stack([torch.cdist(windows(q, context), windows(bank, context)) ** 2
                              for q in queries])
-        fast = matching._window_distances(queries, bank, context)
+        pad = (context, context)
+        fast = matching._window_distances(
+            F.pad(queries.transpose(1, 2), pad, mode="replicate").transpose(1, 2),
+            F.pad(bank.T[None], pad, mode="replicate")[0].T, 20, 2 * context + 1)
         assert torch.allclose(fast, brute, atol=1e-3)
+
+
+def test_blocks_and_one_piece_match_alike(monkeypatch):
+    """Converting compares the frames with the set in blocks (bounded memory for any length);
+    an exported model's graph does it in one piece: the same result."""
+    torch.manual_seed(0)
+    m = FrameMatching(1, 8, k=3, context=2)
+    m.fit([torch.randn(1, 8, 60)])
+    y = torch.randn(2, 1, 8, 23)
+    monkeypatch.setattr(matching, "BLOCK", 5)  # 23 frames: blocks of 5, the last of 3
+    blocks = m(y)
+    monkeypatch.setattr(matching, "_capturing_graph", lambda: True)
+    assert torch.equal(m(y), blocks)
 
 
 def spectrogram(values) -> torch.Tensor:

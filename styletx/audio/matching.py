@@ -25,13 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MATCH_VALUES", "FrameMatching"]
+__all__ = ["MATCH_FRAMES", "MATCH_VALUES", "FrameMatching"]
 
-MATCH_VALUES = 30_000 * 128  # the matching set's size at most (15 MB of float32): 30 000
-#                              frames of 128 mel bands (~5.8 min at 22.05 kHz, hop 256), 7 485
-#                              of the stft encoder's 513 bins. kNN-VC's matching improves with
-#                              up to ~8 min of the target; the set is saved in the run, and
-#                              every converted frame is compared with all of it
+MATCH_FRAMES = 30_000  # the matching set's frames at most: ~5.8 min of the mel encoder's
+#                        (22.05 kHz, hop 256), 5 min of the world encoder's (10 ms).
+#                        kNN-VC's matching improves with up to ~8 min of the target; every
+#                        converted frame is compared with all of the set
+MATCH_VALUES = MATCH_FRAMES * 128  # and at most 15 MB of float32 (7 485 of the stft
+#                                    encoder's 513-bin frames), saved in the run
+BLOCK = 512  # converted frames compared with the set at a time: the distances of a block
+#              take BLOCK x set frames x 8 bytes (123 MB at 30 000), whatever the input's length
 
 
 class FrameMatching(nn.Module):
@@ -51,7 +54,7 @@ class FrameMatching(nn.Module):
         """The matching set: the frames of ``examples`` (each ``(C, bins, T)``), all of them
         while they fit in ``MATCH_VALUES``, else whole examples in a seeded order until it is
         full (whole, so that neighbourhoods stay within one recording; the last one cut)."""
-        most = max(self.k, MATCH_VALUES // self.bank.shape[1])  # frames
+        most = max(self.k, min(MATCH_FRAMES, MATCH_VALUES // self.bank.shape[1]))
         order = np.random.default_rng(seed).permutation(len(examples))
         if sum(x.shape[-1] for x in examples) <= most:
             order = range(len(examples))
@@ -75,39 +78,54 @@ class FrameMatching(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         if len(self.bank) == 0:
             return y
-        if torch.is_autocast_enabled(y.device.type):  # the distances need float32's precision:
+        if _autocast_enabled(y.device.type):  # the distances need float32's precision:
             with torch.autocast(y.device.type, enabled=False):  # bfloat16 mixes up neighbours
                 return self.forward(y)
         queries = y.flatten(1, 2).transpose(1, 2).float()  # (N, T, C * bins)
-        distances = _window_distances(queries, self.bank, self.context)  # (N, T, frames)
-        nearest = distances.topk(self.k, dim=-1, largest=False).indices
+        c = self.context
+        padded = F.pad(queries.transpose(1, 2), (c, c), mode="replicate").transpose(1, 2)
+        bank = F.pad(self.bank.T[None], (c, c), mode="replicate")[0].T
+        t = queries.shape[1]
+        if _capturing_graph():  # an exported model: one graph for any length, in one piece
+            nearest = self._nearest(padded, bank, t)
+        else:  # in blocks, so that memory stays bounded for any length
+            nearest = torch.cat([
+                torch.cat([self._nearest(padded[i : i + 1, start : start + BLOCK + 2 * c],
+                                         bank, min(BLOCK, t - start))
+                           for start in range(0, t, BLOCK)], dim=1)
+                for i in range(len(padded))])
         matched = self.bank[nearest].mean(dim=2)  # (N, T, C * bins)
         return matched.transpose(1, 2).unflatten(1, self.shape).to(y.dtype)
 
+    def _nearest(self, padded: torch.Tensor, bank: torch.Tensor, t: int) -> torch.Tensor:
+        """``(N, t, k)``: the set's frames nearest to each of the ``t`` frames of ``padded``
+        (which has ``context`` frames more on each side)."""
+        distances = _window_distances(padded, bank, t, 2 * self.context + 1)
+        return distances.topk(self.k, dim=-1, largest=False).indices
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # the saved set's length is the run's, not the empty one built with the module
+        # the saved set's length is the run's, not the empty one built with the module (a
+        # different width is left to the size check, which names the tensor)
         saved = state_dict.get(prefix + "bank")
-        if saved is not None:
+        if saved is not None and saved.ndim == 2 and saved.shape[1] == self.bank.shape[1]:
             self.bank = self.bank.new_zeros(saved.shape)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def _window_distances(queries: torch.Tensor, bank: torch.Tensor, context: int) -> torch.Tensor:
-    """Squared Euclidean distances ``(N, T, M)`` between each query frame's neighbourhood
-    (frames ``t - context .. t + context`` of ``queries`` ``(N, T, D)``, edges repeated) and
-    each bank frame's (of ``bank`` ``(M, D)``). The sum over the neighbourhood of per-frame
-    dot products is a sum along the diagonals of one ``(T, M)`` product, so the cost is one
-    matrix product however wide the neighbourhood. Bank neighbourhoods that straddle two
-    recordings are a few frames in every recording's length, and rarely the nearest."""
-    width = 2 * context + 1
-    q = F.pad(queries.transpose(1, 2), (context, context), mode="replicate").transpose(1, 2)
-    b = F.pad(bank.T[None], (context, context), mode="replicate")[0].T
-    t, m = queries.shape[1], bank.shape[0]
-    products = q @ b.T  # (N, T + 2c, M + 2c)
+def _window_distances(q: torch.Tensor, b: torch.Tensor, t: int, width: int) -> torch.Tensor:
+    """Squared Euclidean distances ``(N, t, M)`` between the ``width``-frame windows of ``q``
+    ``(N, t + width - 1, D)`` and those of ``b`` ``(M + width - 1, D)`` (both padded by the
+    caller). The sum over a window of per-frame dot products is a sum along the diagonals of
+    one product ``q b^T``, so the cost is one matrix product however wide the window. Bank
+    windows that straddle two recordings are a few frames in every recording's length, and
+    rarely the nearest."""
+    m = b.shape[0] - width + 1
+    products = q @ b.T  # (N, t + width - 1, M + width - 1)
     distances = products[:, :t, :m] * -2
     for i in range(1, width):
         distances.add_(products[:, i : i + t, i : i + m], alpha=-2)
-    q_norms = _window_sums(q.pow(2).sum(-1), width)  # (N, T)
+    del products
+    q_norms = _window_sums(q.pow(2).sum(-1), width)  # (N, t)
     b_norms = _window_sums(b.pow(2).sum(-1)[None], width)[0]  # (M,)
     return distances.add_(q_norms[..., None]).add_(b_norms)
 
@@ -115,3 +133,18 @@ def _window_distances(queries: torch.Tensor, bank: torch.Tensor, context: int) -
 def _window_sums(values: torch.Tensor, width: int) -> torch.Tensor:
     """``(N, L + width - 1) -> (N, L)``: sums over ``width`` consecutive values."""
     return F.avg_pool1d(values[:, None], width, stride=1)[:, 0] * width
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+
+def _capturing_graph() -> bool:
+    """Traced (TorchScript) or captured by torch.export / torch.compile."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return torch.jit.is_tracing() or bool(is_compiling and is_compiling())
