@@ -404,10 +404,10 @@ def convert_metrics(data: Path, run: Path, out: Path, pseudo_inverse: bool = Fal
     if pseudo_inverse:
         for encoder in model.encoders.values():
             encoder.decoder, encoder.params["gl_iters"] = None, 32
-    for names, kept in ((("P_A", "P_B"), post_filter), (("M_A", "M_B"), frame_matching)):
-        for name in names if not kept else ():
-            if getattr(model.translator, name, None) is not None:
-                getattr(model.translator, name).reset()
+    left_out = (() if post_filter else ("P_A", "P_B")) + (() if frame_matching else ("M_A", "M_B"))
+    for name in left_out:
+        if getattr(model.translator, name, None) is not None:
+            getattr(model.translator, name).reset()
     model.convert_files([data / "test_a"], out)
     similarity = SpeakerSimilarity(data / "b")
     rows: dict[str, list[dict[str, float]]] = {"source": [], "converted": [], "target": []}

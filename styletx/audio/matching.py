@@ -82,18 +82,15 @@ class FrameMatching(nn.Module):
             with torch.autocast(y.device.type, enabled=False):  # bfloat16 mixes up neighbours
                 return self.forward(y)
         queries = y.flatten(1, 2).transpose(1, 2).float()  # (N, T, C * bins)
-        c = self.context
-        padded = F.pad(queries.transpose(1, 2), (c, c), mode="replicate").transpose(1, 2)
-        bank = F.pad(self.bank.T[None], (c, c), mode="replicate")[0].T
-        t = queries.shape[1]
+        n, t, c = *queries.shape[:2], self.context
+        padded, bank = _padded(queries, c), _padded(self.bank[None], c)[0]
         if _capturing_graph():  # an exported model: one graph for any length, in one piece
             nearest = self._nearest(padded, bank, t)
-        else:  # in blocks, so that memory stays bounded for any length
-            nearest = torch.cat([
-                torch.cat([self._nearest(padded[i : i + 1, start : start + BLOCK + 2 * c],
-                                         bank, min(BLOCK, t - start))
-                           for start in range(0, t, BLOCK)], dim=1)
-                for i in range(len(padded))])
+        else:  # in blocks, so that memory stays bounded for any length (item-major order)
+            blocks = [self._nearest(padded[i : i + 1, start : start + BLOCK + 2 * c], bank,
+                                    min(BLOCK, t - start))
+                      for i in range(n) for start in range(0, t, BLOCK)]
+            nearest = torch.cat(blocks, dim=1).view(n, t, self.k)
         matched = self.bank[nearest].mean(dim=2)  # (N, T, C * bins)
         return matched.transpose(1, 2).unflatten(1, self.shape).to(y.dtype)
 
@@ -128,6 +125,11 @@ def _window_distances(q: torch.Tensor, b: torch.Tensor, t: int, width: int) -> t
     q_norms = _window_sums(q.pow(2).sum(-1), width)  # (N, t)
     b_norms = _window_sums(b.pow(2).sum(-1)[None], width)[0]  # (M,)
     return distances.add_(q_norms[..., None]).add_(b_norms)
+
+
+def _padded(frames: torch.Tensor, context: int) -> torch.Tensor:
+    """``(N, L, D) -> (N, L + 2 context, D)``: the first and last frames repeated."""
+    return F.pad(frames.transpose(1, 2), (context, context), mode="replicate").transpose(1, 2)
 
 
 def _window_sums(values: torch.Tensor, width: int) -> torch.Tensor:
