@@ -269,6 +269,7 @@ def make_skewed_data(root: Path, folders: dict[str, Path],
 BALANCE_ARMS = {  # the --balance experiment's runs: label -> (run folder, extra train options)
     "no balance": ("plain", ()),
     "--balance (by the ELBO, the default)": ("elbo", ("--balance",)),
+    "--balance --balance-share 0.5": ("elbo-half", ("--balance", "--balance-share", "0.5")),
     "--balance --balance-by latent": ("latent", ("--balance", "--balance-by", "latent")),
     "--balance --balance-by latent --balance-min-effective 0": (
         "latent-sharp", ("--balance", "--balance-by", "latent", "--balance-min-effective", "0")),
