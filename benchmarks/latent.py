@@ -24,8 +24,10 @@ of the same kind of content (objects in daylight), the hardest case; the target 
 no kind below 0.85) is over the other kinds. Also a distribution distance of ``styletx sample``'s
 images to the held-out photos, against noise and pixel-shuffled photos (``sample_distance``),
 and, with --balance, PSNR on a rare and a common kind of photo without and with ``--balance``
-(latent or ELBO rarity, flattened or not) and for an oracle that sees the rare kind a third of
-the time, at a fixed step count over several training seeds. With --rare-grade, B's rare tiles
+(latent or ELBO rarity, flattened or not), for an oracle that sees the rare kind a third of
+the time, and for a null arm that draws uniformly through the weighted sampler (how far a run
+moves when only its draws change), at a fixed step count over several training seeds, with
+the conversions' chroma (how much colour they keep). With --rare-grade, B's rare tiles
 (and their truths) get a grade of their own instead of the common kind's sepia, so the rare
 kind has a mapping to learn from its few examples.
 Writes results.json, results.md and grids under --out.
@@ -270,6 +272,8 @@ BALANCE_ARMS = {  # the --balance experiment's runs: label -> (run folder, extra
     "no balance": ("plain", ()),
     "--balance (by the ELBO, the default)": ("elbo", ("--balance",)),
     "--balance --balance-share 0.5": ("elbo-half", ("--balance", "--balance-share", "0.5")),
+    "--balance --balance-share 0 (uniform draws by another route: the seed noise)": (
+        "null", ("--balance", "--balance-share", "0")),
     "--balance --balance-by latent": ("latent", ("--balance", "--balance-by", "latent")),
     "--balance --balance-by latent --balance-min-effective 0": (
         "latent-sharp", ("--balance", "--balance-by", "latent", "--balance-min-effective", "0")),
@@ -298,6 +302,14 @@ def make_oracle_data(skewed: dict[str, Path], common: dict[str, int],
     return folders
 
 
+def chroma(images) -> float:
+    """How colourful ``(H, W, 3)`` images in [0, 1] are: the mean absolute difference between
+    each channel and the pixel's gray (0 for a gray image). The --balance experiment reports it
+    for the truths and the conversions, as a model that keeps some of its input's colours where
+    the grade removes them loses PSNR on the common kind."""
+    return float(np.mean([np.abs(y - y.mean(2, keepdims=True)).mean() for y in images]))
+
+
 def balance_experiment(args, folders: dict[str, Path]) -> dict:
     """The fast vaegan on the skewed set (B's rare kind graded --rare-grade), --balance-steps
     steps, for each of the BALANCE_ARMS named by --balance-arms and each of --balance-seeds
@@ -311,6 +323,9 @@ def balance_experiment(args, folders: dict[str, Path]) -> dict:
              for kind in ("common", "rare")}
     result: dict = {"untouched": {kind: round(baseline(folders)["psnr"], 2)
                                   for kind, folders in tests.items()}}
+    result["untouched"] |= {f"{kind} chroma": round(chroma(
+        np.asarray(Image.open(p).convert("RGB"), np.float64) / 255
+        for p in sorted(folders["test_b"].glob("*.png"))), 4) for kind, folders in tests.items()}
     chosen = args.balance_arms.split(",")
     arms = [arm for arm, (name, _) in BALANCE_ARMS.items() if name in chosen]
     jobs = [(arm, seed) for seed in args.balance_seeds.split(",") for arm in arms]
@@ -324,7 +339,11 @@ def balance_experiment(args, folders: dict[str, Path]) -> dict:
             train(run, {"unpaired_a": data["train_a"], "unpaired_b": data["train_b"]},
                   "vaegan", "fast", argparse.Namespace(**{**vars(args), "seed": int(seed)}),
                   options, steps=args.balance_steps)
-        scores = {kind: round(conversion_score(run, f)["psnr"], 2) for kind, f in tests.items()}
+        scores = {}
+        for kind, f in tests.items():
+            converted = conversion_score(run, f)
+            scores[kind] = round(converted["psnr"], 2)
+            scores[f"{kind} chroma"] = round(chroma(converted["outputs"].values()), 4)
         result.setdefault(arm, {})[f"seed {seed}"] = scores
         print(arm, seed, scores, flush=True)
 
@@ -378,11 +397,14 @@ def report(results: dict) -> str:
                                                    results[p]["sample MMD"].values()) + " |")
     if "balance" in results:
         b = results["balance"]
-        lines += ["", "| fast vaegan, skewed set | seed | common PSNR dB | rare PSNR dB |",
-                  "|---|---|---|---|"]
+        lines += ["", "| fast vaegan, skewed set | seed | common PSNR dB | rare PSNR dB "
+                  "| common chroma | rare chroma |", "|---|---|---|---|---|---|"]
         untouched = b["untouched"]
-        lines += [f"| untouched | | {untouched['common']:.2f} | {untouched['rare']:.2f} |"]
-        lines += [f"| {arm} | {seed} | {v['common']:.2f} | {v['rare']:.2f} |"
+        lines += [f"| untouched (chroma: the truths') | | {untouched['common']:.2f} | "
+                  f"{untouched['rare']:.2f} | {untouched.get('common chroma', 0):.3f} | "
+                  f"{untouched.get('rare chroma', 0):.3f} |"]
+        lines += [f"| {arm} | {seed} | {v['common']:.2f} | {v['rare']:.2f} | "
+                  f"{v.get('common chroma', 0):.3f} | {v.get('rare chroma', 0):.3f} |"
                   for arm in BALANCE_ARMS if arm in b
                   for seed, v in sorted(b[arm].items())]
     return "\n".join(lines)
