@@ -323,9 +323,10 @@ def balance_experiment(args, folders: dict[str, Path]) -> dict:
              for kind in ("common", "rare")}
     result: dict = {"untouched": {kind: round(baseline(folders)["psnr"], 2)
                                   for kind, folders in tests.items()}}
-    result["untouched"] |= {f"{kind} chroma": round(chroma(
-        np.asarray(Image.open(p).convert("RGB"), np.float64) / 255
-        for p in sorted(folders["test_b"].glob("*.png"))), 4) for kind, folders in tests.items()}
+    for kind, folders in tests.items():  # the truths' chroma
+        truths = (np.asarray(open_rgb(p), np.float64) / 255
+                  for p in folders["test_b"].glob("*.png"))
+        result["untouched"][f"{kind} chroma"] = round(chroma(truths), 4)
     chosen = args.balance_arms.split(",")
     arms = [arm for arm, (name, _) in BALANCE_ARMS.items() if name in chosen]
     jobs = [(arm, seed) for seed in args.balance_seeds.split(",") for arm in arms]
@@ -399,14 +400,12 @@ def report(results: dict) -> str:
         b = results["balance"]
         lines += ["", "| fast vaegan, skewed set | seed | common PSNR dB | rare PSNR dB "
                   "| common chroma | rare chroma |", "|---|---|---|---|---|---|"]
-        untouched = b["untouched"]
-        lines += [f"| untouched (chroma: the truths') | | {untouched['common']:.2f} | "
-                  f"{untouched['rare']:.2f} | {untouched.get('common chroma', 0):.3f} | "
-                  f"{untouched.get('rare chroma', 0):.3f} |"]
-        lines += [f"| {arm} | {seed} | {v['common']:.2f} | {v['rare']:.2f} | "
-                  f"{v.get('common chroma', 0):.3f} | {v.get('rare chroma', 0):.3f} |"
-                  for arm in BALANCE_ARMS if arm in b
-                  for seed, v in sorted(b[arm].items())]
+        rows = [("untouched (chroma: the truths')", "", b["untouched"])]
+        rows += [(arm, seed, v) for arm in BALANCE_ARMS if arm in b
+                 for seed, v in sorted(b[arm].items())]
+        lines += [f"| {arm} | {seed} | " + " | ".join(
+            f"{v[key]:.{3 if 'chroma' in key else 2}f}" if key in v else "" for key in
+            ("common", "rare", "common chroma", "rare chroma")) + " |" for arm, seed, v in rows]
     return "\n".join(lines)
 
 
