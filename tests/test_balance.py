@@ -199,6 +199,8 @@ def test_share_keeps_a_uniform_floor():
     assert half.min() >= 0.5 / len(half)
     assert float(half[rare].sum()) == pytest.approx(0.5 * float(full[rare].sum()) + 0.025)
     assert torch.equal(with_uniform(full, 1.0), full)
+    # share 0 draws uniformly through the weighted sampler: the latent benchmark's null arm
+    assert torch.allclose(with_uniform(full, 0.0), torch.full_like(full, 1 / len(full)))
 
 
 def test_balance_share_out_of_range_is_a_usage_error(styletx, scenes, tmp_path):
