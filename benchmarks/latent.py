@@ -321,12 +321,12 @@ def balance_experiment(args, folders: dict[str, Path]) -> dict:
     oracle = make_oracle_data(skewed, common, args.out / f"skewed{own}-oracle")
     tests = {kind: {"test_a": skewed[f"test_{kind}"], "test_b": skewed[f"test_{kind}_b"]}
              for kind in ("common", "rare")}
-    result: dict = {"untouched": {kind: round(baseline(folders)["psnr"], 2)
-                                  for kind, folders in tests.items()}}
-    for kind, folders in tests.items():  # the truths' chroma
-        truths = (np.asarray(open_rgb(p), np.float64) / 255
-                  for p in folders["test_b"].glob("*.png"))
-        result["untouched"][f"{kind} chroma"] = round(chroma(truths), 4)
+    untouched: dict = {}
+    for kind, test in tests.items():  # PSNR of the inputs, chroma of the truths
+        truths = (np.asarray(open_rgb(p), np.float64) / 255 for p in test["test_b"].glob("*.png"))
+        untouched |= {kind: round(baseline(test)["psnr"], 2),
+                      f"{kind} chroma": round(chroma(truths), 4)}
+    result: dict = {"untouched": untouched}
     chosen = args.balance_arms.split(",")
     arms = [arm for arm, (name, _) in BALANCE_ARMS.items() if name in chosen]
     jobs = [(arm, seed) for seed in args.balance_seeds.split(",") for arm in arms]
@@ -403,9 +403,10 @@ def report(results: dict) -> str:
         rows = [("untouched (chroma: the truths')", "", b["untouched"])]
         rows += [(arm, seed, v) for arm in BALANCE_ARMS if arm in b
                  for seed, v in sorted(b[arm].items())]
-        lines += [f"| {arm} | {seed} | " + " | ".join(
-            f"{v[key]:.{3 if 'chroma' in key else 2}f}" if key in v else "" for key in
-            ("common", "rare", "common chroma", "rare chroma")) + " |" for arm, seed, v in rows]
+        columns = (("common", 2), ("rare", 2), ("common chroma", 3), ("rare chroma", 3))
+        for arm, seed, v in rows:  # chroma blank in results from before it was measured
+            cells = [f"{v[key]:.{digits}f}" if key in v else "" for key, digits in columns]
+            lines.append(f"| {arm} | {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
