@@ -1,10 +1,10 @@
 """Reading training files: each file is prepared at the training scale as soon as it is loaded,
-worker processes give the same samples in the same order as this process, and an unusable file
-is named and skipped wherever it was read."""
+reader threads give the same samples in the same order as one thread, and an unusable file is
+named and skipped wherever it was read."""
 
 from __future__ import annotations
 
-import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ def test_files_are_read_in_order_prepared_and_bad_ones_skipped(tmp_path, workers
         assert sample.pixels.shape[:2] == (round(h * scale), round(w * scale))
 
 
-def test_worker_processes_give_the_samples_this_process_gives(tmp_path):
+def test_reader_threads_give_the_samples_one_thread_gives(tmp_path):
     _photos(tmp_path / "a", 10)
     here, workers = (load_folder(tmp_path / "a", Reader(ImageDomain(), SIZE, n), "A_DIR")
                      for n in (0, 2))
@@ -55,14 +55,18 @@ def test_worker_processes_give_the_samples_this_process_gives(tmp_path):
 
 
 class _Recording(ImageDomain):
-    """Notes which process loaded each file, and the order of loads and preparations."""
+    """Notes which thread loaded each file, and the order of loads and preparations; with a
+    barrier, each load waits until ``barrier.parties`` threads are loading at once."""
 
     events: list[str] = []
+    barrier: threading.Barrier | None = None
 
     def load(self, path):
         self.events.append("load")
+        if self.barrier is not None:
+            self.barrier.wait()
         sample = super().load(path)
-        sample.mode = f"{sample.mode}:{os.getpid()}"  # travels back with the sample
+        sample.mode = f"{sample.mode}:{threading.current_thread().name}"
         return sample
 
     def prepare_for_training(self, sample, size):
@@ -75,34 +79,43 @@ def test_each_file_is_prepared_before_the_next_is_loaded(tmp_path):
     as float32 pixels when all were loaded before any was prepared, 1.3 GB this way)."""
     _photos(tmp_path / "a", 4)
     _Recording.events = []
-    load_folder(tmp_path / "a", Reader(_Recording(), SIZE, 0), "A_DIR")
+    data = load_folder(tmp_path / "a", Reader(_Recording(), SIZE, 0), "A_DIR")
     assert _Recording.events == ["load", "prepare"] * 4
+    assert {s.mode.split(":")[1] for s in data.samples} == {threading.main_thread().name}
 
 
-def test_files_are_read_by_worker_processes(tmp_path):
+def test_files_are_read_by_two_threads_at_once(tmp_path):
+    """Each load waits until two are under way: with one reader thread this would stop with
+    a broken barrier instead of reading."""
     _photos(tmp_path / "a", 12)
-    data = load_folder(tmp_path / "a", Reader(_Recording(), SIZE, 2), "A_DIR")
-    readers = {int(s.mode.split(":")[1]) for s in data.samples}
-    assert len(readers) == 2 and os.getpid() not in readers
+    domain = _Recording()
+    domain.barrier = threading.Barrier(2, timeout=10)
+    data = load_folder(tmp_path / "a", Reader(domain, SIZE, 2), "A_DIR")
+    readers = {s.mode.split(":")[1] for s in data.samples}
+    assert len(readers) == 2 and threading.main_thread().name not in readers
 
 
-def test_a_worker_reads_at_least_four_files(tmp_path):
-    """Starting a worker costs more than reading a few files: 7 files get one worker, and 3
-    are read in this process."""
-    _photos(tmp_path / "a", 7)
-    data = load_folder(tmp_path / "a", Reader(_Recording(), SIZE, 2), "A_DIR")
-    readers = {int(s.mode.split(":")[1]) for s in data.samples}
-    assert len(readers) == 1 and os.getpid() not in readers
-    for path in data.files[3:]:
-        path.unlink()
-    data = load_folder(tmp_path / "a", Reader(_Recording(), SIZE, 2), "A_DIR")
-    assert {int(s.mode.split(":")[1]) for s in data.samples} == {os.getpid()}
+def test_an_error_stops_the_reading_of_the_files_not_yet_started():
+    from styletx.contract.errors import UsageError
+
+    started = []
+
+    def job(i):
+        started.append(i)
+        if i == 1:
+            raise UsageError("--aligned: audio files do not hold pairs side by side")
+        threading.Event().wait(0.01)  # a file takes a moment to read
+        return i
+
+    with pytest.raises(UsageError):
+        Reader(ImageDomain(), SIZE, 2).run([lambda i=i: job(i) for i in range(200)], "A_DIR")
+    assert len(started) < 200
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_usage_error_while_reading_stops_with_its_own_message(tmp_path, workers):
     """Only a bad file is skipped; any other styletx error (here a usage error, as
-    ``split_aligned`` raises for audio) comes out of a worker as the same one-line error."""
+    ``split_aligned`` raises for audio) comes out of a reader thread as the same one-line error."""
     from styletx.contract.errors import BadInputError, UsageError
 
     def job(i):

@@ -11,17 +11,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import multiprocessing
 import queue
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from styletx.contract.errors import BadInputError, StyletxError, UsageError
@@ -88,14 +87,18 @@ def domain_files(folder: Path, domain: Domain, option: str,
     return readable
 
 
-MIN_FILES_PER_WORKER = 4  # a worker process costs more than reading a few small files
-
-
 @dataclasses.dataclass
 class Reader:
     """Reads training files: each one loaded and prepared at the training scale in one go
     (``Domain.prepare_for_training``), so full-resolution photos never pile up in memory, by
-    ``workers`` processes (PyTorch DataLoader workers; 0: this process)."""
+    ``workers`` threads (0: this thread).
+
+    Threads, not processes: decoding (Pillow, libsndfile) and resizing (torch) run without the
+    GIL, so two threads read 24 photos of 12 megapixels as fast as two forked processes did
+    (5.9 s against 6.8 s on 2 cores, 12.0 s in one thread), and nothing is forked from a
+    process that already runs threads (torch's and Numba's pools): a fork copies only the
+    forking thread, and a lock another thread held at that moment stays locked for good in
+    the child, which then waits for ever."""
 
     domain: Domain
     size: int
@@ -111,42 +114,29 @@ class Reader:
     def run(self, jobs: Sequence[Callable[[], T]], what: str) -> list[T | BadInputError]:
         """Each job's result, in order, or the ``BadInputError`` it raised; any other styletx
         error (e.g. a usage error from ``split_aligned``) stops the reading, as it would in
-        this process."""
-        tasks = _Jobs(jobs)
-        workers = min(self.workers, len(jobs) // MIN_FILES_PER_WORKER)
-        if workers > 0 and "fork" in multiprocessing.get_all_start_methods():
-            # fork: the workers inherit the jobs (closures over plugin objects, which need
-            # not pickle); only the results travel back.
-            results: Iterable = DataLoader(tasks, batch_size=None, num_workers=workers,
-                                           collate_fn=_as_is, multiprocessing_context="fork")
-        else:
-            results = map(tasks.__getitem__, range(len(jobs)))
-        bar = tqdm(results, total=len(jobs), desc=f"reading {what}", unit="file", leave=False,
-                   file=sys.stderr, disable=None if self.progress else True)
-        done = []
-        for result in bar:
-            if isinstance(result, StyletxError) and not isinstance(result, BadInputError):
-                raise result
-            done.append(result)
-        return done
-
-
-class _Jobs(Dataset):
-    def __init__(self, jobs: Sequence[Callable[[], Any]]):
-        self.jobs = jobs
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, index: int) -> Any:
+        one thread."""
+        workers = min(self.workers, len(jobs))
+        pool = ThreadPoolExecutor(workers, "styletx-reader") if workers > 1 else None
         try:
-            return self.jobs[index]()
-        except StyletxError as err:  # handed back as a result, to keep its one-line message
-            return err
+            results = pool.map(_run_job, jobs) if pool else map(_run_job, jobs)
+            bar = tqdm(results, total=len(jobs), desc=f"reading {what}", unit="file",
+                       leave=False, file=sys.stderr, disable=None if self.progress else True)
+            done = []
+            for result in bar:
+                if isinstance(result, StyletxError) and not isinstance(result, BadInputError):
+                    raise result
+                done.append(result)
+            return done
+        finally:
+            if pool is not None:  # an error or Ctrl-C: the files not yet started are not read
+                pool.shutdown(cancel_futures=True)
 
 
-def _as_is(item: Any) -> Any:
-    return item
+def _run_job(job: Callable[[], T]) -> T | StyletxError:
+    try:
+        return job()
+    except StyletxError as err:  # handed back as a result, to keep its one-line message
+        return err
 
 
 def load_folder(folder: Path, reader: Reader, option: str,

@@ -49,7 +49,7 @@ class TrainSettings:
     cudnn_autotune: bool = True  # CUDA: let cuDNN time its algorithms for the (fixed) crop
     prefetch: int | None = None  # batches drawn ahead in a background thread (pinned for the
     #                              GPU); None: 2 on CUDA, 0 on CPU
-    workers: int | None = None  # processes reading the training files; None: one per CPU
+    workers: int | None = None  # threads reading the training files; None: one per CPU
     #                             core (shared by the processes on this machine), at most 8
     started: float = dataclasses.field(default_factory=time.monotonic, repr=False)  # when the
     #                                   command began: `minutes` counts from here
