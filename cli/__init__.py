@@ -227,7 +227,7 @@ threads_option = click.option(
                    "(default: 2 on CUDA, 0 on CPU).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Threads that read and prepare the training files (default: one per "
-                   "CPU core, at most 8; 0: read them in one thread).")
+                   "CPU core, at most 8; 0 or 1: read them in one thread).")
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
               help="Train on N processes of this machine (one per GPU; CPU: gloo) through "
                    "torchrun; --batch-size is then per process.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,12 +49,17 @@ def _read(path: Path) -> tuple[np.ndarray, int, str]:
     return data, rate, fmt
 
 
+# warnings.catch_warnings swaps the process's one filter list: two threads reading at once
+# (styletx.engine.data.Reader) could each restore the other's filters
+_WARNING_FILTERS = threading.Lock()
+
+
 def _read_with_librosa(path: Path, first_error: Exception) -> tuple[np.ndarray, int, str]:
     """The fallback for containers libsndfile does not know (e.g. MP4/AAC via audioread)."""
     import librosa
 
     try:
-        with warnings.catch_warnings():
+        with _WARNING_FILTERS, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # librosa warns before falling back to audioread
             wave, rate = librosa.load(path, sr=None, mono=True)
     except Exception:  # noqa: BLE001 -- audioread and its backends raise many types

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,9 @@ ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
 
 log = logging.getLogger("styletx")
+# warnings.catch_warnings swaps the process's one filter list: two threads reading at once
+# (styletx.engine.data.Reader) could each restore the other's filters and leave "error" in force
+_WARNING_FILTERS = threading.Lock()
 
 
 # -----------------------------------------------------------------------------
@@ -66,7 +70,7 @@ def _open(path: Path) -> tuple[Image.Image, str | None]:
     if path.stat().st_size == 0:
         raise BadInputError(path, "empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        with _WARNING_FILTERS, warnings.catch_warnings():
             # Pillow warns (raw, on stderr) above MAX_IMAGE_PIXELS and refuses above twice that:
             # the warning becomes one line naming the file.
             warnings.simplefilter("error", Image.DecompressionBombWarning)

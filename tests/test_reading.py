@@ -95,21 +95,51 @@ def test_files_are_read_by_two_threads_at_once(tmp_path):
     assert len(readers) == 2 and threading.main_thread().name not in readers
 
 
-def test_an_error_stops_the_reading_of_the_files_not_yet_started():
-    from styletx.contract.errors import UsageError
+def _reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("styletx-reader")]
 
-    started = []
+
+def _stop_at_the_sixth_file(stop) -> tuple[list[int], list]:
+    """200 reading jobs of which the sixth calls ``stop`` (by then both reader threads have
+    started); the indices started."""
+    started: list[int] = []
 
     def job(i):
         started.append(i)
-        if i == 1:
-            raise UsageError("--aligned: audio files do not hold pairs side by side")
+        if i == 5:
+            stop()
         threading.Event().wait(0.01)  # a file takes a moment to read
         return i
 
+    return started, [lambda i=i: job(i) for i in range(200)]
+
+
+def test_an_error_stops_the_reading_of_the_files_not_yet_started():
+    """The reading ends with the error: the files not yet started are not read, and no reader
+    thread goes on in the background."""
+    from styletx.contract.errors import UsageError
+
+    def fail():
+        raise UsageError("--aligned: audio files do not hold pairs side by side")
+
+    started, jobs = _stop_at_the_sixth_file(fail)
     with pytest.raises(UsageError):
-        Reader(ImageDomain(), SIZE, 2).run([lambda i=i: job(i) for i in range(200)], "A_DIR")
-    assert len(started) < 200
+        Reader(ImageDomain(), SIZE, 2).run(jobs, "A_DIR")
+    assert len(started) <= 12 and not _reader_threads()
+
+
+def test_ctrl_c_while_reading_stops_it():
+    """Ctrl-C (SIGINT to the main thread) while the reader threads work: KeyboardInterrupt,
+    the files not yet started are not read, no reader thread is left."""
+    import signal
+
+    def ctrl_c():
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    started, jobs = _stop_at_the_sixth_file(ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        Reader(ImageDomain(), SIZE, 2).run(jobs, "A_DIR")
+    assert len(started) <= 12 and not _reader_threads()
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -91,11 +91,11 @@ def domain_files(folder: Path, domain: Domain, option: str,
 class Reader:
     """Reads training files: each one loaded and prepared at the training scale in one go
     (``Domain.prepare_for_training``), so full-resolution photos never pile up in memory, by
-    ``workers`` threads (0: this thread).
+    ``workers`` threads (0 or 1: the calling thread).
 
-    Threads, not processes: decoding (Pillow, libsndfile) and resizing (torch) run without the
-    GIL, so two threads read 24 photos of 12 megapixels as fast as two forked processes did
-    (5.9 s against 6.8 s on 2 cores, 12.0 s in one thread), and nothing is forked from a
+    Threads, not processes: decoding (Pillow, libsndfile) and resizing (Pillow) run without the
+    GIL, so two threads read 24 photos of 12 megapixels faster than two forked processes did
+    (5.9 s against 6.8 s on 2 cores, 12.0 s in one thread). And nothing is forked from a
     process that already runs threads (torch's and Numba's pools): a fork copies only the
     forking thread, and a lock another thread held at that moment stays locked for good in
     the child, which then waits for ever."""
