@@ -47,9 +47,11 @@ conversion quality: even drawing it a third of the time (an oracle) did not conv
 rare photos better. Where it has a mapping of its own (a split tone among sepia), the ELBO
 rule gained 1.6 dB on it in eight seeds of eight and cost the common kind 1.5 dB. The gain and
 the cost both come from the target side: its rare examples, drawn more often, teach the
-discriminator their look, which the generator then also gives common inputs of similar colour.
-The source side's rare examples (people among nature photos) are found less well by the ELBO
-than the target side's (split tone among sepia), so the two sides' shares do not match.
+discriminator their look, which the generator then also gives common inputs of similar colour
+(with the discriminator judging against uniform draws of the target side, the gain went with
+the cost). The source side's rare examples (people among nature photos) are found less well
+by the ELBO than the target side's (split tone among sepia), so the two sides' shares do not
+match.
 """
 
 from __future__ import annotations
