@@ -237,15 +237,28 @@ def sample_distance(run_path: Path, folders: dict[str, Path], n: int = 64, seed:
 # -- --balance on a skewed set ---------------------------------------------------------------------
 RARE_TRAIN = ("astronaut.png", "chelsea.png", "coffee.png")  # the rare kind's training photos
 RARE_TEST = ("rocket.jpg", "motorcycle_left.png")  # ... and its held-out ones
+RARE_KINDS = ("people", "micrograph")  # --rare-kind
 
 
-def make_skewed_data(root: Path, folders: dict[str, Path],
-                     rare_grade: str = "sepia") -> dict[str, Path]:
-    """train_a/ train_b/: the nature tiles of ``folders`` plus a rare kind (scikit-image's
-    photographs of people, a cat, a cup, about 5 % of each side), B's nature tiles graded
-    sepia and its rare ones ``rare_grade`` (another grade: a mapping of their own, which the
-    model must learn from the few rare tiles); test_common/ test_rare/ and their truths
-    test_common_b/ test_rare_b/. Made once."""
+def rare_tiles(kind: str) -> tuple[list[Image.Image], list[Image.Image]]:
+    """The rare kind's training and held-out tiles. ``people``: scikit-image's photographs of
+    people, a cat, a cup, which a small model hardly tells from the nature photos;
+    ``micrograph``: its immunohistochemistry micrograph (blue-purple and brown stains, colours
+    the nature photos lack), scaled to 480 px: the top two rows of tiles train, the other three
+    are held out."""
+    if kind == "people":
+        return ([t for photo in skimage_images(RARE_TRAIN) for t in tiles(photo, 3 * TILE)],
+                [t for photo in skimage_images(RARE_TEST) for t in tiles(photo, 3 * TILE)])
+    grid = tiles(skimage_images(("ihc.png",))[0], 5 * TILE)  # 5 x 5, row by row
+    return grid[:10], grid[10:]
+
+
+def make_skewed_data(root: Path, folders: dict[str, Path], rare_grade: str = "sepia",
+                     rare_kind: str = "people") -> dict[str, Path]:
+    """train_a/ train_b/: the nature tiles of ``folders`` plus a rare kind (``rare_tiles``,
+    about 5 % of each side), B's nature tiles graded sepia and its rare ones ``rare_grade``
+    (another grade: a mapping of their own, which the model must learn from the few rare
+    tiles); test_common/ test_rare/ and their truths test_common_b/ test_rare_b/. Made once."""
     names = ("train_a", "train_b", "test_common", "test_common_b", "test_rare", "test_rare_b")
     skewed = {name: root / name for name in names}
     if (root / "done").is_file():
@@ -253,7 +266,7 @@ def make_skewed_data(root: Path, folders: dict[str, Path],
     shutil.rmtree(root, ignore_errors=True)
     common_a = [open_rgb(p) for p in sorted(folders["train_a"].glob("*.png"))]
     common_b = [open_rgb(p) for p in sorted(folders["train_b"].glob("*.png"))]  # graded
-    rare = [t for photo in skimage_images(RARE_TRAIN) for t in tiles(photo, 3 * TILE)]
+    rare, rare_test = rare_tiles(rare_kind)
     count = round(0.05 / 0.95 * len(common_a))
     rare_a, rare_b = rare[0::2][:count], rare[1::2][:count]
     save_all(skewed["train_a"], common_a + rare_a)
@@ -261,7 +274,6 @@ def make_skewed_data(root: Path, folders: dict[str, Path],
     held = [open_rgb(p) for p in sorted(folders["test_a"].glob("*.png"))]
     save_all(skewed["test_common"], held)
     save_all(skewed["test_common_b"], [grade("sepia", t) for t in held])
-    rare_test = [t for photo in skimage_images(RARE_TEST) for t in tiles(photo, 3 * TILE)]
     save_all(skewed["test_rare"], rare_test)
     save_all(skewed["test_rare_b"], [grade(rare_grade, t) for t in rare_test])
     (root / "done").write_text("")
@@ -316,7 +328,8 @@ def balance_experiment(args, folders: dict[str, Path]) -> dict:
     (two runs at a time, one thread each): PSNR against the true grade on held-out common and
     rare photos."""
     own = "" if args.rare_grade == "sepia" else f"-{args.rare_grade}"  # the folders' suffix
-    skewed = make_skewed_data(args.out / f"skewed{own}", folders, args.rare_grade)
+    own += "" if args.rare_kind == "people" else f"-{args.rare_kind}"
+    skewed = make_skewed_data(args.out / f"skewed{own}", folders, args.rare_grade, args.rare_kind)
     common = {side: len(list(folders[side].glob("*.png"))) for side in ("train_a", "train_b")}
     oracle = make_oracle_data(skewed, common, args.out / f"skewed{own}-oracle")
     tests = {kind: {"test_a": skewed[f"test_{kind}"], "test_b": skewed[f"test_{kind}_b"]}
@@ -428,6 +441,8 @@ def main() -> None:
     parser.add_argument("--rare-grade", default="sepia",
                         choices=("sepia", "cyanotype", "split_tone"),
                         help="--balance: the grade of B's rare kind (sepia: the common kind's)")
+    parser.add_argument("--rare-kind", default="people", choices=RARE_KINDS,
+                        help="--balance: the rare kind's photos (see rare_tiles)")
     parser.add_argument("--out", type=Path, default=Path("latent-benchmark"))
     args = parser.parse_args()
     unknown = set(args.balance_arms.split(",")) - set(ARM_NAMES)
