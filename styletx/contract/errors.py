@@ -30,7 +30,7 @@ class BadInputError(StyletxError):
         self.problem = problem
         super().__init__(f"{path}: {problem}")
 
-    def __reduce__(self):  # pickles (e.g. from a torchrun rank) with both arguments
+    def __reduce__(self):  # pickles with both arguments (passed between processes)
         return type(self), (self.path, self.problem)
 
 
