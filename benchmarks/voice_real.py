@@ -8,13 +8,14 @@ held-out sentences are said by both, so every conversion has its true target. Th
 - ``decoders``: the round trip wave -> encoder -> decoder -> wave with no model (the ceiling
   of any conversion), PESQ-WB and STOI, for the mel pseudo-inverse, the mel encoder's learned
   decoder and the stft encoder, each fitted on B's training folder as a run fits it;
-- ``convert``: a voice run trained on A and B (``--preset``, ``--minutes``) converts the
-  held-out A sentences, measured against B saying them: MCD-DTW, median F0 and F0 progress,
-  speaker similarity to B (resemblyzer), DNSMOS overall and P.808, and the real-time factor of
-  converting a 10 s file.
+- ``convert``: a voice run trained on A and B (``--model``, ``--preset``, ``--minutes``)
+  converts the held-out A sentences, measured against B saying them: MCD-DTW, median F0 and
+  F0 progress, speaker similarity to B (resemblyzer), DNSMOS overall and P.808, and the
+  real-time factor of converting a 10 s file.
 
     python benchmarks/voice_real.py --data /tmp/voice-real decoders
     python benchmarks/voice_real.py --data /tmp/voice-real convert --preset fast --minutes 10
+    python benchmarks/voice_real.py --data /tmp/voice-real convert --model cyclegan   # the GAN
     python benchmarks/voice_real.py --data /tmp/voice-real convert --run runs/it   # a run
     python benchmarks/voice_real.py --data /tmp/voice-more --more-speech convert  # 4.1 min a voice
 
@@ -381,10 +382,11 @@ def round_trip(encoder, sample) -> np.ndarray:
 # -- conversion ------------------------------------------------------------------------------
 
 def train(data: Path, run: Path, preset: str, minutes: float | None, steps: int | None,
-          encoder: str | None = None) -> float:
-    """A voice CycleGAN trained on ``a`` and ``b``; returns the wall-clock seconds."""
+          encoder: str | None = None, model: str | None = None) -> float:
+    """A voice model (``model``, default: the audio domain's) trained on ``a`` and ``b``;
+    returns the wall-clock seconds."""
     started = time.perf_counter()
-    styletx.train(data / "a", data / "b", run, preset=preset, encoder=encoder,
+    styletx.train(data / "a", data / "b", run, model=model, preset=preset, encoder=encoder,
                   settings=styletx.TrainSettings(minutes=minutes, steps=steps, progress=False,
                                                  device="cpu"))
     return time.perf_counter() - started
@@ -472,6 +474,8 @@ def main() -> None:
     parser.add_argument("what", choices=["decoders", "convert", "data"])
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "voice-real")
     parser.add_argument("--run", type=Path, help="convert: evaluate this run, train none")
+    parser.add_argument("--model", help="convert: train this translator (default: the audio "
+                                        "domain's, match)")
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--steps", type=int, help="instead of --minutes")
@@ -504,7 +508,7 @@ def main() -> None:
         if run is None:
             run = work / "run"
             seconds = train(args.data, run, args.preset, None if args.steps else args.minutes,
-                            args.steps, args.encoder)
+                            args.steps, args.encoder, args.model)
             print(f"trained --preset {args.preset} in {seconds:.0f} s: {run}")
         results = convert_metrics(args.data, run, work / "converted", args.pseudo_inverse,
                                   not args.no_post_filter, not args.no_frame_matching,

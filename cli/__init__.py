@@ -169,7 +169,8 @@ threads_option = click.option(
 @click.argument("b_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Run folder (default: runs/<A>2<B>). An existing run is resumed.")
-@click.option("--model", "-m", default=None, help="Translator (default: cyclegan).")
+@click.option("--model", "-m", default=None,
+              help="Translator (default: match for audio, cyclegan otherwise).")
 @click.option("--preset", "-p", default=None, help="Named settings, e.g. default or tiny.")
 @click.option("--steps", type=int, default=None, help="Total training steps.")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,

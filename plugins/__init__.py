@@ -7,4 +7,5 @@ BUILTIN_PLUGINS = [
     "styletx.plugins.cyclegan",
     "styletx.plugins.pix2pix",
     "styletx.plugins.vaegan",
+    "styletx.plugins.match",
 ]

@@ -83,6 +83,9 @@ class AudioDomain(styletx.Domain):
     chunk_overlap = 32  # ... cross-faded over ~0.37 s
     pairs_by_time = True  # parallel utterances differ in pace: align them by DTW
     metrics = {"mcd_db": "lower", "f0_rmse_cents": "lower"}
+    # frame matching on a learnt content code: nearer the target voice than the voice CycleGAN
+    # in a tenth of the time (benchmarks/RESULTS.md, "Match"); --model cyclegan for the other
+    default_translator = "match"
 
     def load(self, path: Path) -> AudioSample:
         path = Path(path)

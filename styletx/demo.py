@@ -139,8 +139,9 @@ VOICE_DEMO_MINUTES = 3.0  # the voice part's training budget (train --minutes)
 
 def run_voice_demo(out: Path, minutes: float = VOICE_DEMO_MINUTES, steps: int | None = None,
                    device: str = "auto") -> dict[str, object]:
-    """Train the tiny voice CycleGAN on the bundled voices (low male -> high female), convert a
-    held-out sentence, write its audio and a spectrogram picture, and measure MCD and F0."""
+    """Train the default voice model's tiny preset (``match``) on the bundled voices (low male
+    -> high female), convert a held-out sentence, write its audio and a spectrogram picture,
+    and measure MCD and F0."""
     from styletx.audio.metrics import mcd, median_f0
     from styletx.engine.convert import load_run
     from styletx.engine.training import TrainSettings, train

@@ -192,7 +192,7 @@ def voice_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("batched-voice")
     voices = write_voice_folders(root / "data", n_train=3, n_test=1, seconds=2.0)
-    styletx.train(voices["a"], voices["b"], root / "run", preset="tiny",
+    styletx.train(voices["a"], voices["b"], root / "run", model="cyclegan", preset="tiny",
                   settings=styletx.TrainSettings(steps=1, device="cpu", progress=False))
     return root / "run"
 

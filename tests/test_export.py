@@ -40,8 +40,8 @@ def runs(trained_run, scenes, tmp_path_factory):
 
     from styletx.cli import cli
 
-    def train(a, b, out, *args):
-        args = ["-q", "train", a, b, "--out", out, *TINY, *SMALL, "--steps", "2", *args]
+    def train(a, b, out, *args, small=SMALL):
+        args = ["-q", "train", a, b, "--out", out, *TINY, *small, "--steps", "2", *args]
         result = CliRunner().invoke(cli, [str(arg) for arg in args])
         assert result.exit_code == 0, result.output
         return out
@@ -52,9 +52,10 @@ def runs(trained_run, scenes, tmp_path_factory):
     for model in ("pix2pix", "vaegan"):
         out[model] = train(scenes["a"], scenes["b"], root / model, "--model", model,
                            "--size", "16")
-    out["voice"] = train(voices["a"], voices["b"], root / "voice", "--size", "32",
-                         "--batch-size", "2", "--set", "smooth_frames=3",  # exported too
-                         "--set", "post_filter_epochs=2", "--set", "match_k=2")
+    out["voice"] = train(voices["a"], voices["b"], root / "voice", "--model", "cyclegan",
+                         "--size", "32", "--batch-size", "2", "--set", "smooth_frames=3",
+                         "--set", "post_filter_epochs=2", "--set", "match_k=2")  # exported too
+    out["match"] = train(voices["a"], voices["b"], root / "match", "--model", "match", small=())
     return out
 
 
@@ -71,7 +72,8 @@ def run_exported(path, fmt, x: torch.Tensor) -> torch.Tensor:
 # export takes seconds even for tiny models, TorchScript a fraction of one.
 CASES = [("cyclegan", "onnx", "a2b"), ("cyclegan", "torchscript", "b2a"),
          ("pix2pix", "torchscript", "a2b"), ("vaegan", "torchscript", "b2a"),
-         ("voice", "torchscript", "b2a")]
+         ("voice", "torchscript", "b2a"), ("match", "torchscript", "a2b"),
+         ("match", "onnx", "b2a")]
 
 
 @pytest.mark.parametrize(("name", "fmt", "direction"), CASES)
@@ -88,7 +90,7 @@ def test_export_translates_like_convert_at_a_size_it_never_saw(styletx, runs, sc
 
     run = load_run(runs[name], device="cpu")
     source = direction[0]
-    if name == "voice":  # a real utterance cut to 67 frames (not a multiple of 4)
+    if name in ("voice", "match"):  # a real utterance cut to 67 frames (not a multiple of 4)
         sample = run.domain.load(sorted(runs["voices"][source].glob("*.flac"))[0])
         x = run.encoders[source].encode(sample)[None, ..., :67]
         assert x.shape[-1] == 67

@@ -115,3 +115,24 @@ def test_the_set_is_bounded_whole_recordings_seeded(monkeypatch):
         FrameMatching(1, 4, k=2).fit([torch.randn(1, 4, 1)])
     with pytest.raises(ValueError, match="k >= 1"):
         FrameMatching(1, 4, k=0)
+
+
+def test_keyed_matching_finds_frames_by_their_keys_and_returns_their_values():
+    """The search compares keys (e.g. content codes), the output averages the frames: a query
+    of keys 2, 0, 1 gives the set's frames keyed 2, 0 and 1, whatever the frames hold."""
+    from styletx.audio.matching import KeyedFrameMatching
+
+    frames = torch.tensor([[[10.0, 20.0, 30.0]], [[-1.0, -2.0, -3.0]]])  # (C=1, bins=2, T=3)
+    frames = frames.permute(1, 0, 2)  # (1, 2, 3)
+    keys = torch.eye(3)  # frame t keyed by the one-hot t: (key_dim=3, T=3)
+    m = KeyedFrameMatching(1, 2, key_dim=3, k=1, context=0)
+    with pytest.raises(ValueError, match="empty"):
+        m(keys[None])
+    with pytest.raises(ValueError, match="one key per frame"):
+        m.fit([frames], [keys[:, :2]])
+    m.fit([frames], [keys])
+    query = keys[:, [2, 0, 1]][None]  # (N=1, 3, T=3)
+    assert torch.equal(m(query)[0, 0], frames[0][:, [2, 0, 1]])
+    reloaded = KeyedFrameMatching(1, 2, key_dim=3, k=1, context=0)
+    reloaded.load_state_dict(m.state_dict())  # the saved set and keys at their size
+    assert torch.equal(reloaded(query), m(query))

@@ -224,7 +224,7 @@ def test_tiny_pix2pix_on_parallel_voices(parallel, tmp_path, styletx):
 
 
 @pytest.mark.slow
-def test_evaluate_scores_the_cyclegan_voice_run(voice_run, voices, styletx):
+def test_evaluate_scores_the_voice_run(voice_run, voices, styletx):
     """The same evaluate command on the unpaired voice model, on the same kind of test pairs."""
     import json
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MATCH_FRAMES", "MATCH_VALUES", "FrameMatching"]
+__all__ = ["MATCH_FRAMES", "MATCH_VALUES", "FrameMatching", "KeyedFrameMatching"]
 
 MATCH_FRAMES = 30_000  # the matching set's frames at most: ~5.8 min of the mel encoder's
 #                        (22.05 kHz, hop 256), 5 min of the world encoder's (10 ms).
@@ -54,6 +54,12 @@ class FrameMatching(nn.Module):
         """The matching set: the frames of ``examples`` (each ``(C, bins, T)``), all of them
         while they fit in ``MATCH_VALUES``, else whole examples in a seeded order until it is
         full (whole, so that neighbourhoods stay within one recording; the last one cut)."""
+        self.bank = self._set_frames(examples, seed)
+
+    def _set_frames(self, examples: list[torch.Tensor], seed: int) -> torch.Tensor:
+        """``(M, values per frame)``: the frames ``fit`` keeps of ``examples`` (``(..., T)``
+        each; the cap counts ``self.bank``'s values per frame, so that examples of another
+        width but the same lengths give the same frames)."""
         most = max(self.k, min(MATCH_FRAMES, MATCH_VALUES // self.bank.shape[1]))
         order = np.random.default_rng(seed).permutation(len(examples))
         if sum(x.shape[-1] for x in examples) <= most:
@@ -61,7 +67,7 @@ class FrameMatching(nn.Module):
         frames, total = [], 0
         for i in order:
             x = examples[int(i)][..., : most - total]
-            frames.append(x.flatten(0, 1).T.float())
+            frames.append(x.reshape(-1, x.shape[-1]).T.float())
             total += x.shape[-1]
             if total >= most:
                 break
@@ -69,7 +75,7 @@ class FrameMatching(nn.Module):
         if len(bank) < self.k:
             raise ValueError(f"frame matching with k={self.k} needs at least {self.k} frames "
                              f"of the target, got {len(bank)}")
-        self.bank = bank
+        return bank
 
     def reset(self) -> None:
         """No change again."""
@@ -81,18 +87,24 @@ class FrameMatching(nn.Module):
         if _autocast_enabled(y.device.type):  # the distances need float32's precision:
             with torch.autocast(y.device.type, enabled=False):  # bfloat16 mixes up neighbours
                 return self.forward(y)
-        queries = y.flatten(1, 2).transpose(1, 2).float()  # (N, T, C * bins)
+        return self._matched(y.flatten(1, 2).transpose(1, 2).float(), self.bank, y.dtype)
+
+    def _matched(self, queries: torch.Tensor, keys: torch.Tensor,
+                 dtype: torch.dtype) -> torch.Tensor:
+        """``(N, C, bins, T)``: for each of the queries ``(N, T, D)``, the mean of the set's
+        frames whose keys ``(M, D)`` (one per frame of the set) are nearest, neighbourhoods
+        compared."""
         n, t, c = *queries.shape[:2], self.context
-        padded, bank = _padded(queries, c), _padded(self.bank[None], c)[0]
+        padded, keys = _padded(queries, c), _padded(keys[None], c)[0]
         if _capturing_graph():  # an exported model: one graph for any length, in one piece
-            nearest = self._nearest(padded, bank, t)
+            nearest = self._nearest(padded, keys, t)
         else:  # in blocks, so that memory stays bounded for any length (item-major order)
-            blocks = [self._nearest(padded[i : i + 1, start : start + BLOCK + 2 * c], bank,
+            blocks = [self._nearest(padded[i : i + 1, start : start + BLOCK + 2 * c], keys,
                                     min(BLOCK, t - start))
                       for i in range(n) for start in range(0, t, BLOCK)]
             nearest = torch.cat(blocks, dim=1).view(n, t, self.k)
         matched = self.bank[nearest].mean(dim=2)  # (N, T, C * bins)
-        return matched.transpose(1, 2).unflatten(1, self.shape).to(y.dtype)
+        return matched.transpose(1, 2).unflatten(1, self.shape).to(dtype)
 
     def _nearest(self, padded: torch.Tensor, bank: torch.Tensor, t: int) -> torch.Tensor:
         """``(N, t, k)``: the set's frames nearest to each of the ``t`` frames of ``padded``
@@ -103,10 +115,45 @@ class FrameMatching(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the saved set's length is the run's, not the empty one built with the module (a
         # different width is left to the size check, which names the tensor)
-        saved = state_dict.get(prefix + "bank")
-        if saved is not None and saved.ndim == 2 and saved.shape[1] == self.bank.shape[1]:
-            self.bank = self.bank.new_zeros(saved.shape)
+        for name, buffer in list(self._buffers.items()):
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.ndim == 2 and saved.shape[1] == buffer.shape[1]:
+                setattr(self, name, buffer.new_zeros(saved.shape))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class KeyedFrameMatching(FrameMatching):
+    """``(N, key_dim, T) -> (N, C, bins, T)``: frame matching searched by keys other than the
+    frames themselves. Each frame of the set has a key (a content code of the target's
+    recording there); a query is a sequence of keys, and each of its frames becomes the mean
+    of the ``k`` set frames whose keys' neighbourhoods are nearest. Used by the ``match``
+    translator, whose keys say what is said and not who says it."""
+
+    def __init__(self, channels: int, bins: int, key_dim: int, k: int = 16, context: int = 2):
+        super().__init__(channels, bins, k, context)
+        self.register_buffer("keys", torch.zeros(0, key_dim))
+
+    def fit(self, examples: list[torch.Tensor], keys: list[torch.Tensor] = (),
+            seed: int = 0) -> None:
+        """The set: the frames of ``examples`` (each ``(C, bins, T)``) as ``FrameMatching``
+        keeps them, with the matching frames of ``keys`` (each ``(key_dim, T)``, one per
+        example, of the same length)."""
+        if [x.shape[-1] for x in keys] != [x.shape[-1] for x in examples]:
+            raise ValueError("keyed frame matching needs one key per frame of every example")
+        self.bank = self._set_frames(examples, seed)
+        self.keys = self._set_frames(keys, seed)  # the same examples: equal lengths, one order
+
+    def reset(self) -> None:
+        super().reset()
+        self.keys = self.keys.new_zeros(0, self.keys.shape[1])
+
+    def forward(self, keys: torch.Tensor) -> torch.Tensor:
+        if len(self.bank) == 0:
+            raise ValueError("the matching set is empty: fit it first")
+        if _autocast_enabled(keys.device.type):  # float32 distances, as FrameMatching
+            with torch.autocast(keys.device.type, enabled=False):
+                return self.forward(keys)
+        return self._matched(keys.float().transpose(1, 2), self.keys, torch.float32)
 
 
 def _window_distances(q: torch.Tensor, b: torch.Tensor, t: int, width: int) -> torch.Tensor:

@@ -54,6 +54,8 @@ class Domain(ABC):
     pairs_by_time: ClassVar[bool] = False
     # Evaluation: the metrics ``compare`` returns, each with "higher" or "lower" (is better).
     metrics: ClassVar[dict[str, str]] = {}
+    # The translator ``train`` uses for these files when no --model is given.
+    default_translator: ClassVar[str] = "cyclegan"
 
     def handles(self, path: Path) -> bool:
         return path.suffix.lower() in self.extensions

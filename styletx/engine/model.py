@@ -26,6 +26,8 @@ def make_config(
     """The translator's Config with the preset's values (for this domain), then the user's
     overrides, applied."""
     presets = cls.presets_for(domain)
+    if not presets:
+        raise UsageError(f"the {cls.name} model does not work on {domain} files")
     if preset not in presets:
         raise UsageError(
             f"unknown --preset {preset!r} for {cls.name} on {domain} files "

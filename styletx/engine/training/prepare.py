@@ -115,11 +115,11 @@ def _given(request: Request, a_dir: Path, b_dir: Path | None) -> dict[str, Any]:
 
 def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
              registry: Registry) -> Prepared:
-    cls = registry.translator(request.model or "cyclegan")
-    check_paired(cls, request.aligned)
-    preset = request.preset or "default"
     dom = (registry.domain(request.domain) if request.domain
            else guess_domain(registry, a_dir, b_dir))
+    cls = registry.translator(request.model or dom.default_translator)
+    check_paired(cls, request.aligned)
+    preset = request.preset or "default"
     config = make_config(cls, preset, request.overrides, dom.name)
     plan = TrainPlan(**train_values(cls.presets_for(dom.name)[preset], request.settings),
                      seed=request.settings.seed)

@@ -1,0 +1,108 @@
+"""The match translator: voice conversion by frame matching on a content code learnt from the
+two folders (plugins/match.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from styletx.audio.metrics import mcd, median_f0
+from styletx.audio.synth import HIGH, LOW, write_voice_folders
+
+RATE = 22050
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory):
+    return write_voice_folders(tmp_path_factory.mktemp("voices"), n_train=6, n_test=2,
+                               seconds=2.0)
+
+
+@pytest.fixture(scope="module")
+def match_run(voices, tmp_path_factory):
+    import styletx
+
+    run = tmp_path_factory.mktemp("match") / "run"
+    styletx.train(voices["a"], voices["b"], run, model="match", preset="tiny",
+                  settings=styletx.TrainSettings(steps=200, device="cpu", progress=False,
+                                                 preview_every=100, save_every=100))
+    return run
+
+
+def test_tiny_match_model_converts_both_ways_towards_the_target(match_run, voices, tmp_path):
+    """Known answer: the held-out sentences said by both synthetic voices. A -> B must come
+    measurably nearer B's timbre and pitch than the untouched source, and B -> A nearer A's."""
+    import styletx
+
+    model = styletx.load_run(match_run, device="cpu")
+    for source, target, voice in (("test_a", "test_b", HIGH), ("test_b", "test_a", LOW)):
+        out = tmp_path / source
+        model.convert_files([voices[source]], out, direction=f"{source[-1]}2{target[-1]}")
+        for truth_path in sorted(voices[target].glob("*.flac")):
+            original, _ = sf.read(voices[source] / truth_path.name, dtype="float32")
+            converted, rate = sf.read(out / truth_path.name, dtype="float32")
+            truth, _ = sf.read(truth_path, dtype="float32")
+            assert rate == RATE and abs(len(converted) - len(original)) < 256
+            before, after = mcd(original, truth, RATE), mcd(converted, truth, RATE)
+            f0 = median_f0(converted, RATE)
+            print(f"{source}/{truth_path.name}: MCD {before:.2f} -> {after:.2f} dB, F0 {f0:.0f} "
+                  f"Hz (target {voice.f0_hz:.0f})")
+            assert after < before - 0.5
+            other = LOW if voice is HIGH else HIGH
+            assert abs(np.log(f0 / voice.f0_hz)) < abs(np.log(f0 / other.f0_hz))
+
+
+def test_the_matching_sets_and_codes_are_saved_with_the_run(match_run):
+    """Training fills each side's set after the last step (B's frames for a2b, A's for b2a),
+    saves it with the weights, and a loaded run converts with it."""
+    import styletx
+
+    translator = styletx.load_run(match_run, device="cpu").translator
+    for m in (translator.M_A, translator.M_B):
+        assert len(m.bank) > 100 and m.keys.shape == (len(m.bank), 8)
+    assert all(e.scale.item() != 1.0 for e in translator.encoders)  # the codes' spread, fitted
+    log = [json.loads(line) for line in (match_run / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in log if "step" in r]
+    assert steps and max(steps) == 200
+
+
+def test_translate_needs_the_sets_and_export_matches_translate(match_run):
+    import styletx
+    from styletx import UsageError
+
+    translator = styletx.load_run(match_run, device="cpu").translator
+    x = torch.randn(1, 1, translator.config.bins, 37)
+    exported = translator.export_module("a2b").eval()
+    assert torch.allclose(exported(x), translator.translate(x, "a2b"))
+    assert translator.translate(x, "a2b").shape == x.shape  # any length
+    translator.M_A.reset()
+    with pytest.raises(UsageError, match="no matching sets"):
+        translator.translate(x, "a2b")
+
+
+def test_a_resumed_run_continues_and_fits_its_sets(voices, tmp_path, styletx):
+    run = tmp_path / "run"
+    first = styletx("train", voices["a"], voices["b"], "--out", run, "--model", "match",
+                    "--preset", "tiny", "--steps", "40", "--device", "cpu")
+    assert first.exit_code == 0, first.stderr
+    again = styletx("train", voices["a"], voices["b"], "--out", run, "--steps", "80",
+                    "--device", "cpu")
+    assert again.exit_code == 0, again.stderr
+    assert "resum" in (again.stdout + again.stderr).lower()
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert max(r.get("step", 0) for r in log) == 80
+    out = styletx("convert", run, voices["test_a"], "-o", tmp_path / "out")
+    assert out.exit_code == 0, out.stderr
+    assert len(list((tmp_path / "out").glob("*.flac"))) == 2
+
+
+def test_match_refuses_images(data, styletx, tmp_path):
+    result = styletx("train", data["a"], data["b"], "--out", tmp_path / "run", "--model",
+                     "match", "--steps", "5")
+    assert result.exit_code == 2
+    assert result.error_lines == ["Error: the match model does not work on image files"]
+    assert not (tmp_path / "run" / "model.safetensors").exists()
