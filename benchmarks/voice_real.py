@@ -403,6 +403,8 @@ def convert_metrics(data: Path, run: Path, out: Path, pseudo_inverse: bool = Fal
     ``vocoder`` is convert's --vocoder (None: the run's default; the world encoder has no
     choice)."""
     model = styletx.load_run(run, device="cpu", vocoder=vocoder)
+    if model.translator.name == "match" and not frame_matching:
+        raise SystemExit("--no-frame-matching: a match run converts by its matching sets only")
     if pseudo_inverse:
         for encoder in model.encoders.values():
             encoder.decoder, encoder.params["gl_iters"] = None, 32

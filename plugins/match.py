@@ -139,9 +139,10 @@ class Match(styletx.Translator):
         if len(kinds) != 1:
             raise UsageError(f"match: A and B spectrograms differ in (channels, bins): {kinds} "
                              f"(use one encoder for both sides)")
-        if crop[1] <= 2 * config.context:
+        if crop[1] <= 2 * config.context or crop[1] < config.match_k:
             raise UsageError(f"match: training segments of {crop[1]} frames are too short for "
-                             f"a content window of {2 * config.context + 1} frames")
+                             f"a content window of {2 * config.context + 1} frames and "
+                             f"match_k={config.match_k}")
         return dataclasses.replace(config, bins=kinds.pop()[1])
 
     def __init__(self, config: MatchConfig, channels_a: int, channels_b: int):
@@ -185,6 +186,9 @@ class Match(styletx.Translator):
         self.schedulers = {}
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        if len(self.M_A.bank) or len(self.M_B.bank):  # a finished run trained further: the
+            self.M_A.reset()  # sets' codes are the old encoders', so they go until the new
+            self.M_B.reset()  # end refits them (a checkpoint on the way has none)
         a = batch["a"].to(self.device, non_blocking=True)
         b = batch["b"].to(self.device, non_blocking=True)
         if a.shape[-1] <= 2 * self.config.context or b.shape[-1] <= 2 * self.config.context:
@@ -222,18 +226,25 @@ class Match(styletx.Translator):
 
     def finish_training(self, examples: dict[str, list[torch.Tensor]]) -> None:
         """Each code's spread over both sides' training frames (so that joined codes weigh
-        alike), then each side's matching set: its frames and their codes."""
+        alike), then each side's matching set: its frames and their codes. Nothing changes
+        until all of it is computed, so a failure leaves the run as it was (without sets)."""
         self.train(False)
+        for matching in (self.M_A, self.M_B):
+            matching.reset()
+        frames = {side: [x.to(self.device, torch.float32) for x in examples[side]]
+                  for side in ("a", "b")}
         with torch.no_grad():
+            scales = []
             for encoder in self.encoders:
-                encoder.scale.fill_(1.0)
-                codes = torch.cat([encoder(x[None].to(self.device, torch.float32))[0]
-                                   for side in ("a", "b") for x in examples[side]], dim=1)
-                encoder.scale.fill_(float(codes.std()))
+                codes = torch.cat([encoder(x[None])[0] for side in ("a", "b")
+                                   for x in frames[side]], dim=1)
+                scales.append(max(float(codes.std()), 1e-6))  # a collapsed code: no NaN
+            for encoder, scale in zip(self.encoders, scales):
+                encoder.scale.fill_(scale)
+            keys = {side: [self.code(x[None])[0] for x in frames[side]] for side in ("a", "b")}
             for direction in DIRECTIONS:
                 side = direction_sides(direction)[1]
-                frames = [x.to(self.device, torch.float32) for x in examples[side]]
-                self._matching(direction).fit(frames, [self.code(x[None])[0] for x in frames])
+                self._matching(direction).fit(frames[side], keys[side])
 
     # -- conversion -----------------------------------------------------------------------
     def code(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,9 +258,7 @@ class Match(styletx.Translator):
         """``(N, C, bins, T) -> (N, C, bins, T)``: each frame replaced by the mean of the target
         side's training frames whose codes are nearest; any T."""
         self._check_input(x, direction)
-        if len(self._matching(direction).bank) == 0:
-            raise UsageError("match: this model has no matching sets yet; they are filled "
-                             "when training ends (finish or resume the run)")
+        self._check_sets(direction)
         with torch.no_grad(), self.autocast():  # codes in bf16 where enabled, search in fp32
             return self.export_module(direction)(x.to(self.device, torch.float32)).to(x.device)
 
@@ -260,21 +269,28 @@ class Match(styletx.Translator):
             raise ValueError(f"{direction} expects (N, {expected[0]}, {expected[1]}, T), got "
                              f"{tuple(x.shape)}")
 
+    def _check_sets(self, direction: str) -> None:
+        if len(self._matching(direction).bank) == 0:
+            raise UsageError("match: this model has no matching sets yet; they are filled "
+                             "when training reaches its last step (rerun the train command, "
+                             "with a higher --steps if it had finished)")
+
     def export_module(self, direction: str) -> nn.Module:
         """The codes and the target side's matching set, as one module."""
         direction_sides(direction)  # checks it
+        self._check_sets(direction)
         return _Converter(self, self._matching(direction))
 
     def preview(self, batch: dict[str, torch.Tensor]) -> list[list[tuple[str, torch.Tensor]]]:
         """Input, translated, translated back, for one example a side. Before the sets are
         filled (during training) each direction matches onto the batch's other side."""
-        rows = []
+        rows: list[list[tuple[str, torch.Tensor]]] = []
         with torch.no_grad():
             saved = [(m.bank, m.keys) for m in (self.M_A, self.M_B)]
             try:
                 if any(len(m.bank) == 0 for m in (self.M_A, self.M_B)):
                     for direction in DIRECTIONS:
-                        frames = list(batch[direction_sides(direction)[1]].to(self.device))
+                        frames = list(batch[direction_sides(direction)[1]].to(self.device).float())
                         self._matching(direction).fit(
                             frames, [self.code(x[None])[0] for x in frames])
                 for src, direction, back in (("a", "a2b", "b2a"), ("b", "b2a", "a2b")):

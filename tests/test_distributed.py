@@ -30,7 +30,7 @@ def _free_port() -> int:
 
 
 def _rank_worker(rank: int, world: int, port: int, model: str, a: str, b: str, out: str,
-                 dump: str, extra: dict) -> None:
+                 dump: str, extra: dict, overrides: dict) -> None:
     """One training process, set up as torchrun would: the environment names its rank. Saves
     its final weights and the examples it drew for the test to compare."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
@@ -54,7 +54,7 @@ def _rank_worker(rank: int, world: int, port: int, model: str, a: str, b: str, o
         return i
 
     loop.run, CropSampler._index = spy_loop, spy_index
-    training.train(Path(a), Path(b), Path(out), model=model, preset="tiny", overrides=SMALL,
+    training.train(Path(a), Path(b), Path(out), model=model, preset="tiny", overrides=overrides,
                    settings=training.TrainSettings(**{
                        "steps": STEPS, "size": 16, "batch_size": 2, "device": "cpu",
                        "progress": False, "save_every": 3, "preview_every": STEPS, **extra}))
@@ -64,12 +64,12 @@ def _rank_worker(rank: int, world: int, port: int, model: str, a: str, b: str, o
 
 
 def _train_on_two_processes(model: str, data: dict[str, Path], tmp_path: Path,
-                            **extra) -> list[dict]:
+                            overrides: dict = SMALL, **extra) -> list[dict]:
     dump = tmp_path / "dump"
     dump.mkdir()
     mp.spawn(_rank_worker, nprocs=2, args=(2, _free_port(), model, str(data["a"]),
                                            str(data["b"]), str(tmp_path / "run"), str(dump),
-                                           extra))
+                                           extra, overrides))
     return [torch.load(dump / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
@@ -103,14 +103,31 @@ def test_two_processes_keep_identical_weights_and_draw_disjoint_shards(model, sc
     assert steps == sorted(set(steps))
 
 
-def _assert_same_weights(ranks: list[dict], run: Path) -> None:
+def test_match_trains_on_two_processes(tmp_path):
+    """The voice matching model through forward_for: one optimizer over its encoders,
+    reconstructors and adversaries, identical on both ranks; the matching sets are filled
+    after the last step by rank 0 alone, which writes the run."""
+    from styletx.audio.synth import write_voice_folders
+
+    voices = write_voice_folders(tmp_path / "voices", n_train=2, n_test=1, seconds=1.0)
+    ranks = _train_on_two_processes("match", voices, tmp_path, overrides={})
+    run = tmp_path / "run"
+    # what finish_training fits after the last step (the sets, the codes' spread) is rank 0's
+    ranks[1]["weights"]["E0"]["scale"] = ranks[0]["weights"]["E0"]["scale"]  # tiny: one code
+    _assert_same_weights(ranks, run, skip=("M_A", "M_B"))
+    assert json.loads((run / "config.json").read_text())["step"] == STEPS
+    saved = load_file(run / "model.safetensors")
+    assert saved["net.M_A.bank"].shape[0] > 0 and saved["net.E0.scale"].item() != 1.0
+
+
+def _assert_same_weights(ranks: list[dict], run: Path, skip: tuple[str, ...] = ()) -> None:
     """The ranks' parameters are identical, and the checkpoint holds rank 0's state. Batch
     norm's running statistics (pix2pix on CPU) are each rank's own after its last step, as in
     DistributedDataParallel: each forward starts from rank 0's (broadcast_buffers)."""
     weights = [r["weights"] for r in ranks]
     assert weights[0].keys() == weights[1].keys()
     saved = load_file(run / "model.safetensors")
-    for name in weights[0]:
+    for name in set(weights[0]) - set(skip):
         for key, tensor in weights[0][name].items():
             assert torch.equal(saved[f"net.{name}.{key}"], tensor), (name, key)
             if "running_" not in key:

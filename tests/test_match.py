@@ -70,28 +70,36 @@ def test_the_matching_sets_and_codes_are_saved_with_the_run(match_run):
     assert steps and max(steps) == 200
 
 
-def test_translate_needs_the_sets_and_export_matches_translate(match_run):
+def test_translate_and_export_need_the_sets(match_run):
     import styletx
     from styletx import UsageError
 
     translator = styletx.load_run(match_run, device="cpu").translator
     x = torch.randn(1, 1, translator.config.bins, 37)
-    exported = translator.export_module("a2b").eval()
-    assert torch.allclose(exported(x), translator.translate(x, "a2b"))
     assert translator.translate(x, "a2b").shape == x.shape  # any length
     translator.M_A.reset()
-    with pytest.raises(UsageError, match="no matching sets"):
-        translator.translate(x, "a2b")
+    for call in (lambda: translator.translate(x, "a2b"), lambda: translator.export_module("a2b")):
+        with pytest.raises(UsageError, match="no matching sets"):
+            call()
 
 
-def test_a_resumed_run_continues_and_fits_its_sets(voices, tmp_path, styletx):
+def test_audio_trains_match_by_default_and_a_longer_run_refits_its_sets(voices, tmp_path,
+                                                                        styletx):
+    """No --model: audio folders train match. Trained further, a finished run refits its sets
+    at the new end (their codes are the encoders' at the end, not the old ones')."""
+    from safetensors.torch import load_file
+
     run = tmp_path / "run"
-    first = styletx("train", voices["a"], voices["b"], "--out", run, "--model", "match",
-                    "--preset", "tiny", "--steps", "40", "--device", "cpu")
+    first = styletx("train", voices["a"], voices["b"], "--out", run, "--preset", "tiny",
+                    "--steps", "40", "--device", "cpu")
     assert first.exit_code == 0, first.stderr
+    assert json.loads((run / "config.json").read_text())["translator"] == "match"
+    keys_before = load_file(run / "model.safetensors")["net.M_A.keys"]
     again = styletx("train", voices["a"], voices["b"], "--out", run, "--steps", "80",
                     "--device", "cpu")
     assert again.exit_code == 0, again.stderr
+    keys_after = load_file(run / "model.safetensors")["net.M_A.keys"]
+    assert keys_after.shape == keys_before.shape and not torch.equal(keys_after, keys_before)
     assert "resum" in (again.stdout + again.stderr).lower()
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert max(r.get("step", 0) for r in log) == 80

@@ -28,9 +28,9 @@ def voice_run(voices, tmp_path_factory):
     import styletx
 
     run = tmp_path_factory.mktemp("voice") / "run"
-    styletx.train(voices["a"], voices["b"], run, preset="tiny",
+    styletx.train(voices["a"], voices["b"], run, model="cyclegan", preset="tiny",  # match:
                   settings=styletx.TrainSettings(steps=300, device="cpu", progress=False,
-                                                 preview_every=300, save_every=300))
+                                                 preview_every=300, save_every=300))  # test_match
     return run
 
 

@@ -129,7 +129,7 @@ class KeyedFrameMatching(FrameMatching):
     of the ``k`` set frames whose keys' neighbourhoods are nearest. Used by the ``match``
     translator, whose keys say what is said and not who says it."""
 
-    def __init__(self, channels: int, bins: int, key_dim: int, k: int = 16, context: int = 2):
+    def __init__(self, channels: int, bins: int, key_dim: int, k: int = 8, context: int = 3):
         super().__init__(channels, bins, k, context)
         self.register_buffer("keys", torch.zeros(0, key_dim))
 
