@@ -84,7 +84,8 @@ class AudioDomain(styletx.Domain):
     pairs_by_time = True  # parallel utterances differ in pace: align them by DTW
     metrics = {"mcd_db": "lower", "f0_rmse_cents": "lower"}
     # frame matching on a learnt content code: nearer the target voice than the voice CycleGAN
-    # in a tenth of the time (benchmarks/RESULTS.md, "Match"); --model cyclegan for the other
+    # on two pairs of real-speaker voices, converting in half the time (benchmarks/RESULTS.md,
+    # "Match"); --model cyclegan for the other
     default_translator = "match"
 
     def load(self, path: Path) -> AudioSample:
