@@ -136,3 +136,16 @@ def test_keyed_matching_finds_frames_by_their_keys_and_returns_their_values():
     reloaded = KeyedFrameMatching(1, 2, key_dim=3, k=1, context=0)
     reloaded.load_state_dict(m.state_dict())  # the saved set and keys at their size
     assert torch.equal(reloaded(query), m(query))
+
+
+def test_keyed_matching_keeps_keys_and_frames_together_when_the_set_is_cut(monkeypatch):
+    """More examples than the set holds: whole examples in a seeded order, the last one cut;
+    each kept frame keeps its own key (here the key of a frame is its value times -1)."""
+    from styletx.audio.matching import KeyedFrameMatching
+
+    monkeypatch.setattr(matching, "MATCH_VALUES", 10 * 2)  # 10 frames of 2 values
+    examples = [torch.arange(i * 100, i * 100 + 2 * 4, dtype=torch.float32).view(1, 2, 4)
+                for i in range(4)]  # 16 frames in all
+    m = KeyedFrameMatching(1, 2, key_dim=2, k=1, context=0)
+    m.fit(examples, [-x[0] for x in examples], seed=3)
+    assert len(m.bank) == 10 and torch.equal(m.keys, -m.bank)
