@@ -39,6 +39,7 @@ from styletx.audio.matching import KeyedFrameMatching
 from styletx.nn import adam
 
 SPEAKERS = 2  # A and B
+FAST_TRAINING = dict(size=64, batch_size=4, steps=3000)  # the default and fast presets
 
 
 @dataclasses.dataclass
@@ -111,14 +112,14 @@ class Match(styletx.Translator):
     presets: dict[str, Preset] = {}  # spectrograms only: see domain_presets
     domain_presets = {"audio": {
         "default": Preset(
-            train=dict(size=64, batch_size=4, steps=3000),
+            train=FAST_TRAINING,
             description="two content codes of 16 values from +-4 frames (dense 512-wide "
                         "networks), speaker adversary 0.05, lr 1e-3, 3000 steps of 64-frame "
                         "segments, batch 4; converts by the mean of the target's 8 nearest "
                         "frames, +-3 frames compared",
         ),
         "fast": Preset(
-            train=dict(size=64, batch_size=4, steps=3000),
+            train=FAST_TRAINING,
             description="the default: it is a CPU model already (~0.1 s a step on one "
                         "thread at 128 bins); pair with --minutes",
         ),
@@ -191,9 +192,6 @@ class Match(styletx.Translator):
             self.M_B.reset()  # end refits them (a checkpoint on the way has none)
         a = batch["a"].to(self.device, non_blocking=True)
         b = batch["b"].to(self.device, non_blocking=True)
-        if a.shape[-1] <= 2 * self.config.context or b.shape[-1] <= 2 * self.config.context:
-            raise UsageError(f"match: training segments of {min(a.shape[-1], b.shape[-1])} "
-                             f"frames are too short for the content window")
         optimizer = self.optimizers["all"]
         optimizer.zero_grad(set_to_none=True)
         with self.autocast():
@@ -234,17 +232,22 @@ class Match(styletx.Translator):
         frames = {side: [x.to(self.device, torch.float32) for x in examples[side]]
                   for side in ("a", "b")}
         with torch.no_grad():
-            scales = []
-            for encoder in self.encoders:
-                codes = torch.cat([encoder(x[None])[0] for side in ("a", "b")
-                                   for x in frames[side]], dim=1)
-                scales.append(max(float(codes.std()), 1e-6))  # a collapsed code: no NaN
+            raw = {side: [[e(x[None])[0] for e in self.encoders] for x in frames[side]]
+                   for side in ("a", "b")}  # per example, each encoder's unscaled code
+            scales = [max(float(torch.cat([codes[i] for side in raw for codes in raw[side]],
+                                          dim=1).std()), 1e-6)  # a collapsed code: no NaN
+                      for i in range(len(self.encoders))]
             for encoder, scale in zip(self.encoders, scales):
                 encoder.scale.fill_(scale)
-            keys = {side: [self.code(x[None])[0] for x in frames[side]] for side in ("a", "b")}
-            for direction in DIRECTIONS:
-                side = direction_sides(direction)[1]
-                self._matching(direction).fit(frames[side], keys[side])
+            self._fit_sets(frames, {side: [torch.cat([c / s for c, s in zip(codes, scales)])
+                                           for codes in raw[side]] for side in raw})
+
+    def _fit_sets(self, frames: dict[str, list[torch.Tensor]],
+                  keys: dict[str, list[torch.Tensor]]) -> None:
+        """Each direction's set: its target side's frames and their joined codes."""
+        for direction in DIRECTIONS:
+            side = direction_sides(direction)[1]
+            self._matching(direction).fit(frames[side], keys[side])
 
     # -- conversion -----------------------------------------------------------------------
     def code(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,7 +261,6 @@ class Match(styletx.Translator):
         """``(N, C, bins, T) -> (N, C, bins, T)``: each frame replaced by the mean of the target
         side's training frames whose codes are nearest; any T."""
         self._check_input(x, direction)
-        self._check_sets(direction)
         with torch.no_grad(), self.autocast():  # codes in bf16 where enabled, search in fp32
             return self.export_module(direction)(x.to(self.device, torch.float32)).to(x.device)
 
@@ -289,10 +291,10 @@ class Match(styletx.Translator):
             saved = [(m.bank, m.keys) for m in (self.M_A, self.M_B)]
             try:
                 if any(len(m.bank) == 0 for m in (self.M_A, self.M_B)):
-                    for direction in DIRECTIONS:
-                        frames = list(batch[direction_sides(direction)[1]].to(self.device).float())
-                        self._matching(direction).fit(
-                            frames, [self.code(x[None])[0] for x in frames])
+                    frames = {side: list(batch[side].to(self.device).float())
+                              for side in ("a", "b")}
+                    self._fit_sets(frames, {side: [self.code(x[None])[0] for x in frames[side]]
+                                            for side in frames})
                 for src, direction, back in (("a", "a2b", "b2a"), ("b", "b2a", "a2b")):
                     x = batch[src][:1]
                     y = self.translate(x, direction)

@@ -13,6 +13,16 @@ from styletx.demo import make_image_dataset
 
 
 @pytest.fixture(scope="session")
+def voices(tmp_path_factory) -> dict[str, Path]:
+    """Synthetic voices (styletx.audio.synth): LOW in a/, HIGH in b/ saying other texts, and
+    held-out texts said by both in test_a/ and test_b/ under the same names."""
+    from styletx.audio.synth import write_voice_folders
+
+    return write_voice_folders(tmp_path_factory.mktemp("voices"), n_train=6, n_test=2,
+                               seconds=2.0)
+
+
+@pytest.fixture(scope="session")
 def scenes(tmp_path_factory) -> dict[str, Path]:
     """Unpaired a/ and b/ (b = winterized other scenes), held-out test_a/ and its truth test_b/."""
     return make_image_dataset(tmp_path_factory.mktemp("scenes"), n_train=12, n_test=3, size=40)

@@ -11,15 +11,9 @@ import soundfile as sf
 import torch
 
 from styletx.audio.metrics import mcd, median_f0
-from styletx.audio.synth import HIGH, LOW, write_voice_folders
+from styletx.audio.synth import HIGH, LOW
 
 RATE = 22050
-
-
-@pytest.fixture(scope="module")
-def voices(tmp_path_factory):
-    return write_voice_folders(tmp_path_factory.mktemp("voices"), n_train=6, n_test=2,
-                               seconds=2.0)
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,10 @@ import pytest
 import soundfile as sf
 
 from styletx.audio.metrics import mcd, median_f0
-from styletx.audio.synth import HIGH, LOW, utterance, write_voice_folders
+from styletx.audio.synth import HIGH, LOW, utterance
 
 RATE = 22050
 TINY_VOICE = ("--preset", "tiny", "--device", "cpu", "--log-every", "50")
-
-
-@pytest.fixture(scope="module")
-def voices(tmp_path_factory):
-    return write_voice_folders(tmp_path_factory.mktemp("voices"), n_train=6, n_test=2,
-                               seconds=2.0)
 
 
 @pytest.fixture(scope="module")
