@@ -137,8 +137,14 @@ def test_ctrl_c_while_reading_stops_it():
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     started, jobs = _stop_at_the_sixth_file(ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        Reader(ImageDomain(), SIZE, 2).run(jobs, "A_DIR")
+    # Python's own Ctrl-C handler, whatever this process inherited: a shell starts background
+    # jobs (`pytest &`) with SIGINT ignored, and Python then installs none
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Reader(ImageDomain(), SIZE, 2).run(jobs, "A_DIR")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(started) <= 12 and not _reader_threads()
 
 
