@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
+# Under pytest-xdist each test process computes with its share of the cores (set before torch
+# starts, and inherited by the CLIs the tests run): two processes of two threads each on two
+# cores wait on each other (see styletx.engine.threads).
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (cpus or 1) // int(
+        os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
 import shutil
 from pathlib import Path
 
