@@ -77,6 +77,43 @@ def test_translate_and_export_need_the_sets(match_run):
             call()
 
 
+def test_match_join_converts_along_runs_of_the_targets_recordings(match_run, voices, tmp_path):
+    """match_join > 0: each converted frame is one real frame of B, mostly continuing the one
+    before (runs, not a frame from a different place each time); still nearer B than the
+    source; such a run cannot be exported; a negative join is refused."""
+    import styletx
+    from styletx import UsageError
+    from styletx.engine.model import make_config
+    from styletx.plugins.match import Match
+
+    model = styletx.load_run(match_run, device="cpu")
+    matching = model.translator.M_A
+    source = model.encoders["a"].encode(model.domain.load(sorted(voices["test_a"].glob(
+        "*.flac"))[0]))[None]
+    matching.join, bank = 1.0, matching.bank  # a set whose frames hold their own index
+    matching.bank = torch.arange(len(bank))[:, None].float().expand(bank.shape).contiguous()
+    codes = model.translator.code(source)
+    chosen = matching(codes)[0, 0, 0].long()  # the set frame of each converted frame
+    continuing = (chosen[1:] == chosen[:-1] + 1).float().mean()
+    matching.join = 0.0
+    matching.k = 1
+    alone = (matching(codes)[0, 0, 0].long().diff() == 1).float().mean()
+    print(f"frames continuing the one before: {continuing:.2f} with join 1, {alone:.2f} alone")
+    assert continuing > 0.7 and continuing > alone + 0.1  # measured: 0.86 and 0.65
+    matching.bank, matching.k, matching.join = bank, 4, 1.0
+    model.translator.config.match_join = 1.0
+    model.convert_files([voices["test_a"]], tmp_path / "out")
+    for truth_path in sorted(voices["test_b"].glob("*.flac")):
+        original, _ = sf.read(voices["test_a"] / truth_path.name, dtype="float32")
+        converted, _ = sf.read(tmp_path / "out" / truth_path.name, dtype="float32")
+        truth, _ = sf.read(truth_path, dtype="float32")
+        assert mcd(converted, truth, RATE) < mcd(original, truth, RATE) - 0.5
+    with pytest.raises(UsageError, match="cannot be exported"):
+        model.translator.export_module("a2b")
+    with pytest.raises(UsageError, match="match_join must be >= 0"):
+        make_config(Match, "tiny", {"match_join": -1}, "audio")
+
+
 def test_audio_trains_match_by_default_and_a_longer_run_refits_its_sets(voices, tmp_path,
                                                                         styletx):
     """No --model: audio folders train match. Trained further, a finished run refits its sets

@@ -138,6 +138,30 @@ def test_keyed_matching_finds_frames_by_their_keys_and_returns_their_values():
     assert torch.equal(reloaded(query), m(query))
 
 
+def test_join_follows_one_recording_where_each_frame_alone_would_hop():
+    """Two recordings of the same keys, one a hair off; the query sits between them, nearer
+    each in turn. Alone, each frame takes the nearer (hopping every frame); with ``join`` the
+    path stays on one recording, as jumps cost more than the hair; without it k=2 averages."""
+    from styletx.audio.matching import KeyedFrameMatching
+
+    t = 20
+    keys = [torch.arange(t, dtype=torch.float32)[None] + offset for offset in (0.0, 0.1)]
+    frames = [torch.full((1, 2, t), value) for value in (0.0, 1.0)]  # which recording
+    query = (torch.arange(t) + 0.05 + 0.001 * (-1) ** torch.arange(t)).float()[None, None]
+
+    def matched(k, join):
+        m = KeyedFrameMatching(1, 2, key_dim=1, k=k, context=0, join=join)
+        m.fit(frames, keys)
+        return m(query)[0, 0, 0]
+
+    assert matched(1, 0).tolist() == [float((i + 1) % 2) for i in range(t)]  # hops every frame
+    assert torch.all(matched(2, 0) == 0.5)  # the mean of both
+    path = matched(2, 1.0)
+    assert set(path.tolist()) in ({0.0}, {1.0})  # one recording throughout
+    with pytest.raises(ValueError, match="join >= 0"):
+        KeyedFrameMatching(1, 2, key_dim=1, join=-1)
+
+
 def test_keyed_matching_keeps_keys_and_frames_together_when_the_set_is_cut(monkeypatch):
     """More examples than the set holds: whole examples in a seeded order, the last one cut;
     each kept frame keeps its own key (here the key of a frame is its value times -1)."""
