@@ -77,30 +77,41 @@ def test_translate_and_export_need_the_sets(match_run):
             call()
 
 
-def test_match_join_converts_along_runs_of_the_targets_recordings(match_run, voices, tmp_path):
-    """match_join > 0: each converted frame is one real frame of B, mostly continuing the one
-    before (runs, not a frame from a different place each time); still nearer B than the
-    source; such a run cannot be exported; a negative join is refused."""
+def test_match_join_converts_along_runs_of_the_targets_recordings(match_run, voices, tmp_path,
+                                                                   monkeypatch):
+    """match_join > 0: each converted frame is one real frame of B, chosen so that the frames
+    follow on from each other (mostly B's own next frame; where not, one like it); still
+    nearer B than the source; such a run cannot be exported; a negative join is refused."""
     import styletx
+    import styletx.audio.matching as matching_module
     from styletx import UsageError
     from styletx.engine.model import make_config
     from styletx.plugins.match import Match
 
+    paths = []
+    search = matching_module._least_cost_path
+    monkeypatch.setattr(matching_module, "_least_cost_path",
+                        lambda *args: paths.append(search(*args)) or paths[-1])
     model = styletx.load_run(match_run, device="cpu")
     matching = model.translator.M_A
     source = model.encoders["a"].encode(model.domain.load(sorted(voices["test_a"].glob(
         "*.flac"))[0]))[None]
-    matching.join, bank = 1.0, matching.bank  # a set whose frames hold their own index
-    matching.bank = torch.arange(len(bank))[:, None].float().expand(bank.shape).contiguous()
     codes = model.translator.code(source)
-    chosen = matching(codes)[0, 0, 0].long()  # the set frame of each converted frame
-    continuing = (chosen[1:] == chosen[:-1] + 1).float().mean()
-    matching.join = 0.0
-    matching.k = 1
-    alone = (matching(codes)[0, 0, 0].long().diff() == 1).float().mean()
-    print(f"frames continuing the one before: {continuing:.2f} with join 1, {alone:.2f} alone")
-    assert continuing > 0.7 and continuing > alone + 0.1  # measured: 0.86 and 0.65
-    matching.bank, matching.k, matching.join = bank, 4, 1.0
+    matching.k, matching.join = 1, 1.0  # one candidate: the nearest frame alone
+    matching(codes)
+    matching.k = 8
+    matching(codes)
+    alone, chosen = paths
+
+    def seams(indices):  # how unlike B's own next frame each frame is, and how often it is it
+        successors = matching.bank[(indices[:-1] + 1).clamp_max(len(matching.bank) - 1)]
+        unlike = (successors - matching.bank[indices[1:]]).pow(2).sum(-1).mean().item()
+        return unlike, (indices[1:] == indices[:-1] + 1).float().mean().item()
+
+    (unlike, continuing), (unlike_alone, continuing_alone) = seams(chosen), seams(alone)
+    print(f"seams {unlike:.1f} against {unlike_alone:.1f} for the nearest alone; continuing "
+          f"{continuing:.2f} against {continuing_alone:.2f}")
+    assert unlike < 0.7 * unlike_alone and continuing > continuing_alone
     model.translator.config.match_join = 1.0
     model.convert_files([voices["test_a"]], tmp_path / "out")
     for truth_path in sorted(voices["test_b"].glob("*.flac")):
