@@ -271,7 +271,8 @@ class Match(styletx.Translator):
 
     def translate(self, x: torch.Tensor, direction: str) -> torch.Tensor:
         """``(N, C, bins, T) -> (N, C, bins, T)``: each frame replaced by the mean of the target
-        side's training frames whose codes are nearest; any T."""
+        side's training frames whose codes are nearest (with ``match_join``, by one of them);
+        any T."""
         self._check_input(x, direction)
         with torch.no_grad(), self.autocast():  # codes in bf16 where enabled, search in fp32
             return self._converter(direction)(x.to(self.device, torch.float32)).to(x.device)

@@ -32,6 +32,19 @@ def voices(tmp_path_factory) -> dict[str, Path]:
                                seconds=2.0)
 
 
+def held_out_voices(source: Path, converted: Path, truth: Path):
+    """For each held-out sentence of ``truth``: its name, and as float32 waves the source, the
+    conversion (in ``converted``, under the same name) and the truth; then the conversion's
+    sample rate."""
+    import soundfile as sf
+
+    for path in sorted(truth.glob("*.flac")):
+        original, _ = sf.read(source / path.name, dtype="float32")
+        output, rate = sf.read(converted / path.name, dtype="float32")
+        true, _ = sf.read(path, dtype="float32")
+        yield path.name, original, output, true, rate
+
+
 @pytest.fixture(scope="session")
 def scenes(tmp_path_factory) -> dict[str, Path]:
     """Unpaired a/ and b/ (b = winterized other scenes), held-out test_a/ and its truth test_b/."""

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
+from conftest import held_out_voices
 
 from styletx.audio.metrics import mcd, median_f0
 from styletx.audio.synth import HIGH, LOW
@@ -36,14 +36,12 @@ def test_tiny_match_model_converts_both_ways_towards_the_target(match_run, voice
     for source, target, voice in (("test_a", "test_b", HIGH), ("test_b", "test_a", LOW)):
         out = tmp_path / source
         model.convert_files([voices[source]], out, direction=f"{source[-1]}2{target[-1]}")
-        for truth_path in sorted(voices[target].glob("*.flac")):
-            original, _ = sf.read(voices[source] / truth_path.name, dtype="float32")
-            converted, rate = sf.read(out / truth_path.name, dtype="float32")
-            truth, _ = sf.read(truth_path, dtype="float32")
+        for name, original, converted, truth, rate in held_out_voices(voices[source], out,
+                                                                      voices[target]):
             assert rate == RATE and abs(len(converted) - len(original)) < 256
             before, after = mcd(original, truth, RATE), mcd(converted, truth, RATE)
             f0 = median_f0(converted, RATE)
-            print(f"{source}/{truth_path.name}: MCD {before:.2f} -> {after:.2f} dB, F0 {f0:.0f} "
+            print(f"{source}/{name}: MCD {before:.2f} -> {after:.2f} dB, F0 {f0:.0f} "
                   f"Hz (target {voice.f0_hz:.0f})")
             assert after < before - 0.5
             other = LOW if voice is HIGH else HIGH
@@ -114,10 +112,8 @@ def test_match_join_converts_along_runs_of_the_targets_recordings(match_run, voi
     assert unlike < 0.7 * unlike_alone and continuing > continuing_alone
     model.translator.config.match_join = 1.0
     model.convert_files([voices["test_a"]], tmp_path / "out")
-    for truth_path in sorted(voices["test_b"].glob("*.flac")):
-        original, _ = sf.read(voices["test_a"] / truth_path.name, dtype="float32")
-        converted, _ = sf.read(tmp_path / "out" / truth_path.name, dtype="float32")
-        truth, _ = sf.read(truth_path, dtype="float32")
+    for _, original, converted, truth, _ in held_out_voices(voices["test_a"], tmp_path / "out",
+                                                            voices["test_b"]):
         assert mcd(converted, truth, RATE) < mcd(original, truth, RATE) - 0.5
     with pytest.raises(UsageError, match="cannot be exported"):
         model.translator.export_module("a2b")

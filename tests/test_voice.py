@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import held_out_voices
 
 from styletx.audio.metrics import mcd, median_f0
 from styletx.audio.synth import HIGH, LOW, utterance
@@ -34,14 +35,12 @@ def test_tiny_voice_model_moves_pitch_and_envelope_towards_the_target(voice_run,
     import styletx
 
     styletx.load_run(voice_run, device="cpu").convert_files([voices["test_a"]], tmp_path / "out")
-    for target in sorted(voices["test_b"].glob("*.flac")):
-        source, _ = sf.read(voices["test_a"] / target.name, dtype="float32")
-        converted, rate = sf.read(tmp_path / "out" / target.name, dtype="float32")
-        truth, _ = sf.read(target, dtype="float32")
+    for name, source, converted, truth, rate in held_out_voices(
+            voices["test_a"], tmp_path / "out", voices["test_b"]):
         assert rate == RATE and abs(len(converted) - len(source)) < 256
         before, after = mcd(source, truth, RATE), mcd(converted, truth, RATE)
         f0 = median_f0(converted, RATE)
-        print(f"{target.name}: MCD {before:.2f} -> {after:.2f} dB, F0 {median_f0(source, RATE):.0f}"
+        print(f"{name}: MCD {before:.2f} -> {after:.2f} dB, F0 {median_f0(source, RATE):.0f}"
               f" -> {f0:.0f} Hz (target {median_f0(truth, RATE):.0f})")
         assert after < before - 0.5
         assert abs(np.log(f0 / HIGH.f0_hz)) < abs(np.log(f0 / LOW.f0_hz))  # nearer the target
@@ -60,11 +59,9 @@ def test_vocoder_world_converts_at_the_targets_pitch_and_images_refuse_it(voice_
         result = styletx("convert", voice_run, voices["test_a"], "-o", tmp_path / vocoder,
                          "--device", "cpu", "--vocoder", vocoder)
         assert result.exit_code == 0, result.stderr
-    for target in sorted(voices["test_b"].glob("*.flac")):
-        source, _ = sf.read(voices["test_a"] / target.name, dtype="float32")
-        converted, _ = sf.read(tmp_path / "world" / target.name, dtype="float32")
-        griffin_lim, _ = sf.read(tmp_path / "griffinlim" / target.name, dtype="float32")
-        truth, _ = sf.read(target, dtype="float32")
+    for name, source, converted, truth, _ in held_out_voices(
+            voices["test_a"], tmp_path / "world", voices["test_b"]):
+        griffin_lim, _ = sf.read(tmp_path / "griffinlim" / name, dtype="float32")
         assert len(converted) == len(source) == len(griffin_lim)
         assert np.corrcoef(converted, griffin_lim)[0, 1] < 0.9  # re-synthesised, not GL's
         assert mcd(converted, truth, RATE) < mcd(source, truth, RATE) - 0.5

@@ -113,9 +113,9 @@ class FrameMatching(nn.Module):
             blocks = [self._nearest(padded[i : i + 1, start : start + BLOCK + 2 * c], keys,
                                     min(BLOCK, t - start))
                       for i in range(n) for start in range(0, t, BLOCK)]
-            distances = torch.cat([b.values for b in blocks], dim=1).view(n, t, self.k)
             nearest = torch.cat([b.indices for b in blocks], dim=1).view(n, t, self.k)
-            if self.join:
+            if self.join:  # the distances too: the path weighs them against the jumps
+                distances = torch.cat([b.values for b in blocks], dim=1).view(n, t, self.k)
                 nearest = torch.stack([_least_cost_path(d, i, self.bank, self.join)
                                        for d, i in zip(distances, nearest)])[..., None]
         matched = self.bank[nearest].mean(dim=2)  # (N, T, C * bins)
