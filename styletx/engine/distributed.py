@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
+import importlib
 import logging
 import os
 from collections.abc import Callable
@@ -53,6 +55,7 @@ class Group:
         # torchrun's processes join a process group even when there is one of them (a 1-GPU
         # job is then the same DDP / NCCL job as an 8-GPU one); a plain process does not.
         self.joined = size > 1 if joined is None else joined
+        self.distributed: Translator | None = None  # the translator whose networks DDP wraps
 
     @property
     def is_main(self) -> bool:
@@ -94,6 +97,7 @@ class Group:
             optimizer.register_step_pre_hook(_require_forward_for(translator.name, name, step))
         translator.context = dataclasses.replace(translator.context,
                                                  wrappers=MappingProxyType(wrappers))
+        self.distributed = translator
         if self.is_main:
             log.info("training on %d process(es): DistributedDataParallel over %s", self.size,
                      dist.get_backend())
@@ -117,9 +121,20 @@ class Group:
         return sent.to(tensor.device)
 
     def finish(self) -> None:
-        if self.active and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+        """Leave the process group once every rank is done, and free it while Python is
+        whole. The DDP wrappers go first: they hold the group, which would otherwise outlive
+        ``destroy_process_group`` and be torn down with the interpreter at exit, where a rank
+        could now and then abort ("terminate called without an active exception") and
+        torchrun report a finished run as failed."""
+        if not (self.active and dist.is_initialized()):
+            return
+        dist.barrier()
+        if self.distributed is not None:
+            self.distributed.context = dataclasses.replace(self.distributed.context,
+                                                           wrappers=MappingProxyType({}))
+            self.distributed = None
+            gc.collect()  # the wrappers and their reducers, now, while Python is whole
+        dist.destroy_process_group()
 
 
 def launched_by_torchrun() -> bool:
@@ -147,6 +162,10 @@ def setup(device: str) -> tuple[Group, str]:
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     if not dist.is_initialized():
+        # DistributedDataParallel imports torch.distributed.nn on first use, whose functions
+        # take the default group as a default argument value: imported after the group is made,
+        # they would hold it until the interpreter exits, past destroy_process_group (finish)
+        importlib.import_module("torch.distributed.nn")
         dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     return Group(rank, size, local_rank, joined=True), device
 
