@@ -163,6 +163,12 @@ threads_option = click.option(
     help="Compute threads per process (default: OMP_NUM_THREADS, else one per physical core, "
          "shared by the processes of --nproc).")
 
+conversion_settings_option = click.option(
+    "--set", "settings", multiple=True, metavar="KEY=VALUE",
+    help="Change a setting that only affects how the model converts, for this command (the "
+         "run folder is not changed), e.g. --set match_join=2 --set match_k=16 for a voice "
+         "match model; `styletx plugins` lists each model's (repeatable).")
+
 
 @cli.command()
 @click.argument("a_dir", type=click.Path(path_type=Path))
@@ -329,17 +335,20 @@ def _relaunch_with_torchrun(nproc: int) -> None:
               show_default=True,
               help="bf16: faster on GPUs and on CPUs with bf16 instructions, with slightly "
                    "different output.")
+@conversion_settings_option
 @threads_option
 @reports_errors
 def convert(run, inputs, out_dir, direction, batch_size, out_format, device, keep_dropout,
-            normalize, vocoder, precision):
+            normalize, vocoder, precision, settings):
     """Convert files and folders (recursively) with the model in RUN."""
     from tqdm import tqdm
 
     from styletx.engine.convert import load_run
+    from styletx.engine.model import parse_settings
 
     model = load_run(run, device=device, registry=registry(), keep_dropout=keep_dropout,
-                     precision=precision, normalize=normalize, vocoder=vocoder)
+                     precision=precision, normalize=normalize, vocoder=vocoder,
+                     settings=parse_settings(settings))
     with tqdm(unit="file", file=sys.stderr, disable=None) as bar:
         progress = _PlainProgress(bar, "converted")
 
@@ -601,8 +610,9 @@ def report(run):
               show_default=True, help="The file format.")
 @click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
               help="The file to write, e.g. model.onnx or model.pt.")
+@conversion_settings_option
 @reports_errors
-def export(run, direction, fmt, out):
+def export(run, direction, fmt, out, settings):
     """Export RUN's generator for one direction as ONNX or TorchScript.
 
     The exported model takes what the source side's encoder makes of a file, a float32 tensor
@@ -615,9 +625,12 @@ def export(run, direction, fmt, out):
     onnx and onnxscript packages (pip install "styletx[export]"); without onnxruntime the ONNX file
     is written but not verified.
     """
+    from styletx.engine.convert import load_run
     from styletx.engine.export import export as run_export
+    from styletx.engine.model import parse_settings
 
-    report = run_export(run, direction, fmt, out, registry=registry())
+    model = load_run(run, device="cpu", registry=registry(), settings=parse_settings(settings))
+    report = run_export(model, direction, fmt, out)
     size = f"{report.size_bytes / 1e6:.1f} MB" if report.size_bytes >= 1e5 else (
         f"{report.size_bytes / 1e3:.0f} kB")
     click.echo(f"exported the {direction} generator of {run} ({report.translator}) to {out} "
@@ -660,17 +673,26 @@ def plugins(ctx, as_json):
             click.echo(f"  {kind}: {', '.join(names)}")
             for name in names if kind == "translators" else []:
                 _echo_presets(p["presets"].get(name, {}))
+                changeable = p.get("conversion_settings", {}).get(name)
+                if changeable:
+                    click.echo(f"    convert and export --set: {', '.join(changeable)}")
 
 
 def _plugin_listing() -> list[dict]:
-    """Every plugin, what it registers and each of its translators' presets, as JSON values."""
+    """Every plugin, what it registers, each of its translators' presets and the settings
+    a conversion may change (``conversion_settings``), as JSON values."""
     from styletx.contract.registry import get_registry
 
     reg = get_registry()
-    presets = {name: _presets(cls, reg.domains) for name, cls in reg.translators.items()}
-    return [{**p.__dict__, "presets": {
-        name: presets[name] for name in p.registers.get("translators", []) if name in presets
-    }} for p in reg.plugins]
+
+    def of_translators(plugin, value) -> dict:
+        names = plugin.registers.get("translators", [])
+        return {name: value(reg.translators[name]) for name in names if name in reg.translators}
+
+    return [{**p.__dict__,
+             "presets": of_translators(p, lambda cls: _presets(cls, reg.domains)),
+             "conversion_settings": of_translators(p, lambda cls: list(cls.conversion_settings))}
+            for p in reg.plugins]
 
 
 def _add_step_times(listing: list[dict], times: dict[str, float]) -> None:

@@ -110,6 +110,9 @@ class CycleGANConfig:
     #                   fitted after the last step); 0 = none. The `fast` preset: 16, which
     #                   took 0.2-0.25 dB off its MCD in two runs (RESULTS.md, "Frame matching")
     match_context: int = 4  # frames on each side of a frame that its match compares too
+    match_join: float = 0.0  # > 0: each output frame becomes one of its match_k nearest,
+    #                          along the path that best follows on from frame to frame (unit
+    #                          selection, FrameMatching; the match model's setting of that name)
     colour_path: int = 0  # ResNet generator with ``residual``: hidden width of a per-pixel
     #                       colour/tone path beside the spatial one (styletx.nn.ColourPath);
     #                       0 = none. Global grades are learned by it in a few hundred steps
@@ -169,10 +172,10 @@ class CycleGANConfig:
                                            and self.generator != "voice"):
             raise UsageError("cyclegan: post_filter_epochs must be >= 0, and is for the voice "
                              "generator (generator=voice)")
-        if self.match_k < 0 or self.match_context < 0 or (self.match_k
-                                                         and self.generator != "voice"):
-            raise UsageError("cyclegan: match_k and match_context must be >= 0, and frame "
-                             "matching is for the voice generator (generator=voice)")
+        if min(self.match_k, self.match_context, self.match_join) < 0 or (
+                self.match_k and self.generator != "voice"):
+            raise UsageError("cyclegan: match_k, match_context and match_join must be >= 0, "
+                             "and frame matching is for the voice generator (generator=voice)")
         if self.bins < 1 or self.smooth_frames < 1:
             raise UsageError(f"cyclegan: bins and smooth_frames must be >= 1, not {self.bins} "
                              f"and {self.smooth_frames}")
@@ -451,6 +454,7 @@ class CycleGAN(styletx.Translator):
     tileable = True  # convolutions and instance/group norms only
     preview_columns = ("input", "translated", "cycled back")
     Config = CycleGANConfig
+    conversion_settings = ("match_k", "match_context", "match_join")
     paired = False
     presets = {
         "default": Preset(
@@ -570,8 +574,10 @@ class CycleGAN(styletx.Translator):
         if c.match_k:
             from styletx.audio.matching import FrameMatching
 
-            self.M_A = FrameMatching(channels_b, c.bins, c.match_k, c.match_context)
-            self.M_B = FrameMatching(channels_a, c.bins, c.match_k, c.match_context)
+            self.M_A = FrameMatching(channels_b, c.bins, c.match_k, c.match_context,
+                                     c.match_join)
+            self.M_B = FrameMatching(channels_a, c.bins, c.match_k, c.match_context,
+                                     c.match_join)
         self.gan_loss = GANLoss(c.gan_mode)
         # An identity loss needs G_A(b) to be comparable with b: only for equal channel counts.
         self.use_identity = c.lambda_identity > 0 and channels_a == channels_b
@@ -816,6 +822,10 @@ class CycleGAN(styletx.Translator):
         pads them (replicate, to a multiple of 4 and at least 8), but without a branch on the
         size, so that the padding inside its forward never happens."""
         direction_sides(direction)  # checks it
+        if self.config.match_k and self.config.match_join:
+            raise UsageError("cyclegan: a model with match_join > 0 cannot be exported (its "
+                             "path search runs frame by frame); convert with styletx, or "
+                             "export with --set match_join=0")
         net = self._translator_net(direction)
         if self.config.generator == "voice":  # smoothed, filtered and matched as translate does
             steps = [styletx.PadCrop(net, multiple=(1, 4), least=(0, 8), mode="replicate")]

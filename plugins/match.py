@@ -66,8 +66,10 @@ class MatchConfig:
     #                          +0.05, MCD +0.18 to +0.32 dB. Not exportable, so not the default.
 
     def __post_init__(self):
-        if self.match_join < 0:
-            raise UsageError(f"match: match_join must be >= 0, not {self.match_join}")
+        if self.match_k < 1 or self.match_context < 0 or self.match_join < 0:
+            raise UsageError(f"match: match_k must be >= 1 and match_context and match_join "
+                             f">= 0, not {self.match_k}, {self.match_context} and "
+                             f"{self.match_join}")
 
 
 class ContentEncoder(nn.Module):
@@ -118,6 +120,7 @@ class Match(styletx.Translator):
     name = "match"
     preview_columns = ("input", "translated", "translated back")
     Config = MatchConfig
+    conversion_settings = ("match_k", "match_context", "match_join")
     paired = False
     presets: dict[str, Preset] = {}  # spectrograms only: see domain_presets
     domain_presets = {"audio": {
@@ -293,8 +296,9 @@ class Match(styletx.Translator):
     def export_module(self, direction: str) -> nn.Module:
         """The codes and the target side's matching set, as one module."""
         if self.config.match_join:
-            raise UsageError("match: a run trained with match_join > 0 cannot be exported (its "
-                             "path search runs frame by frame); convert with styletx instead")
+            raise UsageError("match: a model with match_join > 0 cannot be exported (its path "
+                             "search runs frame by frame); convert with styletx, or export "
+                             "with --set match_join=0")
         return self._converter(direction)
 
     def _converter(self, direction: str) -> nn.Module:

@@ -547,6 +547,10 @@ def test_voice_frame_matching_uses_the_target_voices_own_frames():
         CycleGANConfig(match_k=4)  # the ResNet generator: images have no frames
     with pytest.raises(UsageError, match="match_k"):
         CycleGANConfig(generator="voice", match_context=-1)
+    with pytest.raises(UsageError, match="match_join must be >= 0"):
+        CycleGANConfig(generator="voice", match_join=-1)
+    joined = voice_model(bins=20, match_k=4, match_join=2.0)  # unit selection, as match's
+    assert joined.M_A.join == joined.M_B.join == 2.0
 
 
 def test_post_filter_pieces_are_bounded_and_seeded():

@@ -3,7 +3,10 @@ they were not captured at, and no file at all when something is wrong."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +147,16 @@ def test_voice_export_with_griffin_lim_writes_what_convert_writes(styletx, runs,
     (("{cyclegan}", "-d", "sideways"), 2, "'sideways' is not one of 'a2b', 'b2a'"),
     (("{pix2pix}", "-d", "b2a"), 2, "trained for a2b only, not b2a"),
     (("{cyclegan}", "--format", "tflite"), 2, "'tflite' is not one of 'onnx', 'torchscript'"),
+    # --set: only what changes the conversion, of the right type, that the saved model allows
+    (("{vaegan}", "--set", "match_k=2"), 2, "not a setting the vaegan model can change when "
+                                            "converting (the others are fixed when it is "
+                                            "trained); it has none"),
+    (("{voice}", "--set", "ngf=8"), 2, "those it can: match_k, match_context, match_join"),
+    (("{voice}", "--set", "match_k=two"), 2, "--set match_k='two': cyclegan expects int"),
+    (("{voice}", "--set", "match_k=9999"), 2, "this model's matching set has"),
+    (("{voice}", "--set", "match_join=1"), 2, "cannot be exported (its path search runs frame "
+                                              "by frame); convert with styletx, or export "
+                                              "with --set match_join=0"),
 ])
 def test_bad_arguments(styletx, runs, tmp_path, args, code, message):
     args = [str(a).format(**{k: v for k, v in runs.items() if k != "voices"}) for a in args]
@@ -151,6 +164,23 @@ def test_bad_arguments(styletx, runs, tmp_path, args, code, message):
     assert result.exit_code == code, result.stderr
     assert result.error_lines == [result.stderr.strip()] and message in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_set_match_join_0_exports_a_model_that_converts_with_join(styletx, runs, tmp_path):
+    """A match run whose config.json says match_join > 0 (set for its conversions) cannot be
+    exported as it is, and can with --set match_join=0, which leaves the run as it was."""
+    run = Path(shutil.copytree(runs["match"], tmp_path / "run"))
+    config = json.loads((run / "config.json").read_text())
+    config["config"]["match_join"] = 2.0
+    (run / "config.json").write_text(json.dumps(config))
+    saved = (run / "config.json").read_text()
+    refused = styletx("export", run, "--format", "torchscript", "-o", tmp_path / "m.pt")
+    assert refused.exit_code == 2 and "cannot be exported" in refused.stderr
+    assert not (tmp_path / "m.pt").exists()
+    result = styletx("export", run, "--format", "torchscript", "-o", tmp_path / "m.pt",
+                     "--set", "match_join=0")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "m.pt").is_file() and (run / "config.json").read_text() == saved
 
 
 def test_missing_onnx_packages_are_named(styletx, runs, tmp_path, monkeypatch):

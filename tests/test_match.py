@@ -117,8 +117,42 @@ def test_match_join_converts_along_runs_of_the_targets_recordings(match_run, voi
         assert mcd(converted, truth, RATE) < mcd(original, truth, RATE) - 0.5
     with pytest.raises(UsageError, match="cannot be exported"):
         model.translator.export_module("a2b")
-    with pytest.raises(UsageError, match="match_join must be >= 0"):
-        make_config(Match, "tiny", {"match_join": -1}, "audio")
+    for bad in ({"match_join": -1}, {"match_k": 0}, {"match_context": -1}):
+        with pytest.raises(UsageError, match="match_k must be >= 1 and match_context and "
+                                             "match_join >= 0"):
+            make_config(Match, "tiny", bad, "audio")
+
+
+def test_convert_set_changes_how_one_command_converts(match_run, voices, styletx, tmp_path):
+    """`styletx convert --set` changes the conversion-only settings for that command: the
+    files come out as a run with those settings converts them; config.json is not touched;
+    settings that shaped the weights, or of the wrong type, or a k larger than the matching
+    set are refused in one line, exit 2, before anything is written."""
+    import soundfile as sf
+
+    import styletx as api
+
+    saved = (match_run / "config.json").read_text()
+    source = sorted(voices["test_a"].glob("*.flac"))[0]
+    result = styletx("convert", match_run, source, "-o", tmp_path / "join", "--set",
+                     "match_join=2", "--set", "match_k=6")
+    assert result.exit_code == 0, result.stderr
+    assert (match_run / "config.json").read_text() == saved
+    model = api.load_run(match_run, device="cpu", settings={"match_join": 2.0, "match_k": 6})
+    assert (model.translator.M_A.k, model.translator.M_A.join) == (6, 2.0)
+    model.convert_files([source], tmp_path / "api")
+    assert styletx("convert", match_run, source, "-o", tmp_path / "plain").exit_code == 0
+    join, api_join, plain = (sf.read(tmp_path / folder / source.name)[0]
+                             for folder in ("join", "api", "plain"))
+    assert np.array_equal(join, api_join) and not np.array_equal(join, plain)
+    for setting, message in (("content_dim=4", "--set content_dim: not a setting the match "
+                                               "model can change when converting"),
+                             ("match_join=much", "match expects float"),
+                             ("match_k=100000", "this model's matching set has")):
+        refused = styletx("convert", match_run, source, "-o", tmp_path / "no", "--set", setting)
+        assert refused.exit_code == 2 and refused.error_lines == [refused.stderr.strip()]
+        assert message in refused.stderr
+    assert not (tmp_path / "no").exists()
 
 
 def test_audio_trains_match_by_default_and_a_longer_run_refits_its_sets(voices, tmp_path,

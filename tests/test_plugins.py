@@ -120,6 +120,9 @@ def test_plugins_command_reports_broken_plugin(styletx, fake_entry_points, monke
     fast = listed["cyclegan"]["presets"]["cyclegan"]["image"]["fast"]
     assert fast["size"] == 64 and "colour" in fast["description"]
     assert set(listed["cyclegan"]["presets"]["cyclegan"]["audio"]) == {"default", "fast", "tiny"}
+    assert listed["match"]["conversion_settings"] == {
+        "match": ["match_k", "match_context", "match_join"]}
+    assert listed["vaegan"]["conversion_settings"] == {"vaegan": []}
 
 
 def test_plugins_command_text(styletx):
@@ -128,6 +131,7 @@ def test_plugins_command_text(styletx):
     assert "cyclegan 0.2.0 (built-in)" in result.stdout and "translators: cyclegan" in result.stdout
     assert "--preset fast (image: 64 px, batch 4" in result.stdout
     assert "--preset tiny (audio: 64 frames" in result.stdout
+    assert "convert and export --set: match_k, match_context, match_join" in result.stdout
 
 
 def test_plugins_listing_is_cached_and_answers_without_torch(tmp_path):

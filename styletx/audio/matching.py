@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from styletx.contract.errors import UsageError
+
 __all__ = ["MATCH_FRAMES", "MATCH_VALUES", "FrameMatching", "KeyedFrameMatching"]
 
 MATCH_FRAMES = 30_000  # the matching set's frames at most: ~5.8 min of the mel encoder's
@@ -135,6 +137,9 @@ class FrameMatching(nn.Module):
             if saved is not None and saved.ndim == 2 and saved.shape[1] == buffer.shape[1]:
                 setattr(self, name, buffer.new_zeros(saved.shape))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if 0 < len(self.bank) < self.k:  # k changed for a conversion (styletx convert --set)
+            raise UsageError(f"frame matching with k={self.k} needs at least {self.k} frames "
+                             f"of the target; this model's matching set has {len(self.bank)}")
 
 
 class KeyedFrameMatching(FrameMatching):

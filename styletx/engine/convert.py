@@ -48,7 +48,12 @@ from styletx.engine.apply import (
     per_call,
 )
 from styletx.engine.data import expand_inputs, is_inside, read_ahead
-from styletx.engine.model import build_from_config, load_model_tensors, pick_device
+from styletx.engine.model import (
+    build_from_config,
+    check_setting_type,
+    load_model_tensors,
+    pick_device,
+)
 from styletx.engine.run_config import RunConfig
 from styletx.engine.runs import load_weights
 from styletx.engine.tiles import needs_tiles, translate_tiled
@@ -67,7 +72,8 @@ class ConversionReport:
 
 def load_run(path: Path | str, device: str = "auto", registry: Registry | None = None,
              keep_dropout: bool = False, precision: str = "fp32",
-             normalize: str | None = None, vocoder: str | None = None) -> "Run":
+             normalize: str | None = None, vocoder: str | None = None,
+             settings: dict[str, Any] | None = None) -> "Run":
     """Load a run folder's model for conversion (weights only; no code runs from the files).
 
     The networks run in evaluation mode; ``keep_dropout`` leaves their dropout layers on, for
@@ -76,8 +82,11 @@ def load_run(path: Path | str, device: str = "auto", registry: Registry | None =
     bf16 instructions (1.65x for 256 px images with the default CycleGAN on an AVX512-BF16
     CPU), with slightly different output (41 dB PSNR against fp32 there). ``normalize``
     ("loudness" or "peak"; voice runs only) sets how decoded voices are scaled, ``vocoder``
-    ("griffinlim" or "world"; spectrogram voice runs only) how they are turned into sound."""
-    run = Run(Path(path), device, registry or get_registry(), keep_dropout, precision)
+    ("griffinlim" or "world"; spectrogram voice runs only) how they are turned into sound.
+    ``settings`` replace the run's values of the translator's ``conversion_settings`` for
+    this conversion (``styletx convert --set``; the run folder is not changed)."""
+    run = Run(Path(path), device, registry or get_registry(), keep_dropout, precision,
+              settings)
     if normalize is not None:
         run.set_normalize(normalize)
     if vocoder is not None:
@@ -88,16 +97,48 @@ def load_run(path: Path | str, device: str = "auto", registry: Registry | None =
 PRECISIONS = ("fp32", "bf16")
 
 
+def _change_conversion_settings(config: RunConfig, settings: dict[str, Any],
+                                registry: Registry) -> None:
+    """The run's translator settings with ``settings`` in place of its own, each of which
+    must be one of the translator's ``conversion_settings`` (the rest shaped the weights)."""
+    if config.translator not in registry.translators:
+        return  # build_from_config names the missing plugin
+    cls = registry.translator(config.translator)
+    allowed = cls.conversion_settings
+    for key in settings:
+        if key not in allowed:
+            can = f"those it can: {', '.join(allowed)}" if allowed else "it has none"
+            raise UsageError(f"--set {key}: not a setting the {cls.name} model can change when "
+                             f"converting (the others are fixed when it is trained); {can}")
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    for key, value in settings.items():
+        check_setting_type(cls, key, value, fields[key])
+    config.config = {**config.config, **settings}
+
+
+def _listed(settings: dict[str, Any]) -> str:
+    return " ".join(f"{key}={value}" for key, value in settings.items())
+
+
 class Run:
     def __init__(self, path: Path, device: str, registry: Registry, keep_dropout: bool = False,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", settings: dict[str, Any] | None = None):
         if precision not in PRECISIONS:
             raise UsageError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
         self.path = path
         self.config = RunConfig.read(path)
+        if settings:
+            _change_conversion_settings(self.config, settings, registry)
         self.domain, self.encoders, self.translator = build_from_config(self.config, registry)
         tensors, self.step = load_weights(path)
-        load_model_tensors(self.translator, self.encoders, tensors, run=path)
+        try:
+            load_model_tensors(self.translator, self.encoders, tensors, run=path)
+        except StyletxError as exc:
+            if not settings:
+                raise
+            why = exc if isinstance(exc, UsageError) else (
+                f"the run's saved model does not fit these settings ({exc})")
+            raise UsageError(f"--set {_listed(settings)}: {why}") from None
         self.device = pick_device(device)
         self.translator.to(self.device, amp=False)
         self.translator.train(False)

@@ -41,11 +41,12 @@ def make_config(
             f"unknown setting {unknown[0]!r} for {cls.name} (settings: {', '.join(fields)})"
         )
     for key, value in overrides.items():
-        _check_type(cls, key, value, fields[key])
+        check_setting_type(cls, key, value, fields[key])
     return cls.Config(**values)
 
 
-def _check_type(cls: type[Translator], key: str, value: Any, field: dataclasses.Field) -> None:
+def check_setting_type(cls: type[Translator], key: str, value: Any,
+                       field: dataclasses.Field) -> None:
     """Refuse ``--set ngf=abc`` with a clear message instead of failing deep in the model."""
     default = field.default
     if default is dataclasses.MISSING or default is None:

@@ -33,8 +33,9 @@ def cache_dir() -> Path:
 
 def plugin_listing(compute: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """``compute()`` (the listing of the installed plugins, as JSON values), or what it gave
-    the last time when nothing it depends on has changed since: styletx's version, the
-    entry points and the versions of their packages, and the plugins' source files. A listing
+    the last time when nothing it depends on has changed since: styletx's version and source
+    files (the listing's code), the entry points and the versions of their packages, and the
+    plugins' source files. A listing
     with a broken plugin is not kept (installing what it lacked changes none of those)."""
     path = cache_dir() / f"plugins-{_installed_plugins_key()}.json"
     try:
@@ -48,7 +49,8 @@ def plugin_listing(compute: Callable[[], list[dict[str, Any]]]) -> list[dict[str
 
 
 def _installed_plugins_key() -> str:
-    parts = [__version__, _source_stamp("styletx.plugins"),
+    parts = [__version__, _source_stamp("styletx"), _source_stamp("styletx.cli"),
+             _source_stamp("styletx.plugins"),
              os.environ.get("STYLETX_DISABLE_PLUGIN_AUTOLOAD", "")]
     for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
                      key=lambda ep: ep.name):
