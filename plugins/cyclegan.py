@@ -176,6 +176,9 @@ class CycleGANConfig:
                 self.match_k and self.generator != "voice"):
             raise UsageError("cyclegan: match_k, match_context and match_join must be >= 0, "
                              "and frame matching is for the voice generator (generator=voice)")
+        if self.match_join and not self.match_k:
+            raise UsageError("cyclegan: match_join chooses among the match_k nearest frames; "
+                             "it needs frame matching (match_k > 0)")
         if self.bins < 1 or self.smooth_frames < 1:
             raise UsageError(f"cyclegan: bins and smooth_frames must be >= 1, not {self.bins} "
                              f"and {self.smooth_frames}")

@@ -549,6 +549,8 @@ def test_voice_frame_matching_uses_the_target_voices_own_frames():
         CycleGANConfig(generator="voice", match_context=-1)
     with pytest.raises(UsageError, match="match_join must be >= 0"):
         CycleGANConfig(generator="voice", match_join=-1)
+    with pytest.raises(UsageError, match="needs frame matching"):  # else it would do nothing
+        CycleGANConfig(generator="voice", match_join=2)
     joined = voice_model(bins=20, match_k=4, match_join=2.0)  # unit selection, as match's
     assert joined.M_A.join == joined.M_B.join == 2.0
 

@@ -154,6 +154,7 @@ def test_voice_export_with_griffin_lim_writes_what_convert_writes(styletx, runs,
     (("{voice}", "--set", "ngf=8"), 2, "those it can: match_k, match_context, match_join"),
     (("{voice}", "--set", "match_k=two"), 2, "--set match_k='two': cyclegan expects int"),
     (("{voice}", "--set", "match_k=9999"), 2, "this model's matching set has"),
+    (("{cyclegan}", "--set", "match_k=2"), 2, "frame matching is for the voice generator"),
     (("{voice}", "--set", "match_join=1"), 2, "cannot be exported (its path search runs frame "
                                               "by frame); convert with styletx, or export "
                                               "with --set match_join=0"),

@@ -97,6 +97,19 @@ def test_an_empty_set_changes_nothing_and_a_saved_one_loads_at_its_size():
     assert torch.equal(m(y), y)
 
 
+def test_loading_a_set_that_was_never_saved_or_is_too_small_is_a_usage_error():
+    """`styletx convert --set match_k=...` on a run trained without frame matching, or with a
+    k larger than its set: one line that says so, not torch's report of missing tensors."""
+    from styletx import UsageError
+
+    with pytest.raises(UsageError, match="saved no matching set"):
+        FrameMatching(1, 8, k=3).load_state_dict({})
+    small = FrameMatching(1, 8, k=3)
+    small.fit([torch.randn(1, 8, 5)])
+    with pytest.raises(UsageError, match="k=6 needs at least 6 frames .* set has 5"):
+        FrameMatching(1, 8, k=6).load_state_dict(small.state_dict())
+
+
 def test_the_set_is_bounded_whole_recordings_seeded(monkeypatch):
     monkeypatch.setattr(matching, "MATCH_VALUES", 400)  # 100 frames of 4 bins
     torch.manual_seed(0)

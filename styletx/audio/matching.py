@@ -132,6 +132,9 @@ class FrameMatching(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the saved set's length is the run's, not the empty one built with the module (a
         # different width is left to the size check, which names the tensor)
+        if prefix + "bank" not in state_dict:  # e.g. convert --set match_k on such a run
+            raise UsageError("frame matching: this model saved no matching set (it was "
+                             "trained without frame matching)")
         for name, buffer in list(self._buffers.items()):
             saved = state_dict.get(prefix + name)
             if saved is not None and saved.ndim == 2 and saved.shape[1] == buffer.shape[1]:
