@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -172,7 +173,7 @@ class CycleGANConfig:
                                            and self.generator != "voice"):
             raise UsageError("cyclegan: post_filter_epochs must be >= 0, and is for the voice "
                              "generator (generator=voice)")
-        if min(self.match_k, self.match_context, self.match_join) < 0 or (
+        if min(self.match_k, self.match_context) < 0 or not 0 <= self.match_join < math.inf or (
                 self.match_k and self.generator != "voice"):
             raise UsageError("cyclegan: match_k, match_context and match_join must be >= 0, "
                              "and frame matching is for the voice generator (generator=voice)")

@@ -28,6 +28,7 @@ output (MCD 2.72-2.85 -> 2.31 dB), nearer the target's voice and as natural.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,7 @@ class MatchConfig:
     #                          +0.05, MCD +0.18 to +0.32 dB. Not exportable, so not the default.
 
     def __post_init__(self):
-        if self.match_k < 1 or self.match_context < 0 or self.match_join < 0:
+        if self.match_k < 1 or self.match_context < 0 or not 0 <= self.match_join < math.inf:
             raise UsageError(f"match: match_k must be >= 1 and match_context and match_join "
                              f">= 0, not {self.match_k}, {self.match_context} and "
                              f"{self.match_join}")

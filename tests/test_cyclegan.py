@@ -547,8 +547,9 @@ def test_voice_frame_matching_uses_the_target_voices_own_frames():
         CycleGANConfig(match_k=4)  # the ResNet generator: images have no frames
     with pytest.raises(UsageError, match="match_k"):
         CycleGANConfig(generator="voice", match_context=-1)
-    with pytest.raises(UsageError, match="match_join must be >= 0"):
-        CycleGANConfig(generator="voice", match_join=-1)
+    for join in (-1, float("inf")):
+        with pytest.raises(UsageError, match="match_join must be >= 0"):
+            CycleGANConfig(generator="voice", match_k=4, match_join=join)
     with pytest.raises(UsageError, match="needs frame matching"):  # else it would do nothing
         CycleGANConfig(generator="voice", match_join=2)
     joined = voice_model(bins=20, match_k=4, match_join=2.0)  # unit selection, as match's

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -307,33 +308,37 @@ def test_one_process_under_torchrun_joins_a_process_group(monkeypatch):
     assert not dist.is_initialized()
 
 
-def test_finish_frees_the_process_group_before_the_interpreter_exits(monkeypatch):
+def test_finish_frees_the_process_group_before_the_interpreter_exits(tmp_path):
     """A group that outlives destroy_process_group is torn down with the interpreter, where a
     rank could abort after a finished run (SIGABRT, "terminate called without an active
     exception", about 1 two-process run in 80 under load). After finish nothing holds it: not
-    the DDP wrappers, nor torch.distributed.nn's functions (their default argument)."""
-    import weakref
+    the DDP wrappers, nor torch.distributed.nn's functions (their default argument). In a
+    fresh process, since the first import of torch.distributed.nn is what matters."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(textwrap.dedent("""
+        import sys, weakref
+        import torch, torch.distributed as dist
+        sys.path.insert(0, sys.argv[1])
+        from test_distributed import _toy_cyclegan
+        from styletx.engine import distributed
 
-    import torch.distributed as dist
-
-    from styletx.engine import distributed
-
-    for name, value in {"TORCHELASTIC_RUN_ID": "test", "WORLD_SIZE": "1", "RANK": "0",
-                        "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": str(_free_port())}.items():
-        monkeypatch.setenv(name, value)
-    group, _ = distributed.setup("cpu")
-    process_group = weakref.ref(dist.group.WORLD)
-    model = _toy_cyclegan()
-    try:
+        group, _ = distributed.setup("cpu")
+        process_group = weakref.ref(dist.group.WORLD)
+        model = _toy_cyclegan()
         group.distribute(model, torch.device("cpu"))
-        batch = {side: torch.rand(2, 3, 16, 16) * 2 - 1 for side in "ab"}
-        model.training_step(batch, 0)
-    finally:
+        model.training_step({side: torch.rand(2, 3, 16, 16) * 2 - 1 for side in "ab"}, 0)
         group.finish()
-    assert not dist.is_initialized()
-    assert dict(model.context.wrappers) == {}
-    assert process_group() is None
+        print("initialized", dist.is_initialized(), "wrappers", len(model.context.wrappers),
+              "group alive", process_group() is not None)
+    """))
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "test", "WORLD_SIZE": "1", "RANK": "0",
+           "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(probe), str(Path(__file__).parent)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["initialized", "False", "wrappers", "0", "group", "alive",
+                                     "False"], result.stdout
 
 
 @pytest.mark.slow

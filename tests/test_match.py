@@ -117,7 +117,8 @@ def test_match_join_converts_along_runs_of_the_targets_recordings(match_run, voi
         assert mcd(converted, truth, RATE) < mcd(original, truth, RATE) - 0.5
     with pytest.raises(UsageError, match="cannot be exported"):
         model.translator.export_module("a2b")
-    for bad in ({"match_join": -1}, {"match_k": 0}, {"match_context": -1}):
+    for bad in ({"match_join": -1}, {"match_join": float("nan")}, {"match_k": 0},
+                {"match_context": -1}):
         with pytest.raises(UsageError, match="match_k must be >= 1 and match_context and "
                                              "match_join >= 0"):
             make_config(Match, "tiny", bad, "audio")
@@ -186,3 +187,17 @@ def test_match_refuses_images(data, styletx, tmp_path):
     assert result.exit_code == 2
     assert result.error_lines == ["Error: the match model does not work on image files"]
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("declared", [("match_k", "match_kk"), "match_k"])
+def test_a_plugin_that_declares_conversion_settings_wrongly_is_named(match_run, monkeypatch,
+                                                                     declared):
+    """Not fields of its Config, or a string (in which `in` finds substrings): one error
+    naming the plugin, not a KeyError."""
+    import styletx
+    from styletx import StyletxError
+    from styletx.plugins.match import Match
+
+    monkeypatch.setattr(Match, "conversion_settings", declared)
+    with pytest.raises(StyletxError, match="the match plugin's conversion_settings must be"):
+        styletx.load_run(match_run, device="cpu", settings={"match_k": 4})

@@ -129,17 +129,19 @@ class FrameMatching(nn.Module):
         distances = _window_distances(padded, bank, t, 2 * self.context + 1)
         return distances.topk(self.k, dim=-1, largest=False)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # the saved set's length is the run's, not the empty one built with the module (a
-        # different width is left to the size check, which names the tensor)
-        if prefix + "bank" not in state_dict:  # e.g. convert --set match_k on such a run
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args,
+                              **kwargs):
+        if strict and prefix + "bank" not in state_dict:  # convert --set match_k=8 on a run
             raise UsageError("frame matching: this model saved no matching set (it was "
                              "trained without frame matching)")
+        # the saved set's length is the run's, not the empty one built with the module (a
+        # different width is left to the size check, which names the tensor)
         for name, buffer in list(self._buffers.items()):
             saved = state_dict.get(prefix + name)
             if saved is not None and saved.ndim == 2 and saved.shape[1] == buffer.shape[1]:
                 setattr(self, name, buffer.new_zeros(saved.shape))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args,
+                                      **kwargs)
         if 0 < len(self.bank) < self.k:  # k changed for a conversion (styletx convert --set)
             raise UsageError(f"frame matching with k={self.k} needs at least {self.k} frames "
                              f"of the target; this model's matching set has {len(self.bank)}")

@@ -225,8 +225,9 @@ class Translator(ABC):
         return config
     paired: ClassVar[bool] = False  # needs (a, b) examples that belong together
     # Settings of ``Config`` that change only how a trained run converts, not what it learns
-    # or saves (e.g. how many frames a match averages): ``styletx convert --set`` may change
-    # them for one conversion. Every other setting is fixed when the run is trained.
+    # (e.g. how many frames a match averages): ``styletx convert --set`` may change them for
+    # one conversion (a value the saved tensors cannot serve is refused as they load). Every
+    # other setting is fixed when the run is trained.
     conversion_settings: ClassVar[tuple[str, ...]] = ()
 
     optimizers: dict[str, torch.optim.Optimizer]

@@ -105,12 +105,15 @@ def _change_conversion_settings(config: RunConfig, settings: dict[str, Any],
         return  # build_from_config names the missing plugin
     cls = registry.translator(config.translator)
     allowed = cls.conversion_settings
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    if not isinstance(allowed, tuple) or not set(allowed) <= set(fields):
+        raise StyletxError(f"the {cls.name} plugin's conversion_settings must be a tuple of "
+                           f"its Config's field names, not {allowed!r}")
     for key in settings:
         if key not in allowed:
             can = f"those it can: {', '.join(allowed)}" if allowed else "it has none"
             raise UsageError(f"--set {key}: not a setting the {cls.name} model can change when "
                              f"converting (the others are fixed when it is trained); {can}")
-    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
     for key, value in settings.items():
         check_setting_type(cls, key, value, fields[key])
     config.config = {**config.config, **settings}
@@ -133,12 +136,10 @@ class Run:
         tensors, self.step = load_weights(path)
         try:
             load_model_tensors(self.translator, self.encoders, tensors, run=path)
-        except StyletxError as exc:
+        except UsageError as exc:  # e.g. a match_k larger than the saved matching set
             if not settings:
                 raise
-            why = exc if isinstance(exc, UsageError) else (
-                f"the run's saved model does not fit these settings ({exc})")
-            raise UsageError(f"--set {_listed(settings)}: {why}") from None
+            raise UsageError(f"--set {_listed(settings)}: {exc}") from None
         self.device = pick_device(device)
         self.translator.to(self.device, amp=False)
         self.translator.train(False)
