@@ -109,12 +109,11 @@ def _change_conversion_settings(config: RunConfig, settings: dict[str, Any],
     if not isinstance(allowed, tuple) or not set(allowed) <= set(fields):
         raise StyletxError(f"the {cls.name} plugin's conversion_settings must be a tuple of "
                            f"its Config's field names, not {allowed!r}")
-    for key in settings:
+    for key, value in settings.items():
         if key not in allowed:
             can = f"those it can: {', '.join(allowed)}" if allowed else "it has none"
             raise UsageError(f"--set {key}: not a setting the {cls.name} model can change when "
                              f"converting (the others are fixed when it is trained); {can}")
-    for key, value in settings.items():
         check_setting_type(cls, key, value, fields[key])
     config.config = {**config.config, **settings}
 
