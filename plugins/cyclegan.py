@@ -826,10 +826,9 @@ class CycleGAN(styletx.Translator):
         pads them (replicate, to a multiple of 4 and at least 8), but without a branch on the
         size, so that the padding inside its forward never happens."""
         direction_sides(direction)  # checks it
-        if self.config.match_k and self.config.match_join:
-            raise UsageError("cyclegan: a model with match_join > 0 cannot be exported (its "
-                             "path search runs frame by frame); convert with styletx, or "
-                             "export with --set match_join=0")
+        matching = self._frame_matching(direction)
+        if matching is not None:
+            matching.check_exportable(self.name)
         net = self._translator_net(direction)
         if self.config.generator == "voice":  # smoothed, filtered and matched as translate does
             steps = [styletx.PadCrop(net, multiple=(1, 4), least=(0, 8), mode="replicate")]

@@ -296,11 +296,9 @@ class Match(styletx.Translator):
 
     def export_module(self, direction: str) -> nn.Module:
         """The codes and the target side's matching set, as one module."""
-        if self.config.match_join:
-            raise UsageError("match: a model with match_join > 0 cannot be exported (its path "
-                             "search runs frame by frame); convert with styletx, or export "
-                             "with --set match_join=0")
-        return self._converter(direction)
+        converter = self._converter(direction)  # checks the direction and the sets
+        self._matching(direction).check_exportable(self.name)
+        return converter
 
     def _converter(self, direction: str) -> nn.Module:
         direction_sides(direction)  # checks it

@@ -108,8 +108,7 @@ class FrameMatching(nn.Module):
         n, t, c = *queries.shape[:2], self.context
         padded, keys = _padded(queries, c), _padded(keys[None], c)[0]
         if _capturing_graph():  # an exported model: one graph for any length, in one piece
-            if self.join:
-                raise ValueError("frame matching with join > 0 cannot be exported")
+            self.check_exportable("frame matching")
             nearest = self._nearest(padded, keys, t).indices
         else:  # in blocks, so that memory stays bounded for any length (item-major order)
             blocks = [self._nearest(padded[i : i + 1, start : start + BLOCK + 2 * c], keys,
@@ -122,6 +121,13 @@ class FrameMatching(nn.Module):
                                        for d, i in zip(distances, nearest)])[..., None]
         matched = self.bank[nearest].mean(dim=2)  # (N, T, C * bins)
         return matched.transpose(1, 2).unflatten(1, self.shape).to(dtype)
+
+    def check_exportable(self, model: str) -> None:
+        """Refuse export with ``join`` > 0 (``model``: the translator, for the message)."""
+        if self.join:
+            raise UsageError(f"{model}: a model with match_join > 0 cannot be exported (its "
+                             "path search runs frame by frame); convert with styletx, or "
+                             "export with --set match_join=0")
 
     def _nearest(self, padded: torch.Tensor, bank: torch.Tensor, t: int):
         """The distances and indices ``(N, t, k)`` of the set's frames nearest to each of the
