@@ -166,7 +166,7 @@ threads_option = click.option(
 conversion_settings_option = click.option(
     "--set", "settings", multiple=True, metavar="KEY=VALUE",
     help="Change a setting that only affects how the model converts, for this command (the "
-         "run folder is not changed), e.g. --set match_join=2 --set match_k=16 for a voice "
+         "run folder is not changed), e.g. --set match_join=0 --set match_k=8 for a voice "
          "match model; `styletx plugins` lists each model's (repeatable).")
 
 

@@ -826,9 +826,6 @@ class CycleGAN(styletx.Translator):
         pads them (replicate, to a multiple of 4 and at least 8), but without a branch on the
         size, so that the padding inside its forward never happens."""
         direction_sides(direction)  # checks it
-        matching = self._frame_matching(direction)
-        if matching is not None:
-            matching.check_exportable(self.name)
         net = self._translator_net(direction)
         if self.config.generator == "voice":  # smoothed, filtered and matched as translate does
             steps = [styletx.PadCrop(net, multiple=(1, 4), least=(0, 8), mode="replicate")]

@@ -3,10 +3,7 @@ they were not captured at, and no file at all when something is wrong."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,6 +68,14 @@ def run_exported(path, fmt, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(["output"], {"input": x.numpy()})[0])
 
 
+def utterance(run, voices, side: str) -> torch.Tensor:
+    """A real utterance of ``side`` encoded, cut to 67 frames (not a multiple of 4)."""
+    sample = run.domain.load(sorted(voices[side].glob("*.flac"))[0])
+    x = run.encoders[side].encode(sample)[None, ..., :67]
+    assert x.shape[-1] == 67
+    return x
+
+
 # name, format, direction: every model (the voice one in ONNX below), both directions. ONNX
 # export takes seconds even for tiny models, TorchScript a fraction of one.
 CASES = [("cyclegan", "onnx", "a2b"), ("cyclegan", "torchscript", "b2a"),
@@ -93,10 +98,10 @@ def test_export_translates_like_convert_at_a_size_it_never_saw(styletx, runs, sc
 
     run = load_run(runs[name], device="cpu")
     source = direction[0]
-    if name in ("voice", "match"):  # a real utterance cut to 67 frames (not a multiple of 4)
-        sample = run.domain.load(sorted(runs["voices"][source].glob("*.flac"))[0])
-        x = run.encoders[source].encode(sample)[None, ..., :67]
-        assert x.shape[-1] == 67
+    if name in ("voice", "match"):
+        x = utterance(run, runs["voices"], source)
+        if name == "match":  # by default a path search: exported as a loop (any length)
+            assert run.translator.M_A.join > 0
     else:  # a real scene cut to 23 x 37: export captured 37 x 45, checked 29 x 53 and 45 x 30
         sample = run.domain.load(sorted(scenes["test_" + source].glob("*.png"))[0])
         x = run.encoders[source].encode(sample)[None, :, :23, :37]
@@ -155,9 +160,6 @@ def test_voice_export_with_griffin_lim_writes_what_convert_writes(styletx, runs,
     (("{voice}", "--set", "match_k=two"), 2, "--set match_k='two': cyclegan expects int"),
     (("{voice}", "--set", "match_k=9999"), 2, "this model's matching set has"),
     (("{cyclegan}", "--set", "match_k=2"), 2, "frame matching is for the voice generator"),
-    (("{voice}", "--set", "match_join=1"), 2, "cannot be exported (its path search runs frame "
-                                              "by frame); convert with styletx, or export "
-                                              "with --set match_join=0"),
 ])
 def test_bad_arguments(styletx, runs, tmp_path, args, code, message):
     args = [str(a).format(**{k: v for k, v in runs.items() if k != "voices"}) for a in args]
@@ -167,21 +169,25 @@ def test_bad_arguments(styletx, runs, tmp_path, args, code, message):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_set_match_join_0_exports_a_model_that_converts_with_join(styletx, runs, tmp_path):
-    """A match run whose config.json says match_join > 0 (set for its conversions) cannot be
-    exported as it is, and can with --set match_join=0, which leaves the run as it was."""
-    run = Path(shutil.copytree(runs["match"], tmp_path / "run"))
-    config = json.loads((run / "config.json").read_text())
-    config["config"]["match_join"] = 2.0
-    (run / "config.json").write_text(json.dumps(config))
-    saved = (run / "config.json").read_text()
-    refused = styletx("export", run, "--format", "torchscript", "-o", tmp_path / "m.pt")
-    assert refused.exit_code == 2 and "cannot be exported" in refused.stderr
-    assert not (tmp_path / "m.pt").exists()
-    result = styletx("export", run, "--format", "torchscript", "-o", tmp_path / "m.pt",
-                     "--set", "match_join=0")
+@pytest.mark.parametrize(("name", "setting"), [("match", {"match_join": 0.0}),
+                                             ("voice", {"match_join": 1.0})])
+def test_export_set_exports_the_conversion_with_that_setting(styletx, runs, tmp_path, name,
+                                                             setting):
+    """--set changes what is exported as it changes what convert does (here: the mean of the
+    nearest frames where the match run searches a path by default, and the path where the
+    voice CycleGAN's run averages), and leaves the run as it was."""
+    (key, value), = setting.items()
+    saved = (runs[name] / "config.json").read_text()
+    result = styletx("export", runs[name], "--format", "torchscript", "-o", tmp_path / "m.pt",
+                     "--set", f"{key}={value:g}")
     assert result.exit_code == 0, result.stderr
-    assert (tmp_path / "m.pt").is_file() and (run / "config.json").read_text() == saved
+    assert (runs[name] / "config.json").read_text() == saved
+    run, plain = (load_run(runs[name], device="cpu", settings=s) for s in (setting, None))
+    assert run.translator.M_A.join == value != plain.translator.M_A.join
+    x = utterance(run, runs["voices"], "a")
+    expected = run.convert_tensor(x)
+    assert (run_exported(tmp_path / "m.pt", "torchscript", x) - expected).abs().max() <= TOLERANCE
+    assert (plain.convert_tensor(x) - expected).abs().max() > 10 * TOLERANCE
 
 
 def test_missing_onnx_packages_are_named(styletx, runs, tmp_path, monkeypatch):

@@ -28,17 +28,55 @@ def test_window_distances_are_those_of_the_stacked_neighbourhoods():
         assert torch.allclose(fast, brute, atol=1e-3)
 
 
-def test_blocks_and_one_piece_match_alike(monkeypatch):
-    """Converting compares the frames with the set in blocks (bounded memory for any length);
-    an exported model's graph does it in one piece: the same result."""
+@pytest.mark.parametrize("join", [0.0, 1.5])
+def test_blocks_and_one_piece_match_alike(monkeypatch, join):
+    """Converting compares the frames with the set, and prices the path's joins, in blocks
+    (bounded memory for any length); an exported model's graph does it in one piece, and
+    searches the path by scans: the same result."""
     torch.manual_seed(0)
-    m = FrameMatching(1, 8, k=3, context=2)
+    m = FrameMatching(1, 8, k=3, context=2, join=join)
     m.fit([torch.randn(1, 8, 60)])
     y = torch.randn(2, 1, 8, 23)
     monkeypatch.setattr(matching, "BLOCK", 5)  # 23 frames: blocks of 5, the last of 3
     blocks = m(y)
     monkeypatch.setattr(matching, "_capturing_graph", lambda: True)
     assert torch.equal(m(y), blocks)
+
+
+def test_the_path_search_finds_the_least_cost_path():
+    """Known answer: every path of 5 frames through 3 candidates tried (3^5). The loop (eager
+    and TorchScript) and the scans (torch.export, ONNX) agree with it, item by item."""
+    import itertools
+
+    torch.manual_seed(0)
+    costs, joins = torch.rand(5, 4, 3), torch.rand(4, 4, 3, 3)  # (T, N, k), (T-1, N, k, k)
+    best = []
+    for item in range(4):
+        def total(path, item=item):
+            return (sum(costs[s, item, c] for s, c in enumerate(path))
+                    + sum(joins[s, item, a, b] for s, (a, b) in enumerate(zip(path, path[1:]))))
+        best.append(min(itertools.product(range(3), repeat=5), key=total))
+    assert matching._viterbi(costs, joins).T.tolist() == [list(path) for path in best]
+    for other in (matching._viterbi_scan, matching._scripted_viterbi()):
+        assert torch.equal(other(costs, joins), matching._viterbi(costs, joins))
+    one = torch.rand(1, 2, 3)  # one frame: the cheapest candidate (the nearest)
+    assert torch.equal(matching._viterbi(one, joins[:0]), one.argmin(-1))
+    candidates = torch.randint(0, 9, (2, 1, 3))
+    assert torch.equal(matching._least_cost_path(torch.rand(2, 1, 3).sort(-1).values,
+                                                 candidates, torch.randn(10, 4), 2.0),
+                       candidates[..., 0])
+
+
+def test_median_is_torchs_and_counts_only_what_it_is_told():
+    torch.manual_seed(0)
+    values = torch.rand(3, 10)
+    assert torch.equal(matching._median(values), values.median(dim=-1).values)  # the lower one
+    values[0, :4] = 0  # not counted: the median of the other six
+    values[2] = 0  # none counted: 1
+    median = matching._median(values, values > 0)
+    assert median[0] == values[0, 4:].median() and median[1] == values[1].median()
+    assert median[2] == 1
+    assert matching._median(torch.zeros(2, 0)).tolist() == [1, 1]  # (a one-frame utterance)
 
 
 def spectrogram(values) -> torch.Tensor:

@@ -20,6 +20,9 @@ changes nothing.
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -108,26 +111,17 @@ class FrameMatching(nn.Module):
         n, t, c = *queries.shape[:2], self.context
         padded, keys = _padded(queries, c), _padded(keys[None], c)[0]
         if _capturing_graph():  # an exported model: one graph for any length, in one piece
-            self.check_exportable("frame matching")
-            nearest = self._nearest(padded, keys, t).indices
+            distances, nearest = self._nearest(padded, keys, t)
         else:  # in blocks, so that memory stays bounded for any length (item-major order)
             blocks = [self._nearest(padded[i : i + 1, start : start + BLOCK + 2 * c], keys,
                                     min(BLOCK, t - start))
                       for i in range(n) for start in range(0, t, BLOCK)]
             nearest = torch.cat([b.indices for b in blocks], dim=1).view(n, t, self.k)
-            if self.join:  # the distances too: the path weighs them against the jumps
-                distances = torch.cat([b.values for b in blocks], dim=1).view(n, t, self.k)
-                nearest = torch.stack([_least_cost_path(d, i, self.bank, self.join)
-                                       for d, i in zip(distances, nearest)])[..., None]
+            distances = torch.cat([b.values for b in blocks], dim=1).view(n, t, self.k)
+        if self.join:  # one of the candidates per frame, along the least-cost path
+            nearest = _least_cost_path(distances, nearest, self.bank, self.join)[..., None]
         matched = self.bank[nearest].mean(dim=2)  # (N, T, C * bins)
         return matched.transpose(1, 2).unflatten(1, self.shape).to(dtype)
-
-    def check_exportable(self, model: str) -> None:
-        """Refuse export with ``join`` > 0 (``model``: the translator, for the message)."""
-        if self.join:
-            raise UsageError(f"{model}: a model with match_join > 0 cannot be exported (its "
-                             "path search runs frame by frame); convert with styletx, or "
-                             "export with --set match_join=0")
 
     def _nearest(self, padded: torch.Tensor, bank: torch.Tensor, t: int):
         """The distances and indices ``(N, t, k)`` of the set's frames nearest to each of the
@@ -190,7 +184,7 @@ class KeyedFrameMatching(FrameMatching):
 
 def _least_cost_path(distances: torch.Tensor, candidates: torch.Tensor, bank: torch.Tensor,
                      join: float) -> torch.Tensor:
-    """``(T, k)`` distances and set indices of each frame's candidates -> ``(T,)`` the set
+    """``(N, T, k)`` distances and set indices of each frame's candidates -> ``(N, T)`` the set
     index chosen per frame: the path whose distances plus jump costs sum to the least
     (Viterbi). Continuing (set frame j + 1 after j) is free; a jump costs ``join`` times how
     far the frame chosen is from the one that would have continued (a concatenation cost: a
@@ -199,33 +193,96 @@ def _least_cost_path(distances: torch.Tensor, candidates: torch.Tensor, bank: to
     jump: DNSMOS 2.61 -> 2.78 on the English pair at join 1, MCD 2.67 -> 2.66 (each cost over
     its median, identical frames left out of the jumps' median: most of an utterance of
     digital silence would otherwise make it 0 and every jump infinitely dear)."""
-    if len(candidates) == 1:
-        return candidates[:, 0]
-    costs = distances / distances[:, 0].median().clamp_min(1e-12)
-    joins = _join_distances(candidates, bank)
-    jumps = joins[joins > 0]  # not continuing (nor identical frames, e.g. digital silence)
-    joins = joins * (join / (jumps.median() if len(jumps) else joins.new_ones(())))
-    total, back = costs[0], torch.zeros_like(candidates)
-    for s in range(1, len(candidates)):
-        continues = candidates[s][None, :] == candidates[s - 1][:, None] + 1  # (before, now)
-        total, back[s] = (total[:, None] + joins[s - 1].masked_fill(continues, 0)).min(dim=0)
-        total = total + costs[s]
-    path = torch.empty(len(candidates), dtype=torch.long, device=candidates.device)
-    path[-1] = total.argmin()
-    for s in range(len(candidates) - 1, 0, -1):
-        path[s - 1] = back[s, path[s]]
-    return candidates.gather(1, path[:, None])[:, 0]
+    if candidates.shape[-1] == 1:
+        return candidates[..., 0]
+    costs = distances / _median(distances[..., 0]).clamp_min(1e-12)[:, None, None]
+    joins = _join_distances(candidates, bank).flatten(1)  # (N, (T - 1) * before * now)
+    scale = join / _median(joins, joins > 0)  # jumps only: not continuing, nor identical
+    continues = candidates[:, 1:, None, :] == candidates[:, :-1, :, None] + 1
+    joins = (joins * scale[:, None]).view(continues.shape).masked_fill(continues, 0)
+    viterbi = _viterbi  # a Python loop; kept a loop for any length when exported:
+    if torch.jit.is_tracing():
+        viterbi = _scripted_viterbi()  # TorchScript (a trace would unroll it)
+    elif _capturing_graph():
+        viterbi = _viterbi_scan  # torch.export, ONNX
+    choice = viterbi(costs.transpose(0, 1).contiguous(), joins.transpose(0, 1).contiguous())
+    return candidates.gather(2, choice.T[..., None])[..., 0]
+
+
+def _viterbi(costs: torch.Tensor, joins: torch.Tensor) -> torch.Tensor:
+    """``(T, N, k)`` costs per frame and candidate, ``(T - 1, N, k, k)`` costs of each step
+    (from a candidate before to one now) -> ``(T, N)`` the candidate chosen per frame, on the
+    path of least total cost. A loop over the frames (TorchScript can compile it as it is)."""
+    total = costs[0]
+    backs: list[torch.Tensor] = []
+    for s in range(1, costs.shape[0]):
+        best, back = (total[:, :, None] + joins[s - 1]).min(dim=1)
+        backs.append(back)
+        total = best + costs[s]
+    choice = total.argmin(dim=-1)
+    path = [choice]
+    for s in range(len(backs) - 1, -1, -1):
+        choice = backs[s].gather(1, choice[:, None])[:, 0]
+        path.append(choice)
+    path.reverse()
+    return torch.stack(path)
+
+
+@functools.cache
+def _scripted_viterbi():
+    with warnings.catch_warnings():  # torch.jit.script is deprecated, as TorchScript export
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_viterbi)
+
+
+def _viterbi_scan(costs: torch.Tensor, joins: torch.Tensor) -> torch.Tensor:
+    """``_viterbi`` as two scans (forward, then back along the pointers), the form
+    torch.export and the ONNX exporter keep as a loop (ONNX Scan) for any length."""
+    from torch._higher_order_ops.scan import scan
+
+    def forward(total, step):
+        cost, join = step
+        best, back = (total[:, :, None] + join).min(dim=1)
+        return (best + cost).clone(), back.clone()
+
+    def backward(choice, back):
+        return back.gather(1, choice[:, None])[:, 0].clone(), choice.clone()
+
+    total, backs = scan(forward, costs[0], (costs[1:], joins))
+    first, rest = scan(backward, total.argmin(dim=-1), backs, reverse=True)
+    return torch.cat([first[None], rest])
+
+
+def _median(values: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+    """``(N, M) -> (N,)``: the lower median (``torch.median``'s) of each row's values, or of
+    those where ``counted``; 1 for a row with none counted. A sort, not ``torch.median`` or a
+    boolean selection, so that the ONNX exporter takes it and keeps one graph for any size."""
+    if counted is None:
+        counted = torch.ones_like(values, dtype=torch.bool)
+    count = counted.sum(dim=-1)
+    ordered = values.masked_fill(~counted, torch.inf).sort(dim=-1).values
+    ordered = F.pad(ordered, (0, 1), value=1.0)  # something to gather where rows are empty
+    middle = ordered.gather(1, ((count - 1).clamp_min(0) // 2)[:, None])[:, 0]
+    return torch.where(count > 0, middle, torch.ones_like(middle))
 
 
 def _join_distances(candidates: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """``(T - 1, k, k)``: squared distances from each candidate's successor in the set to
-    each candidate of the next frame, ``BLOCK`` frames at a time (memory stays bounded)."""
-    parts = []
-    for start in range(0, len(candidates) - 1, BLOCK):
-        now = candidates[start + 1 : start + 1 + BLOCK]
-        successors = bank[(candidates[start : start + len(now)] + 1).clamp_max(len(bank) - 1)]
-        parts.append(torch.cdist(successors, bank[now]).pow(2))
-    return torch.cat(parts)
+    """``(N, T - 1, k, k)``: squared distances from each candidate's successor in the set to
+    each candidate of the next frame; ``BLOCK`` frames at a time (memory stays bounded), in
+    one piece when captured for export."""
+    def block(start, stop):  # the steps from frames start .. stop - 1 to the frame after each
+        successors = bank[(candidates[:, start:stop] + 1).clamp_max(len(bank) - 1)]
+        now = bank[candidates[:, start + 1 : stop + 1]]
+        # one candidate before at a time: k small differences, not a (.., k, k, values) one
+        # (nor torch.cdist, which the ONNX exporter does not take)
+        return torch.stack([(now - successors[:, :, i, None]).pow(2).sum(-1)
+                            for i in range(successors.shape[2])], dim=2)
+
+    steps = candidates.shape[1] - 1
+    if _capturing_graph():
+        return block(0, steps)
+    return torch.cat([block(start, min(start + BLOCK, steps))
+                      for start in range(0, max(steps, 1), BLOCK)], dim=1)
 
 
 def _window_distances(q: torch.Tensor, b: torch.Tensor, t: int, width: int) -> torch.Tensor:
