@@ -23,8 +23,9 @@ mean of the candidates); B's encoder decodes the result. The frames are B's own,
 pitch are B's; timing and words are the source's.
 
 On the real-recording voice benchmark (benchmarks/RESULTS.md, "Match: frame matching on a learnt
-content code") this converts closer to the target than the voice CycleGAN matched on its own
-output (MCD 2.72-2.85 -> 2.31 dB), nearer the target's voice and as natural.
+content code" and "Match's default") this converts closer to the target than the voice
+CycleGAN matched on its own output (MCD 2.72-2.85 -> 2.49-2.53 dB; the mean of 8, 2.31),
+nearer the target's voice and cleaner.
 """
 
 from __future__ import annotations

@@ -110,7 +110,9 @@ def test_match_join_converts_along_runs_of_the_targets_recordings(match_run, voi
     print(f"seams {unlike:.1f} against {unlike_alone:.1f} for the nearest alone; continuing "
           f"{continuing:.2f} against {continuing_alone:.2f}")
     assert unlike < 0.7 * unlike_alone and continuing > continuing_alone
-    model.translator.config.match_join = 1.0
+    config = model.translator.config  # converting as the run does: the path, by default
+    matching.k, matching.join = config.match_k, config.match_join
+    assert config.match_join == 2.0
     model.convert_files([voices["test_a"]], tmp_path / "out")
     for _, original, converted, truth, _ in held_out_voices(voices["test_a"], tmp_path / "out",
                                                             voices["test_b"]):

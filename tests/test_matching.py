@@ -31,8 +31,8 @@ def test_window_distances_are_those_of_the_stacked_neighbourhoods():
 @pytest.mark.parametrize("join", [0.0, 1.5])
 def test_blocks_and_one_piece_match_alike(monkeypatch, join):
     """Converting compares the frames with the set, and prices the path's joins, in blocks
-    (bounded memory for any length); an exported model's graph does it in one piece, and
-    searches the path by scans: the same result."""
+    (bounded memory for any length); an exported model's graph does it in one piece: the
+    same result."""
     torch.manual_seed(0)
     m = FrameMatching(1, 8, k=3, context=2, join=join)
     m.fit([torch.randn(1, 8, 60)])

@@ -107,7 +107,7 @@ class FrameMatching(nn.Module):
                  dtype: torch.dtype) -> torch.Tensor:
         """``(N, C, bins, T)``: for each of the queries ``(N, T, D)``, the mean of the set's
         frames whose keys ``(M, D)`` (one per frame of the set) are nearest, neighbourhoods
-        compared."""
+        compared (with ``join``, one of those frames, along the least-cost path)."""
         n, t, c = *queries.shape[:2], self.context
         padded, keys = _padded(queries, c), _padded(keys[None], c)[0]
         if _capturing_graph():  # an exported model: one graph for any length, in one piece
@@ -151,8 +151,9 @@ class KeyedFrameMatching(FrameMatching):
     """``(N, key_dim, T) -> (N, C, bins, T)``: frame matching searched by keys other than the
     frames themselves. Each frame of the set has a key (a content code of the target's
     recording there); a query is a sequence of keys, and each of its frames becomes the mean
-    of the ``k`` set frames whose keys' neighbourhoods are nearest. Used by the ``match``
-    translator, whose keys say what is said and not who says it."""
+    of the ``k`` set frames whose keys' neighbourhoods are nearest (with ``join``, one of
+    them, as ``FrameMatching``). Used by the ``match`` translator, whose keys say what is said
+    and not who says it (it sets k 16 and join 2)."""
 
     def __init__(self, channels: int, bins: int, key_dim: int, k: int = 8, context: int = 3,
                  join: float = 0.0):
@@ -200,11 +201,15 @@ def _least_cost_path(distances: torch.Tensor, candidates: torch.Tensor, bank: to
     scale = join / _median(joins, joins > 0)  # jumps only: not continuing, nor identical
     continues = candidates[:, 1:, None, :] == candidates[:, :-1, :, None] + 1
     joins = (joins * scale[:, None]).view(continues.shape).masked_fill(continues, 0)
-    viterbi = _viterbi  # a Python loop; kept a loop for any length when exported:
+    # A Python loop over the frames, which an exported model must keep a loop for any
+    # length: a trace (TorchScript) would unroll it to the traced length, so it traces a
+    # scripted copy, whose loop it keeps; torch.export cannot capture a loop over a dynamic
+    # length at all, so it captures two scans (ONNX Scan).
+    viterbi = _viterbi
     if torch.jit.is_tracing():
-        viterbi = _scripted_viterbi()  # TorchScript (a trace would unroll it)
-    elif _capturing_graph():
-        viterbi = _viterbi_scan  # torch.export, ONNX
+        viterbi = _scripted_viterbi()
+    elif torch.compiler.is_exporting():
+        viterbi = _viterbi_scan
     choice = viterbi(costs.transpose(0, 1).contiguous(), joins.transpose(0, 1).contiguous())
     return candidates.gather(2, choice.T[..., None])[..., 0]
 
@@ -216,9 +221,8 @@ def _viterbi(costs: torch.Tensor, joins: torch.Tensor) -> torch.Tensor:
     total = costs[0]
     backs: list[torch.Tensor] = []
     for s in range(1, costs.shape[0]):
-        best, back = (total[:, :, None] + joins[s - 1]).min(dim=1)
+        total, back = _viterbi_step(total, costs[s], joins[s - 1])
         backs.append(back)
-        total = best + costs[s]
     choice = total.argmin(dim=-1)
     path = [choice]
     for s in range(len(backs) - 1, -1, -1):
@@ -235,15 +239,25 @@ def _scripted_viterbi():
         return torch.jit.script(_viterbi)
 
 
+def _viterbi_step(total: torch.Tensor, cost: torch.Tensor,
+                  join: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One frame of the search: ``(N, k)`` the least total cost of a path ending at each
+    candidate of the frame before, ``(N, k)`` this frame's costs, ``(N, k, k)`` the steps'
+    -> the least totals ending at each of this frame's candidates, and the candidate before
+    that each came from."""
+    best, back = (total[:, :, None] + join).min(dim=1)
+    return best + cost, back
+
+
 def _viterbi_scan(costs: torch.Tensor, joins: torch.Tensor) -> torch.Tensor:
     """``_viterbi`` as two scans (forward, then back along the pointers), the form
-    torch.export and the ONNX exporter keep as a loop (ONNX Scan) for any length."""
+    torch.export and the ONNX exporter keep as a loop (ONNX Scan) for any length of at least
+    two frames (``styletx export``'s padding sees to that)."""
     from torch._higher_order_ops.scan import scan
 
     def forward(total, step):
-        cost, join = step
-        best, back = (total[:, :, None] + join).min(dim=1)
-        return (best + cost).clone(), back.clone()
+        total, back = _viterbi_step(total, *step)
+        return total.clone(), back.clone()  # (scan's outputs may not alias its inputs)
 
     def backward(choice, back):
         return back.gather(1, choice[:, None])[:, 0].clone(), choice.clone()
@@ -261,7 +275,8 @@ def _median(values: torch.Tensor, counted: torch.Tensor | None = None) -> torch.
         counted = torch.ones_like(values, dtype=torch.bool)
     count = counted.sum(dim=-1)
     ordered = values.masked_fill(~counted, torch.inf).sort(dim=-1).values
-    ordered = F.pad(ordered, (0, 1), value=1.0)  # something to gather where rows are empty
+    ordered = F.pad(ordered, (0, 1), value=1.0)  # so that the gather has something to take
+    #                                              from an empty row (one-frame utterances)
     middle = ordered.gather(1, ((count - 1).clamp_min(0) // 2)[:, None])[:, 0]
     return torch.where(count > 0, middle, torch.ones_like(middle))
 
