@@ -67,6 +67,9 @@ log = logging.getLogger("styletx")
 
 PLAIN_LINE_SECONDS = 10  # without a progress bar (not a terminal): a progress line this often
 REPORT_SECONDS = 60  # the run report is rewritten at checkpoints at most this often (~0.3 s)
+TIMED_PERIODS = 3  # logged periods a run needs before `styletx plugins` shows its step time:
+#                   the first holds the start-up (a 2-step run of the tiny match preset timed
+#                   1.2 s a step, 60 times its speed), so it must not be the median
 COMPILE_MODE_ON_CUDA = "reduce-overhead"  # --compile's mode on CUDA (benchmarks/gpu_speed.py)
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune",
                  "max-autotune-no-cudagraphs")
@@ -404,7 +407,7 @@ class Loop:
             self.translator.on_trained(out, self.sampler.examples,
                                        chunk=self.prepared.domain.chunk_frames)
         self.group.finish()
-        if self.group.is_main and self.rates and self._as_the_preset_says():
+        if self.group.is_main and len(self.rates) >= TIMED_PERIODS and self._as_the_preset_says():
             config = self.prepared.run_config  # for `styletx plugins`: what a step costs here
             record_step_time(config.translator, config.preset, config.domain, self.device.type,
                              1 / max(sorted(self.rates)[len(self.rates) // 2], 1e-9))
