@@ -169,8 +169,8 @@ def test_bad_arguments(styletx, runs, tmp_path, args, code, message):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("name", "setting", "fmt"), [("match", {"match_join": 0.0}, "torchscript"),
-                                                    ("voice", {"match_join": 1.0}, "onnx")])
+@pytest.mark.parametrize(("name", "setting", "fmt"), [
+    ("match", {"match_join": 0.0}, "torchscript"), ("voice", {"match_join": 1.0}, "onnx")])
 def test_export_set_exports_the_conversion_with_that_setting(styletx, runs, tmp_path, name,
                                                              setting, fmt):
     """--set changes what is exported as it changes what convert does (here: the mean of the

@@ -160,17 +160,18 @@ def test_plugins_shows_the_step_time_measured_here(styletx, scenes, tmp_path, mo
     api.train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny",
               settings=api.TrainSettings(steps=4, device="cpu", progress=False, log_every=1))
     api.train(scenes["a"], scenes["b"], tmp_path / "other", preset="fast",  # not fast's crop:
-              settings=api.TrainSettings(steps=2, size=16, device="cpu", progress=False,
+              settings=api.TrainSettings(steps=4, size=16, device="cpu", progress=False,
                                          log_every=1))  # not recorded
-    def tiny_time():
+
+    def image_presets():
         listed = {p["name"]: p for p in json.loads(styletx("plugins", "--json").stdout)}
         return listed["cyclegan"]["presets"]["cyclegan"]["image"]
 
-    image = tiny_time()
+    image = image_presets()
     assert set(image["tiny"]["measured"]) == {"cpu"} and image["tiny"]["measured"]["cpu"] > 0
     api.train(scenes["a"], scenes["b"], tmp_path / "short", preset="tiny",  # one logged
               settings=api.TrainSettings(steps=2, device="cpu", progress=False))  # period:
-    assert tiny_time() == image  # its start-up, not its speed; not recorded
+    assert image_presets() == image  # its start-up, not its speed; not recorded
     assert image["fast"]["measured"] == {} and image["default"]["measured"] == {}
     text = styletx("plugins").stdout
     assert "--preset tiny (image: 32 px, batch 4, 300 steps; measured here: " in text
