@@ -436,6 +436,9 @@ def _keep_in_report(result) -> None:
 
     if not result.scores:
         return
+    if result.failed:  # a partial evaluation does not replace a whole one (nor its table)
+        log.warning("%s not updated: some pairs could not be scored", result.run / REPORT)
+        return
     try:
         save_evaluation(result.run, result.to_json())
         write_report(result.run)

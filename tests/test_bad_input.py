@@ -184,8 +184,11 @@ def test_named_file_of_another_kind_is_reported(styletx, trained_run, data, tmp_
     result = styletx("convert", trained_run, notes, data["test_a"] / "held001.png",
                      "-o", tmp_path / "out")
     assert result.exit_code == 1
-    assert any("notes.dat" in line and "not a image file" in line for line in result.error_lines)
+    assert any("notes.dat" in line and "not an image file (" in line for line in result.error_lines)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["held001.png"]
+    alone = styletx("convert", trained_run, notes, "-o", tmp_path / "nothing")
+    assert alone.exit_code == 1 and "not an image file (" in alone.stderr
+    assert not (tmp_path / "nothing").exists()  # no empty folder left behind
 
 
 @pytest.mark.parametrize("setting", ["lr=-1", "pool_size=-1"])

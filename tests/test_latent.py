@@ -226,7 +226,7 @@ def test_score_cli_table_json_and_bad_files(vae, styletx, tmp_path):
     assert "above the threshold" in result.stdout
     errors = result.error_lines
     assert any("broken.png: not an image file" in line for line in errors), errors
-    assert any("notes.txt" in line and "not a image file" in line for line in errors), errors
+    assert any("notes.txt" in line and "not an image file (" in line for line in errors), errors
     assert errors[-1] == "Error: 2 file(s) could not be scored"
 
     result = styletx("score", vae["run"], *held, *noise, "--json", "--domain", "a")

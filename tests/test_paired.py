@@ -252,11 +252,16 @@ def test_evaluate_bad_input(styletx, p2p_run, pairs, tmp_path):
 
     b = shutil.copytree(pairs["test_b"], tmp_path / "b")
     (b / "held001.png").write_bytes(b"not an image")
+    whole = styletx("evaluate", p2p_run, pairs["test_a"], pairs["test_b"])
+    saved = (p2p_run / "evaluation-a2b.json").read_text()
     partly = styletx("evaluate", p2p_run, pairs["test_a"], b, "--json")
-    assert partly.exit_code == 1
+    assert whole.exit_code == 0 and partly.exit_code == 1
     report = json.loads(partly.stdout)
     assert len(report["pairs"]) == 3 and report["failed"][0]["file"].endswith("held001.png")
     assert "held001" in partly.stderr
+    # ... and the run keeps the whole evaluation it had, not the partial one
+    assert (p2p_run / "evaluation-a2b.json").read_text() == saved
+    assert "not updated: some pairs could not be scored" in partly.stderr
 
 
 def test_keep_dropout_makes_conversion_stochastic(p2p_run, pairs):

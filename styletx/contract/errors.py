@@ -22,6 +22,11 @@ class UsageError(StyletxError):
     exit_code = 2
 
 
+def not_a(kind: str) -> str:
+    """"not a <kind> file" with the right article: "not an audio file", "not an image file"."""
+    return f"not {'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} file"
+
+
 class BadInputError(StyletxError):
     """One input file cannot be used; names the file and the problem."""
 

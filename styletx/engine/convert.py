@@ -35,6 +35,7 @@ from styletx.contract.errors import (
     UsageError,
     WriteError,
     is_out_of_memory,
+    not_a,
     out_of_memory_problem,
 )
 from styletx.contract.files import atomic_path, file_in_the_way
@@ -277,7 +278,18 @@ class Run:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
         suffix = self._output_suffix(out_format)
         out_dir, jobs = Path(out_dir), self._plan(inputs, Path(out_dir), suffix)
+        made = not out_dir.exists()
         _check_writable(out_dir)  # once, before any work: not one error per file
+        try:
+            return self._convert_jobs(jobs, direction, batch_size, on_file, on_start)
+        finally:  # nothing converted (bad inputs, an error): no empty folder left behind
+            if made and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+
+    def _convert_jobs(self, jobs: list, direction: str, batch_size: int,
+                      on_file: Callable[[Path, Path | None, str | None], None] | None,
+                      on_start: Callable[[int], None] | None) -> ConversionReport:
+        source, _ = direction_sides(direction)
         if on_start is not None:
             on_start(len(jobs))
         report = ConversionReport()
@@ -312,7 +324,7 @@ class Run:
         try:
             if dst is None:
                 kinds = " ".join(self.domain.extensions)
-                raise BadInputError(src, f"not a {self.domain.name} file ({kinds})")
+                raise BadInputError(src, f"{not_a(self.domain.name)} ({kinds})")
             sample = self.domain.load(src)
             return src, dst, (sample, self.encoders[side].encode(sample))
         except BadInputError as err:

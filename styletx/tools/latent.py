@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from styletx.contract.errors import BadInputError, StyletxError, UsageError
+from styletx.contract.errors import BadInputError, StyletxError, UsageError, not_a
 from styletx.contract.interfaces import SIDES, Domain, LatentTranslator, Sample
 from styletx.engine.apply import chunk_starts, group_by_shape
 from styletx.engine.data import expand_inputs
@@ -440,7 +440,7 @@ def score(run: Run, inputs: Iterable[Path | str], side: str = "a",
         try:
             if not run.domain.handles(path):
                 kinds = " ".join(run.domain.extensions)
-                raise BadInputError(path, f"not a {run.domain.name} file ({kinds})")
+                raise BadInputError(path, f"{not_a(run.domain.name)} ({kinds})")
             result = scorer(path, run.domain.load(path))
         except BadInputError as err:
             report.failed.append((path, err.problem))
