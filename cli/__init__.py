@@ -614,6 +614,7 @@ def report(run):
 @click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
               help="The file to write, e.g. model.onnx or model.pt.")
 @conversion_settings_option
+@threads_option
 @reports_errors
 def export(run, direction, fmt, out, settings):
     """Export RUN's generator for one direction as ONNX or TorchScript.

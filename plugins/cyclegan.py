@@ -177,6 +177,11 @@ class CycleGANConfig:
                 self.match_k and self.generator != "voice"):
             raise UsageError("cyclegan: match_k, match_context and match_join must be >= 0, "
                              "and frame matching is for the voice generator (generator=voice)")
+        from styletx.audio.matching import MAX_CONTEXT
+
+        if self.match_context > MAX_CONTEXT:
+            raise UsageError(f"cyclegan: match_context must be at most {MAX_CONTEXT} frames, "
+                             f"not {self.match_context}")
         if self.match_join and not self.match_k:
             raise UsageError("cyclegan: match_join chooses among the match_k nearest frames; "
                              "it needs frame matching (match_k > 0)")

@@ -39,7 +39,7 @@ from torch import nn
 
 import styletx
 from styletx import DIRECTIONS, Preset, UsageError, direction_sides
-from styletx.audio.matching import KeyedFrameMatching
+from styletx.audio.matching import MAX_CONTEXT, KeyedFrameMatching
 from styletx.nn import adam
 
 SPEAKERS = 2  # A and B
@@ -70,10 +70,15 @@ class MatchConfig:
     #                          similarity +0.03 to +0.05, MCD +0.18 to +0.32 dB
 
     def __post_init__(self):
-        if self.match_k < 1 or self.match_context < 0 or not 0 <= self.match_join < math.inf:
-            raise UsageError(f"match: match_k must be >= 1 and match_context and match_join "
-                             f">= 0, not {self.match_k}, {self.match_context} and "
-                             f"{self.match_join}")
+        if self.match_k < 1:
+            raise UsageError(f"match: match_k must be at least 1 (the target frames each "
+                             f"frame is chosen from), not {self.match_k}")
+        if not 0 <= self.match_context <= MAX_CONTEXT:
+            raise UsageError(f"match: match_context must be from 0 to {MAX_CONTEXT} frames, "
+                             f"not {self.match_context}")
+        if not 0 <= self.match_join < math.inf:
+            raise UsageError(f"match: match_join must be a number >= 0 (0: the mean of the "
+                             f"match_k nearest), not {self.match_join}")
 
 
 class ContentEncoder(nn.Module):
@@ -133,8 +138,8 @@ class Match(styletx.Translator):
             description="two content codes of 16 values from +-4 frames (dense 512-wide "
                         "networks), speaker adversary 0.05, lr 1e-3, 3000 steps of 64-frame "
                         "segments, batch 4; converts each frame to one of the target's 16 "
-                        "nearest frames (+-3 frames compared), along the path with the "
-                        "fewest jumps (match_join 2)",
+                        "nearest frames (+-3 frames compared), along the least-cost path "
+                        "that keeps to runs of the target's recordings (match_join 2)",
         ),
         "fast": Preset(
             train=FAST_TRAINING,

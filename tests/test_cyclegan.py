@@ -547,6 +547,8 @@ def test_voice_frame_matching_uses_the_target_voices_own_frames():
         CycleGANConfig(match_k=4)  # the ResNet generator: images have no frames
     with pytest.raises(UsageError, match="match_k"):
         CycleGANConfig(generator="voice", match_context=-1)
+    with pytest.raises(UsageError, match="match_context must be at most 32 frames"):
+        CycleGANConfig(generator="voice", match_k=4, match_context=100_000)
     for join in (-1, float("inf")):
         with pytest.raises(UsageError, match="match_join must be >= 0"):
             CycleGANConfig(generator="voice", match_k=4, match_join=join)

@@ -158,7 +158,8 @@ def test_voice_export_with_griffin_lim_writes_what_convert_writes(styletx, runs,
                                             "trained); it has none"),
     (("{voice}", "--set", "ngf=8"), 2, "those it can: match_k, match_context, match_join"),
     (("{voice}", "--set", "match_k=two"), 2, "--set match_k='two': cyclegan expects int"),
-    (("{voice}", "--set", "match_k=9999"), 2, "this model's matching set has"),
+    (("{voice}", "--set", "match_k=9999"), 2, "matching set for one direction has"),
+    (("{match}", "--set", "match_context=100000"), 2, "match_context must be from 0 to 32"),
     (("{cyclegan}", "--set", "match_k=2"), 2, "frame matching is for the voice generator"),
 ])
 def test_bad_arguments(styletx, runs, tmp_path, args, code, message):

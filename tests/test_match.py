@@ -117,10 +117,12 @@ def test_match_join_converts_along_runs_of_the_targets_recordings(match_run, voi
     for _, original, converted, truth, _ in held_out_voices(voices["test_a"], tmp_path / "out",
                                                             voices["test_b"]):
         assert mcd(converted, truth, RATE) < mcd(original, truth, RATE) - 0.5
-    for bad in ({"match_join": -1}, {"match_join": float("nan")}, {"match_k": 0},
-                {"match_context": -1}):
-        with pytest.raises(UsageError, match="match_k must be >= 1 and match_context and "
-                                             "match_join >= 0"):
+    for bad, message in (({"match_join": -1}, "match_join must be a number >= 0"),
+                         ({"match_join": float("nan")}, "match_join must be a number >= 0"),
+                         ({"match_k": 0}, "match_k must be at least 1"),
+                         ({"match_context": -1}, "match_context must be from 0 to 32"),
+                         ({"match_context": 100_000}, "match_context must be from 0 to 32")):
+        with pytest.raises(UsageError, match=message):
             make_config(Match, "tiny", bad, "audio")
 
 
@@ -149,7 +151,8 @@ def test_convert_set_changes_how_one_command_converts(match_run, voices, styletx
     for setting, message in (("content_dim=4", "--set content_dim: not a setting the match "
                                                "model can change when converting"),
                              ("match_join=much", "match expects float"),
-                             ("match_k=100000", "this model's matching set has")):
+                             ("match_k=100000", "k must fit both directions' sets"),
+                             ("match_context=100000", "match_context must be from 0 to 32")):
         refused = styletx("convert", match_run, source, "-o", tmp_path / "no", "--set", setting)
         assert refused.exit_code == 2 and refused.error_lines == [refused.stderr.strip()]
         assert message in refused.stderr

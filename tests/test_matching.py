@@ -144,7 +144,7 @@ def test_loading_a_set_that_was_never_saved_or_is_too_small_is_a_usage_error():
         FrameMatching(1, 8, k=3).load_state_dict({})
     small = FrameMatching(1, 8, k=3)
     small.fit([torch.randn(1, 8, 5)])
-    with pytest.raises(UsageError, match="k=6 needs at least 6 frames .* set has 5"):
+    with pytest.raises(UsageError, match="k=6 needs at least 6 frames .* direction has 5"):
         FrameMatching(1, 8, k=6).load_state_dict(small.state_dict())
 
 

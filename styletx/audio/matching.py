@@ -30,7 +30,7 @@ from torch import nn
 
 from styletx.contract.errors import UsageError
 
-__all__ = ["MATCH_FRAMES", "MATCH_VALUES", "FrameMatching", "KeyedFrameMatching"]
+__all__ = ["MATCH_FRAMES", "MATCH_VALUES", "MAX_CONTEXT", "FrameMatching", "KeyedFrameMatching"]
 
 MATCH_FRAMES = 30_000  # the matching set's frames at most: ~5.8 min of the mel encoder's
 #                        (22.05 kHz, hop 256), 5 min of the world encoder's (10 ms).
@@ -38,6 +38,9 @@ MATCH_FRAMES = 30_000  # the matching set's frames at most: ~5.8 min of the mel 
 #                        converted frame is compared with all of the set
 MATCH_VALUES = MATCH_FRAMES * 128  # and at most 15 MB of float32 (7 485 of the stft
 #                                    encoder's 513-bin frames), saved in the run
+MAX_CONTEXT = 32  # frames each side a neighbourhood may span (+-0.37 s at the mel hop): the
+#                  best measured were 2-4, wider ones compare other syllables, and the window
+#                  distances' memory grows with (frames + 2 context) x (set frames + 2 context)
 BLOCK = 512  # converted frames compared with the set at a time: the distances of a block
 #              take BLOCK x set frames x 8 bytes (123 MB at 30 000), whatever the input's length
 
@@ -58,9 +61,9 @@ class FrameMatching(nn.Module):
     def __init__(self, channels: int, bins: int, k: int = 16, context: int = 4,
                  join: float = 0.0):
         super().__init__()
-        if k < 1 or context < 0 or join < 0:
-            raise ValueError(f"frame matching needs k >= 1, context >= 0 and join >= 0, not "
-                             f"{k}, {context} and {join}")
+        if k < 1 or not 0 <= context <= MAX_CONTEXT or join < 0:
+            raise ValueError(f"frame matching needs k >= 1, context from 0 to {MAX_CONTEXT} "
+                             f"and join >= 0, not {k}, {context} and {join}")
         self.shape, self.k, self.context, self.join = (channels, bins), k, context, join
         self.register_buffer("bank", torch.zeros(0, channels * bins))
 
@@ -144,7 +147,8 @@ class FrameMatching(nn.Module):
                                       **kwargs)
         if 0 < len(self.bank) < self.k:  # k changed for a conversion (styletx convert --set)
             raise UsageError(f"frame matching with k={self.k} needs at least {self.k} frames "
-                             f"of the target; this model's matching set has {len(self.bank)}")
+                             f"of the target; this model's matching set for one direction has "
+                             f"{len(self.bank)} (k must fit both directions' sets)")
 
 
 class KeyedFrameMatching(FrameMatching):
