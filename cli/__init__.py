@@ -163,6 +163,12 @@ threads_option = click.option(
     help="Compute threads per process (default: OMP_NUM_THREADS, else one per physical core, "
          "shared by the processes of --nproc).")
 
+vocoder_option = click.option(
+    "--vocoder", type=click.Choice(["griffinlim", "world"]), default=None,
+    help="Voice (mel and stft runs): turn spectrograms into sound by Griffin-Lim (default) or "
+         "re-synthesise that with the WORLD vocoder from the input's pitch: a cleaner voice, a "
+         "little further from the target's timbre (needs styletx[world]; docs/voice.md).")
+
 conversion_settings_option = click.option(
     "--set", "settings", multiple=True, metavar="KEY=VALUE",
     help="Change a setting that only affects how the model converts, for this command (the "
@@ -326,11 +332,7 @@ def _relaunch_with_torchrun(nproc: int) -> None:
 @click.option("--normalize", type=click.Choice(["loudness", "peak"]), default=None,
               help="Voice: scale each output to its input's loudness (default; silence stays "
                    "silent) or its peak to -0.1 dBFS.")
-@click.option("--vocoder", type=click.Choice(["griffinlim", "world"]), default=None,
-              help="Voice (mel and stft runs): turn spectrograms into sound by Griffin-Lim "
-                   "(default) or re-synthesise that with the WORLD vocoder from the input's "
-                   "pitch: a cleaner voice, a little further from the target's timbre (needs "
-                   "styletx[world]; docs/voice.md).")
+@vocoder_option
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
               show_default=True,
               help="bf16: faster on GPUs and on CPUs with bf16 instructions, with slightly "
@@ -402,16 +404,24 @@ class _PlainProgress:
               help="Each file of A_TEST holds A and B side by side (no B_TEST).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--device", default="auto", show_default=True)
+@vocoder_option
+@conversion_settings_option
 @threads_option
 @reports_errors
-def evaluate(run, a_test, b_test, direction, aligned, as_json, device):
+def evaluate(run, a_test, b_test, direction, aligned, as_json, device, vocoder, settings):
     """Score RUN on held-out pairs: convert each input of A_TEST and compare it with its pair
     in B_TEST (images: PSNR, SSIM; voice: mel-cepstral distortion, log-F0 RMSE), beside the
     same measures for the unconverted input. Pairs match by relative path without extension.
+    The scores join the run's report, unless --vocoder or --set measured a variant.
     """
     from tqdm import tqdm
 
+    from styletx.engine.convert import load_run
     from styletx.engine.evaluate import evaluate as run_evaluation
+    from styletx.engine.model import parse_settings
+
+    model = load_run(run, device=device, registry=registry(), vocoder=vocoder,
+                     settings=parse_settings(settings))
 
     with tqdm(unit="pair", file=sys.stderr, disable=None) as bar:
         progress = _PlainProgress(bar, "evaluated", "pair(s)")
@@ -422,9 +432,14 @@ def evaluate(run, a_test, b_test, direction, aligned, as_json, device):
                 tqdm.write(f"Error: {name}: {problem}", file=sys.stderr)
             progress.tick()
 
-        result = run_evaluation(run, a_test, b_test, direction, aligned, device=device,
-                                registry=registry(), on_pair=on_pair, on_start=progress.start)
-    _keep_in_report(result)
+        result = run_evaluation(model, a_test, b_test, direction, aligned, on_pair=on_pair,
+                                on_start=progress.start)
+    if vocoder is None and not settings:
+        _keep_in_report(result)
+    else:  # the report's table stays the run's own conversion
+        log.info("measured with %s: not added to the run's report",
+                 " ".join([f"--vocoder {vocoder}"] * (vocoder is not None)
+                          + [f"--set {s}" for s in settings]))
     _print_report(result, as_json, _evaluation_table, "pair(s)")
 
 

@@ -159,6 +159,22 @@ def test_convert_set_changes_how_one_command_converts(match_run, voices, styletx
     assert not (tmp_path / "no").exists()
 
 
+def test_evaluate_set_measures_a_variant_without_touching_the_report(match_run, voices,
+                                                                      styletx):
+    """`styletx evaluate --set` scores the run converted with those settings (here the mean of
+    the nearest frames in place of the path) and leaves the run's own evaluation as it was."""
+    default = styletx("evaluate", match_run, voices["test_a"], voices["test_b"], "--json")
+    assert default.exit_code == 0, default.stderr
+    saved = (match_run / "evaluation-a2b.json").read_text()
+    variant = styletx("evaluate", match_run, voices["test_a"], voices["test_b"], "--json",
+                      "--set", "match_join=0", "--set", "match_k=2")
+    assert variant.exit_code == 0, variant.stderr
+    assert "not added to the run's report" in variant.stderr
+    assert (match_run / "evaluation-a2b.json").read_text() == saved
+    means = [json.loads(r.stdout)["mean"]["converted"]["mcd_db"] for r in (default, variant)]
+    assert means[0] != means[1]
+
+
 def test_audio_trains_match_by_default_and_a_longer_run_refits_its_sets(voices, tmp_path,
                                                                         styletx):
     """No --model: audio folders train match. Trained further, a finished run refits its sets
