@@ -624,8 +624,9 @@ def report(run):
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--direction", "-d", type=click.Choice(["a2b", "b2a"]), default="a2b",
               show_default=True, help="A to B, or B to A.")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx",
-              show_default=True, help="The file format.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default=None,
+              help="The file format (default: the one -o's suffix names, .onnx or .pt/.pth/"
+                   ".ts; ONNX for any other).")
 @click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
               help="The file to write, e.g. model.onnx or model.pt.")
 @conversion_settings_option
@@ -646,8 +647,10 @@ def export(run, direction, fmt, out, settings):
     """
     from styletx.engine.convert import load_run
     from styletx.engine.export import export as run_export
+    from styletx.engine.export import format_for
     from styletx.engine.model import parse_settings
 
+    fmt = format_for(out, fmt)  # before the run is loaded: a usage error costs nothing
     model = load_run(run, device="cpu", registry=registry(), settings=parse_settings(settings))
     report = run_export(model, direction, fmt, out)
     size = f"{report.size_bytes / 1e6:.1f} MB" if report.size_bytes >= 1e5 else (

@@ -152,6 +152,7 @@ def test_voice_export_with_griffin_lim_writes_what_convert_writes(styletx, runs,
     (("{cyclegan}", "-d", "sideways"), 2, "'sideways' is not one of 'a2b', 'b2a'"),
     (("{pix2pix}", "-d", "b2a"), 2, "trained for a2b only, not b2a"),
     (("{cyclegan}", "--format", "tflite"), 2, "'tflite' is not one of 'onnx', 'torchscript'"),
+    (("{cyclegan}", "--format", "torchscript"), 2, "a .onnx file is onnx, not torchscript"),
     # --set: only what changes the conversion, of the right type, that the saved model allows
     (("{vaegan}", "--set", "match_k=2"), 2, "not a setting the vaegan model can change when "
                                             "converting (the others are fixed when it is "
@@ -242,6 +243,20 @@ def test_an_export_that_differs_from_pytorch_is_refused_and_nothing_replaced(
     assert f"(tolerance {TOLERANCE:g})" in result.error_lines[0]
     assert out.read_bytes() == b"the previous export"
     assert list(tmp_path.iterdir()) == [out]
+
+
+def test_format_follows_the_file_name(styletx, runs, tmp_path):
+    """Without --format, .pt is TorchScript (loadable by torch.jit.load); an explicit format
+    may name a file of no known suffix."""
+    out = tmp_path / "model.pt"
+    result = styletx("export", runs["cyclegan"], "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "(torchscript," in result.stdout
+    torch.jit.load(str(out))
+    other = tmp_path / "model.bin"
+    result = styletx("export", runs["cyclegan"], "--format", "torchscript", "-o", other)
+    assert result.exit_code == 0, result.stderr
+    torch.jit.load(str(other))
 
 
 def test_output_folder_is_refused(styletx, runs, tmp_path):

@@ -46,6 +46,8 @@ from styletx.contract.interfaces import direction_sides
 from styletx.engine.apply import PadCrop
 
 FORMATS = ("onnx", "torchscript")
+SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript",
+            ".torchscript": "torchscript"}  # the formats' usual file names
 # Largest |exported - PyTorch| accepted, on tensors in the encoders' units: [-1, 1] for images,
 # where one 8-bit level is 2/255 = 0.0078, and standard deviations of a normalised log
 # spectrogram for voices. Exports agree far closer (measured on the default networks: at most
@@ -73,6 +75,19 @@ class ExportReport:
     @property
     def max_abs_diff(self) -> float | None:
         return max(diff for _, diff in self.checks) if self.checks else None
+
+
+def format_for(out: Path | str, fmt: str | None) -> str:
+    """The format to write ``out`` in: ``fmt`` where given, else the one its suffix names
+    (ONNX for any other). A ``fmt`` that contradicts the suffix is a ``UsageError``: a
+    TorchScript file named .onnx (or the reverse) would fail in whatever loads it by its name."""
+    named = SUFFIXES.get(Path(out).suffix.lower())
+    if fmt is None:
+        return named or FORMATS[0]
+    if named is not None and named != fmt:
+        raise UsageError(f"-o {out}: a {Path(out).suffix} file is {named}, not {fmt}; name it "
+                         f"for the format or leave out --format")
+    return fmt
 
 
 def export_model(run, direction: str) -> nn.Module:
@@ -103,6 +118,7 @@ def export(run, direction: str, fmt: str, out: Path | str, tolerance: float | No
         raise UsageError(f"--format {fmt!r}: use {' or '.join(FORMATS)}")
     source, _ = direction_sides(direction)
     out = Path(out)
+    format_for(out, fmt)  # a contradicting suffix
     if out.is_dir():
         raise UsageError(f"-o {out} is a folder; give the file to write")
     if not isinstance(run, Run):
