@@ -347,11 +347,12 @@ def convert(run, inputs, out_dir, direction, batch_size, out_format, device, kee
 
     from styletx.engine.convert import load_run
     from styletx.engine.model import parse_settings
+    from styletx.engine.progress import progress_bar
 
     model = load_run(run, device=device, registry=registry(), keep_dropout=keep_dropout,
                      precision=precision, normalize=normalize, vocoder=vocoder,
                      settings=parse_settings(settings))
-    with tqdm(unit="file", file=sys.stderr, disable=None) as bar:
+    with progress_bar(unit="file") as bar:
         progress = _PlainProgress(bar, "converted")
 
         def on_file(src, dst, problem):
@@ -409,21 +410,24 @@ class _PlainProgress:
 @threads_option
 @reports_errors
 def evaluate(run, a_test, b_test, direction, aligned, as_json, device, vocoder, settings):
-    """Score RUN on held-out pairs: convert each input of A_TEST and compare it with its pair
-    in B_TEST (images: PSNR, SSIM; voice: mel-cepstral distortion, log-F0 RMSE), beside the
-    same measures for the unconverted input. Pairs match by relative path without extension.
-    The scores join the run's report, unless --vocoder or --set measured a variant.
+    """Score RUN on held-out pairs: A_TEST holds side A's files, B_TEST their pairs on side B.
+    a2b (the default) converts each file of A_TEST and compares it with its pair in B_TEST;
+    b2a converts B_TEST's files and compares them with A_TEST's (the folders keep their order).
+    The measures (images: PSNR, SSIM; voice: mel-cepstral distortion, log-F0 RMSE) are shown
+    beside the same measures for the unconverted input. Pairs match by relative path without
+    extension. The scores join the run's report, unless --vocoder or --set measured a variant.
     """
     from tqdm import tqdm
 
     from styletx.engine.convert import load_run
     from styletx.engine.evaluate import evaluate as run_evaluation
     from styletx.engine.model import parse_settings
+    from styletx.engine.progress import progress_bar
 
     model = load_run(run, device=device, registry=registry(), vocoder=vocoder,
                      settings=parse_settings(settings))
 
-    with tqdm(unit="pair", file=sys.stderr, disable=None) as bar:
+    with progress_bar(unit="pair") as bar:
         progress = _PlainProgress(bar, "evaluated", "pair(s)")
 
         def on_pair(name, problem):
@@ -475,7 +479,9 @@ def _evaluation_table(result) -> str:
     width = max([len("mean")] + [len(s.name) for s in result.scores])
     head = " " * width + "".join(f"  {n:>22}" for n in names)
     sub = f"{'pair':<{width}}" + "  converted  unconverted" * len(names)
-    lines = [head, sub]
+    source, target = result.direction[0].upper(), result.direction[2].upper()  # "a2b"
+    lines = [f"{result.direction}: each file of {source}_TEST converted and compared with its "
+             f"pair in {target}_TEST", head, sub]
 
     def row(label, converted, baseline):
         cells = "".join(f"  {converted[n]:>9.3f}  {baseline[n]:>11.3f}" for n in names)
@@ -509,6 +515,7 @@ SIDE = click.Choice(["a", "b"])
               help="Draw from the prior N(0, I) instead of the Gaussian field fitted to the "
                    "training latents (the default; older runs have only the prior).")
 @click.option("--device", default="auto", show_default=True)
+@threads_option
 @reports_errors
 def sample(run, side, count, out_dir, seed, size, prior, device):
     """Decode drawn latents: new examples of one side (vaegan runs)."""
@@ -537,6 +544,7 @@ def sample(run, side, count, out_dir, seed, size, prior, device):
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder.")
 @click.option("--device", default="auto", show_default=True)
+@threads_option
 @reports_errors
 def traverse(run, input_path, dims, steps, k, side, out_dir, device):
     """Walk one latent channel at a time through INPUT's latent (vaegan runs)."""
@@ -570,6 +578,7 @@ def _parse_dims(text):
               help="Score against this side's training data.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--device", default="auto", show_default=True)
+@threads_option
 @reports_errors
 def score(run, inputs, side, as_json, device):
     """How unlike the training data each input is (vaegan runs): its outlier score (how far

@@ -173,10 +173,14 @@ class CycleGANConfig:
                                            and self.generator != "voice"):
             raise UsageError("cyclegan: post_filter_epochs must be >= 0, and is for the voice "
                              "generator (generator=voice)")
-        if min(self.match_k, self.match_context) < 0 or not 0 <= self.match_join < math.inf or (
-                self.match_k and self.generator != "voice"):
-            raise UsageError("cyclegan: match_k, match_context and match_join must be >= 0, "
-                             "and frame matching is for the voice generator (generator=voice)")
+        for name in ("match_k", "match_context"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"cyclegan: {name} must be >= 0, not {getattr(self, name)}")
+        if not 0 <= self.match_join < math.inf:
+            raise UsageError(f"cyclegan: match_join must be a number >= 0, not {self.match_join}")
+        if self.match_k and self.generator != "voice":
+            raise UsageError(f"cyclegan: frame matching (match_k) is for voice runs, whose "
+                             f"generator is 'voice'; this one's is {self.generator!r}")
         from styletx.audio.matching import MAX_CONTEXT
 
         if self.match_context > MAX_CONTEXT:
@@ -542,6 +546,9 @@ class CycleGAN(styletx.Translator):
         """The voice generator is built for the spectrograms' bin count: take it from the data."""
         if config.generator != "voice":
             return config
+        if crop[0] is not None:  # a domain of free height: not spectrograms
+            raise UsageError("cyclegan: generator=voice is for voices (spectrograms of every "
+                             "frequency bin), not images; leave it out for images")
         bins = {shape[1] for shape in shapes.values()}
         if len(bins) != 1:
             raise UsageError(f"cyclegan: A and B spectrograms have different bin counts {bins}")

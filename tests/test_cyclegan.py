@@ -426,6 +426,10 @@ def test_voice_generator_is_tied_to_its_bins():
     with pytest.raises(ValueError, match="built for 64 frequency bins, got 80"):
         g(torch.randn(1, 1, 80, 16))
     assert g(torch.randn(1, 1, 64, 16)).shape == (1, 2, 64, 16)
+    # training it on images (--set generator=voice) names the mistake, not the bin counts
+    shapes = {"a": (3, 36, 40), "b": (3, 45, 40)}
+    with pytest.raises(UsageError, match="generator=voice is for voices .* not images"):
+        CycleGAN.config_for_data(CycleGANConfig(generator="voice"), shapes, (64, 64))
 
 
 def test_voice_generator_output_is_linear_and_residual_starts_as_identity():
@@ -543,14 +547,15 @@ def test_voice_frame_matching_uses_the_target_voices_own_frames():
 
     assert "M_A" not in voice_model(bins=20).networks()
     assert CycleGAN.domain_presets["audio"]["fast"].config["match_k"] == 16
-    with pytest.raises(UsageError, match="match_k"):
+    with pytest.raises(UsageError, match="match_k.* is for voice runs, whose generator is "
+                                         "'voice'; this one's is 'resnet'"):
         CycleGANConfig(match_k=4)  # the ResNet generator: images have no frames
-    with pytest.raises(UsageError, match="match_k"):
+    with pytest.raises(UsageError, match="match_context must be >= 0, not -1"):
         CycleGANConfig(generator="voice", match_context=-1)
     with pytest.raises(UsageError, match="match_context must be at most 32 frames"):
         CycleGANConfig(generator="voice", match_k=4, match_context=100_000)
     for join in (-1, float("inf")):
-        with pytest.raises(UsageError, match="match_join must be >= 0"):
+        with pytest.raises(UsageError, match="match_join must be a number >= 0"):
             CycleGANConfig(generator="voice", match_k=4, match_join=join)
     with pytest.raises(UsageError, match="needs frame matching"):  # else it would do nothing
         CycleGANConfig(generator="voice", match_join=2)

@@ -161,7 +161,7 @@ def test_voice_export_with_griffin_lim_writes_what_convert_writes(styletx, runs,
     (("{voice}", "--set", "match_k=two"), 2, "--set match_k='two': cyclegan expects int"),
     (("{voice}", "--set", "match_k=9999"), 2, "matching set for one direction has"),
     (("{match}", "--set", "match_context=100000"), 2, "match_context must be from 0 to 32"),
-    (("{cyclegan}", "--set", "match_k=2"), 2, "frame matching is for the voice generator"),
+    (("{cyclegan}", "--set", "match_k=2"), 2, "frame matching (match_k) is for voice runs"),
 ])
 def test_bad_arguments(styletx, runs, tmp_path, args, code, message):
     args = [str(a).format(**{k: v for k, v in runs.items() if k != "voices"}) for a in args]
@@ -252,7 +252,11 @@ def test_format_follows_the_file_name(styletx, runs, tmp_path):
     result = styletx("export", runs["cyclegan"], "-o", out)
     assert result.exit_code == 0, result.stderr
     assert "(torchscript," in result.stdout
-    torch.jit.load(str(out))
+    y = torch.jit.load(str(out))(torch.rand(1, 3, 20, 24) * 2 - 1)
+    assert not y.requires_grad  # y.numpy() works outside torch.no_grad()
+    run = load_run(runs["cyclegan"], device="cpu")  # the API leaves the run's parameters
+    export_module.export(run, "a2b", "torchscript", tmp_path / "api.pt")  # trainable
+    assert all(p.requires_grad for p in run.translator.G_A.parameters())
     other = tmp_path / "model.bin"
     result = styletx("export", runs["cyclegan"], "--format", "torchscript", "-o", other)
     assert result.exit_code == 0, result.stderr

@@ -182,6 +182,13 @@ def test_threads_option(styletx, trained_run, tmp_path, monkeypatch):
                    ).exit_code == 2
 
 
+@pytest.mark.parametrize("command", ["train", "convert", "evaluate", "export", "sample",
+                                     "traverse", "score", "demo"])
+def test_every_computing_command_takes_threads(styletx, command):
+    """The README tells users of a shared machine to give every job --threads 1."""
+    assert "--threads" in styletx(command, "--help").stdout
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_fast_export_module_matches_translate(model):
     """The identity-start pieces (colour path, detail skip) are part of the exported module."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,7 +141,8 @@ def test_pairs_of_different_sizes_are_resized_with_a_warning(styletx, tmp_path):
     result = styletx("train", tmp_path / "a", tmp_path / "b", *P2P, *QUICK,
                      "--out", tmp_path / "run")
     assert result.exit_code == 0, result.stderr
-    assert "4 pair(s) differ in size; B resized to A's" in result.stderr
+    assert ("4 pair(s) differ in size as scaled for training; B resized (stretched) to A's"
+            in result.stderr)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["encoders"]["a"]["name"] == "rgb" and config["encoders"]["b"]["name"] == "gray"
 
@@ -204,9 +206,11 @@ def test_evaluate_cli_table_and_json(styletx, p2p_run, pairs):
     table = styletx("evaluate", p2p_run, pairs["test_a"], pairs["test_b"], "--device", "cpu")
     assert table.exit_code == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert "psnr_db" in lines[0] and "ssim" in lines[0]
-    assert lines[1].split() == ["pair", "converted", "unconverted", "converted", "unconverted"]
-    assert [line.split()[0] for line in lines[2:7]] == [
+    assert lines[0] == ("a2b: each file of A_TEST converted and compared with its pair in "
+                        "B_TEST")
+    assert "psnr_db" in lines[1] and "ssim" in lines[1]
+    assert lines[2].split() == ["pair", "converted", "unconverted", "converted", "unconverted"]
+    assert [line.split()[0] for line in lines[3:8]] == [
         "held000", "held001", "held002", "held003", "mean"]
     assert "the conversion is better on 4 of 4 pair(s)" in table.stdout
     report = json.loads(styletx("evaluate", p2p_run, pairs["test_a"], pairs["test_b"],
@@ -224,6 +228,15 @@ def test_evaluate_works_for_an_unpaired_model(styletx, trained_run, scenes):
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert len(report["pairs"]) == 3 and report["failed"] == []
+    # b2a converts B_TEST's files (the folders keep their order), and the table says so
+    back = styletx("evaluate", trained_run, scenes["test_a"], scenes["test_b"], "-d", "b2a",
+                   "--json", "--device", "cpu")
+    assert [Path(p["source"]).parent for p in json.loads(back.stdout)["pairs"]] == [
+        scenes["test_b"]] * 3
+    table = styletx("evaluate", trained_run, scenes["test_a"], scenes["test_b"], "-d", "b2a",
+                    "--device", "cpu")
+    assert table.stdout.splitlines()[0] == ("b2a: each file of B_TEST converted and compared "
+                                            "with its pair in A_TEST")
 
 
 def test_evaluate_b2a_and_aligned(styletx, p2p_run, pairs, tmp_path):

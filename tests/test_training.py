@@ -137,10 +137,16 @@ def test_resume_refuses_contradicting_options(scenes, tmp_path):
         train(scenes["a"], scenes["b"], tmp_path / "run", settings=settings(4, size=24))
 
 
-def test_finished_run_is_not_retrained(scenes, tmp_path):
+def test_finished_run_is_not_retrained(scenes, tmp_path, caplog, monkeypatch):
     train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny", settings=settings(2))
     before = (tmp_path / "run" / "model.safetensors").read_bytes()
-    result = train(scenes["a"], scenes["b"], tmp_path / "run", settings=settings(2))
+    # the CLI's tests turn the styletx logger's propagation off; caplog listens at the root
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
+    with caplog.at_level(logging.INFO, logger="styletx"):
+        result = train(scenes["a"], scenes["b"], tmp_path / "run", settings=settings(2))
+        assert "already trained to step 2 of 2; raise --steps" in caplog.text
+        assert train(scenes["a"], scenes["b"], tmp_path / "run", settings=settings(1)).step == 2
+        assert "already trained to step 2, past the 1 asked" in caplog.text
     assert result.step == 2
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
 
@@ -265,3 +271,29 @@ def test_compile_mode_on_each_device_and_a_bad_one(scenes, tmp_path):
     with pytest.raises(UsageError, match="--compile-mode must be one of"):
         train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny",
               settings=settings(1, compile=True, compile_mode="fastest"))
+
+
+def test_a_terminal_of_no_width_gets_plain_progress_lines(monkeypatch):
+    """Some container ptys report 0 columns, where tqdm draws a bar of nothing and a run
+    looks frozen: there the bar is off, so that the plain progress lines are written."""
+    import fcntl
+    import struct
+    import sys
+    import termios
+
+    from styletx.engine.progress import progress_bar
+
+    master, slave = os.openpty()
+    try:
+        with open(slave, "w", closefd=False) as terminal:
+            monkeypatch.setattr(sys, "stderr", terminal)
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 0, 0, 0))
+            assert progress_bar(total=3).disable
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+            bar = progress_bar(total=3)
+            assert not bar.disable
+            bar.close()
+            assert progress_bar(total=3, enabled=False).disable
+    finally:
+        os.close(slave)
+        os.close(master)

@@ -22,9 +22,10 @@ class UsageError(StyletxError):
     exit_code = 2
 
 
-def not_a(kind: str) -> str:
-    """"not a <kind> file" with the right article: "not an audio file", "not an image file"."""
-    return f"not {'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} file"
+def not_a(kind: str, noun: str = "file") -> str:
+    """"not a <kind> file" with the right article: "not an audio file", "not an image
+    format"."""
+    return f"not {'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} {noun}"
 
 
 class BadInputError(StyletxError):

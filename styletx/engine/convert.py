@@ -248,7 +248,8 @@ class Run:
         return y.to(self.device) if self.encoders[side].decodes_on_device else y
 
     def convert_array(self, array: Any, direction: str = "a2b") -> Any:
-        """Convert an in-memory array (e.g. an image ``(H, W, C)``) of the run's domain."""
+        """Convert an in-memory array of the run's domain, in the domain's array form (images:
+        ``(H, W, C)`` uint8, uint16 or float in; float32 in [0, 1] out, alpha last)."""
         sample = self.domain.from_array(array)
         return self.domain.to_array(self.convert_sample(sample, direction))
 
@@ -344,7 +345,8 @@ class Run:
         suffix = "." + out_format.lower().lstrip(".")
         if suffix not in self.domain.extensions:
             known = ", ".join(e.lstrip(".") for e in self.domain.extensions)
-            raise UsageError(f"--format {out_format}: not a {self.domain.name} format ({known})")
+            raise UsageError(f"--format {out_format}: {not_a(self.domain.name, 'format')} "
+                             f"({known})")
         return suffix
 
     def _plan(

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import logging
 import queue
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +20,10 @@ from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from styletx.contract.errors import BadInputError, StyletxError, UsageError
 from styletx.contract.interfaces import Domain, Encoder, Sample
+from styletx.engine.progress import progress_bar
 
 log = logging.getLogger("styletx")
 T = TypeVar("T")
@@ -119,8 +118,8 @@ class Reader:
         pool = ThreadPoolExecutor(workers, "styletx-reader") if workers > 1 else None
         try:
             results = pool.map(_run_job, jobs) if pool else map(_run_job, jobs)
-            bar = tqdm(results, total=len(jobs), desc=f"reading {what}", unit="file",
-                       leave=False, file=sys.stderr, disable=None if self.progress else True)
+            bar = progress_bar(results, total=len(jobs), desc=f"reading {what}", unit="file",
+                               leave=False, enabled=self.progress)
             done = []
             for result in bar:
                 if isinstance(result, StyletxError) and not isinstance(result, BadInputError):

@@ -237,7 +237,18 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, dynamic_height: bool,
 def _write_torchscript(model: nn.Module, example: torch.Tensor, dynamic_height: bool,
                        path: Path) -> None:
     buffer = io.BytesIO()  # torch.jit.save to a full disk aborts the process (C++ terminate)
-    torch.jit.save(torch.jit.trace(model, (example,), check_trace=False), buffer)
+    traced = torch.jit.trace(model, (example,), check_trace=False)
+    # Saved as parameters needing no gradient, so that the file's outputs do not either (an
+    # inference model: y.numpy() works without torch.no_grad()); the run's own parameters,
+    # which the trace shares, get their flag back.
+    training = [p for p in traced.parameters() if p.requires_grad]
+    try:
+        for p in training:
+            p.requires_grad_(False)
+        torch.jit.save(traced, buffer)
+    finally:
+        for p in training:
+            p.requires_grad_(True)
     path.write_bytes(buffer.getvalue())
 
 

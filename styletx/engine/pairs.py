@@ -152,8 +152,8 @@ def match_sizes(a: list[torch.Tensor], b: list[torch.Tensor],
                               align_corners=False, antialias=True)[0].to(y.dtype)
         out.append(y)
     if resized:
-        log.warning("%d pair(s) differ in size; B resized to A's: %s", len(resized),
-                    _some(resized))
+        log.warning("%d pair(s) differ in size as scaled for training; B resized (stretched) "
+                    "to A's, width x height: %s", len(resized), _some(resized))
     return out
 
 

@@ -14,14 +14,12 @@ import dataclasses
 import inspect
 import logging
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from styletx.contract.errors import (
     StyletxError,
@@ -38,6 +36,7 @@ from styletx.engine.balance import describe as describe_weights
 from styletx.engine.data import CropSampler, Prefetcher
 from styletx.engine.model import pick_device
 from styletx.engine.pairs import AlignmentCache
+from styletx.engine.progress import progress_bar
 from styletx.engine.report import REPORT, clock, save_preview_titles, write_report
 from styletx.engine.runs import CONFIG, SAMPLES, append_log, truncate_log, write_json
 from styletx.engine.training.budget import Budget, replan, steps_in_budget
@@ -227,9 +226,8 @@ class Loop:
         self.start = self.step = prepared.run_config.step
         self.losses: dict[str, float] = {}
         self.preview_batch = sampler.fixed_batch()
-        self.bar = tqdm(total=self.plan.steps, initial=self.start, file=sys.stderr,
-                        dynamic_ncols=True, unit="step",
-                        disable=None if settings.progress and group.is_main else True)
+        self.bar = progress_bar(total=self.plan.steps, initial=self.start, dynamic_ncols=True,
+                                unit="step", enabled=settings.progress and group.is_main)
         self.marks = _Marks(saved=self.start, tick_step=self.start)
         self.translator.train(True)
         self.batches = _batch_source(sampler, settings, device)

@@ -162,8 +162,9 @@ def _resumed_run(saved: RunConfig, settings: TrainSettings, out: Path,
     load_model_tensors(translator, encoders, tensors, run=out)
     saved.step = state["step"]
     if saved.step >= saved.train.steps:
-        log.info("%s is already trained to step %d of %d; raise --steps to continue",
-                 out, saved.step, saved.train.steps)
+        log.info("%s is already trained to step %d%s; raise --steps to continue", out,
+                 saved.step, f" of {saved.train.steps}" if saved.step == saved.train.steps
+                 else f", past the {saved.train.steps} asked")
         return TrainResult(out, saved.step, {})
     data = saved.data
     folders = load_data(dom, Path(data.a), data.b and Path(data.b), out, saved.train.size,
