@@ -441,9 +441,8 @@ def evaluate(run, a_test, b_test, direction, aligned, as_json, device, vocoder, 
     if vocoder is None and not settings:
         _keep_in_report(result)
     else:  # the report's table stays the run's own conversion
-        log.info("measured with %s: not added to the run's report",
-                 " ".join([f"--vocoder {vocoder}"] * (vocoder is not None)
-                          + [f"--set {s}" for s in settings]))
+        variant = ([f"--vocoder {vocoder}"] if vocoder else []) + [f"--set {s}" for s in settings]
+        log.info("measured with %s: not added to the run's report", " ".join(variant))
     _print_report(result, as_json, _evaluation_table, "pair(s)")
 
 
