@@ -540,12 +540,15 @@ def sample(run, side, count, out_dir, seed, size, prior, device):
               help="Walk from -K to +K standard deviations.")
 @click.option("--domain", "side", type=SIDE, default="a", show_default=True,
               help="The side INPUT belongs to (its encoder and decoder are used).")
+@click.option("--full-size", is_flag=True,
+              help="Tiles at INPUT's own size (default: at the training scale, as the model "
+                   "learnt it; for images the shorter side at about 1.1x --size).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder.")
 @click.option("--device", default="auto", show_default=True)
 @threads_option
 @reports_errors
-def traverse(run, input_path, dims, steps, k, side, out_dir, device):
+def traverse(run, input_path, dims, steps, k, side, full_size, out_dir, device):
     """Walk one latent channel at a time through INPUT's latent (vaegan runs)."""
     from styletx.engine.convert import load_run
     from styletx.tools.latent import require_latent
@@ -556,7 +559,8 @@ def traverse(run, input_path, dims, steps, k, side, out_dir, device):
     require_latent(model)
     if not input_path.is_file():
         raise UsageError(f"{input_path}: no such file")
-    written = walk(model, input_path, channels, out_dir, steps=steps, k=k, side=side)
+    written = walk(model, input_path, channels, out_dir, steps=steps, k=k, side=side,
+                   full_size=full_size)
     click.echo(f"wrote {len(written)} file(s) into {out_dir}")
 
 

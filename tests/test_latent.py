@@ -23,6 +23,7 @@ from styletx.tools import latent
 
 SIZE = 40  # the scenes' size; the tiny preset trains on 32-pixel crops of them loaded at 36
 CROP = 32
+LOAD = 36  # the training scale: traverse brings its input there
 N_PROBES = 12
 
 
@@ -143,7 +144,7 @@ def test_traverse_writes_one_picture_per_dimension(vae, styletx, tmp_path):
     result = styletx("traverse", vae["run"], source, "--dims", ",".join(map(str, dims)),
                      "--steps", "5", "-o", tmp_path, "--device", "cpu")
     assert result.exit_code == 0, result.stderr
-    tile = SIZE * (MIN_TILE // SIZE)
+    tile = LOAD * (MIN_TILE // LOAD)
     for d in dims:
         picture = _picture(tmp_path / f"dim{d:02d}.png")
         assert picture.shape == (tile, 5 * tile + 4 * 2, 3)
@@ -157,13 +158,29 @@ def test_traverse_writes_one_picture_per_dimension(vae, styletx, tmp_path):
 def test_traverse_middle_step_is_the_reconstruction(vae, tmp_path):
     run = load_run(vae["run"], device="cpu")
     source = sorted(vae["held"].iterdir())[0]
-    latent.traverse(run, source, [1], tmp_path, steps=3, k=2.0)
+    latent.traverse(run, source, [1], tmp_path, steps=3, k=2.0, full_size=True)
     x = run.encoders["a"].encode(run.domain.load(source))[None]
     mu, _ = run.translator.encode_latent(x, "a")
     rec = run.translator.decode_latent(mu, "a", size=(SIZE, SIZE))
     tile = SIZE * (MIN_TILE // SIZE)
     middle = _tile(_picture(tmp_path / "dim01.png"), 0, 1, tile, tile)
     assert np.abs(middle.astype(int) - to_picture(rec[0]).astype(int)).max() <= 1
+
+
+def test_traverse_tiles_a_large_photo_at_the_training_scale(vae, styletx, tmp_path):
+    """A 12-megapixel photo made grids of 55 MB: the tiles are now at the training scale
+    (the shorter side at the load size), and --full-size keeps the input's own size."""
+    big = tmp_path / "big.png"
+    scene = _picture(sorted(vae["held"].iterdir())[0])
+    Image.fromarray(scene).resize((4 * 3 * SIZE, 4 * 2 * SIZE)).save(big)  # 480 x 320
+    for args, (height, width) in (((), (LOAD, LOAD * 3 // 2)),
+                                  (("--full-size",), (8 * SIZE, 12 * SIZE))):
+        out = tmp_path / ("full" if args else "scaled")
+        result = styletx("traverse", vae["run"], big, "--dims", "0", "--steps", "2", *args,
+                         "-o", out, "--device", "cpu")
+        assert result.exit_code == 0, result.stderr
+        scale = max(1, MIN_TILE // height)
+        assert _picture(out / "dim00.png").shape == (height * scale, 2 * width * scale + 2, 3)
 
 
 def test_traverse_refuses_bad_dims_and_steps(vae, styletx, tmp_path):
@@ -435,7 +452,7 @@ def test_traverse_defaults_to_the_channels_that_change_the_output_most(vae, tmp_
     written = latent.traverse(run, source, None, tmp_path / "default", steps=3)
     assert [p.name for p in written] == [f"dim{d:02d}.png" for d in order[:4]] + ["all.png"]
     latent.traverse(run, source, [order[-1]], tmp_path / "least", steps=3)
-    tile = SIZE * (MIN_TILE // SIZE)
+    tile = LOAD * (MIN_TILE // LOAD)
 
     def change(picture):
         walk = _picture(picture).astype(float)

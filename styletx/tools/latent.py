@@ -345,11 +345,14 @@ def _crop_shape(run: Run, side: str, size: int | None) -> tuple[int, int]:
 # -- traversal ----------------------------------------------------------------------------------
 def traverse(run: Run, input_path: Path | str, dims: Sequence[int] | None = None,
              out: Path | str = "traverse", steps: int = 7, k: float = 3.0,
-             side: str = "a") -> list[Path]:
+             side: str = "a", full_size: bool = False) -> list[Path]:
     """Encode ``input_path`` with ``side``'s encoder (posterior mean z), then for each latent
     channel d of ``dims`` shift that channel's whole map by ``t * std_d`` for ``steps`` values
-    of t from -k to +k, holding the rest, and decode each with the same side's decoder at the
-    input's size. ``std_d`` is the spread of channel d's posterior means over the training
+    of t from -k to +k, holding the rest, and decode each with the same side's decoder. The
+    input is brought to training scale first, as ``score`` brings it (images: the shorter side
+    at the training load size), so the tiles show what the model learnt at the scale it learnt
+    it, and a 12-megapixel photo does not make a grid of hundreds of megabytes; ``full_size``
+    keeps the input's own size. ``std_d`` is the spread of channel d's posterior means over the training
     examples (``latent.json``; 1, the prior's, without it), so every channel moves over its
     own range. ``dims`` None: the DEFAULT_DIMS channels that change the decoded output most
     (``latent.json``'s ``channel_effect``, see ``channel_effects``), largest first. Writes
@@ -379,6 +382,8 @@ def traverse(run: Run, input_path: Path | str, dims: Sequence[int] | None = None
         raise UsageError(f"--dims {bad[0]}: out of range; this model's latent channels are "
                          f"0 to {channels - 1}")
     sample_in = run.domain.load(Path(input_path))
+    if not full_size:
+        sample_in = run.domain.prepare_for_training(sample_in, run.config.train.size)
     x = run.encoders[side].encode(sample_in)[None]
     mu, _ = translator.encode_latent(x.to(run.device), side)
     size = tuple(x.shape[-2:])
