@@ -40,6 +40,11 @@ _WARNING_FILTERS = threading.Lock()
 # pixels (the sample type, ImageSample, is styletx.image's)
 
 
+def load_size(size: int) -> int:
+    """The shorter side training brings images to for ``size``-pixel crops (286 for 256)."""
+    return round(size * 286 / 256)
+
+
 def _resize(plane: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bicubic resize of one float plane ``(h, w)`` -> ``(height, width)``, kept in [0, 1]."""
     if plane.shape == (height, width):
@@ -220,14 +225,17 @@ class ImageDomain(styletx.Domain):
         return {"psnr_db": psnr(x, y), "ssim": float("nan") if small else ssim(x, y)}
 
     def prepare_for_training(self, sample: ImageSample, size: int) -> ImageSample:
-        """Shorter side -> ``round(size * 286 / 256)`` (the CycleGAN reference loads 286 for
-        256 crops, so random crops also shift the content); alpha dropped."""
-        load = round(size * 286 / 256)
+        """Shorter side -> ``load_size(size)`` (the CycleGAN reference loads 286 for 256 crops,
+        so random crops also shift the content); alpha dropped."""
+        load = load_size(size)
         h, w = sample.pixels.shape[:2]
         scale = load / min(h, w)
         new_h, new_w = (load, round(w * scale)) if h <= w else (round(h * scale), load)
         planes = [_resize(sample.pixels[:, :, c], new_h, new_w) for c in range(sample.channels)]
         return dataclasses.replace(sample, pixels=np.stack(planes, axis=2), alpha=None)
+
+    def training_enlargement(self, sample: ImageSample, size: int) -> float:
+        return load_size(size) / min(sample.pixels.shape[:2])
 
 
 # -----------------------------------------------------------------------------

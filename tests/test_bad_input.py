@@ -6,8 +6,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import TINY
+from PIL import Image
 
 
 def train_args(a, b, out, *extra):
@@ -98,6 +100,19 @@ def test_bad_training_file_is_reported_and_skipped(styletx, data, tmp_path, make
     assert result.exit_code == 0, result.stderr
     warning = [line for line in result.stderr.splitlines() if "zzz.png" in line]
     assert len(warning) == 1 and problem in warning[0] and "skipping" in warning[0]
+
+
+def test_training_files_enlarged_much_are_named_in_one_warning(styletx, data, tmp_path):
+    """A 5x3 image went into training enlarged 6x without a word: the model learns its blur."""
+    tiny = data["a"] / "zzz.png"
+    Image.fromarray(np.zeros((3, 5, 3), np.uint8)).save(tiny)
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "run"))
+    assert result.exit_code == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "training enlarges" in line]
+    files = len(list(data["a"].iterdir())) + len(list(data["b"].iterdir()))
+    assert len(warning) == 1, result.stderr
+    assert f"enlarges 1 of the {files} files more than 2x" in warning[0]
+    assert f"{tiny}, 6x" in warning[0] and "--size" in warning[0]
 
 
 def test_folder_of_only_bad_files(styletx, data, tmp_path):

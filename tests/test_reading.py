@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from styletx.engine.data import Reader, load_folder
+from styletx.engine.pairs import load_aligned
 from styletx.plugins.image import ImageDomain
 
 SIZE = 32  # prepared: the shorter side becomes round(32 * 286 / 256) = 36
@@ -168,3 +169,23 @@ def test_a_usage_error_while_reading_stops_with_its_own_message(tmp_path, worker
     results = reader.run([lambda i=i: job(i) for i in range(5)], "A_DIR")
     assert results[:2] == [0, 1] and results[3:] == [3, 4]
     assert isinstance(results[2], BadInputError) and results[2].problem == "empty file"
+
+
+def test_the_files_training_enlarges_much_are_counted_and_the_most_named(tmp_path, caplog):
+    """Files (and --aligned halves) whose shorter side is under half the load size of 36."""
+    _photos(tmp_path / "a", 3)
+    for name, (h, w) in (("small.png", (17, 40)), ("tiny.png", (3, 5)), ("edge.png", (18, 30))):
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "a" / name)
+    reader = Reader(ImageDomain(), SIZE, 2)
+    load_folder(tmp_path / "a", reader, "A_DIR")
+    assert sorted((p.name, round(f, 1)) for p, f in reader.enlarged) == [("small.png", 2.1),
+                                                                         ("tiny.png", 12.0)]
+    reader.warn_enlarged(6)
+    assert [r.getMessage().split(" (the most")[0] for r in caplog.records] == [
+        "training enlarges 2 of the 6 files more than 2x, to the training scale of --size 32"]
+    assert f"{tmp_path / 'a' / 'tiny.png'}, 12x" in caplog.records[0].getMessage()
+    (tmp_path / "ab").mkdir()
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / "ab" / "pair.png")
+    reader = Reader(ImageDomain(), SIZE, 0)
+    load_aligned(tmp_path / "ab", reader)
+    assert [(p.name, round(f, 1)) for p, f in reader.enlarged] == [("pair.png", 3.6)] * 2

@@ -103,6 +103,12 @@ class Domain(ABC):
         """Bring a sample to training scale (e.g. resize an image to the load size)."""
         return sample
 
+    def training_enlargement(self, sample: Sample, size: int) -> float:
+        """How many times ``prepare_for_training`` enlarges ``sample`` (images: the load size
+        over the shorter side); training warns about files it enlarges much, whose blur the
+        model would learn as part of the style. 1 for none."""
+        return 1.0
+
     def training_crop(self, size: int) -> tuple[int | None, int]:
         """(height, width) of a training crop of the encoded tensor; None = full height."""
         return size, size

@@ -86,6 +86,9 @@ def domain_files(folder: Path, domain: Domain, option: str,
     return readable
 
 
+MUCH_ENLARGED = 2.0  # training warns about files it enlarges more than this many times
+
+
 @dataclasses.dataclass
 class Reader:
     """Reads training files: each one loaded and prepared at the training scale in one go
@@ -103,12 +106,28 @@ class Reader:
     size: int
     workers: int = 0
     progress: bool = False
+    # (file, factor) of each file training enlarges more than MUCH_ENLARGED times
+    enlarged: list[tuple[Path, float]] = dataclasses.field(default_factory=list)
 
-    def prepare(self, sample: Sample) -> Sample:
+    def prepare(self, sample: Sample, path: Path) -> Sample:
+        factor = self.domain.training_enlargement(sample, self.size)
+        if factor > MUCH_ENLARGED:
+            self.enlarged.append((path, factor))  # list.append is atomic: safe from threads
         return self.domain.prepare_for_training(sample, self.size)
 
     def sample(self, path: Path) -> Sample:
-        return self.prepare(self.domain.load(path))
+        return self.prepare(self.domain.load(path), path)
+
+    def warn_enlarged(self, read: int) -> None:
+        """One warning for the files of the ``read`` ones that training enlarges much: the
+        model learns their blur as part of the style, then converts inputs at their own size."""
+        if not self.enlarged:
+            return
+        path, factor = max(self.enlarged, key=lambda item: item[1])
+        log.warning("training enlarges %d of the %d files more than %gx, to the training "
+                    "scale of --size %d (the most: %s, %.0fx), so the model learns their blur; "
+                    "a --size near their size trains on them as they are", len(self.enlarged),
+                    read, MUCH_ENLARGED, self.size, path, factor)
 
     def run(self, jobs: Sequence[Callable[[], T]], what: str) -> list[T | BadInputError]:
         """Each job's result, in order, or the ``BadInputError`` it raised; any other styletx

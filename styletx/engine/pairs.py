@@ -110,7 +110,8 @@ def load_aligned(folder: Path, reader: Reader, option: str = "A_DIR",
     domain = reader.domain
     files = domain_files(folder, domain, option, exclude)
     return _load((folder, folder), reader, [
-        ((f, f), lambda f=f: tuple(map(reader.prepare, domain.split_aligned(domain.load(f), f))))
+        ((f, f), lambda f=f: tuple(reader.prepare(half, f)
+                                   for half in domain.split_aligned(domain.load(f), f)))
         for f in files])
 
 

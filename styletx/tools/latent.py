@@ -352,12 +352,12 @@ def traverse(run: Run, input_path: Path | str, dims: Sequence[int] | None = None
     input is brought to training scale first, as ``score`` brings it (images: the shorter side
     at the training load size), so the tiles show what the model learnt at the scale it learnt
     it, and a 12-megapixel photo does not make a grid of hundreds of megabytes; ``full_size``
-    keeps the input's own size. ``std_d`` is the spread of channel d's posterior means over the training
-    examples (``latent.json``; 1, the prior's, without it), so every channel moves over its
-    own range. ``dims`` None: the DEFAULT_DIMS channels that change the decoded output most
-    (``latent.json``'s ``channel_effect``, see ``channel_effects``), largest first. Writes
-    ``OUT/dimNN`` previews (one row of ``steps`` tiles each) and, for images, ``OUT/all.png``
-    with a row per channel; returns the written files."""
+    keeps the input's own size. ``std_d`` is the spread of channel d's posterior means over
+    the training examples (``latent.json``; 1, the prior's, without it), so every channel
+    moves over its own range. ``dims`` None: the DEFAULT_DIMS channels that change the decoded
+    output most (``latent.json``'s ``channel_effect``, see ``channel_effects``), largest
+    first. Writes ``OUT/dimNN`` previews (one row of ``steps`` tiles each) and, for images,
+    ``OUT/all.png`` with a row per channel; returns the written files."""
     translator = require_latent(run)
     _check_side(side)
     channels = translator.latent_channels
