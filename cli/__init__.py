@@ -102,8 +102,11 @@ def registry():
     from styletx.contract.registry import get_registry
 
     reg = get_registry()
-    for message in reg.errors:
-        click.echo(message, err=True)
+    for plugin in reg.plugins:
+        if plugin.error:
+            if os.environ.get("STYLETX_DEBUG") and plugin.error_traceback:
+                click.echo(plugin.error_traceback.rstrip(), err=True)
+            click.echo(f'Error loading plugin "{plugin.name}": {plugin.error}', err=True)
     return reg
 
 
@@ -690,11 +693,15 @@ def plugins(ctx, as_json):
         return
     from styletx.engine.user_cache import plugin_listing, step_times
 
-    listing = plugin_listing(_plugin_listing)  # cached: no torch import while nothing changed
+    if os.environ.get("STYLETX_DEBUG"):  # --debug: load them now, tracebacks of the broken
+        registry()
+        listing = _plugin_listing()
+    else:
+        listing = plugin_listing(_plugin_listing)  # no torch import while nothing changed
+        for p in listing:
+            if p["error"]:
+                click.echo(f'Error loading plugin "{p["name"]}": {p["error"]}', err=True)
     _add_step_times(listing, step_times())
-    for p in listing:
-        if p["error"]:
-            click.echo(f'Error loading plugin "{p["name"]}": {p["error"]}', err=True)
     if as_json:
         click.echo(json.dumps(listing, indent=2))
         return
@@ -723,7 +730,7 @@ def _plugin_listing() -> list[dict]:
         names = plugin.registers.get("translators", [])
         return {name: value(reg.translators[name]) for name in names if name in reg.translators}
 
-    return [{**p.__dict__,
+    return [{**p.listing(),
              "presets": of_translators(p, lambda cls: _presets(cls, reg.domains)),
              "conversion_settings": of_translators(p, lambda cls: list(cls.conversion_settings))}
             for p in reg.plugins]

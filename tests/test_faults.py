@@ -399,7 +399,7 @@ HOSTILE = {
     "base": ("raise BaseException('odd')\n", "BaseException: odd"),
     "exitsinhook": ("import styletx, sys\n@styletx.hookimpl\n"
                     "def register_translators(register):\n    sys.exit('bye')\n",
-                    "SystemExit: bye"),
+                    "register_translators: SystemExit: bye"),
     "hangs": ("import time\ntime.sleep(30)\n", "did not finish importing in 0.5 s"),
 }
 

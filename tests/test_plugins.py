@@ -94,6 +94,70 @@ def test_broken_plugin_is_reported_and_the_rest_works(fake_entry_points, name):
     assert "half" not in registry.translators
 
 
+def test_an_entry_point_named_like_a_builtin_gets_a_short_error(fake_entry_points):
+    """pluggy's own message held the repr of every registered module (2,000 characters)."""
+    fake_entry_points({"cyclegan": GOOD})
+    registry = Registry().load()
+    assert registry.errors == ['Error loading plugin "cyclegan": the name "cyclegan" is taken by '
+                               "the built-in plugin of that name; give the entry point another "
+                               "name"]
+    assert "cyclegan2" not in registry.translators
+
+
+def test_of_two_plugins_registering_one_name_the_later_by_name_loses(fake_entry_points,
+                                                                    monkeypatch):
+    """Whatever order the installer lists entry points in."""
+    fake_entry_points({"zeta": GOOD, "alpha": GOOD})
+    listed = importlib.metadata.entry_points(group="styletx")
+    for ordered in (listed, listed[::-1]):
+        monkeypatch.setattr(importlib.metadata, "entry_points", lambda group, eps=ordered: eps)
+        registry = Registry().load()
+        assert registry.errors == ['Error loading plugin "zeta": register_translators: '
+                                   'ValueError: translator "cyclegan2" is already registered '
+                                   'by plugin "alpha"']
+
+
+def test_a_hook_that_returns_its_class_instead_of_registering_it_is_told_so(fake_entry_points):
+    fake_entry_points({"returns": GOOD.replace("register(Renamed)", "return Renamed")})
+    error = Registry().load().errors[0]
+    assert "register_translators returned <class 'plug_returns.Renamed'> instead of calling " \
+           "register(...) with it" in error
+
+
+def test_what_a_plugin_prints_while_loading_goes_to_stderr(styletx, fake_entry_points,
+                                                           monkeypatch, tmp_path):
+    import styletx.contract.registry as registry_module
+
+    fake_entry_points({"chatty": "print('hello from my plugin')\n" + GOOD})
+    monkeypatch.setattr(registry_module, "_registry", None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    try:
+        result = styletx("plugins", "--json")
+    finally:
+        registry_module.reset_registry()
+    assert result.exit_code == 0
+    assert {p["name"] for p in json.loads(result.stdout)} >= {"chatty", "cyclegan"}
+    assert "hello from my plugin" in result.stderr
+
+
+def test_debug_shows_where_a_plugin_failed_to_load(fake_entry_points, monkeypatch):
+    from click.testing import CliRunner
+
+    import styletx.contract.registry as registry_module
+    from styletx.cli import cli
+
+    fake_entry_points({"importerror": "x = 1\n" + BROKEN["importerror"][0]})
+    monkeypatch.setattr(registry_module, "_registry", None)
+    monkeypatch.setenv("STYLETX_DEBUG", "")  # --debug sets it: put back after the test
+    try:
+        result = CliRunner().invoke(cli, ["--debug", "plugins"])
+    finally:
+        registry_module.reset_registry()
+    assert result.exit_code == 0
+    assert "Traceback" in result.stderr and 'plug_importerror.py", line 2' in result.stderr
+    assert 'Error loading plugin "importerror": ModuleNotFoundError' in result.stderr
+
+
 def test_autoload_can_be_disabled(fake_entry_points, monkeypatch):
     fake_entry_points({"good": GOOD})
     monkeypatch.setenv("STYLETX_DISABLE_PLUGIN_AUTOLOAD", "1")
@@ -151,6 +215,35 @@ def test_plugins_listing_is_cached_and_answers_without_torch(tmp_path):
     assert first.stdout.replace("torch imported: True", "torch imported: False") == second.stdout
     assert "torch imported: True" in first.stdout and "torch imported: False" in second.stdout
     assert len(list((tmp_path / "styletx").glob("plugins-*.json"))) == 1
+
+
+def test_the_cached_listing_is_not_used_once_a_plugins_dependency_is_gone(tmp_path):
+    """A plugin that imports a package found on PYTHONPATH: without it, the listing must say
+    the plugin is broken, not repeat the listing cached while it loaded."""
+    import subprocess
+
+    (tmp_path / "dep").mkdir()
+    (tmp_path / "dep" / "trial_dep.py").write_text("VALUE = 1\n")
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / "plug_withdep.py").write_text("import trial_dep\n" + GOOD)
+    probe = ("import importlib.metadata as md, sys\n"
+             "ep = md.EntryPoint('withdep', 'plug_withdep', 'styletx')\n"
+             "found = md.entry_points\n"
+             "md.entry_points = lambda group: [ep] if group == 'styletx' else found(group=group)\n"
+             "sys.argv = ['styletx', 'plugins', '--json']\n"
+             "from styletx.cli import main\n"
+             "main()\n")
+
+    def listing(*path):
+        env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"),
+               "PYTHONPATH": os.pathsep.join(map(str, path))}
+        done = subprocess.run([sys.executable, "-c", probe], env=env, text=True,
+                              capture_output=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return {p["name"]: p["error"] for p in json.loads(done.stdout)}
+
+    assert listing(tmp_path / "plug", tmp_path / "dep")["withdep"] is None
+    assert "No module named 'trial_dep'" in listing(tmp_path / "plug")["withdep"]
 
 
 def test_plugins_shows_the_step_time_measured_here(styletx, scenes, tmp_path, monkeypatch):

@@ -7,6 +7,10 @@ includes a plugin that calls ``sys.exit``, raises ``KeyboardInterrupt`` or any o
 plugin's failure), and one whose import takes longer than ``STYLETX_PLUGIN_TIMEOUT`` seconds
 (default 60; only Python code can be interrupted, and only in the main thread).
 Set ``STYLETX_DISABLE_PLUGIN_AUTOLOAD=1`` to load only the built-in plugins.
+
+Entry points load in the order of their names, so which of two plugins that register the same
+name loses does not depend on the order the installer listed them in. What a plugin prints
+while it loads goes to stderr: ``styletx plugins --json`` keeps its stdout JSON.
 """
 
 from __future__ import annotations
@@ -18,15 +22,18 @@ import importlib.metadata
 import inspect
 import os
 import signal
+import sys
 import threading
+import traceback
 from collections.abc import Iterator
+from types import TracebackType
 from typing import Any
 
 import pluggy
 
 from styletx import __version__
 from styletx.contract import hookspecs
-from styletx.contract.errors import UsageError, one_line
+from styletx.contract.errors import UsageError, not_a, one_line
 from styletx.contract.interfaces import Domain, Encoder, Translator
 
 ENTRY_POINT_GROUP = "styletx"
@@ -42,6 +49,15 @@ class PluginInfo:
     builtin: bool
     registers: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     error: str | None = None
+    # the top-level package of a third-party plugin's module (whose frames name it in an
+    # error, ``Registry.plugin_in``), and the traceback of its load error (``--debug``)
+    package: str | None = dataclasses.field(default=None, repr=False)
+    error_traceback: str | None = dataclasses.field(default=None, repr=False)
+
+    def listing(self) -> dict[str, Any]:
+        """What ``styletx plugins`` shows of it."""
+        return {"name": self.name, "version": self.version, "builtin": self.builtin,
+                "registers": self.registers, "error": self.error}
 
 
 class Registry:
@@ -60,38 +76,62 @@ class Registry:
         return [f'Error loading plugin "{p.name}": {p.error}' for p in self.plugins if p.error]
 
     def load(self, autoload: bool | None = None) -> Registry:
+        with contextlib.redirect_stdout(sys.stderr):  # a plugin's print() keeps --json JSON
+            self._load_builtins()
+            if autoload is None:
+                autoload = (os.environ.get(DISABLE_AUTOLOAD_ENV, "").lower()
+                            in ("", "0", "false", "no"))
+            if autoload:
+                self._load_entry_points()
+        return self
+
+    def _load_builtins(self) -> None:
         builtins = importlib.import_module("styletx.plugins")
         for module_name in builtins.BUILTIN_PLUGINS:
             name = module_name.rsplit(".", 1)[-1]
+            info = PluginInfo(name, __version__, True)
             try:
                 with _time_limit(name):
                     module = importlib.import_module(module_name)
             except BaseException as exc:  # noqa: BLE001 -- e.g. a missing optional dependency
-                self.plugins.append(PluginInfo(name, __version__, True, error=_one_line(exc)))
+                self._failed(info, exc)
                 continue
-            self._add(name, module, __version__, builtin=True)
-        if autoload is None:
-            autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "").lower() in ("", "0", "false", "no")
-        if autoload:
-            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-                version = ep.dist.version if ep.dist else "?"
-                try:
-                    with _time_limit(ep.name):
-                        module = ep.load()
-                except BaseException as exc:  # noqa: BLE001 -- sys.exit included: styletx goes on
-                    self.plugins.append(PluginInfo(ep.name, version, False, error=_one_line(exc)))
-                    continue
-                self._add(ep.name, module, version, builtin=False)
-        return self
+            self._add(info, module)
 
-    def _add(self, name: str, module: Any, version: str, builtin: bool) -> None:
-        info = PluginInfo(name, version, builtin)
+    def _load_entry_points(self) -> None:
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+                         key=lambda ep: (ep.name, ep.value)):
+            info = PluginInfo(ep.name, ep.dist.version if ep.dist else "?", False,
+                              package=ep.value.split(":")[0].split(".")[0].strip())
+            try:
+                with _time_limit(ep.name):
+                    module = ep.load()
+            except BaseException as exc:  # noqa: BLE001 -- sys.exit included: styletx goes on
+                self._failed(info, exc)
+                continue
+            self._add(info, module)
+
+    def _failed(self, info: PluginInfo, exc: BaseException, problem: str | None = None) -> None:
+        info.error = problem or _one_line(exc)
+        info.error_traceback = "".join(traceback.format_exception(exc))
+        if info not in self.plugins:
+            self.plugins.append(info)
+
+    def _add(self, info: PluginInfo, module: Any) -> None:
+        name = info.name
         self.plugins.append(info)
+        taken = self.manager.get_plugin(name)
+        if taken is not None:
+            owner = next((p for p in self.plugins if p.name == name and p is not info), None)
+            info.error = (f'the name "{name}" is taken by the '
+                          f'{"built-in plugin" if owner and owner.builtin else "plugin"} of '
+                          f"that name; give the entry point another name")
+            return
         try:
             self.manager.register(module, name=name)
             self.manager.check_pending()  # a misspelled hook name is an error, not a no-op
         except BaseException as exc:  # noqa: BLE001 -- a broken plugin is reported, not fatal
-            info.error = _one_line(exc)
+            self._failed(info, exc)
             if self.manager.is_registered(module):
                 self.manager.unregister(module)
             return
@@ -100,14 +140,18 @@ class Registry:
             for kind in KINDS:
                 for impl in getattr(self.manager.hook, f"register_{kind}").get_hookimpls():
                     if impl.plugin is module:
-                        impl.function(register=self._stager(kind, staged[kind]))
+                        returned = impl.function(register=self._stager(kind, staged[kind]))
+                        if returned is not None and not staged[kind]:
+                            raise TypeError(f"register_{kind} returned {returned!r} instead "
+                                            f"of calling register(...) with it")
         except BaseException as exc:  # noqa: BLE001 -- a broken plugin is reported, not fatal
-            info.error = _one_line(exc)
+            self._failed(info, exc, f"register_{kind}: {_one_line(exc)}")
             self.manager.unregister(module)
             return
         if not any(staged.values()):
             info.error = ("registers nothing (hooks must be named register_domains, "
-                          "register_encoders or register_translators and use @styletx.hookimpl)")
+                          "register_encoders or register_translators, use @styletx.hookimpl "
+                          "and call register(cls) for each class)")
             self.manager.unregister(module)
             return
         # Commit only when the whole plugin registered cleanly: no half-loaded plugins.
@@ -121,7 +165,7 @@ class Registry:
 
         def register(cls: type) -> None:
             if not (isinstance(cls, type) and issubclass(cls, base)):
-                raise TypeError(f"register_{kind} got {cls!r}, not a {base.__name__} subclass")
+                raise TypeError(f"register_{kind} got {cls!r}, {not_a(base.__name__, 'subclass')}")
             name = getattr(cls, "name", None)
             if not name:
                 raise TypeError(f"{cls.__name__} has no name")
@@ -134,6 +178,19 @@ class Registry:
             staged[name] = cls
 
         return register
+
+    def plugin_in(self, tb: TracebackType | None) -> tuple[PluginInfo, str] | None:
+        """The third-party plugin whose code raised (the innermost frame of the traceback
+        ``tb`` in its package) and where ("file:line in function"); None when no frame is a
+        third-party plugin's. Built-in plugins are styletx's own code: their errors are bugs
+        of styletx and keep their traceback."""
+        packages = {p.package: p for p in self.plugins if p.package and not p.error}
+        for frame, line in reversed(list(traceback.walk_tb(tb))):
+            module = frame.f_globals.get("__name__") or ""
+            plugin = packages.get(module.split(".")[0])
+            if plugin is not None:
+                return plugin, f"{frame.f_code.co_filename}:{line} in {frame.f_code.co_name}"
+        return None
 
     def _owner(self, kind: str, name: str) -> str | None:
         for p in self.plugins:

@@ -14,6 +14,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = ["cache_dir", "plugin_listing", "record_step_time", "step_times", "mea
 
 ENTRY_POINT_GROUP = "styletx"  # as styletx.contract.registry's (which imports torch)
 STEP_TIMES = "step-times.json"
+PLUGIN_LISTING = "plugins-"  # plugins-KEY.json
 
 
 def cache_dir() -> Path:
@@ -34,16 +36,21 @@ def cache_dir() -> Path:
 def plugin_listing(compute: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """``compute()`` (the listing of the installed plugins, as JSON values), or what it gave
     the last time when nothing it depends on has changed since: styletx's version and source
-    files (the listing's code), the entry points and the versions of their packages, and the
-    plugins' source files. A listing
-    with a broken plugin is not kept (installing what it lacked changes none of those)."""
-    path = cache_dir() / f"plugins-{_installed_plugins_key()}.json"
+    files (the listing's code), the entry points and the versions of their packages, the
+    plugins' source files, and where Python finds modules (``sys.path``, and when a folder of
+    it last gained or lost a file: uninstalling a plugin's dependency breaks the plugin). A
+    listing with a broken plugin is not kept (installing what it lacked changes none of
+    those). The listings of earlier keys are removed."""
+    path = cache_dir() / f"{PLUGIN_LISTING}{_installed_plugins_key()}.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         pass
     listing = compute()
     if not any(plugin.get("error") for plugin in listing):  # a fix may not change the key
+        for old in cache_dir().glob(f"{PLUGIN_LISTING}*.json"):
+            with contextlib.suppress(OSError):
+                old.unlink()
         _write(path, listing)
     return listing
 
@@ -52,12 +59,22 @@ def _installed_plugins_key() -> str:
     parts = [__version__, _source_stamp("styletx"), _source_stamp("styletx.cli"),
              _source_stamp("styletx.plugins"),
              os.environ.get("STYLETX_DISABLE_PLUGIN_AUTOLOAD", "")]
+    for folder in sys.path:  # installing or removing any package changes its folder's time
+        # (not the current folder's: outputs are written there all the time)
+        parts += [folder, str(_modified(folder)) if folder else ""]
     for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
                      key=lambda ep: ep.name):
         package = ep.value.split(":")[0].split(".")[0]
         parts += [ep.name, ep.value, ep.dist.version if ep.dist else "?",
                   _source_stamp(package)]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _modified(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _source_stamp(module: str) -> str:
