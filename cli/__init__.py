@@ -55,8 +55,9 @@ FILE_SYSTEM_REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, e
 
 def reports_errors(command):
     """Turn StyletxError into ``Error: <one line>`` and its exit code; never a traceback. So are
-    running out of memory and a file system refusing a write, where no command explained them
-    more closely; any other exception is a bug and keeps its traceback."""
+    running out of memory, a file system refusing a write, where no command explained them
+    more closely, and an exception raised in a third-party plugin's code (naming the plugin);
+    any other exception is a bug of styletx and keeps its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -67,17 +68,29 @@ def reports_errors(command):
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
             sys.exit(130)
-        except OSError as exc:
-            if exc.errno not in FILE_SYSTEM_REFUSALS:
+        except Exception as exc:
+            explained = _explained(exc)
+            if explained is None:
                 raise
-            where = f"{exc.filename}: " if exc.filename else ""
-            _exit_with(StyletxError(f"{where}{exc.strerror}"))
-        except RuntimeError as exc:
-            if not is_out_of_memory(exc):
-                raise
-            _exit_with(StyletxError(out_of_memory_problem(exc, "")))
+            _exit_with(explained)
 
     return wrapper
+
+
+def _explained(exc: Exception) -> StyletxError | None:
+    """The one line for an exception that is not styletx's bug, or None."""
+    if isinstance(exc, OSError) and exc.errno in FILE_SYSTEM_REFUSALS:
+        return StyletxError(f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror)
+    if is_out_of_memory(exc):
+        return StyletxError(out_of_memory_problem(exc, ""))
+    loaded = sys.modules.get("styletx.contract.registry")
+    registry = loaded and loaded._registry  # only a loaded registry has plugins to blame
+    culprit = registry.plugin_in(exc.__traceback__) if registry else None
+    if culprit is None:
+        return None
+    plugin, where = culprit  # a third-party plugin's bug: one line naming it
+    return StyletxError(f'plugin "{plugin.name}" ({plugin.version}) failed: {one_line(exc)} '
+                        f"(at {where}); --debug shows the traceback for its author")
 
 
 def _exit_with(err: StyletxError) -> None:

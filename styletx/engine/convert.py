@@ -52,6 +52,7 @@ from styletx.engine.data import expand_inputs, is_inside, read_ahead
 from styletx.engine.model import (
     build_from_config,
     check_setting_type,
+    encoded,
     load_model_tensors,
     pick_device,
 )
@@ -232,14 +233,25 @@ class Run:
 
     def _convert_whole(self, x: torch.Tensor, direction: str) -> torch.Tensor:
         h, w = x.shape[-2:]
-        x = pad_for_network(x, self.translator.size_multiple)
+        padded = pad_for_network(x, self.translator.size_multiple)
         with torch.inference_mode(), self._autocast():
-            y = self.translator.translate(x.to(self.device), direction)
+            y = self.translator.translate(padded.to(self.device), direction)
+        self._check_translated(padded, y, direction)
         return y[..., :h, :w].float().cpu()
+
+    def _check_translated(self, x: torch.Tensor, y: Any, direction: str) -> None:
+        """``translate`` must give ``(N, C_target, H, W)`` for ``(N, C_source, H, W)``: an
+        output of another size was cropped into a smaller picture without a word."""
+        target = direction_sides(direction)[1]
+        expected = (len(x), self.encoders[target].channels, *x.shape[-2:])
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != expected:
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise StyletxError(f"the {self.translator.name} translator's translate gave {got} "
+                               f"for {tuple(x.shape)} ({direction}), not {expected}")
 
     def convert_sample(self, sample: Sample, direction: str = "a2b") -> Sample:
         source, target = direction_sides(direction)
-        x = self.encoders[source].encode(sample)[None]
+        x = encoded(self.encoders[source], sample)[None]
         y = self._for_decoding(target, self.convert_tensor(x, direction))
         return self.encoders[target].decode(y[0], like=sample)
 

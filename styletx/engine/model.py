@@ -34,6 +34,9 @@ def make_config(
             f"(available: {', '.join(presets)})"
         )
     values = {**presets[preset].config, **overrides}
+    if not dataclasses.is_dataclass(cls.Config):
+        raise StyletxError(f"the {cls.name} translator's Config must be a dataclass "
+                           f"(@dataclasses.dataclass), not {cls.Config!r}")
     fields = {f.name: f for f in dataclasses.fields(cls.Config)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -73,7 +76,25 @@ def parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def encoded(encoder: Encoder, sample: Any) -> torch.Tensor:
+    """``encoder.encode(sample)``, checked to be the ``(C, H, W)`` tensor of its ``channels``
+    (a plugin's mistake here failed deep in training or conversion)."""
+    x = encoder.encode(sample)
+    if not (isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[0] == encoder.channels):
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise StyletxError(f"the {encoder.name} encoder's encode gave {got}, not a tensor "
+                           f"(C, H, W) of its {encoder.channels} channels")
+    return x
+
+
 def encoder_record(encoder: Encoder) -> dict[str, Any]:
+    """How config.json records ``encoder``: its params must be JSON values (rebuilt from them)."""
+    try:
+        json.dumps(encoder.params, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StyletxError(f"the {encoder.name} encoder's params must be JSON values (config."
+                           f"json rebuilds it from them): {one_line(exc, type_name=False)}"
+                           ) from None
     return {"name": encoder.name, "params": encoder.params, "channels": encoder.channels}
 
 
@@ -81,7 +102,9 @@ def build_from_config(config: RunConfig, registry: Registry):
     """(domain, {side: encoder}, translator) described by a run's config."""
     missing = _missing_plugins(config, registry)
     if missing:
-        raise StyletxError(f"this run needs {missing}, which no loaded plugin provides")
+        failed = ", ".join(f'"{p.name}"' for p in registry.plugins if p.error)
+        raise StyletxError(f"this run needs {missing}, which no loaded plugin provides"
+                           + (f" (plugins that failed to load: {failed})" if failed else ""))
     domain: Domain = registry.domain(config.domain)
     records = config.encoders
     encoders = {
@@ -102,7 +125,8 @@ def _missing_plugins(config: RunConfig, registry: Registry) -> str:
     wanted = [("translator", config.translator, registry.translators),
               ("domain", config.domain, registry.domains)]
     wanted += [("encoder", config.encoders[s]["name"], registry.encoders) for s in SIDES]
-    return ", ".join(f"{kind} {name!r}" for kind, name, table in wanted if name not in table)
+    missing = [f"{kind} {name!r}" for kind, name, table in wanted if name not in table]
+    return ", ".join(dict.fromkeys(missing))  # the same encoder on both sides: named once
 
 
 def model_tensors(translator: Translator, encoders: dict[str, Encoder]) -> dict[str, torch.Tensor]:
@@ -110,7 +134,12 @@ def model_tensors(translator: Translator, encoders: dict[str, Encoder]) -> dict[
     for name, net in translator.networks().items():
         tensors.update({f"net.{name}.{k}": v for k, v in net.state_dict().items()})
     for side, encoder in encoders.items():
-        tensors.update({f"encoder.{side}.{k}": v for k, v in encoder.state_dict().items()})
+        for key, value in encoder.state_dict().items():
+            if not isinstance(value, torch.Tensor):
+                raise StyletxError(f"the {encoder.name} encoder's state_dict holds {key!r} as "
+                                   f"a {type(value).__name__}, not a tensor (the weights file "
+                                   f"holds only tensors; settings go in params)")
+            tensors[f"encoder.{side}.{key}"] = value
     return tensors
 
 

@@ -341,7 +341,9 @@ def run_lock(run: Path) -> Iterator[None]:
     interleaving its log and checkpoints with ours. The lock is an flock on RUN/.lock, so the
     kernel drops it when the holder dies (kill -9 included): a lock is never stale. Held by
     torchrun's rank 0 only. A folder that cannot be a run (a file, another program's folder) is
-    left alone for ``train`` to report; a folder made here is removed again if no run came of it.
+    left alone for ``train`` to report. When no step was saved (training failed before its
+    first checkpoint), what the command wrote (config.json, previews, the log) is removed and
+    a folder made here is removed again: no run came of it.
     """
     made = _make_run_folder(run) if os.environ.get("RANK", "0") == "0" else None
     if made is None:
@@ -353,7 +355,11 @@ def run_lock(run: Path) -> Iterator[None]:
         yield
     finally:
         with contextlib.suppress(OSError):
-            if not is_run_folder(run) and [p.name for p in run.iterdir()] == [LOCK]:
+            if not (run / WEIGHTS).exists():  # a locked folder held nothing else before
+                for entry in run.iterdir():
+                    if entry.name != LOCK:
+                        _remove(entry)
+            if [p.name for p in run.iterdir()] == [LOCK]:
                 (run / LOCK).unlink()  # ours while we hold it; see _acquire for the race
                 for folder in made:
                     folder.rmdir()
@@ -410,6 +416,14 @@ def _read_pid(fd: int) -> str:
     return ""
 
 
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            entry.unlink()
+
+
 def remove_stale_temporaries(run: Path) -> list[Path]:
     """Remove the temporary files (and .previous.tmp-PID folders) that saves killed mid-write
     left in ``run`` and its samples/: those whose process is gone. Returns what was removed."""
@@ -419,11 +433,7 @@ def remove_stale_temporaries(run: Path) -> list[Path]:
         for entry in entries:
             found = TEMPORARY.match(entry.name)
             if found and not _alive(int(found.group(1))):
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        entry.unlink()
+                _remove(entry)
                 removed.append(entry)
     return removed
 

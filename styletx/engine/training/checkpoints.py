@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from styletx.contract.errors import StyletxError
 from styletx.contract.interfaces import Encoder, Translator
 from styletx.engine.data import CropSampler
 from styletx.engine.model import model_tensors
@@ -26,12 +27,39 @@ def save_training_checkpoint(out: Path, run_config: RunConfig, step: int, transl
     save_checkpoint(out, model_tensors(translator, encoders), {
         "step": step,
         **optimizer_state(translator),
-        "translator": translator.extra_state(),
+        "translator": checked_extra_state(translator),
         "sampler": sampler.state_dict(),
         "rng": rng_state(),
     }, step)
     run_config.step = step
     write_json(out / CONFIG, run_config.to_json())
+
+
+SAVABLE = (torch.Tensor, int, float, str, bool, type(None))  # what a resume may load back
+
+
+def checked_extra_state(translator: Translator) -> dict[str, Any]:
+    """``translator.extra_state()``, refused with the translator's name when it holds what a
+    resume cannot load (``torch.load(weights_only=True)``): saved, it would make the run
+    unresumable."""
+    state = translator.extra_state()
+
+    def check(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                check(key, where)
+                check(item, f"{where}[{key!r}]")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                check(item, f"{where}[{i}]")
+        elif not isinstance(value, SAVABLE):
+            raise StyletxError(
+                f"the {translator.name} translator's {where} is a {type(value).__name__}: a "
+                f"checkpoint holds only tensors, numbers, strings and dicts or lists of them "
+                f"(a resume could not load it back)")
+
+    check(state, "extra_state()")
+    return state
 
 
 def load_training_state(state: dict[str, Any], translator: Translator,

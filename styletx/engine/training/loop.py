@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import math
 import signal
 import threading
 import time
@@ -41,6 +42,7 @@ from styletx.engine.report import REPORT, clock, save_preview_titles, write_repo
 from styletx.engine.runs import CONFIG, SAMPLES, append_log, truncate_log, write_json
 from styletx.engine.training.budget import Budget, replan, steps_in_budget
 from styletx.engine.training.checkpoints import (
+    checked_extra_state,
     load_training_state,
     restore_rng,
     rng_state,
@@ -69,6 +71,9 @@ REPORT_SECONDS = 60  # the run report is rewritten at checkpoints at most this o
 TIMED_PERIODS = 3  # logged periods a run needs before `styletx plugins` shows its step time:
 #                   the first holds the start-up (a 2-step run of the tiny match preset timed
 #                   1.2 s a step, 60 times its speed), so it must not be the median
+NON_FINITE_STEPS = 3  # steps in a row whose losses are NaN or infinite stop training: once the
+#                     weights hold a NaN every later step does too (a mixed-precision step
+#                     that overflows once is skipped by its gradient scaler and passes)
 COMPILE_MODE_ON_CUDA = "reduce-overhead"  # --compile's mode on CUDA (benchmarks/gpu_speed.py)
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune",
                  "max-autotune-no-cudagraphs")
@@ -85,6 +90,7 @@ def run(prepared: Prepared, settings: TrainSettings) -> TrainResult:
     if planned:
         plan.steps = steps_in_budget(translator, sampler, settings, device, group)
     translator.configure_optimizers(plan.steps)
+    checked_extra_state(translator)  # a plugin's mistake, before any step is spent
     group.distribute(translator, device)
     if prepared.resume_state is not None:
         load_training_state(prepared.resume_state, translator, sampler)
@@ -225,6 +231,7 @@ class Loop:
         self.sampler, self.names = sampler, names
         self.start = self.step = prepared.run_config.step
         self.losses: dict[str, float] = {}
+        self.non_finite = 0  # steps in a row whose losses were not all finite
         self.preview_batch = sampler.fixed_batch()
         self.bar = progress_bar(total=self.plan.steps, initial=self.start, dynamic_ncols=True,
                                 unit="step", enabled=settings.progress and group.is_main)
@@ -267,10 +274,12 @@ class Loop:
                  for k, v in self.batches.next_batch().items()}
         if self.settings.compile:  # CUDA graphs: buffers of the last step may be reused now
             torch.compiler.cudagraph_mark_step_begin()
-        self.losses = self.translator.training_step(batch, self.step)
+        self.losses = _checked_losses(self.translator.training_step(batch, self.step),
+                                      self.translator.name)
+        self.step += 1
+        self._count_non_finite()
         for scheduler in self.translator.schedulers.values():
             scheduler.step()
-        self.step += 1
         self.out_of_time = self.budget is not None and self.budget.spent()
         stopping = self.group.any(self.stop.requested or self.out_of_time, self.device)
         revised = self.budget and self.budget.revised_total(self.step, self.plan.steps,
@@ -279,6 +288,23 @@ class Loop:
             replan(self.translator, self.plan, revised)
             self.bar.total = revised
         return stopping
+
+    def _count_non_finite(self) -> None:
+        self.non_finite = self.non_finite + 1 if self._non_finite_losses() else 0
+        if self.non_finite >= NON_FINITE_STEPS:
+            self._diverged()
+
+    def _non_finite_losses(self) -> list[str]:
+        return [name for name, value in self.losses.items() if not math.isfinite(value)]
+
+    def _diverged(self) -> None:
+        bad = self._non_finite_losses()
+        raise StyletxError(
+            f"training diverged: {', '.join(bad)} not finite ({self.losses[bad[0]]}) for "
+            f"{self.non_finite} step(s) in a row, up to step {self.step}; stopped, "
+            + (f"and the last checkpoint (step {self.marks.saved}) is kept" if self.marks.saved
+               else "before any checkpoint")
+            + ". A lower learning rate (--set lr=...) or another --seed may train")
 
     def _on_schedule(self, stopping: bool) -> None:
         """Progress, log, preview and checkpoint, each when its period says (and at the end)."""
@@ -292,7 +318,12 @@ class Loop:
         minutes_since_save = (time.monotonic() - self.marks.saved_at) / 60
         if step == self.plan.steps or (stopping and self.out_of_time):
             self._finish_training()  # done, or out of time (not Ctrl-C): into this checkpoint
-        if step % self.save_every == 0 or last or minutes_since_save >= self.settings.save_minutes:
+        due = (step % self.save_every == 0 or last
+               or minutes_since_save >= self.settings.save_minutes)
+        if due and self.non_finite:  # never weights that may hold NaN over good ones
+            if last:
+                self._diverged()
+        elif due:
             p = self.prepared
             save_training_checkpoint(p.out, p.run_config, step, self.translator, p.encoders,
                                      self.batches)
@@ -327,9 +358,10 @@ class Loop:
         marks.tick, marks.tick_step = time.perf_counter(), step
         lrs = {k: o.param_groups[0]["lr"] for k, o in self.translator.optimizers.items()}
         self.rates.append(rate)
+        finite = {k: v if math.isfinite(v) else None for k, v in self.losses.items()}
         append_log(self.prepared.out, {"step": step, "time": time.time(),
                                        "steps_per_s": round(rate, 3), "lr": lrs,
-                                       "losses": self.losses})
+                                       "losses": finite})  # JSON has no NaN
         if self.tensorboard is not None:
             self.tensorboard.scalars(step, self.losses, lrs, rate)
         # no progress bar (not a terminal): a plain line now and then instead
@@ -502,6 +534,20 @@ class _StopAtStepBoundary:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+def _checked_losses(losses: Any, translator: str) -> dict[str, float]:
+    """``training_step``'s losses as floats; a clear error naming the translator when they are
+    not a dict of names and numbers (a plugin's mistake that failed deep in the logging)."""
+    try:
+        if isinstance(losses, dict) and all(isinstance(k, str) for k in losses):
+            return {k: float(v) for k, v in losses.items()}
+    except (TypeError, ValueError, RuntimeError):
+        pass
+    shown = {k: type(v).__name__ for k, v in losses.items()} if isinstance(losses, dict) \
+        else type(losses).__name__
+    raise StyletxError(f"the {translator} translator's training_step must return its losses "
+                       f"as a dict of name -> number, not {shown}")
 
 
 def _format_losses(losses: dict[str, float]) -> str:

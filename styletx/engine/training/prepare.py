@@ -18,6 +18,7 @@ from styletx.contract.registry import Registry
 from styletx.engine.data import FolderData, is_inside
 from styletx.engine.model import (
     build_from_config,
+    encoded,
     encoder_record,
     load_model_tensors,
     make_config,
@@ -125,7 +126,7 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
                      seed=request.settings.seed)
     folders = load_data(dom, a_dir, b_dir, out, plan.size, cls.paired, request.settings)
     encoders = _fitted_encoders(registry, request.encoder, dom, folders)
-    shapes = {side: tuple(enc.encode(folders[side].samples[0]).shape)
+    shapes = {side: tuple(encoded(enc, folders[side].samples[0]).shape)
               for side, enc in encoders.items()}
     config = cls.config_for_data(config, shapes, dom.training_crop(plan.size))
     run_config = RunConfig(

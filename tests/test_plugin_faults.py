@@ -1,0 +1,219 @@
+"""A third-party plugin's mistakes, as its author makes them: each is one line that names the
+plugin (or what it broke) and exit 1, never a traceback; nothing it cannot load back is saved,
+a failed new run leaves no folder, and a diverged run keeps its last good checkpoint."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sys
+
+import pytest
+from conftest import TINY
+
+import styletx.contract.registry as registry_module
+
+# A tiny CycleGAN whose methods the cases below replace (``{body}``).
+PLUGIN = """
+import math
+import torch
+import styletx
+from styletx.plugins.cyclegan import CycleGAN
+from styletx.plugins.image import RGBEncoder
+
+class Faulty(CycleGAN):
+    name = "faulty"
+{body}
+
+class FaultyEncoder(RGBEncoder):
+    name = "faultyrgb"
+{encoder_body}
+
+@styletx.hookimpl
+def register_translators(register):
+    register(Faulty)
+
+@styletx.hookimpl
+def register_encoders(register):
+    register(FaultyEncoder)
+"""
+
+CASES = {
+    "raises": """
+    def training_step(self, batch, step):
+        if step == 1:
+            raise ValueError("the author's bug")
+        return super().training_step(batch, step)
+""",
+    "tensorloss": """
+    def training_step(self, batch, step):
+        super().training_step(batch, step)
+        return torch.tensor(1.0)
+""",
+    "nanlater": """
+    def training_step(self, batch, step):
+        losses = super().training_step(batch, step)
+        return {**losses, "G_A": math.nan} if step >= 4 else losses
+""",
+    "nanalways": """
+    def training_step(self, batch, step):
+        return {**super().training_step(batch, step), "D_A": math.inf}
+""",
+    "objectstate": """
+    def extra_state(self):
+        return {**super().extra_state(), "pool": [1, 2, object()]}
+""",
+    "halfsize": """
+    def translate(self, x, direction):
+        return super().translate(x, direction)[..., ::2, ::2]
+""",
+}
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """Install the faulty plugin with ``body`` (a translator's methods) and ``encoder_body``."""
+
+    def install(body: str = "    pass", encoder_body: str = "    pass") -> None:
+        source = PLUGIN.format(body=body, encoder_body=encoder_body)
+        (tmp_path / "plug_faulty.py").write_text(source)
+        sys.modules.pop("plug_faulty", None)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        eps = [importlib.metadata.EntryPoint("faulty", "plug_faulty", "styletx")]
+        monkeypatch.setattr(importlib.metadata, "entry_points",
+                            lambda group: eps if group == "styletx" else [])
+        monkeypatch.setattr(registry_module, "_registry", None)
+
+    yield install
+    registry_module.reset_registry()
+
+
+def train(styletx, scenes, out, *extra):
+    return styletx("train", scenes["a"], scenes["b"], "--out", out, *TINY, "--size", "16",
+                   "--model", "faulty", *extra)
+
+
+def assert_one_error(result, *fragments):
+    assert result.exit_code == 1, result.stderr
+    errors = [line for line in result.error_lines if line.startswith("Error: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_an_exception_in_a_plugins_code_names_the_plugin_and_where(styletx, scenes, plugin,
+                                                                    tmp_path):
+    plugin(CASES["raises"])
+    result = train(styletx, scenes, tmp_path / "run", "--steps", "4")
+    assert_one_error(result, 'plugin "faulty"', "failed: ValueError: the author's bug",
+                     "plug_faulty.py:", "in training_step", "--debug")
+    # the step before it was saved (a 4-step run saves every step) and stays
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["step"] == 1
+
+
+def test_losses_that_are_not_a_dict_are_refused_by_name(styletx, scenes, plugin, tmp_path):
+    plugin(CASES["tensorloss"])
+    result = train(styletx, scenes, tmp_path / "run", "--steps", "2")
+    assert_one_error(result, "the faulty translator's training_step must return its losses as "
+                             "a dict of name -> number, not Tensor")
+
+
+def test_a_diverged_run_stops_and_keeps_its_last_good_checkpoint(styletx, scenes, plugin,
+                                                                tmp_path):
+    """NaN from step 5 on; checkpoints every 2 steps: step 4 is the last good one, and the log
+    holds null, not a bare NaN that JSON readers refuse."""
+    plugin(CASES["nanlater"])
+    run = tmp_path / "run"
+    result = train(styletx, scenes, run, "--steps", "20", "--save-every", "2",
+                   "--log-every", "1")
+    assert_one_error(result, "training diverged: G_A not finite (nan) for 3 step(s) in a row, "
+                             "up to step 7", "the last checkpoint (step 4) is kept")
+    assert json.loads((run / "config.json").read_text())["step"] == 4
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logged[-1]["losses"]["G_A"] is None
+    plugin()  # the author's fix: the run resumes from step 4
+    resumed = train(styletx, scenes, run, "--steps", "6")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "resuming" in resumed.stderr and "from step 4" in resumed.stderr
+
+
+def test_a_run_whose_last_step_is_not_finite_is_not_saved(styletx, scenes, plugin, tmp_path):
+    plugin(CASES["nanalways"])
+    result = train(styletx, scenes, tmp_path / "run", "--steps", "2")
+    assert_one_error(result, "D_A not finite (inf) for 2 step(s)", "before any checkpoint")
+    assert not (tmp_path / "run").exists()
+
+
+def test_extra_state_a_resume_could_not_load_is_refused_before_training(styletx, scenes,
+                                                                         plugin, tmp_path):
+    """Saved, it made the run unresumable ("resume.pt: refused to load")."""
+    plugin(CASES["objectstate"])
+    result = train(styletx, scenes, tmp_path / "run", "--steps", "2")
+    assert_one_error(result, "the faulty translator's extra_state()['pool'][2] is a object")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_translate_of_the_wrong_size_writes_nothing(styletx, scenes, plugin, tmp_path):
+    """Cropped to the input's size, a half-size output became a smaller picture silently."""
+    plugin()
+    run = tmp_path / "run"
+    assert train(styletx, scenes, run, "--steps", "1").exit_code == 0
+    plugin(CASES["halfsize"])
+    result = styletx("convert", run, scenes["test_a"], "-o", tmp_path / "out", "--device",
+                     "cpu")
+    assert result.exit_code == 1, result.stderr
+    error = result.error_lines[0]  # the batch of files converted together: (N, 3, 40, 40)
+    assert "the faulty translator's translate gave (" in error
+    assert "3, 20, 20) for (" in error and "3, 40, 40) (a2b), not (" in error
+    assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
+
+
+def test_an_encoder_giving_the_wrong_channels_is_named(styletx, scenes, plugin, tmp_path):
+    plugin(encoder_body="    def encode(self, sample):\n"
+                        "        return super().encode(sample)[:2]\n")
+    result = train(styletx, scenes, tmp_path / "run", "--steps", "1", "--encoder", "faultyrgb")
+    assert_one_error(result, "the faultyrgb encoder's encode gave (2, ", "not a tensor (C, H, W) "
+                             "of its 3 channels")
+
+
+def test_a_run_needing_a_plugin_that_failed_says_so(styletx, scenes, plugin, tmp_path):
+    plugin()
+    run = tmp_path / "run"
+    assert train(styletx, scenes, run, "--steps", "1", "--encoder", "faultyrgb").exit_code == 0
+    (tmp_path / "plug_faulty.py").write_text("import a_module_that_is_gone\n")
+    sys.modules.pop("plug_faulty", None)
+    registry_module.reset_registry()
+    result = styletx("convert", run, scenes["test_a"], "-o", tmp_path / "out")
+    assert_one_error(result, "this run needs translator 'faulty', encoder 'faultyrgb', which no "
+                             'loaded plugin provides (plugins that failed to load: "faulty")')
+
+
+def test_contract_mistakes_found_before_training_name_what_is_wrong():
+    """A Config that is not a dataclass, encoder params that are not JSON and an encoder
+    state holding a float failed as TypeError or AttributeError deep inside."""
+    from styletx.contract.errors import StyletxError
+    from styletx.engine.model import encoder_record, make_config, model_tensors
+    from styletx.plugins.cyclegan import CycleGAN
+    from styletx.plugins.image import RGBEncoder
+
+    class PlainConfig(CycleGAN):
+        name = "plainconfig"
+
+        class Config:
+            pass
+
+    class Odd(RGBEncoder):
+        name = "odd"
+
+        def state_dict(self):
+            return {"scale": 0.5}
+
+    with pytest.raises(StyletxError, match="the plainconfig translator's Config must be a "
+                                           "dataclass"):
+        make_config(PlainConfig, "tiny", {}, "image")
+    with pytest.raises(StyletxError, match="the odd encoder's params must be JSON values"):
+        encoder_record(Odd(when=object()))
+    translator = CycleGAN(make_config(CycleGAN, "tiny", {}, "image"), 3, 3)
+    with pytest.raises(StyletxError, match="the odd encoder's state_dict holds 'scale' as a "
+                                           "float, not a tensor"):
+        model_tensors(translator, {"a": Odd(), "b": Odd()})
