@@ -28,7 +28,9 @@ _HOMES = {
                     "styletx.contract.interfaces"),
     **dict.fromkeys(["PadCrop", "crop", "pad_bottom_right"], "styletx.engine.apply"),
     **dict.fromkeys(["Run", "load_run"], "styletx.engine.convert"),
-    **dict.fromkeys(["TrainResult", "TrainSettings", "train"], "styletx.engine.training"),
+    **dict.fromkeys(["TrainResult", "TrainSettings", "TrainingInterrupted", "train"],
+                    "styletx.engine.training"),
+    "set_threads": "styletx.engine.threads",
 }
 
 
@@ -55,6 +57,7 @@ __all__ = [
     # any-size networks for Translator.export_module
     "PadCrop", "pad_bottom_right", "crop",
     # training and conversion from Python
-    "train", "TrainSettings", "TrainResult", "load_run", "Run",
+    "train", "TrainSettings", "TrainResult", "TrainingInterrupted", "load_run", "Run",
+    "set_threads",
     "__version__",
 ]

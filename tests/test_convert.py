@@ -88,6 +88,28 @@ def test_python_api_errors(trained_run, tmp_path):
         run.convert_array(np.zeros((8, 8, 3), np.float32) + 7)
 
 
+def test_python_api_takes_what_a_python_user_passes(trained_run, scenes, tmp_path):
+    """From a new-user trial of the API: one path for the inputs (a str was read character by
+    character, a Path not at all), a torch.device, a tensor that requires grad; an empty
+    array is a UsageError, not a ZeroDivisionError."""
+    import torch
+
+    from styletx.audio.sample import AudioSample
+
+    run = load_run(trained_run, device=torch.device("cpu"))
+    held = scenes["test_a"]
+    assert len(run.convert_files(str(held), tmp_path / "str").converted) == 3
+    assert len(run.convert_files(held / "held000.png", tmp_path / "path").converted) == 1
+    pixels = torch.rand(12, 14, 3, requires_grad=True)
+    assert run.convert_array(pixels).shape == (12, 14, 3)
+    for empty in (np.zeros((0, 5, 3), np.uint8), np.zeros((5, 0), np.uint8)):
+        with pytest.raises(UsageError, match="the image is empty"):
+            run.convert_array(empty)
+    with pytest.raises(ValueError, match="wave must be floating-point samples in \\[-1, 1\\], "
+                                         "not int16"):
+        AudioSample(np.zeros(100, np.int16), 16000)
+
+
 def test_output_format_can_be_chosen(styletx, trained_run, tmp_path):
     write(tmp_path / "in" / "photo.jpg", "RGB", (24, 16))
     result = styletx("convert", trained_run, tmp_path / "in", "-o", tmp_path / "out",

@@ -257,6 +257,8 @@ def test_format_follows_the_file_name(styletx, runs, tmp_path):
     run = load_run(runs["cyclegan"], device="cpu")  # the API leaves the run's parameters
     export_module.export(run, "a2b", "torchscript", tmp_path / "api.pt")  # trainable
     assert all(p.requires_grad for p in run.translator.G_A.parameters())
+    named = export_module.export(run, "a2b", None, tmp_path / "named.pt")  # as the CLI does
+    assert named.format == "torchscript"
     other = tmp_path / "model.bin"
     result = styletx("export", runs["cyclegan"], "--format", "torchscript", "-o", other)
     assert result.exit_code == 0, result.stderr

@@ -123,6 +123,18 @@ def test_sample_writes_a_grid_of_n_tiles(vae, styletx, tmp_path):
     assert (_tile(picture, 1, 2, tile, tile) == 255).all()
 
 
+def test_the_latent_tools_take_a_run_folder_and_one_path(vae, tmp_path):
+    """As export() and evaluate() do; one input path is one input, not its characters; an
+    output "folder" that is a file is a usage error, not a FileExistsError."""
+    written = latent.sample(str(vae["run"]), "a", 2, tmp_path / "s")
+    assert written == [tmp_path / "s" / "samples.png"]
+    held = sorted(vae["held"].iterdir())
+    assert [s.path for s in latent.score(vae["run"], str(held[0])).scores] == [held[0]]
+    (tmp_path / "readme.txt").write_text("mine")
+    with pytest.raises(StyletxError, match="readme.txt is a file, not a folder"):
+        latent.sample(vae["run"], "a", 2, tmp_path / "readme.txt")
+
+
 def test_sample_api_seed_and_size(vae, tmp_path):
     run = load_run(vae["run"], device="cpu")
     first = latent.sample(run, "a", 3, tmp_path / "one", seed=1, size=48)

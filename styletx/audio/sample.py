@@ -23,6 +23,11 @@ class AudioSample:
     def __post_init__(self):
         if self.wave.ndim != 1:
             raise ValueError(f"wave must be 1-D (mono), got shape {self.wave.shape}")
+        if not np.issubdtype(self.wave.dtype, np.floating):
+            raise ValueError(f"wave must be floating-point samples in [-1, 1], not "
+                             f"{self.wave.dtype} (16-bit PCM: wave / 32768)")
+        if not len(self.wave):
+            raise ValueError("wave is empty: no samples")
         if self.rate <= 0:
             raise ValueError(f"rate must be positive, got {self.rate}")
 

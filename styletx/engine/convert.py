@@ -48,7 +48,7 @@ from styletx.engine.apply import (
     pad_for_network,
     per_call,
 )
-from styletx.engine.data import expand_inputs, is_inside, read_ahead
+from styletx.engine.data import as_paths, expand_inputs, is_inside, read_ahead
 from styletx.engine.model import (
     build_from_config,
     check_setting_type,
@@ -125,6 +125,12 @@ def _listed(settings: dict[str, Any]) -> str:
 
 
 class Run:
+    """A trained run loaded for conversion (``load_run`` makes one): ``convert_files`` for
+    files and folders, ``convert_array`` for in-memory arrays, ``convert_sample`` for a
+    domain's samples (e.g. ``AudioSample(wave, rate)``), ``convert_tensor`` for encoded
+    tensors. ``domain``, ``encoders`` (by side), ``translator``, ``device``, ``step`` and
+    ``config`` (the run's ``RunConfig``) describe it. Load once, convert many times."""
+
     def __init__(self, path: Path, device: str, registry: Registry, keep_dropout: bool = False,
                  precision: str = "fp32", settings: dict[str, Any] | None = None):
         if precision not in PRECISIONS:
@@ -268,7 +274,7 @@ class Run:
     # -- files -------------------------------------------------------------------------------
     def convert_files(
         self,
-        inputs: Iterable[Path | str],
+        inputs: Iterable[Path | str] | Path | str,
         out_dir: Path | str,
         direction: str = "a2b",
         batch_size: int = BATCH_SIZE,
@@ -370,7 +376,7 @@ class Run:
             raise UsageError(f"-o {out_dir}: {blocker} is a file, not a folder")
         jobs: list[tuple[Path, Path | None]] = []
         seen: dict[Path, Path] = {}
-        for item in map(Path, inputs):
+        for item in map(Path, as_paths(inputs)):
             if not item.exists():
                 raise UsageError(f"{item}: no such file or folder")
             if item.is_dir() and is_inside(out_dir, item):

@@ -412,6 +412,12 @@ def _pad_to(x: torch.Tensor, h: int | None, w: int) -> torch.Tensor:
     return x
 
 
+def as_paths(inputs: Iterable[Path | str] | Path | str) -> list[Path | str]:
+    """A list of the inputs named: one path (a str or Path) is a list of one, not the
+    characters of its name."""
+    return [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+
+
 def expand_inputs(inputs: Iterable[Path]) -> list[tuple[Path, Path]]:
     """(file, path relative to where it was named) for files and folders (recursively)."""
     pairs = []

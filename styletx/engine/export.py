@@ -99,10 +99,11 @@ def export_model(run, direction: str) -> nn.Module:
     return model.eval()
 
 
-def export(run, direction: str, fmt: str, out: Path | str, tolerance: float | None = None,
-           registry=None) -> ExportReport:
+def export(run, direction: str, fmt: str | None, out: Path | str,
+           tolerance: float | None = None, registry=None) -> ExportReport:
     """Export ``run``'s (a run folder, or a ``Run`` from ``load_run``) generator for
-    ``direction`` ("a2b" or "b2a") as ``fmt`` ("onnx" or "torchscript") to ``out``, check it
+    ``direction`` ("a2b" or "b2a") as ``fmt`` ("onnx" or "torchscript"; None: as ``out``'s
+    suffix says, ``format_for``) to ``out``, check it
     against PyTorch (see the module docstring) and return the report.
 
     Raises ``UsageError`` for a bad format, direction or output path (nothing is written) and
@@ -114,11 +115,11 @@ def export(run, direction: str, fmt: str, out: Path | str, tolerance: float | No
     from styletx.engine.convert import Run, load_run
 
     tolerance = TOLERANCE if tolerance is None else tolerance
-    if fmt not in FORMATS:
+    if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: use {' or '.join(FORMATS)}")
     source, _ = direction_sides(direction)
     out = Path(out)
-    format_for(out, fmt)  # a contradicting suffix
+    fmt = format_for(out, fmt)  # refuses a contradicting suffix
     if out.is_dir():
         raise UsageError(f"-o {out} is a folder; give the file to write")
     if not isinstance(run, Run):

@@ -162,11 +162,17 @@ def load_model_tensors(
                            f"({one_line(exc, limit=200, type_name=False)})") from None
 
 
-def pick_device(device: str) -> torch.device:
+def pick_device(device: str | torch.device) -> torch.device:
+    """``device`` ("auto", "cpu", "cuda", "cuda:1", or a ``torch.device``) as a torch.device
+    this machine has."""
+    device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    if device.startswith("mps") and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS (Apple GPUs) is not available on this "
+                         f"machine")
     try:
         return torch.device(device)
     except RuntimeError:

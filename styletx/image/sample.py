@@ -42,11 +42,15 @@ class ImageSample:
 
         2 and 4 channels are gray + alpha and RGB + alpha.
         """
+        if hasattr(arr, "detach"):  # a torch tensor, perhaps one that requires grad
+            arr = arr.detach().cpu().numpy()
         arr = np.asarray(arr)
         if arr.ndim == 2:
             arr = arr[:, :, None]
         if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
             raise ValueError(f"expected an (H, W) or (H, W, 1|2|3|4) array, got {arr.shape}")
+        if arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise ValueError(f"the image is empty ({arr.shape[0]}x{arr.shape[1]} pixels)")
         bits = 8
         if arr.dtype == np.uint8:
             values = arr.astype(np.float32) / 255

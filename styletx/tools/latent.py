@@ -63,9 +63,10 @@ import torch
 import torch.nn.functional as F
 
 from styletx.contract.errors import BadInputError, StyletxError, UsageError, not_a
+from styletx.contract.files import file_in_the_way
 from styletx.contract.interfaces import SIDES, Domain, LatentTranslator, Sample
 from styletx.engine.apply import chunk_starts, group_by_shape
-from styletx.engine.data import expand_inputs
+from styletx.engine.data import as_paths, expand_inputs
 from styletx.engine.runs import write_json
 
 if TYPE_CHECKING:
@@ -238,6 +239,14 @@ def percentile(scores: Sequence[float], value: float) -> float:
 
 
 # -- checks -------------------------------------------------------------------------------------
+def latent_run(run: Run | Path | str) -> tuple[Run, LatentTranslator]:
+    """(the run, loaded when given as its folder, and its latent translator)."""
+    from styletx.engine.convert import Run, load_run
+
+    run = run if isinstance(run, Run) else load_run(run)
+    return run, require_latent(run)
+
+
 def require_latent(run: Run) -> LatentTranslator:
     """The run's translator, or a usage error when it has no latent space."""
     if not isinstance(run.translator, LatentTranslator):
@@ -260,7 +269,7 @@ def _training_scores(run: Run, side: str) -> dict[str, Any]:
 
 
 # -- sampling -----------------------------------------------------------------------------------
-def sample(run: Run, side: str, n: int, out: Path | str, seed: int = 0,
+def sample(run: Run | Path | str, side: str, n: int, out: Path | str, seed: int = 0,
            size: int | None = None, prior: bool = False) -> list[Path]:
     """Decode ``n`` drawn latents with ``side``'s decoder and write them through the domain's
     preview, 8 per row (images: one grid ``OUT/samples.png``; audio: spectrograms in
@@ -271,7 +280,7 @@ def sample(run: Run, side: str, n: int, out: Path | str, seed: int = 0,
     Latents are drawn from a Gaussian field fitted to the training posteriors (``latent_draws``)
     when ``latent.json`` has one; from the prior N(0, I) with ``prior`` or for older runs.
     Returns the written files."""
-    translator = require_latent(run)
+    run, translator = latent_run(run)
     _check_side(side)
     if n < 1:
         raise UsageError(f"-n must be at least 1 (got {n})")
@@ -343,7 +352,7 @@ def _crop_shape(run: Run, side: str, size: int | None) -> tuple[int, int]:
 
 
 # -- traversal ----------------------------------------------------------------------------------
-def traverse(run: Run, input_path: Path | str, dims: Sequence[int] | None = None,
+def traverse(run: Run | Path | str, input_path: Path | str, dims: Sequence[int] | None = None,
              out: Path | str = "traverse", steps: int = 7, k: float = 3.0,
              side: str = "a", full_size: bool = False) -> list[Path]:
     """Encode ``input_path`` with ``side``'s encoder (posterior mean z), then for each latent
@@ -358,7 +367,7 @@ def traverse(run: Run, input_path: Path | str, dims: Sequence[int] | None = None
     output most (``latent.json``'s ``channel_effect``, see ``channel_effects``), largest
     first. Writes ``OUT/dimNN`` previews (one row of ``steps`` tiles each) and, for images,
     ``OUT/all.png`` with a row per channel; returns the written files."""
-    translator = require_latent(run)
+    run, translator = latent_run(run)
     _check_side(side)
     channels = translator.latent_channels
     if steps < 2:
@@ -407,7 +416,9 @@ def traverse(run: Run, input_path: Path | str, dims: Sequence[int] | None = None
 @dataclasses.dataclass
 class InputScore:
     path: Path
-    score: float  # negative ELBO per input element; higher = less like the training data
+    score: float  # -2 log p of its structure or reconstruction (the module docstring; an
+    #               older run's: its negative ELBO per element); higher = less like the
+    #               training data
     percentile: float  # share of the side's training examples that score lower, in percent
     flagged: bool  # above the threshold: "unlike the training data"
 
@@ -429,13 +440,13 @@ class ScoreReport:
         }
 
 
-def score(run: Run, inputs: Iterable[Path | str], side: str = "a",
+def score(run: Run | Path | str, inputs: Iterable[Path | str] | Path | str, side: str = "a",
           on_file: Callable[[Path, InputScore | None, str | None], None] | None = None
           ) -> ScoreReport:
     """Score files and folders (recursively) against ``side``'s training data. A file that
     cannot be read is reported (``on_file(path, None, problem)``) and skipped; the rest are
     scored (``on_file(path, result, None)``)."""
-    translator = require_latent(run)
+    run, translator = latent_run(run)
     _check_side(side)
     stats = _training_scores(run, side)
     scorer = _Scorer(run, translator, side, stats[side], stats.get("threshold"))
@@ -668,10 +679,10 @@ def _batches(items: list[torch.Tensor]) -> Iterable[tuple[torch.Tensor, list[int
             yield torch.stack([items[i] for i in part]).float(), part
 
 
-def _files(domain: Domain, inputs: Iterable[Path | str]) -> list[Path]:
+def _files(domain: Domain, inputs: Iterable[Path | str] | Path | str) -> list[Path]:
     """Every file named, and every file of the domain's kinds inside the folders named."""
     files = []
-    for item in map(Path, inputs):
+    for item in map(Path, as_paths(inputs)):
         if not item.exists():
             raise UsageError(f"{item}: no such file or folder")
         if item.is_dir():
@@ -695,6 +706,9 @@ def _one_picture(domain: Domain) -> bool:
 
 def _write_preview(run: Run, rows: list[list[torch.Tensor]], side: str, stem: Path) -> list[Path]:
     """``rows`` of ``side``'s tensors through the domain's ``save_preview``; the files it wrote."""
+    blocker = file_in_the_way(stem.parent)
+    if blocker is not None:
+        raise UsageError(f"-o {stem.parent}: {blocker} is a file, not a folder")
     stem.parent.mkdir(parents=True, exist_ok=True)
     started = time.time_ns() - 1_000_000_000  # coarse file-system clocks
     encoders = [[run.encoders[side]] * len(row) for row in rows]

@@ -19,11 +19,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from styletx.contract.registry import Registry, get_registry
 from styletx.engine.runs import holds_run_lock
 from styletx.engine.training import loop
 from styletx.engine.training.prepare import Request, prepare
-from styletx.engine.training.settings import TrainingInterrupted, TrainResult, TrainSettings
+from styletx.engine.training.settings import (
+    TrainingInterrupted,
+    TrainResult,
+    TrainSettings,
+    started_now,
+)
 
 __all__ = ["TrainResult", "TrainSettings", "TrainingInterrupted", "train"]
 
@@ -44,15 +51,20 @@ def train(
 ) -> TrainResult:
     """Train ``model`` to map the files of ``a_dir`` to the style of ``b_dir`` into ``out``.
 
-    ``model`` defaults to cyclegan and ``preset`` to default; when ``out`` already holds a run,
-    training resumes and both default to the saved ones. A paired model (pix2pix) pairs the
-    files of the two folders by name; with ``aligned`` it reads pairs side by side from the
-    files of ``a_dir`` alone (``b_dir`` None).
+    ``model`` defaults to the domain's choice (cyclegan for images, match for voices) and
+    ``preset`` to default; when ``out`` already holds a run, training resumes and both default
+    to the saved ones. ``settings.minutes`` counts from this call. Torch's global random state
+    is the caller's again afterwards (training seeds it with ``settings.seed``). A paired model
+    (pix2pix) pairs the files of the two folders by name; with ``aligned`` it reads pairs side
+    by side from the files of ``a_dir`` alone (``b_dir`` None).
     """
-    settings = settings or TrainSettings()
+    settings = started_now(settings or TrainSettings())
     request = Request(a_dir, b_dir, out, model, preset, overrides or {}, settings, domain,
                       encoder, aligned)
-    prepared = prepare(request, registry or get_registry())
-    if isinstance(prepared, TrainResult):  # already trained as far as asked
-        return prepared
-    return loop.run(prepared, settings)
+    # Training seeds torch's generator (weights, data order) and a resume restores its saved
+    # state: the caller's own random numbers go on as if train() had not drawn any.
+    with torch.random.fork_rng(devices=[]):
+        prepared = prepare(request, registry or get_registry())
+        if isinstance(prepared, TrainResult):  # already trained as far as asked
+            return prepared
+        return loop.run(prepared, settings)

@@ -108,7 +108,7 @@ def _join_processes(translator: Translator,
                     settings: TrainSettings) -> tuple[distributed.Group, torch.device]:
     """This process's place among torchrun's (alone: rank 0 of 1) and its device, with the
     networks moved there, synchronised across processes, and the speed options applied."""
-    group, device_name = distributed.setup(settings.device)
+    group, device_name = distributed.setup(str(settings.device))
     if not group.is_main:
         log.setLevel(logging.ERROR)  # one process reports
     device = pick_device(device_name)

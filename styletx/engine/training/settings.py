@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -51,8 +52,8 @@ class TrainSettings:
     #                              GPU); None: 2 on CUDA, 0 on CPU
     workers: int | None = None  # threads reading the training files; None: one per CPU
     #                             core (shared by the processes on this machine), at most 8
-    started: float = dataclasses.field(default_factory=time.monotonic, repr=False)  # when the
-    #                                   command began: `minutes` counts from here
+    started: float | None = dataclasses.field(default=None, repr=False)  # when the command
+    #                        began: `minutes` counts from here (None: from the train() call)
 
 
 class TrainingInterrupted(StyletxError):
@@ -64,6 +65,17 @@ class TrainResult:
     run: Path
     step: int
     losses: dict[str, float]
+
+
+def started_now(settings: TrainSettings) -> TrainSettings:
+    """``settings`` checked, with the clock of ``minutes`` started (unless the caller started it
+    already): a TrainSettings made long before train(), or used for a second run, gave a run of
+    one step, its budget spent before it began."""
+    if settings.minutes is not None and not 0 < settings.minutes < math.inf:
+        raise UsageError(f"--minutes must be a number above 0 (got {settings.minutes})")
+    if settings.started is not None:
+        return settings
+    return dataclasses.replace(settings, started=time.monotonic())
 
 
 def train_values(preset: Preset, settings: TrainSettings) -> dict[str, int]:
