@@ -19,7 +19,7 @@ import math
 import torch
 import styletx
 from styletx.plugins.cyclegan import CycleGAN
-from styletx.plugins.image import RGBEncoder
+from styletx.plugins.image import ImageDomain, RGBEncoder
 
 class Faulty(CycleGAN):
     name = "faulty"
@@ -29,9 +29,17 @@ class FaultyEncoder(RGBEncoder):
     name = "faultyrgb"
 {encoder_body}
 
+class FaultyDomain(ImageDomain):
+    name = "faultyimg"
+    default_translator = "nosuchmodel"
+
 @styletx.hookimpl
 def register_translators(register):
     register(Faulty)
+
+@styletx.hookimpl
+def register_domains(register):
+    register(FaultyDomain)
 
 @styletx.hookimpl
 def register_encoders(register):
@@ -62,6 +70,12 @@ CASES = {
     "objectstate": """
     def extra_state(self):
         return {**super().extra_state(), "pool": [1, 2, object()]}
+""",
+    "renamed": """
+    def networks(self):
+        nets = super().networks()
+        nets["G_X"] = nets.pop("G_A")
+        return nets
 """,
     "halfsize": """
     def translate(self, x, direction):
@@ -217,3 +231,27 @@ def test_contract_mistakes_found_before_training_name_what_is_wrong():
     with pytest.raises(StyletxError, match="the odd encoder's state_dict holds 'scale' as a "
                                            "float, not a tensor"):
         model_tensors(translator, {"a": Odd(), "b": Odd()})
+
+
+def test_a_renamed_network_is_named_when_the_run_does_not_load(styletx, scenes, plugin,
+                                                               tmp_path):
+    plugin()
+    run = tmp_path / "run"
+    assert train(styletx, scenes, run, "--steps", "1").exit_code == 0
+    plugin(CASES["renamed"])
+    result = styletx("convert", run, scenes["test_a"], "-o", tmp_path / "out")
+    assert_one_error(result, "model.safetensors: does not match", "config.json: network G_X (")
+
+
+def test_a_domain_whose_default_translator_is_missing_says_so(styletx, scenes, plugin,
+                                                              tmp_path):
+    """It said "unknown translator 'nosuchmodel' for --model" to a user who gave no --model."""
+    plugin()
+    result = styletx("train", scenes["a"], scenes["b"], "--out", tmp_path / "run", "--domain",
+                     "faultyimg", "--steps", "1")
+    assert_one_error(result, "the faultyimg domain's default model 'nosuchmodel' is not loaded",
+                     "choose one with --model")
+    guessed = train(styletx, scenes, tmp_path / "guessed", "--steps", "1")  # both read .png
+    assert guessed.exit_code == 0, guessed.stderr
+    assert "the image and faultyimg domains all read these files; using image (--domain " \
+           "chooses)" in guessed.stderr

@@ -45,6 +45,11 @@ def test_a_new_plugin_installs_registers_and_passes_its_tests(kind, tmp_path):
     (["Bad-Name", "--kind", "translator"], "plugin name 'Bad-Name'"),
     (["class", "--kind", "encoder"], "plugin name 'class'"),
     (["fine", "--kind", "vocoder"], "Invalid value for '--kind'"),
+    # names taken: the package would fail to load the moment it was installed
+    (["cyclegan", "--kind", "translator"], "plugin name 'cyclegan' is taken by the built-in "
+                                           "plugin 'cyclegan' (its translator); choose another"),
+    (["rgb", "--kind", "encoder"], "is taken by the built-in plugin 'image' (its encoder)"),
+    (["audio", "--kind", "domain"], "is taken by the built-in plugin 'audio' (its domain)"),
 ])
 def test_bad_names_and_kinds_are_usage_errors(styletx, tmp_path, args, message):
     result = styletx("plugins", "new", *args, "-o", tmp_path)
@@ -58,3 +63,13 @@ def test_an_existing_folder_is_never_overwritten(styletx, tmp_path):
     result = styletx("plugins", "new", "mine", "--kind", "domain", "-o", tmp_path)
     assert result.exit_code == 2 and "already exists" in result.error_lines[0]
     assert list((tmp_path / "styletx-mine").iterdir()) == []
+
+
+def test_a_place_that_cannot_be_written_is_one_line_and_leaves_nothing(styletx, tmp_path):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "styletx-mine").write_text("a file where a folder must go")
+    result = styletx("plugins", "new", "mine", "--kind", "translator", "-o", tmp_path / "ro"
+                     / "styletx-mine" / "deeper")
+    assert result.exit_code == 1 and len(result.error_lines) == 1
+    assert result.error_lines[0].startswith("Error: cannot write ")
+    assert [p.name for p in (tmp_path / "ro").iterdir()] == ["styletx-mine"]

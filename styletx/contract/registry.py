@@ -20,6 +20,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 import inspect
+import logging
 import os
 import signal
 import sys
@@ -35,6 +36,8 @@ from styletx import __version__
 from styletx.contract import hookspecs
 from styletx.contract.errors import UsageError, not_a, one_line
 from styletx.contract.interfaces import Domain, Encoder, Translator
+
+log = logging.getLogger("styletx")
 
 ENTRY_POINT_GROUP = "styletx"
 DISABLE_AUTOLOAD_ENV = "STYLETX_DISABLE_PLUGIN_AUTOLOAD"
@@ -216,13 +219,18 @@ class Registry:
         return table[name]
 
     def domain_for(self, path_suffixes: set[str]) -> Domain | None:
-        """The domain that reads the most of these file suffixes, if any."""
-        best, best_count = None, 0
-        for cls in self.domains.values():
-            count = len(path_suffixes & set(cls.extensions))
-            if count > best_count:
-                best, best_count = cls, count
-        return best() if best else None
+        """The domain that reads the most of these file suffixes, if any; of domains that
+        read as many, the first registered (the built-in ones come first), with a warning."""
+        counts = {name: len(path_suffixes & set(cls.extensions))
+                  for name, cls in self.domains.items()}
+        best = max(counts.values(), default=0)
+        if not best:
+            return None
+        tied = [name for name, count in counts.items() if count == best]
+        if len(tied) > 1:
+            log.warning("the %s domains all read these files; using %s (--domain chooses)",
+                        " and ".join(tied), tied[0])
+        return self.domains[tied[0]]()
 
 
 class _ImportTimeout(BaseException):  # not an Exception: the plugin's own handlers miss it

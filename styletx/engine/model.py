@@ -150,16 +150,18 @@ def load_model_tensors(
     """The saved tensors into the networks and encoders. With ``run`` (the run folder), tensors
     that do not fit the model its config.json describes are one line naming both files (torch's
     message runs to a line per tensor)."""
-    try:
-        for name, net in translator.networks().items():
-            net.load_state_dict(split_prefix(tensors, f"net.{name}."))
-        for side, encoder in encoders.items():
-            encoder.load_state_dict(split_prefix(tensors, f"encoder.{side}."))
-    except (RuntimeError, KeyError) as exc:
-        if run is None:
-            raise
-        raise StyletxError(f"{run / WEIGHTS}: does not match {run / CONFIG} "
-                           f"({one_line(exc, limit=200, type_name=False)})") from None
+    parts = [(f"network {name}", net, f"net.{name}.")
+             for name, net in translator.networks().items()]
+    parts += [(f"encoder {side}", encoder, f"encoder.{side}.")
+              for side, encoder in encoders.items()]
+    for what, part, prefix in parts:
+        try:
+            part.load_state_dict(split_prefix(tensors, prefix))
+        except (RuntimeError, KeyError) as exc:
+            if run is None:
+                raise
+            raise StyletxError(f"{run / WEIGHTS}: does not match {run / CONFIG}: {what} "
+                               f"({one_line(exc, limit=200, type_name=False)})") from None
 
 
 def pick_device(device: str | torch.device) -> torch.device:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import keyword
 import re
+import shutil
 from pathlib import Path
 from string import Template
 
-from styletx.contract.errors import UsageError
+from styletx.contract.errors import StyletxError, UsageError
 
 KINDS = ("translator", "encoder", "domain")
 
@@ -402,6 +403,7 @@ def new_plugin(name: str, kind: str, out: Path) -> Path:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name):
         raise UsageError(f"plugin name {name!r}: use lower-case letters, digits and _, starting "
                          "with a letter (it names the --model / --encoder / --domain)")
+    _check_name_is_free(name)
     folder = out / f"styletx-{name.replace('_', '-')}"
     if folder.exists():
         raise UsageError(f"{folder} already exists; choose another name or --out")
@@ -416,8 +418,27 @@ def new_plugin(name: str, kind: str, out: Path) -> Path:
         f"{module}.py": code.substitute(values),
         f"tests/test_{name}.py": TEST_HEADER.substitute(values) + "\n" + test.substitute(values),
     }
-    for relative, text in files.items():
-        path = folder / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    try:
+        for relative, text in files.items():
+            path = folder / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    except OSError as exc:  # a read-only place, a file in the way: all of it or nothing
+        shutil.rmtree(folder, ignore_errors=True)
+        raise StyletxError(f"cannot write {exc.filename or folder}: {exc.strerror}") from None
     return folder
+
+
+def _check_name_is_free(name: str) -> None:
+    """A name a loaded plugin (built-in or installed) already uses, as a plugin or for what it
+    registers, would make the new plugin fail to load the moment it is installed."""
+    from styletx.contract.registry import get_registry
+
+    registry = get_registry()
+    for plugin in registry.plugins:
+        taken = [kind[:-1] for kind, names in plugin.registers.items() if name in names]
+        if plugin.name == name or taken:
+            what = f"its {' and '.join(taken)}" if taken else "its plugin name"
+            owner = "the built-in plugin" if plugin.builtin else "the installed plugin"
+            raise UsageError(f"plugin name {name!r} is taken by {owner} {plugin.name!r} "
+                             f"({what}); choose another")

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from styletx import __version__
-from styletx.contract.errors import UsageError
+from styletx.contract.errors import StyletxError, UsageError
 from styletx.contract.interfaces import SIDES, Domain, Encoder, Translator
 from styletx.contract.registry import Registry
 from styletx.engine.data import FolderData, is_inside
@@ -118,7 +118,8 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
              registry: Registry) -> Prepared:
     dom = (registry.domain(request.domain) if request.domain
            else guess_domain(registry, a_dir, b_dir))
-    cls = registry.translator(request.model or dom.default_translator)
+    cls = registry.translator(request.model or _loaded(registry.translators,
+                                                       dom.default_translator, dom, "--model"))
     check_paired(cls, request.aligned)
     preset = request.preset or "default"
     config = make_config(cls, preset, request.overrides, dom.name)
@@ -141,10 +142,21 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
     return Prepared(out, run_config, dom, encoders, translator, folders, None)
 
 
+def _loaded(table: dict[str, type], name: str, dom: Domain, option: str) -> str:
+    """The domain's default ``name``, which a plugin must have registered."""
+    if name not in table:
+        raise StyletxError(f"the {dom.name} domain's default {option[2:]} {name!r} is not "
+                           f"loaded (a plugin that failed to load, or a mistake in the domain); "
+                           f"choose one with {option}")
+    return name
+
+
 def _fitted_encoders(registry: Registry, name: str | None, dom: Domain,
                      folders: dict[str, FolderData]) -> dict[str, Encoder]:
     """One encoder per side (``name``, else the domain's choice), fitted on that side."""
-    encoders = {side: registry.encoder(name or dom.default_encoder(folders[side].samples))()
+    encoders = {side: registry.encoder(name or _loaded(
+                    registry.encoders, dom.default_encoder(folders[side].samples), dom,
+                    "--encoder"))()
                 for side in SIDES}
     for side, enc in encoders.items():
         check_encoder(enc, dom)
