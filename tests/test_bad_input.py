@@ -115,6 +115,16 @@ def test_training_files_enlarged_much_are_named_in_one_warning(styletx, data, tm
     assert f"{tiny}, 6x" in warning[0] and "--size" in warning[0]
 
 
+def test_an_unknown_encoder_is_refused_before_the_files_are_read(styletx, data, tmp_path):
+    (data["a"] / "zzz.png").write_bytes(b"")  # reading it would warn
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "run", "--encoder", "nosuch"))
+    assert_usage_error(result, "unknown encoder 'nosuch' for --encoder")
+    assert "zzz.png" not in result.stderr
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "run", "--encoder", "mel"))
+    assert_usage_error(result, "--encoder mel encodes audio files, not image files")
+    assert "zzz.png" not in result.stderr
+
+
 def test_folder_of_only_bad_files(styletx, data, tmp_path):
     for f in data["a"].iterdir():
         f.write_bytes(b"")

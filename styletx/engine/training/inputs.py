@@ -69,7 +69,7 @@ def guess_domain(registry: Registry, a_dir: Path, b_dir: Path | None) -> Domain:
     return dom
 
 
-def check_encoder(enc: Encoder, dom: Domain) -> None:
+def check_encoder(enc: Encoder | type[Encoder], dom: Domain) -> None:
     if enc.domain != dom.name:
         raise UsageError(f"--encoder {enc.name} encodes {enc.domain} files, not {dom.name} files")
 

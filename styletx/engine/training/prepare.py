@@ -120,6 +120,8 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
            else guess_domain(registry, a_dir, b_dir))
     cls = registry.translator(request.model or _loaded(registry.translators,
                                                        dom.default_translator, dom, "--model"))
+    if request.encoder:
+        check_encoder(registry.encoder(request.encoder), dom)  # before the files are read
     check_paired(cls, request.aligned)
     preset = request.preset or "default"
     config = make_config(cls, preset, request.overrides, dom.name)
