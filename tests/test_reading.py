@@ -4,6 +4,7 @@ named and skipped wherever it was read."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -171,8 +172,10 @@ def test_a_usage_error_while_reading_stops_with_its_own_message(tmp_path, worker
     assert isinstance(results[2], BadInputError) and results[2].problem == "empty file"
 
 
-def test_the_files_training_enlarges_much_are_counted_and_the_most_named(tmp_path, caplog):
+def test_the_files_training_enlarges_much_are_counted_and_the_most_named(tmp_path, caplog,
+                                                                       monkeypatch):
     """Files (and --aligned halves) whose shorter side is under half the load size of 36."""
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)  # as a CLI test left it
     _photos(tmp_path / "a", 3)
     for name, (h, w) in (("small.png", (17, 40)), ("tiny.png", (3, 5)), ("edge.png", (18, 30))):
         Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "a" / name)

@@ -133,13 +133,14 @@ class $cls(styletx.Translator):
         return loss
 
     def translate(self, x: torch.Tensor, direction: str) -> torch.Tensor:
-        styletx.direction_sides(direction)  # a2b or b2a, else a clear error
         with torch.no_grad():
-            return self.nets[direction](x.to(self.device)).clamp(-1, 1)
+            return self.export_module(direction)(x.to(self.device))
 
     def export_module(self, direction: str) -> nn.Module:
-        styletx.direction_sides(direction)
-        return self.nets[direction]
+        """What translate computes, clamped to the encoders' [-1, 1], as one module: the
+        export gives exactly translate's output."""
+        styletx.direction_sides(direction)  # a2b or b2a, else a clear error
+        return nn.Sequential(self.nets[direction], nn.Hardtanh(-1.0, 1.0))
 
 
 @styletx.hookimpl
@@ -317,13 +318,16 @@ def test_it_learns_the_colour_cast_of_the_other_folder(tmp_path):
     assert np.abs(converted - truth).mean() < 0.5 * np.abs(source - truth).mean()
 
 
-def test_a_bad_direction_is_a_clear_error():
+def test_the_export_gives_what_translate_gives_and_a_bad_direction_is_clear():
     import torch
 
     from $module import $cls
 
+    model = $cls($cls.Config(), 3, 3)
+    x = torch.linspace(-3, 3, 48).reshape(1, 3, 4, 4)  # beyond [-1, 1]: both clamp alike
+    assert torch.equal(model.translate(x, "a2b"), model.export_module("a2b")(x))
     with pytest.raises(styletx.UsageError, match="direction"):
-        $cls($cls.Config(), 3, 3).translate(torch.zeros(1, 3, 4, 4), "a2a")
+        model.translate(torch.zeros(1, 3, 4, 4), "a2a")
 ''')
 
 TEST_ENCODER = Template('''\
