@@ -119,8 +119,12 @@ def registry():
         if plugin.error:
             if os.environ.get("STYLETX_DEBUG") and plugin.error_traceback:
                 click.echo(plugin.error_traceback.rstrip(), err=True)
-            click.echo(f'Error loading plugin "{plugin.name}": {plugin.error}', err=True)
+            _echo_load_error(plugin.name, plugin.error)
     return reg
+
+
+def _echo_load_error(name: str, error: str) -> None:
+    click.echo(f'Error loading plugin "{name}": {error}', err=True)
 
 
 # Click >= 8.2 raises this for `styletx` alone (its message is the help); older Click prints it
@@ -713,7 +717,7 @@ def plugins(ctx, as_json):
         listing = plugin_listing(_plugin_listing)  # no torch import while nothing changed
         for p in listing:
             if p["error"]:
-                click.echo(f'Error loading plugin "{p["name"]}": {p["error"]}', err=True)
+                _echo_load_error(p["name"], p["error"])
     _add_step_times(listing, step_times())
     if as_json:
         click.echo(json.dumps(listing, indent=2))

@@ -351,6 +351,7 @@ HOLD_LOCK = """
 import fcntl, os, sys, time
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
 fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)  # as styletx does: a longer PID of the last holder must not show
 os.write(fd, f"{os.getpid()}\\n".encode())
 print("locked", flush=True)
 time.sleep(60)
@@ -380,6 +381,20 @@ def test_a_second_trainer_on_the_same_folder_is_refused(styletx, scenes, tmp_pat
                                                        if k != ".lock"}
     # the holder is gone (killed): its lock went with it
     assert train(scenes["a"], scenes["b"], run, settings=_settings(2)).step == 2
+
+
+def test_a_failed_command_never_empties_a_folder_that_held_something(styletx, scenes,
+                                                                     tmp_path):
+    """A folder with a config.json (a run whose weights are gone, or another program's) is
+    locked as a run; a command failing there must leave every file of it."""
+    out = tmp_path / "project"
+    (out / "data").mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    (out / "data" / "notes.txt").write_text("precious")
+    result = styletx("train", scenes["a"], tmp_path / "no-such-folder", "--out", out, *TINY)
+    assert result.exit_code == 2
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "data"]
+    assert (out / "data" / "notes.txt").read_text() == "precious"
 
 
 def test_a_new_run_is_locked_too_and_leaves_nothing_when_it_fails(styletx, scenes, tmp_path):

@@ -67,9 +67,22 @@ CASES = {
     def training_step(self, batch, step):
         return {**super().training_step(batch, step), "D_A": math.inf}
 """,
+    "nanonce": """
+    def training_step(self, batch, step):
+        losses = super().training_step(batch, step)
+        return {**losses, "G_A": math.nan} if step == 3 else losses
+""",
+    "poisoned": """
+    def training_step(self, batch, step):
+        losses = super().training_step(batch, step)
+        if step == 2:
+            with torch.no_grad():
+                next(self.G_A.parameters()).fill_(math.nan)
+        return losses
+""",
     "objectstate": """
     def extra_state(self):
-        return {**super().extra_state(), "pool": [1, 2, object()]}
+        return {**super().extra_state(), "pool": [1, 2, object()], "fine": {1, 2.5, b"x"}}
 """,
     "renamed": """
     def networks(self):
@@ -140,8 +153,8 @@ def test_a_diverged_run_stops_and_keeps_its_last_good_checkpoint(styletx, scenes
     run = tmp_path / "run"
     result = train(styletx, scenes, run, "--steps", "20", "--save-every", "2",
                    "--log-every", "1")
-    assert_one_error(result, "training diverged: G_A not finite (nan) for 3 step(s) in a row, "
-                             "up to step 7", "the last checkpoint (step 4) is kept")
+    assert_one_error(result, "training diverged: G_A not finite (nan) at step 7 (3 step(s) in "
+                             "a row); stopped, the last checkpoint (step 4) is kept")
     assert json.loads((run / "config.json").read_text())["step"] == 4
     logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert logged[-1]["losses"]["G_A"] is None
@@ -151,10 +164,33 @@ def test_a_diverged_run_stops_and_keeps_its_last_good_checkpoint(styletx, scenes
     assert "resuming" in resumed.stderr and "from step 4" in resumed.stderr
 
 
+def test_one_step_that_is_not_finite_passes_unsaved(styletx, scenes, plugin, tmp_path):
+    """As a plugin's fp16 gradient scaler skips an overflowing step: the save due after it
+    waits for a finite step."""
+    plugin(CASES["nanonce"])
+    run = tmp_path / "run"
+    result = train(styletx, scenes, run, "--steps", "6", "--save-every", "2")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((run / "config.json").read_text())["step"] == 6
+
+
+def test_weights_that_are_not_finite_are_never_saved(styletx, scenes, plugin, tmp_path):
+    """A NaN put in the weights in step 3 (as an infinite gradient would): the save due at
+    step 4 stops training at once (counting NaN losses, it would have gone on to step 7), and
+    step 2's checkpoint stays."""
+    plugin(CASES["poisoned"])
+    run = tmp_path / "run"
+    result = train(styletx, scenes, run, "--steps", "8", "--save-every", "2")
+    assert_one_error(result, "training diverged: ", " at step 4 (",
+                     "the last checkpoint (step 2) is kept")
+    assert json.loads((run / "config.json").read_text())["step"] == 2
+
+
 def test_a_run_whose_last_step_is_not_finite_is_not_saved(styletx, scenes, plugin, tmp_path):
     plugin(CASES["nanalways"])
     result = train(styletx, scenes, tmp_path / "run", "--steps", "2")
-    assert_one_error(result, "D_A not finite (inf) for 2 step(s)", "before any checkpoint")
+    assert_one_error(result, "D_A not finite (inf) at step 2 (2 step(s) in a row); stopped, no "
+                             "checkpoint was saved before it")
     assert not (tmp_path / "run").exists()
 
 
@@ -163,7 +199,8 @@ def test_extra_state_a_resume_could_not_load_is_refused_before_training(styletx,
     """Saved, it made the run unresumable ("resume.pt: refused to load")."""
     plugin(CASES["objectstate"])
     result = train(styletx, scenes, tmp_path / "run", "--steps", "2")
-    assert_one_error(result, "the faulty translator's extra_state()['pool'][2] is a object")
+    assert_one_error(result, "the faulty translator's extra_state() could not be loaded back "
+                             "on resume (it holds object); keep it to tensors")
     assert not (tmp_path / "run").exists()
 
 
@@ -255,3 +292,28 @@ def test_a_domain_whose_default_translator_is_missing_says_so(styletx, scenes, p
     assert guessed.exit_code == 0, guessed.stderr
     assert "the image and faultyimg domains all read these files; using image (--domain " \
            "chooses)" in guessed.stderr
+
+
+def test_the_blamed_plugin_is_the_one_whose_module_raised():
+    """Of two entry points in one package, the one whose module holds the frame; never
+    styletx's own code, even for an entry point inside the styletx namespace."""
+    import types
+
+    from styletx.contract.registry import PluginInfo, Registry
+
+    def raiser(module_name: str):
+        module = types.ModuleType(module_name)
+        exec("def fail():\n    raise ValueError('bug')\n", module.__dict__)
+        return module.fail
+
+    registry = Registry()
+    registry.plugins = [PluginInfo("first", "1", False, module="pkg.first"),
+                        PluginInfo("second", "1", False, module="pkg.second.plugin"),
+                        PluginInfo("inside", "1", False, module="styletx.extra")]
+    for module_name, blamed in (("pkg.second.impl", "second"), ("pkg.first", "first"),
+                                ("styletx.engine.loop", None)):
+        try:
+            raiser(module_name)()
+        except ValueError as exc:
+            found = registry.plugin_in(exc.__traceback__)
+        assert (found and found[0].name) == blamed, module_name

@@ -244,6 +244,10 @@ def test_the_cached_listing_is_not_used_once_a_plugins_dependency_is_gone(tmp_pa
 
     assert listing(tmp_path / "plug", tmp_path / "dep")["withdep"] is None
     assert "No module named 'trial_dep'" in listing(tmp_path / "plug")["withdep"]
+    assert listing(tmp_path / "plug", tmp_path / "dep")["withdep"] is None
+    (tmp_path / "dep" / "trial_dep.py").unlink()  # uninstalled, the search path unchanged
+    assert "No module named 'trial_dep'" in listing(tmp_path / "plug", tmp_path / "dep")[
+        "withdep"]
 
 
 def test_plugins_shows_the_step_time_measured_here(styletx, scenes, tmp_path, monkeypatch):

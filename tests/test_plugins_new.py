@@ -50,6 +50,7 @@ def test_a_new_plugin_installs_registers_and_passes_its_tests(kind, tmp_path):
                                            "plugin 'cyclegan' (its translator); choose another"),
     (["rgb", "--kind", "encoder"], "is taken by the built-in plugin 'image' (its encoder)"),
     (["audio", "--kind", "domain"], "is taken by the built-in plugin 'audio' (its domain)"),
+    (["mel", "--kind", "domain"], "is taken by the built-in plugin 'audio' (its encoder)"),
 ])
 def test_bad_names_and_kinds_are_usage_errors(styletx, tmp_path, args, message):
     result = styletx("plugins", "new", *args, "-o", tmp_path)
@@ -73,3 +74,10 @@ def test_a_place_that_cannot_be_written_is_one_line_and_leaves_nothing(styletx, 
     assert result.exit_code == 1 and len(result.error_lines) == 1
     assert result.error_lines[0].startswith("Error: cannot write ")
     assert [p.name for p in (tmp_path / "ro").iterdir()] == ["styletx-mine"]
+
+
+def test_a_name_taken_only_by_another_kind_is_free(styletx, tmp_path):
+    """A translator named like an encoder ("gray") loads: each kind has its own names."""
+    result = styletx("plugins", "new", "gray", "--kind", "translator", "-o", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "styletx-gray").is_dir()

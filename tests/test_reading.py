@@ -192,3 +192,6 @@ def test_the_files_training_enlarges_much_are_counted_and_the_most_named(tmp_pat
     reader = Reader(ImageDomain(), SIZE, 0)
     load_aligned(tmp_path / "ab", reader)
     assert [(p.name, round(f, 1)) for p, f in reader.enlarged] == [("pair.png", 3.6)] * 2
+    caplog.clear()
+    reader.warn_enlarged(1)  # one file, however many halves
+    assert "training enlarges 1 of the 1 files" in caplog.records[0].getMessage()

@@ -15,7 +15,7 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from styletx.contract.errors import WriteError, is_out_of_memory
+from styletx.contract.errors import UsageError, WriteError, is_out_of_memory
 
 FULL_DISK_BYTES = 1 << 20  # a write that failed with less free space than this ran out of it
 NO_SPACE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
@@ -87,6 +87,13 @@ def file_in_the_way(folder: Path) -> Path | None:
     """The file at ``folder`` or at one of its parents that stops it being a folder, if any."""
     place = _nearest_existing(folder)
     return place if place is not None and not place.is_dir() else None
+
+
+def check_output_folder(folder: Path, option: str = "-o") -> None:
+    """A usage error naming ``option`` when a file stands where ``folder`` must go."""
+    blocker = file_in_the_way(folder)
+    if blocker is not None:
+        raise UsageError(f"{option} {folder}: {blocker} is a file, not a folder")
 
 
 def _disk_full(folder: Path) -> bool:

@@ -52,9 +52,9 @@ class PluginInfo:
     builtin: bool
     registers: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     error: str | None = None
-    # the top-level package of a third-party plugin's module (whose frames name it in an
-    # error, ``Registry.plugin_in``), and the traceback of its load error (``--debug``)
-    package: str | None = dataclasses.field(default=None, repr=False)
+    # the module a third-party plugin's entry point names (its package's frames name it in
+    # an error, ``Registry.plugin_in``), and the traceback of its load error (``--debug``)
+    module: str | None = dataclasses.field(default=None, repr=False)
     error_traceback: str | None = dataclasses.field(default=None, repr=False)
 
     def listing(self) -> dict[str, Any]:
@@ -105,7 +105,7 @@ class Registry:
         for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
                          key=lambda ep: (ep.name, ep.value)):
             info = PluginInfo(ep.name, ep.dist.version if ep.dist else "?", False,
-                              package=ep.value.split(":")[0].split(".")[0].strip())
+                              module=ep.value.split(":")[0].strip())
             try:
                 with _time_limit(ep.name):
                     module = ep.load()
@@ -187,11 +187,15 @@ class Registry:
         ``tb`` in its package) and where ("file:line in function"); None when no frame is a
         third-party plugin's. Built-in plugins are styletx's own code: their errors are bugs
         of styletx and keep their traceback."""
-        packages = {p.package: p for p in self.plugins if p.package and not p.error}
+        plugins = [p for p in self.plugins if p.module and not p.error
+                   and _package(p.module) != "styletx"]  # styletx's own code is never blamed
         for frame, line in reversed(list(traceback.walk_tb(tb))):
             module = frame.f_globals.get("__name__") or ""
-            plugin = packages.get(module.split(".")[0])
-            if plugin is not None:
+            # the plugin whose package holds the frame's module; of two in one package, the
+            # one whose entry-point module is the longer part of the frame's
+            owners = [p for p in plugins if _package(p.module) == _package(module)]
+            if owners:
+                plugin = max(owners, key=lambda p: _shared_prefix(p.module, module))
                 return plugin, f"{frame.f_code.co_filename}:{line} in {frame.f_code.co_name}"
         return None
 
@@ -231,6 +235,16 @@ class Registry:
             log.warning("the %s domains all read these files; using %s (--domain chooses)",
                         " and ".join(tied), tied[0])
         return self.domains[tied[0]]()
+
+
+def _package(module: str) -> str:
+    return module.split(".")[0]
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    """How many leading dotted parts the module names ``a`` and ``b`` share."""
+    return next((i for i, (x, y) in enumerate(zip(a.split("."), b.split("."))) if x != y),
+                min(a.count("."), b.count(".")) + 1)
 
 
 class _ImportTimeout(BaseException):  # not an Exception: the plugin's own handlers miss it

@@ -38,7 +38,7 @@ from styletx.contract.errors import (
     not_a,
     out_of_memory_problem,
 )
-from styletx.contract.files import atomic_path, file_in_the_way
+from styletx.contract.files import atomic_path, check_output_folder
 from styletx.contract.interfaces import Sample, direction_sides
 from styletx.contract.registry import Registry, get_registry
 from styletx.engine.apply import (
@@ -371,9 +371,7 @@ class Run:
         self, inputs: Iterable[Path | str], out_dir: Path, suffix: str | None
     ) -> list[tuple[Path, Path | None]]:
         """(input, output) for every file; output None for a named file of another kind."""
-        blocker = file_in_the_way(out_dir)
-        if blocker is not None:
-            raise UsageError(f"-o {out_dir}: {blocker} is a file, not a folder")
+        check_output_folder(out_dir)
         jobs: list[tuple[Path, Path | None]] = []
         seen: dict[Path, Path] = {}
         for item in map(Path, as_paths(inputs)):

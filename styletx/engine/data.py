@@ -124,10 +124,11 @@ class Reader:
         if not self.enlarged:
             return
         path, factor = max(self.enlarged, key=lambda item: item[1])
+        files = len({file for file, _ in self.enlarged})  # --aligned: two halves a file
         log.warning("training enlarges %d of the %d files more than %gx, to the training "
                     "scale of --size %d (the most: %s, %.0fx), so the model learns their blur; "
-                    "a --size near their size trains on them as they are", len(self.enlarged),
-                    read, MUCH_ENLARGED, self.size, path, factor)
+                    "a --size near their size trains on them as they are", files, read,
+                    MUCH_ENLARGED, self.size, path, factor)
 
     def run(self, jobs: Sequence[Callable[[], T]], what: str) -> list[T | BadInputError]:
         """Each job's result, in order, or the ``BadInputError`` it raised; any other styletx

@@ -105,11 +105,15 @@ class Group:
     # -- agreement ----------------------------------------------------------------------------
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank if ``flag`` is true on any (e.g. Ctrl-C reached one process)."""
+        return self.any_each([flag], device)[0]
+
+    def any_each(self, flags: list[bool], device: torch.device) -> list[bool]:
+        """``any`` of each flag, in one exchange."""
         if not self.active:
-            return flag
-        value = torch.tensor([float(flag)], device=device)
+            return list(flags)
+        value = torch.tensor([float(flag) for flag in flags], device=device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+        return [bool(v) for v in value.tolist()]
 
     def broadcast(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Rank 0's ``tensor`` on every rank (sent from ``device``: NCCL sends only GPU

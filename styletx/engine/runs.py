@@ -40,11 +40,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from styletx.contract.errors import StyletxError, UsageError, one_line
-from styletx.contract.files import (  # noqa: F401 - file_in_the_way is used through runs too
+from styletx.contract.files import (
     _fsync,
     _fsync_folder,
     atomic_path,
-    file_in_the_way,
     write_atomic,
     write_error,
 )
@@ -341,26 +340,31 @@ def run_lock(run: Path) -> Iterator[None]:
     interleaving its log and checkpoints with ours. The lock is an flock on RUN/.lock, so the
     kernel drops it when the holder dies (kill -9 included): a lock is never stale. Held by
     torchrun's rank 0 only. A folder that cannot be a run (a file, another program's folder) is
-    left alone for ``train`` to report. When no step was saved (training failed before its
-    first checkpoint), what the command wrote (config.json, previews, the log) is removed and
-    a folder made here is removed again: no run came of it.
+    left alone for ``train`` to report. A folder that was new or empty when the lock was taken
+    and holds no saved step afterwards (training failed before its first checkpoint) is
+    emptied of what the command wrote (config.json, previews, the log), and removed again if
+    it was made here: no run came of it. A folder that held anything before is never emptied.
     """
     made = _make_run_folder(run) if os.environ.get("RANK", "0") == "0" else None
     if made is None:
         yield
         return
+    lock_made = not (run / LOCK).exists()
     fd = _acquire(run / LOCK)
+    fresh = bool(made) or all(p.name == LOCK for p in run.iterdir())
     try:
         remove_stale_temporaries(run)
         yield
     finally:
         with contextlib.suppress(OSError):
-            if not (run / WEIGHTS).exists():  # a locked folder held nothing else before
+            if fresh and not (run / WEIGHTS).exists():  # all in it is this command's
                 for entry in run.iterdir():
                     if entry.name != LOCK:
                         _remove(entry)
-            if [p.name for p in run.iterdir()] == [LOCK]:
+            alone = [p.name for p in run.iterdir()] == [LOCK]
+            if alone or (lock_made and not (run / WEIGHTS).exists()):  # no run: no lock left
                 (run / LOCK).unlink()  # ours while we hold it; see _acquire for the race
+            if not any(run.iterdir()):
                 for folder in made:
                     folder.rmdir()
         if fd is not None:

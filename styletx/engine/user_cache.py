@@ -40,15 +40,17 @@ def plugin_listing(compute: Callable[[], list[dict[str, Any]]]) -> list[dict[str
     plugins' source files, and where Python finds modules (``sys.path``, and when a folder of
     it last gained or lost a file: uninstalling a plugin's dependency breaks the plugin). A
     listing with a broken plugin is not kept (installing what it lacked changes none of
-    those). The listings of earlier keys are removed."""
-    path = cache_dir() / f"{PLUGIN_LISTING}{_installed_plugins_key()}.json"
+    those). The listings of this Python environment's earlier keys are removed (another
+    environment sharing the cache keeps its own)."""
+    environment = hashlib.sha256(sys.prefix.encode()).hexdigest()[:8]
+    path = cache_dir() / f"{PLUGIN_LISTING}{environment}-{_installed_plugins_key()}.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         pass
     listing = compute()
     if not any(plugin.get("error") for plugin in listing):  # a fix may not change the key
-        for old in cache_dir().glob(f"{PLUGIN_LISTING}*.json"):
+        for old in cache_dir().glob(f"{PLUGIN_LISTING}{environment}-*.json"):
             with contextlib.suppress(OSError):
                 old.unlink()
         _write(path, listing)
@@ -59,9 +61,10 @@ def _installed_plugins_key() -> str:
     parts = [__version__, _source_stamp("styletx"), _source_stamp("styletx.cli"),
              _source_stamp("styletx.plugins"),
              os.environ.get("STYLETX_DISABLE_PLUGIN_AUTOLOAD", "")]
+    here = os.getcwd()
     for folder in sys.path:  # installing or removing any package changes its folder's time
         # (not the current folder's: outputs are written there all the time)
-        parts += [folder, str(_modified(folder)) if folder else ""]
+        parts += [folder, "" if folder in ("", here) else str(_modified(folder))]
     for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
                      key=lambda ep: ep.name):
         package = ep.value.split(":")[0].split(".")[0]

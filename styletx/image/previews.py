@@ -17,7 +17,7 @@ MIN_TILE = 128  # small training crops are enlarged (nearest) so a preview can b
 
 def to_picture(x: torch.Tensor) -> np.ndarray:
     """``(C, H, W)`` in [-1, 1] -> uint8 ``(H, W, 3)``; 3 channels as colour, else channel 0."""
-    x = x.detach().float().cpu().clamp(-1, 1)
+    x = x.detach().float().cpu().nan_to_num(0.0).clamp(-1, 1)  # a diverging run's NaN: grey
     x = x if x.shape[0] == 3 else x[:1].expand(3, -1, -1)
     picture = ((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
     scale = max(1, MIN_TILE // max(1, min(picture.shape[:2])))

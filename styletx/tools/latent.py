@@ -63,10 +63,11 @@ import torch
 import torch.nn.functional as F
 
 from styletx.contract.errors import BadInputError, StyletxError, UsageError, not_a
-from styletx.contract.files import file_in_the_way
+from styletx.contract.files import check_output_folder
 from styletx.contract.interfaces import SIDES, Domain, LatentTranslator, Sample
 from styletx.engine.apply import chunk_starts, group_by_shape
 from styletx.engine.data import as_paths, expand_inputs
+from styletx.engine.model import encoded
 from styletx.engine.runs import write_json
 
 if TYPE_CHECKING:
@@ -393,7 +394,7 @@ def traverse(run: Run | Path | str, input_path: Path | str, dims: Sequence[int] 
     sample_in = run.domain.load(Path(input_path))
     if not full_size:
         sample_in = run.domain.prepare_for_training(sample_in, run.config.train.size)
-    x = run.encoders[side].encode(sample_in)[None]
+    x = encoded(run.encoders[side], sample_in)[None]
     mu, _ = translator.encode_latent(x.to(run.device), side)
     size = tuple(x.shape[-2:])
     shifts = torch.linspace(-k, k, steps)
@@ -706,9 +707,7 @@ def _one_picture(domain: Domain) -> bool:
 
 def _write_preview(run: Run, rows: list[list[torch.Tensor]], side: str, stem: Path) -> list[Path]:
     """``rows`` of ``side``'s tensors through the domain's ``save_preview``; the files it wrote."""
-    blocker = file_in_the_way(stem.parent)
-    if blocker is not None:
-        raise UsageError(f"-o {stem.parent}: {blocker} is a file, not a folder")
+    check_output_folder(stem.parent)
     stem.parent.mkdir(parents=True, exist_ok=True)
     started = time.time_ns() - 1_000_000_000  # coarse file-system clocks
     encoders = [[run.encoders[side]] * len(row) for row in rows]

@@ -407,7 +407,7 @@ def new_plugin(name: str, kind: str, out: Path) -> Path:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name):
         raise UsageError(f"plugin name {name!r}: use lower-case letters, digits and _, starting "
                          "with a letter (it names the --model / --encoder / --domain)")
-    _check_name_is_free(name)
+    _check_name_is_free(name, kind)
     folder = out / f"styletx-{name.replace('_', '-')}"
     if folder.exists():
         raise UsageError(f"{folder} already exists; choose another name or --out")
@@ -433,14 +433,19 @@ def new_plugin(name: str, kind: str, out: Path) -> Path:
     return folder
 
 
-def _check_name_is_free(name: str) -> None:
-    """A name a loaded plugin (built-in or installed) already uses, as a plugin or for what it
-    registers, would make the new plugin fail to load the moment it is installed."""
+REGISTERS = {"translator": ("translators",), "encoder": ("encoders",),
+             "domain": ("domains", "encoders")}  # what each kind of scaffold registers as NAME
+
+
+def _check_name_is_free(name: str, kind: str) -> None:
+    """A name a loaded plugin (built-in or installed) already uses as a plugin, or for what
+    the new plugin would register, would make it fail to load the moment it is installed."""
     from styletx.contract.registry import get_registry
 
     registry = get_registry()
     for plugin in registry.plugins:
-        taken = [kind[:-1] for kind, names in plugin.registers.items() if name in names]
+        taken = [table[:-1] for table, names in plugin.registers.items()
+                 if table in REGISTERS[kind] and name in names]
         if plugin.name == name or taken:
             what = f"its {' and '.join(taken)}" if taken else "its plugin name"
             owner = "the built-in plugin" if plugin.builtin else "the installed plugin"

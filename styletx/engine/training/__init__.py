@@ -16,6 +16,8 @@ checkpoints   what a bit-exact resume needs, saved and restored
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,22 @@ from styletx.engine.training.settings import (
 )
 
 __all__ = ["TrainResult", "TrainSettings", "TrainingInterrupted", "train"]
+
+
+@contextlib.contextmanager
+def _callers_random_state() -> Iterator[None]:
+    """Training seeds torch's generators (weights, data order) and a resume restores their
+    saved states: put the caller's back, so their own random numbers go on as if train() had
+    drawn none. CUDA's only where the caller already started CUDA (starting it here would
+    make a context on every GPU, under torchrun in every process)."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    cuda_states = torch.cuda.get_rng_state_all() if cuda else None
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            if cuda_states is not None:
+                torch.cuda.set_rng_state_all(cuda_states)
 
 
 @holds_run_lock  # one trainer per run folder
@@ -61,9 +79,7 @@ def train(
     settings = started_now(settings or TrainSettings())
     request = Request(a_dir, b_dir, out, model, preset, overrides or {}, settings, domain,
                       encoder, aligned)
-    # Training seeds torch's generator (weights, data order) and a resume restores its saved
-    # state: the caller's own random numbers go on as if train() had not drawn any.
-    with torch.random.fork_rng(devices=[]):
+    with _callers_random_state():
         prepared = prepare(request, registry or get_registry())
         if isinstance(prepared, TrainResult):  # already trained as far as asked
             return prepared

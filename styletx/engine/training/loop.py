@@ -71,9 +71,11 @@ REPORT_SECONDS = 60  # the run report is rewritten at checkpoints at most this o
 TIMED_PERIODS = 3  # logged periods a run needs before `styletx plugins` shows its step time:
 #                   the first holds the start-up (a 2-step run of the tiny match preset timed
 #                   1.2 s a step, 60 times its speed), so it must not be the median
-NON_FINITE_STEPS = 3  # steps in a row whose losses are NaN or infinite stop training: once the
-#                     weights hold a NaN every later step does too (a mixed-precision step
-#                     that overflows once is skipped by its gradient scaler and passes)
+NON_FINITE_STEPS = 3  # steps in a row whose losses are NaN or infinite (on any process) stop
+#                     training: once the weights hold a NaN every later step does too. One
+#                     such step passes, for a plugin's fp16 gradient scaler, which skips an
+#                     overflowing step; no checkpoint is saved meanwhile, nor any whose
+#                     weights are not finite (an infinite gradient with a finite loss)
 COMPILE_MODE_ON_CUDA = "reduce-overhead"  # --compile's mode on CUDA (benchmarks/gpu_speed.py)
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune",
                  "max-autotune-no-cudagraphs")
@@ -277,11 +279,15 @@ class Loop:
         self.losses = _checked_losses(self.translator.training_step(batch, self.step),
                                       self.translator.name)
         self.step += 1
-        self._count_non_finite()
         for scheduler in self.translator.schedulers.values():
             scheduler.step()
         self.out_of_time = self.budget is not None and self.budget.spent()
-        stopping = self.group.any(self.stop.requested or self.out_of_time, self.device)
+        stopping, non_finite = self.group.any_each(  # every process counts alike
+            [self.stop.requested or self.out_of_time, bool(self._non_finite_losses())],
+            self.device)
+        self.non_finite = self.non_finite + 1 if non_finite else 0
+        if self.non_finite >= NON_FINITE_STEPS:
+            self._diverged()
         revised = self.budget and self.budget.revised_total(self.step, self.plan.steps,
                                                             time.monotonic())
         if revised:
@@ -289,22 +295,25 @@ class Loop:
             self.bar.total = revised
         return stopping
 
-    def _count_non_finite(self) -> None:
-        self.non_finite = self.non_finite + 1 if self._non_finite_losses() else 0
-        if self.non_finite >= NON_FINITE_STEPS:
-            self._diverged()
-
     def _non_finite_losses(self) -> list[str]:
         return [name for name, value in self.losses.items() if not math.isfinite(value)]
 
+    def _weights_finite(self) -> bool:
+        params = [p for net in self.translator.networks().values() for p in net.parameters()]
+        return not params or bool(torch.stack([p.isfinite().all() for p in params]).all())
+
     def _diverged(self) -> None:
         bad = self._non_finite_losses()
+        what = (f"{', '.join(bad)} not finite ({self.losses[bad[0]]})" if bad
+                else "losses not finite on another process")
+        if not self.non_finite:
+            what = "the weights hold NaN or infinite values"
+        kept = (f"the last checkpoint (step {self.marks.saved}) is kept and the same command "
+                f"resumes from it" if self.marks.saved else "no checkpoint was saved before it")
         raise StyletxError(
-            f"training diverged: {', '.join(bad)} not finite ({self.losses[bad[0]]}) for "
-            f"{self.non_finite} step(s) in a row, up to step {self.step}; stopped, "
-            + (f"and the last checkpoint (step {self.marks.saved}) is kept" if self.marks.saved
-               else "before any checkpoint")
-            + ". A lower learning rate (--set lr=...) or another --seed may train")
+            f"training diverged: {what} at step {self.step} ({self.non_finite} step(s) in a "
+            f"row); stopped, {kept}. A lower learning rate (--set lr=...) or another --seed "
+            f"may train")
 
     def _on_schedule(self, stopping: bool) -> None:
         """Progress, log, preview and checkpoint, each when its period says (and at the end)."""
@@ -320,10 +329,11 @@ class Loop:
             self._finish_training()  # done, or out of time (not Ctrl-C): into this checkpoint
         due = (step % self.save_every == 0 or last
                or minutes_since_save >= self.settings.save_minutes)
-        if due and self.non_finite:  # never weights that may hold NaN over good ones
-            if last:
-                self._diverged()
-        elif due:
+        # Never weights that may hold NaN over good ones: a step whose losses were not finite
+        # is not saved (the next due step is), nor the last one, nor weights not all finite.
+        if due and (not self._weights_finite() or (self.non_finite and last)):
+            self._diverged()
+        if due and not self.non_finite:
             p = self.prepared
             save_training_checkpoint(p.out, p.run_config, step, self.translator, p.encoders,
                                      self.batches)

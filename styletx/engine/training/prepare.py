@@ -13,6 +13,7 @@ import torch
 
 from styletx import __version__
 from styletx.contract.errors import StyletxError, UsageError
+from styletx.contract.files import check_output_folder
 from styletx.contract.interfaces import SIDES, Domain, Encoder, Translator
 from styletx.contract.registry import Registry
 from styletx.engine.data import FolderData, is_inside
@@ -24,13 +25,7 @@ from styletx.engine.model import (
     make_config,
 )
 from styletx.engine.run_config import DataSource, RunConfig, TrainPlan
-from styletx.engine.runs import (
-    LOCK,
-    WEIGHTS,
-    file_in_the_way,
-    is_run_folder,
-    load_checkpoint,
-)
+from styletx.engine.runs import LOCK, WEIGHTS, is_run_folder, load_checkpoint
 from styletx.engine.training.inputs import (
     check_encoder,
     check_folders,
@@ -89,9 +84,7 @@ def prepare(request: Request, registry: Registry) -> Prepared | TrainResult:
 
 def saved_config(out: Path) -> RunConfig | None:
     """The config of a resumable run in ``out``; None for a new (or never saved) run."""
-    blocker = file_in_the_way(out)
-    if blocker is not None:
-        raise UsageError(f"--out {out}: {blocker} is a file, not a folder")
+    check_output_folder(out, "--out")
     if not out.exists():
         return None
     if is_run_folder(out):
