@@ -317,3 +317,18 @@ def test_the_blamed_plugin_is_the_one_whose_module_raised():
         except ValueError as exc:
             found = registry.plugin_in(exc.__traceback__)
         assert (found and found[0].name) == blamed, module_name
+
+
+def test_a_failed_training_stops_drawing_batches_ahead(scenes, plugin, tmp_path):
+    """From Python the process goes on after the error: no prefetch thread is left running."""
+    import threading
+
+    import styletx
+
+    plugin(CASES["raises"])
+    with pytest.raises(ValueError, match="the author's bug"):
+        styletx.train(scenes["a"], scenes["b"], tmp_path / "run", model="faulty", preset="tiny",
+                      settings=styletx.TrainSettings(steps=4, size=16, device="cpu", prefetch=2,
+                                                     progress=False))
+    assert not [t for t in threading.enumerate() if t.name.startswith("styletx-prefetch")
+                and t.is_alive()]

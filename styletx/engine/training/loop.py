@@ -266,7 +266,19 @@ class Loop:
             self.failure = _why_training_stopped(exc, self.device, self.step, self.plan,
                                                  self.start)
             if self.failure is None:
+                self._release()
                 raise
+        except BaseException:  # e.g. training diverged, a plugin's bug: finish does not run
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        """Close the progress bar and the TensorBoard log, stop drawing batches ahead (a
+        Python caller's process goes on after an error)."""
+        self.bar.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        _pause_prefetch(self.batches)
 
     def _one_step(self) -> bool:
         """One training step; True when the loop must stop after it (on every process)."""
@@ -426,14 +438,11 @@ class Loop:
         """How the loop ended: trained (or out of time: saved), or an error naming the step of
         the last checkpoint."""
         out, step, total = self.prepared.out, self.step, self.plan.steps
-        self.bar.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        self._release()
         if self.failure is not None:
             saved = self.marks.saved
             raise StyletxError(self.failure + (f"; a rerun resumes from step {saved}" if saved
                                                else "; no checkpoint was saved"))
-        _pause_prefetch(self.batches)
         if step < total and (self.budget is None or self.stop.requested):
             self.group.finish()
             raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved in {out}; "
