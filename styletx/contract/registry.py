@@ -117,7 +117,7 @@ class Registry:
     def _failed(self, info: PluginInfo, exc: BaseException, problem: str | None = None) -> None:
         info.error = problem or _one_line(exc)
         info.error_traceback = "".join(traceback.format_exception(exc))
-        if info not in self.plugins:
+        if not any(p is info for p in self.plugins):  # not yet listed (an import failure)
             self.plugins.append(info)
 
     def _add(self, info: PluginInfo, module: Any) -> None:

@@ -25,7 +25,7 @@ __all__ = ["cache_dir", "plugin_listing", "record_step_time", "step_times", "mea
 
 ENTRY_POINT_GROUP = "styletx"  # as styletx.contract.registry's (which imports torch)
 STEP_TIMES = "step-times.json"
-PLUGIN_LISTING = "plugins-"  # plugins-KEY.json
+PLUGIN_LISTING = "plugins-"  # plugins-ENVIRONMENT-KEY.json
 
 
 def cache_dir() -> Path:
