@@ -499,8 +499,11 @@ def _evaluation_table(result) -> str:
     head = " " * width + "".join(f"  {n:>22}" for n in names)
     sub = f"{'pair':<{width}}" + "  converted  unconverted" * len(names)
     source, target = result.direction[0].upper(), result.direction[2].upper()  # "a2b"
-    lines = [f"{result.direction}: each file of {source}_TEST converted and compared with its "
-             f"pair in {target}_TEST", head, sub]
+    aligned = result.scores and all(s.source == s.target for s in result.scores)
+    what = (f"the {source} half of each file of A_TEST converted and compared with its "
+            f"{target} half" if aligned else
+            f"each file of {source}_TEST converted and compared with its pair in {target}_TEST")
+    lines = [f"{result.direction}: {what}", head, sub]
 
     def row(label, converted, baseline):
         cells = "".join(f"  {converted[n]:>9.3f}  {baseline[n]:>11.3f}" for n in names)

@@ -144,6 +144,9 @@ def _format_for(path: Path) -> str:
     return fmt
 
 
+_WARNED: set[str] = set()  # formats whose lack of alpha was told
+
+
 def _to_pil(sample: ImageSample, fmt: str) -> Image.Image:
     """The Pillow image to write: L / I;16 / LA / RGB / RGBA, as far as ``fmt`` allows."""
     alpha = sample.alpha if fmt in ALPHA_FORMATS else None
@@ -175,6 +178,10 @@ class ImageDomain(styletx.Domain):
         """Write in the format named by the suffix, so a temporary file must keep it."""
         path = Path(path)
         fmt = _format_for(path)
+        if sample.alpha is not None and fmt not in ALPHA_FORMATS and fmt not in _WARNED:
+            _WARNED.add(fmt)  # once a process: the user chose the format for every output
+            log.warning("%s files hold no transparency: the alpha channel of the inputs that "
+                        "have one is dropped (PNG, WebP and TIFF keep it)", fmt)
         _to_pil(sample, fmt).save(path, format=fmt, **SAVE_OPTIONS.get(fmt, {}))
 
     def from_array(self, array: np.ndarray) -> ImageSample:

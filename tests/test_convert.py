@@ -53,6 +53,21 @@ def test_alpha_and_grayscale_are_kept(styletx, trained_run, tmp_path):
     del gray
 
 
+def test_a_format_without_alpha_says_the_transparency_is_dropped(styletx, trained_run,
+                                                                 tmp_path, monkeypatch):
+    from styletx.plugins import image
+
+    monkeypatch.setattr(image, "_WARNED", set())
+    write(tmp_path / "in" / "logo.png", "RGBA", (20, 12))
+    write(tmp_path / "in" / "logo2.png", "RGBA", (20, 12))
+    result = styletx("convert", trained_run, tmp_path / "in", "-o", tmp_path / "out",
+                     "--format", "jpg")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("JPEG files hold no transparency: the alpha channel") == 1
+    with Image.open(tmp_path / "out" / "logo.jpg") as img:
+        assert img.mode == "RGB"
+
+
 def test_both_directions(styletx, trained_run, scenes, tmp_path):
     for direction in ("a2b", "b2a"):
         out = tmp_path / direction

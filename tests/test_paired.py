@@ -119,7 +119,8 @@ def test_too_few_pairs_refuses_to_start(styletx, tmp_path):
         _save(tmp_path / "b" / f"{i}.png", _pixels(i))
     result = styletx("train", tmp_path / "a", tmp_path / "b", *P2P, "--out", tmp_path / "run")
     assert result.exit_code == 2
-    assert "only 3 usable pair(s)" in result.stderr and "at least 4" in result.stderr
+    assert f"{tmp_path / 'a'} and {tmp_path / 'b'}: only 3 usable pair(s)" in result.stderr
+    assert "at least 4" in result.stderr
 
 
 def test_pair_with_a_corrupt_side_is_skipped_by_name(styletx, pairs, tmp_path):
@@ -249,6 +250,9 @@ def test_evaluate_b2a_and_aligned(styletx, p2p_run, pairs, tmp_path):
     aligned = evaluate(p2p_run, tmp_path / "ab", aligned=True, device="cpu")
     for kind in ("converted", "baseline"):
         assert aligned.means()[kind] == pytest.approx(folders.means()[kind])
+    table = styletx("evaluate", p2p_run, tmp_path / "ab", "--aligned")
+    assert table.stdout.startswith("a2b: the A half of each file of A_TEST converted and "
+                                   "compared with its B half\n")
     result = styletx("evaluate", p2p_run, pairs["test_a"], pairs["test_b"], "-d", "b2a")
     assert result.exit_code == 2 and "trained for a2b only" in result.stderr
 
@@ -320,3 +324,6 @@ def test_evaluate_small_images_and_same_folder(styletx, pairs, p2p_run, tmp_path
     assert all(p["converted"]["ssim"] is None and p["converted"]["psnr_db"] > 0 for p in scores)
     same = styletx("evaluate", p2p_run, pairs["test_a"], pairs["test_a"])
     assert same.exit_code == 2 and "same folder" in same.stderr
+    _save(tmp_path / "b" / "0.png", _pixels(5, 8, 12))  # the converted and the input: one line
+    resized = styletx("evaluate", p2p_run, tmp_path / "a", tmp_path / "b")
+    assert resized.stderr.count("0: the true image is 12x8, the input 8x8: resized") == 1

@@ -34,3 +34,22 @@ def test_train_gives_the_callers_random_state_back(scenes, tmp_path):
                   settings=styletx.TrainSettings(steps=2, size=16, device="cpu", progress=False,
                                                  seed=7))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_checkpoint_and_preview_periods_follow_a_revised_plan(scenes, tmp_path, monkeypatch):
+    """--minutes planned 100 steps, then found only 40 fit: previews every 4 steps (a tenth
+    of 40), not every 10 (a tenth of the first plan)."""
+    from styletx.engine.training import loop
+
+    monkeypatch.setattr(loop, "steps_in_budget", lambda *args: 100)
+    revisions = iter([40])
+    monkeypatch.setattr(loop.Budget, "revised_total",
+                        lambda self, step, total, now: next(revisions, None) if step == 2
+                        else None)
+    run = tmp_path / "run"
+    result = styletx.train(scenes["a"], scenes["b"], run, preset="tiny",
+                           settings=styletx.TrainSettings(minutes=10, size=16, device="cpu",
+                                                          progress=False))
+    assert result.step == 40
+    steps = sorted(int(p.stem.split("-")[1]) for p in (run / "samples").glob("step-*.png"))
+    assert steps == list(range(4, 41, 4))

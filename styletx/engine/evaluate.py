@@ -118,9 +118,15 @@ def evaluate(
 
 @contextlib.contextmanager
 def _warnings_named(name: str):
-    """Prefix what the domain logs while scoring a pair (e.g. a resize) with the pair's name."""
+    """Prefix what the domain logs while scoring a pair (e.g. a resize) with the pair's name,
+    each message once (the converted and the untouched input are compared alike)."""
+    said: set[str] = set()
 
     def prefix(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in said:
+            return False
+        said.add(message)
         record.msg = f"{name.replace('%', '%%')}: {record.msg}"
         return True
 

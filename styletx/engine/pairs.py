@@ -136,8 +136,9 @@ def check_enough(data: dict[str, FolderData], minimum: int = MIN_PAIRS) -> None:
     """Refuse to train on fewer than ``minimum`` usable pairs."""
     count = len(data["a"].samples)
     if count < minimum:
-        raise UsageError(f"only {count} usable pair(s) of files; a paired model needs at least "
-                         f"{minimum}")
+        folders = dict.fromkeys(str(data[side].folder) for side in ("a", "b"))  # --aligned: one
+        raise UsageError(f"{' and '.join(folders)}: only {count} usable pair(s) of files; a "
+                         f"paired model needs at least {minimum}")
 
 
 # -- making the two halves of each pair line up -------------------------------------------------

@@ -242,8 +242,7 @@ class Loop:
         self.batches = _batch_source(sampler, settings, device)
         self.memory_format = (torch.channels_last if settings.channels_last
                               else torch.preserve_format)
-        self.save_every = settings.save_every or save_interval(self.plan.steps)
-        self.preview_every = settings.preview_every or self.save_every
+        self._set_periods()
         self.budget = (None if settings.minutes is None
                        else Budget(settings, self.start, replan=replan))
         self.tensorboard = (TensorBoardLog(prepared.out, self.start)
@@ -271,6 +270,11 @@ class Loop:
         except BaseException:  # e.g. training diverged, a plugin's bug: finish does not run
             self._release()
             raise
+
+    def _set_periods(self) -> None:
+        """Checkpoint and preview periods: as asked, else a tenth of the (revised) plan."""
+        self.save_every = self.settings.save_every or save_interval(self.plan.steps)
+        self.preview_every = self.settings.preview_every or self.save_every
 
     def _release(self) -> None:
         """Close the progress bar and the TensorBoard log, stop drawing batches ahead (a
@@ -305,6 +309,7 @@ class Loop:
         if revised:
             replan(self.translator, self.plan, revised)
             self.bar.total = revised
+            self._set_periods()
         return stopping
 
     def _non_finite_losses(self) -> list[str]:
