@@ -381,8 +381,15 @@ def convert(run, inputs, out_dir, direction, batch_size, out_format, device, kee
                 tqdm.write(f"Error: {src}: {problem}", file=sys.stderr)
             progress.tick()
 
-        report = model.convert_files(inputs, out_dir, direction, batch_size, on_file=on_file,
-                                     out_format=out_format, on_start=progress.start)
+        try:
+            report = model.convert_files(inputs, out_dir, direction, batch_size,
+                                         on_file=on_file, out_format=out_format,
+                                         on_start=progress.start)
+        except KeyboardInterrupt:  # what is there is whole: say how much that is
+            bar.close()
+            click.echo(f"Error: interrupted after {progress.done} of {progress.total or '?'} "
+                       f"file(s); those written into {out_dir} are complete", err=True)
+            sys.exit(130)
     click.echo(f"converted {len(report.converted)} file(s) into {out_dir}"
                + (f"; {len(report.failed)} failed" if report.failed else ""))
     if report.failed:

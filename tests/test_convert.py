@@ -159,3 +159,24 @@ def test_convert_without_a_terminal_prints_progress_lines(styletx, trained_run, 
     lines = [line for line in result.stderr.splitlines() if line.startswith("converted ")]
     assert lines[0].startswith(f"converted 1/{count} file(s) (") and "s left)" in lines[0]
     assert len(lines) == count - 1  # the last file: the summary line says it
+
+
+def test_an_interrupted_conversion_says_how_far_it_got(styletx, trained_run, scenes, tmp_path,
+                                                      monkeypatch):
+    """Ctrl-C at the third file: the two written are complete, and the line says so."""
+    from styletx.engine.convert import Run
+
+    write_file = Run._write
+
+    def interrupted_at_the_third(self, converted, dst):
+        if len(list(dst.parent.glob("*.png"))) == 2:
+            raise KeyboardInterrupt
+        return write_file(self, converted, dst)
+
+    monkeypatch.setattr(Run, "_write", interrupted_at_the_third)
+    result = styletx("convert", trained_run, scenes["test_a"], "-o", tmp_path / "out",
+                     "--batch-size", "1")
+    assert result.exit_code == 130
+    assert result.error_lines == [f"Error: interrupted after 2 of 3 file(s); those written into "
+                                  f"{tmp_path / 'out'} are complete"]
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2
