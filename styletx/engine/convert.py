@@ -96,6 +96,13 @@ def load_run(path: Path | str, device: str = "auto", registry: Registry | None =
     return run
 
 
+def as_run(run: Run | Path | str, device: str = "auto",
+           registry: Registry | None = None) -> Run:
+    """``run`` itself when it is a loaded ``Run``, else the run folder it names, loaded (the
+    API's functions take either)."""
+    return run if isinstance(run, Run) else load_run(run, device=device, registry=registry)
+
+
 PRECISIONS = ("fp32", "bf16")
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from styletx.contract.errors import BadInputError, UsageError
 from styletx.contract.interfaces import direction_sides
 from styletx.contract.registry import Registry
-from styletx.engine.convert import Run, load_run
+from styletx.engine.convert import Run, as_run
 from styletx.engine.data import check_folder, domain_files
 from styletx.engine.pairs import pair_files, pair_key
 
@@ -87,7 +87,7 @@ def evaluate(
     against its pair. A pair whose file is unusable is reported (``on_pair(name, problem)``)
     and left out; the rest are scored. ``on_start(n)`` is told the number of pairs first."""
     direction_sides(direction)  # validates the direction before any work
-    model = run if isinstance(run, Run) else load_run(run, device=device, registry=registry)
+    model = as_run(run, device, registry)
     domain = model.domain
     if not domain.metrics:
         raise UsageError(f"the {domain.name} domain has no evaluation metrics")

@@ -242,9 +242,9 @@ def percentile(scores: Sequence[float], value: float) -> float:
 # -- checks -------------------------------------------------------------------------------------
 def latent_run(run: Run | Path | str) -> tuple[Run, LatentTranslator]:
     """(the run, loaded when given as its folder, and its latent translator)."""
-    from styletx.engine.convert import Run, load_run
+    from styletx.engine.convert import as_run
 
-    run = run if isinstance(run, Run) else load_run(run)
+    run = as_run(run)
     return run, require_latent(run)
 
 

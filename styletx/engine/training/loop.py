@@ -321,10 +321,12 @@ class Loop:
 
     def _diverged(self) -> None:
         bad = self._non_finite_losses()
-        what = (f"{', '.join(bad)} not finite ({self.losses[bad[0]]})" if bad
-                else "losses not finite on another process")
-        if not self.non_finite:
+        if not self.non_finite:  # found at a checkpoint: the losses were finite
             what = "the weights hold NaN or infinite values"
+        elif bad:
+            what = f"{', '.join(bad)} not finite ({self.losses[bad[0]]})"
+        else:
+            what = "losses not finite on another process"
         kept = (f"the last checkpoint (step {self.marks.saved}) is kept and the same command "
                 f"resumes from it" if self.marks.saved else "no checkpoint was saved before it")
         raise StyletxError(
