@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import shutil
 import sys
 
 import pytest
+from PIL import Image
 from conftest import TINY
 
 import styletx.contract.registry as registry_module
@@ -332,3 +334,26 @@ def test_a_failed_training_stops_drawing_batches_ahead(scenes, plugin, tmp_path)
                                                      progress=False))
     assert not [t for t in threading.enumerate() if t.name.startswith("styletx-prefetch")
                 and t.is_alive()]
+
+
+def test_a_file_the_plugins_decoder_refuses_fails_alone_and_by_name(styletx, scenes, plugin,
+                                                                      tmp_path):
+    """A plugin's StyletxError from decoding one file of a batch failed the whole command
+    without naming the file; now that file is reported and the rest of its batch converted."""
+    plugin(encoder_body="    def decode(self, tensor, like=None):\n"
+                        "        if like is not None and like.format == 'JPEG':\n"
+                        "            raise styletx.StyletxError('cannot decode for JPEG')\n"
+                        "        return super().decode(tensor, like)\n")
+    run = tmp_path / "run"
+    assert train(styletx, scenes, run, "--steps", "1", "--encoder", "faultyrgb").exit_code == 0
+    inputs = tmp_path / "in"
+    shutil.copytree(scenes["test_a"], inputs)
+    first = sorted(inputs.glob("*.png"))[0]
+    Image.open(first).convert("RGB").save(first.with_suffix(".jpg"))
+    first.unlink()
+    result = styletx("convert", run, inputs, "-o", tmp_path / "out")
+    assert result.exit_code == 1, result.stderr
+    assert f"{first.with_suffix('.jpg')}: cannot decode for JPEG" in result.stderr
+    assert "Traceback" not in result.stderr
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == sorted(p.name for p in inputs.glob("*.png"))  # the rest of its batch

@@ -437,9 +437,11 @@ class Run:
                 raise
             shape = "x".join(map(str, pending[0][3].shape[-1:-3:-1]))
             problem = out_of_memory_problem(exc, f"on {self.device} translating it at {shape}")
+        except _DecodeRefused as exc:
+            problem = str(exc)
         if problem is not None:  # here, not in the handler, so the failed tensors are freed
             release_cached_memory(self.device)
-            if len(pending) > 1:  # the batch was too much: one at a time
+            if len(pending) > 1:  # one file's problem or too much memory: one at a time
                 for item in list(pending):
                     self._flush([item], direction, report, on_file, batch_size)
             else:
@@ -473,8 +475,18 @@ class Run:
     def _translate_batch(self, pending, direction: str, batch_size: int) -> list[Sample]:
         _, target = direction_sides(direction)
         out = self.convert_tensor(torch.stack([x for *_, x in pending]), direction, batch_size)
-        return self.encoders[target].decode_batch(self._for_decoding(target, out),
-                                                  likes=[sample for *_, sample, _ in pending])
+        try:
+            return self.encoders[target].decode_batch(self._for_decoding(target, out),
+                                                      likes=[sample for *_, sample, _ in pending])
+        except (UsageError, WriteError):
+            raise  # wrong settings, a full disk: no file would fare better
+        except StyletxError as exc:  # e.g. a plugin's decoder refusing one file's output
+            raise _DecodeRefused(str(exc)) from exc
+
+
+class _DecodeRefused(Exception):
+    """The target encoder refused to decode a batch: each of its files is tried alone and, if
+    refused again, reported as failed with the encoder's reason; the others are converted."""
 
 
 def _check_writable(folder: Path) -> None:
