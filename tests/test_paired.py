@@ -91,6 +91,19 @@ def test_unmatched_files_are_listed_first_few_then_a_count(tmp_path, messages):
     assert "a00.png, a01.png, a02.png, a03.png, a04.png and 7 more" in messages.text
 
 
+def test_names_that_differ_only_in_case_get_a_hint(tmp_path, messages):
+    for i in range(3):
+        _save(tmp_path / "a" / f"IMG_{i}.png", _pixels(i))
+    _save(tmp_path / "b" / "IMG_0.png", _pixels(0))
+    _save(tmp_path / "b" / "img_1.png", _pixels(1))
+    found = pair_files(tmp_path / "a", tmp_path / "b", ImageDomain())
+    assert [key for _, _, key in found.pairs] == ["IMG_0"]
+    assert "'IMG_1' and 'img_1' differ only in case" in messages.text
+    (tmp_path / "b" / "IMG_0.png").rename(tmp_path / "b" / "img_0.png")
+    with pytest.raises(UsageError, match="'IMG_0' and 'img_0' differ only in case"):
+        pair_files(tmp_path / "a", tmp_path / "b", ImageDomain())
+
+
 def test_same_name_twice_in_one_folder_is_refused(tmp_path):
     for name in ("001.png", "001.jpg"):
         _save(tmp_path / "a" / name, _pixels(1))

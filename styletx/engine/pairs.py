@@ -60,11 +60,12 @@ def pair_files(a_dir: Path, b_dir: Path, domain: Domain,
              for folder, option in zip((a_dir, b_dir), options)}
     a_keys, b_keys = keyed[options[0]], keyed[options[1]]
     common = sorted(set(a_keys) & set(b_keys))
+    case_hint = _differ_in_case(set(a_keys) - set(b_keys), set(b_keys) - set(a_keys))
     if not common:
         raise UsageError(
             f"no file of {options[0]} {a_dir} has a partner in {options[1]} {b_dir}: pairs are "
             f"matched by relative path without extension (a/x/001.png with b/x/001.jpg), e.g. "
-            f"{next(iter(a_keys))!r} and {next(iter(b_keys))!r} do not match"
+            f"{next(iter(a_keys))!r} and {next(iter(b_keys))!r} do not match{case_hint}"
         )
     found = FilePairs(
         pairs=[(a_keys[k], b_keys[k], k) for k in common],
@@ -75,9 +76,21 @@ def pair_files(a_dir: Path, b_dir: Path, domain: Domain,
     for option, folder, lonely in ((options[0], a_dir, found.only_a),
                                    (options[1], b_dir, found.only_b)):
         if lonely:
-            log.warning("%d file(s) in %s %s have no partner and are left out: %s", len(lonely),
-                        option, folder, _some(p.relative_to(folder) for p in lonely))
+            log.warning("%d file(s) in %s %s have no partner and are left out: %s%s",
+                        len(lonely), option, folder, _some(p.relative_to(folder) for p in lonely),
+                        case_hint)
     return found
+
+
+def _differ_in_case(only_a: set[str], only_b: set[str]) -> str:
+    """A hint when unpartnered names of the two sides differ only in case ("IMG_1" and
+    "img_1"), which the match, exact as the file system's names, does not pair."""
+    folded = {key.casefold(): key for key in only_b}
+    for key in sorted(only_a):
+        if key.casefold() in folded:
+            return (f" ({key!r} and {folded[key.casefold()]!r} differ only in case: names are "
+                    f"matched exactly; rename one)")
+    return ""
 
 
 def _by_key(files: list[Path], folder: Path, option: str) -> dict[str, Path]:
