@@ -10,8 +10,8 @@ import shutil
 import sys
 
 import pytest
-from PIL import Image
 from conftest import TINY
+from PIL import Image
 
 import styletx.contract.registry as registry_module
 
