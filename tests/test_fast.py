@@ -144,6 +144,22 @@ def test_minutes_spent_saves_and_resumes(scenes, tmp_path, monkeypatch):
     assert second.step == 50
 
 
+def test_the_plain_progress_line_never_promises_more_than_the_budget(scenes, tmp_path,
+                                                                    monkeypatch, messages):
+    """Without a terminal, the progress line's time left came from the last log period's speed
+    alone and said 16 minutes in a 1-minute run; with --minutes it ends by the deadline."""
+    clock = iter(range(0, 10_000, 7))  # each look at either clock: 7 s later
+    monkeypatch.setattr(time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(clock)))
+    train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny",
+          settings=TrainSettings(steps=500, minutes=1, size=16, device="cpu", progress=False,
+                                 workers=0, started=0.0, log_every=1))
+    left = [line.split(" steps/s, ")[1].split(" left)")[0] for line in messages
+            if " steps/s, " in line]
+    assert left and all(minutes == "0" and int(secs) <= 60
+                        for minutes, secs in (t.split(":") for t in left)), left
+
+
 def test_default_save_interval_scales_with_the_run(scenes, tmp_path):
     assert [save_interval(n) for n in (5, 300, 3000, 100_000)] == [1, 30, 300, 500]
     run = tmp_path / "run"

@@ -217,6 +217,10 @@ class _Marks:
     printed_at: float = float("-inf")
     tick: float = dataclasses.field(default_factory=time.perf_counter)  # steps/s measured since
     tick_step: int = 0
+    # the plain progress line's speed: over all its steps since the line before, checkpoints
+    # and previews included (one log period's speed may hold one, or none)
+    line_tick: float = dataclasses.field(default_factory=time.perf_counter)
+    line_step: int = 0
     report_failed: bool = False  # warned once that the run report could not be written
     reported_at: float = float("-inf")
     titles_saved: bool = False  # samples/titles.json written by this command
@@ -237,7 +241,7 @@ class Loop:
         self.preview_batch = sampler.fixed_batch()
         self.bar = progress_bar(total=self.plan.steps, initial=self.start, dynamic_ncols=True,
                                 unit="step", enabled=settings.progress and group.is_main)
-        self.marks = _Marks(saved=self.start, tick_step=self.start)
+        self.marks = _Marks(saved=self.start, tick_step=self.start, line_step=self.start)
         self.translator.train(True)
         self.batches = _batch_source(sampler, settings, device)
         self.memory_format = (torch.channels_last if settings.channels_last
@@ -396,10 +400,19 @@ class Loop:
         # no progress bar (not a terminal): a plain line now and then instead
         if self.bar.disable and (time.monotonic() - marks.printed_at >= PLAIN_LINE_SECONDS
                                  or last):
-            eta = (total - step) / max(rate, 1e-9)
-            log.info("step %d/%d  %s  (%.1f steps/s, %s left)", step, total,
-                     _format_losses(self.losses), rate, clock(eta))
-            marks.printed_at = time.monotonic()
+            self._print_progress_line()
+
+    def _print_progress_line(self) -> None:
+        marks, step, total = self.marks, self.step, self.plan.steps
+        now = time.perf_counter()
+        rate = (step - marks.line_step) / max(now - marks.line_tick, 1e-9)
+        marks.line_tick, marks.line_step = now, step
+        eta = (total - step) / max(rate, 1e-9)
+        if self.budget is not None:  # --minutes: the run ends at its deadline at the latest
+            eta = min(eta, max(self.budget.deadline - time.monotonic(), 0.0))
+        log.info("step %d/%d  %s  (%.1f steps/s, %s left)", step, total,
+                 _format_losses(self.losses), rate, clock(eta))
+        marks.printed_at = time.monotonic()
 
     def _save_preview(self) -> None:
         p, translator = self.prepared, self.translator
