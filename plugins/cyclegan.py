@@ -178,6 +178,9 @@ class CycleGANConfig:
                 raise UsageError(f"cyclegan: {name} must be >= 0, not {getattr(self, name)}")
         if not 0 <= self.match_join < math.inf:
             raise UsageError(f"cyclegan: match_join must be a number >= 0, not {self.match_join}")
+        if self.smooth_frames > 1 and self.generator != "voice":
+            raise UsageError(f"cyclegan: smooth_frames is for voice runs, whose generator is "
+                             f"'voice'; this one's is {self.generator!r}")
         if self.match_k and self.generator != "voice":
             raise UsageError(f"cyclegan: frame matching (match_k) is for voice runs, whose "
                              f"generator is 'voice'; this one's is {self.generator!r}")
@@ -467,7 +470,7 @@ class CycleGAN(styletx.Translator):
     tileable = True  # convolutions and instance/group norms only
     preview_columns = ("input", "translated", "cycled back")
     Config = CycleGANConfig
-    conversion_settings = ("match_k", "match_context", "match_join")
+    conversion_settings = ("match_k", "match_context", "match_join", "smooth_frames")
     paired = False
     presets = {
         "default": Preset(

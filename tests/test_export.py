@@ -157,11 +157,13 @@ def test_voice_export_with_griffin_lim_writes_what_convert_writes(styletx, runs,
     (("{vaegan}", "--set", "match_k=2"), 2, "not a setting the vaegan model can change when "
                                             "converting (the others are fixed when it is "
                                             "trained); it has none"),
-    (("{voice}", "--set", "ngf=8"), 2, "those it can: match_k, match_context, match_join"),
+    (("{voice}", "--set", "ngf=8"), 2, "those it can: match_k, match_context, match_join, "
+                                        "smooth_frames"),
     (("{voice}", "--set", "match_k=two"), 2, "--set match_k='two': cyclegan expects int"),
     (("{voice}", "--set", "match_k=9999"), 2, "matching set for one direction has"),
     (("{match}", "--set", "match_context=100000"), 2, "match_context must be from 0 to 32"),
     (("{cyclegan}", "--set", "match_k=2"), 2, "frame matching (match_k) is for voice runs"),
+    (("{cyclegan}", "--set", "smooth_frames=3"), 2, "smooth_frames is for voice runs"),
 ])
 def test_bad_arguments(styletx, runs, tmp_path, args, code, message):
     args = [str(a).format(**{k: v for k, v in runs.items() if k != "voices"}) for a in args]
@@ -172,7 +174,8 @@ def test_bad_arguments(styletx, runs, tmp_path, args, code, message):
 
 
 @pytest.mark.parametrize(("name", "setting", "fmt"), [
-    ("match", {"match_join": 0.0}, "torchscript"), ("voice", {"match_join": 1.0}, "onnx")])
+    ("match", {"match_join": 0.0}, "torchscript"), ("voice", {"match_join": 1.0}, "onnx"),
+    ("voice", {"smooth_frames": 1}, "torchscript")])
 def test_export_set_exports_the_conversion_with_that_setting(styletx, runs, tmp_path, name,
                                                              setting, fmt):
     """--set changes what is exported as it changes what convert does (here: the mean of the
@@ -189,7 +192,7 @@ def test_export_set_exports_the_conversion_with_that_setting(styletx, runs, tmp_
     assert result.exit_code == 0, result.stderr
     assert (runs[name] / "config.json").read_text() == saved
     run, plain = (load_run(runs[name], device="cpu", settings=s) for s in (setting, None))
-    assert run.translator.M_A.join == value != plain.translator.M_A.join
+    assert run.translator.config.__dict__[key] == value != plain.translator.config.__dict__[key]
     x = utterance(run, runs["voices"], "a")
     expected = run.convert_tensor(x)
     assert (run_exported(out, fmt, x) - expected).abs().max() <= TOLERANCE
