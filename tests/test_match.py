@@ -220,3 +220,17 @@ def test_a_plugin_that_declares_conversion_settings_wrongly_is_named(match_run, 
     monkeypatch.setattr(Match, "conversion_settings", declared)
     with pytest.raises(StyletxError, match="the match plugin's conversion_settings must be"):
         styletx.load_run(match_run, device="cpu", settings={"match_k": 4})
+
+
+def test_a_preset_that_is_the_runs_under_another_name_resumes_it(voices, tmp_path, styletx):
+    """match's fast preset is its default: resuming a run trained without --preset with
+    --preset fast was refused as another preset."""
+    run = tmp_path / "run"
+    common = [voices["a"], voices["b"], "--out", run, "--model", "match", "--threads", "1"]
+    assert styletx("train", *common, "--steps", "1").exit_code == 0
+    resumed = styletx("train", *common, "--steps", "2", "--preset", "fast")
+    assert resumed.exit_code == 0, resumed.stderr
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["step"], saved["preset"]) == (2, "default")
+    tiny = styletx("train", *common, "--steps", "3", "--preset", "tiny")
+    assert tiny.exit_code == 2 and "was trained with --preset default, not tiny" in tiny.stderr

@@ -78,8 +78,21 @@ def prepare(request: Request, registry: Registry) -> Prepared | TrainResult:
     saved = saved_config(out)
     if saved is None:
         return _new_run(request, a_dir, b_dir, out, registry)
-    saved.check_resume(_given(request, a_dir, b_dir), request.overrides, out)
+    given = _given(request, a_dir, b_dir)
+    if _same_preset(registry, saved, request.preset):
+        given["preset"] = saved.preset  # another name for the same settings: fast is default
+    saved.check_resume(given, request.overrides, out)
     return _resumed_run(saved, request.settings, out, registry)
+
+
+def _same_preset(registry: Registry, saved: RunConfig, name: str | None) -> bool:
+    """Is preset ``name`` the saved run's preset under another name (the same settings)?"""
+    if name is None or saved.translator not in registry.translators:
+        return False
+    presets = registry.translator(saved.translator).presets_for(saved.domain)
+    mine, theirs = presets.get(name), presets.get(saved.preset)
+    return (mine is not None and theirs is not None
+            and (mine.config, mine.train) == (theirs.config, theirs.train))
 
 
 def saved_config(out: Path) -> RunConfig | None:
