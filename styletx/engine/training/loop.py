@@ -386,7 +386,7 @@ class Loop:
                 self.marks.report_failed = True
 
     def _log_step(self, last: bool) -> None:
-        marks, step, total = self.marks, self.step, self.plan.steps
+        marks, step = self.marks, self.step
         rate = (step - marks.tick_step) / max(time.perf_counter() - marks.tick, 1e-9)
         marks.tick, marks.tick_step = time.perf_counter(), step
         lrs = {k: o.param_groups[0]["lr"] for k, o in self.translator.optimizers.items()}
