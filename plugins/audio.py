@@ -21,9 +21,9 @@ import torch
 
 import styletx
 from styletx.audio import FEATURE_DEFAULTS, AudioSample, SpectrogramEncoder, resampled
+from styletx.audio.encoder import is_silent
 
 TRIM_TOP_DB = 40.0  # trailing/leading parts this far below the peak count as silence
-SILENCE_PEAK = 1e-4  # a file whose peak is below this (-80 dBFS) is pure silence
 WRITABLE = {".wav": "WAV", ".flac": "FLAC"}
 
 
@@ -96,8 +96,7 @@ class AudioDomain(styletx.Domain):
         wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
         if not np.all(np.isfinite(wave)):
             raise styletx.BadInputError(path, "audio contains NaN or infinite samples")
-        if np.abs(wave).max() < SILENCE_PEAK:
-            raise styletx.BadInputError(path, "pure silence (no signal above -80 dBFS)")
+        # pure silence loads: it converts to silence, and training refuses it (below)
         return AudioSample(np.ascontiguousarray(wave, np.float32), int(rate), fmt)
 
     def save(self, sample: AudioSample, path: Path) -> None:
@@ -149,9 +148,12 @@ class AudioDomain(styletx.Domain):
         return result
 
     def prepare_for_training(self, sample: AudioSample, size: int) -> AudioSample:
-        """Leading and trailing silence trimmed (it would teach the model nothing)."""
+        """Leading and trailing silence trimmed (it would teach the model nothing); a file of
+        pure silence is refused (the engine names it)."""
         import librosa
 
+        if is_silent(sample.wave):
+            raise styletx.BadInputError("", "pure silence (no signal above -80 dBFS)")
         wave, _ = librosa.effects.trim(sample.wave, top_db=TRIM_TOP_DB)
         return dataclasses.replace(sample, wave=np.ascontiguousarray(wave))
 

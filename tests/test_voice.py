@@ -128,7 +128,6 @@ def test_a_folder_of_only_short_recordings_says_so(voices, tmp_path, styletx):
 
 @pytest.mark.parametrize("problem, make", [
     ("empty file", lambda p: p.write_bytes(b"")),
-    ("pure silence", lambda p: sf.write(p, np.zeros(RATE, np.float32), RATE)),
     ("not an audio file", lambda p: p.write_text("words, not sound")),
 ])
 def test_bad_audio_is_reported_by_convert(voice_run, voices, tmp_path, styletx, problem, make):
@@ -140,6 +139,22 @@ def test_bad_audio_is_reported_by_convert(voice_run, voices, tmp_path, styletx, 
     assert result.exit_code == 1
     assert any("bad.wav" in line and problem in line for line in result.error_lines)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["held000.flac"]
+
+
+@pytest.mark.parametrize("normalize", ["loudness", "peak"])
+def test_a_silent_input_converts_to_silence(voice_run, voices, tmp_path, styletx, normalize):
+    """It was refused (exit 1), so one empty clip failed a batch; its output is silence as long
+    as the input, never Griffin-Lim's hiss scaled up."""
+    quiet = tmp_path / "in" / "quiet.wav"
+    quiet.parent.mkdir()
+    sf.write(quiet, np.zeros(RATE // 2, np.float32), RATE)
+    good = voices["test_a"] / "held000.flac"
+    result = styletx("convert", voice_run, quiet, good, "-o", tmp_path / "out", "--normalize",
+                     normalize)
+    assert result.exit_code == 0, result.stderr
+    out, rate = sf.read(tmp_path / "out" / "quiet.wav")
+    assert len(out) == RATE // 2 and rate == RATE and not out.any()
+    assert np.abs(sf.read(tmp_path / "out" / "held000.flac")[0]).max() > 0.01
 
 
 def test_stft_encoder_builds_the_generator_for_its_bins(voices, tmp_path):

@@ -31,6 +31,12 @@ PEAK = 0.99  # --normalize peak: the loudest sample's magnitude (-0.09 dBFS)
 LOUDNESS_FRAME = 0.02  # s: loudness is followed in frames of this length
 SILENCE_DB = -50.0  # a source frame this far below its loudest frame counts as silence
 LIMITER_WINDOW = 0.04  # s: the peak limiter turns the gain down and up again over this long
+SILENCE_PEAK = 1e-4  # a wave whose peak is below this (-80 dBFS) is pure silence
+
+
+def is_silent(wave: np.ndarray) -> bool:
+    """No sample above SILENCE_PEAK (-80 dBFS)."""
+    return not wave.size or float(np.abs(wave).max()) < SILENCE_PEAK
 
 
 def match_loudness(wave: np.ndarray, rate: int, like: AudioSample | None) -> np.ndarray:
@@ -63,6 +69,8 @@ def scaled_output(wave: np.ndarray, rate: int, like: AudioSample | None,
     """A decoded wave at its source's loudness (``normalize`` "loudness", the default), or with
     its loudest sample at PEAK ("peak", as styletx did before 0.1: pauses then carry
     Griffin-Lim's hiss at the output's level)."""
+    if like is not None and is_silent(like.wave):
+        return np.zeros_like(wave)  # Griffin-Lim's hiss, or the model's guess, is no conversion
     if normalize == "peak":
         peak = float(np.abs(wave).max()) if wave.size else 0.0
         return wave * (PEAK / peak) if peak > 0 else wave

@@ -113,7 +113,10 @@ class Reader:
         factor = self.domain.training_enlargement(sample, self.size)
         if factor > MUCH_ENLARGED:
             self.enlarged.append((path, factor))  # list.append is atomic: safe from threads
-        return self.domain.prepare_for_training(sample, self.size)
+        try:
+            return self.domain.prepare_for_training(sample, self.size)
+        except BadInputError as err:  # the domain is not told the path: name it here
+            raise BadInputError(path, err.problem) from None
 
     def sample(self, path: Path) -> Sample:
         return self.prepare(self.domain.load(path), path)
