@@ -273,7 +273,8 @@ def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, de
           channels_last, compile_, compile_mode, log_to, prefetch, workers, nproc):
     """Train a model that turns files like A_DIR's into files like B_DIR's.
 
-    Unpaired models (cyclegan) learn from any two folders. Paired ones (--model pix2pix) pair
+    Unpaired models (cyclegan, vaegan, and match for voices) learn from any two folders.
+    Paired ones (--model pix2pix) pair
     a/x/001.png with b/x/001.jpg by relative path without extension, or read side-by-side
     pairs from A_DIR alone with --aligned.
     """
