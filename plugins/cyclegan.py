@@ -598,6 +598,7 @@ class CycleGAN(styletx.Translator):
             self.M_B = FrameMatching(channels_a, c.bins, c.match_k, c.match_context,
                                      c.match_join)
         self.gan_loss = GANLoss(c.gan_mode)
+        self._last_r1: torch.Tensor | None = None  # the R1 penalty of its last step (r1 > 0)
         # An identity loss needs G_A(b) to be comparable with b: only for equal channel counts.
         self.use_identity = c.lambda_identity > 0 and channels_a == channels_b
         self.pool_A = ImagePool(c.pool_size)  # generated A images (G_B(b)), shown to D_B
@@ -731,17 +732,17 @@ class CycleGAN(styletx.Translator):
             loss_d_a = self.gan_loss.discriminator(real_da, fake_da)
             loss_d_b = self.gan_loss.discriminator(real_db, fake_db)
         loss_d = loss_d_a + loss_d_b
-        r1 = torch.zeros(())
         if c.r1 and step % c.r1_every == 0:  # lazy: every r1_every steps, r1_every times as much
             r1 = r1_penalty(self.D_A, seen_b) + r1_penalty(self.D_B, seen_a)
             loss_d = loss_d + r1 * (0.5 * c.r1 * c.r1_every)
+            self._last_r1 = r1.detach()  # logged until the next: a log step may fall between
         loss_d.backward()
         opt_d.step()
 
         losses = {"G_A": loss_g_a, "G_B": loss_g_b, "cycle_A": cycle_a, "cycle_B": cycle_b,
                   "idt_A": idt_a, "idt_B": idt_b, "D_A": loss_d_a, "D_B": loss_d_b}
-        if c.r1:
-            losses["R1"] = r1
+        if c.r1 and self._last_r1 is not None:
+            losses["R1"] = self._last_r1
         if c.lambda_sw:
             losses |= {"SW_A": sw_a, "SW_B": sw_b}
         values = torch.stack([v.detach().float().to(self.device) for v in losses.values()])
