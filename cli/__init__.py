@@ -156,7 +156,8 @@ class OneLineErrors(click.Group):
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="styletx")
-@click.option("-q", "--quiet", is_flag=True, help="No progress or log lines: only warnings, errors and the result (stdout).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress or log lines: only warnings, errors and the result (stdout).")
 @click.option("--debug", is_flag=True,
               help="Print the traceback above an error's one line (also STYLETX_DEBUG=1).")
 def cli(quiet: bool, debug: bool) -> None:
