@@ -20,8 +20,13 @@ import soundfile as sf
 import torch
 
 import styletx
-from styletx.audio import FEATURE_DEFAULTS, AudioSample, SpectrogramEncoder, resampled
-from styletx.audio.encoder import is_silent
+from styletx.audio import (
+    FEATURE_DEFAULTS,
+    AudioSample,
+    SpectrogramEncoder,
+    is_silent,
+    resampled,
+)
 
 TRIM_TOP_DB = 40.0  # trailing/leading parts this far below the peak count as silence
 WRITABLE = {".wav": "WAV", ".flac": "FLAC"}

@@ -3,6 +3,7 @@
     from styletx.audio import AudioSample     # float32 mono wave (samples,), its rate
     from styletx.audio import SpectrogramEncoder  # base of normalised log-spectrogram encoders
     from styletx.audio import resampled, scaled_output  # for other voice encoders (world's)
+    from styletx.audio import is_silent  # no sample above -80 dBFS
     from styletx.audio.dsp import stft_magnitude, mel_filterbank, mel_to_linear, griffinlim
     from styletx.audio.metrics import mcd, log_f0_rmse
     from styletx.audio.decoder import MelToLinear, fit_mel_decoder  # learned mel decoder
@@ -14,11 +15,12 @@ from styletx.audio.encoder import (
     FEATURE_DEFAULTS,
     NORMALIZE,
     SpectrogramEncoder,
+    is_silent,
     match_loudness,
     resampled,
     scaled_output,
 )
 from styletx.audio.sample import AudioSample
 
-__all__ = ["AudioSample", "FEATURE_DEFAULTS", "NORMALIZE", "SpectrogramEncoder", "match_loudness",
-           "resampled", "scaled_output"]
+__all__ = ["AudioSample", "FEATURE_DEFAULTS", "NORMALIZE", "SpectrogramEncoder", "is_silent",
+           "match_loudness", "resampled", "scaled_output"]
