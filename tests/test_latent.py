@@ -289,6 +289,36 @@ def test_other_models_have_no_latent_space(trained_run, styletx, scenes, tmp_pat
     assert not list(tmp_path.iterdir())
 
 
+def test_a_ctrl_c_while_latent_json_is_written_is_mended_by_the_same_command(
+        scenes, styletx, tmp_path, monkeypatch):
+    """A Ctrl-C while the training scores were written said only 'interrupted'; the rerun then
+    found the run trained and did nothing, and score could never work on it."""
+    from styletx.contract.interfaces import LatentTranslator
+
+    run = tmp_path / "run"
+    command = ("train", scenes["a"], scenes["b"], "--out", run, "--model", "vaegan",
+               "--preset", "tiny", "--device", "cpu", "--steps", "2", "--size", "16")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LatentTranslator, "on_trained", interrupted)
+        result = styletx(*command)
+    assert result.exit_code == 130
+    assert result.error_lines == [
+        f"Error: interrupted after training, while the vaegan model wrote its extra outputs; "
+        f"{run} is trained to step 2 and the same command writes them"]
+    assert not (run / "latent.json").exists()
+    again = styletx(*command)
+    assert again.exit_code == 0, again.stderr
+    assert "is already trained to step 2" in again.stderr and "writing it" in again.stderr
+    assert json.loads((run / "config.json").read_text())["step"] == 2
+    assert styletx("score", run, scenes["test_a"]).exit_code == 0
+    third = styletx(*command)  # now complete: nothing to do
+    assert third.exit_code == 0 and "writing it" not in third.stderr
+
+
 def test_balance_needs_a_latent_model(scenes, styletx, tmp_path):
     result = styletx("train", scenes["a"], scenes["b"], "--out", tmp_path / "run", "--preset",
                      "tiny", "--device", "cpu", "--steps", "2", "--size", "16", "--balance")

@@ -354,6 +354,12 @@ class Translator(ABC):
         (``Domain.chunk_frames``): write extra outputs into the run folder ``run``. Default:
         nothing."""
 
+    def trained_outputs_missing(self, run: Path) -> bool:
+        """Are ``on_trained``'s outputs missing from the trained run ``run`` (say, a Ctrl-C
+        while it wrote them)? Then the same training command, finding the run trained, calls
+        ``on_trained`` again instead of doing nothing. Default: False."""
+        return False
+
     def input_check(self, run: Any, side: str) -> Callable[[Path, Sample], None] | None:
         """For conversion with the loaded ``run`` (a ``styletx.engine.convert.Run``): a function
         ``(path, sample)`` called for each input of ``side`` before it is translated, e.g. to
@@ -421,6 +427,11 @@ class LatentTranslator(Translator):
 
         self.train(False)
         save_training_statistics(run, self, examples, self.device, chunk=chunk)
+
+    def trained_outputs_missing(self, run: Path) -> bool:
+        from styletx.tools.latent import has_training_statistics
+
+        return not has_training_statistics(run)
 
     def input_check(self, run: Any, side: str) -> Callable[[Path, Sample], None] | None:
         """Warn about inputs unlike the training data (scored against ``latent.json``)."""

@@ -114,6 +114,10 @@ def save_training_statistics(run: Path, translator: LatentTranslator,
     evaluation mode. ``chunk``: examples wider than this many frames are encoded in chunks
     (pass the domain's ``chunk_frames``, as ``score`` and ``convert`` use it)."""
     stats: dict[str, Any] = {}
+    started = time.monotonic()
+    count = sum(len(examples.get(side) or []) for side in SIDES)
+    log.info("scoring the %d training examples for %s (the outlier check, sample, traverse)",
+             count, STATS)
     for side in SIDES:
         items = examples.get(side) or []
         if not items:
@@ -138,6 +142,7 @@ def save_training_statistics(run: Path, translator: LatentTranslator,
         }
     stats["threshold"] = {"quantile": THRESHOLD_QUANTILE, "margin": THRESHOLD_MARGIN}
     write_json(Path(run) / STATS, stats)
+    log.info("wrote %s in %.0f s", Path(run) / STATS, time.monotonic() - started)
 
 
 def _latent_field(translator: LatentTranslator, items: list[torch.Tensor], side: str,
@@ -261,9 +266,24 @@ def _check_side(side: str) -> None:
         raise UsageError(f"--domain {side!r}: use a or b")
 
 
+def has_training_statistics(run: Path | str) -> bool:
+    """Does ``RUN/latent.json`` hold both sides' training scores?"""
+    try:
+        stats = load_training_statistics(run)
+    except StyletxError:
+        return False
+    return stats is not None and all(_side_scores(stats, side) for side in SIDES)
+
+
+def _side_scores(stats: dict[str, Any] | None, side: str) -> list | None:
+    if stats is None or not isinstance(stats.get(side), dict):
+        return None
+    return stats[side].get("scores") or None
+
+
 def _training_scores(run: Run, side: str) -> dict[str, Any]:
     stats = load_training_statistics(run.path)
-    if stats is None or not isinstance(stats.get(side), dict) or not stats[side].get("scores"):
+    if not _side_scores(stats, side):
         raise StyletxError(f"{run.path}: no training scores ({STATS} is missing or incomplete; "
                            "it is written when training finishes)")
     return stats

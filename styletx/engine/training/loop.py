@@ -473,8 +473,7 @@ class Loop:
             report("--minutes %g: time is up at step %d of %d; saved; the same command trains "
                    "the rest", self.settings.minutes, step, total)
         if self.group.is_main:  # extra outputs of the model (latent models: outlier scores)
-            self.translator.on_trained(out, self.sampler.examples,
-                                       chunk=self.prepared.domain.chunk_frames)
+            self._on_trained()
         self.group.finish()
         if self.group.is_main and len(self.rates) >= TIMED_PERIODS and self._as_the_preset_says():
             config = self.prepared.run_config  # for `styletx plugins`: what a step costs here
@@ -482,6 +481,21 @@ class Loop:
                              1 / max(sorted(self.rates)[len(self.rates) // 2], 1e-9))
         log.info("trained %s to step %d; model in %s", self.translator.name, step, out)
         return TrainResult(out, step, self.losses)
+
+
+    def _on_trained(self) -> None:
+        """``Translator.on_trained``; a Ctrl-C there leaves the steps saved and says that the
+        same command writes what is missing."""
+        out = self.prepared.out
+        try:
+            self.translator.on_trained(out, self.sampler.examples,
+                                       chunk=self.prepared.domain.chunk_frames)
+        except KeyboardInterrupt:
+            self.group.finish()
+            raise TrainingInterrupted(
+                f"interrupted after training, while the {self.translator.name} model wrote its "
+                f"extra outputs; {out} is trained to step {self.step} and the same command "
+                "writes them") from None
 
 
 def _why_training_stopped(exc: BaseException, device: torch.device, step: int, plan,

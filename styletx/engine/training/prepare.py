@@ -186,7 +186,11 @@ def _resumed_run(saved: RunConfig, settings: TrainSettings, out: Path,
         log.info("%s is already trained to step %d%s; raise --steps to continue", out,
                  saved.step, f" of {saved.train.steps}" if saved.step == saved.train.steps
                  else f", past the {saved.train.steps} asked")
-        return TrainResult(out, saved.step, {})
+        if not translator.trained_outputs_missing(out):
+            return TrainResult(out, saved.step, {})
+        # e.g. a Ctrl-C while latent.json was written: the loop takes no step and writes them
+        log.info("%s: what the %s model writes after training is missing; writing it",
+                 out, translator.name)
     data = saved.data
     folders = load_data(dom, Path(data.a), data.b and Path(data.b), out, saved.train.size,
                         translator.paired, settings)
