@@ -209,3 +209,41 @@ def test_balance_share_out_of_range_is_a_usage_error(styletx, scenes, tmp_path):
     assert result.exit_code == 2, result.stderr
     assert "--balance-share must be between 0 and 1 (got 1.5)" in result.error_lines[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("options", "error"), [
+    (("--balance-every", "5"), "--balance-every set(s) how --balance draws; add --balance"),
+    (("--balance", "--balance-every", "0"), "--balance-every must be at least 1 (got 0)"),
+    (("--balance", "--balance-smoothing", "-1"), "--balance-smoothing must be >= 0 (got -1.0)"),
+    (("--balance", "--model", "cyclegan"), "--balance needs a model with a latent space"),
+])
+def test_balance_options_are_checked_before_the_files_are_read(styletx, scenes, tmp_path,
+                                                                 options, error):
+    """--balance-every without --balance was ignored; a wrong value's error named two options;
+    --balance on a cyclegan was refused only after every file was read."""
+    result = styletx("train", scenes["a"], scenes["b"], "--model", "vaegan", *TINY, *options,
+                     "--out", tmp_path / "run")
+    assert result.exit_code == 2, result.stderr
+    assert result.error_lines == [f"Error: {error}"] or error in result.error_lines[0]
+    assert "readable image file" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_balanced_run_resumes_balanced(styletx, scenes, tmp_path):
+    """--balance was not saved: a resume without it drew uniformly, without a word."""
+    run = tmp_path / "run"
+    command = ("train", scenes["a"], scenes["b"], "--model", "vaegan", *TINY, "--size", "16",
+               "--out", run)
+    first = styletx(*command, "--steps", "4", "--balance", "--balance-every", "2")
+    assert first.exit_code == 0, first.stderr
+    saved = json.loads((run / "config.json").read_text())["train"]["balance"]
+    assert saved["balance_every"] == 2 and saved["balance_by"] == "elbo"
+    resumed = styletx(*command, "--steps", "8")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "resuming with the run's --balance (balance-by elbo, balance-every 2" in resumed.stderr
+    steps = [e["step"] for e in map(json.loads, (run / "log.jsonl").read_text().splitlines())
+             if "balance" in e]
+    assert steps == [0, 2, 4, 6]
+    other = styletx(*command, "--steps", "10", "--balance", "--balance-every", "3")
+    assert other.exit_code == 2
+    assert f"{run} was trained with --balance-every 2, not 3" in other.error_lines[0]

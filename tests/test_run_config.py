@@ -35,7 +35,7 @@ def test_an_old_config_loads_and_is_written_back_with_what_it_had():
     assert written["notes"] == OLD["notes"]  # unknown keys are kept
     for key in ("translator", "preset", "config", "domain", "encoders", "step"):
         assert written[key] == OLD[key]
-    assert written["train"] == {**OLD["train"], "seed": 0}
+    assert written["train"] == {**OLD["train"], "seed": 0, "balance": None}
     assert list(written)[0] == "styletx_version"
 
 
@@ -45,7 +45,8 @@ def test_every_field_says_whether_a_resume_may_change_it():
     assert rules["train.steps"] == MAY_CHANGE
     assert all(rule == FIXED for path, rule in rules.items() if path != "train.steps")
     assert {f.name for f in dataclasses.fields(TrainPlan)} == {"steps", "batch_size", "size",
-                                                               "seed"}
+                                                               "seed", "balance"}
+    assert "train.balance" not in rules  # --balance and its options: balance_as_saved
 
 
 @pytest.mark.parametrize("given, message", [

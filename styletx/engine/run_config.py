@@ -44,6 +44,9 @@ class TrainPlan:
     batch_size: int = option("--batch-size")
     size: int = option("--size")  # training crop in pixels (images) or frames (audio)
     seed: int = option("--seed", default=0)
+    # --balance and its settings (balance_by, balance_every, ...), None without: a resume
+    # without --balance goes on with them (checked in styletx.engine.training.settings)
+    balance: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass
@@ -117,7 +120,8 @@ class RunConfig:
             value = getattr(self, field.name)
             if dataclasses.is_dataclass(value):
                 for inner in dataclasses.fields(value):
-                    yield f"{field.name}.{inner.name}", inner, getattr(value, inner.name)
+                    if "option" in inner.metadata:
+                        yield f"{field.name}.{inner.name}", inner, getattr(value, inner.name)
             elif "option" in field.metadata:
                 yield field.name, field, value
 

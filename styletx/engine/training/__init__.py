@@ -31,6 +31,9 @@ from styletx.engine.training.settings import (
     TrainingInterrupted,
     TrainResult,
     TrainSettings,
+    balance_as_saved,
+    balance_record,
+    check_balance_settings,
     started_now,
 )
 
@@ -77,10 +80,14 @@ def train(
     by side from the files of ``a_dir`` alone (``b_dir`` None).
     """
     settings = started_now(settings or TrainSettings())
+    check_balance_settings(settings)
     request = Request(a_dir, b_dir, out, model, preset, overrides or {}, settings, domain,
                       encoder, aligned)
     with _callers_random_state():
         prepared = prepare(request, registry or get_registry())
         if isinstance(prepared, TrainResult):  # already trained as far as asked
             return prepared
+        plan = prepared.run_config.train
+        settings = balance_as_saved(settings, plan.balance, prepared.out)
+        plan.balance = balance_record(settings)
         return loop.run(prepared, settings)

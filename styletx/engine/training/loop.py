@@ -30,10 +30,10 @@ from styletx.contract.errors import (
     one_line,
     out_of_memory_problem,
 )
-from styletx.contract.interfaces import SIDES, LatentTranslator, Translator
+from styletx.contract.interfaces import SIDES, Translator
 from styletx.engine import distributed
-from styletx.engine.balance import BALANCE_BY, sampling_weights, with_uniform
 from styletx.engine.balance import describe as describe_weights
+from styletx.engine.balance import sampling_weights, with_uniform
 from styletx.engine.data import CropSampler, Prefetcher
 from styletx.engine.model import pick_device
 from styletx.engine.pairs import AlignmentCache
@@ -60,6 +60,7 @@ from styletx.engine.training.settings import (
     TrainingInterrupted,
     TrainResult,
     TrainSettings,
+    check_balance_model,
 )
 from styletx.engine.training.tensorboard import TensorBoardLog, check_available
 from styletx.engine.user_cache import record_step_time
@@ -150,23 +151,7 @@ def compile_mode(settings: TrainSettings, device: torch.device) -> str:
 
 
 def _check_settings(translator: Translator, settings: TrainSettings) -> None:
-    if settings.balance and not isinstance(translator, LatentTranslator):
-        raise UsageError(f"--balance needs a model with a latent space (vaegan), not "
-                         f"{translator.name}")
-    if settings.balance_every < 1 or settings.balance_smoothing < 0:
-        raise UsageError("--balance-every must be at least 1 and --balance-smoothing >= 0")
-    if not 0 <= settings.balance_share <= 1:
-        raise UsageError(f"--balance-share must be between 0 and 1 (got "
-                         f"{settings.balance_share})")
-    if settings.balance_by not in BALANCE_BY:
-        raise UsageError(f"--balance-by must be one of {', '.join(BALANCE_BY)} (got "
-                         f"{settings.balance_by!r})")
-    if not 0 <= settings.balance_min_effective <= 1:
-        raise UsageError(f"--balance-min-effective must be between 0 and 1 (got "
-                         f"{settings.balance_min_effective})")
-    if settings.balance_by == "elbo" and settings.balance_min_effective == 0:
-        raise UsageError("--balance-by elbo needs --balance-min-effective above 0: it sets "
-                         "how strongly the draws favour rare examples")
+    check_balance_model(type(translator), settings)
     check_available(settings.log_to)
     if settings.compile_mode not in COMPILE_MODES:
         raise UsageError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)} "

@@ -33,7 +33,12 @@ from styletx.engine.training.inputs import (
     guess_domain,
     load_data,
 )
-from styletx.engine.training.settings import TrainResult, TrainSettings, train_values
+from styletx.engine.training.settings import (
+    TrainResult,
+    TrainSettings,
+    check_balance_model,
+    train_values,
+)
 
 log = logging.getLogger("styletx")
 
@@ -126,8 +131,9 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
            else guess_domain(registry, a_dir, b_dir))
     cls = registry.translator(request.model or _loaded(registry.translators,
                                                        dom.default_translator, dom, "--model"))
+    check_balance_model(cls, request.settings)  # these before the files are read
     if request.encoder:
-        check_encoder(registry.encoder(request.encoder), dom)  # before the files are read
+        check_encoder(registry.encoder(request.encoder), dom)
     check_paired(cls, request.aligned)
     preset = request.preset or "default"
     config = make_config(cls, preset, request.overrides, dom.name)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 from styletx.contract.errors import StyletxError, UsageError
-from styletx.contract.interfaces import Preset
+from styletx.contract.interfaces import LatentTranslator, Preset, Translator
+from styletx.engine.balance import BALANCE_BY
+
+log = logging.getLogger("styletx")
 
 # Used when neither the user nor the preset says otherwise.
 TRAIN_DEFAULTS = {"steps": 10_000, "batch_size": 1, "size": 256}
@@ -54,6 +59,76 @@ class TrainSettings:
     #                             core (shared by the processes on this machine), at most 8
     started: float | None = dataclasses.field(default=None, repr=False)  # when the command
     #                        began: `minutes` counts from here (None: from the train() call)
+
+
+BALANCE_SETTINGS = ("balance_by", "balance_every", "balance_smoothing", "balance_share",
+                    "balance_min_effective")
+
+
+def check_balance_settings(settings: TrainSettings) -> None:
+    """The --balance options' values, and none of them without --balance (before any file is
+    read)."""
+    given = {name: getattr(settings, name) for name in BALANCE_SETTINGS
+             if getattr(settings, name) != getattr(TrainSettings, name)}
+    if given and not settings.balance:
+        raise UsageError(f"{_options(given)} set(s) how --balance draws; add --balance")
+    if settings.balance_every < 1:
+        raise UsageError(f"--balance-every must be at least 1 (got {settings.balance_every})")
+    if settings.balance_smoothing < 0:
+        raise UsageError(f"--balance-smoothing must be >= 0 (got "
+                         f"{settings.balance_smoothing})")
+    if not 0 <= settings.balance_share <= 1:
+        raise UsageError(f"--balance-share must be between 0 and 1 (got "
+                         f"{settings.balance_share})")
+    if settings.balance_by not in BALANCE_BY:
+        raise UsageError(f"--balance-by must be one of {', '.join(BALANCE_BY)} (got "
+                         f"{settings.balance_by!r})")
+    if not 0 <= settings.balance_min_effective <= 1:
+        raise UsageError(f"--balance-min-effective must be between 0 and 1 (got "
+                         f"{settings.balance_min_effective})")
+    if settings.balance_by == "elbo" and settings.balance_min_effective == 0:
+        raise UsageError("--balance-by elbo needs --balance-min-effective above 0: it sets "
+                         "how strongly the draws favour rare examples")
+
+
+def check_balance_model(translator: type[Translator], settings: TrainSettings) -> None:
+    if settings.balance and not issubclass(translator, LatentTranslator):
+        raise UsageError(f"--balance needs a model with a latent space (vaegan), not "
+                         f"{translator.name}")
+
+
+def balance_record(settings: TrainSettings) -> dict[str, Any] | None:
+    """What config.json keeps of ``--balance`` (None: not balanced)."""
+    return ({name: getattr(settings, name) for name in BALANCE_SETTINGS} if settings.balance
+            else None)
+
+
+def balance_as_saved(settings: TrainSettings, saved: dict[str, Any] | None,
+                     run: Path | str) -> TrainSettings:
+    """The command's settings, balanced as the run was when the command does not say
+    ``--balance`` (a resume would silently draw uniformly); refused when it says ``--balance``
+    with other settings."""
+    if saved is None:
+        return settings  # not balanced so far (or a run from before it was saved): as asked
+    if not settings.balance:
+        log.info("resuming with the run's --balance (%s)",
+                 ", ".join(f"{k.replace('_', '-')} {v}" for k, v in saved.items()))
+        return dataclasses.replace(settings, balance=True, **_known_balance(saved))
+    differing = {k: v for k, v in _known_balance(saved).items() if getattr(settings, k) != v}
+    if differing:
+        now = ", ".join(f"{getattr(settings, k)}" for k in differing)
+        raise UsageError(f"{run} was trained with {_options(differing)} "
+                         f"{', '.join(map(str, differing.values()))}, not {now}; use the same "
+                         "options to resume, or a new --out")
+    return settings
+
+
+def _known_balance(saved: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in saved.items() if k in BALANCE_SETTINGS}
+
+
+def _options(values: dict[str, Any]) -> str:
+    return ", ".join("--" + name.replace("_", "-") for name in values)
 
 
 class TrainingInterrupted(StyletxError):
