@@ -618,7 +618,8 @@ def _parse_dims(text):
 def score(run, inputs, side, as_json, device):
     """How unlike the training data each input is (vaegan runs): its outlier score (how far
     its detail statistics and the model's reconstruction error lie from the training
-    examples', about 8 for a typical input), its percentile among the training examples'
+    examples': about 1 to 2 for a typical input, 2 more for each factor e of improbability),
+    its percentile among the training examples'
     scores, and a flag above the threshold. Files and folders (recursively)."""
     from styletx.engine.convert import load_run
     from styletx.tools.latent import require_latent

@@ -160,8 +160,10 @@ def test_traverse_writes_one_picture_per_dimension(vae, styletx, tmp_path):
     for d in dims:
         picture = _picture(tmp_path / f"dim{d:02d}.png")
         assert picture.shape == (tile, 5 * tile + 4 * 2, 3)
-    assert _picture(tmp_path / "all.png").shape == (len(dims) * (tile + 2) - 2,
+    # all.png: a row per channel, each tile titled "ch D: +T" (a 16-pixel band above it)
+    assert _picture(tmp_path / "all.png").shape == (len(dims) * (tile + 16 + 2) - 2,
                                                      5 * tile + 4 * 2, 3)
+    assert f"walked latent channel(s) {', '.join(map(str, dims))} (as given)" in result.stderr
     # Walking the channel that varies most changes the picture: -k and +k differ clearly.
     walk = _picture(tmp_path / f"dim{busiest:02d}.png").astype(float)
     assert np.abs(_tile(walk, 0, 0, tile, tile) - _tile(walk, 0, 4, tile, tile)).mean() > 2

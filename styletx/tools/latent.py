@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -387,7 +388,8 @@ def traverse(run: Run | Path | str, input_path: Path | str, dims: Sequence[int] 
     moves over its own range. ``dims`` None: the DEFAULT_DIMS channels that change the decoded
     output most (``latent.json``'s ``channel_effect``, see ``channel_effects``), largest
     first. Writes ``OUT/dimNN`` previews (one row of ``steps`` tiles each) and, for images,
-    ``OUT/all.png`` with a row per channel; returns the written files."""
+    ``OUT/all.png`` with a row per channel, each tile titled with its channel and shift;
+    returns the written files."""
     run, translator = latent_run(run)
     _check_side(side)
     channels = translator.latent_channels
@@ -399,7 +401,8 @@ def traverse(run: Run | Path | str, input_path: Path | str, dims: Sequence[int] 
     std = (stats.get(side) or {}).get("latent_std")
     if not isinstance(std, list) or len(std) != channels:
         std = [1.0] * channels
-    if dims is None:  # the channels that change the output most, largest first
+    chosen = dims is None
+    if chosen:  # the channels that change the output most, largest first
         effect = (stats.get(side) or {}).get("channel_effect")
         if not isinstance(effect, list) or len(effect) != channels:
             effect = std  # a run trained before channel effects were measured
@@ -419,7 +422,7 @@ def traverse(run: Run | Path | str, input_path: Path | str, dims: Sequence[int] 
     size = tuple(x.shape[-2:])
     shifts = torch.linspace(-k, k, steps)
     out = Path(out)
-    written, rows = [], []
+    written, rows, titles = [], [], []
     for d in dims:
         z = mu.repeat(steps, 1, 1, 1)
         z[:, d] += (shifts * std[d]).to(z)[:, None, None]
@@ -427,9 +430,13 @@ def traverse(run: Run | Path | str, input_path: Path | str, dims: Sequence[int] 
         for batch in z.split(BATCH):
             tiles += list(translator.decode_latent(batch, side, size=size).float().cpu())
         rows.append(tiles)
+        titles.append([f"ch {d}: {t:+.1f}" for t in shifts.tolist()])  # in SDs
         written += _write_preview(run, [tiles], side, out / f"dim{d:02d}")
     if _one_picture(run.domain):
-        written += _write_preview(run, rows, side, out / "all")
+        written += _write_preview(run, rows, side, out / "all", titles)
+    log.info("walked latent channel(s) %s (%s), each from -%g to +%g standard deviations",
+             ", ".join(map(str, dims)), "by how much they change the output, most first"
+             if chosen else "as given", k, k)
     return written
 
 
@@ -725,13 +732,18 @@ def _one_picture(domain: Domain) -> bool:
     return type(domain).save_preview is Domain.save_preview
 
 
-def _write_preview(run: Run, rows: list[list[torch.Tensor]], side: str, stem: Path) -> list[Path]:
-    """``rows`` of ``side``'s tensors through the domain's ``save_preview``; the files it wrote."""
+def _write_preview(run: Run, rows: list[list[torch.Tensor]], side: str, stem: Path,
+                   titles: list[list[str]] | None = None) -> list[Path]:
+    """``rows`` of ``side``'s tensors through the domain's ``save_preview`` (with a title per
+    tile where it takes them); the files it wrote."""
     check_output_folder(stem.parent)
     stem.parent.mkdir(parents=True, exist_ok=True)
     started = time.time_ns() - 1_000_000_000  # coarse file-system clocks
     encoders = [[run.encoders[side]] * len(row) for row in rows]
-    run.domain.save_preview(rows, encoders, stem)
+    if titles is not None and "titles" in inspect.signature(run.domain.save_preview).parameters:
+        run.domain.save_preview(rows, encoders, stem, titles=titles)
+    else:
+        run.domain.save_preview(rows, encoders, stem)
     return sorted(p for p in stem.parent.iterdir()
                   if p.is_file() and (p.stem == stem.name or p.name.startswith(stem.name + "-"))
                   and p.stat().st_mtime_ns >= started)
