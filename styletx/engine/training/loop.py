@@ -467,7 +467,6 @@ class Loop:
         log.info("trained %s to step %d; model in %s", self.translator.name, step, out)
         return TrainResult(out, step, self.losses)
 
-
     def _on_trained(self) -> None:
         """``Translator.on_trained``; a Ctrl-C there leaves the steps saved and says that the
         same command writes what is missing."""
