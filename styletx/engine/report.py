@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import html
+import inspect
 import json
 import logging
 import re
@@ -72,6 +73,16 @@ def save_evaluation(run: Path, result: dict[str, Any]) -> Path:
     path = run / EVALUATION.format(direction=result["direction"])
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     return path
+
+
+def save_domain_preview(domain: Any, rows: list, encoders: list, stem: Path,
+                        titles: list[list[str]] | None = None) -> None:
+    """``domain.save_preview``, with a title per tile where the domain takes them (a domain
+    plugin written before previews had titles does not)."""
+    if titles is not None and "titles" in inspect.signature(domain.save_preview).parameters:
+        domain.save_preview(rows, encoders, stem, titles=titles)
+    else:
+        domain.save_preview(rows, encoders, stem)
 
 
 def save_preview_titles(run: Path, titles: list[list[str]]) -> None:

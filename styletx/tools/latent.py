@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -69,6 +68,7 @@ from styletx.contract.interfaces import SIDES, Domain, LatentTranslator, Sample
 from styletx.engine.apply import chunk_starts, group_by_shape
 from styletx.engine.data import as_paths, expand_inputs
 from styletx.engine.model import encoded
+from styletx.engine.report import save_domain_preview
 from styletx.engine.runs import write_json
 
 if TYPE_CHECKING:
@@ -740,10 +740,7 @@ def _write_preview(run: Run, rows: list[list[torch.Tensor]], side: str, stem: Pa
     stem.parent.mkdir(parents=True, exist_ok=True)
     started = time.time_ns() - 1_000_000_000  # coarse file-system clocks
     encoders = [[run.encoders[side]] * len(row) for row in rows]
-    if titles is not None and "titles" in inspect.signature(run.domain.save_preview).parameters:
-        run.domain.save_preview(rows, encoders, stem, titles=titles)
-    else:
-        run.domain.save_preview(rows, encoders, stem)
+    save_domain_preview(run.domain, rows, encoders, stem, titles)
     return sorted(p for p in stem.parent.iterdir()
                   if p.is_file() and (p.stem == stem.name or p.name.startswith(stem.name + "-"))
                   and p.stat().st_mtime_ns >= started)

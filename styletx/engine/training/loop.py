@@ -11,7 +11,6 @@ state, so N + N steps give the same weights as 2N uninterrupted steps.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import math
 import signal
@@ -38,7 +37,13 @@ from styletx.engine.data import CropSampler, Prefetcher
 from styletx.engine.model import pick_device
 from styletx.engine.pairs import AlignmentCache
 from styletx.engine.progress import progress_bar
-from styletx.engine.report import REPORT, clock, save_preview_titles, write_report
+from styletx.engine.report import (
+    REPORT,
+    clock,
+    save_domain_preview,
+    save_preview_titles,
+    write_report,
+)
 from styletx.engine.runs import CONFIG, SAMPLES, append_log, truncate_log, write_json
 from styletx.engine.training.budget import Budget, replan, steps_in_budget
 from styletx.engine.training.checkpoints import (
@@ -60,7 +65,6 @@ from styletx.engine.training.settings import (
     TrainingInterrupted,
     TrainResult,
     TrainSettings,
-    check_balance_model,
 )
 from styletx.engine.training.tensorboard import TensorBoardLog, check_available
 from styletx.engine.user_cache import record_step_time
@@ -151,7 +155,6 @@ def compile_mode(settings: TrainSettings, device: torch.device) -> str:
 
 
 def _check_settings(translator: Translator, settings: TrainSettings) -> None:
-    check_balance_model(type(translator), settings)
     check_available(settings.log_to)
     if settings.compile_mode not in COMPILE_MODES:
         raise UsageError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)} "
@@ -409,10 +412,7 @@ class Loop:
         tensors = [[tensor for _, tensor in row] for row in rows]
         grid = [[p.encoders[side] for side, _ in row] for row in rows]
         stem, titles = p.out / SAMPLES / f"step-{self.step:06d}", preview_titles(translator, rows)
-        if "titles" in inspect.signature(p.domain.save_preview).parameters:
-            p.domain.save_preview(tensors, grid, stem, titles=titles)
-        else:  # a domain plugin written before previews had titles
-            p.domain.save_preview(tensors, grid, stem)
+        save_domain_preview(p.domain, tensors, grid, stem, titles)
         if not self.marks.titles_saved:  # the same for every preview of the run
             save_preview_titles(p.out, titles)
             self.marks.titles_saved = True

@@ -185,6 +185,7 @@ def _resumed_run(saved: RunConfig, settings: TrainSettings, out: Path,
             raise UsageError(f"--steps must be at least 1 (got {settings.steps})")
         saved.train.steps = settings.steps
     dom, encoders, translator = build_from_config(saved, registry)
+    check_balance_model(type(translator), settings)
     tensors, state = load_checkpoint(out)
     load_model_tensors(translator, encoders, tensors, run=out)
     saved.step = state["step"]

@@ -110,21 +110,18 @@ def balance_as_saved(settings: TrainSettings, saved: dict[str, Any] | None,
     with other settings."""
     if saved is None:
         return settings  # not balanced so far (or a run from before it was saved): as asked
+    saved = {k: v for k, v in saved.items() if k in BALANCE_SETTINGS}
     if not settings.balance:
         log.info("resuming with the run's --balance (%s)",
                  ", ".join(f"{k.replace('_', '-')} {v}" for k, v in saved.items()))
-        return dataclasses.replace(settings, balance=True, **_known_balance(saved))
-    differing = {k: v for k, v in _known_balance(saved).items() if getattr(settings, k) != v}
+        return dataclasses.replace(settings, balance=True, **saved)
+    differing = {k: v for k, v in saved.items() if getattr(settings, k) != v}
     if differing:
         now = ", ".join(f"{getattr(settings, k)}" for k in differing)
         raise UsageError(f"{run} was trained with {_options(differing)} "
                          f"{', '.join(map(str, differing.values()))}, not {now}; use the same "
                          "options to resume, or a new --out")
     return settings
-
-
-def _known_balance(saved: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in saved.items() if k in BALANCE_SETTINGS}
 
 
 def _options(values: dict[str, Any]) -> str:
