@@ -60,7 +60,8 @@ def pair_files(a_dir: Path, b_dir: Path, domain: Domain,
              for folder, option in zip((a_dir, b_dir), options)}
     a_keys, b_keys = keyed[options[0]], keyed[options[1]]
     common = sorted(set(a_keys) & set(b_keys))
-    case_hint = _differ_in_case(set(a_keys) - set(b_keys), set(b_keys) - set(a_keys))
+    only_a, only_b = sorted(set(a_keys) - set(b_keys)), sorted(set(b_keys) - set(a_keys))
+    case_hint = _differ_in_case(only_a, only_b)
     if not common:
         raise UsageError(
             f"no file of {options[0]} {a_dir} has a partner in {options[1]} {b_dir}: pairs are "
@@ -69,8 +70,8 @@ def pair_files(a_dir: Path, b_dir: Path, domain: Domain,
         )
     found = FilePairs(
         pairs=[(a_keys[k], b_keys[k], k) for k in common],
-        only_a=[a_keys[k] for k in sorted(set(a_keys) - set(b_keys))],
-        only_b=[b_keys[k] for k in sorted(set(b_keys) - set(a_keys))],
+        only_a=[a_keys[k] for k in only_a],
+        only_b=[b_keys[k] for k in only_b],
     )
     log.info("found %d pair(s) of files in %s and %s", len(common), a_dir, b_dir)
     for option, folder, lonely in ((options[0], a_dir, found.only_a),
@@ -82,11 +83,11 @@ def pair_files(a_dir: Path, b_dir: Path, domain: Domain,
     return found
 
 
-def _differ_in_case(only_a: set[str], only_b: set[str]) -> str:
+def _differ_in_case(only_a: list[str], only_b: list[str]) -> str:
     """A hint when unpartnered names of the two sides differ only in case ("IMG_1" and
     "img_1"), which the match, exact as the file system's names, does not pair."""
     folded = {key.casefold(): key for key in only_b}
-    for key in sorted(only_a):
+    for key in only_a:
         if key.casefold() in folded:
             return (f" ({key!r} and {folded[key.casefold()]!r} differ only in case: names are "
                     f"matched exactly; rename one)")
