@@ -97,6 +97,8 @@ def test_uniform_data_gives_near_uniform_weights():
 
 def test_sampler_draws_by_the_weights_and_restores_them():
     examples = {side: [torch.full((1, 4, 4), float(i)) for i in range(20)] for side in "ab"}
+    for example in examples["a"] + examples["b"]:
+        example[0, -1, -1] += 0.5  # not flat: a flat crop is drawn again (test_flat_crops)
     sampler = CropSampler(examples, (4, 4), batch_size=50, flip=False, paired=False, seed=1)
     weights = torch.zeros(20, dtype=torch.float64)
     weights[3], weights[7] = 0.75, 0.25

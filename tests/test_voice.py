@@ -106,7 +106,7 @@ def test_short_recordings_are_reported_and_skipped(voices, tmp_path, styletx):
     assert any("tiny.flac" in line and "shorter than one training segment" in line
                for line in result.stderr.splitlines())
     assert "min after trimming silence" in result.stderr
-    assert f"{a}: 6 of 7 readable file(s) are long enough to train on" in result.stderr
+    assert f"{a}: 6 of 7 readable file(s) can be trained on" in result.stderr
 
 
 def test_a_folder_of_only_short_recordings_says_so(voices, tmp_path, styletx):
@@ -120,9 +120,9 @@ def test_a_folder_of_only_short_recordings_says_so(voices, tmp_path, styletx):
                      "--steps", "1", "--device", "cpu")
     assert result.exit_code == 2
     assert "4 readable audio file(s)" in result.stderr
-    assert result.error_lines == [f"Error: {a}: none of its 4 readable file(s) is as long as one "
-                                  "training segment (64 frames); use longer files or a smaller "
-                                  "--size"]
+    assert result.error_lines == [f"Error: {a}: none of its 4 readable file(s) can be trained "
+                                  "on (4 shorter than one training segment (64 frames): use "
+                                  "longer files or a smaller --size)"]
     assert not (tmp_path / "run").exists()
 
 

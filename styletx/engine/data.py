@@ -28,6 +28,17 @@ from styletx.engine.progress import progress_bar
 log = logging.getLogger("styletx")
 T = TypeVar("T")
 
+# A flat crop (every channel one value: a blank patch of a photo, digital silence) is poison for
+# networks that instance-normalise behind reflect padding (the CycleGAN and UNIT generators):
+# each such layer sees channels of zero variance, multiplies the gradient by 1 / sqrt(eps) ~
+# 316, and a white 256-px crop gave gradients 5e3 (CycleGAN) to 1e9 (vaegan) times a photo's.
+# Adam then either takes NaN (vaegan's default preset diverged at step 1 on desktop
+# backgrounds) or keeps the spike in its second moment for thousands of steps, all but freezing
+# the first layers. One 8-bit level of difference anywhere in the crop is enough to avoid it.
+FLAT_RANGE = 1e-3  # a channel spanning less than this is flat (one 8-bit level is 2 / 255)
+FLAT_TRIES = 8  # unpaired crops: flat ones are drawn again elsewhere this many times at most,
+FLAT_JITTER = 1e-3  # ... then given uniform noise of this amplitude (1/8 of an 8-bit level)
+
 
 def list_files(folder: Path, report: bool = False) -> list[Path]:
     """All regular files below ``folder``, sorted, skipping hidden files and folders. With
@@ -193,6 +204,12 @@ class CropSampler:
     ``crop`` is (height or None for the full height, width). Paired translators get the same
     index, crop and flip for a and b; unpaired ones draw a and b independently.
 
+    An unpaired crop is never flat (``is_flat``, see ``FLAT_RANGE``): a flat one is drawn again
+    elsewhere in the example, and after ``FLAT_TRIES`` flat ones jittered. It teaches an
+    unpaired model nothing about the style and explodes instance-normalised gradients. A
+    paired crop is kept as it is: a flat half (say, a label map of one class) is supervision,
+    and pix2pix's U-Net (no norm on its first layer, zero padding) takes it.
+
     One process draws each example at random (by ``weights`` with ``--balance``). Among
     ``world`` training processes (``styletx.engine.distributed``) each epoch has one order of all
     the examples, the same on every rank (drawn from a generator seeded alike; by the weights, with
@@ -272,12 +289,24 @@ class CropSampler:
             index_a = self._index("a")
             index_b = index_a if self.paired else self._index("b")
             a, b = self._example("a", index_a), self._example("b", index_b)
-            position_a = self._position(a)
-            # A pair shares its crop and flip so the two halves stay aligned.
-            position_b = position_a if self.paired else self._position(b)
-            batch["a"].append(self._cut(a, position_a))
-            batch["b"].append(self._cut(b, position_b))
+            if self.paired:  # a pair shares its crop and flip so the two halves stay aligned
+                position = self._position(a)
+                batch["a"].append(self._cut(a, position))
+                batch["b"].append(self._cut(b, position))
+            else:
+                batch["a"].append(self._crop_with_content(a))
+                batch["b"].append(self._crop_with_content(b))
         return {side: torch.stack(items) for side, items in batch.items()}
+
+    def _crop_with_content(self, x: torch.Tensor) -> torch.Tensor:
+        """A random crop of ``x`` that is not flat (see the class): drawn again while it is,
+        then jittered. A crop with content takes as many draws as before."""
+        for _ in range(FLAT_TRIES):
+            crop = self._cut(x, self._position(x))
+            if not is_flat(crop):
+                return crop
+        noise = torch.rand(crop.shape, generator=self.generator) * 2 - 1
+        return crop + FLAT_JITTER * noise
 
     def centre_crop(self, side: str, index: int) -> torch.Tensor:
         """The deterministic centre crop ``(C, h, w)`` of one example."""
@@ -406,6 +435,12 @@ class Prefetcher:
 
     def resume(self) -> None:
         self.batches = read_ahead(self._draw(), self.depth, "styletx-prefetch")
+
+
+def is_flat(x: torch.Tensor) -> bool:
+    """Does every channel of ``(C, ...)`` hold one value (to within ``FLAT_RANGE``)?"""
+    values = x.flatten(1)
+    return bool((values.amax(1) - values.amin(1) < FLAT_RANGE).all())
 
 
 def _pad_to(x: torch.Tensor, h: int | None, w: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from styletx.engine.data import (
     Reader,
     check_folder,
     encode_all,
+    is_flat,
     list_files,
     load_folder,
 )
@@ -119,21 +120,29 @@ def reading_workers(requested: int | None) -> int:
 
 def encode_examples(data: FolderData, encoder: Encoder,
                     width: int) -> list[tuple[Path, torch.Tensor]]:
-    """Encode every sample once, as (file, tensor); one narrower than a training crop is
-    reported and dropped."""
-    kept = []
+    """Encode every sample once, as (file, tensor); one narrower than a training crop, or flat
+    (one value in each channel: nothing to learn from, see ``styletx.engine.data.FLAT_RANGE``),
+    is reported and dropped."""
+    kept, short, flat = [], 0, 0
     for path, tensor in zip(data.files, encode_all(data.samples, encoder)):
         if tensor.shape[-1] < width:
             log.warning("skipping %s: shorter than one training segment (%d < %d frames)",
                         path, tensor.shape[-1], width)
+            short += 1
+        elif is_flat(tensor):
+            log.warning("skipping %s: one value all over, a blank image (nothing to learn "
+                        "from)", path)
+            flat += 1
         else:
             kept.append((path, tensor))
     if not kept:
-        raise UsageError(f"{data.folder}: none of its {len(data.files)} readable file(s) is as "
-                         f"long as one training segment ({width} frames); use longer files or "
-                         "a smaller --size")
+        why = [f"{short} shorter than one training segment ({width} frames): use longer files "
+               "or a smaller --size" if short else "",
+               f"{flat} blank: one value all over" if flat else ""]
+        raise UsageError(f"{data.folder}: none of its {len(data.files)} readable file(s) can be "
+                         f"trained on ({'; '.join(w for w in why if w)})")
     if len(kept) < len(data.files):
-        log.info("%s: %d of %d readable file(s) are long enough to train on", data.folder,
+        log.info("%s: %d of %d readable file(s) can be trained on", data.folder,
                  len(kept), len(data.files))
     return kept
 
