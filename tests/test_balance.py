@@ -4,6 +4,7 @@ them, reproducibly across a resume, and a real training run draws a rare kind mo
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -113,6 +114,38 @@ def test_sampler_draws_by_the_weights_and_restores_them():
     assert torch.equal(drawn, redrawn)
     assert again.weights["b"] is None  # side b still uniform
 
+
+
+def test_saved_weights_for_another_number_of_files_are_estimated_again(caplog, monkeypatch):
+    """Files removed from (or added to) a folder between two runs of the same command: the
+    checkpoint's weights and epoch order (one entry per example) no longer fit, and are
+    dropped (they drew an example that is no longer there: an IndexError), with a line."""
+    def examples(count):
+        return {side: [torch.rand(1, 4, 4) for _ in range(count)] for side in "ab"}
+
+    sharded = CropSampler(examples(12), (4, 4), batch_size=4, flip=False, paired=False, seed=0,
+                          world=2)
+    sharded.weights["a"] = torch.full((12,), 1 / 12, dtype=torch.float64)
+    sharded.next_batch()
+    state = sharded.state_dict()
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
+    with caplog.at_level(logging.INFO, logger="styletx"):
+        fewer = CropSampler(examples(10), (4, 4), batch_size=4, flip=False, paired=False, seed=0,
+                            world=2)
+        fewer.load_state_dict(state)
+    assert fewer.weights["a"] is None and fewer.weights_dropped
+    assert fewer.orders["a"] is None and fewer.orders["b"] is None
+    assert ("A: 10 training examples now, 12 at the checkpoint: the --balance weights are "
+            "estimated again") in caplog.messages
+    assert ("B: 10 training examples now, 12 at the checkpoint: a new epoch begins"
+            in caplog.messages)
+    for _ in range(10):
+        fewer.next_batch()
+    same = CropSampler(examples(12), (4, 4), batch_size=4, flip=False, paired=False, seed=0,
+                       world=2)
+    same.load_state_dict(state)
+    assert torch.equal(same.weights["a"], state["weights_a"]) and not same.weights_dropped
+    assert torch.equal(same.orders["b"], state["order_b"])
 
 
 def _scenes_with_two_noise_images(folder) -> set[str]:
@@ -249,3 +282,21 @@ def test_a_balanced_run_resumes_balanced(styletx, scenes, tmp_path):
     other = styletx(*command, "--steps", "10", "--balance", "--balance-every", "3")
     assert other.exit_code == 2
     assert f"{run} was trained with --balance-every 2, not 3" in other.error_lines[0]
+
+
+def test_a_balanced_run_resumes_with_files_removed(styletx, data, tmp_path):
+    """Two training files deleted between the runs: the saved weights drew an example that
+    was gone (an IndexError's traceback); now they are estimated again at once."""
+    run = tmp_path / "run"
+    command = ("train", data["a"], data["b"], "--model", "vaegan", *TINY, "--size", "16",
+               "--out", run, "--balance", "--balance-every", "4")
+    assert styletx(*command, "--steps", "2").exit_code == 0
+    for path in sorted(data["a"].iterdir())[:2]:
+        path.unlink()
+    resumed = styletx(*command, "--steps", "6")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert ("A: 10 training examples now, 12 at the checkpoint: the --balance weights are "
+            "estimated again") in resumed.stderr
+    steps = [e["step"] for e in map(json.loads, (run / "log.jsonl").read_text().splitlines())
+             if "balance" in e]
+    assert steps == [0, 2, 4]

@@ -239,6 +239,7 @@ class CropSampler:
         self.order_generator = torch.Generator().manual_seed(seed)
         self.orders: dict[str, torch.Tensor | None] = {side: None for side in examples}
         self.cursors = {side: 0 for side in examples}
+        self.weights_dropped = False  # saved weights that did not fit the examples (see below)
 
     def _randint(self, high: int) -> int:
         return int(torch.randint(high, (1,), generator=self.generator))
@@ -337,16 +338,34 @@ class CropSampler:
         if self.rank > 0:
             seed = int(torch.randint(2**62, (1,), generator=self.generator))
             self.generator = torch.Generator().manual_seed(seed + self.rank)
+        # Files added to or removed from a folder since the checkpoint: what was saved per
+        # example (the --balance weights, an epoch's order) no longer fits, and is dropped.
         for side in self.weights:
-            self.weights[side] = state.get(f"weights_{side}")
+            weights = state.get(f"weights_{side}")
+            if weights is not None and not self._fits(side, weights, "the --balance weights "
+                                                      "are estimated again"):
+                weights, self.weights_dropped = None, True
+            self.weights[side] = weights
         if "order_generator" in state:
             self.order_generator.set_state(state["order_generator"])
         saved_world = int(state.get("world", 1))
         for side in self.orders:
-            if f"order_{side}" in state:
-                self.orders[side] = state[f"order_{side}"]
+            order = state.get(f"order_{side}")
+            if order is not None and self._fits(side, order, "a new epoch begins"):
+                self.orders[side] = order
                 drawn = int(state[f"cursor_{side}"]) * saved_world  # this epoch, by all ranks
                 self.cursors[side] = drawn // self.world
+
+    def _fits(self, side: str, saved: torch.Tensor, what: str) -> bool:
+        """Is ``saved`` (one entry per example of ``side``) for as many examples as there are
+        now? If not, say so (once, on the first process)."""
+        count = len(self.examples[side])
+        if len(saved) == count:
+            return True
+        if self.rank == 0:
+            log.info("%s: %d training examples now, %d at the checkpoint: %s", side.upper(),
+                     count, len(saved), what)
+        return False
 
 
 def read_ahead(items: Iterator[T], depth: int, name: str = "styletx-read-ahead") -> Iterator[T]:

@@ -278,8 +278,10 @@ class Loop:
 
     def _one_step(self) -> bool:
         """One training step; True when the loop must stop after it (on every process)."""
-        if self.settings.balance and self.step % self.settings.balance_every == 0:
+        if self.settings.balance and (self.step % self.settings.balance_every == 0
+                                      or self.sampler.weights_dropped):
             self._rebalance()
+            self.sampler.weights_dropped = False
         batch = {k: v.to(self.device, non_blocking=True, memory_format=self.memory_format)
                  for k, v in self.batches.next_batch().items()}
         if self.settings.compile:  # CUDA graphs: buffers of the last step may be reused now
