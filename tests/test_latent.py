@@ -545,3 +545,16 @@ def test_runs_saved_before_the_typicality_score_keep_their_elbo_scores(vae, tmp_
     written = latent.traverse(run, held[0], None, tmp_path / "t", steps=2)
     busiest = sorted(range(len(std)), key=lambda d: -std[d])[:4]
     assert [p.name for p in written[:4]] == [f"dim{d:02d}.png" for d in busiest]
+
+
+def test_scoring_passes_hold_a_bounded_number_of_pixels():
+    """A pass of 16 examples at the default preset's 256-px scale held 3.5 GB (more than
+    training them): large examples go through a few at a time, small ones 16 at a time, every
+    one once and with its own shape."""
+    items = ([torch.zeros(3, 286, 381)] * 12 + [torch.zeros(3, 72, 96)] * 40
+             + [torch.zeros(1, 80, 2000)])
+    batches = list(latent._batches(items))
+    assert sorted(i for _, part in batches for i in part) == list(range(len(items)))
+    assert all(len(part) * batch[0, 0].numel() <= latent.PASS_PIXELS or len(part) == 1
+               for batch, part in batches)
+    assert [len(part) for _, part in batches] == [2] * 6 + [16, 16, 8] + [1]

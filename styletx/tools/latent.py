@@ -80,7 +80,11 @@ STATS = "latent.json"
 THRESHOLD_QUANTILE = 0.95  # the training scores' quantile the threshold is built on
 THRESHOLD_MARGIN = 1.3  # flagged above this many times that quantile (measured, see above)
 ROW = 8  # sample grids: tiles per row
-BATCH = 16  # examples scored per forward pass
+BATCH = 16  # examples scored per forward pass, at most
+PASS_PIXELS = 256 * 256 * 4  # ... and elements of a map (pixels; bins x frames) in all: 12
+#                              photos at the default preset's 256-px scale took 3.5 GB in one
+#                              pass, more than training them (a GPU could run out of memory after
+#                              training); this is what a training batch of 4 at 256 px holds
 FEATURES = ("fine detail", "coarse detail", "edge orientation", "normalised contrast",
             "contrast spread", "reconstruction")
 ONE_SIDED = ("reconstruction",)  # unusual only when high: reconstructing well is not unusual
@@ -699,11 +703,13 @@ def _pieces(x: torch.Tensor, chunk: int | None) -> list[tuple[torch.Tensor, int]
 
 
 def _batches(items: list[torch.Tensor]) -> Iterable[tuple[torch.Tensor, list[int]]]:
-    """Batches of at most BATCH tensors of one shape, as float32 ``(N, C, H, W)``, each with
-    the indices of its tensors in ``items``."""
+    """Batches of tensors of one shape, at most BATCH of them and PASS_PIXELS elements of a
+    map in all (at least one tensor), as float32 ``(N, C, H, W)``, each with the indices of
+    its tensors in ``items``."""
     for indices in group_by_shape(items).values():
-        for start in range(0, len(indices), BATCH):
-            part = indices[start : start + BATCH]
+        size = max(1, min(BATCH, PASS_PIXELS // items[indices[0]][0].numel()))
+        for start in range(0, len(indices), size):
+            part = indices[start : start + size]
             yield torch.stack([items[i] for i in part]).float(), part
 
 
