@@ -85,6 +85,27 @@ def test_training_out_of_memory_says_what_to_lower(styletx, data, tmp_path, monk
     #                                                  saves from its first steps on
 
 
+def test_out_of_memory_after_training_keeps_the_steps(styletx, data, tmp_path, monkeypatch):
+    """The vaegan scores its training examples once trained (latent.json): running out of
+    memory there was a generic error that did not say the steps were saved."""
+    run = tmp_path / "run"
+    command = ("train", data["a"], data["b"], "--model", "vaegan", "--out", run, *TINY,
+               "--steps", "2", "--size", "16")
+    with monkeypatch.context() as patch:
+        patch.setattr("styletx.tools.latent.save_training_statistics",
+                      lambda *args, **kwargs: allocate_too_much())
+        result = styletx(*command)
+    assert result.exit_code == 1
+    assert result.error_lines == [
+        "Error: out of memory after training, while the vaegan model wrote its extra outputs "
+        f"(an allocation of 1048576.00 GiB failed); {run} is trained to step 2 and the same "
+        "command writes them"]
+    assert not (run / "latent.json").exists()
+    again = styletx(*command)
+    assert again.exit_code == 0, again.stderr
+    assert (run / "latent.json").is_file()
+
+
 def test_a_gpu_running_out_elsewhere_suggests_the_cpu(styletx, trained_run, tmp_path,
                                                       monkeypatch):
     def load_run(*args, **kwargs):

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 from styletx.contract.errors import (
+    CPU_ALLOCATION_FAILED,
+    USE_THE_CPU,
     StyletxError,
     UsageError,
     WriteError,
@@ -482,6 +484,15 @@ class Loop:
                 f"interrupted after training, while the {self.translator.name} model wrote its "
                 f"extra outputs; {out} is trained to step {self.step} and the same command "
                 "writes them") from None
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            self.group.finish()
+            advice = "" if CPU_ALLOCATION_FAILED in str(exc) else f" ({USE_THE_CPU})"
+            raise StyletxError(out_of_memory_problem(
+                exc, f"after training, while the {self.translator.name} model wrote its extra "
+                f"outputs", f"{out} is trained to step {self.step} and the same command writes "
+                f"them{advice}")) from None
 
 
 def _why_training_stopped(exc: BaseException, device: torch.device, step: int, plan,
