@@ -298,8 +298,9 @@ def _training_scores(run: Run, side: str) -> dict[str, Any]:
 def sample(run: Run | Path | str, side: str, n: int, out: Path | str, seed: int = 0,
            size: int | None = None, prior: bool = False) -> list[Path]:
     """Decode ``n`` drawn latents with ``side``'s decoder and write them through the domain's
-    preview, 8 per row (images: one grid ``OUT/samples.png``; audio: spectrograms in
-    ``OUT/samples.png`` and a clip per tile, ``OUT/samples-a0.wav`` ...). Each latent has the
+    preview, 8 per row (more above 8 x 26: at most 26 rows; images: one grid
+    ``OUT/samples.png``; audio: spectrograms in ``OUT/samples.png`` and a clip per tile,
+    ``OUT/samples-a0.wav`` ...). Each latent has the
     shape of a training crop's, or with ``size`` of a crop of that size as ``train --size``
     means it (images: ``size`` pixels square; audio: ``size`` frames).
 
