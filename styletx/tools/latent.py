@@ -300,9 +300,9 @@ def sample(run: Run | Path | str, side: str, n: int, out: Path | str, seed: int 
     """Decode ``n`` drawn latents with ``side``'s decoder and write them through the domain's
     preview, 8 per row (more above 8 x 26: at most 26 rows; images: one grid
     ``OUT/samples.png``; audio: spectrograms in ``OUT/samples.png`` and a clip per tile,
-    ``OUT/samples-a0.wav`` ...). Each latent has the
-    shape of a training crop's, or with ``size`` of a crop of that size as ``train --size``
-    means it (images: ``size`` pixels square; audio: ``size`` frames).
+    ``OUT/samples-a0.wav`` ...). Each latent has the shape of a training crop's, or with
+    ``size`` of a crop of that size as ``train --size`` means it (images: ``size`` pixels
+    square; audio: ``size`` frames).
 
     Latents are drawn from a Gaussian field fitted to the training posteriors (``latent_draws``)
     when ``latent.json`` has one; from the prior N(0, I) with ``prior`` or for older runs.
