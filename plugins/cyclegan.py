@@ -811,7 +811,8 @@ class CycleGAN(styletx.Translator):
     # -- inference ------------------------------------------------------------------------
     def translate(self, x: torch.Tensor, direction: str) -> torch.Tensor:
         """``(N, C_src, H, W) -> (N, C_dst, H, W)`` float32 on x's device. ResNet generator: H,
-        W divisible by 4 and at least 8; voice generator: H = bins, any W (it pads itself).
+        W divisible by 4 and at least 8; local generator: at least 2; voice generator: H =
+        bins, any W (it pads itself).
 
         Runs in the networks' current mode (instance norm acts the same in both)."""
         src, _ = direction_sides(direction)
@@ -823,10 +824,12 @@ class CycleGAN(styletx.Translator):
             if h != self.config.bins:
                 raise ValueError(f"the voice generator is built for {self.config.bins} "
                                  f"frequency bins, got {h}")
-        elif h % self.size_multiple or w % self.size_multiple or min(h, w) < 8:
+        elif self.config.generator == "resnet" and (h % 4 or w % 4 or min(h, w) < 8):
             # >= 8: the reflection padding at 1/4 resolution needs 2 pixels to reflect
-            raise ValueError(f"height and width must be multiples of {self.size_multiple} and "
-                             f"at least 8, got {h}x{w} (pad the input)")
+            raise ValueError(f"height and width must be multiples of 4 and at least 8, got "
+                             f"{h}x{w} (pad the input)")
+        elif min(h, w) < 2:  # the local generator's reflection padding: 2 pixels to reflect
+            raise ValueError(f"height and width must be at least 2, got {h}x{w} (pad the input)")
         net = self._translator_net(direction)
         with torch.no_grad(), self.autocast():
             y = net(x.to(self.device, torch.float32))

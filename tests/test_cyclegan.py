@@ -927,3 +927,20 @@ def test_discriminator_regularisers_train_and_are_validated():
                 dict(lr_colour=0.0)):
         with pytest.raises(UsageError):
             CycleGANConfig(**bad)
+
+
+@pytest.mark.parametrize("settings, multiple", [(dict(generator="local", colour_path=4), 1),
+                                               (dict(generator="resnet"), 4)])
+def test_images_of_a_few_pixels_translate_once_padded(settings, multiple):
+    """The fast preset's local generator takes any side of 2 or more, but translate asked for
+    8 as the ResNet's does: a 3 x 2 favicon stopped a whole convert with a traceback. Padded
+    as convert pads (pad_for_network), a 1-pixel image translates with either generator."""
+    from styletx.engine.apply import pad_for_network
+
+    model = small_model(**settings)
+    assert model.size_multiple == multiple
+    for h, w in [(1, 1), (2, 3), (7, 100)]:
+        x = pad_for_network(torch.rand(1, 3, h, w) * 2 - 1, multiple)
+        assert model.translate(x, "a2b").shape == x.shape
+    with pytest.raises(ValueError, match="at least"):
+        model.translate(torch.rand(1, 3, 1, 1), "a2b")
