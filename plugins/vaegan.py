@@ -752,14 +752,17 @@ class VAEGAN(LatentTranslator):
         return (c.lambda_recon * l1 + c.beta * kl).to(x.device)
 
     def preview(self, batch: dict[str, torch.Tensor]) -> list[list[tuple[str, torch.Tensor]]]:
-        """Per side: (input, translated, reconstructed through its own VAE), posterior means."""
+        """Per side: (input, translated as ``translate`` translates it, reconstructed through
+        its own VAE from the posterior mean). The translation is not the target decoder's raw
+        output: with ``detail_skip`` (the fast preset) that was a blurred, blocky tile where
+        ``convert`` gives a sharp one, and a user judged the run by it."""
         rows = []
         for src, dst in (("a", "b"), ("b", "a")):
             x = batch[src][:1]
+            y = self.translate(x, f"{src}2{dst}")
             with torch.no_grad(), self.autocast():
                 mu, _ = self._encode(x, src)
-                y, rec = (_crop(self.decoders[side](mu), x.shape[-2:]).float().to(x.device)
-                          for side in (dst, src))
+                rec = _crop(self.decoders[src](mu), x.shape[-2:]).float().to(x.device)
             rows.append([(src, x[0]), (dst, y[0]), (src, rec[0])])
         return rows
 

@@ -464,3 +464,22 @@ def test_trains_resumes_and_converts_through_the_trainer(scenes, tmp_path, monke
     assert not report.failed and len(report.converted) == 3
     for src, dst in report.converted:  # any size: 40 x 40 scenes, trained on 16-pixel crops
         assert Image.open(dst).size == Image.open(src).size
+
+
+def test_the_preview_shows_the_translation_convert_gives():
+    """With detail_skip (the fast preset) a translation is the input plus gated changes; the
+    preview showed the target decoder's raw output instead, a blurred tile where convert
+    gives a sharp one."""
+    torch.manual_seed(0)
+    model = small_model(detail_skip=True, latent_gate=True, colour_path=4)
+    model.configure_optimizers(total_steps=10)
+    batch = {"a": torch.rand(2, 3, 16, 16) * 2 - 1, "b": torch.rand(2, 3, 16, 16) * 2 - 1}
+    for step in range(2):
+        model.training_step(batch, step)
+    model.train(False)
+    rows = model.preview(batch)
+    for (src, x), (dst, translated), _ in rows:
+        assert torch.equal(translated, model.translate(x[None], f"{src}2{dst}")[0])
+        with torch.no_grad():
+            raw = model.decoders[dst](model.encode_latent(x[None], src)[0])[0]
+        assert not torch.allclose(translated, raw, atol=1e-3)
