@@ -2,7 +2,8 @@
 
 A loaded image is an ``ImageSample``: float32 pixels ``(H, W, C)`` in [0, 1] with C = 1 or 3,
 the alpha channel kept aside (training ignores it, conversion puts it back), and enough of the
-source's metadata (mode, format, bit depth) to write the converted file like the original.
+source's metadata (mode, format, bit depth; colour profile, EXIF, resolution) to write the
+converted file like the original.
 Encoders map pixels to tensors ``(C, H, W)`` in [-1, 1], the range of a tanh generator.
 """
 
@@ -28,6 +29,11 @@ SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}  # formats Pillow writes 16-bit grayscale 
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 GRAY_MODES = {"1", "L", "LA", "La"} | SIXTEEN_BIT_MODES
 ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
+# EXIF kept in converted images: the main directory's description of the photograph
+# (ImageDescription, Make, Model, Software, DateTime, Artist, Copyright) and the Exif and GPS
+# directories (exposure, lens, the time taken, the place)
+EXIF_DESCRIPTION = {0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298}
+EXIF_DIRECTORIES = (0x8769, 0x8825)
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
 
 log = logging.getLogger("styletx")
@@ -66,8 +72,9 @@ def _quantise(values: np.ndarray, dtype: type) -> np.ndarray:
 # reading
 
 
-def _open(path: Path) -> tuple[Image.Image, str | None]:
-    """Open and fully decode ``path``; every failure becomes a ``BadInputError``."""
+def _open(path: Path) -> tuple[Image.Image, str | None, dict]:
+    """Open and fully decode ``path``, upright: (the image, its format, its
+    ``ImageSample.metadata``); every failure becomes a ``BadInputError``."""
     if not path.exists():
         raise BadInputError(path, "no such file")
     if not path.is_file():
@@ -100,11 +107,12 @@ def _open(path: Path) -> tuple[Image.Image, str | None]:
         with img:
             # Decode now: Pillow is lazy, and truncation only shows when pixels are read.
             img.load()
+            metadata = _metadata(img)  # before the turn: a turned TIFF has no tags left
             img = ImageOps.exif_transpose(img)  # a copy with orientation applied
     # Decoders raise OSError, ValueError, SyntaxError, struct.error, EOFError...: catch all.
     except Exception as exc:  # noqa: BLE001
         raise BadInputError(path, f"corrupt or truncated image ({_reason(exc)})") from None
-    return img, fmt
+    return img, fmt, metadata
 
 
 def _reason(exc: BaseException) -> str:
@@ -112,7 +120,29 @@ def _reason(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _to_sample(img: Image.Image, fmt: str | None) -> ImageSample:
+def _metadata(img: Image.Image) -> dict:
+    """What ``ImageSample.metadata`` keeps of an opened image's own data."""
+    metadata = {"icc_profile": img.info.get("icc_profile"), "dpi": img.info.get("dpi"),
+                "exif": _exif_about_the_photo(img)}
+    return {key: value for key, value in metadata.items() if value}
+
+
+def _exif_about_the_photo(img: Image.Image) -> bytes | None:
+    """The EXIF tags that describe the photograph, not how its pixels are stored: the main
+    directory's ``EXIF_DESCRIPTION`` tags and the whole Exif and GPS directories (a TIFF's
+    main directory is its own header, and a JPEG's holds the orientation, which the loaded
+    pixels no longer need)."""
+    source, kept = img.getexif(), Image.Exif()
+    for tag in EXIF_DESCRIPTION & source.keys():
+        kept[tag] = source[tag]
+    directories = {pointer: source.get_ifd(pointer) for pointer in EXIF_DIRECTORIES}
+    for pointer, directory in directories.items():
+        if directory:
+            kept.get_ifd(pointer).update(directory)
+    return kept.tobytes() if len(kept) or any(directories.values()) else None
+
+
+def _to_sample(img: Image.Image, fmt: str | None, metadata: dict) -> ImageSample:
     """Any Pillow mode -> gray or RGB float pixels, alpha apart, 16-bit values kept."""
     mode = img.mode
     if mode in SIXTEEN_BIT_MODES:
@@ -120,7 +150,7 @@ def _to_sample(img: Image.Image, fmt: str | None) -> ImageSample:
         # "I" is how some Pillow versions open 16-bit PNGs; "F" is a float TIFF, in [0, 1].
         scale = 1.0 if mode == "F" else 65535.0
         pixels = np.clip(values / scale, 0, 1)[:, :, None]
-        return ImageSample(np.ascontiguousarray(pixels), None, mode, fmt, 16)
+        return ImageSample(np.ascontiguousarray(pixels), None, mode, fmt, 16, metadata)
     has_alpha = mode in ALPHA_MODES or "transparency" in img.info
     gray = mode in GRAY_MODES
     target = mode_for(1 if gray else 3, has_alpha)  # P, CMYK, YCbCr, ... become RGB(A)
@@ -130,7 +160,7 @@ def _to_sample(img: Image.Image, fmt: str | None) -> ImageSample:
     channels = 1 if gray else 3
     pixels = np.ascontiguousarray(values[:, :, :channels])
     alpha = np.ascontiguousarray(values[:, :, channels]) if has_alpha else None
-    return ImageSample(pixels, alpha, mode, fmt, 8)
+    return ImageSample(pixels, alpha, mode, fmt, 8, metadata)
 
 
 # -----------------------------------------------------------------------------
@@ -158,6 +188,18 @@ def _to_pil(sample: ImageSample, fmt: str) -> Image.Image:
     return Image.fromarray(values[:, :, 0] if values.shape[2] == 1 else values)
 
 
+def _metadata_options(sample: ImageSample) -> dict:
+    """Pillow's save options that write the source's metadata back (formats without a place
+    for one ignore it): its colour profile where it describes the written channels (a CMYK
+    profile does not describe the RGB written for a CMYK JPEG; dropping a wide-gamut photo's
+    Display P3 profile would show it in sRGB, duller), its EXIF and resolution."""
+    options = {key: sample.metadata[key] for key in ("exif", "dpi") if key in sample.metadata}
+    profile = sample.metadata.get("icc_profile")
+    if profile and profile[16:20] == (b"GRAY" if sample.channels == 1 else b"RGB "):
+        options["icc_profile"] = profile  # bytes 16-19: the profile's colour space
+    return options
+
+
 # -----------------------------------------------------------------------------
 # the domain
 
@@ -167,12 +209,11 @@ class ImageDomain(styletx.Domain):
 
     name = "image"
     tiles = True  # large photos are converted in tiles: bounded memory
-    extensions = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+    extensions = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".webp", ".bmp", ".tif", ".tiff")
     flip_augment = True
 
     def load(self, path: Path) -> ImageSample:
-        img, fmt = _open(Path(path))
-        return _to_sample(img, fmt)
+        return _to_sample(*_open(Path(path)))
 
     def save(self, sample: ImageSample, path: Path) -> None:
         """Write in the format named by the suffix, so a temporary file must keep it."""
@@ -182,7 +223,8 @@ class ImageDomain(styletx.Domain):
             _WARNED.add(fmt)  # once a process: the user chose the format for every output
             log.warning("%s files hold no transparency: the alpha channel of the inputs that "
                         "have one is dropped (PNG, WebP and TIFF keep it)", fmt)
-        _to_pil(sample, fmt).save(path, format=fmt, **SAVE_OPTIONS.get(fmt, {}))
+        _to_pil(sample, fmt).save(path, format=fmt, **SAVE_OPTIONS.get(fmt, {}),
+                                  **_metadata_options(sample))
 
     def from_array(self, array: np.ndarray) -> ImageSample:
         try:
@@ -267,7 +309,7 @@ def _tensor_to_sample(tensor: torch.Tensor, channels: int, like: ImageSample | N
     alpha = None if like.alpha is None else _resize(like.alpha, h, w)
     # Same channel count: keep the source's mode (P, I;16, ...); else name what we now hold.
     mode = like.mode if like.channels == channels else mode_for(channels, alpha is not None)
-    return ImageSample(pixels, alpha, mode, like.format, like.bits)
+    return ImageSample(pixels, alpha, mode, like.format, like.bits, like.metadata)
 
 
 class RGBEncoder(styletx.Encoder):

@@ -156,6 +156,47 @@ def test_exif_orientation_is_applied(tmp_path, domain):
     assert domain.load(tmp_path / "o.jpg").pixels.shape == (W, H, 3)
 
 
+def _profile(space: bytes) -> bytes:
+    """An sRGB ICC profile, with its colour space field (bytes 16-19) set to ``space``."""
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return profile[:16] + space + profile[20:]
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif"])
+def test_a_converted_image_keeps_its_profile_exif_and_resolution(tmp_path, domain, suffix):
+    """They were dropped: a Display P3 photo then shows in sRGB, duller; a photo library
+    loses its date and camera. The orientation is not kept: the pixels are upright."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0132], exif[0x0112] = "Canon", "2024:01:02 03:04:05", 6
+    source, out = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}"
+    Image.fromarray(gradient_rgb()).save(source, icc_profile=_profile(b"RGB "),
+                                         exif=exif.tobytes(), dpi=(300, 300))
+    sample = domain.load(source)
+    enc = RGBEncoder()
+    domain.save(enc.decode(enc.encode(sample), like=sample), out)
+    with Image.open(out) as img:
+        assert img.size == (H, W)  # upright
+        assert img.info["icc_profile"] == _profile(b"RGB ")
+        tags = {tag: value for tag, value in img.getexif().items()  # a TIFF's: its header too
+                if tag in (0x010F, 0x0132, 0x0112)}
+        assert tags == {0x010F: "Canon", 0x0132: "2024:01:02 03:04:05"}
+        if suffix != ".webp":  # WebP has no resolution field
+            assert img.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+
+
+def test_a_profile_of_other_channels_is_not_written(tmp_path, domain):
+    """A CMYK JPEG is converted to RGB: its CMYK profile does not describe what is written."""
+    Image.fromarray(gradient_rgb()).convert("CMYK").save(tmp_path / "c.jpg",
+                                                         icc_profile=_profile(b"CMYK"))
+    sample = domain.load(tmp_path / "c.jpg")
+    assert sample.metadata["icc_profile"][16:20] == b"CMYK"
+    domain.save(sample, tmp_path / "out.jpg")
+    with Image.open(tmp_path / "out.jpg") as img:
+        assert "icc_profile" not in img.info
+
+
 # -- saving -------------------------------------------------------------------------------
 
 

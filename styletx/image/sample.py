@@ -16,6 +16,9 @@ class ImageSample:
     mode:   the source's Pillow mode ("RGB", "RGBA", "L", "LA", "P", "I;16", ...)
     format: the source's Pillow format ("PNG", "JPEG", ...), None for arrays
     bits:   bits per channel of the source, 8 or 16
+    metadata: what the source file said about itself, written back with a converted image:
+            "icc_profile" (bytes: the colour space its values are in), "exif" (bytes: camera,
+            date...; without the orientation, as the pixels are upright), "dpi" ((x, y))
     """
 
     pixels: np.ndarray
@@ -23,6 +26,7 @@ class ImageSample:
     mode: str = ""  # empty: named from the channels ("L", "LA", "RGB", "RGBA")
     format: str | None = None
     bits: int = 8
+    metadata: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         p = self.pixels
