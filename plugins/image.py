@@ -107,6 +107,9 @@ def _open(path: Path) -> tuple[Image.Image, str | None, dict]:
         with img:
             # Decode now: Pillow is lazy, and truncation only shows when pixels are read.
             img.load()
+            if getattr(img, "n_frames", 1) > 1:  # a multi-page TIFF, an animated WebP or PNG
+                log.warning("%s: %d pages or frames; only the first is read", path,
+                            img.n_frames)
             metadata = _metadata(img)  # before the turn: a turned TIFF has no tags left
             img = ImageOps.exif_transpose(img)  # a copy with orientation applied
     # Decoders raise OSError, ValueError, SyntaxError, struct.error, EOFError...: catch all.

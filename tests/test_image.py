@@ -197,6 +197,20 @@ def test_a_profile_of_other_channels_is_not_written(tmp_path, domain):
         assert "icc_profile" not in img.info
 
 
+def test_a_file_of_several_pages_is_read_as_its_first_with_a_warning(tmp_path, domain, caplog,
+                                                                    monkeypatch):
+    import logging
+
+    pages = [Image.fromarray(gradient_rgb()), Image.new("RGB", (W, H), (255, 0, 0))]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="styletx"):
+        sample = domain.load(tmp_path / "pages.tif")
+    assert np.array_equal(np.round(sample.pixels * 255).astype(np.uint8), gradient_rgb())
+    assert caplog.messages == [f"{tmp_path / 'pages.tif'}: 2 pages or frames; only the first "
+                               "is read"]
+
+
 # -- saving -------------------------------------------------------------------------------
 
 
