@@ -191,6 +191,13 @@ def _to_pil(sample: ImageSample, fmt: str) -> Image.Image:
     return Image.fromarray(values[:, :, 0] if values.shape[2] == 1 else values)
 
 
+def _looks_gray(sample: ImageSample) -> bool:
+    """One channel, or three within two 8-bit levels of each other (a black-and-white photo
+    saved as RGB, perhaps as a JPEG)."""
+    pixels = sample.pixels
+    return pixels.shape[2] == 1 or float(np.ptp(pixels, axis=2).max()) <= 2 / 255
+
+
 def _metadata_options(sample: ImageSample) -> dict:
     """Pillow's save options that write the source's metadata back (formats without a place
     for one ignore it): its colour profile where it describes the written channels (a CMYK
@@ -228,6 +235,23 @@ class ImageDomain(styletx.Domain):
                         "have one is dropped (PNG, WebP and TIFF keep it)", fmt)
         _to_pil(sample, fmt).save(path, format=fmt, **SAVE_OPTIONS.get(fmt, {}),
                                   **_metadata_options(sample))
+
+    def compare_folders(self, samples: dict[str, Sequence[ImageSample]]) -> list[str]:
+        """Gray images in part of one folder and none in the other: an unpaired model learns
+        that gray turns to colour (or the reverse) as part of the style, and converts gray
+        inputs so (a trial's scans and gray photos among colour ones came out green). A
+        folder of gray images only is a task of its own (colourising) and not warned about."""
+        gray = {side: sum(map(_looks_gray, items)) for side, items in samples.items()}
+        warnings = []
+        for side, other in (("a", "b"), ("b", "a")):
+            count = len(samples[side])
+            if 0 < gray[side] < count and gray[other] == 0:
+                warnings.append(
+                    f"{gray[side]} of the {count} {side.upper()}_DIR files are gray and no "
+                    f"{other.upper()}_DIR file is: the model learns to turn gray into colour "
+                    "as part of the style; leave them out, or add gray examples to "
+                    f"{other.upper()}_DIR")
+        return warnings
 
     def from_array(self, array: np.ndarray) -> ImageSample:
         try:

@@ -416,3 +416,27 @@ def test_a_very_large_image_is_one_warning_line_and_a_too_large_one_a_bad_input(
             "could be decompression bomb DOS attack.); reading it anyway"]
         with pytest.raises(BadInputError, match="image too large"):
             ImageDomain().load(huge)
+
+
+def test_gray_images_in_part_of_one_folder_only_are_warned_about(domain, tmp_path, styletx):
+    """A trial's scans and gray photos among colour ones in A, none in B: the model learnt to
+    colour gray inputs green. A folder of gray images only is a task (colourising)."""
+    colour = ImageSample.from_array(gradient_rgb())
+    gray = ImageSample.from_array(gradient_rgb()[:, :, 0])
+    gray_rgb = ImageSample.from_array(np.repeat(gradient_rgb()[:, :, :1], 3, axis=2))
+    warned = domain.compare_folders({"a": [colour, gray, gray_rgb], "b": [colour, colour]})
+    assert warned == ["2 of the 3 A_DIR files are gray and no B_DIR file is: the model learns "
+                      "to turn gray into colour as part of the style; leave them out, or add "
+                      "gray examples to B_DIR"]
+    assert domain.compare_folders({"a": [gray, gray_rgb], "b": [colour]}) == []
+    assert domain.compare_folders({"a": [colour, gray], "b": [colour, gray]}) == []
+
+    for folder, images in (("a", [gradient_rgb(), gradient_rgb()[:, :, 0]]),
+                           ("b", [gradient_rgb()[::-1], gradient_rgb()[:, ::-1]])):
+        (tmp_path / folder).mkdir()
+        for i, pixels in enumerate(images):
+            Image.fromarray(pixels).save(tmp_path / folder / f"{i}.png")
+    result = styletx("train", tmp_path / "a", tmp_path / "b", "--preset", "tiny", "--steps",
+                     "1", "--size", "16", "--out", tmp_path / "run", "--threads", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "Warning: 1 of the 2 A_DIR files are gray and no B_DIR file is" in result.stderr

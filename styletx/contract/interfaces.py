@@ -77,6 +77,12 @@ class Domain(ABC):
         (files too short for a training crop are reported after it, when they are encoded)."""
         return f"{len(samples)} readable {self.name} file(s)"
 
+    def compare_folders(self, samples: dict[str, Sequence[Sample]]) -> list[str]:
+        """Warnings about an unpaired model's two training folders taken together (``samples``
+        by side, "a" and "b"), each one line printed before training: e.g. a kind of file
+        only one folder has in part, which the model would learn as part of the style."""
+        return []
+
     def from_array(self, array: Any) -> Sample:
         """An in-memory array (e.g. an image ``(H, W, C)``) as a sample, for the Python API."""
         raise NotImplementedError(f"the {self.name} domain does not convert arrays")

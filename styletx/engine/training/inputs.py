@@ -104,6 +104,10 @@ def load_data(dom: Domain, a_dir: Path, b_dir: Path | None, out: Path, size: int
     for side, data in folders.items():
         log.info("%s: %s: %s%s", side.upper(), data.folder, dom.describe(data.samples),
                  f" ({len(data.skipped)} file(s) skipped)" if data.skipped else "")
+    if not paired:  # a pair's halves differ on purpose (say, gray to colour)
+        for warning in dom.compare_folders({side: data.samples
+                                            for side, data in folders.items()}):
+            log.warning("%s", warning)
     return folders
 
 
