@@ -125,8 +125,12 @@ def _reason(exc: BaseException) -> str:
 
 def _metadata(img: Image.Image) -> dict:
     """What ``ImageSample.metadata`` keeps of an opened image's own data."""
+    try:
+        exif = _exif_about_the_photo(img)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block must not refuse the picture
+        exif = None
     metadata = {"icc_profile": img.info.get("icc_profile"), "dpi": img.info.get("dpi"),
-                "exif": _exif_about_the_photo(img)}
+                "exif": exif}
     return {key: value for key, value in metadata.items() if value}
 
 

@@ -186,6 +186,14 @@ def test_a_converted_image_keeps_its_profile_exif_and_resolution(tmp_path, domai
             assert img.info["dpi"] == pytest.approx((300, 300), abs=0.01)
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_a_malformed_exif_block_does_not_refuse_the_picture(tmp_path, domain):
+    broken = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x0f\x00\x02\xff\xff\xff\xff"
+    Image.fromarray(gradient_rgb()).save(tmp_path / "e.jpg", exif=broken)
+    sample = domain.load(tmp_path / "e.jpg")
+    assert sample.pixels.shape == (H, W, 3) and "exif" not in sample.metadata
+
+
 def test_a_profile_of_other_channels_is_not_written(tmp_path, domain):
     """A CMYK JPEG is converted to RGB: its CMYK profile does not describe what is written."""
     Image.fromarray(gradient_rgb()).convert("CMYK").save(tmp_path / "c.jpg",
