@@ -74,12 +74,17 @@ def allocation_size(exc: BaseException) -> str:
     return found.group(1) if found else ""
 
 
+def device_advice(exc: BaseException) -> str:
+    """For an out-of-memory ``exc``: to use the CPU when a GPU ran out, else nothing."""
+    return "" if CPU_ALLOCATION_FAILED in str(exc) else USE_THE_CPU
+
+
 def out_of_memory_problem(exc: BaseException, doing: str, advice: str | None = None) -> str:
     """One line for an out-of-memory ``exc`` that happened while ``doing``; the advice, by
-    default, is to use the CPU when a GPU ran out."""
+    default, ``device_advice``'s."""
     size = allocation_size(exc)
     if advice is None:
-        advice = "" if CPU_ALLOCATION_FAILED in str(exc) else USE_THE_CPU
+        advice = device_advice(exc)
     line = f"out of memory {doing}".rstrip()
     return (line + (f" (an allocation of {size} failed)" if size else "")
             + (f"; {advice}" if advice else ""))

@@ -22,11 +22,10 @@ from typing import Any
 import torch
 
 from styletx.contract.errors import (
-    CPU_ALLOCATION_FAILED,
-    USE_THE_CPU,
     StyletxError,
     UsageError,
     WriteError,
+    device_advice,
     is_out_of_memory,
     one_line,
     out_of_memory_problem,
@@ -488,11 +487,11 @@ class Loop:
             if not is_out_of_memory(exc):
                 raise
             self.group.finish()
-            advice = "" if CPU_ALLOCATION_FAILED in str(exc) else f" ({USE_THE_CPU})"
+            advice = device_advice(exc)
             raise StyletxError(out_of_memory_problem(
                 exc, f"after training, while the {self.translator.name} model wrote its extra "
                 f"outputs", f"{out} is trained to step {self.step} and the same command writes "
-                f"them{advice}")) from None
+                f"them" + (f" ({advice})" if advice else ""))) from None
 
 
 def _why_training_stopped(exc: BaseException, device: torch.device, step: int, plan,
