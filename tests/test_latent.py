@@ -6,6 +6,7 @@ about 45 s)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 
@@ -106,6 +107,31 @@ def test_training_statistics(vae):
         assert len(stats[side]["latent_mean"]) == model.translator.latent_channels
         assert max(stats[side]["latent_std"]) > 0
 
+
+
+def test_training_statistics_come_from_at_most_stats_examples_a_side(vae, tmp_path, monkeypatch,
+                                                                     caplog):
+    """Each example costs about a training step (3 s for a photo with the default preset on a
+    CPU): a few hundred photos were minutes of silence after the last step. A cap, evenly
+    spread over the examples, and progress lines where no bar is drawn."""
+    monkeypatch.setattr(latent, "STATS_EXAMPLES", 5)
+    monkeypatch.setattr("styletx.engine.progress.LINE_SECONDS", 0)
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
+    model = load_run(vae["run"], device="cpu")
+    encoder, domain = model.encoders["a"], model.domain
+    examples = {side: [encoder.encode(domain.prepare_for_training(domain.load(path), CROP))
+                       for path in sorted(vae["train"].iterdir())[:12]] for side in "ab"}
+    scored = []
+    elbo = model.translator.negative_elbo
+    monkeypatch.setattr(model.translator, "negative_elbo",
+                        lambda x, side: scored.append(len(x)) or elbo(x, side))
+    with caplog.at_level(logging.INFO, logger="styletx"), torch.no_grad():
+        latent.save_training_statistics(tmp_path, model.translator, examples, "cpu")
+    stats = latent.load_training_statistics(tmp_path)
+    assert sum(scored) == 10 and [len(stats[side]["scores"]) for side in "ab"] == [5, 5]
+    assert "scoring 10 of the 24 (evenly spread) training examples" in caplog.text
+    assert "scoring the training examples for latent.json: 20 of 20 examples" in caplog.text
+    assert latent._evenly(list(range(12)), 5) == [0, 2, 4, 7, 9]
 
 # -- sample -------------------------------------------------------------------------------------
 def test_sample_writes_a_grid_of_n_tiles(vae, styletx, tmp_path):

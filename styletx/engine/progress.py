@@ -8,13 +8,18 @@ no bar, so that the commands' plain progress lines (written where the bar is off
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 from typing import Any
 
 from tqdm import tqdm
 
+log = logging.getLogger("styletx")
+
 MIN_COLUMNS = 20  # narrower than this, a bar shows nothing useful: plain lines instead
+LINE_SECONDS = 30  # where no bar is drawn, Progress logs a line this often
 
 
 def progress_bar(iterable: Any = None, enabled: bool = True, **options: Any) -> tqdm:
@@ -31,3 +36,23 @@ def terminal_columns() -> int:
         return os.get_terminal_size(sys.stderr.fileno()).columns
     except (OSError, ValueError, AttributeError):  # not a terminal, or no file descriptor
         return sys.maxsize
+
+
+class Progress:
+    """Counted work that may take minutes: a bar where one is drawn, else (a log file, CI) an
+    info line every ``LINE_SECONDS``, so that quiet work is never taken for a hang."""
+
+    def __init__(self, total: int, what: str, unit: str, enabled: bool = True):
+        self.what, self.unit, self.done = what, unit, 0
+        self.bar = progress_bar(total=total, desc=what, unit=unit, leave=False, enabled=enabled)
+        self.logged_at = time.monotonic()
+
+    def update(self, count: int) -> None:
+        self.done += count
+        self.bar.update(count)
+        if self.bar.disable and time.monotonic() - self.logged_at >= LINE_SECONDS:
+            self.logged_at = time.monotonic()
+            log.info("%s: %d of %d %ss", self.what, self.done, self.bar.total, self.unit)
+
+    def close(self) -> None:
+        self.bar.close()
