@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -369,26 +368,24 @@ def convert(run, inputs, out_dir, direction, batch_size, out_format, device, kee
 
     from styletx.engine.convert import load_run
     from styletx.engine.model import parse_settings
-    from styletx.engine.progress import progress_bar
+    from styletx.engine.progress import Progress
 
     model = load_run(run, device=device, registry=registry(), keep_dropout=keep_dropout,
                      precision=precision, normalize=normalize, vocoder=vocoder,
                      settings=parse_settings(settings))
-    with progress_bar(unit="file") as bar:
-        progress = _PlainProgress(bar, "converted")
+    with Progress("converted", "file(s)") as progress:
 
         def on_file(src, dst, problem):
-            bar.update(1)
             if problem:
                 tqdm.write(f"Error: {src}: {problem}", file=sys.stderr)
-            progress.tick()
+            progress.update()
 
         try:
             report = model.convert_files(inputs, out_dir, direction, batch_size,
                                          on_file=on_file, out_format=out_format,
                                          on_start=progress.start)
         except KeyboardInterrupt:  # what is there is whole: say how much that is
-            bar.close()
+            progress.close()
             click.echo(f"Error: interrupted after {progress.done} of {progress.total or '?'} "
                        f"file(s); those written into {out_dir} are complete", err=True)
             sys.exit(130)
@@ -396,32 +393,6 @@ def convert(run, inputs, out_dir, direction, batch_size, out_format, device, kee
                + (f"; {len(report.failed)} failed" if report.failed else ""))
     if report.failed:
         sys.exit(1)
-
-
-class _PlainProgress:
-    """Without a terminal (CI, `| tee`, nohup) the bar is off: a plain line now and then, with
-    the count, the speed and the time left, as training prints."""
-
-    EVERY = 10.0  # seconds between lines
-
-    def __init__(self, bar, verb: str, unit: str = "file(s)"):
-        self.bar, self.verb, self.unit, self.total, self.done = bar, verb, unit, None, 0
-        self.began = self.printed = time.monotonic()
-
-    def start(self, total: int) -> None:
-        self.total = self.bar.total = total
-        self.bar.refresh()
-
-    def tick(self) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if not self.bar.disable or now - self.printed < self.EVERY or self.done == self.total:
-            return
-        self.printed = now
-        rate = self.done / max(now - self.began, 1e-9)
-        left = f", {(self.total - self.done) / rate:.0f} s left" if self.total else ""
-        log.info("%s %d/%s %s (%.2f/s%s)", self.verb, self.done, self.total or "?", self.unit,
-                 rate, left)
 
 
 @cli.command()
@@ -451,19 +422,17 @@ def evaluate(run, a_test, b_test, direction, aligned, as_json, device, vocoder, 
     from styletx.engine.convert import load_run
     from styletx.engine.evaluate import evaluate as run_evaluation
     from styletx.engine.model import parse_settings
-    from styletx.engine.progress import progress_bar
+    from styletx.engine.progress import Progress
 
     model = load_run(run, device=device, registry=registry(), vocoder=vocoder,
                      settings=parse_settings(settings))
 
-    with progress_bar(unit="pair") as bar:
-        progress = _PlainProgress(bar, "evaluated", "pair(s)")
+    with Progress("evaluated", "pair(s)") as progress:
 
         def on_pair(name, problem):
-            bar.update(1)
             if problem:
                 tqdm.write(f"Error: {name}: {problem}", file=sys.stderr)
-            progress.tick()
+            progress.update()
 
         result = run_evaluation(model, a_test, b_test, direction, aligned, on_pair=on_pair,
                                 on_start=progress.start)

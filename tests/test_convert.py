@@ -150,9 +150,7 @@ def test_convert_without_a_terminal_prints_progress_lines(styletx, trained_run, 
                                                            monkeypatch):
     """No progress bar when stderr is not a terminal: a plain line now and then (here: after
     every file) with the count, the speed and the time left."""
-    from styletx.cli import _PlainProgress
-
-    monkeypatch.setattr(_PlainProgress, "EVERY", 0.0)
+    monkeypatch.setattr("styletx.engine.progress.LINE_SECONDS", 0.0)
     count = len(list(data["test_a"].glob("*.png")))
     result = styletx("convert", trained_run, data["test_a"], "-o", tmp_path / "out")
     assert result.exit_code == 0, result.stderr

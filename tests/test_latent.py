@@ -115,6 +115,7 @@ def test_training_statistics_come_from_at_most_stats_examples_a_side(vae, tmp_pa
     CPU): a few hundred photos were minutes of silence after the last step. A cap, evenly
     spread over the examples, and progress lines where no bar is drawn."""
     monkeypatch.setattr(latent, "STATS_EXAMPLES", 5)
+    monkeypatch.setattr(latent, "BATCH", 2)  # progress after 2 and 4 examples
     monkeypatch.setattr("styletx.engine.progress.LINE_SECONDS", 0)
     monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
     model = load_run(vae["run"], device="cpu")
@@ -128,9 +129,10 @@ def test_training_statistics_come_from_at_most_stats_examples_a_side(vae, tmp_pa
     with caplog.at_level(logging.INFO, logger="styletx"), torch.no_grad():
         latent.save_training_statistics(tmp_path, model.translator, examples, "cpu")
     stats = latent.load_training_statistics(tmp_path)
-    assert sum(scored) == 10 and [len(stats[side]["scores"]) for side in "ab"] == [5, 5]
+    assert sum(scored) == 10 and max(scored) == 2 and [len(stats[side]["scores"]) for side in "ab"] == [5, 5]
     assert "scoring 10 of the 24 (evenly spread) training examples" in caplog.text
-    assert "scoring the training examples for latent.json: 20 of 20 examples" in caplog.text
+    for what in ("scored the features", "encoded the latents"):
+        assert f"latent.json: {what} of side B, 4/5 example(s)" in caplog.text
     assert latent._evenly(list(range(12)), 5) == [0, 2, 4, 7, 9]
 
 # -- sample -------------------------------------------------------------------------------------

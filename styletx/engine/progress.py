@@ -19,7 +19,7 @@ from tqdm import tqdm
 log = logging.getLogger("styletx")
 
 MIN_COLUMNS = 20  # narrower than this, a bar shows nothing useful: plain lines instead
-LINE_SECONDS = 30  # where no bar is drawn, Progress logs a line this often
+LINE_SECONDS = 10.0  # where no bar is drawn, Progress logs a line this often
 
 
 def progress_bar(iterable: Any = None, enabled: bool = True, **options: Any) -> tqdm:
@@ -38,21 +38,38 @@ def terminal_columns() -> int:
         return sys.maxsize
 
 
+
 class Progress:
-    """Counted work that may take minutes: a bar where one is drawn, else (a log file, CI) an
-    info line every ``LINE_SECONDS``, so that quiet work is never taken for a hang."""
+    """Counted work that may take minutes: a bar where one is drawn; else (CI, ``| tee``,
+    nohup) a plain line every ``LINE_SECONDS`` with the count, the speed and the time left, as
+    training prints, so that quiet work is never taken for a hang."""
 
-    def __init__(self, total: int, what: str, unit: str, enabled: bool = True):
-        self.what, self.unit, self.done = what, unit, 0
-        self.bar = progress_bar(total=total, desc=what, unit=unit, leave=False, enabled=enabled)
-        self.logged_at = time.monotonic()
+    def __init__(self, verb: str, unit: str, total: int | None = None, leave: bool = True):
+        self.verb, self.unit, self.total, self.done = verb, unit, total, 0
+        self.bar = progress_bar(total=total, unit=unit, leave=leave)
+        self.began = self.printed = time.monotonic()
 
-    def update(self, count: int) -> None:
+    def start(self, total: int) -> None:
+        self.total = self.bar.total = total
+        self.bar.refresh()
+
+    def update(self, count: int = 1) -> None:
         self.done += count
         self.bar.update(count)
-        if self.bar.disable and time.monotonic() - self.logged_at >= LINE_SECONDS:
-            self.logged_at = time.monotonic()
-            log.info("%s: %d of %d %ss", self.what, self.done, self.bar.total, self.unit)
+        now = time.monotonic()
+        if not self.bar.disable or now - self.printed < LINE_SECONDS or self.done == self.total:
+            return
+        self.printed = now
+        rate = self.done / max(now - self.began, 1e-9)
+        left = f", {(self.total - self.done) / rate:.0f} s left" if self.total else ""
+        log.info("%s %d/%s %s (%.2f/s%s)", self.verb, self.done, self.total or "?", self.unit,
+                 rate, left)
 
     def close(self) -> None:
         self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -134,28 +134,29 @@ def save_training_statistics(run: Path, translator: LatentTranslator,
     log.info("scoring %s training examples for %s (the outlier check, sample, traverse)",
              count if count == available else f"{count} of the {available} (evenly spread)",
              STATS)
-    progress = Progress(2 * count, f"scoring the training examples for {STATS}", "example")
-    try:
-        for side in SIDES:
-            if chosen[side]:
-                stats[side] = _side_statistics(translator, chosen[side], side, chunk, device,
-                                               progress)
-    finally:
-        progress.close()
+    for side in SIDES:
+        if chosen[side]:
+            stats[side] = _side_statistics(translator, chosen[side], side, chunk, device)
     stats["threshold"] = {"quantile": THRESHOLD_QUANTILE, "margin": THRESHOLD_MARGIN}
     write_json(Path(run) / STATS, stats)
     log.info("wrote %s in %.0f s", Path(run) / STATS, time.monotonic() - started)
 
 
 def _side_statistics(translator: LatentTranslator, items: list[torch.Tensor], side: str,
-                     chunk: int | None, device: Any, progress: Progress) -> dict[str, Any]:
-    features = _features(translator, items, side, chunk, device, progress)
+                     chunk: int | None, device: Any) -> dict[str, Any]:
+    def progress(what: str) -> Progress:  # a pass over the examples: a bar or log lines
+        return Progress(f"{STATS}: {what} of side {side.upper()},", "example(s)", len(items),
+                        leave=False)
+
+    with progress("scored the features") as scored:
+        features = _features(translator, items, side, chunk, device, scored)
     typicality = {"features": list(FEATURES),
                   "mean": [round(v, 6) for v in features.mean(0).tolist()],
                   "std": [round(v, 6) for v in
                           features.std(0, correction=0).clamp(min=MIN_SPREAD).tolist()],
                   "memorisation_gap": MEMORISATION_GAP}
-    field = _latent_field(translator, items, side, chunk, device, progress)
+    with progress("encoded the latents") as latents:
+        field = _latent_field(translator, items, side, chunk, device, latents)
     return {
         "typicality": typicality,
         "scores": sorted(_combined(features, typicality).tolist()),
