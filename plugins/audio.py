@@ -245,7 +245,7 @@ class MelEncoder(SpectrogramEncoder):
         from styletx.audio.dsp import stft_magnitude
 
         p = self.params
-        waves = [self.resample(s) for s in samples]
+        waves = [self.wave_to_encode(s) for s in samples]
         linear = np.concatenate([stft_magnitude(w, p["n_fft"], p["hop"]) for w in waves], axis=1)
         self._fit_pitch(waves)
         del waves  # the decoder's fit below needs only the spectrograms

@@ -32,6 +32,11 @@ LOUDNESS_FRAME = 0.02  # s: loudness is followed in frames of this length
 SILENCE_DB = -50.0  # a source frame this far below its loudest frame counts as silence
 LIMITER_WINDOW = 0.04  # s: the peak limiter turns the gain down and up again over this long
 SILENCE_PEAK = 1e-4  # a wave whose peak is below this (-80 dBFS) is pure silence
+LEVEL_DB = -20.0  # dBFS: every wave is encoded at this speech level (levelled); measured: a
+#                   match model fed its held-out sentence 20 dB quieter than its training
+#                   recordings gave 186 Hz for the target's 208, 30 dB quieter the source's
+#                   100 Hz (the log spectrogram shifts by the gain, and the model never saw that)
+LEVEL_RANGE_DB = 40.0  # frames this far below the loud frames do not count in the level
 
 
 def is_silent(wave: np.ndarray) -> bool:
@@ -98,6 +103,22 @@ def limit_peaks(wave: np.ndarray, rate: int, ceiling: float = PEAK,
     return np.clip(wave * gain, -ceiling, ceiling).astype(np.float32)  # the clip: rounding
 
 
+def levelled(wave: np.ndarray, rate: int, level_db: float = LEVEL_DB) -> np.ndarray:
+    """``wave`` scaled so that its speech level (the RMS over the frames within
+    ``LEVEL_RANGE_DB`` of its loud frames: pauses do not count) is ``level_db`` dBFS; a silent
+    wave as it is. The loud frames are the 95th percentile of the frame levels, so that a click
+    does not set the level."""
+    if is_silent(wave):
+        return wave
+    frames = _frame_rms(wave, max(1, round(LOUDNESS_FRAME * rate)))
+    loud = float(np.percentile(frames, 95))
+    sounding = frames[frames >= loud * 10 ** (-LEVEL_RANGE_DB / 20)]
+    level = float(np.sqrt(np.mean(sounding ** 2)))
+    if level == 0.0:
+        return wave
+    return (wave * (10 ** (level_db / 20) / level)).astype(np.float32)
+
+
 def _frame_rms(wave: np.ndarray, frame: int) -> np.ndarray:
     """RMS of consecutive frames of ``frame`` samples (the last one partial)."""
     count = -(-len(wave) // frame)
@@ -158,6 +179,7 @@ class SpectrogramEncoder(Encoder):
         self.mean = np.zeros(self.bins, np.float32)
         self.std = np.ones(self.bins, np.float32)
         self.pitch = None  # [centre, spread] of the voice's log F0, for --vocoder world
+        self.level_db = LEVEL_DB  # None: waves encoded at their own level (runs fitted before it)
 
     # -- subclass parts: the bins, the log spectrogram and its linear magnitude --------------
     @property
@@ -178,8 +200,16 @@ class SpectrogramEncoder(Encoder):
     def resample(self, sample: AudioSample) -> np.ndarray:
         return resampled(sample, self.params["rate"])
 
+    def wave_to_encode(self, sample: AudioSample) -> np.ndarray:
+        """The sample's wave at the encoder's rate and speech level (``levelled``): the model
+        sees every recording at one level, so a quiet one converts as a loud one does (the
+        output is brought back to the input's own loudness, ``scaled_output``)."""
+        wave = self.resample(sample)
+        return wave if self.level_db is None else levelled(wave, self.params["rate"],
+                                                           self.level_db)
+
     def fit(self, samples: Sequence[AudioSample]) -> None:
-        waves = [self.resample(s) for s in samples]
+        waves = [self.wave_to_encode(s) for s in samples]
         self._fit_statistics(np.concatenate([self.log_spectrogram(w) for w in waves], axis=1))
         self._fit_pitch(waves)
 
@@ -196,19 +226,23 @@ class SpectrogramEncoder(Encoder):
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {"mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std)}
+        if self.level_db is not None:
+            state["level_db"] = torch.tensor(self.level_db, dtype=torch.float64)
         if self.pitch is not None:
             state["pitch"] = torch.from_numpy(np.asarray(self.pitch, np.float64))
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Statistics; a run fitted without pyworld installed, or by an earlier styletx,
-        has no pitch."""
+        has no pitch, and one fitted before levelling no level (its recordings are encoded at their
+        own level, as it was trained)."""
         self.mean = state["mean"].numpy().astype(np.float32)
         self.std = state["std"].numpy().astype(np.float32)
+        self.level_db = float(state["level_db"]) if "level_db" in state else None
         self.pitch = state["pitch"].numpy().astype(np.float64) if "pitch" in state else None
 
     def encode(self, sample: AudioSample) -> torch.Tensor:
-        log_spec = self.log_spectrogram(self.resample(sample))
+        log_spec = self.log_spectrogram(self.wave_to_encode(sample))
         normalised = (log_spec - self.mean[:, None]) / self.std[:, None]
         return torch.from_numpy(normalised.astype(np.float32))[None]
 
