@@ -254,6 +254,27 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(scenes, tmp_path, cap
     assert runs.load_checkpoint(run)[1]["step"] == 3
 
 
+
+@pytest.mark.parametrize("lost", [(runs.WEIGHTS,), (runs.WEIGHTS, runs.RESUME)])
+def test_a_lost_weights_file_is_never_a_new_run(styletx, scenes, tmp_path, lost):
+    """A run folder without model.safetensors was taken for a new run: training started at
+    step 1 and its saves replaced .previous/, the last good checkpoint (a trial lost 400
+    steps so). It resumes from .previous/ now, and convert uses it, both with a warning."""
+    run = tmp_path / "run"
+    train(scenes["a"], scenes["b"], run, preset="tiny", settings=_settings(2))
+    for name in lost:
+        (run / name).unlink()
+    converted = styletx("convert", run, scenes["test_a"], "-o", tmp_path / "out")
+    assert converted.exit_code == 0, converted.stderr
+    assert "weights file is missing" in converted.stderr
+    assert "using the previous checkpoint (step 1)" in converted.stderr
+    resumed = styletx("train", scenes["a"], scenes["b"], "--out", run,
+                      *CLI_ARGS[:6], "--steps", "3", *CLI_ARGS[8:])
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "resuming from the previous checkpoint (step 1)" in resumed.stderr
+    steps = [json.loads(line)["step"] for line in (run / runs.LOG).read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
 def test_both_checkpoints_damaged_is_one_line(styletx, scenes, tmp_path):
     run = tmp_path / "run"
     train(scenes["a"], scenes["b"], run, preset="tiny", settings=_settings(2))

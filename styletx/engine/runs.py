@@ -128,9 +128,27 @@ def _file_digest(path: Path) -> str:
 
 
 def load_weights(run: Path) -> tuple[dict[str, torch.Tensor], int]:
-    """The tensors of ``model.safetensors`` and the step they were saved at."""
-    tensors, metadata = _read_weights(run / WEIGHTS)
+    """The tensors of ``model.safetensors`` and the step they were saved at; those of the
+    previous checkpoint, with a warning, when the file is missing or damaged."""
+    try:
+        tensors, metadata = _read_weights(run / WEIGHTS)
+    except StyletxError as problem:
+        if not (run / PREVIOUS / WEIGHTS).is_file():
+            raise
+        try:
+            tensors, metadata = _read_weights(run / PREVIOUS / WEIGHTS)
+        except StyletxError:
+            raise StyletxError(f"{problem}; the previous checkpoint in {run / PREVIOUS} is "
+                               "not usable either") from None
+        log.warning("%s; using the previous checkpoint (step %s)", problem,
+                    metadata.get("step", "?"))
     return tensors, int(metadata.get("step", -1))
+
+
+def has_checkpoint(run: Path) -> bool:
+    """Has training saved anything in ``run``? Then it must be resumed, never started over:
+    a run whose model.safetensors was lost still has its resume state or .previous/."""
+    return any((run / name).exists() for name in (WEIGHTS, RESUME, Path(PREVIOUS) / WEIGHTS))
 
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

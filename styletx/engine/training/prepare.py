@@ -25,7 +25,7 @@ from styletx.engine.model import (
     make_config,
 )
 from styletx.engine.run_config import DataSource, RunConfig, TrainPlan
-from styletx.engine.runs import LOCK, WEIGHTS, is_run_folder, load_checkpoint
+from styletx.engine.runs import LOCK, has_checkpoint, is_run_folder, load_checkpoint
 from styletx.engine.training.inputs import (
     check_encoder,
     check_folders,
@@ -106,7 +106,7 @@ def saved_config(out: Path) -> RunConfig | None:
     if not out.exists():
         return None
     if is_run_folder(out):
-        return RunConfig.read(out) if (out / WEIGHTS).exists() else None
+        return RunConfig.read(out) if has_checkpoint(out) else None
     if any(p.name != LOCK for p in out.iterdir()):  # the lock: see holds_run_lock
         raise UsageError(f"--out {out}: folder exists, is not empty and is not a styletx run")
     return None
