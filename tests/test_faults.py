@@ -366,6 +366,25 @@ def test_stale_temporary_files_of_dead_processes_are_removed(scenes, tmp_path):
     assert all(p.exists() for p in kept)
 
 
+
+def test_convert_and_export_remove_what_a_kill_left_of_their_outputs(styletx, scenes, tmp_path):
+    """A kill -9 mid-write leaves atomic_path's temporary (no ``finally`` runs); a rerun left it
+    for good. Now it removes those of the files it writes, and no one else's."""
+    run = tmp_path / "run"
+    train(scenes["a"], scenes["b"], run, preset="tiny", settings=_settings(1))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    name = sorted(scenes["test_a"].iterdir())[0].stem
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [out / f".{name}.tmp-{dead}.png", tmp_path / f".model.tmp-{dead}.onnx"]
+    kept = [out / f".holiday.tmp-{dead}.png", out / f".{name}.tmp-{os.getppid()}.png"]
+    for path in stale + kept:
+        path.write_bytes(b"\0" * 100)
+    assert styletx("convert", run, scenes["test_a"], "-o", out).exit_code == 0
+    assert styletx("export", run, "-o", tmp_path / "model.onnx").exit_code == 0
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
 # -- two trainers on one folder --------------------------------------------------------------
 
 HOLD_LOCK = """

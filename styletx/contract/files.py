@@ -8,8 +8,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from styletx.contract.errors import UsageError, WriteError, is_out_of_memory
 
 FULL_DISK_BYTES = 1 << 20  # a write that failed with less free space than this ran out of it
 NO_SPACE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
+TEMPORARY = re.compile(r"^\.(.+)\.tmp-(\d+)(\.\w+)?$")  # atomic_path's names: ".NAME.tmp-PID.EXT"
 
 
 @contextlib.contextmanager
@@ -29,7 +31,7 @@ def atomic_path(path: Path, commit: bool = True) -> Iterator[Path]:
     ``write_error``); the temporary file is removed whatever happens. With ``commit`` False the
     caller fsyncs and renames it (``save_checkpoint`` renames two files together).
     """
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    tmp = temporary_path(path)
     try:
         blocker = file_in_the_way(path.parent)
         if blocker is not None:
@@ -48,6 +50,44 @@ def atomic_path(path: Path, commit: bool = True) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):  # e.g. the folder could not be made
             tmp.unlink(missing_ok=True)
+
+
+def temporary_path(path: Path) -> Path:
+    """Where ``atomic_path`` writes ``path`` first: ``.NAME.tmp-PID.EXT`` beside it."""
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+def remove_stale_temporaries(folder: Path, of: Iterable[Path] | None = None) -> list[Path]:
+    """Remove the temporary files (and folders) of ``atomic_path`` in ``folder`` whose process
+    is gone (killed mid-write: no ``finally`` ran); only those of the paths ``of`` when given
+    (an output folder also holds the user's own files). Returns what was removed."""
+    names = None if of is None else {(p.stem, p.suffix) for p in of if p.parent == folder}
+    removed = []
+    for entry in list(folder.iterdir()) if folder.is_dir() else []:
+        found = TEMPORARY.match(entry.name)
+        if found is None or _alive(int(found.group(2))):
+            continue
+        if names is not None and (found.group(1), found.group(3) or "") not in names:
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
 
 
 def _fsync(path: Path) -> None:

@@ -38,7 +38,7 @@ from styletx.contract.errors import (
     not_a,
     out_of_memory_problem,
 )
-from styletx.contract.files import atomic_path, check_output_folder
+from styletx.contract.files import atomic_path, check_output_folder, remove_stale_temporaries
 from styletx.contract.interfaces import Sample, direction_sides
 from styletx.contract.registry import Registry, get_registry
 from styletx.engine.apply import (
@@ -389,7 +389,10 @@ class Run:
             jobs += self._jobs_of(item, out_dir, suffix, seen)
         if not jobs:
             raise UsageError(f"no {self.domain.name} files to convert in the given inputs")
-        replaced = [dst for _, dst in jobs if dst is not None and dst.exists()]
+        outputs = [dst for _, dst in jobs if dst is not None]
+        for folder in {dst.parent for dst in outputs}:  # what a conversion killed mid-write left
+            remove_stale_temporaries(folder, of=outputs)
+        replaced = [dst for dst in outputs if dst.exists()]
         if replaced:  # e.g. a second run into the same folder: say so rather than lose them quietly
             log.warning("replacing %d existing file(s) in %s, e.g. %s",
                         len(replaced), out_dir, replaced[0])

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from styletx.contract.errors import StyletxError, UsageError
-from styletx.contract.files import atomic_path
+from styletx.contract.files import atomic_path, remove_stale_temporaries
 from styletx.contract.interfaces import direction_sides
 from styletx.engine.apply import PadCrop
 
@@ -131,6 +131,7 @@ def export(run, direction: str, fmt: str | None, out: Path | str,
     if fmt == "onnx":
         _require_onnx_exporter()
     example = _Examples(run.translator.channels[source], _fixed_height(run, source))
+    remove_stale_temporaries(out.parent, of=[out])  # an export killed mid-write left its own
     with atomic_path(out) as tmp:
         _write(fmt, model, example, tmp, run.translator.name)
         try:

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import pickle
-import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from styletx.contract.errors import StyletxError, UsageError, one_line
 from styletx.contract.files import (
@@ -47,6 +46,7 @@ from styletx.contract.files import (
     write_atomic,
     write_error,
 )
+from styletx.contract.files import remove_stale_temporaries as remove_stale
 
 log = logging.getLogger("styletx")
 
@@ -56,7 +56,6 @@ CONFIG, WEIGHTS, RESUME, LOG, SAMPLES = (
 PREVIOUS = ".previous"  # the checkpoint pair before the last one
 LOCK = ".lock"  # flock-ed by the training process; holds its PID
 TENSORS_DIGEST, RESUME_DIGEST = "sha256", "resume_sha256"  # model.safetensors metadata keys
-TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)(\.\w+)?$")  # atomic_path's names: ".NAME.tmp-PID.EXT"
 REQUIRED_KEYS = ("translator", "preset", "config", "domain", "encoders", "data", "train",
                  "step")
 
@@ -96,17 +95,11 @@ def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _write_weights(tmp: Path, plain: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    save_file(plain, tmp, metadata={**metadata, TENSORS_DIGEST: _tensors_digest(plain)})
-    os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files 0600; follow the umask
-
-
-def _umask() -> int:
-    with contextlib.suppress(OSError, ValueError, StopIteration):  # Linux: read, not set
-        status = Path("/proc/self/status").read_text().splitlines()
-        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
-    mask = os.umask(0o022)  # elsewhere: the only way to read it is to set it
-    os.umask(mask)
-    return mask
+    """The file made in memory and written to ``tmp`` here: safetensors' ``save_file`` writes
+    a ``.tmpXXXXXX`` of its own beside it (0600, and left behind by a kill mid-write, where
+    ``remove_stale_temporaries`` cannot tell it from another program's)."""
+    data = save(plain, metadata={**metadata, TENSORS_DIGEST: _tensors_digest(plain)})
+    tmp.write_bytes(data)
 
 
 def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -449,24 +442,4 @@ def _remove(entry: Path) -> None:
 def remove_stale_temporaries(run: Path) -> list[Path]:
     """Remove the temporary files (and .previous.tmp-PID folders) that saves killed mid-write
     left in ``run`` and its samples/: those whose process is gone. Returns what was removed."""
-    removed = []
-    for folder in (run, run / SAMPLES):
-        entries = list(folder.iterdir()) if folder.is_dir() else []
-        for entry in entries:
-            found = TEMPORARY.match(entry.name)
-            if found and not _alive(int(found.group(1))):
-                _remove(entry)
-                removed.append(entry)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. another user's process
-        return True
-    return True
+    return [*remove_stale(run), *remove_stale(run / SAMPLES)]
