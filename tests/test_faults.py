@@ -485,6 +485,25 @@ def test_hostile_plugin_is_reported_and_the_rest_loads(plugins, name):
     assert {"cyclegan", "cyclegan2"} <= set(registry.translators)
 
 
+
+def test_a_ctrl_c_while_plugins_load_stops_the_command(styletx, plugins, monkeypatch):
+    """The user's Ctrl-C (a SIGINT, here arriving while a plugin imports) was taken for that
+    plugin's failure: "Error loading plugin ...: KeyboardInterrupt", and the command ran on to
+    the end. It stops the command now (exit 130); a plugin's own KeyboardInterrupt is still
+    its failure (test above)."""
+    import styletx.contract.registry as registry_module
+
+    plugins({"slow": "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\n"
+                     "time.sleep(5)\n", "good": GOOD})
+    monkeypatch.setattr(registry_module, "_registry", None)
+    try:
+        result = styletx("plugins")
+    finally:
+        registry_module.reset_registry()
+    assert result.exit_code == 130, result.output
+    assert "Error loading plugin" not in result.stderr and "cyclegan" not in result.stdout
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
 def test_the_cli_survives_a_plugin_that_exits(styletx, plugins, monkeypatch):
     import styletx.contract.registry as registry_module
 

@@ -3,8 +3,8 @@
 Each plugin's hooks are called one plugin at a time so that a broken plugin (import error,
 exception in a hook, a name already taken) is reported by name and skipped, never fatal. That
 includes a plugin that calls ``sys.exit``, raises ``KeyboardInterrupt`` or any other
-``BaseException`` while loading (a Ctrl-C during plugin loading is therefore taken as that
-plugin's failure), and one whose import takes longer than ``STYLETX_PLUGIN_TIMEOUT`` seconds
+``BaseException`` while loading (but a Ctrl-C of the user's, told apart by its signal,
+stops the command), and one whose import takes longer than ``STYLETX_PLUGIN_TIMEOUT`` seconds
 (default 60; only Python code can be interrupted, and only in the main thread).
 Set ``STYLETX_DISABLE_PLUGIN_AUTOLOAD=1`` to load only the built-in plugins.
 
@@ -79,7 +79,8 @@ class Registry:
         return [f'Error loading plugin "{p.name}": {p.error}' for p in self.plugins if p.error]
 
     def load(self, autoload: bool | None = None) -> Registry:
-        with contextlib.redirect_stdout(sys.stderr):  # a plugin's print() keeps --json JSON
+        # a plugin's print() keeps --json JSON
+        with contextlib.redirect_stdout(sys.stderr), _user_interrupts():
             self._load_builtins()
             if autoload is None:
                 autoload = (os.environ.get(DISABLE_AUTOLOAD_ENV, "").lower()
@@ -115,6 +116,8 @@ class Registry:
             self._add(info, module)
 
     def _failed(self, info: PluginInfo, exc: BaseException, problem: str | None = None) -> None:
+        if isinstance(exc, _UserInterrupt):
+            raise exc  # the user's Ctrl-C is no plugin's failure: the command stops
         info.error = problem or _one_line(exc)
         info.error_traceback = "".join(traceback.format_exception(exc))
         if not any(p is info for p in self.plugins):  # not yet listed (an import failure)
@@ -249,6 +252,29 @@ def _shared_prefix(a: str, b: str) -> int:
 
 class _ImportTimeout(BaseException):  # not an Exception: the plugin's own handlers miss it
     pass
+
+
+class _UserInterrupt(KeyboardInterrupt):
+    """A Ctrl-C (SIGINT) while plugins load; a plugin's own KeyboardInterrupt is its failure."""
+
+
+@contextlib.contextmanager
+def _user_interrupts() -> Iterator[None]:
+    """SIGINT raises ``_UserInterrupt`` meanwhile (main thread, default handler only: an
+    ignored SIGINT, as in a background job, stays ignored)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def interrupted(signum, frame):
+        raise _UserInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextlib.contextmanager
