@@ -453,8 +453,11 @@ class Loop:
                                                else "; no checkpoint was saved"))
         if step < total and (self.budget is None or self.stop.requested):
             self.group.finish()
-            raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved in {out}; "
-                                      "run the same command to resume")
+            interrupted = TrainingInterrupted(f"interrupted at step {step}; checkpoint saved in "
+                                              f"{out}; run the same command to resume")
+            if self.stop.received == signal.SIGTERM:  # the shell's convention: 128 + signal
+                interrupted.exit_code = 128 + signal.SIGTERM
+            raise interrupted
         if step < total:  # the time budget is spent: a short fall means the plan was a little
             #               optimistic (the lr was nearly decayed), a long one a much slower one
             report = log.info if step >= 0.9 * total else log.warning
@@ -562,27 +565,33 @@ def _balance_line(side: str, summary: dict[str, Any], count: int) -> str:
 
 
 class _StopAtStepBoundary:
-    """The first Ctrl-C (SIGINT) asks the loop to stop after the current step, so the checkpoint
-    it saves is a consistent state; a second Ctrl-C stops at once (the last checkpoint stays
-    intact, as every write is atomic)."""
+    """The first Ctrl-C (SIGINT) or SIGTERM (what ``kill``, ``docker stop`` and systemd send)
+    asks the loop to stop after the current step, so the checkpoint it saves is a consistent
+    state; a second one stops at once (the last checkpoint stays intact, as every write is
+    atomic). A signal the parent set to be ignored (SIGINT in a background job) stays so."""
 
+    SIGNALS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
     requested = False
+    received: int | None = None  # the signal that asked
 
     def __enter__(self) -> _StopAtStepBoundary:
-        self._previous = None
+        self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for number, default in self.SIGNALS.items():
+                if signal.getsignal(number) is default:
+                    self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        log.warning("stopping after this step (Ctrl-C again to stop at once)")
+        self.requested, self.received = True, signum
+        log.warning("%s: stopping after this step (again to stop at once)",
+                    "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name)
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
 
 
 def _checked_losses(losses: Any, translator: str) -> dict[str, float]:
