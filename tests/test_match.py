@@ -200,6 +200,45 @@ def test_audio_trains_match_by_default_and_a_longer_run_refits_its_sets(voices, 
     assert len(list((tmp_path / "out").glob("*.flac"))) == 2
 
 
+
+def test_a_match_run_stopped_by_ctrl_c_converts_and_resumes_exactly(voices, tmp_path,
+                                                                    monkeypatch, styletx):
+    """A match run stopped by Ctrl-C had no matching sets: "this model has no matching sets
+    yet" until trained to its end (a trial's 1500 steps unusable). It fills them before the
+    stop's checkpoint now; the resumed run still ends with the uninterrupted one's weights."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    import styletx as api
+    from styletx.plugins.match import Match
+
+    def settings(steps):
+        return api.TrainSettings(steps=steps, device="cpu", progress=False, save_every=100)
+
+    straight = tmp_path / "straight"
+    api.train(voices["a"], voices["b"], straight, model="match", preset="tiny",
+              settings=settings(20))
+    original = Match.training_step
+
+    def interrupt_at_10(self, batch, step):
+        if step == 9:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, mid-step
+        return original(self, batch, step)
+
+    monkeypatch.setattr(Match, "training_step", interrupt_at_10)
+    stopped = tmp_path / "stopped"
+    with pytest.raises(api.TrainingInterrupted, match="step 10"):
+        api.train(voices["a"], voices["b"], stopped, model="match", preset="tiny",
+                  settings=settings(20))
+    out = styletx("convert", stopped, voices["test_a"], "-o", tmp_path / "out")
+    assert out.exit_code == 0, out.stderr
+    monkeypatch.setattr(Match, "training_step", original)
+    api.train(voices["a"], voices["b"], stopped, settings=settings(20))
+    a, b = load_file(straight / "model.safetensors"), load_file(stopped / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
 def test_match_refuses_images(data, styletx, tmp_path):
     result = styletx("train", data["a"], data["b"], "--out", tmp_path / "run", "--model",
                      "match", "--steps", "5")

@@ -339,8 +339,10 @@ class Loop:
         if step % self.preview_every == 0 or last:
             self._save_preview()
         minutes_since_save = (time.monotonic() - self.marks.saved_at) / 60
-        if step == self.plan.steps or (stopping and self.out_of_time):
-            self._finish_training()  # done, or out of time (not Ctrl-C): into this checkpoint
+        interrupted = stopping and self.stop.requested
+        if (step == self.plan.steps or (stopping and self.out_of_time)
+                or (interrupted and self.translator.finish_when_interrupted)):
+            self._finish_training()  # done or out of time (Ctrl-C: if needed to convert)
         due = (step % self.save_every == 0 or last
                or minutes_since_save >= self.settings.save_minutes)
         # Never weights that may hold NaN over good ones: a step whose losses were not finite
