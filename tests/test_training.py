@@ -273,6 +273,21 @@ def test_compile_mode_on_each_device_and_a_bad_one(scenes, tmp_path):
               settings=settings(1, compile=True, compile_mode="fastest"))
 
 
+
+def test_progress_lines_follow_the_clock_not_the_log_period(scenes, tmp_path, monkeypatch,
+                                                            caplog):
+    """Without a bar, a progress line was written only at logged steps: a slow voice run
+    logging every 25 steps printed one a minute. It follows PLAIN_LINE_SECONDS now."""
+    from styletx.engine.training import loop
+
+    monkeypatch.setattr(loop, "PLAIN_LINE_SECONDS", 0.0)
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
+    with caplog.at_level(logging.INFO, logger="styletx"):
+        train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny",
+              settings=settings(4, log_every=1000))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+
 def test_a_terminal_of_no_width_gets_plain_progress_lines(monkeypatch):
     """Some container ptys report 0 columns, where tqdm draws a bar of nothing and a run
     looks frozen: there the bar is off, so that the plain progress lines are written."""

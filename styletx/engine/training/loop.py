@@ -335,7 +335,12 @@ class Loop:
         self.bar.update(1)
         self.bar.set_postfix_str(_format_losses(self.losses), refresh=False)
         if step % self.settings.log_every == 0 or last:
-            self._log_step(last)
+            self._log_step()
+        # no progress bar (not a terminal): a plain line every PLAIN_LINE_SECONDS instead (a
+        # slow voice run logged every 25 steps, 60 s apart)
+        if self.bar.disable and (time.monotonic() - self.marks.printed_at >= PLAIN_LINE_SECONDS
+                                 or last):
+            self._print_progress_line()
         if step % self.preview_every == 0 or last:
             self._save_preview()
         minutes_since_save = (time.monotonic() - self.marks.saved_at) / 60
@@ -378,7 +383,7 @@ class Loop:
                 log.warning("%s not refreshed: %s", self.prepared.out / REPORT, one_line(exc))
                 self.marks.report_failed = True
 
-    def _log_step(self, last: bool) -> None:
+    def _log_step(self) -> None:
         marks, step = self.marks, self.step
         rate = (step - marks.tick_step) / max(time.perf_counter() - marks.tick, 1e-9)
         marks.tick, marks.tick_step = time.perf_counter(), step
@@ -390,10 +395,6 @@ class Loop:
                                        "losses": finite})  # JSON has no NaN
         if self.tensorboard is not None:
             self.tensorboard.scalars(step, self.losses, lrs, rate)
-        # no progress bar (not a terminal): a plain line now and then instead
-        if self.bar.disable and (time.monotonic() - marks.printed_at >= PLAIN_LINE_SECONDS
-                                 or last):
-            self._print_progress_line()
 
     def _print_progress_line(self) -> None:
         marks, step, total = self.marks, self.step, self.plan.steps
