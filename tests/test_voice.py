@@ -141,6 +141,19 @@ def test_bad_audio_is_reported_by_convert(voice_run, voices, tmp_path, styletx, 
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["held000.flac"]
 
 
+@pytest.mark.parametrize("fmt, problem", [("mp3", "audio is not written as mp3"),
+                                          ("png", "not an audio format")])
+def test_a_format_audio_is_not_written_in_is_refused_before_any_file(voice_run, voices,
+                                                                     tmp_path, styletx, fmt,
+                                                                     problem):
+    """--format mp3 (a format audio is read in) failed at the first file's write, after its
+    conversion, naming a temporary file; png listed mp3 and ogg as formats."""
+    result = styletx("convert", voice_run, voices["test_a"], "-o", tmp_path / "out",
+                     "--format", fmt)
+    assert result.exit_code == 2
+    assert result.error_lines == [f"Error: --format {fmt}: {problem} (it writes wav, flac)"]
+    assert not (tmp_path / "out").exists()
+
 @pytest.mark.parametrize("normalize", ["loudness", "peak"])
 def test_a_silent_input_converts_to_silence(voice_run, voices, tmp_path, styletx, normalize):
     """It was refused (exit 1), so one empty clip failed a batch; its output is silence as long

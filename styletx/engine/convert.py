@@ -368,10 +368,16 @@ class Run:
         if out_format is None:
             return None
         suffix = "." + out_format.lower().lstrip(".")
-        if suffix not in self.domain.extensions:
-            known = ", ".join(e.lstrip(".") for e in self.domain.extensions)
-            raise UsageError(f"--format {out_format}: {not_a(self.domain.name, 'format')} "
-                             f"({known})")
+        # what the domain writes: the formats whose output name keeps their suffix (audio
+        # reads MP3 and OGG but writes a WAV for them); told before any file is converted
+        writable = [e for e in self.domain.extensions
+                    if Path(self.domain.output_name(Path(f"x{e}"))).suffix.lower() == e]
+        if suffix not in writable:
+            known = ", ".join(e.lstrip(".") for e in writable)
+            problem = (f"{self.domain.name} is not written as {suffix.lstrip('.')}"
+                       if suffix in self.domain.extensions
+                       else not_a(self.domain.name, "format"))
+            raise UsageError(f"--format {out_format}: {problem} (it writes {known})")
         return suffix
 
     def _plan(
