@@ -135,10 +135,10 @@ def test_saved_weights_for_another_number_of_files_are_estimated_again(caplog, m
         fewer.load_state_dict(state)
     assert fewer.weights["a"] is None and fewer.weights_dropped
     assert fewer.orders["a"] is None and fewer.orders["b"] is None
-    assert ("A: 10 training examples now, 12 at the checkpoint: the --balance weights are "
-            "estimated again") in caplog.messages
-    assert ("B: 10 training examples now, 12 at the checkpoint: a new epoch begins"
-            in caplog.messages)
+    assert {"A: the --balance weights are estimated again", "B: a new epoch begins",
+            "B: 10 training examples now, 12 at the checkpoint: training goes on with the "
+            "folder as it is now (encoders fitted when the run began are kept)"
+            } <= set(caplog.messages)
     for _ in range(10):
         fewer.next_batch()
     same = CropSampler(examples(12), (4, 4), batch_size=4, flip=False, paired=False, seed=0,
@@ -295,8 +295,8 @@ def test_a_balanced_run_resumes_with_files_removed(styletx, data, tmp_path):
         path.unlink()
     resumed = styletx(*command, "--steps", "6")
     assert resumed.exit_code == 0, resumed.stderr
-    assert ("A: 10 training examples now, 12 at the checkpoint: the --balance weights are "
-            "estimated again") in resumed.stderr
+    assert "A: 10 training examples now, 12 at the checkpoint" in resumed.stderr
+    assert "A: the --balance weights are estimated again" in resumed.stderr
     steps = [e["step"] for e in map(json.loads, (run / "log.jsonl").read_text().splitlines())
              if "balance" in e]
     assert steps == [0, 2, 4]

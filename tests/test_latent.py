@@ -129,7 +129,8 @@ def test_training_statistics_come_from_at_most_stats_examples_a_side(vae, tmp_pa
     with caplog.at_level(logging.INFO, logger="styletx"), torch.no_grad():
         latent.save_training_statistics(tmp_path, model.translator, examples, "cpu")
     stats = latent.load_training_statistics(tmp_path)
-    assert sum(scored) == 10 and max(scored) == 2 and [len(stats[side]["scores"]) for side in "ab"] == [5, 5]
+    assert sum(scored) == 10 and max(scored) == 2
+    assert [len(stats[side]["scores"]) for side in "ab"] == [5, 5]
     assert "scoring 10 of the 24 (evenly spread) training examples" in caplog.text
     for what in ("scored the features", "encoded the latents"):
         assert f"latent.json: {what} of side B, 4/5 example(s)" in caplog.text

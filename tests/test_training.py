@@ -187,11 +187,11 @@ def test_crash_while_saving_keeps_previous_checkpoint(scenes, tmp_path, monkeypa
     train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny", settings=settings(2))
     before = (tmp_path / "run" / "model.safetensors").read_bytes()
 
-    def crash(tensors, path, metadata=None):
+    def crash(path, tensors, metadata):
         path.write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(runs, "save_file", crash)
+    monkeypatch.setattr(runs, "_write_weights", crash)
     with pytest.raises(StyletxError, match="safetensors: disk full; training stopped at step 4"):
         train(scenes["a"], scenes["b"], tmp_path / "run", settings=settings(4))
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before

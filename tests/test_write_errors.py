@@ -78,14 +78,14 @@ def test_a_file_where_the_output_folder_should_be(styletx, trained_run, data, tm
 def test_a_full_disk_stops_training_and_the_last_checkpoint_resumes(styletx, data, tmp_path,
                                                                      monkeypatch):
     run = tmp_path / "run"
-    save_file = runs.save_file
+    write_weights = runs._write_weights
 
-    def fill_up_at_step_2(tensors, path, metadata):
+    def fill_up_at_step_2(path, tensors, metadata):
         if metadata["step"] == "2":
             path.write_bytes(b"\0" * 100)  # what got written before the disk filled
             raise DISK_FULL
-        save_file(tensors, path, metadata=metadata)
-    monkeypatch.setattr(runs, "save_file", fill_up_at_step_2)
+        write_weights(path, tensors, metadata)
+    monkeypatch.setattr(runs, "_write_weights", fill_up_at_step_2)
     args = ("train", data["a"], data["b"], "--out", run, *TINY, "--size", "16", "--steps", "3",
             "--save-every", "1")
     result = styletx(*args)

@@ -52,6 +52,15 @@ def atomic_path(path: Path, commit: bool = True) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
+def write_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    """A safetensors file, made in memory and written by us: safetensors' own ``save_file``
+    writes a ``.tmpXXXXXX`` of its own beside ``path`` (0600, and left behind by a kill
+    mid-write, where ``remove_stale_temporaries`` cannot tell it from another program's)."""
+    from safetensors.torch import save
+
+    path.write_bytes(save(tensors, metadata=metadata))
+
+
 def temporary_path(path: Path) -> Path:
     """Where ``atomic_path`` writes ``path`` first: ``.NAME.tmp-PID.EXT`` beside it."""
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")

@@ -321,7 +321,8 @@ class CropSampler:
 
     def state_dict(self) -> dict[str, Any]:
         """The drawing state (rank 0's, for a checkpoint)."""
-        state: dict[str, Any] = {"generator": self.generator.get_state()}
+        state: dict[str, Any] = {"generator": self.generator.get_state(),
+                                 "examples": {side: len(x) for side, x in self.examples.items()}}
         state.update({f"weights_{side}": w for side, w in self.weights.items() if w is not None})
         if self.world > 1:
             state |= {"world": self.world, "order_generator": self.order_generator.get_state()}
@@ -338,8 +339,15 @@ class CropSampler:
         if self.rank > 0:
             seed = int(torch.randint(2**62, (1,), generator=self.generator))
             self.generator = torch.Generator().manual_seed(seed + self.rank)
-        # Files added to or removed from a folder since the checkpoint: what was saved per
-        # example (the --balance weights, an epoch's order) no longer fits, and is dropped.
+        # Files added to or removed from a folder since the checkpoint: said (the run goes on
+        # with the folders as they are; what was fitted to them when it began is kept), and
+        # what was saved per example (the --balance weights, an epoch's order) is dropped.
+        for side, saved in state.get("examples", {}).items():
+            count = len(self.examples.get(side, ()))
+            if count != saved and self.rank == 0:
+                log.warning("%s: %d training examples now, %d at the checkpoint: training goes "
+                            "on with the folder as it is now (encoders fitted when the run "
+                            "began are kept)", side.upper(), count, saved)
         for side in self.weights:
             weights = state.get(f"weights_{side}")
             if weights is not None and not self._fits(side, weights, "the --balance weights "
@@ -358,13 +366,11 @@ class CropSampler:
 
     def _fits(self, side: str, saved: torch.Tensor, what: str) -> bool:
         """Is ``saved`` (one entry per example of ``side``) for as many examples as there are
-        now? If not, say so (once, on the first process)."""
-        count = len(self.examples[side])
-        if len(saved) == count:
+        now? If not, say ``what`` is done instead (once, on the first process)."""
+        if len(saved) == len(self.examples[side]):
             return True
         if self.rank == 0:
-            log.info("%s: %d training examples now, %d at the checkpoint: %s", side.upper(),
-                     count, len(saved), what)
+            log.info("%s: %s", side.upper(), what)
         return False
 
 

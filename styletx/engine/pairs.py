@@ -24,12 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from styletx.contract.errors import BadInputError, UsageError
+from styletx.contract.files import write_atomic, write_tensors
 from styletx.contract.interfaces import Domain
 from styletx.engine.data import FolderData, Reader, domain_files
-from styletx.engine.runs import write_atomic
 
 log = logging.getLogger("styletx")
 
@@ -223,7 +222,7 @@ class AlignmentCache:
         names = {f"path{i}": key for i, key in enumerate(sorted(self.used))}
         tensors = {name: torch.from_numpy(self.paths[key]) for name, key in names.items()}
         write_atomic(run / ALIGNMENT,
-                     lambda tmp: save_file(tensors, tmp, metadata={"keys": json.dumps(names)}))
+                     lambda tmp: write_tensors(tmp, tensors, {"keys": json.dumps(names)}))
 
     def align(self, a: list[torch.Tensor], b: list[torch.Tensor],
               files: Sequence[tuple[Path, Path]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from styletx.contract.errors import StyletxError, UsageError, one_line
 from styletx.contract.files import (
@@ -45,6 +45,7 @@ from styletx.contract.files import (
     atomic_path,
     write_atomic,
     write_error,
+    write_tensors,
 )
 from styletx.contract.files import remove_stale_temporaries as remove_stale
 
@@ -95,11 +96,7 @@ def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _write_weights(tmp: Path, plain: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """The file made in memory and written to ``tmp`` here: safetensors' ``save_file`` writes
-    a ``.tmpXXXXXX`` of its own beside it (0600, and left behind by a kill mid-write, where
-    ``remove_stale_temporaries`` cannot tell it from another program's)."""
-    data = save(plain, metadata={**metadata, TENSORS_DIGEST: _tensors_digest(plain)})
-    tmp.write_bytes(data)
+    write_tensors(tmp, plain, {**metadata, TENSORS_DIGEST: _tensors_digest(plain)})
 
 
 def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -139,9 +136,10 @@ def load_weights(run: Path) -> tuple[dict[str, torch.Tensor], int]:
 
 
 def has_checkpoint(run: Path) -> bool:
-    """Has training saved anything in ``run``? Then it must be resumed, never started over:
-    a run whose model.safetensors was lost still has its resume state or .previous/."""
-    return any((run / name).exists() for name in (WEIGHTS, RESUME, Path(PREVIOUS) / WEIGHTS))
+    """Has training saved weights in ``run``? Then it must be resumed, never started over: a
+    run whose model.safetensors was lost still has the previous checkpoint's. (A resume.pt
+    alone is the first save cut short: nothing to resume.)"""
+    return (run / WEIGHTS).exists() or (run / PREVIOUS / WEIGHTS).exists()
 
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
