@@ -306,20 +306,34 @@ def stft_magnitude(y, n_fft: int = 1024, hop: int = 256):
     if np.iscomplexobj(y):
         raise ValueError("y must be a real waveform, got a complex array")
     dtype = _real_dtype(y)
-    spec = _stft(y.reshape(-1, y.shape[-1]).astype(dtype, copy=False), n_fft, hop)
-    mag = np.abs(spec).transpose(0, 2, 1)  # (batch, freq, frames)
-    return np.ascontiguousarray(mag).reshape(*y.shape[:-1], *mag.shape[-2:])
+    flat = y.reshape(-1, y.shape[-1]).astype(dtype, copy=False)
+    n_frames = 1 + flat.shape[-1] // hop
+    mag = np.empty((flat.shape[0], n_fft // 2 + 1, n_frames), dtype)  # (batch, freq, frames)
+    for first in range(0, n_frames, STFT_BLOCK_FRAMES):  # a block at a time: bounded memory
+        frames = slice(first, min(first + STFT_BLOCK_FRAMES, n_frames))
+        mag[:, :, frames] = np.abs(_stft(flat, n_fft, hop, frames)).transpose(0, 2, 1)
+    return mag.reshape(*y.shape[:-1], *mag.shape[-2:])
 
 
-def _stft(y: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
-    """Centred STFT of (batch, time) float signals, returned as (batch, frames, freq)."""
+STFT_BLOCK_FRAMES = 4096  # stft_magnitude's frames a pass: the frames and their spectrum of an
+#                           18-minute recording took 760 MB at once
+
+
+def _stft(y: np.ndarray, n_fft: int, hop: int, frames: slice | None = None) -> np.ndarray:
+    """Centred STFT of (batch, time) float signals, returned as (batch, frames, freq); only
+    the frames ``frames`` (a slice with a start and a stop) when given."""
     n_batch, size = y.shape
     n_frames = 1 + size // hop
-    padded = np.zeros((n_batch, max(size + n_fft, (n_frames - 1) * hop + n_fft)), y.dtype)
-    padded[:, n_fft // 2 : n_fft // 2 + size] = y
-    frames = np.empty((n_batch, n_frames, n_fft), y.dtype)
-    _frame(padded, _window(n_fft, y.dtype.name), hop, frames)
-    return _rfft(frames)
+    first, stop = (0, n_frames) if frames is None else (frames.start, frames.stop)
+    # the padded signal under those frames alone: n_fft // 2 zeros before sample 0 and after
+    # the last sample, as a centred STFT pads
+    begin, end = first * hop - n_fft // 2, (stop - 1) * hop + n_fft - n_fft // 2
+    padded = np.zeros((n_batch, end - begin), y.dtype)
+    inside = slice(max(begin, 0), min(end, size))
+    padded[:, inside.start - begin : inside.stop - begin] = y[:, inside]
+    out = np.empty((n_batch, stop - first, n_fft), y.dtype)
+    _frame(padded, _window(n_fft, y.dtype.name), hop, out)
+    return _rfft(out)
 
 
 def spectral_convergence(magnitude, y, n_fft: int = 1024, hop: int = 256):
@@ -613,6 +627,53 @@ def griffinlim(magnitude, n_fft: int = 1024, hop: int = 256, n_iter: int = 32,
         conv = None if conv is None else conv[0].item()
     return (y, conv) if return_convergence else y
 
+
+
+GL_CHUNK_FRAMES = 4096  # griffinlim_in_chunks: frames a chunk (~48 s at 22.05 kHz, hop 256)
+GL_OVERLAP_FRAMES = 64  # ... overlapping the next by this many (~0.74 s), cross-faded in the
+#                         middle half of the overlap, away from either chunk's edge
+
+
+def griffinlim_in_chunks(magnitude: np.ndarray, n_fft: int = 1024, hop: int = 256,
+                         n_iter: int = 32, length: int | None = None, seed: int | None = 0,
+                         chunk: int = GL_CHUNK_FRAMES,
+                         overlap: int = GL_OVERLAP_FRAMES) -> np.ndarray:
+    """``griffinlim`` of one ``(freq, frames)`` numpy magnitude in overlapping chunks of
+    ``chunk`` frames, so that memory stays bounded whatever the length (whole, an 18-minute
+    recording's took 1.5 GB). Each chunk after the first starts from the phase of the one
+    before where they overlap, so the two agree there and the cross-fade joins the same wave;
+    the rest of its phase is random (seed ``seed + k`` for chunk k). Short spectrograms are
+    ``griffinlim``'s exactly."""
+    frames = magnitude.shape[-1]
+    if frames <= chunk:
+        return griffinlim(magnitude, n_fft, hop, n_iter, length=length, seed=seed)
+    if not 0 < 4 * overlap < chunk:
+        raise ValueError(f"need 0 < 4 * overlap < chunk, got overlap {overlap}, chunk {chunk}")
+    total = hop * (frames - 1) if length is None else length
+    out = np.zeros(total, np.float32)
+    start, k, before = 0, 0, None
+    while True:
+        end = min(start + chunk, frames)
+        part = magnitude[:, start:end]
+        phase = _random_angles(part.shape, None if seed is None else seed + k)
+        if before is not None:  # the previous chunk's phase where the two overlap
+            tail = _stft(before[None, -(overlap - 1) * hop:], n_fft, hop)[0]  # (overlap, freq)
+            phase[:, :overlap] = np.angle(tail).T
+        size = hop * (end - start - 1) if end < frames else total - start * hop
+        wave = griffinlim(part, n_fft, hop, n_iter, init_phase=phase, length=size)
+        offset = start * hop
+        if before is None:
+            out[:size] = wave
+        else:  # cross-fade over the middle half of the overlap
+            shared = (overlap - 1) * hop
+            fade_from, fade_len = shared // 4, shared // 2
+            ramp = np.linspace(0.0, 1.0, fade_len, dtype=np.float32)
+            seam = slice(offset + fade_from, offset + fade_from + fade_len)
+            out[seam] = out[seam] * (1 - ramp) + wave[fade_from:fade_from + fade_len] * ramp
+            out[offset + fade_from + fade_len:offset + size] = wave[fade_from + fade_len:]
+        if end == frames:
+            return out
+        before, start, k = wave, end - overlap, k + 1
 
 def _random_angles(shape: tuple, seed: int | list[int] | None, dtype=np.float64) -> np.ndarray:
     """Uniform angles in [0, 2 pi): the draws of librosa.griffinlim(random_state=seed); a list

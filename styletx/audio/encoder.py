@@ -31,6 +31,7 @@ PEAK = 0.99  # --normalize peak: the loudest sample's magnitude (-0.09 dBFS)
 LOUDNESS_FRAME = 0.02  # s: loudness is followed in frames of this length
 SILENCE_DB = -50.0  # a source frame this far below its loudest frame counts as silence
 LIMITER_WINDOW = 0.04  # s: the peak limiter turns the gain down and up again over this long
+BLOCK_SAMPLES = 1 << 20  # match_loudness's samples a pass
 SILENCE_PEAK = 1e-4  # a wave whose peak is below this (-80 dBFS) is pure silence
 LEVEL_DB = -20.0  # dBFS: every wave is encoded at this speech level (levelled); measured: a
 #                   match model fed its held-out sentence 20 dB quieter than its training
@@ -64,9 +65,13 @@ def match_loudness(wave: np.ndarray, rate: int, like: AudioSample | None) -> np.
     frame_gain = np.convolve(np.pad(frame_gain, 1, mode="edge"), np.ones(3) / 3, "valid")  # no
     #                                                          clicks where the gain changes
     hop = len(wave) / len(output)
-    per_sample = np.interp(np.arange(len(wave)), (np.arange(len(output)) + 0.5) * hop,
-                           frame_gain)
-    return (wave * per_sample).astype(np.float32)
+    centres = (np.arange(len(output)) + 0.5) * hop
+    out = np.empty(len(wave), np.float32)
+    for first in range(0, len(wave), BLOCK_SAMPLES):  # an hour-long wave: no float64 copies
+        block = slice(first, min(first + BLOCK_SAMPLES, len(wave)))
+        out[block] = wave[block] * np.interp(np.arange(block.start, block.stop), centres,
+                                             frame_gain)
+    return out
 
 
 def scaled_output(wave: np.ndarray, rate: int, like: AudioSample | None,
@@ -98,7 +103,7 @@ def limit_peaks(wave: np.ndarray, rate: int, ceiling: float = PEAK,
     if peak <= ceiling:
         return wave
     width = 2 * max(1, round(window * rate / 2)) + 1  # odd: both filters centred alike
-    needed = np.minimum(1.0, ceiling / np.maximum(np.abs(wave).astype(np.float64), 1e-12))
+    needed = np.minimum(1.0, ceiling / np.maximum(np.abs(wave), 1e-12), dtype=np.float32)
     gain = uniform_filter1d(minimum_filter1d(needed, width), width)
     return np.clip(wave * gain, -ceiling, ceiling).astype(np.float32)  # the clip: rounding
 
@@ -122,9 +127,14 @@ def levelled(wave: np.ndarray, rate: int, level_db: float = LEVEL_DB) -> np.ndar
 def _frame_rms(wave: np.ndarray, frame: int) -> np.ndarray:
     """RMS of consecutive frames of ``frame`` samples (the last one partial)."""
     count = -(-len(wave) // frame)
-    padded = np.zeros(count * frame, np.float64)
-    padded[: len(wave)] = wave
-    return np.sqrt(np.mean(padded.reshape(count, frame) ** 2, axis=1))
+    power = np.empty(count, np.float64)
+    rows = max(1, BLOCK_SAMPLES // frame)
+    for first in range(0, count, rows):  # in float64 a block at a time: no copy of the wave
+        block = np.zeros((min(rows, count - first), frame), np.float64)
+        part = wave[first * frame : (first + len(block)) * frame]
+        block.reshape(-1)[: len(part)] = part
+        power[first : first + len(block)] = np.mean(block**2, axis=1)
+    return np.sqrt(power)
 
 
 def resampled(sample: AudioSample, rate: int) -> np.ndarray:
@@ -255,8 +265,9 @@ class SpectrogramEncoder(Encoder):
         with the magnitudes inverted together and one batched Griffin-Lim per output length;
         each item's random initial phase is the one ``decode`` would draw for it alone, so the
         waves equal those of decoding one at a time. Griffin-Lim runs on the tensors' device:
-        torch.stft / istft on a GPU, the Numba loop on the CPU."""
-        from styletx.audio.dsp import griffinlim
+        torch.stft / istft on a GPU, the Numba loop on the CPU, there in chunks of about 48 s
+        for longer recordings (``griffinlim_in_chunks``: memory bounded)."""
+        from styletx.audio.dsp import GL_CHUNK_FRAMES, griffinlim, griffinlim_in_chunks
 
         likes = list(likes) if likes is not None else [None] * len(tensors)
         if len(likes) != len(tensors):
@@ -274,8 +285,12 @@ class SpectrogramEncoder(Encoder):
             chosen = magnitude[items]
             if on_gpu:
                 chosen = torch.from_numpy(chosen).to(tensors.device)
-            batch = griffinlim(chosen, n_fft=p["n_fft"], hop=p["hop"], n_iter=p["gl_iters"],
-                               length=length, seed=[0] * len(items))
+            if not on_gpu and chosen.shape[-1] > GL_CHUNK_FRAMES:  # long: bounded memory
+                batch = [griffinlim_in_chunks(m, p["n_fft"], p["hop"], p["gl_iters"], length)
+                         for m in chosen]
+            else:
+                batch = griffinlim(chosen, n_fft=p["n_fft"], hop=p["hop"],
+                                   n_iter=p["gl_iters"], length=length, seed=[0] * len(items))
             if on_gpu:
                 batch = batch.cpu().numpy()
             for i, wave in zip(items, batch):
