@@ -71,6 +71,10 @@ def _read_with_librosa(path: Path, first_error: Exception) -> tuple[np.ndarray, 
         problem = str(first_error).lower()
         if "format not recognised" in problem or "unknown format" in problem:
             raise styletx.BadInputError(path, "not an audio file (unrecognised format)") from None
+        if "not a regular file" in problem:  # what libsndfile says of an MP3 it cannot decode
+            raise styletx.BadInputError(
+                path, f"corrupt, or not {path.suffix.lstrip('.').upper() or 'audio'} data "
+                      "(it cannot be decoded)") from None
         raise styletx.BadInputError(path, f"corrupt or unreadable audio ({first_error})") from None
     return wave[:, None].astype(np.float32), int(rate), path.suffix.lstrip(".").upper()
 

@@ -90,6 +90,16 @@ def test_unusable_files_get_one_line_errors(tmp_path, make, problem):
     assert "\n" not in str(err.value)
 
 
+def test_text_named_mp3_is_not_called_a_missing_file(tmp_path):
+    """libsndfile's mpg123 said "File does not exist or is not a regular file (possibly a
+    pipe?)" of a text file named .mp3, which exists."""
+    path = tmp_path / "fake.mp3"
+    path.write_text("just some text, not a recording")
+    with pytest.raises(BadInputError) as err:
+        AudioDomain().load(path)
+    assert str(err.value) == f"{path}: corrupt, or not MP3 data (it cannot be decoded)"
+
+
 def test_unsupported_extension_is_not_handled(tmp_path):
     assert not AudioDomain().handles(tmp_path / "song.aac")
     assert AudioDomain().handles(tmp_path / "SONG.MP3")
