@@ -30,6 +30,8 @@ from styletx.audio import (
 
 TRIM_TOP_DB = 40.0  # trailing/leading parts this far below the peak count as silence
 WRITABLE = {".wav": "WAV", ".flac": "FLAC"}
+NARROW_BAND = 1.25  # compare_folders: a file whose band is this many times narrower than its
+#                     folder's widest is named (16 kHz beside 22.05 kHz and more: yes)
 
 
 def _read(path: Path) -> tuple[np.ndarray, int, str]:
@@ -123,6 +125,23 @@ class AudioDomain(styletx.Domain):
     def output_name(self, source: Path) -> str:
         source = Path(source)
         return source.name if source.suffix.lower() in WRITABLE else source.stem + ".wav"
+
+    def compare_folders(self, samples: dict[str, Sequence[AudioSample]]) -> list[str]:
+        """Recordings of narrower band than the rest of their folder (say, 8 kHz phone audio
+        among 44.1 kHz files) hold nothing above half their rate, and the model learns that
+        as part of the voice (a trial's previews were cut at 4 kHz in both rows)."""
+        warnings = []
+        for side, items in samples.items():
+            bands = [min(s.rate, METRIC_RATE) / 2 for s in items]
+            widest = max(bands, default=0.0)
+            narrow = [band for band in bands if band < widest / NARROW_BAND]
+            if narrow:
+                warnings.append(
+                    f"{len(narrow)} of the {len(items)} {side.upper()}_DIR files are sampled at "
+                    f"{2 * max(narrow):g} Hz or less (nothing above {max(narrow):g} Hz), the "
+                    f"others at {2 * widest:g} Hz or more: the model learns the missing band as "
+                    "part of the voice; leave them out, or record all alike")
+        return warnings
 
     def from_array(self, array: np.ndarray) -> AudioSample:
         raise styletx.UsageError(

@@ -226,3 +226,16 @@ def test_a_clip_shorter_than_two_loudness_frames_decodes(tmp_path):
     encoder = MelEncoder()
     out = encoder.decode(encoder.encode(clip), like=clip)
     assert out.wave.shape == (600,) and np.isfinite(out.wave).all()
+
+
+def test_a_narrower_band_than_the_rest_of_its_folder_is_warned_about():
+    """An 8 kHz phone recording among 44.1 kHz ones holds nothing above 4 kHz, and the model
+    learns the gap as part of the voice (a trial's previews were cut at 4 kHz)."""
+    def at(rate):
+        return AudioSample(np.zeros(rate, np.float32), rate)
+
+    warnings = AudioDomain().compare_folders({"a": [at(8000), at(44100), at(48000)],
+                                              "b": [at(16000), at(16000)]})
+    assert warnings == ["1 of the 3 A_DIR files are sampled at 8000 Hz or less (nothing above "
+                        "4000 Hz), the others at 22050 Hz or more: the model learns the missing band "
+                        "as part of the voice; leave them out, or record all alike"]
