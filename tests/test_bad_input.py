@@ -162,7 +162,10 @@ def test_not_a_run_folder(styletx, data, tmp_path):
 
 
 def copy_run(trained_run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+    """A copy without the previous checkpoint (which convert would fall back on)."""
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    shutil.rmtree(run / ".previous", ignore_errors=True)
+    return run
 
 
 def test_missing_weights(styletx, trained_run, data, tmp_path):
