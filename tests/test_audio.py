@@ -237,5 +237,5 @@ def test_a_narrower_band_than_the_rest_of_its_folder_is_warned_about():
     warnings = AudioDomain().compare_folders({"a": [at(8000), at(44100), at(48000)],
                                               "b": [at(16000), at(16000)]})
     assert warnings == ["1 of the 3 A_DIR files are sampled at 8000 Hz or less (nothing above "
-                        "4000 Hz), the others at 22050 Hz or more: the model learns the missing band "
-                        "as part of the voice; leave them out, or record all alike"]
+                        "4000 Hz), the others at 22050 Hz or more: the model learns the missing "
+                        "band as part of the voice; leave them out, or record all alike"]

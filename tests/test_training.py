@@ -277,10 +277,8 @@ def test_compile_mode_on_each_device_and_a_bad_one(scenes, tmp_path):
 def test_progress_lines_follow_the_clock_not_the_log_period(scenes, tmp_path, monkeypatch,
                                                             caplog):
     """Without a bar, a progress line was written only at logged steps: a slow voice run
-    logging every 25 steps printed one a minute. It follows PLAIN_LINE_SECONDS now."""
-    from styletx.engine.training import loop
-
-    monkeypatch.setattr(loop, "PLAIN_LINE_SECONDS", 0.0)
+    logging every 25 steps printed one a minute. It follows progress.LINE_SECONDS now."""
+    monkeypatch.setattr("styletx.engine.progress.LINE_SECONDS", 0.0)
     monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
     with caplog.at_level(logging.INFO, logger="styletx"):
         train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny",

@@ -31,7 +31,7 @@ from styletx.contract.errors import (
     out_of_memory_problem,
 )
 from styletx.contract.interfaces import SIDES, Translator
-from styletx.engine import distributed
+from styletx.engine import distributed, progress
 from styletx.engine.balance import describe as describe_weights
 from styletx.engine.balance import sampling_weights, with_uniform
 from styletx.engine.data import CropSampler, Prefetcher
@@ -72,7 +72,6 @@ from styletx.engine.user_cache import record_step_time
 
 log = logging.getLogger("styletx")
 
-PLAIN_LINE_SECONDS = 10  # without a progress bar (not a terminal): a progress line this often
 REPORT_SECONDS = 60  # the run report is rewritten at checkpoints at most this often (~0.3 s)
 TIMED_PERIODS = 3  # logged periods a run needs before `styletx plugins` shows its step time:
 #                   the first holds the start-up (a 2-step run of the tiny match preset timed
@@ -336,10 +335,10 @@ class Loop:
         self.bar.set_postfix_str(_format_losses(self.losses), refresh=False)
         if step % self.settings.log_every == 0 or last:
             self._log_step()
-        # no progress bar (not a terminal): a plain line every PLAIN_LINE_SECONDS instead (a
-        # slow voice run logged every 25 steps, 60 s apart)
-        if self.bar.disable and (time.monotonic() - self.marks.printed_at >= PLAIN_LINE_SECONDS
-                                 or last):
+        # no progress bar (not a terminal): a plain line every LINE_SECONDS instead, as
+        # Progress writes (a slow voice run logged every 25 steps, 60 s apart)
+        if self.bar.disable and (time.monotonic() - self.marks.printed_at
+                                 >= progress.LINE_SECONDS or last):
             self._print_progress_line()
         if step % self.preview_every == 0 or last:
             self._save_preview()
