@@ -13,6 +13,7 @@ if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ
         os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,11 @@ from click.testing import CliRunner
 
 from styletx.cli import cli
 from styletx.demo import make_image_dataset
+
+# The suite may run as a background job (`.ci/run &`), where SIGINT is ignored and styletx,
+# rightly, keeps it so; the tests that send themselves (or the CLIs they start) a Ctrl-C need
+# Python's own handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

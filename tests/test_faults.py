@@ -500,7 +500,7 @@ def test_a_ctrl_c_while_plugins_load_stops_the_command(styletx, plugins, monkeyp
         result = styletx("plugins")
     finally:
         registry_module.reset_registry()
-    assert result.exit_code == 130, result.output
+    assert result.exit_code == 130, result.stderr
     assert "Error loading plugin" not in result.stderr and "cyclegan" not in result.stdout
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
