@@ -518,20 +518,26 @@ def test_the_cli_survives_a_plugin_that_exits(styletx, plugins, monkeypatch):
     assert "cyclegan 0.2.0 (built-in)" in result.stdout
 
 
+def _training_under_way(scenes, run: Path, stdout: int) -> subprocess.Popen:
+    """A long training CLI in its own process, once its first progress line is out."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "styletx.cli", "train", str(scenes["a"]), str(scenes["b"]),
+         *TINY, "--size", "16", "--steps", "100000", "--log-every", "5", "--out", str(run)],
+        stdout=stdout, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in process.stderr:
+        if line.startswith("step "):
+            break
+    return process
+
+
 @pytest.mark.slow
 def test_ctrl_c_with_the_output_piped_to_a_reader_that_left_saves(scenes, tmp_path):
     """``styletx train ... | tee log`` and Ctrl-C: tee goes first, so the output pipe has no
     reader; training still finishes its step, saves, and exits 130 (issue: exit 1, nothing
     saved, progress lost)."""
     run = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "styletx.cli", "train", str(scenes["a"]), str(scenes["b"]),
-         *TINY, "--size", "16", "--steps", "100000", "--log-every", "5", "--out", str(run)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    for line in process.stderr:  # a progress line: training is under way
-        if line.startswith("step "):
-            break
+    process = _training_under_way(scenes, run, stdout=subprocess.PIPE)
     process.stdout.close()
     process.stderr.close()  # the reader leaves, as tee does on Ctrl-C
     process.send_signal(signal.SIGINT)
@@ -540,20 +546,12 @@ def test_ctrl_c_with_the_output_piped_to_a_reader_that_left_saves(scenes, tmp_pa
     assert step >= 1 and runs.load_resume(run)["step"] == step
 
 
-
 def test_sigterm_saves_the_steps_done_as_ctrl_c_does(scenes, tmp_path):
     """``kill``, ``docker stop`` and systemd send SIGTERM: training died at once and lost the
     steps since its last checkpoint (up to 5 minutes of them). It finishes its step, saves and
     exits 143 (128 + 15) now."""
     run = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "styletx.cli", "train", str(scenes["a"]), str(scenes["b"]),
-         *TINY, "--size", "16", "--steps", "100000", "--log-every", "5", "--out", str(run)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    for line in process.stderr:  # a progress line: training is under way
-        if line.startswith("step "):
-            break
+    process = _training_under_way(scenes, run, stdout=subprocess.DEVNULL)
     process.send_signal(signal.SIGTERM)
     rest = process.stderr.read()
     assert process.wait(timeout=120) == 143, rest
@@ -561,6 +559,7 @@ def test_sigterm_saves_the_steps_done_as_ctrl_c_does(scenes, tmp_path):
     step = json.loads((run / "config.json").read_text())["step"]
     logged = [json.loads(line)["step"] for line in (run / runs.LOG).read_text().splitlines()]
     assert step >= 1 and runs.load_resume(run)["step"] == step and logged[-1] <= step
+
 
 def test_debug_shows_the_traceback_above_the_one_line(styletx, tmp_path, monkeypatch):
     plain = styletx("convert", tmp_path / "no-run", "x.png", "-o", tmp_path / "o")

@@ -396,8 +396,11 @@ class Run:
         if not jobs:
             raise UsageError(f"no {self.domain.name} files to convert in the given inputs")
         outputs = [dst for _, dst in jobs if dst is not None]
-        for folder in {dst.parent for dst in outputs}:  # what a conversion killed mid-write left
-            remove_stale_temporaries(folder, of=outputs)
+        by_folder: dict[Path, list[Path]] = {}
+        for dst in outputs:
+            by_folder.setdefault(dst.parent, []).append(dst)
+        for folder, files in by_folder.items():  # what a conversion killed mid-write left
+            remove_stale_temporaries(folder, of=files)
         replaced = [dst for dst in outputs if dst.exists()]
         if replaced:  # e.g. a second run into the same folder: say so rather than lose them quietly
             log.warning("replacing %d existing file(s) in %s, e.g. %s",

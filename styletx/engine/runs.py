@@ -120,19 +120,27 @@ def _file_digest(path: Path) -> str:
 def load_weights(run: Path) -> tuple[dict[str, torch.Tensor], int]:
     """The tensors of ``model.safetensors`` and the step they were saved at; those of the
     previous checkpoint, with a warning, when the file is missing or damaged."""
+    tensors, metadata = _current_or_previous(run, lambda folder: _read_weights(folder / WEIGHTS),
+                                             "using", lambda read: read[1].get("step", "?"))
+    return tensors, int(metadata.get("step", -1))
+
+
+def _current_or_previous(run: Path, read: Callable[[Path], Any], doing: str,
+                         step_of: Callable[[Any], Any]) -> Any:
+    """``read(run)``; if that fails (the files missing or damaged), ``read`` of .previous/
+    with a warning naming the problem and the step ``doing`` (resuming from, using) it."""
     try:
-        tensors, metadata = _read_weights(run / WEIGHTS)
+        return read(run)
     except StyletxError as problem:
         if not (run / PREVIOUS / WEIGHTS).is_file():
             raise
         try:
-            tensors, metadata = _read_weights(run / PREVIOUS / WEIGHTS)
+            result = read(run / PREVIOUS)
         except StyletxError:
             raise StyletxError(f"{problem}; the previous checkpoint in {run / PREVIOUS} is "
                                "not usable either") from None
-        log.warning("%s; using the previous checkpoint (step %s)", problem,
-                    metadata.get("step", "?"))
-    return tensors, int(metadata.get("step", -1))
+        log.warning("%s; %s the previous checkpoint (step %s)", problem, doing, step_of(result))
+        return result
 
 
 def has_checkpoint(run: Path) -> bool:
@@ -266,18 +274,8 @@ def _read_digest(path: Path) -> str:
 def load_checkpoint(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The newest whole checkpoint: the current pair, else (with a warning) the one in
     .previous/ (see ``save_checkpoint``)."""
-    try:
-        return _load_pair(run)
-    except StyletxError as problem:
-        if not (run / PREVIOUS / WEIGHTS).is_file():
-            raise
-        try:
-            tensors, state = _load_pair(run / PREVIOUS)
-        except StyletxError:
-            raise StyletxError(f"{problem}; the previous checkpoint in {run / PREVIOUS} is "
-                               "not usable either") from None
-        log.warning("%s; resuming from the previous checkpoint (step %d)", problem, state["step"])
-        return tensors, state
+    return _current_or_previous(run, _load_pair, "resuming from",
+                                lambda pair: pair[1]["step"])
 
 
 def load_resume(run: Path) -> dict[str, Any]:
