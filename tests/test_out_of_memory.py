@@ -4,6 +4,8 @@ input at a time). Real failed allocations: PyTorch's CPU allocator refusing 1 Pi
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -83,6 +85,22 @@ def test_training_out_of_memory_says_what_to_lower(styletx, data, tmp_path, monk
                                   "1048576.00 GiB failed); lower --batch-size (now 2) or --size "
                                   "(now 16); a rerun resumes from step 1"]  # a short run
     #                                                  saves from its first steps on
+
+
+def test_training_out_of_memory_saves_the_steps_since_the_checkpoint(styletx, data, tmp_path,
+                                                                     monkeypatch):
+    step = CycleGAN.training_step
+
+    def training_step(self, batch, index):
+        if index == 4:
+            allocate_too_much()
+        return step(self, batch, index)
+    monkeypatch.setattr(CycleGAN, "training_step", training_step)
+    result = styletx("train", data["a"], data["b"], "--out", tmp_path / "run", *TINY,
+                     "--steps", "8", "--save-every", "100", "--size", "16")
+    assert result.exit_code == 1
+    assert result.error_lines[0].endswith("a rerun resumes from step 4"), result.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["step"] == 4
 
 
 def test_out_of_memory_after_training_keeps_the_steps(styletx, data, tmp_path, monkeypatch):

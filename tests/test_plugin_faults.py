@@ -55,6 +55,19 @@ CASES = {
             raise ValueError("the author's bug")
         return super().training_step(batch, step)
 """,
+    "raiseslater": """
+    def training_step(self, batch, step):
+        if step == 5:
+            raise ValueError("the author's bug")
+        return super().training_step(batch, step)
+""",
+    "raisesafterupdating": """
+    def training_step(self, batch, step):
+        losses = super().training_step(batch, step)
+        if step == 5:
+            raise ValueError("the author's bug")
+        return losses
+""",
     "tensorloss": """
     def training_step(self, batch, step):
         super().training_step(batch, step)
@@ -138,6 +151,24 @@ def test_an_exception_in_a_plugins_code_names_the_plugin_and_where(styletx, scen
                      "plug_faulty.py:", "in training_step", "--debug")
     # the step before it was saved (a 4-step run saves every step) and stays
     assert json.loads((tmp_path / "run" / "config.json").read_text())["step"] == 1
+
+
+@pytest.mark.parametrize("case", ["raiseslater", "raisesafterupdating"])
+def test_a_plugins_bug_mid_training_keeps_the_steps_trained(styletx, scenes, plugin, tmp_path,
+                                                             case):
+    plugin(CASES[case])
+    run = tmp_path / "run"
+    result = train(styletx, scenes, run, "--steps", "8", "--save-every", "100")
+    assert_one_error(result, 'plugin "faulty"', "the author's bug")
+    saved = ("training failed after step 5; the 5 step(s) since the last checkpoint are saved"
+             + (" (with part of step 6's update, made before it failed)"
+                if case == "raisesafterupdating" else "") + f": {run} is at step 5")
+    assert saved in result.stderr
+    assert json.loads((run / "config.json").read_text())["step"] == 5
+    plugin()  # the author's fix: the run resumes from step 5
+    resumed = train(styletx, scenes, run, "--steps", "8")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "from step 5" in resumed.stderr
 
 
 def test_losses_that_are_not_a_dict_are_refused_by_name(styletx, scenes, plugin, tmp_path):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from styletx.contract.errors import (
     StyletxError,
@@ -240,6 +241,7 @@ class Loop:
         self.tensorboard = (TensorBoardLog(prepared.out, self.start)
                             if settings.log_to and group.is_main else None)
         self.stop: _StopAtStepBoundary | None = None
+        self.updates: _WeightUpdates | None = None
         self.out_of_time = False  # --minutes: the last step's check of the time budget
         self.failure: str | None = None
         self.rates: list[float] = []  # steps/s of each logged period of this command
@@ -247,7 +249,7 @@ class Loop:
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
         try:
-            with _StopAtStepBoundary() as self.stop:
+            with _StopAtStepBoundary() as self.stop, _WeightUpdates() as self.updates:
                 stopping = False
                 while self.step < self.plan.steps and not stopping:
                     stopping = self._one_step()
@@ -257,11 +259,24 @@ class Loop:
             self.failure = _why_training_stopped(exc, self.device, self.step, self.plan,
                                                  self.start)
             if self.failure is None:
+                self._save_before_failing()
                 self._release()
                 raise
-        except BaseException:  # e.g. training diverged, a plugin's bug: finish does not run
+            out_of_memory = not isinstance(exc, WriteError)
+        except StyletxError:  # diverged, or a translator breaking the contract: nothing to save
             self._release()
             raise
+        except Exception:  # a plugin's bug (or styletx's): the steps trained are kept
+            self._save_before_failing()
+            self._release()
+            raise
+        except BaseException:  # a second Ctrl-C: at once, the last checkpoint stays
+            self._release()
+            raise
+        else:
+            return
+        if out_of_memory:  # here, with the failed step's tensors freed with its traceback
+            self._save_before_failing()
 
     def _set_periods(self) -> None:
         """Checkpoint and preview periods: as asked, else a tenth of the (revised) plan."""
@@ -289,6 +304,7 @@ class Loop:
         self.losses = _checked_losses(self.translator.training_step(batch, self.step),
                                       self.translator.name)
         self.step += 1
+        self.updates.seen = False
         for scheduler in self.translator.schedulers.values():
             scheduler.step()
         self.out_of_time = self.budget is not None and self.budget.spent()
@@ -359,6 +375,31 @@ class Loop:
                                      self.batches)
             self.marks.saved, self.marks.saved_at = step, time.monotonic()
             self._refresh_report(last)
+
+    def _save_before_failing(self) -> None:
+        """After an error in the loop, the steps completed since the last checkpoint: saved,
+        so that neither a plugin's bug nor running out of memory costs them, unless their
+        weights are not finite. A step that failed after an optimizer stepped has left part
+        of its update in the weights; they are saved with it (a GAN takes that in its stride)
+        and the line says so."""
+        step, last = self.step, self.marks.saved
+        if not self.group.is_main or step <= last or self.non_finite:
+            return
+        p = self.prepared
+        try:
+            if not self._weights_finite():
+                return
+            save_training_checkpoint(p.out, p.run_config, step, self.translator, p.encoders,
+                                     self.batches)
+        except Exception as exc:  # noqa: BLE001 - the error that stopped training comes next
+            log.warning("training failed after step %d, and saving it failed too (%s); the "
+                        "last checkpoint is step %d", step, one_line(exc, limit=200), last)
+            return
+        self.marks.saved = step
+        part = (f" (with part of step {step + 1}'s update, made before it failed)"
+                if self.updates.seen else "")
+        log.warning("training failed after step %d; the %d step(s) since the last checkpoint "
+                    "are saved%s: %s is at step %d", step, step - last, part, p.out, step)
 
     def _finish_training(self) -> None:
         """``Translator.finish_training``; a failure there (say, out of memory) is a warning:
@@ -594,6 +635,23 @@ class _StopAtStepBoundary:
     def __exit__(self, *exc) -> None:
         for number, previous in self._previous.items():
             signal.signal(number, previous)
+
+
+class _WeightUpdates:
+    """Whether an optimizer has stepped since ``seen`` was last cleared (at each step's end):
+    a step that fails after that leaves part of its update in the weights."""
+
+    seen = False
+
+    def __enter__(self) -> _WeightUpdates:
+        self._hook = register_optimizer_step_pre_hook(self._stepped)
+        return self
+
+    def _stepped(self, optimizer, args, kwargs) -> None:
+        self.seen = True
+
+    def __exit__(self, *exc) -> None:
+        self._hook.remove()
 
 
 def _checked_losses(losses: Any, translator: str) -> dict[str, float]:
