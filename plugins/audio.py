@@ -25,6 +25,8 @@ from styletx.audio import (
     AudioSample,
     SpectrogramEncoder,
     is_silent,
+    joined,
+    pieces_at_pauses,
     resampled,
 )
 
@@ -125,6 +127,14 @@ class AudioDomain(styletx.Domain):
     def output_name(self, source: Path) -> str:
         source = Path(source)
         return source.name if source.suffix.lower() in WRITABLE else source.stem + ".wav"
+
+    def conversion_pieces(self, sample: AudioSample) -> list[AudioSample]:
+        """A recording longer than a minute in pieces of at most a minute, each cut at a
+        pause (``pieces_at_pauses``)."""
+        return pieces_at_pauses(sample)
+
+    def join_converted(self, pieces: list[AudioSample]) -> AudioSample:
+        return joined(pieces)
 
     def compare_folders(self, samples: dict[str, Sequence[AudioSample]]) -> list[str]:
         """Recordings of narrower band than the rest of their folder (say, 8 kHz phone audio

@@ -239,3 +239,37 @@ def test_a_narrower_band_than_the_rest_of_its_folder_is_warned_about():
     assert warnings == ["1 of the 3 A_DIR files are sampled at 8000 Hz or less (nothing above "
                         "4000 Hz), the others at 22050 Hz or more: the model learns the missing "
                         "band as part of the voice; leave them out, or record all alike"]
+
+
+def spoken_with_pauses(parts: int = 4, speech: float = 2.6, pause: float = 0.6,
+                       rate: int = 22050) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """``parts`` utterances, each followed by ``pause`` seconds of silence; and the pauses."""
+    from styletx.audio.synth import LOW, utterance
+
+    waves, pauses, at = [], [], 0
+    for i in range(parts):
+        waves += [utterance(LOW, speech, rate, seed=i), np.zeros(int(pause * rate), np.float32)]
+        at += len(waves[-2])
+        pauses.append((at, at + len(waves[-1])))
+        at += len(waves[-1])
+    return np.concatenate(waves), pauses
+
+
+def test_a_long_recording_is_cut_at_its_pauses_and_joined_whole():
+    from styletx.audio import joined, pieces_at_pauses
+
+    wave, pauses = spoken_with_pauses()
+    pieces = pieces_at_pauses(AudioSample(wave, 22050), seconds=3.5, window=1.2)
+    assert len(pieces) >= 4 and all(p.seconds <= 3.5 for p in pieces)
+    assert np.array_equal(np.concatenate([p.wave for p in pieces]), wave)
+    cuts = np.cumsum([len(p.wave) for p in pieces])[:-1]
+    assert all(any(a <= cut < b for a, b in pauses) for cut in cuts)  # in a pause each
+    assert len(pieces_at_pauses(AudioSample(wave, 22050), seconds=60)) == 1
+    whole = joined(pieces)
+    assert len(whole.wave) == len(wave) and whole.rate == 22050
+    fade = int(0.0025 * 22050)
+    away = np.ones(len(wave), bool)
+    for cut in cuts:
+        away[cut - fade:cut + fade] = False
+        assert whole.wave[cut] == 0.0  # each side faded in and out (silent here anyway)
+    assert np.array_equal(whole.wave[away], wave[away])

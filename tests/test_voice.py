@@ -95,6 +95,35 @@ def test_long_recording_is_converted_in_chunks_without_seams(voice_run, tmp_path
         assert jumps[b - 2 * hop : b + 2 * hop].max() <= 1.5 * typical
 
 
+def test_a_recording_longer_than_a_piece_is_converted_piece_by_piece(voice_run, tmp_path,
+                                                                      monkeypatch):
+    """Pieces cut at pauses, each converted alone (bounded memory), joined: the whole length,
+    and the same voice as converting it whole; the Python API converts it so too."""
+    from test_audio import spoken_with_pauses
+
+    import styletx
+    from styletx.audio import pieces_at_pauses
+    from styletx.plugins.audio import AudioDomain
+
+    wave, _ = spoken_with_pauses()
+    sf.write(tmp_path / "long.wav", wave, RATE)
+    run = styletx.load_run(voice_run, device="cpu")
+    run.convert_files([tmp_path / "long.wav"], tmp_path / "whole")
+    cut = []
+    monkeypatch.setattr(AudioDomain, "conversion_pieces", lambda self, sample: cut.append(1) or
+                        pieces_at_pauses(sample, seconds=3.5, window=1.2))
+    report = run.convert_files([tmp_path / "long.wav"], tmp_path / "pieces")
+    assert not report.failed and cut
+    whole, _ = sf.read(tmp_path / "whole" / "long.wav", dtype="float32")
+    pieces, rate = sf.read(tmp_path / "pieces" / "long.wav", dtype="float32")
+    assert rate == RATE and abs(len(pieces) - len(wave)) <= 4  # each piece rounds alone
+    print(f"MCD pieces against whole: {mcd(pieces, whole, RATE):.2f} dB")
+    assert mcd(pieces, whole, RATE) < 0.5 * mcd(wave, whole, RATE)
+    read = run.domain.load(tmp_path / "long.wav")  # 16-bit, as convert_files read it
+    api = run.convert_sample(read)
+    assert np.abs(api.wave - pieces).max() <= 1 / 32768
+
+
 def test_short_recordings_are_reported_and_skipped(voices, tmp_path, styletx):
     import shutil
 

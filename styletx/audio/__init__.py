@@ -4,6 +4,7 @@
     from styletx.audio import SpectrogramEncoder  # base of normalised log-spectrogram encoders
     from styletx.audio import resampled, scaled_output  # for other voice encoders (world's)
     from styletx.audio import is_silent  # no sample above -80 dBFS
+    from styletx.audio import pieces_at_pauses, joined  # long recordings converted in pieces
     from styletx.audio.dsp import stft_magnitude, mel_filterbank, mel_to_linear, griffinlim
     from styletx.audio.metrics import mcd, log_f0_rmse
     from styletx.audio.decoder import MelToLinear, fit_mel_decoder  # learned mel decoder
@@ -20,7 +21,7 @@ from styletx.audio.encoder import (
     resampled,
     scaled_output,
 )
-from styletx.audio.sample import AudioSample
+from styletx.audio.sample import AudioSample, joined, pieces_at_pauses
 
 __all__ = ["AudioSample", "FEATURE_DEFAULTS", "NORMALIZE", "SpectrogramEncoder", "is_silent",
-           "match_loudness", "resampled", "scaled_output"]
+           "joined", "match_loudness", "pieces_at_pauses", "resampled", "scaled_output"]

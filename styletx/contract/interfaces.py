@@ -91,6 +91,19 @@ class Domain(ABC):
         """The inverse of ``from_array``."""
         raise NotImplementedError(f"the {self.name} domain does not convert arrays")
 
+    def conversion_pieces(self, sample: Sample) -> list[Sample]:
+        """An input cut into pieces that conversion takes one at a time, each encoded,
+        translated and decoded alone, then joined by ``join_converted``: memory bounded for any
+        length, and progress within one long input. Default: the input whole, ``[sample]``
+        (images are tiled in tensor space instead, ``tiles``)."""
+        return [sample]
+
+    def join_converted(self, pieces: list[Sample]) -> Sample:
+        """The converted ``pieces`` of one input (``conversion_pieces``), in order, as one."""
+        if len(pieces) != 1:
+            raise NotImplementedError(f"the {self.name} domain does not join pieces")
+        return pieces[0]
+
     def split_aligned(self, sample: Sample, path: Path) -> tuple[Sample, Sample]:
         """One file that holds A and B side by side (``--aligned``) -> ``(a, b)``; raise
         ``BadInputError(path, problem)`` for a file that cannot be split."""

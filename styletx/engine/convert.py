@@ -13,7 +13,9 @@ through the network together (up to ``batch_size`` of them, fewer for large inpu
 ``styletx.engine.apply``: on the CPU only small inputs gain from batching), long recordings'
 chunks are batched the same way, and a background thread reads and encodes the next files while the
 network runs (at most ``batch_size`` ahead). Each batch is decoded by the target encoder's
-``decode_batch`` (the audio encoders: one batched Griffin-Lim). In evaluation mode the
+``decode_batch`` (the audio encoders: one batched Griffin-Lim). An input the domain cuts
+into pieces (``Domain.conversion_pieces``: recordings longer than a minute) is converted a
+piece at a time, with progress, and joined (``Domain.join_converted``). In evaluation mode the
 outputs equal those of converting one file at a time, up to float rounding (oneDNN picks other
 convolution kernels for other batch sizes: ~1e-6 apart).
 """
@@ -56,6 +58,7 @@ from styletx.engine.model import (
     load_model_tensors,
     pick_device,
 )
+from styletx.engine.progress import Progress
 from styletx.engine.run_config import RunConfig
 from styletx.engine.runs import load_weights
 from styletx.engine.tiles import needs_tiles, translate_tiled
@@ -262,11 +265,40 @@ class Run:
             raise StyletxError(f"the {self.translator.name} translator's translate gave {got} "
                                f"for {tuple(x.shape)} ({direction}), not {expected}")
 
-    def convert_sample(self, sample: Sample, direction: str = "a2b") -> Sample:
+    def convert_sample(self, sample: Sample, direction: str = "a2b",
+                       batch_size: int = BATCH_SIZE) -> Sample:
+        """One sample, converted; in pieces (with progress) where the domain cuts it."""
+        pieces = self.domain.conversion_pieces(sample)
+        try:
+            if len(pieces) == 1:
+                return self._convert_piece(pieces[0], direction, batch_size)
+            return self._convert_in_pieces(pieces, direction, batch_size, "converting")
+        except _DecodeRefused as exc:
+            raise exc.__cause__ from None
+
+    def _convert_in_pieces(self, pieces: list[Sample], direction: str, batch_size: int,
+                           verb: str) -> Sample:
+        converted = []
+        with Progress(verb, "pieces", len(pieces), leave=False) as progress:
+            for piece in pieces:
+                converted.append(self._convert_piece(piece, direction, batch_size))
+                progress.update()
+        return self.domain.join_converted(converted)
+
+    def _convert_piece(self, sample: Sample, direction: str, batch_size: int) -> Sample:
         source, target = direction_sides(direction)
         x = encoded(self.encoders[source], sample)[None]
-        y = self._for_decoding(target, self.convert_tensor(x, direction))
-        return self.encoders[target].decode(y[0], like=sample)
+        return self._decode(target, self.convert_tensor(x, direction, batch_size), [sample])[0]
+
+    def _decode(self, side: str, y: torch.Tensor, likes: list[Sample]) -> list[Sample]:
+        """The ``side`` encoder's ``decode_batch``; its refusal (say, a plugin's decoder that
+        cannot decode one file's output) is ``_DecodeRefused``, so the file fails alone."""
+        try:
+            return self.encoders[side].decode_batch(self._for_decoding(side, y), likes=likes)
+        except (UsageError, WriteError):
+            raise  # wrong settings, a full disk: no file would fare better
+        except StyletxError as exc:
+            raise _DecodeRefused(str(exc)) from exc
 
     def _for_decoding(self, side: str, y: torch.Tensor) -> torch.Tensor:
         """``y`` where the ``side`` encoder decodes: the run's device when it decodes there."""
@@ -346,19 +378,23 @@ class Run:
     def _load(self, src: Path, dst: Path | None,
               side: str) -> tuple[Path, Path | None, tuple[Sample, torch.Tensor] | BadInputError]:
         """``(src, dst, (sample, encoded))``, or the problem with the file in place of the pair
-        (reported by the caller, in input order)."""
+        (reported by the caller, in input order); ``encoded`` is None for an input converted in
+        pieces (each piece is encoded when its turn comes)."""
         try:
             if dst is None:
                 kinds = " ".join(self.domain.extensions)
                 raise BadInputError(src, f"{not_a(self.domain.name)} ({kinds})")
             sample = self.domain.load(src)
+            if len(self.domain.conversion_pieces(sample)) > 1:
+                return src, dst, (sample, None)
             return src, dst, (sample, self.encoders[side].encode(sample))
         except BadInputError as err:
             return src, dst, err
 
     def _joins(self, pending: list, x: torch.Tensor, batch_size: int) -> bool:
-        """May ``x`` join the pending batch? Same shape, and the batch within its limits."""
-        if pending[0][3].shape != x.shape:
+        """May ``x`` join the pending batch? Same shape, and the batch within its limits (an
+        input in pieces goes alone)."""
+        if x is None or pending[0][3] is None or pending[0][3].shape != x.shape:
             return False
         chunk = self.domain.chunk_frames
         width = min(x.shape[-1], chunk) if chunk else x.shape[-1]  # what one network call sees
@@ -447,8 +483,9 @@ class Run:
         except RuntimeError as exc:
             if not is_out_of_memory(exc):
                 raise
-            shape = "x".join(map(str, pending[0][3].shape[-1:-3:-1]))
-            problem = out_of_memory_problem(exc, f"on {self.device} translating it at {shape}")
+            x = pending[0][3]
+            shape = " at " + "x".join(map(str, x.shape[-1:-3:-1])) if x is not None else ""
+            problem = out_of_memory_problem(exc, f"on {self.device} translating it{shape}")
         except _DecodeRefused as exc:
             problem = str(exc)
         if problem is not None:  # here, not in the handler, so the failed tensors are freed
@@ -485,15 +522,13 @@ class Run:
         return None
 
     def _translate_batch(self, pending, direction: str, batch_size: int) -> list[Sample]:
-        _, target = direction_sides(direction)
+        if pending[0][3] is None:  # one input, in pieces
+            src, _, sample, _ = pending[0]
+            pieces = self.domain.conversion_pieces(sample)
+            return [self._convert_in_pieces(pieces, direction, batch_size, src.name)]
         out = self.convert_tensor(torch.stack([x for *_, x in pending]), direction, batch_size)
-        try:
-            return self.encoders[target].decode_batch(self._for_decoding(target, out),
-                                                      likes=[sample for *_, sample, _ in pending])
-        except (UsageError, WriteError):
-            raise  # wrong settings, a full disk: no file would fare better
-        except StyletxError as exc:  # e.g. a plugin's decoder refusing one file's output
-            raise _DecodeRefused(str(exc)) from exc
+        return self._decode(direction_sides(direction)[1], out,
+                            [sample for *_, sample, _ in pending])
 
 
 class _DecodeRefused(Exception):
