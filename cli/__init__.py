@@ -703,6 +703,7 @@ def plugins(ctx, as_json):
     _add_step_times(listing, step_times())
     if as_json:
         click.echo(json.dumps(listing, indent=2))
+        _exit_if_any_failed(listing)
         return
     for p in listing:
         origin = "built-in" if p["builtin"] else "entry point"
@@ -716,6 +717,14 @@ def plugins(ctx, as_json):
                 changeable = p.get("conversion_settings", {}).get(name)
                 if changeable:
                     click.echo(f"    convert and export --set: {', '.join(changeable)}")
+    _exit_if_any_failed(listing)
+
+
+def _exit_if_any_failed(listing: list[dict]) -> None:
+    """Exit 1 when a plugin failed to load (listed all the same): a check in CI or a
+    plugin's own tests must not pass on a plugin that is not there."""
+    if any(p["error"] for p in listing):
+        sys.exit(1)
 
 
 def _plugin_listing() -> list[dict]:

@@ -34,6 +34,7 @@ class FaultyEncoder(RGBEncoder):
 class FaultyDomain(ImageDomain):
     name = "faultyimg"
     default_translator = "nosuchmodel"
+{domain_body}
 
 @styletx.hookimpl
 def register_translators(register):
@@ -114,10 +115,12 @@ CASES = {
 
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
-    """Install the faulty plugin with ``body`` (a translator's methods) and ``encoder_body``."""
+    """Install the faulty plugin with ``body`` (a translator's methods), ``encoder_body`` and
+    ``domain_body``."""
 
-    def install(body: str = "    pass", encoder_body: str = "    pass") -> None:
-        source = PLUGIN.format(body=body, encoder_body=encoder_body)
+    def install(body: str = "    pass", encoder_body: str = "    pass",
+                domain_body: str = "    pass") -> None:
+        source = PLUGIN.format(body=body, encoder_body=encoder_body, domain_body=domain_body)
         (tmp_path / "plug_faulty.py").write_text(source)
         sys.modules.pop("plug_faulty", None)
         monkeypatch.syspath_prepend(str(tmp_path))
@@ -388,3 +391,68 @@ def test_a_file_the_plugins_decoder_refuses_fails_alone_and_by_name(styletx, sce
     assert "Traceback" not in result.stderr
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == sorted(p.name for p in inputs.glob("*.png"))  # the rest of its batch
+
+
+def test_a_config_field_without_a_default_fails_the_plugin_at_loading(styletx, scenes, plugin,
+                                                                      tmp_path):
+    """It trained with the preset that set the field and failed with a TypeError traceback
+    under --preset default."""
+    plugin("""
+    import dataclasses
+
+    @dataclasses.dataclass(kw_only=True)
+    class Config(CycleGAN.Config):
+        width: int
+""")
+    listed = styletx("plugins")
+    assert listed.exit_code == 1
+    assert ('Error loading plugin "faulty": register_translators: TypeError: Faulty.Config '
+            'field(s) width '
+            "have no default (each needs one" in listed.stderr)
+    result = train(styletx, scenes, tmp_path / "run", "--steps", "1")
+    assert result.exit_code == 2  # checked before the folders are read
+    assert result.error_lines[-1].startswith("Error: unknown translator 'faulty' for --model")
+    assert result.error_lines[-1].endswith('; plugins that failed to load: "faulty")')
+
+
+def test_a_domain_that_chooses_no_encoder_says_so(styletx, scenes, plugin, tmp_path):
+    plugin(domain_body="    default_encoder = styletx.Domain.default_encoder")
+    result = train(styletx, scenes, tmp_path / "run", "--steps", "1", "--domain", "faultyimg")
+    assert_one_error(result, "the faultyimg domain chooses no encoder (it does not implement "
+                             "default_encoder); give one with --encoder")
+
+
+def test_a_default_encoder_of_another_domain_is_the_plugins_mistake(styletx, scenes, plugin,
+                                                                     tmp_path):
+    plugin(encoder_body='    domain = "faultyimgs"',
+           domain_body="    def default_encoder(self, samples):\n        return 'faultyrgb'")
+    result = train(styletx, scenes, tmp_path / "run", "--steps", "1", "--domain", "faultyimg")
+    assert_one_error(result, "the faultyimg domain's default encoder faultyrgb encodes "
+                             "'faultyimgs' files, not 'faultyimg' files")
+
+
+def test_a_domain_whose_save_writes_nothing_is_named(styletx, scenes, plugin, tmp_path):
+    """It read as a missing output folder: "cannot write out/x.png: No such file or
+    directory", once for every file."""
+    own = "    def default_encoder(self, samples):\n        return 'faultyrgb'\n"
+    plugin(encoder_body='    domain = "faultyimg"', domain_body=own)
+    run = tmp_path / "run"
+    trained = train(styletx, scenes, run, "--steps", "1", "--domain", "faultyimg")
+    assert trained.exit_code == 0, trained.stderr
+    plugin(encoder_body='    domain = "faultyimg"',
+           domain_body=own + "    def save(self, sample, path):\n        pass")
+    result = styletx("convert", run, scenes["test_a"], "-o", tmp_path / "out")
+    assert_one_error(result, "the faultyimg domain's save wrote no file at the path it was "
+                             "given (.")
+    assert not (tmp_path / "out").exists()
+
+
+def test_losses_given_as_tensors_are_read_without_a_warning(styletx, scenes, plugin, tmp_path):
+    plugin("""
+    def training_step(self, batch, step):
+        losses = super().training_step(batch, step)
+        return {name: torch.tensor(value, requires_grad=True) for name, value in losses.items()}
+""")
+    result = train(styletx, scenes, tmp_path / "run", "--steps", "2")
+    assert result.exit_code == 0, result.stderr
+    assert "UserWarning" not in result.stderr and "requires_grad" not in result.stderr

@@ -178,6 +178,8 @@ class Registry:
             if inspect.isabstract(cls):
                 missing = ", ".join(sorted(cls.__abstractmethods__))
                 raise TypeError(f"{cls.__name__} does not implement {missing}")
+            if kind == "translators":
+                _check_config_defaults(cls)
             if name in table or name in staged:
                 owner = self._owner(kind, name) or "this plugin"
                 raise ValueError(f'{kind[:-1]} "{name}" is already registered by {owner}')
@@ -222,8 +224,14 @@ class Registry:
         table = getattr(self, kind)
         if name not in table:
             known = ", ".join(sorted(table)) or "none"
-            raise UsageError(f"unknown {kind[:-1]} {name!r} for {option} (available: {known})")
+            raise UsageError(f"unknown {kind[:-1]} {name!r} for {option} (available: {known}"
+                             f"{self.failed_note()})")
         return table[name]
+
+    def failed_note(self) -> str:
+        """"; plugins that failed to load: ..." when any did (what they held is missing)."""
+        failed = ", ".join(f'"{p.name}"' for p in self.plugins if p.error)
+        return f"; plugins that failed to load: {failed}" if failed else ""
 
     def domain_for(self, path_suffixes: set[str]) -> Domain | None:
         """The domain that reads the most of these file suffixes, if any; of domains that
@@ -238,6 +246,19 @@ class Registry:
             log.warning("the %s domains all read these files; using %s (--domain chooses)",
                         " and ".join(tied), tied[0])
         return self.domains[tied[0]]()
+
+
+def _check_config_defaults(cls: type) -> None:
+    """Every field of a translator's ``Config`` needs a default: presets and ``--set`` give
+    only what they change (found here, not as a TypeError when a preset lacks the field)."""
+    config = getattr(cls, "Config", None)
+    if not dataclasses.is_dataclass(config):
+        return  # said when the translator is used, as before
+    bare = [f.name for f in dataclasses.fields(config)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if bare:
+        raise TypeError(f"{cls.__name__}.Config field(s) {', '.join(bare)} have no default "
+                        f"(each needs one: presets and --set give only what they change)")
 
 
 def _package(module: str) -> str:

@@ -513,6 +513,9 @@ class Run:
         try:
             with atomic_path(dst) as tmp:
                 self.domain.save(converted, tmp)
+                if not tmp.exists():  # else the rename's "no such file" blames the folder
+                    raise StyletxError(f"the {self.domain.name} domain's save wrote no file "
+                                       f"at the path it was given ({tmp.name}, for {dst})")
         except WriteError as exc:
             if exc.disk_full:
                 raise  # the next files would not fit either

@@ -102,9 +102,9 @@ def build_from_config(config: RunConfig, registry: Registry):
     """(domain, {side: encoder}, translator) described by a run's config."""
     missing = _missing_plugins(config, registry)
     if missing:
-        failed = ", ".join(f'"{p.name}"' for p in registry.plugins if p.error)
+        failed = registry.failed_note()
         raise StyletxError(f"this run needs {missing}, which no loaded plugin provides"
-                           + (f" (plugins that failed to load: {failed})" if failed else ""))
+                           + (f" ({failed[2:]})" if failed else ""))
     domain: Domain = registry.domain(config.domain)
     records = config.encoders
     encoders = {

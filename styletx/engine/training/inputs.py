@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from styletx.contract.errors import UsageError
+from styletx.contract.errors import StyletxError, UsageError
 from styletx.contract.interfaces import SIDES, Domain, Encoder, Translator
 from styletx.contract.registry import Registry
 from styletx.engine import distributed
@@ -66,13 +66,18 @@ def guess_domain(registry: Registry, a_dir: Path, b_dir: Path | None) -> Domain:
                 raise UsageError(f"{option} {folder}: the folder is empty")
         known = " ".join(sorted({e for d in registry.domains.values() for e in d.extensions}))
         raise UsageError(f"no supported files in {' or '.join(map(str, folders))} "
-                         f"(styletx reads {known})")
+                         f"(styletx reads {known}{registry.failed_note()})")
     return dom
 
 
-def check_encoder(enc: Encoder | type[Encoder], dom: Domain) -> None:
-    if enc.domain != dom.name:
-        raise UsageError(f"--encoder {enc.name} encodes {enc.domain} files, not {dom.name} files")
+def check_encoder(enc: Encoder | type[Encoder], dom: Domain, by_default: bool = False) -> None:
+    if enc.domain == dom.name:
+        return
+    if by_default:  # no option was given: a plugin's mistake
+        raise StyletxError(f"the {dom.name} domain's default encoder {enc.name} encodes "
+                           f"{enc.domain!r} files, not {dom.name!r} files (Encoder.domain must "
+                           f"be the domain's name)")
+    raise UsageError(f"--encoder {enc.name} encodes {enc.domain} files, not {dom.name} files")
 
 
 def check_size_multiple(crop: tuple[int | None, int], translator: Translator) -> None:

@@ -659,7 +659,8 @@ def _checked_losses(losses: Any, translator: str) -> dict[str, float]:
     not a dict of names and numbers (a plugin's mistake that failed deep in the logging)."""
     try:
         if isinstance(losses, dict) and all(isinstance(k, str) for k in losses):
-            return {k: float(v) for k, v in losses.items()}
+            return {k: float(v.detach() if isinstance(v, torch.Tensor) else v)
+                    for k, v in losses.items()}
     except (TypeError, ValueError, RuntimeError):
         pass
     shown = {k: type(v).__name__ for k, v in losses.items()} if isinstance(losses, dict) \

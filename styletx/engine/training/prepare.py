@@ -127,6 +127,10 @@ def _given(request: Request, a_dir: Path, b_dir: Path | None) -> dict[str, Any]:
 
 def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
              registry: Registry) -> Prepared:
+    if request.model:  # a mistyped or unloaded name before the folders are scanned
+        registry.translator(request.model)
+    if request.encoder:
+        registry.encoder(request.encoder)
     dom = (registry.domain(request.domain) if request.domain
            else guess_domain(registry, a_dir, b_dir))
     cls = registry.translator(request.model or _loaded(registry.translators,
@@ -169,13 +173,21 @@ def _fitted_encoders(registry: Registry, name: str | None, dom: Domain,
                      folders: dict[str, FolderData]) -> dict[str, Encoder]:
     """One encoder per side (``name``, else the domain's choice), fitted on that side."""
     encoders = {side: registry.encoder(name or _loaded(
-                    registry.encoders, dom.default_encoder(folders[side].samples), dom,
+                    registry.encoders, _default_encoder(dom, folders[side].samples), dom,
                     "--encoder"))()
                 for side in SIDES}
     for side, enc in encoders.items():
-        check_encoder(enc, dom)
+        check_encoder(enc, dom, by_default=name is None)
         enc.fit(folders[side].samples)
     return encoders
+
+
+def _default_encoder(dom: Domain, samples: list) -> str:
+    try:
+        return dom.default_encoder(samples)
+    except NotImplementedError:
+        raise StyletxError(f"the {dom.name} domain chooses no encoder (it does not implement "
+                           f"default_encoder); give one with --encoder") from None
 
 
 def _resumed_run(saved: RunConfig, settings: TrainSettings, out: Path,
