@@ -255,6 +255,14 @@ def test_a_translate_of_the_wrong_size_writes_nothing(styletx, scenes, plugin, t
     assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
 
 
+def test_a_translate_of_the_wrong_size_is_named_by_the_first_preview(styletx, scenes, plugin,
+                                                                       tmp_path):
+    plugin(CASES["halfsize"])
+    result = train(styletx, scenes, tmp_path / "run", "--steps", "2")
+    assert_one_error(result, "the faulty translator's preview row holds tiles of 16x16, 8x8, ",
+                     "translate must keep its input's size")
+
+
 def test_an_encoder_giving_the_wrong_channels_is_named(styletx, scenes, plugin, tmp_path):
     plugin(encoder_body="    def encode(self, sample):\n"
                         "        return super().encode(sample)[:2]\n")

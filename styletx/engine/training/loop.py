@@ -456,6 +456,7 @@ class Loop:
         translator.train(True)
         restore_rng(rng)
         tensors = [[tensor for _, tensor in row] for row in rows]
+        _check_preview_sizes(translator.name, tensors)
         grid = [[p.encoders[side] for side, _ in row] for row in rows]
         stem, titles = p.out / SAMPLES / f"step-{self.step:06d}", preview_titles(translator, rows)
         save_domain_preview(p.domain, tensors, grid, stem, titles)
@@ -635,6 +636,17 @@ class _StopAtStepBoundary:
     def __exit__(self, *exc) -> None:
         for number, previous in self._previous.items():
             signal.signal(number, previous)
+
+
+def _check_preview_sizes(translator: str, rows: list[list[torch.Tensor]]) -> None:
+    """Every tile of a preview row (input, translated, reconstructed) has the input's height
+    and width: a translate of another size would be drawn stretched, unnoticed until convert."""
+    for row in rows:
+        sizes = [tuple(tile.shape[-2:]) for tile in row]
+        if any(size != sizes[0] for size in sizes):
+            raise StyletxError(f"the {translator} translator's preview row holds tiles of "
+                               f"{', '.join('x'.join(map(str, s)) for s in sizes)} (height x "
+                               f"width): translate must keep its input's size")
 
 
 class _WeightUpdates:
