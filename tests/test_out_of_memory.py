@@ -70,14 +70,19 @@ def test_an_input_that_does_not_fit_fails_alone(styletx, trained_run, tmp_path, 
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "2.png"]
 
 
-def test_training_out_of_memory_says_what_to_lower(styletx, data, tmp_path, monkeypatch):
+def out_of_memory_in_training_step(monkeypatch, failing: int) -> None:
+    """CycleGAN's training step ``failing`` (0-based) runs out of memory."""
     step = CycleGAN.training_step
 
     def training_step(self, batch, index):
-        if index == 1:
+        if index == failing:
             allocate_too_much()
         return step(self, batch, index)
     monkeypatch.setattr(CycleGAN, "training_step", training_step)
+
+
+def test_training_out_of_memory_says_what_to_lower(styletx, data, tmp_path, monkeypatch):
+    out_of_memory_in_training_step(monkeypatch, 1)
     result = styletx("train", data["a"], data["b"], "--out", tmp_path / "run", *TINY,
                      "--steps", "3", "--size", "16", "--batch-size", "2")
     assert result.exit_code == 1
@@ -89,13 +94,7 @@ def test_training_out_of_memory_says_what_to_lower(styletx, data, tmp_path, monk
 
 def test_training_out_of_memory_saves_the_steps_since_the_checkpoint(styletx, data, tmp_path,
                                                                      monkeypatch):
-    step = CycleGAN.training_step
-
-    def training_step(self, batch, index):
-        if index == 4:
-            allocate_too_much()
-        return step(self, batch, index)
-    monkeypatch.setattr(CycleGAN, "training_step", training_step)
+    out_of_memory_in_training_step(monkeypatch, 4)
     result = styletx("train", data["a"], data["b"], "--out", tmp_path / "run", *TINY,
                      "--steps", "8", "--save-every", "100", "--size", "16")
     assert result.exit_code == 1

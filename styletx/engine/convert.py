@@ -375,18 +375,19 @@ class Run:
         self._flush(pending, direction, report, on_file, batch_size)
         return report
 
-    def _load(self, src: Path, dst: Path | None,
-              side: str) -> tuple[Path, Path | None, tuple[Sample, torch.Tensor] | BadInputError]:
+    def _load(self, src: Path, dst: Path | None, side: str
+              ) -> tuple[Path, Path | None, tuple[Sample, torch.Tensor | list] | BadInputError]:
         """``(src, dst, (sample, encoded))``, or the problem with the file in place of the pair
-        (reported by the caller, in input order); ``encoded`` is None for an input converted in
-        pieces (each piece is encoded when its turn comes)."""
+        (reported by the caller, in input order); for an input converted in pieces, its pieces
+        in place of ``encoded`` (each is encoded when its turn comes)."""
         try:
             if dst is None:
                 kinds = " ".join(self.domain.extensions)
                 raise BadInputError(src, f"{not_a(self.domain.name)} ({kinds})")
             sample = self.domain.load(src)
-            if len(self.domain.conversion_pieces(sample)) > 1:
-                return src, dst, (sample, None)
+            pieces = self.domain.conversion_pieces(sample)
+            if len(pieces) > 1:
+                return src, dst, (sample, pieces)
             return src, dst, (sample, self.encoders[side].encode(sample))
         except BadInputError as err:
             return src, dst, err
@@ -394,7 +395,7 @@ class Run:
     def _joins(self, pending: list, x: torch.Tensor, batch_size: int) -> bool:
         """May ``x`` join the pending batch? Same shape, and the batch within its limits (an
         input in pieces goes alone)."""
-        if x is None or pending[0][3] is None or pending[0][3].shape != x.shape:
+        if isinstance(x, list) or isinstance(pending[0][3], list) or pending[0][3].shape != x.shape:
             return False
         chunk = self.domain.chunk_frames
         width = min(x.shape[-1], chunk) if chunk else x.shape[-1]  # what one network call sees
@@ -484,7 +485,7 @@ class Run:
             if not is_out_of_memory(exc):
                 raise
             x = pending[0][3]
-            shape = " at " + "x".join(map(str, x.shape[-1:-3:-1])) if x is not None else ""
+            shape = "" if isinstance(x, list) else " at " + "x".join(map(str, x.shape[-1:-3:-1]))
             problem = out_of_memory_problem(exc, f"on {self.device} translating it{shape}")
         except _DecodeRefused as exc:
             problem = str(exc)
@@ -525,9 +526,8 @@ class Run:
         return None
 
     def _translate_batch(self, pending, direction: str, batch_size: int) -> list[Sample]:
-        if pending[0][3] is None:  # one input, in pieces
-            src, _, sample, _ = pending[0]
-            pieces = self.domain.conversion_pieces(sample)
+        if isinstance(pending[0][3], list):  # one input, in pieces
+            src, _, _, pieces = pending[0]
             return [self._convert_in_pieces(pieces, direction, batch_size, src.name)]
         out = self.convert_tensor(torch.stack([x for *_, x in pending]), direction, batch_size)
         return self._decode(direction_sides(direction)[1], out,
