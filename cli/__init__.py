@@ -420,6 +420,7 @@ def evaluate(run, a_test, b_test, direction, aligned, as_json, device, vocoder, 
     from tqdm import tqdm
 
     from styletx.engine.convert import load_run
+    from styletx.engine.evaluate import EvaluationInterrupted
     from styletx.engine.evaluate import evaluate as run_evaluation
     from styletx.engine.model import parse_settings
     from styletx.engine.progress import Progress
@@ -434,14 +435,30 @@ def evaluate(run, a_test, b_test, direction, aligned, as_json, device, vocoder, 
                 tqdm.write(f"Error: {name}: {problem}", file=sys.stderr)
             progress.update()
 
-        result = run_evaluation(model, a_test, b_test, direction, aligned, on_pair=on_pair,
-                                on_start=progress.start)
+        try:
+            result = run_evaluation(model, a_test, b_test, direction, aligned,
+                                    on_pair=on_pair, on_start=progress.start)
+        except EvaluationInterrupted as stop:  # show what was scored; the report keeps its own
+            progress.close()
+            _print_interrupted(stop.partial, as_json, progress.total)
     if vocoder is None and not settings:
         _keep_in_report(result)
     else:  # the report's table stays the run's own conversion
         variant = ([f"--vocoder {vocoder}"] if vocoder else []) + [f"--set {s}" for s in settings]
         log.info("measured with %s: not added to the run's report", " ".join(variant))
     _print_report(result, as_json, _evaluation_table, "pair(s)")
+
+
+def _print_interrupted(result, as_json: bool, total: int | None) -> None:
+    """After Ctrl-C: the scores of the pairs done (not added to the report), then exit 130."""
+    scored = len(result.scores)
+    if scored:
+        click.echo(json.dumps(result.to_json(), indent=2) if as_json
+                   else _evaluation_table(result))
+    click.echo(f"Error: interrupted after {scored + len(result.failed)} of {total or '?'} "
+               f"pair(s); " + (f"the scores above are of those {scored} scored, not added to "
+                               "the run's report" if scored else "none was scored"), err=True)
+    sys.exit(130)
 
 
 def _keep_in_report(result) -> None:

@@ -9,6 +9,7 @@ else WAV), limited to [-1, 1] by scaling rather than clipping.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import string
 import threading
 import warnings
@@ -32,8 +33,21 @@ from styletx.audio import (
 
 TRIM_TOP_DB = 40.0  # trailing/leading parts this far below the peak count as silence
 WRITABLE = {".wav": "WAV", ".flac": "FLAC"}
+PAIR_LENGTHS = 2.0  # compare: a pair this many times longer than the other is not the same words
 NARROW_BAND = 1.25  # compare_folders: a file whose band is this many times narrower than its
 #                     folder's widest is named (16 kHz beside 22.05 kHz and more: yes)
+
+
+log = logging.getLogger("styletx")
+
+
+def _warn_if_not_the_same_words(converted: AudioSample, target: AudioSample) -> None:
+    """Voice metrics align two utterances of the same words; a pair of very different lengths
+    (a misnamed file, a whole reading beside one sentence) gives scores that mean nothing."""
+    longer, shorter = sorted((converted.seconds, target.seconds), reverse=True)
+    if longer > PAIR_LENGTHS * max(shorter, 1e-3):
+        log.warning("the input is %.1f s long and its pair %.1f s: are they the same words? "
+                    "the scores assume so", converted.seconds, target.seconds)
 
 
 def _read(path: Path) -> tuple[np.ndarray, int, str]:
@@ -177,6 +191,7 @@ class AudioDomain(styletx.Domain):
         NaN."""
         from styletx.audio.metrics import log_f0_rmse, mcd
 
+        _warn_if_not_the_same_words(converted, target)
         x, y = (resampled(s, METRIC_RATE) for s in (converted, target))
         result = {"mcd_db": mcd(x, y, METRIC_RATE)}
         try:

@@ -235,6 +235,32 @@ def test_evaluate_cli_table_and_json(styletx, p2p_run, pairs):
     assert report["mean"]["converted"]["psnr_db"] == pytest.approx(mean)
 
 
+def test_ctrl_c_in_evaluate_shows_the_pairs_scored_so_far(styletx, p2p_run, pairs,
+                                                           monkeypatch):
+    """Scores are not thrown away by an interrupt: the pairs done are shown (not added to the
+    report, a partial table), and the exit code is Ctrl-C's."""
+    from styletx.engine.convert import Run
+
+    convert_sample, calls = Run.convert_sample, []
+
+    def interrupted_at_the_third(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return convert_sample(self, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "convert_sample", interrupted_at_the_third)
+    result = styletx("evaluate", p2p_run, pairs["test_a"], pairs["test_b"], "--device", "cpu")
+    assert result.exit_code == 130
+    rows = [line.split()[0] for line in result.stdout.splitlines()[3:6]]
+    assert rows == ["held000", "held001", "mean"]
+    assert "better on 2 of 2 pair(s)" in result.stdout
+    assert result.error_lines == ["Error: interrupted after 2 of 4 pair(s); the scores above are "
+                                  "of those 2 scored, not added to the run's report"]
+    saved = p2p_run / "evaluation-a2b.json"  # an earlier whole evaluation's, if any
+    assert not saved.exists() or "held003" in saved.read_text()
+
+
 def test_evaluate_works_for_an_unpaired_model(styletx, trained_run, scenes):
     """The same command scores a CycleGAN run, so the two kinds of model can be compared."""
     result = styletx("evaluate", trained_run, scenes["test_a"], scenes["test_b"], "--json",

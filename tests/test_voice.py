@@ -284,6 +284,25 @@ def test_evaluate_scores_the_voice_run(voice_run, voices, styletx):
     assert mean["converted"]["mcd_db"] < mean["baseline"]["mcd_db"]
 
 
+def test_evaluate_warns_of_a_pair_that_cannot_be_the_same_words(voice_run, voices, styletx,
+                                                                 tmp_path):
+    """A pair three times the other's length (a misnamed file) is still scored, with a warning
+    naming it; the pairs of equal words are not warned about."""
+    import shutil
+
+    test_b = shutil.copytree(voices["test_b"], tmp_path / "test_b")
+    first, second = sorted(test_b.glob("*.flac"))
+    wave, rate = sf.read(first)
+    sf.write(first, np.concatenate([wave] * 3), rate)
+    result = styletx("evaluate", voice_run, voices["test_a"], test_b, "--json")
+    assert result.exit_code == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "same words" in line]
+    assert warned == [f"Warning: {first.stem}: the input is {len(wave) / rate:.1f} s long and "
+                      f"its pair {3 * len(wave) / rate:.1f} s: are they the same words? the "
+                      "scores assume so"]
+    assert len(json.loads(result.stdout)["pairs"]) == 2
+
+
 # -- vaegan on voices -----------------------------------------------------------------------------
 def test_vaegan_trains_converts_and_runs_its_latent_tools_on_voices(voices, styletx, tmp_path):
     """The plumbing of a voice VAE/GAN (a few steps of small networks): convert, evaluate, and

@@ -72,6 +72,14 @@ class Evaluation:
         })
 
 
+class EvaluationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``evaluate``; ``partial`` is the Evaluation of the pairs scored before."""
+
+    def __init__(self, partial: Evaluation):
+        super().__init__()
+        self.partial = partial
+
+
 def evaluate(
     run: Run | Path | str,
     a_test: Path | str,
@@ -85,7 +93,8 @@ def evaluate(
 ) -> Evaluation:
     """Convert every paired test input of ``a_test``/``b_test`` in ``direction`` and score it
     against its pair. A pair whose file is unusable is reported (``on_pair(name, problem)``)
-    and left out; the rest are scored. ``on_start(n)`` is told the number of pairs first."""
+    and left out; the rest are scored. ``on_start(n)`` is told the number of pairs first.
+    Ctrl-C raises EvaluationInterrupted, which holds the pairs scored until then."""
     direction_sides(direction)  # validates the direction before any work
     model = as_run(run, device, registry)
     domain = model.domain
@@ -96,24 +105,34 @@ def evaluate(
     pairs = _test_pairs(domain, a_test, b_test, aligned, direction)
     if on_start is not None:
         on_start(len(pairs))
-    for name, paths, load in pairs:
-        try:
-            with _warnings_named(name):
-                src, tgt = load()
-                converted = model.convert_sample(src, direction)
-                score = PairScore(name, *paths, domain.compare(converted, tgt),
-                                  domain.compare(src, tgt))
-        except BadInputError as err:
-            result.failed.append((err.path, err.problem))
-            on_pair(str(err.path), err.problem)
-            continue
-        except ValueError as exc:  # the domain cannot measure this pair
-            result.failed.append((paths[0], f"cannot be measured: {exc}"))
-            on_pair(str(paths[0]), f"cannot be measured: {exc}")
-            continue
-        result.scores.append(score)
-        on_pair(name, None)
+    try:
+        for name, paths, load in pairs:
+            _score_pair(model, direction, name, paths, load, result, on_pair)
+    except KeyboardInterrupt:
+        raise EvaluationInterrupted(result) from None
     return result
+
+
+def _score_pair(model: Run, direction: str, name: str, paths: tuple[Path, Path],
+                load: Callable, result: Evaluation, on_pair: Callable) -> None:
+    """Convert and score one pair into ``result`` (its scores, or its problem in ``failed``)."""
+    domain = model.domain
+    try:
+        with _warnings_named(name):
+            src, tgt = load()
+            converted = model.convert_sample(src, direction)
+            score = PairScore(name, *paths, domain.compare(converted, tgt),
+                              domain.compare(src, tgt))
+    except BadInputError as err:
+        result.failed.append((err.path, err.problem))
+        on_pair(str(err.path), err.problem)
+        return
+    except ValueError as exc:  # the domain cannot measure this pair
+        result.failed.append((paths[0], f"cannot be measured: {exc}"))
+        on_pair(str(paths[0]), f"cannot be measured: {exc}")
+        return
+    result.scores.append(score)
+    on_pair(name, None)
 
 
 @contextlib.contextmanager
