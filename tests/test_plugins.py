@@ -46,6 +46,12 @@ BROKEN = {
         "does not implement",
     ),
     "nothing": ("def register_translators(register):\n    pass\n", "registers nothing"),
+    "instance": (
+        "import styletx\nfrom styletx.plugins.image import ImageDomain\n"
+        "class Mine(ImageDomain):\n    name = 'mine'\n"
+        "@styletx.hookimpl\ndef register_domains(register):\n    register(Mine())\n",
+        "register_domains got an instance of Mine: register the class, register(Mine)",
+    ),
 }
 
 

@@ -170,6 +170,9 @@ class Registry:
         base, table = KINDS[kind], getattr(self, kind)
 
         def register(cls: type) -> None:
+            if isinstance(cls, base):  # the plugin's class makes the instances, per run
+                raise TypeError(f"register_{kind} got an instance of {type(cls).__name__}: "
+                                f"register the class, register({type(cls).__name__})")
             if not (isinstance(cls, type) and issubclass(cls, base)):
                 raise TypeError(f"register_{kind} got {cls!r}, {not_a(base.__name__, 'subclass')}")
             name = getattr(cls, "name", None)
