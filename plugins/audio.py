@@ -34,6 +34,7 @@ from styletx.audio import (
 TRIM_TOP_DB = 40.0  # trailing/leading parts this far below the peak count as silence
 WRITABLE = {".wav": "WAV", ".flac": "FLAC"}
 PAIR_LENGTHS = 2.0  # compare: a pair this many times longer than the other is not the same words
+CLIPPED_SHARE = 0.001  # training_flaw: more samples than this at the peak: the file is clipped
 NARROW_BAND = 1.25  # compare_folders: a file whose band is this many times narrower than its
 #                     folder's widest is named (16 kHz beside 22.05 kHz and more: yes)
 
@@ -48,6 +49,17 @@ def _warn_if_not_the_same_words(converted: AudioSample, target: AudioSample) -> 
     if longer > PAIR_LENGTHS * max(shorter, 1e-3):
         log.warning("the input is %.1f s long and its pair %.1f s: are they the same words? "
                     "the scores assume so", converted.seconds, target.seconds)
+
+
+def clipped_share(wave: np.ndarray) -> float:
+    """The share of ``wave``'s samples within two 16-bit steps of its peak. A recording that
+    is not clipped has one or two such samples (real speech: 0.001-0.003 %); one clipped by
+    as little as 1.3x gain, 0.3-1.8 %."""
+    magnitude = np.abs(wave)
+    peak = float(magnitude.max()) if magnitude.size else 0.0
+    if peak < 1e-3:  # silence: every sample is "at the peak"
+        return 0.0
+    return float(np.count_nonzero(magnitude >= peak - 2 / 32768)) / magnitude.size
 
 
 def _read(path: Path) -> tuple[np.ndarray, int, str]:
@@ -209,6 +221,14 @@ class AudioDomain(styletx.Domain):
             raise styletx.BadInputError("", "pure silence (no signal above -80 dBFS)")
         wave, _ = librosa.effects.trim(sample.wave, top_db=TRIM_TOP_DB)
         return dataclasses.replace(sample, wave=np.ascontiguousarray(wave))
+
+    def training_flaw(self, sample: AudioSample) -> str | None:
+        """Clipping: a recording made too loud has flat tops at its peak, a distortion the
+        model would learn as part of the voice (and put into every conversion)."""
+        share = clipped_share(sample.wave)
+        if share > CLIPPED_SHARE:
+            return f"clipped: {100 * share:.1f} % of its samples at full scale"
+        return None
 
     def training_crop(self, size: int) -> tuple[int | None, int]:
         return None, size  # every frequency bin, ``size`` frames

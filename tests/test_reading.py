@@ -195,3 +195,30 @@ def test_the_files_training_enlarges_much_are_counted_and_the_most_named(tmp_pat
     caplog.clear()
     reader.warn_enlarged(1)  # one file, however many halves
     assert "training enlarges 1 of the 1 files" in caplog.records[0].getMessage()
+
+
+def test_files_with_a_flaw_are_named_the_first_few_then_counted(tmp_path, caplog, monkeypatch):
+    """Domain.training_flaw: each of the first five flawed files by name, then one line for
+    the rest, so a folder of 300 clipped recordings does not print 300 lines."""
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
+    for i in range(8):
+        Image.fromarray(np.full((8, 8, 3), 40 * (i % 2), np.uint8)).save(tmp_path / f"{i}.png")
+
+    class Flawed(ImageDomain):
+        def training_flaw(self, sample):
+            return "all dark" if sample.pixels.max() == 0 else None
+
+    reader = Reader(Flawed(), 8)
+    load_folder(tmp_path, reader, "A_DIR")
+    reader.warn_flawed(8)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / f'{i}.png'}: all dark; the model learns it as part of the style (leave "
+        "the file out, or fix it)" for i in (0, 2, 4, 6)]
+    for i in range(8, 14):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{i}.png")
+    caplog.clear()
+    reader = Reader(Flawed(), 8)
+    load_folder(tmp_path, reader, "A_DIR")
+    reader.warn_flawed(14)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 6 and messages[-1] == "... and 5 more of the 14 files have such flaws"

@@ -138,6 +138,24 @@ def test_short_recordings_are_reported_and_skipped(voices, tmp_path, styletx):
     assert f"{a}: 6 of 7 readable file(s) can be trained on" in result.stderr
 
 
+def test_a_clipped_recording_is_named_before_training(voices, tmp_path, styletx):
+    """A recording made too loud (flat tops at full scale) would teach the model distortion:
+    training names it, and only it, then trains on everything."""
+    import shutil
+
+    a = shutil.copytree(voices["a"], tmp_path / "a")
+    first = sorted(a.glob("*.flac"))[0]
+    wave, rate = sf.read(first, dtype="float32")
+    sf.write(first, np.clip(wave * 1.5 / np.abs(wave).max(), -1, 1), rate)
+    result = styletx("train", a, voices["b"], "--out", tmp_path / "run", "--preset", "tiny",
+                     "--steps", "1", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if ": clipped: " in line]
+    assert len(warned) == 1 and warned[0].startswith(f"Warning: {first}: clipped: "), warned
+    assert warned[0].endswith("% of its samples at full scale; the model learns it as part "
+                              "of the style (leave the file out, or fix it)")
+
+
 def test_a_folder_of_only_short_recordings_says_so(voices, tmp_path, styletx):
     """Not "4 usable audio files" and then all four skipped: the files are readable, and the
     error says that none of them is long enough."""

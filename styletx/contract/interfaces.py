@@ -128,6 +128,12 @@ class Domain(ABC):
         model would learn as part of the style. 1 for none."""
         return 1.0
 
+    def training_flaw(self, sample: Sample) -> str | None:
+        """A flaw of the file that a model would learn as part of the style, in a few words
+        (audio: "clipped: 2.1 % of its samples at full scale"), or None; training warns,
+        naming the file, and trains on it."""
+        return None
+
     def training_crop(self, size: int) -> tuple[int | None, int]:
         """(height, width) of a training crop of the encoded tensor; None = full height."""
         return size, size

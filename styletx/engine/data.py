@@ -98,6 +98,7 @@ def domain_files(folder: Path, domain: Domain, option: str,
 
 
 MUCH_ENLARGED = 2.0  # training warns about files it enlarges more than this many times
+SHOWN_FLAWED = 5  # training names this many files with a flaw (Domain.training_flaw), then counts
 
 
 @dataclasses.dataclass
@@ -119,11 +120,15 @@ class Reader:
     progress: bool = False
     # (file, factor) of each file training enlarges more than MUCH_ENLARGED times
     enlarged: list[tuple[Path, float]] = dataclasses.field(default_factory=list)
+    flawed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)  # training_flaw
 
     def prepare(self, sample: Sample, path: Path) -> Sample:
         factor = self.domain.training_enlargement(sample, self.size)
         if factor > MUCH_ENLARGED:
             self.enlarged.append((path, factor))  # list.append is atomic: safe from threads
+        flaw = self.domain.training_flaw(sample)
+        if flaw:
+            self.flawed.append((path, flaw))
         try:
             return self.domain.prepare_for_training(sample, self.size)
         except BadInputError as err:  # the domain is not told the path: name it here
@@ -143,6 +148,17 @@ class Reader:
                     "scale of --size %d (the most: %s, %.0fx), so the model learns their blur; "
                     "a --size near their size trains on them as they are", files, read,
                     MUCH_ENLARGED, self.size, path, factor)
+
+    def warn_flawed(self, read: int) -> None:
+        """The files with a flaw the model would learn (``Domain.training_flaw``), by name:
+        each of the first few, then how many more."""
+        flawed = sorted(set(self.flawed))  # --aligned: two halves a file
+        for path, flaw in flawed[:SHOWN_FLAWED]:
+            log.warning("%s: %s; the model learns it as part of the style (leave the file "
+                        "out, or fix it)", path, flaw)
+        if len(flawed) > SHOWN_FLAWED:
+            log.warning("... and %d more of the %d files have such flaws",
+                        len(flawed) - SHOWN_FLAWED, read)
 
     def run(self, jobs: Sequence[Callable[[], T]], what: str) -> list[T | BadInputError]:
         """Each job's result, in order, or the ``BadInputError`` it raised; any other styletx

@@ -105,7 +105,9 @@ def load_data(dom: Domain, a_dir: Path, b_dir: Path | None, out: Path, size: int
                    for side, folder in (("a", a_dir), ("b", b_dir))}
     if paired:
         check_enough(folders)
-    reader.warn_enlarged(len({f for data in folders.values() for f in data.files}))
+    read = len({f for data in folders.values() for f in data.files})
+    reader.warn_enlarged(read)
+    reader.warn_flawed(read)
     for side, data in folders.items():
         log.info("%s: %s: %s%s", side.upper(), data.folder, dom.describe(data.samples),
                  f" ({len(data.skipped)} file(s) skipped)" if data.skipped else "")
