@@ -7,7 +7,6 @@ import functools
 import json
 import logging
 import os
-import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -99,9 +98,16 @@ def _exit_with(err: StyletxError) -> None:
     message = one_line(err, limit=10_000, type_name=False)
     if rank == 0:  # one line, even when a library's message brought its own line breaks
         click.echo(f"Error: {message}", err=True)
-    elif not isinstance(err, UsageError):  # usage errors are the same on every rank
+    elif not isinstance(err, UsageError) and not _says_rank_0(err):
         click.echo(f"Error (process {rank}): {message}", err=True)
     sys.exit(err.exit_code)
+
+
+def _says_rank_0(err: StyletxError) -> bool:
+    """Errors every training process meets alike (an interrupt), which rank 0 reports."""
+    from styletx.engine.training.settings import TrainingInterrupted
+
+    return isinstance(err, TrainingInterrupted)
 
 
 def _rank() -> int:
@@ -309,10 +315,11 @@ def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, de
 
 
 def _relaunch_with_torchrun(nproc: int) -> None:
-    """Run this same command line again as ``nproc`` processes under torchrun (one machine),
-    without ``--nproc``, and exit with its status."""
+    """Run this same command line again as ``nproc`` processes on this machine, as torchrun
+    would (``styletx.engine.distributed.launch``), without ``--nproc``; exit with their
+    status."""
     from styletx.engine import threads
-    from styletx.engine.distributed import launched_by_torchrun
+    from styletx.engine.distributed import launch, launched_by_torchrun
 
     if launched_by_torchrun():
         raise UsageError("--nproc: already running under torchrun; give one or the other")
@@ -322,16 +329,14 @@ def _relaunch_with_torchrun(nproc: int) -> None:
             skip = arg == "--nproc"
             continue
         args.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "styletx.cli", *args]
-    log.info("starting %d training processes: torchrun --standalone --nproc-per-node=%d "
-             "-m styletx.cli %s", nproc, nproc, " ".join(args))
+    log.info("starting %d training processes, as torchrun --standalone --nproc-per-node=%d "
+             "-m styletx.cli %s would", nproc, nproc, " ".join(args))
     # The children import styletx by module name: a styletx/ folder in the current directory (a
     # source checkout) must not shadow the installed package there (Python >= 3.11 honours it).
     env = {**os.environ, "PYTHONSAFEPATH": "1"}
     if threads.USER_THREADS is None:  # our default was for one process: share the cores
         env["OMP_NUM_THREADS"] = str(max(1, threads.physical_cores() // nproc))
-    sys.exit(subprocess.call(command, env=env))
+    sys.exit(launch(args, nproc, env))
 
 
 @cli.command()

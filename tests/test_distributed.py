@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,38 @@ def _train_on_two_processes(model: str, data: dict[str, Path], tmp_path: Path,
                                            str(data["b"]), str(tmp_path / "run"), str(dump),
                                            extra, overrides))
     return [torch.load(dump / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def _replanning_worker(rank: int, port: int, a: str, b: str, out: str, dump: str) -> None:
+    """A --minutes run on two processes whose clocks would revise the plan differently
+    (rank 0 to 9 steps, rank 1 to 7) at step 3."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from styletx.engine import training
+    from styletx.engine.training import budget, loop
+
+    loop.steps_in_budget = lambda *args: 100  # no timing steps
+    budget.Budget.revised_total = lambda self, step, total, now: (
+        {0: 9, 1: 7}[rank] if step == 3 else None)
+    result = training.train(Path(a), Path(b), Path(out), model="cyclegan", preset="tiny",
+                            overrides=SMALL, settings=training.TrainSettings(
+                                minutes=60, size=16, batch_size=2, device="cpu",
+                                progress=False, preview_every=1000))
+    (Path(dump) / f"rank{rank}.json").write_text(json.dumps(result.step))
+
+
+@pytest.mark.slow
+def test_minutes_revise_the_plan_on_every_process_alike(scenes, tmp_path):
+    """--minutes under --nproc: the plan is revised as in one process, by rank 0's clock,
+    so every process stops at the same step (each by its own would wait for ever)."""
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    mp.spawn(_replanning_worker, nprocs=2, args=(_free_port(), str(scenes["a"]),
+                                                 str(scenes["b"]), str(tmp_path / "run"),
+                                                 str(dump)))
+    assert [json.loads((dump / f"rank{r}.json").read_text()) for r in range(2)] == [9, 9]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["step"] == 9
 
 
 @pytest.fixture(scope="module")
@@ -360,3 +393,83 @@ def test_nproc_from_a_folder_with_another_styletx_checkout(scenes, tmp_path):
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "decoy" not in result.stderr
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _start_nproc(base: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """``--nproc 2`` in a session of its own (a signal to it reaches no test process), once
+    both training processes are past their first logged step."""
+    launcher = subprocess.Popen([*base, "--nproc", "2"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+    lines = 0 if not log.exists() else len(log.read_text().splitlines())
+    for _ in range(1200):
+        if log.exists() and len(log.read_text().splitlines()) > lines:
+            break
+        assert launcher.poll() is None, launcher.communicate()
+        time.sleep(0.1)
+    return launcher
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_nproc_stops_every_process_on_a_signal_to_the_launcher_alone(scenes, tmp_path):
+    """`kill PID` of `styletx train --nproc 2` (what timeout and an IDE's stop button do):
+    every training process stops after its step, rank 0 saves and says so once, and none is
+    left training on its own. A second launcher on the busy folder: one line, no traceback.
+    A training process killed outright: rank 0 saves the steps since its last checkpoint."""
+    import signal
+
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "styletx.cli", "train", str(scenes["a"]), str(scenes["b"]),
+            "--preset", "tiny", "--device", "cpu", "--size", "16", "--set", "ngf=4",
+            "--set", "ndf=4", "--out", str(run), "--steps", "100000", "--log-every", "5",
+            "--save-every", "100000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = _start_nproc(base, env, run / "log.jsonl")
+    workers = _children(launcher.pid)
+    assert len(workers) == 2
+
+    busy = subprocess.run([*base, "--nproc", "2"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert busy.returncode == 1 and "Traceback" not in busy.stderr, busy.stderr
+    assert "another styletx process" in busy.stderr.splitlines()[-1]
+
+    launcher.send_signal(signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143, stderr
+    said = [line for line in stderr.splitlines() if "interrupted at step" in line]
+    assert len(said) == 1 and said[0].startswith("Error: interrupted at step"), stderr
+    assert all(_gone(pid) for pid in workers)
+    step = json.loads((run / "config.json").read_text())["step"]
+    assert f"at step {step};" in said[0]
+
+    launcher = _start_nproc(base, env, run / "log.jsonl")
+    os.kill(max(_children(launcher.pid)), signal.SIGKILL)  # rank 1, started second
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 128 + signal.SIGKILL and "Traceback" not in stderr, stderr
+    assert "Warning: training process 1 was killed by SIGKILL" in stderr
+    error = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and error[0].startswith("Error: another training process stopped "
+                                                   "in step "), stderr
+    saved = json.loads((run / "config.json").read_text())["step"]
+    assert saved > step and error[0].endswith(f"a rerun resumes from step {saved}")

@@ -22,12 +22,18 @@ A checkpoint holds no trace of the number of processes, so a run can resume with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import gc
 import importlib
 import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -37,13 +43,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from styletx.contract.errors import UsageError
+from styletx.contract.errors import UsageError, one_line
 
 if TYPE_CHECKING:
     from styletx.contract.interfaces import Translator
 
 log = logging.getLogger("styletx")
 TIMEOUT = datetime.timedelta(minutes=30)  # a checkpoint or preview on rank 0 may take a while
+STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # a training process's exit on a signal
+STOP_GRACE = 30.0  # s: after one process failed, the others' time to end before SIGKILL
 
 
 class Group:
@@ -107,13 +115,17 @@ class Group:
         """True on every rank if ``flag`` is true on any (e.g. Ctrl-C reached one process)."""
         return self.any_each([flag], device)[0]
 
-    def any_each(self, flags: list[bool], device: torch.device) -> list[bool]:
-        """``any`` of each flag, in one exchange."""
-        if not self.active:
-            return list(flags)
-        value = torch.tensor([float(flag) for flag in flags], device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return [bool(v) for v in value.tolist()]
+    def any_each(self, flags: list[bool], device: torch.device,
+                 number: int | None = None) -> list:
+        """``any`` of each flag, in one exchange; with ``number`` (a count >= 0 that only
+        rank 0 gives, the others 0), rank 0's count on every rank after the flags."""
+        values = [float(flag) for flag in flags] + ([] if number is None else [float(number)])
+        if self.active:
+            value = torch.tensor(values, dtype=torch.float64, device=device)
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+            values = value.tolist()
+        agreed = [bool(v) for v in values[:len(flags)]]
+        return agreed if number is None else [*agreed, int(values[-1])]
 
     def broadcast(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Rank 0's ``tensor`` on every rank (sent from ``device``: NCCL sends only GPU
@@ -146,6 +158,21 @@ def launched_by_torchrun() -> bool:
     in TORCHELASTIC_RUN_ID), or another launcher started several with WORLD_SIZE."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     return size > 1 or ("WORLD_SIZE" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ)
+
+
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer")  # what gloo says
+
+
+def lost_a_process(exc: BaseException) -> str | None:
+    """Why a collective operation failed, in a few words, if another training process is gone
+    (gloo raises a RuntimeError of several lines saying "Connection closed by peer"); None
+    for any other error."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    said = [words for words in PEER_GONE if words in str(exc)]
+    if said:
+        return said[0]
+    return one_line(exc, limit=200) if isinstance(exc, dist.DistError) else None
 
 
 def rank_from_environment() -> int:
@@ -226,3 +253,80 @@ def _require_forward_for(translator: str, name: str, step: _StepForward) -> Call
         step.calls = 0
 
     return check
+
+
+# -- one machine, N processes (`styletx train --nproc N`) ---------------------------------------
+def launch(args: list[str], nproc: int, env: dict[str, str]) -> int:
+    """Run ``python -m styletx.cli ARGS`` as ``nproc`` training processes on this machine, with
+    the environment ``torchrun --standalone --nproc-per-node N`` gives them; their exit status.
+
+    A SIGINT or SIGTERM sent to this process alone (``kill PID``, ``timeout``, an IDE's stop
+    button) reaches every training process once, so they stop after the step and save;
+    torchrun behind ``subprocess.call`` left them training on their own. They run in a process
+    group of their own, so that a terminal's Ctrl-C, which signals the whole foreground group,
+    reaches them once, through here (twice stops them at once, without saving). A process that
+    fails leaves the others waiting for it in a collective operation: they get a SIGTERM (stop
+    after the step), and SIGKILL STOP_GRACE seconds later. The status is the first failure's,
+    else rank 0's (0, or 130 / 143 after a signal)."""
+    common = {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+              "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+              "TORCHELASTIC_RUN_ID": f"styletx-{os.getpid()}"}
+    processes: list[subprocess.Popen] = []
+
+    def forward(signum, frame) -> None:
+        _signal_all(processes, signum)
+
+    previous = {number: signal.signal(number, forward)
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for rank in range(nproc):
+            group = processes[0].pid if processes else 0  # 0: a new group, led by rank 0
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "styletx.cli", *args], process_group=group,
+                env={**common, "RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0"}))
+        return _wait_for(processes)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for process in processes:  # only after an error of this launcher itself
+            if process.poll() is None:
+                process.kill()
+
+
+def _wait_for(processes: list[subprocess.Popen]) -> int:
+    failure: int | None = None
+    kill_at = float("inf")
+    while [process for process in processes if process.poll() is None]:  # polls every one
+        if failure is None:
+            failed = [(rank, process.returncode) for rank, process in enumerate(processes)
+                      if process.returncode not in (None, 0, *STOPPED)]
+            if failed:
+                rank, failure = failed[0]
+                if failure < 0:  # killed, so it could not say why (a process says its errors)
+                    log.warning("training process %d was killed by %s", rank,
+                                signal.Signals(-failure).name)
+                    failure = 128 - failure  # the shell's convention
+                # a first SIGTERM only asks to stop after the step: one saving its last steps
+                # on its way out (it saw the other go) goes on; one blocked is killed later
+                _signal_all(processes, signal.SIGTERM)
+                kill_at = time.monotonic() + STOP_GRACE
+        if time.monotonic() >= kill_at:
+            _signal_all(processes, signal.SIGKILL)
+            kill_at = float("inf")
+        time.sleep(0.1)
+    return failure if failure is not None else processes[0].returncode
+
+
+def _signal_all(processes: list[subprocess.Popen], number: int) -> None:
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(number)
+
+
+def _free_port() -> int:
+    """A TCP port free on this machine now, for rank 0's rendezvous (as torchrun's
+    --standalone picks one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -107,7 +107,7 @@ def run(prepared: Prepared, settings: TrainSettings) -> TrainResult:
     if group.is_main:  # only now, with the data known to be usable, is anything written
         _write_start(prepared, alignment)
     loop = Loop(prepared, settings, group, device, sampler, names,
-                replan=planned and not group.active)
+                replan=planned)
     loop.run()
     return loop.finish()
 
@@ -257,12 +257,12 @@ class Loop:
                         self._on_schedule(stopping)
         except (WriteError, RuntimeError) as exc:
             self.failure = _why_training_stopped(exc, self.device, self.step, self.plan,
-                                                 self.start)
+                                                 self.start, self.group)
             if self.failure is None:
                 self._save_before_failing()
                 self._release()
                 raise
-            out_of_memory = not isinstance(exc, WriteError)
+            worth_saving = not isinstance(exc, WriteError)  # out of memory, a process lost
         except StyletxError:  # diverged, or a translator breaking the contract: nothing to save
             self._release()
             raise
@@ -275,7 +275,7 @@ class Loop:
             raise
         else:
             return
-        if out_of_memory:  # here, with the failed step's tensors freed with its traceback
+        if worth_saving:  # here, with the failed step's tensors freed with its traceback
             self._save_before_failing()
 
     def _set_periods(self) -> None:
@@ -308,14 +308,15 @@ class Loop:
         for scheduler in self.translator.schedulers.values():
             scheduler.step()
         self.out_of_time = self.budget is not None and self.budget.spent()
-        stopping, non_finite = self.group.any_each(  # every process counts alike
+        # rank 0's clock revises the plan, so that every process stops at the same step
+        revised = (self.budget.revised_total(self.step, self.plan.steps, time.monotonic())
+                   if self.budget and self.group.is_main else None)
+        stopping, non_finite, revised = self.group.any_each(  # every process counts alike
             [self.stop.requested or self.out_of_time, bool(self._non_finite_losses())],
-            self.device)
+            self.device, number=revised or 0)
         self.non_finite = self.non_finite + 1 if non_finite else 0
         if self.non_finite >= NON_FINITE_STEPS:
             self._diverged()
-        revised = self.budget and self.budget.revised_total(self.step, self.plan.steps,
-                                                            time.monotonic())
         if revised:
             replan(self.translator, self.plan, revised)
             self.bar.total = revised
@@ -542,10 +543,14 @@ class Loop:
 
 
 def _why_training_stopped(exc: BaseException, device: torch.device, step: int, plan,
-                          start: int) -> str | None:
-    """One line for running out of memory or disk space in the loop; None for anything else."""
+                          start: int, group: distributed.Group) -> str | None:
+    """One line for running out of memory or disk space in the loop, or for another training
+    process gone; None for anything else."""
     if isinstance(exc, WriteError):
         return f"{exc}; training stopped at step {step}"
+    lost = group.active and distributed.lost_a_process(exc)
+    if lost:  # that process said why, or it was killed
+        return f"another training process stopped in step {step + 1} ({lost})"
     if not is_out_of_memory(exc):
         return None
     advice = (f"lower --batch-size (now {plan.batch_size}) or --size (now {plan.size})"
