@@ -104,6 +104,19 @@ def test_names_that_differ_only_in_case_get_a_hint(tmp_path, messages):
         pair_files(tmp_path / "a", tmp_path / "b", ImageDomain())
 
 
+def test_names_in_another_unicode_form_pair(tmp_path, messages):
+    """"Über straße" typed here (NFC) and copied from macOS (NFD, "U" + combining diaeresis)
+    look the same and are the same pair."""
+    import unicodedata
+
+    for i, name in enumerate(("Über straße", "Café", "plain")):
+        _save(tmp_path / "a" / f"{unicodedata.normalize('NFC', name)}.jpg", _pixels(i))
+        _save(tmp_path / "b" / f"{unicodedata.normalize('NFD', name)}.png", _pixels(i))
+    found = pair_files(tmp_path / "a", tmp_path / "b", ImageDomain())
+    assert [key for _, _, key in found.pairs] == ["Café", "plain", "Über straße"]
+    assert "no partner" not in messages.text
+
+
 def test_same_name_twice_in_one_folder_is_refused(tmp_path):
     for name in ("001.png", "001.jpg"):
         _save(tmp_path / "a" / name, _pixels(1))

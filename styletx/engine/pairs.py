@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,8 +48,10 @@ class FilePairs:
 
 
 def pair_key(path: Path, folder: Path) -> str:
-    """``folder/x/001.png`` -> ``x/001``: what pairs two files."""
-    return path.relative_to(folder).with_suffix("").as_posix()
+    """``folder/x/001.png`` -> ``x/001``: what pairs two files. In one Unicode form (NFC): a
+    name copied from macOS spells "é" as "e" and a combining accent (NFD), which looks the
+    same and would pair with nothing."""
+    return unicodedata.normalize("NFC", path.relative_to(folder).with_suffix("").as_posix())
 
 
 def pair_files(a_dir: Path, b_dir: Path, domain: Domain,
