@@ -113,8 +113,12 @@ def test_evaluate_adds_its_table(styletx, image_run, scenes):
     assert result.exit_code == 0, result.stderr
     saved = json.loads((image_run / "evaluation-a2b.json").read_text())
     assert saved["direction"] == "a2b" and len(saved["pairs"]) == 3
+    folders = [str(scenes[side].resolve()) for side in ("test_a", "test_b")]
+    assert saved["test_folders"] == folders  # which test set the table is of
     page = Page(image_run / "report.html")
     assert "psnr_db" in page.cells and "ssim" in page.cells
+    assert f"a2b: 3 pair(s) of {folders[0]} and {folders[1]}" in (
+        image_run / "report.html").read_text()
 
 
 def test_report_command(styletx, image_run, tmp_path):

@@ -47,6 +47,7 @@ class Evaluation:
     metrics: dict[str, str]  # name -> "higher" or "lower" (is better)
     scores: list[PairScore] = dataclasses.field(default_factory=list)
     failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    test_folders: tuple[Path, ...] = ()  # A_TEST and B_TEST, or A_TEST alone (aligned)
 
     def means(self) -> dict[str, dict[str, float]]:
         """Mean of each metric over the pairs, for the converted inputs and the baseline (NaN
@@ -64,6 +65,7 @@ class Evaluation:
         return _finite({
             "run": str(self.run),
             "direction": self.direction,
+            "test_folders": [str(folder) for folder in self.test_folders],
             "metrics": self.metrics,
             "pairs": [{"name": s.name, "source": str(s.source), "target": str(s.target),
                        "converted": s.converted, "baseline": s.baseline} for s in self.scores],
@@ -100,7 +102,9 @@ def evaluate(
     domain = model.domain
     if not domain.metrics:
         raise UsageError(f"the {domain.name} domain has no evaluation metrics")
-    result = Evaluation(model.path, direction, dict(domain.metrics))
+    result = Evaluation(model.path, direction, dict(domain.metrics),
+                        test_folders=tuple(Path(f).resolve() for f in (a_test, b_test)
+                                           if f is not None))
     on_pair = on_pair or (lambda *_: None)
     pairs = _test_pairs(domain, a_test, b_test, aligned, direction)
     if on_start is not None:

@@ -272,7 +272,10 @@ def _one_evaluation(path: Path) -> str:
     rows = [(name, better, means["converted"].get(name), means["baseline"].get(name))
             for name, better in metrics.items()]
     pairs = len(result.get("pairs", []))
-    return (f"<h3>{html.escape(str(result.get('direction')))}: {pairs} pair(s)</h3>"
+    folders = result.get("test_folders") or []  # older evaluations did not name them
+    source = f" of {' and '.join(folders)}" if folders else ""
+    return (f"<h3>{html.escape(str(result.get('direction')))}: {pairs} pair(s)"
+            f"{html.escape(source)}</h3>"
             + _table(rows, ("metric", "better when", "converted (mean)",
                           "untouched input (mean)")))
 
