@@ -262,9 +262,10 @@ def launch(args: list[str], nproc: int, env: dict[str, str]) -> int:
 
     A SIGINT or SIGTERM sent to this process alone (``kill PID``, ``timeout``, an IDE's stop
     button) reaches every training process once, so they stop after the step and save;
-    torchrun behind ``subprocess.call`` left them training on their own. They run in a process
-    group of their own, so that a terminal's Ctrl-C, which signals the whole foreground group,
-    reaches them once, through here (twice stops them at once, without saving). A process that
+    torchrun behind ``subprocess.call`` left them training on their own. Each runs in a session
+    of its own, so that a terminal's Ctrl-C, which signals the whole foreground process group,
+    reaches it once, through here (twice stops it at once, without saving); a SIGHUP (the
+    terminal closed) reaches it as a SIGTERM. A process that
     fails leaves the others waiting for it in a collective operation: they get a SIGTERM (stop
     after the step), and SIGKILL STOP_GRACE seconds later. The status is the first failure's,
     else rank 0's (0, or 130 / 143 after a signal)."""
@@ -273,16 +274,16 @@ def launch(args: list[str], nproc: int, env: dict[str, str]) -> int:
               "TORCHELASTIC_RUN_ID": f"styletx-{os.getpid()}"}
     processes: list[subprocess.Popen] = []
 
-    def forward(signum, frame) -> None:
-        _signal_all(processes, signum)
+    def forward(signum, frame) -> None:  # a closed terminal (SIGHUP): stop as after SIGTERM
+        _signal_all(processes, signal.SIGTERM if signum == signal.SIGHUP else signum)
 
-    previous = {number: signal.signal(number, forward)
-                for number in (signal.SIGINT, signal.SIGTERM)}
+    previous = {number: signal.signal(number, forward)  # one ignored (SIGINT in a background
+                for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # job) stays so
+                if signal.getsignal(number) is not signal.SIG_IGN}
     try:
         for rank in range(nproc):
-            group = processes[0].pid if processes else 0  # 0: a new group, led by rank 0
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "styletx.cli", *args], process_group=group,
+            processes.append(subprocess.Popen(  # a session of its own: out of the terminal's
+                [sys.executable, "-m", "styletx.cli", *args], start_new_session=True,  # group
                 env={**common, "RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0"}))
         return _wait_for(processes)
     finally:
