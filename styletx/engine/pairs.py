@@ -138,8 +138,9 @@ def _load(folders: tuple[Path, Path], reader: Reader, jobs) -> dict[str, FolderD
     results = reader.run([load for _, load in jobs], "pairs")
     for (paths, _), result in zip(jobs, results):
         if isinstance(result, BadInputError):
-            for side in data.values():
-                side.skipped.append((result.path, result.problem))
+            for side, path in zip(data.values(), paths):  # the side whose file it is (both
+                if path == result.path:                    # with --aligned: one file)
+                    side.skipped.append((result.path, result.problem))
             log.warning("skipping the pair of %s: %s", result.path, result.problem)
             continue
         for side, path, sample in zip(data.values(), paths, result):
