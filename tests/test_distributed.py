@@ -473,3 +473,37 @@ def test_nproc_stops_every_process_on_a_signal_to_the_launcher_alone(scenes, tmp
                                                    "in step "), stderr
     saved = json.loads((run / "config.json").read_text())["step"]
     assert saved > step and error[0].endswith(f"a rerun resumes from step {saved}")
+
+
+def test_a_signal_while_the_processes_start_stops_the_ones_started(monkeypatch):
+    """`--nproc 4` stopped while its processes start: the rest are not started (those started
+    would wait for them for ever), the started ones are killed (no step was taken), and the
+    status is the signal's."""
+    import signal
+
+    from styletx.engine import distributed
+
+    started = []
+
+    class Process:
+        pid, returncode = 0, None
+
+        def __init__(self, *args, **kwargs):
+            started.append(self)
+            if len(started) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # the launcher's handler forwards it
+
+        def poll(self):
+            return self.returncode
+
+        def send_signal(self, number):
+            self.returncode = -number
+
+        kill = lambda self: self.send_signal(signal.SIGKILL)  # noqa: E731
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", Process)
+    handler = signal.getsignal(signal.SIGTERM)
+    assert distributed.launch(["train"], 4, {}) == 128 + signal.SIGTERM
+    assert len(started) == 2 and [p.returncode for p in started] == [-signal.SIGTERM,
+                                                                     -signal.SIGKILL]
+    assert signal.getsignal(signal.SIGTERM) is handler  # put back

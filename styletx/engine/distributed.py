@@ -273,15 +273,21 @@ def launch(args: list[str], nproc: int, env: dict[str, str]) -> int:
               "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
               "TORCHELASTIC_RUN_ID": f"styletx-{os.getpid()}"}
     processes: list[subprocess.Popen] = []
+    received: list[int] = []
 
     def forward(signum, frame) -> None:  # a closed terminal (SIGHUP): stop as after SIGTERM
-        _signal_all(processes, signal.SIGTERM if signum == signal.SIGHUP else signum)
+        received.append(signal.SIGTERM if signum == signal.SIGHUP else signum)
+        _signal_all(processes, received[-1])
 
     previous = {number: signal.signal(number, forward)  # one ignored (SIGINT in a background
                 for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # job) stays so
                 if signal.getsignal(number) is not signal.SIG_IGN}
     try:
         for rank in range(nproc):
+            if received:  # stopped while starting: the others would wait for the missing rank
+                _signal_all(processes, signal.SIGKILL)  # before any step: nothing to save
+                _wait_for(processes)
+                return 128 + received[0]
             processes.append(subprocess.Popen(  # a session of its own: out of the terminal's
                 [sys.executable, "-m", "styletx.cli", *args], start_new_session=True,  # group
                 env={**common, "RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0"}))
