@@ -507,3 +507,33 @@ def test_a_signal_while_the_processes_start_stops_the_ones_started(monkeypatch):
     assert len(started) == 2 and [p.returncode for p in started] == [-signal.SIGTERM,
                                                                      -signal.SIGKILL]
     assert signal.getsignal(signal.SIGTERM) is handler  # put back
+
+
+def test_a_closed_terminal_stops_the_processes_as_sigterm_does(monkeypatch):
+    """SIGHUP to the launcher (its terminal closed) reaches each training process once, as
+    SIGTERM (which training takes as "save and stop"); their status is the launcher's."""
+    import signal
+
+    from styletx.engine import distributed
+
+    started, signals, hung_up = [], [], []
+
+    class Process:
+        pid, returncode = 0, None
+
+        def __init__(self, *args, **kwargs):
+            started.append(self)
+
+        def poll(self):
+            if len(started) == 2 and not hung_up:
+                hung_up.append(True)
+                os.kill(os.getpid(), signal.SIGHUP)
+            return self.returncode
+
+        def send_signal(self, number):
+            signals.append(number)
+            self.returncode = 128 + number  # as training exits on it
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", Process)
+    assert distributed.launch(["train"], 2, {}) == 128 + signal.SIGTERM
+    assert signals == [signal.SIGTERM, signal.SIGTERM]
