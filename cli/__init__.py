@@ -581,7 +581,8 @@ def traverse(run, input_path, dims, steps, k, side, full_size, out_dir, device):
     model = load_run(run, device=device, registry=registry())
     require_latent(model)
     if not input_path.is_file():
-        raise UsageError(f"{input_path}: no such file")
+        raise UsageError(f"{input_path}: " + ("a folder; traverse walks one file's latent"
+                                              if input_path.is_dir() else "no such file"))
     written = walk(model, input_path, channels, out_dir, steps=steps, k=k, side=side,
                    full_size=full_size)
     click.echo(f"wrote {len(written)} file(s) into {out_dir}")

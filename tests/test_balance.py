@@ -249,7 +249,12 @@ def test_balance_share_out_of_range_is_a_usage_error(styletx, scenes, tmp_path):
 @pytest.mark.parametrize(("options", "error"), [
     (("--balance-every", "5"), "--balance-every set(s) how --balance draws; add --balance"),
     (("--balance", "--balance-every", "0"), "--balance-every must be at least 1 (got 0)"),
-    (("--balance", "--balance-smoothing", "-1"), "--balance-smoothing must be >= 0 (got -1.0)"),
+    (("--balance", "--balance-smoothing", "-1"),
+     "--balance-smoothing must be a number >= 0 (got -1.0)"),
+    (("--balance", "--balance-smoothing", "nan"),
+     "--balance-smoothing must be a number >= 0 (got nan)"),
+    (("--balance", "--balance-smoothing", "inf"),
+     "--balance-smoothing must be a number >= 0 (got inf)"),
     (("--balance", "--model", "cyclegan"), "--balance needs a model with a latent space"),
 ])
 def test_balance_options_are_checked_before_the_files_are_read(styletx, scenes, tmp_path,

@@ -235,12 +235,18 @@ def test_traverse_refuses_bad_dims_and_steps(vae, styletx, tmp_path):
         (("--dims", "-1"), "out of range"),
         (("--dims", "one"), "--dims one: give channel numbers"),
         (("--steps", "1"), "--steps must be at least 2"),
-        (("--range", "0"), "--range must be a positive number"),
+        (("--range", "0"), "--range must be above 0 and at most 10 standard deviations"),
+        (("--range", "1e30"), "(got 1e+30; beyond, the decoder meets latents it never saw)"),
+        (("--range", "nan"), "--range must be above 0"),
     ):
         result = styletx("traverse", vae["run"], source, *args, "-o", tmp_path)
         assert result.exit_code == 2, (args, result.stderr)
         assert message in result.error_lines[0], result.stderr
     assert not list(tmp_path.iterdir())
+    folder = styletx("traverse", vae["run"], vae["held"], "-o", tmp_path)
+    assert folder.exit_code == 2
+    assert folder.error_lines == [f"Error: {vae['held']}: a folder; traverse walks one file's "
+                                  "latent"]
 
 
 # -- score --------------------------------------------------------------------------------------
@@ -341,6 +347,24 @@ def test_a_ctrl_c_while_latent_json_is_written_is_mended_by_the_same_command(
         f"Error: interrupted after training, while the vaegan model wrote its extra outputs; "
         f"{run} is trained to step 2 and the same command writes them"]
     assert not (run / "latent.json").exists()
+    # Until then, each latent tool says what it lacks and what writes it, instead of
+    # converting unchecked, sampling the prior and walking channel 0, 1, 2, ... in silence.
+    missing = ("latent.json is missing: it is written when training finishes; the same train "
+               "command writes it")
+    source = sorted(scenes["test_a"].iterdir())[0]
+    said = {tool: styletx(*args, "-o", tmp_path / tool, "--device", "cpu") for tool, args in (
+        ("convert", ("convert", run, source)), ("sample", ("sample", run, "-n", "2")),
+        ("traverse", ("traverse", run, source, "--steps", "2")))}
+    assert all(result.exit_code == 0 for result in said.values())
+    assert (f"Warning: {run}: inputs are not checked against the training data ({missing})"
+            in said["convert"].stderr.splitlines())
+    assert (f"Warning: drawing from the prior N(0, I), not from the training latents "
+            f"({missing})" in said["sample"].stderr.splitlines())
+    assert "(in channel order), each from -3 to +3 the prior's unit steps, " + missing in (
+        said["traverse"].stderr)
+    scored = styletx("score", run, source, "--device", "cpu")
+    assert scored.exit_code == 1 and scored.error_lines == [
+        f"Error: {run}: no training scores ({missing})"]
     again = styletx(*command)
     assert again.exit_code == 0, again.stderr
     assert "is already trained to step 2" in again.stderr and "writing it" in again.stderr

@@ -80,6 +80,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("styletx")
 
 STATS = "latent.json"
+MAX_RANGE = 10.0  # traverse --range: standard deviations a channel may be walked at most
 THRESHOLD_QUANTILE = 0.95  # the training scores' quantile the threshold is built on
 THRESHOLD_MARGIN = 1.3  # flagged above this many times that quantile (measured, see above)
 ROW = 8  # sample grids: tiles per row
@@ -319,9 +320,14 @@ def _side_scores(stats: dict[str, Any] | None, side: str) -> list | None:
 def _training_scores(run: Run, side: str) -> dict[str, Any]:
     stats = load_training_statistics(run.path)
     if not _side_scores(stats, side):
-        raise StyletxError(f"{run.path}: no training scores ({STATS} is missing or incomplete; "
-                           "it is written when training finishes)")
+        raise StyletxError(f"{run.path}: no training scores ({_no_statistics(stats)})")
     return stats
+
+
+def _no_statistics(stats: dict[str, Any] | None) -> str:
+    """Why a run lacks the training statistics, and what writes them."""
+    return (f"{STATS} is {'missing' if stats is None else 'incomplete'}: it is written when "
+            "training finishes; the same train command writes it")
 
 
 # -- sampling -----------------------------------------------------------------------------------
@@ -346,7 +352,11 @@ def sample(run: Run | Path | str, side: str, n: int, out: Path | str, seed: int 
     probe = torch.zeros(1, translator.channels[side], height, width)
     mu, _ = translator.encode_latent(probe.to(run.device), side)
     generator = torch.Generator().manual_seed(seed)
-    stats = (load_training_statistics(run.path) or {}).get(side) or {}
+    saved = load_training_statistics(run.path)
+    stats = (saved or {}).get(side) or {}
+    if not prior and "latent_cholesky" not in stats:  # the prior's draws look like texture
+        log.warning("drawing from the prior N(0, I), not from the training latents (%s)",
+                    _no_statistics(saved))
     z = (torch.randn((n, *mu.shape[1:]), generator=generator)
          if prior or "latent_cholesky" not in stats
          else latent_draws(stats, n, tuple(mu.shape[-2:]), generator))
@@ -430,17 +440,21 @@ def traverse(run: Run | Path | str, input_path: Path | str, dims: Sequence[int] 
     channels = translator.latent_channels
     if steps < 2:
         raise UsageError(f"--steps must be at least 2 (got {steps})")
-    if not (k > 0 and math.isfinite(k)):
-        raise UsageError(f"--range must be a positive number (got {k})")
-    stats = load_training_statistics(run.path) or {}
+    if not 0 < k <= MAX_RANGE:
+        raise UsageError(f"--range must be above 0 and at most {MAX_RANGE:g} standard "
+                         f"deviations (got {k}; beyond, the decoder meets latents it never saw)")
+    saved = load_training_statistics(run.path)
+    stats = saved or {}
     std = (stats.get(side) or {}).get("latent_std")
+    spread = "standard deviations"
     if not isinstance(std, list) or len(std) != channels:
-        std = [1.0] * channels
-    chosen = dims is None
-    if chosen:  # the channels that change the output most, largest first
+        std, spread = [1.0] * channels, f"the prior's unit steps, {_no_statistics(saved)}"
+    order = "as given" if dims is not None else "by how much they change the output, most first"
+    if dims is None:  # the channels that change the output most, largest first
         effect = (stats.get(side) or {}).get("channel_effect")
         if not isinstance(effect, list) or len(effect) != channels:
             effect = std  # a run trained before channel effects were measured
+            order = "by spread, widest first" if saved else "in channel order"
         dims = sorted(range(channels), key=lambda d: -effect[d])[:DEFAULT_DIMS]
     dims = list(dict.fromkeys(dims))  # each once, in the order given
     if not dims:
@@ -469,9 +483,8 @@ def traverse(run: Run | Path | str, input_path: Path | str, dims: Sequence[int] 
         written += _write_preview(run, [tiles], side, out / f"dim{d:02d}")
     if _one_picture(run.domain):
         written += _write_preview(run, rows, side, out / "all", titles)
-    log.info("walked latent channel(s) %s (%s), each from -%g to +%g standard deviations",
-             ", ".join(map(str, dims)), "by how much they change the output, most first"
-             if chosen else "as given", k, k)
+    log.info("walked latent channel(s) %s (%s), each from -%g to +%g %s",
+             ", ".join(map(str, dims)), order, k, k, spread)
     return written
 
 
@@ -542,6 +555,8 @@ def outlier_check(run: Run, side: str) -> Callable[[Path, Sample], None] | None:
         log.warning("%s; inputs are not checked against the training data", err)
         return None
     if stats is None or not isinstance(stats.get(side), dict) or not stats[side].get("scores"):
+        log.warning("%s: inputs are not checked against the training data (%s)", run.path,
+                    _no_statistics(stats))
         return None
     try:
         scorer = _Scorer(run, run.translator, side, stats[side], stats.get("threshold"))

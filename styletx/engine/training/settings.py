@@ -74,8 +74,8 @@ def check_balance_settings(settings: TrainSettings) -> None:
         raise UsageError(f"{_options(given)} set(s) how --balance draws; add --balance")
     if settings.balance_every < 1:
         raise UsageError(f"--balance-every must be at least 1 (got {settings.balance_every})")
-    if settings.balance_smoothing < 0:
-        raise UsageError(f"--balance-smoothing must be >= 0 (got "
+    if not 0 <= settings.balance_smoothing < math.inf:  # NaN compares false, so is refused
+        raise UsageError(f"--balance-smoothing must be a number >= 0 (got "
                          f"{settings.balance_smoothing})")
     if not 0 <= settings.balance_share <= 1:
         raise UsageError(f"--balance-share must be between 0 and 1 (got "
