@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -16,10 +19,13 @@ import click
 from styletx import __version__
 from styletx.contract.errors import (
     StyletxError,
+    Terminated,
     UsageError,
+    interrupt_status,
     is_out_of_memory,
     one_line,
     out_of_memory_problem,
+    raise_terminated,
 )
 from styletx.demo import DEMO_MINUTES, DEMO_STEPS, VOICE_DEMO_MINUTES
 
@@ -59,20 +65,40 @@ def reports_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except StyletxError as err:
-            _exit_with(err)
-        except KeyboardInterrupt:
-            click.echo("Error: interrupted", err=True)
-            sys.exit(130)
-        except Exception as exc:
-            explained = _explained(exc)
-            if explained is None:
-                raise
-            _exit_with(explained)
+        with _sigterm_as_interrupt():
+            try:
+                return command(*args, **kwargs)
+            except StyletxError as err:
+                _exit_with(err)
+            except KeyboardInterrupt as stop:
+                click.echo("Error: " + ("terminated (SIGTERM)" if isinstance(stop, Terminated)
+                                        else "interrupted"), err=True)
+                sys.exit(interrupt_status(stop))
+            except Exception as exc:
+                explained = _explained(exc)
+                if explained is None:
+                    raise
+                _exit_with(explained)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops a command as Ctrl-C does (``Terminated``) rather than at once, which left
+    temporary files behind and said nothing; a SIGTERM a parent set to ignore stays so. Not in
+    the processes of a distributed run: one waiting in C++ for its peers (the rendezvous) would
+    only print torch's retry warnings; their training loop takes SIGTERM over all the same."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+            or "WORLD_SIZE" in os.environ):
+        yield
+        return
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _explained(exc: Exception) -> StyletxError | None:
@@ -389,11 +415,11 @@ def convert(run, inputs, out_dir, direction, batch_size, out_format, device, kee
             report = model.convert_files(inputs, out_dir, direction, batch_size,
                                          on_file=on_file, out_format=out_format,
                                          on_start=progress.start)
-        except KeyboardInterrupt:  # what is there is whole: say how much that is
+        except KeyboardInterrupt as stop:  # what is there is whole: say how much that is
             progress.close()
             click.echo(f"Error: interrupted after {progress.done} of {progress.total or '?'} "
                        f"file(s); those written into {out_dir} are complete", err=True)
-            sys.exit(130)
+            sys.exit(interrupt_status(stop))
     click.echo(f"converted {len(report.converted)} file(s) into {out_dir}"
                + (f"; {len(report.failed)} failed" if report.failed else ""))
     if report.failed:
@@ -445,7 +471,7 @@ def evaluate(run, a_test, b_test, direction, aligned, as_json, device, vocoder, 
                                     on_pair=on_pair, on_start=progress.start)
         except EvaluationInterrupted as stop:  # show what was scored; the report keeps its own
             progress.close()
-            _print_interrupted(stop.partial, as_json, progress.total)
+            _print_interrupted(stop.partial, as_json, progress.total, stop.status)
     if vocoder is None and not settings:
         _keep_in_report(result)
     else:  # the report's table stays the run's own conversion
@@ -454,8 +480,8 @@ def evaluate(run, a_test, b_test, direction, aligned, as_json, device, vocoder, 
     _print_report(result, as_json, _evaluation_table, "pair(s)")
 
 
-def _print_interrupted(result, as_json: bool, total: int | None) -> None:
-    """After Ctrl-C: the scores of the pairs done (not added to the report), then exit 130."""
+def _print_interrupted(result, as_json: bool, total: int | None, status: int) -> None:
+    """After Ctrl-C: the scores of the pairs done (not added to the report), then exit."""
     scored = len(result.scores)
     if scored:
         click.echo(json.dumps(result.to_json(), indent=2) if as_json
@@ -463,7 +489,7 @@ def _print_interrupted(result, as_json: bool, total: int | None) -> None:
     click.echo(f"Error: interrupted after {scored + len(result.failed)} of {total or '?'} "
                f"pair(s); " + (f"the scores above are of those {scored} scored, not added to "
                                "the run's report" if scored else "none was scored"), err=True)
-    sys.exit(130)
+    sys.exit(status)
 
 
 def _keep_in_report(result) -> None:

@@ -3,14 +3,17 @@ disjoint data shards, one writer, and a resume with another number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -415,19 +418,26 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _start_nproc(base: list[str], env: dict, log: Path) -> subprocess.Popen:
+@contextlib.contextmanager
+def _nproc_run(base: list[str], env: dict, log: Path) -> Iterator[subprocess.Popen]:
     """``--nproc 2`` in a session of its own (a signal to it reaches no test process), once
-    both training processes are past their first logged step."""
+    both training processes are past their first logged step; stopped at the end if a failed
+    assertion left it training."""
     launcher = subprocess.Popen([*base, "--nproc", "2"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env,
                                 start_new_session=True)
-    lines = 0 if not log.exists() else len(log.read_text().splitlines())
-    for _ in range(1200):
-        if log.exists() and len(log.read_text().splitlines()) > lines:
-            break
-        assert launcher.poll() is None, launcher.communicate()
-        time.sleep(0.1)
-    return launcher
+    try:
+        lines = 0 if not log.exists() else len(log.read_text().splitlines())
+        for _ in range(1200):
+            if log.exists() and len(log.read_text().splitlines()) > lines:
+                break
+            assert launcher.poll() is None, launcher.communicate()
+            time.sleep(0.1)
+        yield launcher
+    finally:
+        if launcher.poll() is None:
+            launcher.send_signal(signal.SIGTERM)
+            launcher.wait(timeout=120)
 
 
 @pytest.mark.slow
@@ -437,50 +447,45 @@ def test_nproc_stops_every_process_on_a_signal_to_the_launcher_alone(scenes, tmp
     every training process stops after its step, rank 0 saves and says so once, and none is
     left training on its own. A second launcher on the busy folder: one line, no traceback.
     A training process killed outright: rank 0 saves the steps since its last checkpoint."""
-    import signal
-
     run = tmp_path / "run"
     base = [sys.executable, "-m", "styletx.cli", "train", str(scenes["a"]), str(scenes["b"]),
             "--preset", "tiny", "--device", "cpu", "--size", "16", "--set", "ngf=4",
             "--set", "ndf=4", "--out", str(run), "--steps", "100000", "--log-every", "5",
             "--save-every", "100000"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = _start_nproc(base, env, run / "log.jsonl")
-    workers = _children(launcher.pid)
-    assert len(workers) == 2
+    with _nproc_run(base, env, run / "log.jsonl") as launcher:
+        workers = _children(launcher.pid)
+        assert len(workers) == 2
+        busy = subprocess.run([*base, "--nproc", "2"], capture_output=True, text=True, env=env,
+                              timeout=120)
+        assert busy.returncode == 1 and "Traceback" not in busy.stderr, busy.stderr
+        assert "another styletx process" in busy.stderr.splitlines()[-1]
 
-    busy = subprocess.run([*base, "--nproc", "2"], capture_output=True, text=True, env=env,
-                          timeout=120)
-    assert busy.returncode == 1 and "Traceback" not in busy.stderr, busy.stderr
-    assert "another styletx process" in busy.stderr.splitlines()[-1]
+        launcher.send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=120)
+        assert launcher.returncode == 143, stderr
+        said = [line for line in stderr.splitlines() if "interrupted at step" in line]
+        assert len(said) == 1 and said[0].startswith("Error: interrupted at step"), stderr
+        assert all(_gone(pid) for pid in workers)
+        step = json.loads((run / "config.json").read_text())["step"]
+        assert f"at step {step};" in said[0]
 
-    launcher.send_signal(signal.SIGTERM)
-    _, stderr = launcher.communicate(timeout=120)
-    assert launcher.returncode == 143, stderr
-    said = [line for line in stderr.splitlines() if "interrupted at step" in line]
-    assert len(said) == 1 and said[0].startswith("Error: interrupted at step"), stderr
-    assert all(_gone(pid) for pid in workers)
-    step = json.loads((run / "config.json").read_text())["step"]
-    assert f"at step {step};" in said[0]
-
-    launcher = _start_nproc(base, env, run / "log.jsonl")
-    os.kill(max(_children(launcher.pid)), signal.SIGKILL)  # rank 1, started second
-    _, stderr = launcher.communicate(timeout=120)
-    assert launcher.returncode == 128 + signal.SIGKILL and "Traceback" not in stderr, stderr
-    assert "Warning: training process 1 was killed by SIGKILL" in stderr
-    error = [line for line in stderr.splitlines() if line.startswith("Error:")]
-    assert len(error) == 1 and error[0].startswith("Error: another training process stopped "
-                                                   "in step "), stderr
-    saved = json.loads((run / "config.json").read_text())["step"]
-    assert saved > step and error[0].endswith(f"a rerun resumes from step {saved}")
+    with _nproc_run(base, env, run / "log.jsonl") as launcher:
+        os.kill(max(_children(launcher.pid)), signal.SIGKILL)  # rank 1, started second
+        _, stderr = launcher.communicate(timeout=120)
+        assert launcher.returncode == 128 + signal.SIGKILL and "Traceback" not in stderr, stderr
+        assert "Warning: training process 1 was killed by SIGKILL" in stderr
+        error = [line for line in stderr.splitlines() if line.startswith("Error:")]
+        assert len(error) == 1 and error[0].startswith("Error: another training process "
+                                                       "stopped in step "), stderr
+        saved = json.loads((run / "config.json").read_text())["step"]
+        assert saved > step and error[0].endswith(f"a rerun resumes from step {saved}")
 
 
 def test_a_signal_while_the_processes_start_stops_the_ones_started(monkeypatch):
     """`--nproc 4` stopped while its processes start: the rest are not started (those started
     would wait for them for ever), the started ones are killed (no step was taken), and the
     status is the signal's."""
-    import signal
-
     from styletx.engine import distributed
 
     started = []
@@ -512,8 +517,6 @@ def test_a_signal_while_the_processes_start_stops_the_ones_started(monkeypatch):
 def test_a_closed_terminal_stops_the_processes_as_sigterm_does(monkeypatch):
     """SIGHUP to the launcher (its terminal closed) reaches each training process once, as
     SIGTERM (which training takes as "save and stop"); their status is the launcher's."""
-    import signal
-
     from styletx.engine import distributed
 
     started, signals, hung_up = [], [], []

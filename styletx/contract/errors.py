@@ -99,3 +99,20 @@ def one_line(exc: BaseException, limit: int = 300, type_name: bool = True) -> st
     if not type_name:
         return text or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``) taken as a Ctrl-C by commands that
+    do not train, so that they stop the same way: whole outputs kept, temporary files
+    removed, one line; exit status 143 instead of 130. (Training stops after its step on
+    either signal: styletx.engine.training.loop.)"""
+
+
+def raise_terminated(signum, frame) -> None:
+    """The SIGTERM handler of the command line (``cli.reports_errors``)."""
+    raise Terminated
+
+
+def interrupt_status(exc: BaseException) -> int:
+    """The shell's exit status for an interrupt: 128 + the signal's number."""
+    return 143 if isinstance(exc, Terminated) else 130

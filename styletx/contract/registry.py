@@ -34,7 +34,7 @@ import pluggy
 
 from styletx import __version__
 from styletx.contract import hookspecs
-from styletx.contract.errors import UsageError, not_a, one_line
+from styletx.contract.errors import Terminated, UsageError, not_a, one_line
 from styletx.contract.interfaces import Domain, Encoder, Translator
 
 log = logging.getLogger("styletx")
@@ -116,8 +116,8 @@ class Registry:
             self._add(info, module)
 
     def _failed(self, info: PluginInfo, exc: BaseException, problem: str | None = None) -> None:
-        if isinstance(exc, _UserInterrupt):
-            raise exc  # the user's Ctrl-C is no plugin's failure: the command stops
+        if isinstance(exc, (_UserInterrupt, Terminated)):
+            raise exc  # the user's Ctrl-C (or SIGTERM) is no plugin's failure: it stops
         info.error = problem or _one_line(exc)
         info.error_traceback = "".join(traceback.format_exception(exc))
         if not any(p is info for p in self.plugins):  # not yet listed (an import failure)

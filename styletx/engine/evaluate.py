@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from styletx.contract.errors import BadInputError, UsageError
+from styletx.contract.errors import BadInputError, UsageError, interrupt_status
 from styletx.contract.interfaces import direction_sides
 from styletx.contract.registry import Registry
 from styletx.engine.convert import Run, as_run
@@ -75,11 +75,12 @@ class Evaluation:
 
 
 class EvaluationInterrupted(KeyboardInterrupt):
-    """Ctrl-C during ``evaluate``; ``partial`` is the Evaluation of the pairs scored before."""
+    """Ctrl-C during ``evaluate``; ``partial`` is the Evaluation of the pairs scored before,
+    ``status`` the exit status the interrupt asks for (130, or 143 for SIGTERM)."""
 
-    def __init__(self, partial: Evaluation):
+    def __init__(self, partial: Evaluation, status: int = 130):
         super().__init__()
-        self.partial = partial
+        self.partial, self.status = partial, status
 
 
 def evaluate(
@@ -112,8 +113,8 @@ def evaluate(
     try:
         for name, paths, load in pairs:
             _score_pair(model, direction, name, paths, load, result, on_pair)
-    except KeyboardInterrupt:
-        raise EvaluationInterrupted(result) from None
+    except KeyboardInterrupt as stop:
+        raise EvaluationInterrupted(result, interrupt_status(stop)) from None
     return result
 
 

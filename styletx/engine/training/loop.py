@@ -30,6 +30,7 @@ from styletx.contract.errors import (
     is_out_of_memory,
     one_line,
     out_of_memory_problem,
+    raise_terminated,
 )
 from styletx.contract.interfaces import SIDES, Translator
 from styletx.engine import distributed, progress
@@ -619,15 +620,18 @@ class _StopAtStepBoundary:
     state; a second one stops at once (the last checkpoint stays intact, as every write is
     atomic). A signal the parent set to be ignored (SIGINT in a background job) stays so."""
 
-    SIGNALS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    # each signal's handlers that the loop takes over (the command line's for SIGTERM raises
+    # Terminated, as Ctrl-C raises KeyboardInterrupt); one a parent set to ignore stays so
+    SIGNALS = {signal.SIGINT: (signal.default_int_handler,),
+               signal.SIGTERM: (signal.SIG_DFL, raise_terminated)}
     requested = False
     received: int | None = None  # the signal that asked
 
     def __enter__(self) -> _StopAtStepBoundary:
         self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            for number, default in self.SIGNALS.items():
-                if signal.getsignal(number) is default:
+            for number, defaults in self.SIGNALS.items():
+                if signal.getsignal(number) in defaults:
                     self._previous[number] = signal.signal(number, self._handle)
         return self
 
