@@ -357,13 +357,19 @@ def sample(run: Run | Path | str, side: str, n: int, out: Path | str, seed: int 
     if not prior and "latent_cholesky" not in stats:  # the prior's draws look like texture
         log.warning("drawing from the prior N(0, I), not from the training latents (%s)",
                     _no_statistics(saved))
-    z = (torch.randn((n, *mu.shape[1:]), generator=generator)
-         if prior or "latent_cholesky" not in stats
-         else latent_draws(stats, n, tuple(mu.shape[-2:]), generator))
-    tiles = []
-    for batch in z.split(BATCH):
-        tiles += list(translator.decode_latent(batch.to(run.device), side,
-                                               size=(height, width)).float().cpu())
+    from_prior = prior or "latent_cholesky" not in stats
+
+    def drawn(count: int) -> torch.Tensor:
+        return (torch.randn((count, *mu.shape[1:]), generator=generator) if from_prior
+                else latent_draws(stats, count, tuple(mu.shape[-2:]), generator))
+
+    tiles = []  # drawn and decoded a batch at a time: 1000 latents at once took 10 GB
+    with Progress("decoded", "sample(s)", total=n, leave=False) as progress:
+        for start in range(0, n, BATCH):
+            batch = drawn(min(BATCH, n - start))
+            tiles += list(translator.decode_latent(batch.to(run.device), side,
+                                                   size=(height, width)).float().cpu())
+            progress.update(len(batch))
     # Rows of 8; audio previews letter their rows' clips a to z, so at most 26 rows.
     per_row = max(ROW, -(-n // 26))
     rows = [tiles[i : i + per_row] for i in range(0, n, per_row)]
