@@ -573,7 +573,8 @@ def test_sample_draws_from_the_fitted_field_unless_asked_for_the_prior(vae, styl
         tmp_path / "prior" / "samples.png")
 
 
-def test_runs_saved_before_the_typicality_score_keep_their_elbo_scores(vae, tmp_path):
+def test_runs_saved_before_the_typicality_score_keep_their_elbo_scores(vae, tmp_path, caplog,
+                                                                      monkeypatch):
     """A latent.json without the typicality features, the field or the channel effects (an
     older styletx): scores are the negative ELBO, sample uses the prior, traverse the spread."""
     import shutil
@@ -593,9 +594,13 @@ def test_runs_saved_before_the_typicality_score_keep_their_elbo_scores(vae, tmp_
     (old / latent.STATS).write_text(json.dumps(stats))
     scores = [s.score for s in latent.score(run, held).scores]
     assert np.allclose(scores, elbo.tolist(), rtol=1e-4)
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
     assert latent.sample(run, "a", 2, tmp_path / "s")[0].is_file()
+    assert ("drawing from the prior N(0, I), not from the training latents (latent.json has no "
+            "such statistics: an older version trained the run)") in caplog.text
     std = stats["a"]["latent_std"]
     written = latent.traverse(run, held[0], None, tmp_path / "t", steps=2)
+    assert "(by spread, widest first), each from -3 to +3 standard deviations" in caplog.text
     busiest = sorted(range(len(std)), key=lambda d: -std[d])[:4]
     assert [p.name for p in written[:4]] == [f"dim{d:02d}.png" for d in busiest]
 

@@ -102,10 +102,10 @@ def one_line(exc: BaseException, limit: int = 300, type_name: bool = True) -> st
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, ``timeout``, ``docker stop``) taken as a Ctrl-C by commands that
-    do not train, so that they stop the same way: whole outputs kept, temporary files
-    removed, one line; exit status 143 instead of 130. (Training stops after its step on
-    either signal: styletx.engine.training.loop.)"""
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``) taken as a Ctrl-C by the command
+    line, so that a command stops the same way: whole outputs kept, temporary files removed,
+    one line; exit status 143 instead of 130. (The training loop takes either signal over and
+    stops after its step: styletx.engine.training.loop.)"""
 
 
 def raise_terminated(signum, frame) -> None:

@@ -324,8 +324,11 @@ def _training_scores(run: Run, side: str) -> dict[str, Any]:
     return stats
 
 
-def _no_statistics(stats: dict[str, Any] | None) -> str:
-    """Why a run lacks the training statistics, and what writes them."""
+def _no_statistics(stats: dict[str, Any] | None, scores: bool = True) -> str:
+    """Why a run lacks training statistics, and what writes them: ``scores`` are what the
+    train command completes; the rest only a run of a newer version has."""
+    if stats is not None and not scores:
+        return f"{STATS} has no such statistics: an older version trained the run"
     return (f"{STATS} is {'missing' if stats is None else 'incomplete'}: it is written when "
             "training finishes; the same train command writes it")
 
@@ -356,7 +359,7 @@ def sample(run: Run | Path | str, side: str, n: int, out: Path | str, seed: int 
     stats = (saved or {}).get(side) or {}
     if not prior and "latent_cholesky" not in stats:  # the prior's draws look like texture
         log.warning("drawing from the prior N(0, I), not from the training latents (%s)",
-                    _no_statistics(saved))
+                    _no_statistics(saved, scores=False))
     from_prior = prior or "latent_cholesky" not in stats
 
     def drawn(count: int) -> torch.Tensor:
@@ -454,7 +457,8 @@ def traverse(run: Run | Path | str, input_path: Path | str, dims: Sequence[int] 
     std = (stats.get(side) or {}).get("latent_std")
     spread = "standard deviations"
     if not isinstance(std, list) or len(std) != channels:
-        std, spread = [1.0] * channels, f"the prior's unit steps, {_no_statistics(saved)}"
+        std = [1.0] * channels
+        spread = f"the prior's unit steps, {_no_statistics(saved, scores=False)}"
     order = "as given" if dims is not None else "by how much they change the output, most first"
     if dims is None:  # the channels that change the output most, largest first
         effect = (stats.get(side) or {}).get("channel_effect")
