@@ -507,11 +507,14 @@ def test_a_signal_while_the_processes_start_stops_the_ones_started(monkeypatch):
         kill = lambda self: self.send_signal(signal.SIGKILL)  # noqa: E731
 
     monkeypatch.setattr(distributed.subprocess, "Popen", Process)
-    handler = signal.getsignal(signal.SIGTERM)
-    assert distributed.launch(["train"], 4, {}) == 128 + signal.SIGTERM
+    handler = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a command's process
+    try:
+        assert distributed.launch(["train"], 4, {}) == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back by the launcher
+    finally:
+        signal.signal(signal.SIGTERM, handler)
     assert len(started) == 2 and [p.returncode for p in started] == [-signal.SIGTERM,
                                                                      -signal.SIGKILL]
-    assert signal.getsignal(signal.SIGTERM) is handler  # put back
 
 
 def test_a_closed_terminal_stops_the_processes_as_sigterm_does(monkeypatch):
@@ -531,6 +534,8 @@ def test_a_closed_terminal_stops_the_processes_as_sigterm_does(monkeypatch):
             if len(started) == 2 and not hung_up:
                 hung_up.append(True)
                 os.kill(os.getpid(), signal.SIGHUP)
+            hung_up.append(True)
+            assert len(hung_up) < 10_000, "the launcher never forwarded the signal"
             return self.returncode
 
         def send_signal(self, number):
@@ -538,5 +543,9 @@ def test_a_closed_terminal_stops_the_processes_as_sigterm_does(monkeypatch):
             self.returncode = 128 + number  # as training exits on it
 
     monkeypatch.setattr(distributed.subprocess, "Popen", Process)
-    assert distributed.launch(["train"], 2, {}) == 128 + signal.SIGTERM
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a test runner's worker ignores it
+    try:
+        assert distributed.launch(["train"], 2, {}) == 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     assert signals == [signal.SIGTERM, signal.SIGTERM]
