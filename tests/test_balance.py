@@ -305,3 +305,17 @@ def test_a_balanced_run_resumes_with_files_removed(styletx, data, tmp_path):
     steps = [e["step"] for e in map(json.loads, (run / "log.jsonl").read_text().splitlines())
              if "balance" in e]
     assert steps == [0, 2, 4]
+
+
+def test_balance_share_0_says_that_balance_changes_nothing(caplog, monkeypatch):
+    """--balance-share 0 draws every batch uniformly (the benchmarks' control arm): a user who
+    set it believing it tunes the balance hears that nothing is balanced."""
+    from styletx.engine.training.settings import TrainSettings, check_balance_settings
+
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
+    check_balance_settings(TrainSettings(balance=True, balance_share=0.5))
+    assert not caplog.records
+    check_balance_settings(TrainSettings(balance=True, balance_share=0.0))
+    assert [r.getMessage() for r in caplog.records] == [
+        "--balance-share 0: every batch is drawn uniformly, so --balance changes nothing but "
+        "the log lines"]

@@ -89,6 +89,9 @@ def check_balance_settings(settings: TrainSettings) -> None:
     if settings.balance_by == "elbo" and settings.balance_min_effective == 0:
         raise UsageError("--balance-by elbo needs --balance-min-effective above 0: it sets "
                          "how strongly the draws favour rare examples")
+    if settings.balance and settings.balance_share == 0:  # a control arm in the benchmarks
+        log.warning("--balance-share 0: every batch is drawn uniformly, so --balance changes "
+                    "nothing but the log lines")
 
 
 def check_balance_model(translator: type[Translator], settings: TrainSettings) -> None:
