@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -159,51 +162,38 @@ def test_convert_without_a_terminal_prints_progress_lines(styletx, trained_run, 
     assert len(lines) == count - 1  # the last file: the summary line says it
 
 
+def _ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm() -> None:  # what kill, timeout and docker stop send
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("interrupt, status", [(_ctrl_c, 130), (_sigterm, 143)],
+                         ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_conversion_says_how_far_it_got(styletx, trained_run, scenes, tmp_path,
-                                                      monkeypatch):
-    """Ctrl-C at the third file: the two written are complete, and the line says so."""
+                                                      monkeypatch, interrupt, status):
+    """Ctrl-C or SIGTERM at the third file: the two written are complete, and the line says so.
+    SIGTERM stopped the command at once, with no word and a temporary file left behind; now
+    it stops as Ctrl-C does (exit 143), and SIGTERM's handling is put back after the
+    command."""
     from styletx.engine.convert import Run
 
     write_file = Run._write
 
     def interrupted_at_the_third(self, converted, dst):
         if len(list(dst.parent.glob("*.png"))) == 2:
-            raise KeyboardInterrupt
+            interrupt()
         return write_file(self, converted, dst)
 
     monkeypatch.setattr(Run, "_write", interrupted_at_the_third)
     result = styletx("convert", trained_run, scenes["test_a"], "-o", tmp_path / "out",
                      "--batch-size", "1")
-    assert result.exit_code == 130
+    assert result.exit_code == status
     assert result.error_lines == [f"Error: interrupted after 2 of 3 file(s); those written into "
                                   f"{tmp_path / 'out'} are complete"]
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
-
-
-def test_sigterm_stops_a_conversion_as_ctrl_c_does(styletx, trained_run, scenes, tmp_path,
-                                                   monkeypatch):
-    """`kill PID` (what timeout and docker stop send) while the third file is being written:
-    the command stopped at once, with no word and a temporary file left behind. Now as on
-    Ctrl-C: the two written are complete, the third's temporary file is gone, exit 143; and
-    SIGTERM's handling is put back after the command."""
-    import os
-    import signal
-
-    from styletx.engine.convert import Run
-
-    write_file = Run._write
-
-    def terminated_at_the_third(self, converted, dst):
-        if len(list(dst.parent.glob("*.png"))) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return write_file(self, converted, dst)
-
-    monkeypatch.setattr(Run, "_write", terminated_at_the_third)
-    result = styletx("convert", trained_run, scenes["test_a"], "-o", tmp_path / "out",
-                     "--batch-size", "1")
-    assert result.exit_code == 143
-    assert result.error_lines == [f"Error: interrupted after 2 of 3 file(s); those written into "
-                                  f"{tmp_path / 'out'} are complete"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         p.name for p in scenes["test_a"].iterdir())[:2]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,15 +22,10 @@ from safetensors.torch import load_file
 
 from styletx.demo import make_paired_image_dataset
 from styletx.engine.data import CropSampler
+from styletx.engine.distributed import _free_port
 
 SMALL = {"ngf": 4, "ndf": 4}
 STEPS = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_worker(rank: int, world: int, port: int, model: str, a: str, b: str, out: str,

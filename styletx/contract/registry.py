@@ -231,10 +231,11 @@ class Registry:
                              f"{self.failed_note()})")
         return table[name]
 
-    def failed_note(self) -> str:
-        """"; plugins that failed to load: ..." when any did (what they held is missing)."""
+    def failed_note(self, lead: str = "; ") -> str:
+        """``lead`` + "plugins that failed to load: ..." when any did (what they held is
+        missing); "" when none did."""
         failed = ", ".join(f'"{p.name}"' for p in self.plugins if p.error)
-        return f"; plugins that failed to load: {failed}" if failed else ""
+        return f"{lead}plugins that failed to load: {failed}" if failed else ""
 
     def domain_for(self, path_suffixes: set[str]) -> Domain | None:
         """The domain that reads the most of these file suffixes, if any; of domains that

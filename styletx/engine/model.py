@@ -102,9 +102,9 @@ def build_from_config(config: RunConfig, registry: Registry):
     """(domain, {side: encoder}, translator) described by a run's config."""
     missing = _missing_plugins(config, registry)
     if missing:
-        failed = registry.failed_note()
+        failed = registry.failed_note(lead=" (")
         raise StyletxError(f"this run needs {missing}, which no loaded plugin provides"
-                           + (f" ({failed[2:]})" if failed else ""))
+                           + (f"{failed})" if failed else ""))
     domain: Domain = registry.domain(config.domain)
     records = config.encoders
     encoders = {

@@ -357,10 +357,10 @@ def sample(run: Run | Path | str, side: str, n: int, out: Path | str, seed: int 
     generator = torch.Generator().manual_seed(seed)
     saved = load_training_statistics(run.path)
     stats = (saved or {}).get(side) or {}
-    if not prior and "latent_cholesky" not in stats:  # the prior's draws look like texture
+    from_prior = prior or "latent_cholesky" not in stats
+    if from_prior and not prior:  # the prior's draws look like texture: say why
         log.warning("drawing from the prior N(0, I), not from the training latents (%s)",
                     _no_statistics(saved, scores=False))
-    from_prior = prior or "latent_cholesky" not in stats
 
     def drawn(count: int) -> torch.Tensor:
         return (torch.randn((count, *mu.shape[1:]), generator=generator) if from_prior
