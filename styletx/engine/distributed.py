@@ -307,8 +307,8 @@ def _wait_for(processes: list[subprocess.Popen]) -> int:
         if failure is None:
             failed = [(rank, process.returncode) for rank, process in enumerate(processes)
                       if process.returncode not in (None, 0, *STOPPED)]
-            if failed:
-                rank, failure = failed[0]
+            if failed:  # one killed first: it is the cause (the others' errors say it is gone)
+                rank, failure = min(failed, key=lambda item: item[1] >= 0)
                 if failure < 0:  # killed, so it could not say why (a process says its errors)
                     log.warning("training process %d was killed by %s", rank,
                                 signal.Signals(-failure).name)
