@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -474,6 +474,50 @@ def test_nproc_stops_every_process_on_a_signal_to_the_launcher_alone(scenes, tmp
                                                        "stopped in step "), stderr
         saved = json.loads((run / "config.json").read_text())["step"]
         assert saved > step and error[0].endswith(f"a rerun resumes from step {saved}")
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(600):
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"never {what}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's /proc and prctl")
+def test_nproc_pauses_with_ctrl_z_and_stops_when_its_launcher_is_killed(scenes, tmp_path):
+    """Ctrl-Z (SIGTSTP) of `styletx train --nproc 2` pauses the training processes with it and
+    `fg` (SIGCONT) continues them; a `kill -9` of the launcher leaves none training on its own:
+    each stops after its step and rank 0 saves."""
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "styletx.cli", "train", str(scenes["a"]), str(scenes["b"]),
+            "--preset", "tiny", "--device", "cpu", "--size", "16", "--set", "ngf=4",
+            "--set", "ndf=4", "--out", str(run), "--steps", "100000", "--log-every", "5",
+            "--save-every", "100000"]
+    with _nproc_run(base, {**os.environ, "OMP_NUM_THREADS": "1"}, run / "log.jsonl") as launcher:
+        workers = _children(launcher.pid)
+        launcher.send_signal(signal.SIGTSTP)
+        _until(lambda: all(_state(pid) == "T" for pid in [launcher.pid, *workers]),
+               "paused every process")
+        launcher.send_signal(signal.SIGCONT)
+        _until(lambda: all(_state(pid) != "T" for pid in [launcher.pid, *workers]),
+               "continued every process")
+        steps = len((run / "log.jsonl").read_text().splitlines())
+        _until(lambda: len((run / "log.jsonl").read_text().splitlines()) > steps,
+               "trained on after the pause")
+
+        launcher.kill()
+        _, stderr = launcher.communicate(timeout=120)  # the pipes close when the workers end
+        assert all(_gone(pid) for pid in workers)
+        said = [line for line in stderr.splitlines() if "interrupted at step" in line]
+        assert len(said) == 1, stderr
+        step = json.loads((run / "config.json").read_text())["step"]
+        assert step > 0 and f"at step {step};" in said[0]
 
 
 def test_a_signal_while_the_processes_start_stops_the_ones_started(monkeypatch):

@@ -23,6 +23,7 @@ A checkpoint holds no trace of the number of processes, so a run can resume with
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import datetime
 import gc
@@ -52,6 +53,8 @@ log = logging.getLogger("styletx")
 TIMEOUT = datetime.timedelta(minutes=30)  # a checkpoint or preview on rank 0 may take a while
 STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # a training process's exit on a signal
 STOP_GRACE = 30.0  # s: after one process failed, the others' time to end before SIGKILL
+LAUNCHER = "STYLETX_LAUNCHER_PID"  # set by `--nproc`'s launcher in each training process
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Group:
@@ -186,6 +189,7 @@ def setup(device: str) -> tuple[Group, str]:
     pick this rank's device: with CUDA, GPU LOCAL_RANK. Returns the group and the device."""
     if not launched_by_torchrun():
         return Group(), device
+    _stop_with_the_launcher()
     rank, size = rank_from_environment(), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
@@ -199,6 +203,23 @@ def setup(device: str) -> tuple[Group, str]:
         importlib.import_module("torch.distributed.nn")
         dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     return Group(rank, size, local_rank, joined=True), device
+
+
+def _stop_with_the_launcher() -> None:
+    """In a process `--nproc`'s launcher started: a SIGTERM (stop after the step, rank 0 saves)
+    when the launcher dies, so that a `kill -9` of it leaves nothing training on its own
+    (Linux; elsewhere, as under torchrun, the processes finish on their own)."""
+    launcher = os.environ.get(LAUNCHER)
+    if launcher is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(launcher):  # it died before the request was made
+        raise UsageError("the styletx command that started this training process has "
+                         "stopped; nothing was trained")
 
 
 def _swap_in_sync_batch_norm(net: nn.Module) -> None:
@@ -265,13 +286,15 @@ def launch(args: list[str], nproc: int, env: dict[str, str]) -> int:
     torchrun behind ``subprocess.call`` left them training on their own. Each runs in a session
     of its own, so that a terminal's Ctrl-C, which signals the whole foreground process group,
     reaches it once, through here (twice stops it at once, without saving); a SIGHUP (the
-    terminal closed) reaches it as a SIGTERM. A process that
+    terminal closed) reaches it as a SIGTERM; a Ctrl-Z (SIGTSTP) pauses every one with this
+    one, and they go on together when this one is continued (``fg``, ``bg``). Should this
+    process be killed outright, each gets a SIGTERM (``_stop_with_the_launcher``). A process that
     fails leaves the others waiting for it in a collective operation: they get a SIGTERM (stop
     after the step), and SIGKILL STOP_GRACE seconds later. The status is the first failure's,
     else rank 0's (0, or 130 / 143 after a signal)."""
     common = {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
               "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
-              "TORCHELASTIC_RUN_ID": f"styletx-{os.getpid()}"}
+              "TORCHELASTIC_RUN_ID": f"styletx-{os.getpid()}", LAUNCHER: str(os.getpid())}
     processes: list[subprocess.Popen] = []
     received: list[int] = []
 
@@ -279,8 +302,15 @@ def launch(args: list[str], nproc: int, env: dict[str, str]) -> int:
         received.append(signal.SIGTERM if signum == signal.SIGHUP else signum)
         _signal_all(processes, received[-1])
 
-    previous = {number: signal.signal(number, forward)  # one ignored (SIGINT in a background
-                for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # job) stays so
+    def pause(signum, frame) -> None:  # Ctrl-Z: every process stops until `fg` / `bg`
+        _signal_all(processes, signal.SIGSTOP)
+        os.kill(os.getpid(), signal.SIGSTOP)  # returns once continued
+        _signal_all(processes, signal.SIGCONT)
+
+    handlers = {signal.SIGINT: forward, signal.SIGTERM: forward, signal.SIGHUP: forward,
+                signal.SIGTSTP: pause}
+    previous = {number: signal.signal(number, handler)  # one ignored (SIGINT in a background
+                for number, handler in handlers.items()  # job) stays so
                 if signal.getsignal(number) is not signal.SIG_IGN}
     try:
         for rank in range(nproc):
