@@ -319,3 +319,27 @@ def test_balance_share_0_says_that_balance_changes_nothing(caplog, monkeypatch):
     assert [r.getMessage() for r in caplog.records] == [
         "--balance-share 0: every batch is drawn uniformly, so --balance changes nothing but "
         "the log lines"]
+
+
+@pytest.mark.parametrize(("every", "start", "total", "said"), [
+    (100, 0, 600, None),
+    (5000, 0, 600, "--balance-every 5000 is as long as the 600 step(s) left: the sampling "
+                   "weights are estimated once, at step 0 (from the untrained model)"),
+    (500, 300, 600, "--balance-every 500 is as long as the 300 step(s) left: the sampling "
+                    "weights are estimated once, at step 500"),
+    (500, 520, 900, "--balance-every 500 is as long as the 380 step(s) left: the sampling "
+                    "weights are not re-estimated in this run"),
+])
+def test_a_balance_period_as_long_as_the_run_is_named(caplog, monkeypatch, every, start,
+                                                      total, said):
+    """--balance-every 5000 on a 600-step run was accepted in silence: the weights then came
+    from one estimate of the untrained model."""
+    from styletx.engine.training.loop import _warn_of_few_balance_estimates
+    from styletx.engine.training.settings import TrainSettings
+
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
+    _warn_of_few_balance_estimates(TrainSettings(balance=True, balance_every=every), start,
+                                   total)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ([] if said is None else [
+        said + "; a shorter period follows the model as it learns"])

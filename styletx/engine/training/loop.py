@@ -107,6 +107,7 @@ def run(prepared: Prepared, settings: TrainSettings) -> TrainResult:
         torch.manual_seed(int(torch.randint(2**62, (1,))) + group.rank)
     if group.is_main:  # only now, with the data known to be usable, is anything written
         _write_start(prepared, alignment)
+        _warn_of_few_balance_estimates(settings, prepared.run_config.step, plan.steps)
     loop = Loop(prepared, settings, group, device, sampler, names,
                 replan=planned)
     loop.run()
@@ -576,6 +577,23 @@ def _pause_prefetch(batches: CropSampler | Prefetcher) -> None:
 def _resume_prefetch(batches: CropSampler | Prefetcher) -> None:
     if isinstance(batches, Prefetcher):
         batches.resume()
+
+
+def _warn_of_few_balance_estimates(settings: TrainSettings, start: int, total: int) -> None:
+    """A --balance-every as long as the run leaves the draws' weights at one estimate (made
+    from the untrained model when at step 0) or none."""
+    every = settings.balance_every
+    if not settings.balance or start >= total:
+        return
+    steps = range(-(-start // every) * every, total, every)  # the re-estimates in this run
+    if len(steps) > 1:
+        return
+    when = (f"estimated once, at step {steps[0]}" + (" (from the untrained model)"
+                                                     if steps[0] == 0 else "")
+            if steps else "not re-estimated in this run")
+    log.warning("--balance-every %d is as long as the %d step(s) left: the sampling weights "
+                "are %s; a shorter period follows the model as it learns", every,
+                total - start, when)
 
 
 def rebalance(out: Path, step: int, translator: Translator, sampler: CropSampler,
