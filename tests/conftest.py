@@ -72,6 +72,10 @@ class Result:
     def error_lines(self) -> list[str]:
         return [line for line in self.stderr.splitlines() if line.startswith("Error")]
 
+    @property
+    def warning_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("Warning")]
+
 
 @pytest.fixture
 def styletx():

@@ -198,6 +198,30 @@ def test_traverse_writes_one_picture_per_dimension(vae, styletx, tmp_path):
     assert np.abs(_tile(walk, 0, 0, tile, tile) - _tile(walk, 0, 4, tile, tile)).mean() > 2
 
 
+def test_a_second_sample_or_walk_into_a_folder_names_what_it_replaced(vae, styletx,
+                                                                       tmp_path):
+    """A second `sample` replaced samples.png in silence; a second `traverse` of other
+    channels left the first walk's dimNN.png beside the new all.png, as if they belonged to it."""
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "mine.png").write_bytes(b"not ours")
+    for _ in range(2):
+        sampled = styletx("sample", vae["run"], "-n", "2", "-o", out, "--device", "cpu")
+        assert sampled.exit_code == 0, sampled.stderr
+    assert sampled.warning_lines == [f"Warning: replaced 1 file(s) of an earlier run in {out}, "
+                                     "e.g. samples.png"]
+    source = sorted(vae["held"].iterdir())[0]
+    walk = ("traverse", vae["run"], source, "--steps", "2", "-o", out, "--device", "cpu")
+    first = styletx(*walk, "--dims", "0,1")
+    assert first.exit_code == 0 and not first.warning_lines, first.stderr
+    second = styletx(*walk, "--dims", "1,2")
+    assert second.exit_code == 0, second.stderr
+    assert second.warning_lines == [
+        f"Warning: replaced 2 file(s) of an earlier run in {out}, e.g. all.png",
+        f"Warning: {out} also holds 1 file(s) of an earlier run that this one did not write: "
+        "dim00.png"]
+
+
 def test_traverse_middle_step_is_the_reconstruction(vae, tmp_path):
     run = load_run(vae["run"], device="cpu")
     source = sorted(vae["held"].iterdir())[0]

@@ -56,6 +56,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -376,7 +377,11 @@ def sample(run: Run | Path | str, side: str, n: int, out: Path | str, seed: int 
     # Rows of 8; audio previews letter their rows' clips a to z, so at most 26 rows.
     per_row = max(ROW, -(-n // 26))
     rows = [tiles[i : i + per_row] for i in range(0, n, per_row)]
-    return _write_preview(run, rows, side, Path(out) / "samples")
+    out = Path(out)
+    earlier = _earlier_outputs(out, r"samples(-.+)?")
+    written = _write_preview(run, rows, side, out / "samples")
+    _name_earlier_outputs(out, earlier, written)
+    return written
 
 
 def latent_draws(stats: dict[str, Any], n: int, shape: tuple[int, int],
@@ -481,6 +486,7 @@ def traverse(run: Run | Path | str, input_path: Path | str, dims: Sequence[int] 
     size = tuple(x.shape[-2:])
     shifts = torch.linspace(-k, k, steps)
     out = Path(out)
+    earlier = _earlier_outputs(out, r"dim\d+(-.+)?|all")
     written, rows, titles = [], [], []
     for d in dims:
         z = mu.repeat(steps, 1, 1, 1)
@@ -493,6 +499,7 @@ def traverse(run: Run | Path | str, input_path: Path | str, dims: Sequence[int] 
         written += _write_preview(run, [tiles], side, out / f"dim{d:02d}")
     if _one_picture(run.domain):
         written += _write_preview(run, rows, side, out / "all", titles)
+    _name_earlier_outputs(out, earlier, written)
     log.info("walked latent channel(s) %s (%s), each from -%g to +%g %s",
              ", ".join(map(str, dims)), order, k, k, spread)
     return written
@@ -816,6 +823,26 @@ def _one_picture(domain: Domain) -> bool:
     """Does the domain's preview write one picture only (the default), so that any grid of
     rows can be written through it?"""
     return type(domain).save_preview is Domain.save_preview
+
+
+def _earlier_outputs(folder: Path, stems: str) -> set[Path]:
+    """The files in ``folder`` whose stem matches ``stems`` (an earlier sample or walk's)."""
+    if not folder.is_dir():
+        return set()
+    return {p for p in folder.iterdir() if p.is_file() and re.fullmatch(stems, p.stem)}
+
+
+def _name_earlier_outputs(folder: Path, earlier: set[Path], written: list[Path]) -> None:
+    """Say which of an earlier command's outputs in ``folder`` were replaced, and which are
+    left beside the new ones (an earlier walk of other channels), so neither goes unnoticed."""
+    replaced, left = sorted(earlier & set(written)), sorted(earlier - set(written))
+    if replaced:
+        log.warning("replaced %d file(s) of an earlier run in %s, e.g. %s", len(replaced),
+                    folder, replaced[0].name)
+    if left:
+        log.warning("%s also holds %d file(s) of an earlier run that this one did not write: "
+                    "%s", folder, len(left), ", ".join(p.name for p in left[:5])
+                    + (", ..." if len(left) > 5 else ""))
 
 
 def _write_preview(run: Run, rows: list[list[torch.Tensor]], side: str, stem: Path,
