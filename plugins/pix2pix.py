@@ -437,12 +437,15 @@ class Pix2Pix(styletx.Translator):
             raise UsageError(f"pix2pix: this model was trained for {self.config.direction} "
                              f"only, not {direction}; {remedy}")
 
+    def check_direction(self, direction: str) -> None:
+        self._check_direction(direction, f"train with --set direction=both (or "
+                                         f"direction={direction}) to translate that way")
+
     def translate(self, x: torch.Tensor, direction: str) -> torch.Tensor:
         """``(N, C_src, H, W) -> (N, C_dst, H, W)`` float32 on x's device, any H and W (the
         U-Net pads itself). Runs in the networks' current mode: eval for deterministic output,
         or with the dropout modules in train mode for the reference's test-time noise."""
-        self._check_direction(direction, f"train with --set direction=both (or "
-                                         f"direction={direction}) to translate that way")
+        self.check_direction(direction)
         src = direction[0]
         if x.ndim != 4 or x.shape[1] != self.channels[src]:
             raise ValueError(f"{direction} expects (N, {self.channels[src]}, H, W), "

@@ -307,7 +307,11 @@ def test_evaluate_b2a_and_aligned(styletx, p2p_run, pairs, tmp_path):
     assert table.stdout.startswith("a2b: the A half of each file of A_TEST converted and "
                                    "compared with its B half\n")
     result = styletx("evaluate", p2p_run, pairs["test_a"], pairs["test_b"], "-d", "b2a")
-    assert result.exit_code == 2 and "trained for a2b only" in result.stderr
+    assert result.exit_code == 2 and "trained for a2b only" in result.error_lines[0]
+    assert "found" not in result.stderr  # refused before the test files are paired
+    converted = styletx("convert", p2p_run, pairs["test_a"], "-d", "b2a", "-o", tmp_path / "c")
+    assert converted.exit_code == 2 and "trained for a2b only" in converted.error_lines[0]
+    assert not (tmp_path / "c").exists()
 
 
 def test_evaluate_bad_input(styletx, p2p_run, pairs, tmp_path):

@@ -351,6 +351,11 @@ class Translator(ABC):
     def translate(self, x: torch.Tensor, direction: str) -> torch.Tensor:
         """Map a batch ``(N, C, H, W)`` in ``direction`` ("a2b" or "b2a")."""
 
+    def check_direction(self, direction: str) -> None:
+        """Raise ``UsageError`` for a direction this model cannot translate; ``convert`` and
+        ``evaluate`` ask before any file is read. The default takes a2b and b2a."""
+        direction_sides(direction)
+
     def export_module(self, direction: str) -> nn.Module:
         """The networks of ``direction`` as one plain module, for ``styletx export``: ``(N,
         C_src, H, W) -> (N, C_dst, H, W)``, equal to ``translate(x, direction)`` in evaluation

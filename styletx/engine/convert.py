@@ -331,7 +331,7 @@ class Run:
         input order. With a latent model (vaegan), an input unlike the training data is named in
         a warning. ``on_start(count)`` is told how many files there are before the first one.
         """
-        direction_sides(direction)  # validates the direction before any work
+        self.translator.check_direction(direction)  # before any work
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
         suffix = self._output_suffix(out_format)

@@ -103,6 +103,7 @@ def evaluate(
     domain = model.domain
     if not domain.metrics:
         raise UsageError(f"the {domain.name} domain has no evaluation metrics")
+    model.translator.check_direction(direction)  # before the test files are paired
     result = Evaluation(model.path, direction, dict(domain.metrics),
                         test_folders=tuple(Path(f).resolve() for f in (a_test, b_test)
                                            if f is not None))
