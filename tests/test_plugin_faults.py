@@ -74,6 +74,12 @@ CASES = {
         super().training_step(batch, step)
         return torch.tensor(1.0)
 """,
+    "steppedtwice": """
+    def training_step(self, batch, step):
+        losses = super().training_step(batch, step)
+        self.schedulers["G"].step()
+        return losses
+""",
     "nanlater": """
     def training_step(self, batch, step):
         losses = super().training_step(batch, step)
@@ -179,6 +185,18 @@ def test_losses_that_are_not_a_dict_are_refused_by_name(styletx, scenes, plugin,
     result = train(styletx, scenes, tmp_path / "run", "--steps", "2")
     assert_one_error(result, "the faulty translator's training_step must return its losses as "
                              "a dict of name -> number, not Tensor")
+
+
+def test_a_scheduler_the_translator_steps_itself_is_refused(styletx, scenes, plugin,
+                                                            tmp_path):
+    """Stepped by the translator and by the trainer, the learning rate decayed twice as fast,
+    without a word."""
+    plugin(CASES["steppedtwice"])
+    result = train(styletx, scenes, tmp_path / "run", "--steps", "4")
+    assert_one_error(result, "the faulty translator stepped its 'G' scheduler itself (2 steps "
+                             "in one training step); the trainer steps every scheduler once a "
+                             "step, so training_step must not")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_diverged_run_stops_and_keeps_its_last_good_checkpoint(styletx, scenes, plugin,
@@ -321,7 +339,9 @@ def test_a_renamed_network_is_named_when_the_run_does_not_load(styletx, scenes, 
     assert train(styletx, scenes, run, "--steps", "1").exit_code == 0
     plugin(CASES["renamed"])
     result = styletx("convert", run, scenes["test_a"], "-o", tmp_path / "out")
-    assert_one_error(result, "model.safetensors: does not match", "config.json: network G_X (")
+    assert_one_error(result, "model.safetensors holds the networks D_A, D_B, G_A, G_B; the "
+                     "faulty translator as installed makes G_B, D_A, D_B, G_X: the translator "
+                     "changed since the run was trained")
 
 
 def test_a_domain_whose_default_translator_is_missing_says_so(styletx, scenes, plugin,
@@ -464,3 +484,18 @@ def test_losses_given_as_tensors_are_read_without_a_warning(styletx, scenes, plu
     result = train(styletx, scenes, tmp_path / "run", "--steps", "2")
     assert result.exit_code == 0, result.stderr
     assert "UserWarning" not in result.stderr and "requires_grad" not in result.stderr
+
+
+def test_a_decoder_giving_no_sample_is_named_not_the_domains_save(styletx, scenes, plugin,
+                                                                  tmp_path):
+    """A decode that returned a bare array failed in the domain's save, as the domain's bug
+    ("'numpy.ndarray' object has no attribute ..." at save)."""
+    plugin(encoder_body="    def decode(self, tensor, like=None):\n"
+                        "        return tensor.numpy()\n")
+    run = tmp_path / "run"
+    assert train(styletx, scenes, run, "--steps", "1", "--encoder", "faultyrgb",
+                 "--preview-every", "100").exit_code == 0
+    result = styletx("convert", run, scenes["test_a"], "-o", tmp_path / "out")
+    assert_one_error(result, "the faultyrgb encoder's decode gave a numpy.ndarray, not the "
+                             "ImageSample its domain loads and saves")
+    assert not (tmp_path / "out").exists()

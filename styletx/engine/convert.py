@@ -41,7 +41,7 @@ from styletx.contract.errors import (
     out_of_memory_problem,
 )
 from styletx.contract.files import atomic_path, check_output_folder, remove_stale_temporaries
-from styletx.contract.interfaces import Sample, direction_sides
+from styletx.contract.interfaces import Encoder, Sample, direction_sides
 from styletx.contract.registry import Registry, get_registry
 from styletx.engine.apply import (
     BATCH_SIZE,
@@ -293,12 +293,15 @@ class Run:
     def _decode(self, side: str, y: torch.Tensor, likes: list[Sample]) -> list[Sample]:
         """The ``side`` encoder's ``decode_batch``; its refusal (say, a plugin's decoder that
         cannot decode one file's output) is ``_DecodeRefused``, so the file fails alone."""
+        encoder = self.encoders[side]
         try:
-            return self.encoders[side].decode_batch(self._for_decoding(side, y), likes=likes)
+            decoded = encoder.decode_batch(self._for_decoding(side, y), likes=likes)
         except (UsageError, WriteError):
             raise  # wrong settings, a full disk: no file would fare better
         except StyletxError as exc:
             raise _DecodeRefused(str(exc)) from exc
+        _check_decoded(encoder, decoded, likes)
+        return decoded
 
     def _for_decoding(self, side: str, y: torch.Tensor) -> torch.Tensor:
         """``y`` where the ``side`` encoder decodes: the run's device when it decodes there."""
@@ -532,6 +535,21 @@ class Run:
         out = self.convert_tensor(torch.stack([x for *_, x in pending]), direction, batch_size)
         return self._decode(direction_sides(direction)[1], out,
                             [sample for *_, sample, _ in pending])
+
+
+def _check_decoded(encoder: Encoder, decoded: Any, likes: list[Sample]) -> None:
+    """A decoder must give one sample per tensor, of the kind the domain loads (a plugin's
+    bare array or tensor was only found when the domain's ``save`` broke on it)."""
+    if not isinstance(decoded, list | tuple) or len(decoded) != len(likes):
+        got = f"{len(decoded)} item(s)" if isinstance(decoded, list | tuple) else \
+            type(decoded).__name__
+        raise StyletxError(f"the {encoder.name} encoder's decode_batch gave {got}, not a list "
+                           f"of {len(likes)} sample(s)")
+    for sample, like in zip(decoded, likes):
+        if like is not None and not isinstance(sample, type(like)):
+            raise StyletxError(f"the {encoder.name} encoder's decode gave a "
+                               f"{type(sample).__module__}.{type(sample).__name__}, not the "
+                               f"{type(like).__name__} its domain loads and saves")
 
 
 class _DecodeRefused(Exception):

@@ -150,8 +150,16 @@ def load_model_tensors(
     """The saved tensors into the networks and encoders. With ``run`` (the run folder), tensors
     that do not fit the model its config.json describes are one line naming both files (torch's
     message runs to a line per tensor)."""
-    parts = [(f"network {name}", net, f"net.{name}.")
-             for name, net in translator.networks().items()]
+    networks = translator.networks()
+    saved = _saved_networks(tensors, list(networks))
+    holding = {name for name, net in networks.items() if net.state_dict()}  # saved at all
+    if run is not None and saved != holding:  # not the weights' fault: say what changed
+        raise StyletxError(f"{run / WEIGHTS} holds the networks {', '.join(sorted(saved))}; "
+                           f"the {translator.name} translator as installed makes "
+                           f"{', '.join(n for n in networks if n in holding)}: the translator "
+                           f"changed since the run was trained (install the version that "
+                           f"trained it), or the weights are another run's")
+    parts = [(f"network {name}", net, f"net.{name}.") for name, net in networks.items()]
     parts += [(f"encoder {side}", encoder, f"encoder.{side}.")
               for side, encoder in encoders.items()]
     for what, part, prefix in parts:
@@ -162,6 +170,17 @@ def load_model_tensors(
                 raise
             raise StyletxError(f"{run / WEIGHTS}: does not match {run / CONFIG}: {what} "
                                f"({one_line(exc, limit=200, type_name=False)})") from None
+
+
+def _saved_networks(tensors: dict[str, torch.Tensor], names: list[str]) -> set[str]:
+    """The network names of the saved tensors ("net.<name>.<parameter>"), ``names`` first
+    (a name may hold a dot)."""
+    saved = set()
+    for key in tensors:
+        if key.startswith("net."):
+            known = [name for name in names if key.startswith(f"net.{name}.")]
+            saved.add(known[0] if known else key[4:].split(".")[0])
+    return saved
 
 
 def pick_device(device: str | torch.device) -> torch.device:

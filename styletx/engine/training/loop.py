@@ -303,12 +303,15 @@ class Loop:
                  for k, v in self.batches.next_batch().items()}
         if self.settings.compile:  # CUDA graphs: buffers of the last step may be reused now
             torch.compiler.cudagraph_mark_step_begin()
+        schedulers = self.translator.schedulers
+        epochs = {name: getattr(s, "last_epoch", None) for name, s in schedulers.items()}
         self.losses = _checked_losses(self.translator.training_step(batch, self.step),
                                       self.translator.name)
         self.step += 1
         self.updates.seen = False
-        for scheduler in self.translator.schedulers.values():
+        for scheduler in schedulers.values():
             scheduler.step()
+        _check_stepped_once(self.translator.name, schedulers, epochs)
         self.out_of_time = self.budget is not None and self.budget.spent()
         # rank 0's clock revises the plan, so that every process stops at the same step
         revised = (self.budget.revised_total(self.step, self.plan.steps, time.monotonic())
@@ -691,6 +694,19 @@ class _WeightUpdates:
 
     def __exit__(self, *exc) -> None:
         self._hook.remove()
+
+
+def _check_stepped_once(translator: str, schedulers: dict[str, Any],
+                        epochs: dict[str, int | None]) -> None:
+    """The trainer steps each scheduler once a step; a translator that steps one itself too
+    decays its learning rate twice as fast, without a sign but worse results."""
+    for name, scheduler in schedulers.items():
+        before, after = epochs.get(name), getattr(scheduler, "last_epoch", None)
+        if isinstance(before, int) and isinstance(after, int) and after != before + 1:
+            raise StyletxError(f"the {translator} translator stepped its {name!r} scheduler "
+                               f"itself ({after - before} steps in one training step); the "
+                               f"trainer steps every scheduler once a step, so training_step "
+                               f"must not")
 
 
 def _checked_losses(losses: Any, translator: str) -> dict[str, float]:
