@@ -830,15 +830,29 @@ def _presets(cls, domains) -> dict[str, dict[str, dict]]:
 
 
 def _echo_presets(by_domain: dict[str, dict[str, dict]]) -> None:
-    unit = {"audio": "frames"}
+    """A line per preset; one preset the same for several domains (a translator's image
+    presets serve a plugin's domain too) names them together rather than repeating itself."""
+    lines: dict[str, tuple[str, dict, dict[str, dict]]] = {}
     for domain, presets in by_domain.items():
         for name, p in presets.items():
-            measured = ", ".join(f"{seconds:.3g} s a step on {device}"
-                                 for device, seconds in p.get("measured", {}).items())
-            click.echo(f"    --preset {name} ({domain}: {p['size']} {unit.get(domain, 'px')}, "
-                       f"batch {p['batch_size']}, {p['steps']} steps"
-                       + (f"; measured here: {measured}" if measured else "")
-                       + f"): {p['description']}")
+            same = {k: v for k, v in p.items() if k != "measured"}
+            key = json.dumps([name, same], sort_keys=True, default=str)
+            lines.setdefault(key, (name, same, {}))[2][domain] = p.get("measured", {})
+    for name, p, domains in lines.values():
+        units = {SIZE_UNITS.get(domain) for domain in domains}
+        size = (f"{p['size']} {units.pop()}" if len(units) == 1 and None not in units
+                else f"size {p['size']}")
+        measured = "; ".join(
+            ", ".join(f"{seconds:.3g} s a step on {device}" for device, seconds in times.items())
+            + (f" ({domain})" if len(domains) > 1 else "")
+            for domain, times in domains.items() if times)
+        click.echo(f"    --preset {name} ({', '.join(domains)}: {size}, "
+                   f"batch {p['batch_size']}, {p['steps']} steps"
+                   + (f"; measured here: {measured}" if measured else "")
+                   + f"): {p['description']}")
+
+
+SIZE_UNITS = {"image": "px", "audio": "frames"}  # what --size counts in the built-in domains
 
 
 @cli.command()

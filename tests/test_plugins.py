@@ -279,3 +279,18 @@ def test_plugins_shows_the_step_time_measured_here(styletx, scenes, tmp_path, mo
     assert image["fast"]["measured"] == {} and image["default"]["measured"] == {}
     text = styletx("plugins").stdout
     assert "--preset tiny (image: 32 px, batch 4, 300 steps; measured here: " in text
+
+
+def test_a_preset_that_serves_several_domains_is_listed_once(capsys):
+    """A translator's image presets also serve a plugin's domain: `styletx plugins` listed
+    each again under that domain, in pixels it may not count in."""
+    from cli import _echo_presets
+
+    tiny = {"size": 32, "batch_size": 4, "steps": 300, "description": "small"}
+    _echo_presets({"image": {"tiny": {**tiny, "measured": {"cpu": 0.05}}},
+                   "audio": {"tiny": {**tiny, "size": 64}},
+                   "heightmap": {"tiny": tiny}})
+    assert capsys.readouterr().out.splitlines() == [
+        "    --preset tiny (image, heightmap: size 32, batch 4, 300 steps; measured here: "
+        "0.05 s a step on cpu (image)): small",
+        "    --preset tiny (audio: 64 frames, batch 4, 300 steps): small"]
