@@ -135,10 +135,11 @@ def encode_examples(data: FolderData, encoder: Encoder,
     (one value in each channel: nothing to learn from, see ``styletx.engine.data.FLAT_RANGE``),
     is reported and dropped."""
     kept, short, flat = [], 0, 0
+    crop, unit = _crop_words(encoder)
     for path, tensor in zip(data.files, encode_all(data.samples, encoder)):
         if tensor.shape[-1] < width:
-            log.warning("skipping %s: shorter than one training segment (%d < %d frames)",
-                        path, tensor.shape[-1], width)
+            log.warning("skipping %s: shorter than %s (%d < %d %s)", path, crop,
+                        tensor.shape[-1], width, unit)
             short += 1
         elif is_flat(tensor):
             log.warning("skipping %s: one value all over, a blank image (nothing to learn "
@@ -147,8 +148,8 @@ def encode_examples(data: FolderData, encoder: Encoder,
         else:
             kept.append((path, tensor))
     if not kept:
-        why = [f"{short} shorter than one training segment ({width} frames): use longer files "
-               "or a smaller --size" if short else "",
+        why = [f"{short} shorter than {crop} ({width} {unit}): use longer files or a smaller "
+               "--size" if short else "",
                f"{flat} blank: one value all over" if flat else ""]
         raise UsageError(f"{data.folder}: none of its {len(data.files)} readable file(s) can be "
                          f"trained on ({'; '.join(w for w in why if w)})")
@@ -156,6 +157,14 @@ def encode_examples(data: FolderData, encoder: Encoder,
         log.info("%s: %d of %d readable file(s) can be trained on", data.folder,
                  len(kept), len(data.files))
     return kept
+
+
+def _crop_words(encoder: Encoder) -> tuple[str, str]:
+    """What a training crop is called, and what its width counts, for ``encoder``'s files
+    (a plugin's domain is neither sound nor picture to us)."""
+    if encoder.domain == "audio":
+        return "one training segment", "frames"
+    return "one training crop", "columns once encoded"
 
 
 def paired_examples(folders: dict[str, FolderData], encoders: dict[str, Encoder], width: int,
@@ -166,14 +175,15 @@ def paired_examples(folders: dict[str, FolderData], encoders: dict[str, Encoder]
     a, b = (encode_all(folders[side].samples, encoders[side]) for side in SIDES)
     files = list(zip(folders["a"].files, folders["b"].files))
     kept = [i for i in range(len(a)) if min(a[i].shape[-1], b[i].shape[-1]) >= width]
+    crop, unit = _crop_words(encoders["a"])
     for i in sorted(set(range(len(a))) - set(kept)):
         side = "a" if a[i].shape[-1] < width else "b"
-        log.warning("skipping the pair of %s: %s is shorter than one training segment "
-                    "(%d < %d frames)", files[i][0], files[i][side == "b"],
-                    (a if side == "a" else b)[i].shape[-1], width)
+        log.warning("skipping the pair of %s: %s is shorter than %s (%d < %d %s)",
+                    files[i][0], files[i][side == "b"], crop,
+                    (a if side == "a" else b)[i].shape[-1], width, unit)
     if len(kept) < MIN_PAIRS:
-        raise UsageError(f"only {len(kept)} pair(s) are as long as one training segment "
-                         f"({width} frames); a paired model needs at least {MIN_PAIRS}")
+        raise UsageError(f"only {len(kept)} pair(s) are as long as {crop} ({width} {unit}); "
+                         f"a paired model needs at least {MIN_PAIRS}")
     a, b, files = [a[i] for i in kept], [b[i] for i in kept], [files[i] for i in kept]
     if alignment is not None:
         a, b = alignment.align(a, b, files)
