@@ -255,6 +255,35 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(scenes, tmp_path, cap
 
 
 
+@pytest.mark.parametrize("saves", [1, 2])
+def test_a_failed_rename_of_the_weights_leaves_the_pair_that_was_there(tmp_path, monkeypatch,
+                                                                       saves):
+    """The new resume.pt was in place when the weights' rename failed (an immutable file, an
+    I/O error): the run then held a mismatched pair, and every load warned and fell back to
+    .previous/. Now the resume state of the weights still there is put back (none after a
+    failed first save)."""
+    tensors = {"net.G.w": torch.ones(3)}
+    for step in range(1, saves):
+        runs.save_checkpoint(tmp_path, tensors, {"step": step}, step)
+
+    def refuse(src, dst):
+        if Path(dst).name == runs.WEIGHTS:
+            raise PermissionError(1, "Operation not permitted", str(dst))
+        real_replace(src, dst)
+
+    real_replace = os.replace
+    monkeypatch.setattr(runs.os, "replace", refuse)
+    with pytest.raises(StyletxError, match="Operation not permitted|permission"):
+        runs.save_checkpoint(tmp_path, {"net.G.w": torch.zeros(3)}, {"step": saves}, saves)
+    monkeypatch.setattr(runs.os, "replace", real_replace)
+    if saves == 1:
+        assert not (tmp_path / runs.RESUME).exists() and not (tmp_path / runs.WEIGHTS).exists()
+    else:
+        assert runs._pair_problem(tmp_path) is None  # whole as it was, with no fallback
+        assert runs.load_checkpoint(tmp_path)[1]["step"] == saves - 1
+    assert not list(tmp_path.glob(".*tmp-*"))
+
+
 @pytest.mark.parametrize("lost", [(runs.WEIGHTS,), (runs.WEIGHTS, runs.RESUME)])
 def test_a_lost_weights_file_is_never_a_new_run(styletx, scenes, tmp_path, lost):
     """A run folder without model.safetensors was taken for a new run: training started at

@@ -43,6 +43,7 @@ from styletx.contract.files import (
     _fsync,
     _fsync_folder,
     atomic_path,
+    temporary_path,
     write_atomic,
     write_error,
     write_tensors,
@@ -189,7 +190,11 @@ def save_checkpoint(run: Path, tensors: dict[str, torch.Tensor], state: dict[str
             # old weights (a mismatch load_checkpoint recognises), never new weights with no
             # resume state beside them, which would look like a whole first checkpoint
             os.replace(resume_tmp, run / RESUME)
-            os.replace(weights_tmp, run / WEIGHTS)
+            try:
+                os.replace(weights_tmp, run / WEIGHTS)
+            except OSError:
+                _put_back_resume_state(run)
+                raise
             _fsync_folder(run)
     _written[run.resolve()] = _pair_stamp(run)
 
@@ -231,6 +236,21 @@ def _keep_previous(run: Path) -> None:
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(run / PREVIOUS, exc) from None
+
+
+def _put_back_resume_state(run: Path) -> None:
+    """After the weights' rename failed (the new resume.pt is in place): the resume state that
+    belongs to the weights still there, from .previous/ where ``_keep_previous`` just linked
+    both, or none beside no weights; else loading would find a mismatched pair and fall back
+    to .previous/ with a warning."""
+    with contextlib.suppress(OSError):
+        kept = run / PREVIOUS
+        if not (run / WEIGHTS).exists():
+            (run / RESUME).unlink()
+        elif os.path.samefile(kept / WEIGHTS, run / WEIGHTS):
+            tmp = temporary_path(run / RESUME)  # one a kill leaves is cleaned up later
+            os.link(kept / RESUME, tmp)
+            os.replace(tmp, run / RESUME)
 
 
 def _pair_problem(folder: Path) -> str | None:
