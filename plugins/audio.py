@@ -21,6 +21,7 @@ import soundfile as sf
 import torch
 
 import styletx
+from styletx import FolderSamples
 from styletx.audio import (
     FEATURE_DEFAULTS,
     AudioSample,
@@ -165,18 +166,34 @@ class AudioDomain(styletx.Domain):
     def compare_folders(self, samples: dict[str, Sequence[AudioSample]]) -> list[str]:
         """Recordings of narrower band than the rest of their folder (say, 8 kHz phone audio
         among 44.1 kHz files) hold nothing above half their rate, and the model learns that
-        as part of the voice (a trial's previews were cut at 4 kHz in both rows)."""
+        as part of the voice (a trial's previews were cut at 4 kHz in both rows). The fewer
+        kind is named (the first five files): one 44.1 kHz file among 16 kHz ones is the odd
+        one out, not the 31 others."""
         warnings = []
         for side, items in samples.items():
             bands = [min(s.rate, METRIC_RATE) / 2 for s in items]
             widest = max(bands, default=0.0)
-            narrow = [band for band in bands if band < widest / NARROW_BAND]
-            if narrow:
+            narrow = [i for i, band in enumerate(bands) if band < widest / NARROW_BAND]
+            if not narrow:
+                continue
+            wide = [i for i, band in enumerate(bands) if band >= widest / NARROW_BAND]
+            top = 2 * max(bands[i] for i in narrow)
+            folder = f"{side.upper()}_DIR"
+            named = {"narrow": FolderSamples.named(items, narrow),
+                     "wide": FolderSamples.named(items, wide)}
+            low = f"at {top:g} Hz or less (nothing above {top / 2:g} Hz)"
+            if len(narrow) <= len(wide):
                 warnings.append(
-                    f"{len(narrow)} of the {len(items)} {side.upper()}_DIR files are sampled at "
-                    f"{2 * max(narrow):g} Hz or less (nothing above {max(narrow):g} Hz), the "
-                    f"others at {2 * widest:g} Hz or more: the model learns the missing band as "
-                    "part of the voice; leave them out, or record all alike")
+                    f"{len(narrow)} of the {len(items)} {folder} files{named['narrow']} "
+                    f"are sampled {low}, the others at {2 * widest:g} Hz or more: the "
+                    "model learns the missing band as part of the voice; leave them out, or "
+                    "record all alike")
+            else:
+                warnings.append(
+                    f"{len(wide)} of the {len(items)} {folder} files{named['wide']} are "
+                    f"sampled at {2 * widest:g} Hz or more, the other {len(narrow)} "
+                    f"{low}: the model learns the band those lack as part of the voice; leave "
+                    f"the {len(wide)} out, or record all alike")
         return warnings
 
     def from_array(self, array: np.ndarray) -> AudioSample:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 import styletx
-from styletx import BadInputError, UsageError
+from styletx import BadInputError, FolderSamples, UsageError
 from styletx.image import ImageSample, mode_for
 
 ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}  # formats that can store transparency
@@ -245,13 +245,15 @@ class ImageDomain(styletx.Domain):
         that gray turns to colour (or the reverse) as part of the style, and converts gray
         inputs so (a trial's scans and gray photos among colour ones came out green). A
         folder of gray images only is a task of its own (colourising) and not warned about."""
-        gray = {side: sum(map(_looks_gray, items)) for side, items in samples.items()}
+        gray = {side: [i for i, item in enumerate(items) if _looks_gray(item)]
+                for side, items in samples.items()}
         warnings = []
         for side, other in (("a", "b"), ("b", "a")):
             count = len(samples[side])
-            if 0 < gray[side] < count and gray[other] == 0:
+            if 0 < len(gray[side]) < count and not gray[other]:
                 warnings.append(
-                    f"{gray[side]} of the {count} {side.upper()}_DIR files are gray and no "
+                    f"{len(gray[side])} of the {count} {side.upper()}_DIR files"
+                    f"{FolderSamples.named(samples[side], gray[side])} are gray and no "
                     f"{other.upper()}_DIR file is: the model learns to turn gray into colour "
                     "as part of the style; leave them out, or add gray examples to "
                     f"{other.upper()}_DIR")

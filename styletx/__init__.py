@@ -23,8 +23,9 @@ from styletx.contract.hookspecs import hookimpl
 
 # The rest loads on first use (PEP 562), so that `styletx --help` does not wait for torch.
 _HOMES = {
-    **dict.fromkeys(["DIRECTIONS", "SIDES", "Domain", "Encoder", "LatentTranslator", "Preset",
-                     "Sample", "TrainingContext", "Translator", "direction_sides"],
+    **dict.fromkeys(["DIRECTIONS", "SIDES", "Domain", "Encoder", "FolderSamples",
+                     "LatentTranslator", "Preset", "Sample", "TrainingContext", "Translator",
+                     "direction_sides"],
                     "styletx.contract.interfaces"),
     **dict.fromkeys(["PadCrop", "crop", "pad_bottom_right"], "styletx.engine.apply"),
     **dict.fromkeys(["Run", "load_run"], "styletx.engine.convert"),
@@ -50,7 +51,7 @@ def __dir__() -> list[str]:
 __all__ = [
     # the plugin contract
     "Domain", "Encoder", "Translator", "LatentTranslator", "Preset", "Sample", "TrainingContext",
-    "hookimpl",
+    "FolderSamples", "hookimpl",
     "SIDES", "DIRECTIONS", "direction_sides",
     # errors a plugin raises (one line each for the user)
     "StyletxError", "UsageError", "BadInputError", "WriteError",

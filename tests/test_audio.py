@@ -241,6 +241,28 @@ def test_a_narrower_band_than_the_rest_of_its_folder_is_warned_about():
                         "band as part of the voice; leave them out, or record all alike"]
 
 
+def test_the_files_of_the_odd_band_are_named_the_fewer_kind():
+    """One 44.1 kHz file among 31 at 16 kHz: the warning named no file and told the user to
+    leave out the 31."""
+    from styletx import FolderSamples
+
+    def at(rate):
+        return AudioSample(np.zeros(rate, np.float32), rate)
+
+    rates = [16000] * 31 + [44100]
+    folder = FolderSamples([at(r) for r in rates], [f"a/s{i:02d}.wav" for i in range(32)])
+    assert AudioDomain().compare_folders({"a": folder}) == [
+        "1 of the 32 A_DIR files (s31.wav) are sampled at 22050 Hz or more, the other 31 at "
+        "16000 Hz or less (nothing above 8000 Hz): the model learns the band those lack as part "
+        "of the voice; leave the 1 out, or record all alike"]
+    phone = FolderSamples([at(8000)] * 7 + [at(22050)] * 9, [f"p{i}.wav" for i in range(16)])
+    assert AudioDomain().compare_folders({"b": phone}) == [
+        "7 of the 16 B_DIR files (p0.wav, p1.wav, p2.wav, p3.wav, p4.wav and 2 more) are "
+        "sampled at 8000 Hz or less (nothing above 4000 Hz), the others at 22050 Hz or more: the "
+        "model "
+        "learns the missing band as part of the voice; leave them out, or record all alike"]
+
+
 def spoken_with_pauses(parts: int = 4, speech: float = 2.6, pause: float = 0.6,
                        rate: int = 22050) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """``parts`` utterances, each followed by ``pause`` seconds of silence; and the pauses."""

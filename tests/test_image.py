@@ -447,4 +447,4 @@ def test_gray_images_in_part_of_one_folder_only_are_warned_about(domain, tmp_pat
     result = styletx("train", tmp_path / "a", tmp_path / "b", "--preset", "tiny", "--steps",
                      "1", "--size", "16", "--out", tmp_path / "run", "--threads", "1")
     assert result.exit_code == 0, result.stderr
-    assert "Warning: 1 of the 2 A_DIR files are gray and no B_DIR file is" in result.stderr
+    assert "Warning: 1 of the 2 A_DIR files (1.png) are gray and no B_DIR file is" in result.stderr

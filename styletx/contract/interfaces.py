@@ -35,6 +35,26 @@ def direction_sides(direction: str) -> tuple[str, str]:
 T = TypeVar("T")
 
 
+class FolderSamples(list):
+    """One training folder's samples (a list), with ``files``: their paths, in the same order,
+    for a warning that names them."""
+
+    def __init__(self, samples: Sequence[Any], files: Sequence[Path]):
+        super().__init__(samples)
+        self.files = list(files)
+
+    @staticmethod
+    def named(samples: Sequence[Any], chosen: Sequence[int], first: int = 5) -> str:
+        """" (a.wav, b.wav and 3 more)": the files of ``chosen`` (indices into ``samples``),
+        the first few by name; "" when ``samples`` is a plain list that knows no files."""
+        files = getattr(samples, "files", None)
+        if files is None or not chosen:
+            return ""
+        names = ", ".join(Path(files[i]).name for i in chosen[:first])
+        more = f" and {len(chosen) - first} more" if len(chosen) > first else ""
+        return f" ({names}{more})"
+
+
 class Domain(ABC):
     """A modality's files: which ones it reads, how to load, validate and save them."""
 
@@ -79,8 +99,9 @@ class Domain(ABC):
 
     def compare_folders(self, samples: dict[str, Sequence[Sample]]) -> list[str]:
         """Warnings about an unpaired model's two training folders taken together (``samples``
-        by side, "a" and "b"), each one line printed before training: e.g. a kind of file
-        only one folder has in part, which the model would learn as part of the style."""
+        by side, "a" and "b"; each a ``FolderSamples``, whose ``files`` name them), each one
+        line printed before training: e.g. a kind of file only one folder has in part, which
+        the model would learn as part of the style."""
         return []
 
     def from_array(self, array: Any) -> Sample:

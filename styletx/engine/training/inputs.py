@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from styletx.contract.errors import StyletxError, UsageError
-from styletx.contract.interfaces import SIDES, Domain, Encoder, Translator
+from styletx.contract.interfaces import SIDES, Domain, Encoder, FolderSamples, Translator
 from styletx.contract.registry import Registry
 from styletx.engine import distributed
 from styletx.engine.data import (
@@ -112,7 +112,7 @@ def load_data(dom: Domain, a_dir: Path, b_dir: Path | None, out: Path, size: int
         log.info("%s: %s: %s%s", side.upper(), data.folder, dom.describe(data.samples),
                  f" ({len(data.skipped)} file(s) skipped)" if data.skipped else "")
     if not paired:  # a pair's halves differ on purpose (say, gray to colour)
-        for warning in dom.compare_folders({side: data.samples
+        for warning in dom.compare_folders({side: FolderSamples(data.samples, data.files)
                                             for side, data in folders.items()}):
             log.warning("%s", warning)
     return folders
