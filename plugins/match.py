@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import styletx
-from styletx import DIRECTIONS, Preset, UsageError, direction_sides
+from styletx import DIRECTIONS, Preset, StyletxError, UsageError, direction_sides
 from styletx.audio.matching import MAX_CONTEXT, KeyedFrameMatching
 from styletx.nn import adam
 
@@ -303,9 +303,8 @@ class Match(styletx.Translator):
 
     def _check_sets(self, direction: str) -> None:
         if len(self._matching(direction).bank) == 0:
-            raise UsageError("match: this model has no matching sets yet; they are filled "
-                             "when training reaches its last step (rerun the train command, "
-                             "with a higher --steps if it had finished)")
+            raise StyletxError("match: this model has no matching sets; every checkpoint of "
+                               "this version fills them (rerun the train command to save one)")
 
     def export_module(self, direction: str) -> nn.Module:
         """The codes and the target side's matching set, as one module."""

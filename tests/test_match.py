@@ -64,14 +64,14 @@ def test_the_matching_sets_and_codes_are_saved_with_the_run(match_run):
 
 def test_translate_and_export_need_the_sets(match_run):
     import styletx
-    from styletx import UsageError
+    from styletx import StyletxError
 
     translator = styletx.load_run(match_run, device="cpu").translator
     x = torch.randn(1, 1, translator.config.bins, 37)
     assert translator.translate(x, "a2b").shape == x.shape  # any length
     translator.M_A.reset()
     for call in (lambda: translator.translate(x, "a2b"), lambda: translator.export_module("a2b")):
-        with pytest.raises(UsageError, match="no matching sets"):
+        with pytest.raises(StyletxError, match="no matching sets"):
             call()
 
 
@@ -273,3 +273,28 @@ def test_a_preset_that_is_the_runs_under_another_name_resumes_it(voices, tmp_pat
     assert (saved["step"], saved["preset"]) == (2, "default")
     tiny = styletx("train", *common, "--steps", "3", "--preset", "tiny")
     assert tiny.exit_code == 2 and "was trained with --preset default, not tiny" in tiny.stderr
+
+
+def test_every_match_checkpoint_converts_and_training_is_unchanged(voices, tmp_path, styletx):
+    """A damaged last weights file fell back to the checkpoint before it, which had no matching
+    sets (filled only at the end): "this model has no matching sets yet", exit 2. Every
+    checkpoint fills them now, and the weights trained are the same as with none between."""
+    from safetensors.torch import load_file
+
+    import styletx as api
+
+    def train(run, save_every):
+        api.train(voices["a"], voices["b"], run, model="match", preset="tiny",
+                  settings=api.TrainSettings(steps=10, device="cpu", progress=False,
+                                             save_every=save_every))
+
+    train(tmp_path / "once", 100)
+    train(tmp_path / "often", 4)
+    a = load_file(tmp_path / "once" / "model.safetensors")
+    b = load_file(tmp_path / "often" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    weights = tmp_path / "often" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    out = styletx("convert", tmp_path / "often", voices["test_a"], "-o", tmp_path / "out")
+    assert out.exit_code == 0, out.stderr
+    assert "using the previous checkpoint (step 8)" in out.stderr

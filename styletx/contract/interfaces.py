@@ -281,9 +281,10 @@ class Translator(ABC):
     # one conversion (a value the saved tensors cannot serve is refused as they load). Every
     # other setting is fixed when the run is trained.
     conversion_settings: ClassVar[tuple[str, ...]] = ()
-    # Does the model convert only after ``finish_training``? Then a run stopped by Ctrl-C or
-    # SIGTERM calls it too before its checkpoint (it must be quick, and the next training step
-    # must undo what it changed in training's terms), so that the stopped run converts.
+    # Does the model convert only after ``finish_training``? Then every checkpoint calls it
+    # first (it must be quick, and the next training step must undo what it changed in
+    # training's terms), so that any checkpoint converts: a run stopped by Ctrl-C or SIGTERM,
+    # and the earlier checkpoint a damaged last save falls back to.
     finish_when_interrupted: ClassVar[bool] = False
 
     optimizers: dict[str, torch.optim.Optimizer]
@@ -401,7 +402,7 @@ class Translator(ABC):
         early (Ctrl-C, a failure): the resumed run calls it at its end. An exception from it
         is a warning, and the checkpoint is saved without what it would have fitted. It must
         leave the RNG as it found it (the checkpoint saves that too). Default: nothing. (A
-        model with ``finish_when_interrupted`` gets it at Ctrl-C too.)"""
+        model with ``finish_when_interrupted`` gets it before every checkpoint.)"""
 
     def on_trained(self, run: Path, examples: dict[str, list[torch.Tensor]],
                    chunk: int | None) -> None:

@@ -365,12 +365,13 @@ class Loop:
         if step % self.preview_every == 0 or last:
             self._save_preview()
         minutes_since_save = (time.monotonic() - self.marks.saved_at) / 60
-        interrupted = stopping and self.stop.requested
-        if (step == self.plan.steps or (stopping and self.out_of_time)
-                or (interrupted and self.translator.finish_when_interrupted)):
-            self._finish_training()  # done or out of time (Ctrl-C: if needed to convert)
         due = (step % self.save_every == 0 or last
                or minutes_since_save >= self.settings.save_minutes)
+        # done or out of time; a model that converts only once finished, at every checkpoint
+        # (Ctrl-C, or the one a damaged last save falls back to, must convert)
+        if (step == self.plan.steps or (stopping and self.out_of_time)
+                or (due and self.translator.finish_when_interrupted and not self.non_finite)):
+            self._finish_training()
         # Never weights that may hold NaN over good ones: a step whose losses were not finite
         # is not saved (the next due step is), nor the last one, nor weights not all finite.
         if due and (not self._weights_finite() or (self.non_finite and last)):
@@ -395,6 +396,8 @@ class Loop:
         try:
             if not self._weights_finite():
                 return
+            if self.translator.finish_when_interrupted:  # so that the checkpoint converts
+                self._finish_training()
             save_training_checkpoint(p.out, p.run_config, step, self.translator, p.encoders,
                                      self.batches)
         except Exception as exc:  # noqa: BLE001 - the error that stopped training comes next
