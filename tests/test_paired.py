@@ -291,6 +291,14 @@ def test_evaluate_works_for_an_unpaired_model(styletx, trained_run, scenes):
                     "--device", "cpu")
     assert table.stdout.splitlines()[0] == ("b2a: each file of B_TEST converted and compared "
                                             "with its pair in A_TEST")
+    assert "Warning" not in result.stderr
+    # the folders swapped, as a trial did: scored (and saved) without a word before
+    swapped = styletx("evaluate", trained_run, scenes["test_b"], scenes["test_a"],
+                      "--device", "cpu")
+    assert swapped.exit_code == 0, swapped.stderr
+    assert ("Warning: the conversion is worse than the untouched input on most pairs: for a2b, "
+            "each file of A_TEST (the first folder) is converted and compared with its pair in "
+            "B_TEST; are the folders in that order") in swapped.stderr
 
 
 def test_evaluate_b2a_and_aligned(styletx, p2p_run, pairs, tmp_path):
