@@ -286,6 +286,27 @@ def test_progress_lines_follow_the_clock_not_the_log_period(scenes, tmp_path, mo
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
 
+
+def test_a_progress_line_shows_the_mean_losses_since_the_last(scenes, tmp_path, monkeypatch,
+                                                              caplog):
+    """It showed the last step's losses, which jump about: a trial read 0.69 in a stretch
+    whose steps were near 0.17, and took the first step after a resume for a broken one."""
+    original = CycleGAN.training_step
+
+    def alternating(self, batch, step):
+        original(self, batch, step)
+        return {"x": float(step % 2)}
+
+    monkeypatch.setattr(CycleGAN, "training_step", alternating)
+    monkeypatch.setattr("styletx.engine.progress.LINE_SECONDS", 1e9)  # the first, the last
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
+    with caplog.at_level(logging.INFO, logger="styletx"):
+        train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny", settings=settings(4))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split("  (")[0] for line in lines] == ["step 1/4  x 0.000",  # step 1
+                                                        "step 4/4  x 0.667"]  # 1, 0, 1
+
+
 def test_a_terminal_of_no_width_gets_plain_progress_lines(monkeypatch):
     """Some container ptys report 0 columns, where tqdm draws a bar of nothing and a run
     looks frozen: there the bar is off, so that the plain progress lines are written."""
