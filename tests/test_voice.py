@@ -136,6 +136,9 @@ def test_short_recordings_are_reported_and_skipped(voices, tmp_path, styletx):
                for line in result.stderr.splitlines())
     assert "min after trimming silence" in result.stderr
     assert f"{a}: 6 of 7 readable file(s) can be trained on" in result.stderr
+    for side in "AB":  # each side's decoder fit says whose it is
+        assert any(line.startswith(f"{side}: mel decoder: step ")
+                   for line in result.stderr.splitlines()), result.stderr
 
 
 def test_a_clipped_recording_is_named_before_training(voices, tmp_path, styletx):

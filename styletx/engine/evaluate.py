@@ -13,7 +13,6 @@ side by side in one file with ``aligned``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -27,6 +26,7 @@ from styletx.contract.registry import Registry
 from styletx.engine.convert import Run, as_run
 from styletx.engine.data import check_folder, domain_files
 from styletx.engine.pairs import pair_files, pair_key
+from styletx.engine.progress import prefixed_messages
 
 log = logging.getLogger("styletx")
 
@@ -124,7 +124,7 @@ def _score_pair(model: Run, direction: str, name: str, paths: tuple[Path, Path],
     """Convert and score one pair into ``result`` (its scores, or its problem in ``failed``)."""
     domain = model.domain
     try:
-        with _warnings_named(name):
+        with prefixed_messages(f"{name}: ", once=True):
             src, tgt = load()
             converted = model.convert_sample(src, direction)
             score = PairScore(name, *paths, domain.compare(converted, tgt),
@@ -139,27 +139,6 @@ def _score_pair(model: Run, direction: str, name: str, paths: tuple[Path, Path],
         return
     result.scores.append(score)
     on_pair(name, None)
-
-
-@contextlib.contextmanager
-def _warnings_named(name: str):
-    """Prefix what the domain logs while scoring a pair (e.g. a resize) with the pair's name,
-    each message once (the converted and the untouched input are compared alike)."""
-    said: set[str] = set()
-
-    def prefix(record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message in said:
-            return False
-        said.add(message)
-        record.msg = f"{name.replace('%', '%%')}: {record.msg}"
-        return True
-
-    log.addFilter(prefix)
-    try:
-        yield
-    finally:
-        log.removeFilter(prefix)
 
 
 def _test_pairs(domain, a_test, b_test, aligned: bool, direction: str):

@@ -8,9 +8,11 @@ no bar, so that the commands' plain progress lines (written where the bar is off
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -73,3 +75,29 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def prefixed_messages(prefix: str, once: bool = False):
+    """Prefix what styletx logs in this thread meanwhile with ``prefix`` ("held000: ", "A: "):
+    the code logging it (a domain, an encoder's fit) does not know which file or side it
+    works on. ``once``: each message at most once (a pair's two halves measured alike)."""
+    said: set[str] = set()
+    thread = threading.get_ident()
+
+    def prefix_it(record: logging.LogRecord) -> bool:
+        if record.thread != thread:  # a background reader's message is not about this
+            return True
+        if once:
+            message = record.getMessage()
+            if message in said:
+                return False
+            said.add(message)
+        record.msg = f"{prefix.replace('%', '%%')}{record.msg}"
+        return True
+
+    log.addFilter(prefix_it)
+    try:
+        yield
+    finally:
+        log.removeFilter(prefix_it)

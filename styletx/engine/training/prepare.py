@@ -24,6 +24,7 @@ from styletx.engine.model import (
     load_model_tensors,
     make_config,
 )
+from styletx.engine.progress import prefixed_messages
 from styletx.engine.run_config import DataSource, RunConfig, TrainPlan
 from styletx.engine.runs import LOCK, has_checkpoint, is_run_folder, load_checkpoint
 from styletx.engine.training.inputs import (
@@ -178,7 +179,8 @@ def _fitted_encoders(registry: Registry, name: str | None, dom: Domain,
                 for side in SIDES}
     for side, enc in encoders.items():
         check_encoder(enc, dom, by_default=name is None)
-        enc.fit(folders[side].samples)
+        with prefixed_messages(f"{side.upper()}: "):  # "A: mel decoder: step 400/2000 ..."
+            enc.fit(folders[side].samples)
     return encoders
 
 
