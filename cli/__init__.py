@@ -936,6 +936,19 @@ class _ReaderMayLeave:
         return getattr(self._stream, name)
 
 
+def _quiet(ctx, param, value):
+    if value:
+        _setup_logging(quiet=True)
+    return value
+
+
+# `styletx convert ... -q` as well as `styletx -q convert ...` (a trial's first try was refused)
+for _command in cli.commands.values():
+    _command.params.append(click.Option(
+        ["-q", "--quiet"], is_flag=True, expose_value=False, callback=_quiet,
+        help="As `styletx -q`: only warnings, errors and the result."))
+
+
 def main() -> None:
     sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     status = cli(prog_name="styletx")  # ctx.exit(n) returns n here (not standalone mode)

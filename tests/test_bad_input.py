@@ -193,6 +193,14 @@ def test_bad_direction(styletx, trained_run, data, tmp_path):
     assert_usage_error(result, "--direction")
 
 
+def test_a_folder_with_nothing_to_convert_is_named(styletx, trained_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a picture")
+    result = styletx("convert", trained_run, tmp_path / "empty", "-o", tmp_path / "out")
+    assert_usage_error(result, f"no image files to convert in {tmp_path / 'empty'} (.png ")
+    assert not (tmp_path / "out").exists()
+
+
 def test_setting_of_the_wrong_type(styletx, data, tmp_path):
     result = styletx(*train_args(data["a"], data["b"], tmp_path / "run", "--set", "ngf=wide"))
     assert_usage_error(result, "ngf", "expects int")

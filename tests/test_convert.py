@@ -197,3 +197,14 @@ def test_an_interrupted_conversion_says_how_far_it_got(styletx, trained_run, sce
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         p.name for p in scenes["test_a"].iterdir())[:2]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_quiet_after_the_command_as_before_it(styletx, scenes, tmp_path):
+    """`styletx convert ... -q` was "No such option: -q"; only `styletx -q convert` worked."""
+    train = ("train", scenes["a"], scenes["b"], "--preset", "tiny", "--steps", "1",
+             "--device", "cpu", "--size", "16")
+    for where, args in (("before", ("-q", *train)), ("after", (*train, "-q"))):
+        result = styletx(*args, "--out", tmp_path / where)
+        assert result.exit_code == 0 and result.stderr == "", result.stderr
+    loud = styletx(*train, "--out", tmp_path / "loud")
+    assert "A: " in loud.stderr  # the next command without -q logs again

@@ -427,14 +427,17 @@ class Run:
         check_output_folder(out_dir)
         jobs: list[tuple[Path, Path | None]] = []
         seen: dict[Path, Path] = {}
-        for item in map(Path, as_paths(inputs)):
+        items = list(map(Path, as_paths(inputs)))
+        for item in items:
             if not item.exists():
                 raise UsageError(f"{item}: no such file or folder")
             if item.is_dir() and is_inside(out_dir, item):
                 raise UsageError(f"-o {out_dir} is inside the input folder {item}; choose another")
             jobs += self._jobs_of(item, out_dir, suffix, seen)
         if not jobs:
-            raise UsageError(f"no {self.domain.name} files to convert in the given inputs")
+            raise UsageError(f"no {self.domain.name} files to convert in "
+                             f"{', '.join(map(str, items[:3]))}{' ...' if len(items) > 3 else ''} "
+                             f"({' '.join(self.domain.extensions)})")
         outputs = [dst for _, dst in jobs if dst is not None]
         by_folder: dict[Path, list[Path]] = {}
         for dst in outputs:
