@@ -44,7 +44,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from styletx.contract.errors import UsageError, one_line
+from styletx.contract.errors import StyletxError, UsageError, one_line
 
 if TYPE_CHECKING:
     from styletx.contract.interfaces import Translator
@@ -218,8 +218,8 @@ def _stop_with_the_launcher() -> None:
     except (OSError, AttributeError):
         return
     if os.getppid() != int(launcher):  # it died before the request was made
-        raise UsageError("the styletx command that started this training process has "
-                         "stopped; nothing was trained")
+        raise StyletxError("the styletx command that started this training process has "
+                           "stopped; nothing was trained")
 
 
 def _swap_in_sync_batch_norm(net: nn.Module) -> None:
