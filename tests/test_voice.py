@@ -66,6 +66,13 @@ def test_vocoder_world_converts_at_the_targets_pitch_and_images_refuse_it(voice_
         assert np.corrcoef(converted, griffin_lim)[0, 1] < 0.9  # re-synthesised, not GL's
         assert mcd(converted, truth, RATE) < mcd(source, truth, RATE) - 0.5
         assert median_f0(converted, RATE) == pytest.approx(HIGH.f0_hz, rel=0.1)
+    (tmp_path / "hiss").mkdir()  # nothing voiced: written as Griffin-Lim's, and said so
+    sf.write(tmp_path / "hiss" / "hiss.wav",
+             0.1 * np.random.default_rng(0).standard_normal(RATE).astype(np.float32), RATE)
+    hiss = styletx("convert", voice_run, tmp_path / "hiss", "-o", tmp_path / "hissed",
+                   "--device", "cpu", "--vocoder", "world")
+    assert hiss.exit_code == 0, hiss.stderr
+    assert "Warning: hiss.wav: too few voiced frames for --vocoder world" in hiss.stderr
     refused = styletx("convert", trained_run, voices["test_a"], "-o", tmp_path / "img",
                       "--vocoder", "world", "--device", "cpu")
     assert refused.exit_code == 2 and len(refused.error_lines) == 1

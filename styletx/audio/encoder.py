@@ -9,6 +9,7 @@ with it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,6 +26,8 @@ from styletx.audio.vocoder import (
 )
 from styletx.contract.errors import UsageError
 from styletx.contract.interfaces import Encoder
+
+log = logging.getLogger("styletx")
 
 NORMALIZE = ("loudness", "peak")  # what a decoded voice is scaled to (convert --normalize)
 PEAK = 0.99  # --normalize peak: the loudest sample's magnitude (-0.09 dBFS)
@@ -312,6 +315,8 @@ class SpectrogramEncoder(Encoder):
         p = self.params
         voice = world_resynthesis(wave, self.resample(like), p["rate"], self.pitch)
         if voice is wave:  # nothing voiced to re-synthesise
+            log.warning("too few voiced frames for --vocoder world (a whisper, noise, or under "
+                        "50 ms): written as Griffin-Lim decoded it")
             return wave
         bands = mel_filterbank(p["rate"], p["n_fft"], LEVEL_BANDS)
         return with_band_levels(voice, magnitude, np.asarray(bands, np.float64), p["n_fft"],

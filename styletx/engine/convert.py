@@ -58,7 +58,7 @@ from styletx.engine.model import (
     load_model_tensors,
     pick_device,
 )
-from styletx.engine.progress import Progress
+from styletx.engine.progress import Progress, prefixed_messages
 from styletx.engine.run_config import RunConfig
 from styletx.engine.runs import load_weights
 from styletx.engine.tiles import needs_tiles, translate_tiled
@@ -485,8 +485,10 @@ class Run:
         if not pending:
             return
         problem = None
+        names = ", ".join(src.name for src, *_ in pending)  # what a decoder warns about
         try:
-            converted_all = self._translate_batch(pending, direction, batch_size)
+            with prefixed_messages(f"{names}: ", once=True, level=logging.WARNING):
+                converted_all = self._translate_batch(pending, direction, batch_size)
         except RuntimeError as exc:
             if not is_out_of_memory(exc):
                 raise

@@ -78,16 +78,17 @@ class Progress:
 
 
 @contextlib.contextmanager
-def prefixed_messages(prefix: str, once: bool = False):
-    """Prefix what styletx logs in this thread meanwhile with ``prefix`` ("held000: ", "A: "):
-    the code logging it (a domain, an encoder's fit) does not know which file or side it
-    works on. ``once``: each message at most once (a pair's two halves measured alike)."""
+def prefixed_messages(prefix: str, once: bool = False, level: int = logging.NOTSET):
+    """Prefix what styletx logs in this thread meanwhile, at ``level`` or above, with
+    ``prefix`` ("held000: ", "A: "): the code logging it (a domain, an encoder's fit) does not
+    know which file or side it works on. ``once``: each message at most once (a pair's two
+    halves measured alike)."""
     said: set[str] = set()
     thread = threading.get_ident()
 
     def prefix_it(record: logging.LogRecord) -> bool:
-        if record.thread != thread:  # a background reader's message is not about this
-            return True
+        if record.thread != thread or record.levelno < level:  # a background reader's
+            return True  #                                      message is not about this
         if once:
             message = record.getMessage()
             if message in said:
