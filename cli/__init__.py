@@ -482,9 +482,19 @@ def evaluate(run, a_test, b_test, direction, aligned, as_json, device, vocoder, 
 
 
 def _warn_if_worse_than_untouched(result) -> None:
-    """Worse than the input on most pairs by every measure: most often the two test folders
-    given in the other order (a trial's b2a with its folders swapped scored and saved so)."""
+    """A mean worse than the untouched input's, by any measure; and worse on most pairs by
+    every measure: most often the two test folders given in the other order (a trial's b2a
+    with its folders swapped scored and saved so)."""
     pairs = len(result.scores)
+    if not pairs:
+        return
+    means = result.means()
+    for name, better in result.metrics.items():  # a trial's mean PSNR fell 2.6 dB unremarked
+        converted, untouched = means["converted"][name], means["baseline"][name]
+        if (converted - untouched) * (1 if better == "higher" else -1) < 0:
+            log.warning("the conversion's mean %s (%.3f) is worse than the untouched input's "
+                        "(%.3f): look at the converted files before using this run", name,
+                        converted, untouched)
     if pairs < 3 or any(3 * result.improved(n) > pairs for n in result.metrics):
         return
     source, target = result.direction[0].upper(), result.direction[2].upper()

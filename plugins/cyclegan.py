@@ -491,15 +491,20 @@ class CycleGAN(styletx.Translator):
             # and wins after ~600 steps, and the colour path drifts after it (sharpening:
             # -3.1 dB against the input; benchmarks/quality/EXPERIMENTS-issue14.md).
             # lambda_sw: the pixel colours' distribution matched directly, which the
-            # discriminator alone gave only part of (sepia +3.3 dB -> +9.5 to +10.0)
+            # discriminator alone gave only part of (sepia +3.3 dB -> +9.5 to +10.0).
+            # r1: on nine different photos a side (a user's trial), the discriminator still
+            # memorised them and the colour paths drifted between steps 710 and 963: held-out
+            # photos 25.4 -> 18.2 dB, the untouched input 22.0; R1 0.1 kept them at 25.0, at
+            # a cost of 1.3 dB on the sepia benchmark (RESULTS.md, "Different photos")
             config=dict(generator="local", ngf=16, n_blocks=2, colour_path=32, ndf=16,
                         n_layers_d=2, lambda_cycle=5.0, lambda_identity=0.5, lr=1e-3,
-                        diffaug=0.125, lambda_sw=5.0),
+                        diffaug=0.125, lambda_sw=5.0, r1=0.1),
             train=dict(size=64, batch_size=4, steps=3000),
             description="quality per CPU minute on photos: the local generator (input + a "
                         "per-pixel colour/tone path + three full-resolution 3x3 convs at 16 "
-                        "channels; starts as the identity and cannot invent blotches), 34x34 "
-                        "PatchGAN (ndf 16) that sees randomly shifted images (DiffAugment), "
+                        "channels; starts as the identity, no down-sampled body to move whole "
+                        "regions), 34x34 PatchGAN (ndf 16) that sees randomly shifted images "
+                        "(DiffAugment), with an R1 penalty (0.1) against memorising a small set, "
                         "a sliced Wasserstein loss on the pixel colours (5), cycle 5, identity "
                         "0.5, lr 1e-3, 64 px; pair with --minutes",
         ),
