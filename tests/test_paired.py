@@ -159,7 +159,8 @@ def test_pair_with_a_corrupt_side_is_skipped_by_name(styletx, pairs, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "skipping the pair of" in result.stderr and "scene003.png" in result.stderr
     summary = [line for line in result.stderr.splitlines() if line.startswith(("A: ", "B: "))]
-    assert [line.endswith("(1 file(s) skipped)") for line in summary] == [False, True], summary
+    assert [line.endswith("(1 unusable file(s) skipped, named above)")
+            for line in summary] == [False, True], summary
 
 
 def test_pairs_of_different_sizes_are_resized_with_a_warning(styletx, tmp_path):

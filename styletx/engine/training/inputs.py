@@ -110,7 +110,8 @@ def load_data(dom: Domain, a_dir: Path, b_dir: Path | None, out: Path, size: int
     reader.warn_flawed(read)
     for side, data in folders.items():
         log.info("%s: %s: %s%s", side.upper(), data.folder, dom.describe(data.samples),
-                 f" ({len(data.skipped)} file(s) skipped)" if data.skipped else "")
+                 f" ({len(data.skipped)} unusable file(s) skipped, named above)"
+                 if data.skipped else "")
     if not paired:  # a pair's halves differ on purpose (say, gray to colour)
         for warning in dom.compare_folders({side: FolderSamples(data.samples, data.files)
                                             for side, data in folders.items()}):
