@@ -512,8 +512,8 @@ def test_nproc_pauses_with_ctrl_z_and_stops_when_its_launcher_is_killed(scenes, 
                "trained on after the pause")
 
         launcher.kill()
-        _, stderr = launcher.communicate(timeout=120)  # the pipes close when the workers end
-        assert all(_gone(pid) for pid in workers)
+        _, stderr = launcher.communicate(timeout=120)  # the pipes close as the workers end
+        _until(lambda: all(_gone(pid) for pid in workers), "ended the orphaned workers")
         said = [line for line in stderr.splitlines() if "interrupted at step" in line]
         assert len(said) == 1, stderr
         step = json.loads((run / "config.json").read_text())["step"]
