@@ -477,31 +477,7 @@ def evaluate(run, a_test, b_test, direction, aligned, as_json, device, vocoder, 
     else:  # the report's table stays the run's own conversion
         variant = ([f"--vocoder {vocoder}"] if vocoder else []) + [f"--set {s}" for s in settings]
         log.info("measured with %s: not added to the run's report", " ".join(variant))
-    _warn_if_worse_than_untouched(result)
     _print_report(result, as_json, _evaluation_table, "pair(s)")
-
-
-def _warn_if_worse_than_untouched(result) -> None:
-    """A mean worse than the untouched input's, by any measure; and worse on most pairs by
-    every measure: most often the two test folders given in the other order (a trial's b2a
-    with its folders swapped scored and saved so)."""
-    pairs = len(result.scores)
-    if not pairs:
-        return
-    means = result.means()
-    for name, better in result.metrics.items():  # a trial's mean PSNR fell 2.6 dB unremarked
-        converted, untouched = means["converted"][name], means["baseline"][name]
-        if (converted - untouched) * (1 if better == "higher" else -1) < 0:
-            log.warning("the conversion's mean %s (%.3f) is worse than the untouched input's "
-                        "(%.3f): look at the converted files before using this run", name,
-                        converted, untouched)
-    if pairs < 3 or any(3 * result.improved(n) > pairs for n in result.metrics):
-        return
-    source, target = result.direction[0].upper(), result.direction[2].upper()
-    log.warning("the conversion is worse than the untouched input on most pairs: for %s, "
-                "each file of %s_TEST (the %s folder) is converted and compared with its pair "
-                "in %s_TEST; are the folders in that order, and was the run trained for it?",
-                result.direction, source, "first" if source == "A" else "second", target)
 
 
 def _print_interrupted(result, as_json: bool, total: int | None, status: int) -> None:

@@ -179,18 +179,18 @@ class AudioDomain(styletx.Domain):
             wide = [i for i, band in enumerate(bands) if band >= widest / NARROW_BAND]
             top = 2 * max(bands[i] for i in narrow)
             folder = f"{side.upper()}_DIR"
-            named = {"narrow": FolderSamples.named(items, narrow),
-                     "wide": FolderSamples.named(items, wide)}
             low = f"at {top:g} Hz or less (nothing above {top / 2:g} Hz)"
-            if len(narrow) <= len(wide):
+            fewer = narrow if len(narrow) <= len(wide) else wide  # the odd ones out, named
+            named = FolderSamples.named(items, fewer)
+            if fewer is narrow:
                 warnings.append(
-                    f"{len(narrow)} of the {len(items)} {folder} files{named['narrow']} "
+                    f"{len(narrow)} of the {len(items)} {folder} files{named} "
                     f"are sampled {low}, the others at {2 * widest:g} Hz or more: the "
                     "model learns the missing band as part of the voice; leave them out, or "
                     "record all alike")
             else:
                 warnings.append(
-                    f"{len(wide)} of the {len(items)} {folder} files{named['wide']} are "
+                    f"{len(wide)} of the {len(items)} {folder} files{named} are "
                     f"sampled at {2 * widest:g} Hz or more, the other {len(narrow)} "
                     f"{low}: the model learns the band those lack as part of the voice; leave "
                     f"the {len(wide)} out, or record all alike")

@@ -7,7 +7,9 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 
 class StyletxError(Exception):
@@ -88,6 +90,13 @@ def out_of_memory_problem(exc: BaseException, doing: str, advice: str | None = N
     line = f"out of memory {doing}".rstrip()
     return (line + (f" (an allocation of {size} failed)" if size else "")
             + (f"; {advice}" if advice else ""))
+
+
+def some_of(items: Iterable[Any], shown: int = 5) -> str:
+    """"a, b, c, d, e and 2 more": the first ``shown`` items named, the rest counted."""
+    items = [str(item) for item in items]
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
 
 
 def one_line(exc: BaseException, limit: int = 300, type_name: bool = True) -> str:

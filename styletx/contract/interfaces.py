@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
-from styletx.contract.errors import UsageError
+from styletx.contract.errors import UsageError, some_of
 
 Sample = Any  # whatever a domain loads: an image array with its metadata, a waveform, ...
 SIDES = ("a", "b")  # the two folders (domains) of a run
@@ -50,9 +50,7 @@ class FolderSamples(list):
         files = getattr(samples, "files", None)
         if files is None or not chosen:
             return ""
-        names = ", ".join(Path(files[i]).name for i in chosen[:first])
-        more = f" and {len(chosen) - first} more" if len(chosen) > first else ""
-        return f" ({names}{more})"
+        return f" ({some_of((Path(files[i]).name for i in chosen), first)})"
 
 
 class Domain(ABC):

@@ -56,10 +56,14 @@ class Evaluation:
                        for name in self.metrics}
                 for kind in ("converted", "baseline")}
 
+    def gain(self, name: str, converted: float, baseline: float) -> float:
+        """How much better ``converted`` is than ``baseline`` by metric ``name`` (< 0: worse)."""
+        return (converted - baseline) * (1 if self.metrics[name] == "higher" else -1)
+
     def improved(self, name: str) -> int:
         """On how many pairs the conversion beats the baseline by metric ``name``."""
-        sign = 1 if self.metrics[name] == "higher" else -1
-        return sum(sign * (s.converted[name] - s.baseline[name]) > 0 for s in self.scores)
+        return sum(self.gain(name, s.converted[name], s.baseline[name]) > 0
+                   for s in self.scores)
 
     def to_json(self) -> dict[str, Any]:
         return _finite({
@@ -116,7 +120,32 @@ def evaluate(
             _score_pair(model, direction, name, paths, load, result, on_pair)
     except KeyboardInterrupt as stop:
         raise EvaluationInterrupted(result, interrupt_status(stop)) from None
+    _warn_if_worse_than_untouched(result)
     return result
+
+
+def _warn_if_worse_than_untouched(result: Evaluation) -> None:
+    """A mean worse than the untouched input's, by any measure (a trial's mean PSNR fell
+    2.6 dB unremarked); and worse on most pairs by every measure: most often the two test
+    folders given in the other order (a trial's b2a with its folders swapped scored and saved
+    so)."""
+    pairs = len(result.scores)
+    if not pairs:
+        return
+    means = result.means()
+    for name in result.metrics:
+        converted, untouched = means["converted"][name], means["baseline"][name]
+        if result.gain(name, converted, untouched) < 0:
+            log.warning("the conversion's mean %s (%.3f) is worse than the untouched input's "
+                        "(%.3f): look at the converted files before using this run", name,
+                        converted, untouched)
+    if pairs < 3 or any(3 * result.improved(n) > pairs for n in result.metrics):
+        return
+    source, target = result.direction[0].upper(), result.direction[2].upper()
+    log.warning("the conversion is worse than the untouched input on most pairs: for %s, "
+                "each file of %s_TEST (the %s folder) is converted and compared with its pair "
+                "in %s_TEST; are the folders in that order, and was the run trained for it?",
+                result.direction, source, "first" if source == "A" else "second", target)
 
 
 def _score_pair(model: Run, direction: str, name: str, paths: tuple[Path, Path],

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 
-from styletx.contract.errors import BadInputError, UsageError
+from styletx.contract.errors import BadInputError, UsageError, some_of
 from styletx.contract.files import write_atomic, write_tensors
 from styletx.contract.interfaces import Domain
 from styletx.engine.data import FolderData, Reader, domain_files
@@ -80,8 +80,8 @@ def pair_files(a_dir: Path, b_dir: Path, domain: Domain,
                                    (options[1], b_dir, found.only_b)):
         if lonely:
             log.warning("%d file(s) in %s %s have no partner and are left out: %s%s",
-                        len(lonely), option, folder, _some(p.relative_to(folder) for p in lonely),
-                        case_hint)
+                        len(lonely), option, folder,
+                        some_of((p.relative_to(folder) for p in lonely), SHOW), case_hint)
     return found
 
 
@@ -105,12 +105,6 @@ def _by_key(files: list[Path], folder: Path, option: str) -> dict[str, Path]:
                              "name; pairs are matched by name without extension, rename one")
         keyed[key] = path
     return keyed
-
-
-def _some(items) -> str:
-    items = [str(i) for i in items]
-    more = f" and {len(items) - SHOW} more" if len(items) > SHOW else ""
-    return ", ".join(items[:SHOW]) + more
 
 
 def load_pairs(found: FilePairs, reader: Reader,
@@ -172,7 +166,7 @@ def match_sizes(a: list[torch.Tensor], b: list[torch.Tensor],
         out.append(y)
     if resized:
         log.warning("%d pair(s) differ in size as scaled for training; B resized (stretched) "
-                    "to A's, width x height: %s", len(resized), _some(resized))
+                    "to A's, width x height: %s", len(resized), some_of(resized, SHOW))
     return out
 
 

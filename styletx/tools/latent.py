@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from styletx.contract.errors import BadInputError, StyletxError, UsageError, not_a
+from styletx.contract.errors import BadInputError, StyletxError, UsageError, not_a, some_of
 from styletx.contract.files import check_output_folder
 from styletx.contract.interfaces import SIDES, Domain, LatentTranslator, Sample
 from styletx.engine.apply import chunk_starts, group_by_shape
@@ -841,8 +841,7 @@ def _name_earlier_outputs(folder: Path, earlier: set[Path], written: list[Path])
                     folder, replaced[0].name)
     if left:
         log.warning("%s also holds %d file(s) of an earlier run that this one did not write: "
-                    "%s", folder, len(left), ", ".join(p.name for p in left[:5])
-                    + (", ..." if len(left) > 5 else ""))
+                    "%s", folder, len(left), some_of(p.name for p in left))
 
 
 def _write_preview(run: Run, rows: list[list[torch.Tensor]], side: str, stem: Path,

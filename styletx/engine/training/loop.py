@@ -247,9 +247,10 @@ class Loop:
         self.out_of_time = False  # --minutes: the last step's check of the time budget
         self.failure: str | None = None
         self.rates: list[float] = []  # steps/s of each logged period of this command
-        # the losses of the steps since the last progress line, which prints their means: one
-        # step's losses jump about (a trial read 0.69 where the steps around it were at 0.17)
-        self.since_line: dict[str, list[float]] = {}
+        # each loss's sum and count over the steps since the last progress line, which prints
+        # their means: one step's losses jump about (a trial read 0.69 where the steps around
+        # it were at 0.17); sums, as under a terminal's bar no line comes to empty a list
+        self.since_line: dict[str, tuple[float, int]] = {}
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -311,7 +312,8 @@ class Loop:
         self.losses = _checked_losses(self.translator.training_step(batch, self.step),
                                       self.translator.name)
         for name, value in self.losses.items():
-            self.since_line.setdefault(name, []).append(value)
+            summed, count = self.since_line.get(name, (0.0, 0))
+            self.since_line[name] = (summed + value, count + 1)
         self.step += 1
         self.updates.seen = False
         for scheduler in schedulers.values():
@@ -458,7 +460,7 @@ class Loop:
         eta = (total - step) / max(rate, 1e-9)
         if self.budget is not None:  # --minutes: the run ends at its deadline at the latest
             eta = min(eta, max(self.budget.deadline - time.monotonic(), 0.0))
-        means = {name: sum(values) / len(values) for name, values in self.since_line.items()}
+        means = {name: summed / count for name, (summed, count) in self.since_line.items()}
         log.info("step %d/%d  %s  (%.1f steps/s, %s left)", step, total,
                  _format_losses(means), rate, clock(eta))
         self.since_line = {}
