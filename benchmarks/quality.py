@@ -16,12 +16,13 @@ so a conversion can be scored against the true B image:
 
 Unpaired models (cyclegan, vaegan) learn from the A tiles of half the training tiles and the B
 tiles of the other half; pix2pix learns from aligned pairs of all of them. ``tiny`` trains for
---tiny-steps steps, ``fast`` for --minutes of wall clock (``train --minutes``); each training
-process computes with one thread and --jobs of them run at once. Reported per run: PSNR and SSIM
-of the held-out conversions (rounded to 8 bits a channel, as ``styletx convert`` saves them;
-before 2026-12-05 the unrounded floats, which differ by about 0.01 dB) against the truth, the
-same for the untouched inputs, the PSNR at the first checkpoint, and the wall time. Writes
-results.json, results.md and a grid per task (input | each run | truth) under --out.
+--tiny-steps steps, ``fast`` for --minutes of wall clock (``train --minutes``; or --fast-steps
+steps); each training process computes with one thread and --jobs of them run at once. Reported
+per run: PSNR and SSIM of the held-out conversions (rounded to 8 bits a channel, as ``styletx
+convert`` saves them; before 2026-12-05 the unrounded floats, which differ by about 0.01 dB)
+against the truth, the same for the untouched inputs, the PSNR at the first checkpoint, and the
+wall time. Writes results.json, results.md and a grid per task (input | each run | truth) under
+--out.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def train(run: Path, folders: dict[str, Path], model: str, preset: str, args,
     ``steps``: a fixed count instead of the preset's budget); returns the wall time and the
     PSNR at its first checkpoint (a copy of the run folder taken as soon as it appears)."""
     side = "paired" if model == "pix2pix" else "unpaired"
-    steps = steps or (args.tiny_steps if preset == "tiny" else None)
+    steps = steps or (args.tiny_steps if preset == "tiny" else args.fast_steps)
     budget = ["--steps", str(steps)] if steps else ["--minutes", str(args.minutes)]
     command = [sys.executable, "-m", "styletx.cli", "--quiet", "train",
                str(folders[f"{side}_a"]), str(folders[f"{side}_b"]), "--out", str(run),
@@ -250,7 +251,8 @@ def save_grid(path: Path, folders, rows: list[dict]) -> None:
 
 
 def table(results: list[dict], baselines: dict[str, dict], args) -> str:
-    lines = [f"{args.size} px, fast: --minutes {args.minutes}, tiny: {args.tiny_steps} steps; "
+    fast = f"--steps {args.fast_steps}" if args.fast_steps else f"--minutes {args.minutes}"
+    lines = [f"{args.size} px, fast: {fast}, tiny: {args.tiny_steps} steps; "
              f"one thread per run, {args.jobs} runs at once",
              "", "| task | model | preset | PSNR dB | vs input | SSIM | first ckpt PSNR | steps "
              "| wall s |", "|---|---|---|---|---|---|---|---|---|"]
@@ -280,6 +282,9 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--minutes", type=float, default=8.0, help="fast preset's budget")
+    parser.add_argument("--fast-steps", type=int, default=None,
+                        help="a fixed step count for the fast preset instead of --minutes "
+                             "(to compare settings on a busy machine)")
     parser.add_argument("--tiny-steps", type=int, default=600)
     parser.add_argument("--size", type=int, default=64, help="training crop (pixels)")
     parser.add_argument("--jobs", type=int, default=2, help="training runs at once")

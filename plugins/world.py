@@ -50,7 +50,7 @@ import torch
 
 import styletx
 from styletx import Encoder, UsageError
-from styletx.audio import NORMALIZE, AudioSample, resampled, scaled_output
+from styletx.audio import NORMALIZE, AudioSample, resampled, resampled_length, scaled_output
 from styletx.audio.vocoder import MIN_VOICED, moved_f0, pyworld, robust_log_f0, stretched
 from styletx.nn import smooth_time
 
@@ -161,6 +161,13 @@ class WorldEncoder(Encoder):
             centre, spread = robust_log_f0(f0)
             self.log_f0 = np.array([centre, max(spread, 1e-3)])
         self.aperiodicity = np.concatenate([a.aperiodicity for a in analyses]).mean(axis=0)
+
+    def width_before_fit(self, sample: AudioSample) -> int:
+        """Harvest's frames of the wave at ``rate``: one every ``frame_period`` ms, and one more
+        (pyworld's ``GetSamplesForHarvest``)."""
+        p = self.params
+        milliseconds = 1000.0 * resampled_length(sample, p["rate"]) / p["rate"]
+        return int(milliseconds / p["frame_period"]) + 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: torch.from_numpy(np.asarray(getattr(self, name), np.float64))

@@ -143,6 +143,19 @@ def test_encoder_state_and_resampling(voices):
     assert b.decode(x).rate == 16000
 
 
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+@pytest.mark.parametrize("length", [1, 255, 256, 4410, 9999])
+def test_the_encoded_width_is_known_before_fitting(rate, length):
+    """Training refuses a folder of too-short recordings by these widths, before the
+    decoders' fit: they must be the widths that encoding gives."""
+    from styletx.plugins.audio import MelEncoder, StftEncoder
+
+    rng = np.random.default_rng(length)
+    sample = AudioSample(rng.uniform(-0.5, 0.5, length).astype(np.float32), rate)
+    for encoder in (MelEncoder(decoder_epochs=0), StftEncoder(rate=16000, hop=200)):
+        assert encoder.width_before_fit(sample) == encoder.encode(sample).shape[-1]
+
+
 def test_decoding_uses_the_decoders_own_statistics(voices):
     """A converted spectrogram is de-normalised with the *target* voice's statistics."""
     from styletx.plugins.audio import MelEncoder

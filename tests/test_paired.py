@@ -378,6 +378,7 @@ def test_a_run_that_cannot_start_writes_nothing(styletx, tmp_path):
     assert result.exit_code == 2
     assert "only 0 pair(s) are as long as one training segment" in result.stderr
     assert "skipping the pair of" in result.stderr
+    assert "decoder" not in result.stderr  # refused before the encoders' fit
     assert not (tmp_path / "run").exists()
 
 

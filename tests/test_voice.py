@@ -168,7 +168,8 @@ def test_a_clipped_recording_is_named_before_training(voices, tmp_path, styletx)
 
 def test_a_folder_of_only_short_recordings_says_so(voices, tmp_path, styletx):
     """Not "4 usable audio files" and then all four skipped: the files are readable, and the
-    error says that none of them is long enough."""
+    error says that none of them is long enough, before the decoders' fit (half a minute
+    with the fast preset) rather than after it."""
     a = tmp_path / "a"
     a.mkdir()
     for i in range(4):
@@ -180,6 +181,9 @@ def test_a_folder_of_only_short_recordings_says_so(voices, tmp_path, styletx):
     assert result.error_lines == [f"Error: {a}: none of its 4 readable file(s) can be trained "
                                   "on (4 shorter than one training segment (64 frames): use "
                                   "longer files or a smaller --size)"]
+    assert "mel decoder" not in result.stderr
+    assert sum("shorter than one training segment" in line
+               for line in result.warning_lines) == 4, result.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -49,6 +49,17 @@ def test_round_trip_keeps_the_voice_and_the_length(voices, fitted):
 
 
 @needs_pyworld
+@pytest.mark.parametrize("rate", [8000, 16000, 44100])
+def test_the_encoded_width_is_known_before_fitting(rate):
+    """Training refuses too-short recordings by it before Harvest's slow fit."""
+    encoder = WorldEncoder()
+    for length in (100, 2000, 4410, 9999):
+        wave = np.random.default_rng(length).uniform(-0.5, 0.5, length).astype(np.float32)
+        sample = AudioSample(wave, rate)
+        assert encoder.width_before_fit(sample) == encoder.encode(sample).shape[-1]
+
+
+@needs_pyworld
 def test_fit_learns_each_sides_envelope_and_pitch(fitted):
     low, high = fitted["low"], fitted["high"]
     assert np.exp(low.log_f0[0]) == pytest.approx(LOW.f0_hz, rel=0.1)

@@ -2,7 +2,8 @@
 
     from styletx.audio import AudioSample     # float32 mono wave (samples,), its rate
     from styletx.audio import SpectrogramEncoder  # base of normalised log-spectrogram encoders
-    from styletx.audio import resampled, scaled_output  # for other voice encoders (world's)
+    from styletx.audio import resampled, resampled_length, scaled_output  # for other voice
+    #                                                encoders (world's)
     from styletx.audio import is_silent  # no sample above -80 dBFS
     from styletx.audio import pieces_at_pauses, joined  # long recordings converted in pieces
     from styletx.audio.dsp import stft_magnitude, mel_filterbank, mel_to_linear, griffinlim
@@ -19,9 +20,11 @@ from styletx.audio.encoder import (
     is_silent,
     match_loudness,
     resampled,
+    resampled_length,
     scaled_output,
 )
 from styletx.audio.sample import AudioSample, joined, pieces_at_pauses
 
 __all__ = ["AudioSample", "FEATURE_DEFAULTS", "NORMALIZE", "SpectrogramEncoder", "is_silent",
-           "joined", "match_loudness", "pieces_at_pauses", "resampled", "scaled_output"]
+           "joined", "match_loudness", "pieces_at_pauses", "resampled", "resampled_length",
+           "scaled_output"]

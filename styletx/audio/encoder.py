@@ -10,6 +10,7 @@ with it.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -149,6 +150,11 @@ def resampled(sample: AudioSample, rate: int) -> np.ndarray:
     return librosa.resample(sample.wave, orig_sr=sample.rate, target_sr=rate)
 
 
+def resampled_length(sample: AudioSample, rate: int) -> int:
+    """``len(resampled(sample, rate))``, without resampling (librosa's rounding)."""
+    return math.ceil(sample.wave.shape[-1] * (rate / sample.rate))
+
+
 FEATURE_DEFAULTS = {
     "rate": 22050,  # Hz; every sample is resampled to this
     "n_fft": 1024,  # STFT size (46 ms at 22.05 kHz)
@@ -212,6 +218,11 @@ class SpectrogramEncoder(Encoder):
     # -- Encoder interface -------------------------------------------------------------------
     def resample(self, sample: AudioSample) -> np.ndarray:
         return resampled(sample, self.params["rate"])
+
+    def width_before_fit(self, sample: AudioSample) -> int:
+        """Frames of the encoded sample: centred STFT frames of the wave at ``rate`` (whose
+        length is librosa's resampled length)."""
+        return 1 + resampled_length(sample, self.params["rate"]) // self.params["hop"]
 
     def wave_to_encode(self, sample: AudioSample) -> np.ndarray:
         """The sample's wave at the encoder's rate and speech level (``levelled``): the model

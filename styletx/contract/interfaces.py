@@ -189,6 +189,12 @@ class Encoder(ABC):
     def fit(self, samples: Sequence[Sample]) -> None:
         """Learn statistics from one training folder's samples; default: nothing to learn."""
 
+    def width_before_fit(self, sample: Sample) -> int | None:
+        """The width (last axis) that ``encode(sample)`` will have, told cheaply and before
+        ``fit``, so that a folder too short to train on is refused before a costly fit; None
+        (the default): not known until encoded."""
+        return None
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
 

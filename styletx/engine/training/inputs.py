@@ -136,11 +136,9 @@ def encode_examples(data: FolderData, encoder: Encoder,
     (one value in each channel: nothing to learn from, see ``styletx.engine.data.FLAT_RANGE``),
     is reported and dropped."""
     kept, short, flat = [], 0, 0
-    crop, unit = _crop_words(encoder)
     for path, tensor in zip(data.files, encode_all(data.samples, encoder)):
         if tensor.shape[-1] < width:
-            log.warning("skipping %s: shorter than %s (%d < %d %s)", path, crop,
-                        tensor.shape[-1], width, unit)
+            _warn_short(path, tensor.shape[-1], encoder, width)
             short += 1
         elif is_flat(tensor):
             log.warning("skipping %s: one value all over, a blank image (nothing to learn "
@@ -149,15 +147,68 @@ def encode_examples(data: FolderData, encoder: Encoder,
         else:
             kept.append((path, tensor))
     if not kept:
-        why = [f"{short} shorter than {crop} ({width} {unit}): use longer files or a smaller "
-               "--size" if short else "",
-               f"{flat} blank: one value all over" if flat else ""]
-        raise UsageError(f"{data.folder}: none of its {len(data.files)} readable file(s) can be "
-                         f"trained on ({'; '.join(w for w in why if w)})")
+        raise _nothing_to_train_on(data, encoder, width, short, flat)
     if len(kept) < len(data.files):
         log.info("%s: %d of %d readable file(s) can be trained on", data.folder,
                  len(kept), len(data.files))
     return kept
+
+
+def _warn_short(path: Path, got: int, encoder: Encoder, width: int) -> None:
+    crop, unit = _crop_words(encoder)
+    log.warning("skipping %s: shorter than %s (%d < %d %s)", path, crop, got, width, unit)
+
+
+def _warn_short_pair(pair: tuple[Path, Path], widths: tuple[int, int], encoder: Encoder,
+                     width: int) -> None:
+    crop, unit = _crop_words(encoder)
+    short = 0 if widths[0] < width else 1
+    log.warning("skipping the pair of %s: %s is shorter than %s (%d < %d %s)", pair[0],
+                pair[short], crop, widths[short], width, unit)
+
+
+def _nothing_to_train_on(data: FolderData, encoder: Encoder, width: int, short: int,
+                         flat: int = 0) -> UsageError:
+    crop, unit = _crop_words(encoder)
+    why = [f"{short} shorter than {crop} ({width} {unit}): use longer files or a smaller "
+           "--size" if short else "",
+           f"{flat} blank: one value all over" if flat else ""]
+    return UsageError(f"{data.folder}: none of its {len(data.files)} readable file(s) can be "
+                      f"trained on ({'; '.join(w for w in why if w)})")
+
+
+def _too_few_pairs(kept: int, encoder: Encoder, width: int) -> UsageError:
+    crop, unit = _crop_words(encoder)
+    return UsageError(f"only {kept} pair(s) are as long as {crop} ({width} {unit}); a paired "
+                      f"model needs at least {MIN_PAIRS}")
+
+
+def refuse_too_short(folders: dict[str, FolderData], encoders: dict[str, Encoder], width: int,
+                     paired: bool) -> None:
+    """Before the encoders' fit (a voice's learned decoders: half a minute): the error that
+    ``encode_examples`` or ``paired_examples`` would give after it, when the encoders can tell
+    the encoded widths beforehand (``Encoder.width_before_fit``) and every file of a folder
+    (every pair) is too short for a training crop."""
+    widths = {side: [encoders[side].width_before_fit(s) for s in folders[side].samples]
+              for side in SIDES}
+    if any(w is None for side in SIDES for w in widths[side]):
+        return
+    if paired:
+        pairs = list(zip(zip(folders["a"].files, folders["b"].files),
+                         zip(widths["a"], widths["b"])))
+        kept = sum(min(pair_widths) >= width for _, pair_widths in pairs)
+        if kept < MIN_PAIRS:
+            for files, pair_widths in pairs:
+                if min(pair_widths) < width:
+                    _warn_short_pair(files, pair_widths, encoders["a"], width)
+            raise _too_few_pairs(kept, encoders["a"], width)
+        return
+    for side in SIDES:
+        if all(w < width for w in widths[side]):
+            for path, got in zip(folders[side].files, widths[side]):
+                _warn_short(path, got, encoders[side], width)
+            raise _nothing_to_train_on(folders[side], encoders[side], width,
+                                       short=len(widths[side]))
 
 
 def _crop_words(encoder: Encoder) -> tuple[str, str]:
@@ -176,15 +227,10 @@ def paired_examples(folders: dict[str, FolderData], encoders: dict[str, Encoder]
     a, b = (encode_all(folders[side].samples, encoders[side]) for side in SIDES)
     files = list(zip(folders["a"].files, folders["b"].files))
     kept = [i for i in range(len(a)) if min(a[i].shape[-1], b[i].shape[-1]) >= width]
-    crop, unit = _crop_words(encoders["a"])
     for i in sorted(set(range(len(a))) - set(kept)):
-        side = "a" if a[i].shape[-1] < width else "b"
-        log.warning("skipping the pair of %s: %s is shorter than %s (%d < %d %s)",
-                    files[i][0], files[i][side == "b"], crop,
-                    (a if side == "a" else b)[i].shape[-1], width, unit)
+        _warn_short_pair(files[i], (a[i].shape[-1], b[i].shape[-1]), encoders["a"], width)
     if len(kept) < MIN_PAIRS:
-        raise UsageError(f"only {len(kept)} pair(s) are as long as {crop} ({width} {unit}); "
-                         f"a paired model needs at least {MIN_PAIRS}")
+        raise _too_few_pairs(len(kept), encoders["a"], width)
     a, b, files = [a[i] for i in kept], [b[i] for i in kept], [files[i] for i in kept]
     if alignment is not None:
         a, b = alignment.align(a, b, files)

@@ -33,6 +33,7 @@ from styletx.engine.training.inputs import (
     check_paired,
     guess_domain,
     load_data,
+    refuse_too_short,
 )
 from styletx.engine.training.settings import (
     TrainResult,
@@ -145,7 +146,8 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
     plan = TrainPlan(**train_values(cls.presets_for(dom.name)[preset], request.settings),
                      seed=request.settings.seed)
     folders = load_data(dom, a_dir, b_dir, out, plan.size, cls.paired, request.settings)
-    encoders = _fitted_encoders(registry, request.encoder, dom, folders)
+    encoders = _fitted_encoders(registry, request.encoder, dom, folders,
+                                dom.training_crop(plan.size)[1], cls.paired)
     shapes = {side: tuple(encoded(enc, folders[side].samples[0]).shape)
               for side, enc in encoders.items()}
     config = cls.config_for_data(config, shapes, dom.training_crop(plan.size))
@@ -171,14 +173,18 @@ def _loaded(table: dict[str, type], name: str, dom: Domain, option: str) -> str:
 
 
 def _fitted_encoders(registry: Registry, name: str | None, dom: Domain,
-                     folders: dict[str, FolderData]) -> dict[str, Encoder]:
-    """One encoder per side (``name``, else the domain's choice), fitted on that side."""
+                     folders: dict[str, FolderData], width: int,
+                     paired: bool) -> dict[str, Encoder]:
+    """One encoder per side (``name``, else the domain's choice), fitted on that side once
+    it is known that the folders' encoded files are not all narrower than ``width``."""
     encoders = {side: registry.encoder(name or _loaded(
                     registry.encoders, _default_encoder(dom, folders[side].samples), dom,
                     "--encoder"))()
                 for side in SIDES}
-    for side, enc in encoders.items():
+    for enc in encoders.values():
         check_encoder(enc, dom, by_default=name is None)
+    refuse_too_short(folders, encoders, width, paired)
+    for side, enc in encoders.items():
         with prefixed_messages(f"{side.upper()}: "):  # "A: mel decoder: step 400/2000 ..."
             enc.fit(folders[side].samples)
     return encoders
