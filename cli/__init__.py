@@ -20,6 +20,7 @@ from styletx import __version__
 from styletx.contract.errors import (
     StyletxError,
     Terminated,
+    TrainingInterrupted,
     UsageError,
     interrupt_status,
     is_out_of_memory,
@@ -68,7 +69,7 @@ def reports_errors(command):
         with _sigterm_as_interrupt():
             try:
                 return command(*args, **kwargs)
-            except StyletxError as err:
+            except (StyletxError, TrainingInterrupted) as err:  # the latter: saved, resumable
                 _exit_with(err)
             except KeyboardInterrupt as stop:
                 click.echo("Error: " + ("terminated (SIGTERM)" if isinstance(stop, Terminated)
@@ -117,7 +118,7 @@ def _explained(exc: Exception) -> StyletxError | None:
                         f"(at {where}); --debug shows the traceback for its author")
 
 
-def _exit_with(err: StyletxError) -> None:
+def _exit_with(err: StyletxError | TrainingInterrupted) -> None:
     if os.environ.get("STYLETX_DEBUG"):  # --debug: where it happened, before the one line
         traceback.print_exc()
     rank = _rank()
@@ -129,10 +130,8 @@ def _exit_with(err: StyletxError) -> None:
     sys.exit(err.exit_code)
 
 
-def _says_rank_0(err: StyletxError) -> bool:
+def _says_rank_0(err: StyletxError | TrainingInterrupted) -> bool:
     """Errors every training process meets alike (an interrupt), which rank 0 reports."""
-    from styletx.engine.training.settings import TrainingInterrupted
-
     return isinstance(err, TrainingInterrupted)
 
 

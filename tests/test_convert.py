@@ -104,6 +104,22 @@ def test_python_api_errors(trained_run, tmp_path):
         run.convert_array(np.zeros((8, 8, 3), np.float32), direction="sideways")
     with pytest.raises(UsageError, match="array"):
         run.convert_array(np.zeros((8, 8, 3), np.float32) + 7)
+    with pytest.raises(UsageError, match="^convert_sample takes a sample of the image domain "
+                                         r"\(what its load gives\), not a numpy.ndarray; "
+                                         "convert_array converts arrays$"):
+        run.convert_sample(np.zeros((8, 8, 3), np.float32))
+
+
+def test_loading_a_run_keeps_the_callers_random_state(trained_run):
+    """The networks are built with random weights before the saved ones replace them; that
+    drew from torch's global generator, so a seeded notebook's next draws changed."""
+    import torch
+
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    load_run(trained_run, device="cpu")
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_python_api_takes_what_a_python_user_passes(trained_run, scenes, tmp_path):

@@ -112,6 +112,19 @@ def test_export_translates_like_convert_at_a_size_it_never_saw(styletx, runs, sc
     assert (got - expected).abs().max().item() <= TOLERANCE
 
 
+def test_onnx_export_from_python_keeps_the_users_info_log_quiet(runs, tmp_path, caplog):
+    """Under a user's ``logging.basicConfig(level=INFO)`` the exporter's libraries logged some
+    35 lines of their rewrites ("Replaced initializer ..."); only styletx's own lines remain."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    import logging
+
+    caplog.set_level(logging.INFO)
+    report = export_module.export(runs["cyclegan"], "a2b", "onnx", tmp_path / "model.onnx")
+    assert report.verified
+    assert [r.name for r in caplog.records if not r.name.startswith("styletx")] == []
+
+
 def test_voice_export_with_griffin_lim_writes_what_convert_writes(styletx, runs, tmp_path):
     """The README's recipe: the run's encoder, the exported model (ONNX), the run's decoder
     (Griffin-Lim), a wav; the same tensor and the same sound as `styletx convert`."""

@@ -1,8 +1,9 @@
 """Training from Python as a library user calls it: the time budget counts from train(),
-torch's global random state is the caller's again afterwards, a bad budget is refused."""
+torch's global random state is the caller's again afterwards, bad settings are refused."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -24,6 +25,48 @@ def test_the_time_budget_counts_from_the_train_call():
     for minutes in (0, -1, float("inf"), float("nan")):
         with pytest.raises(styletx.UsageError, match="--minutes must be a number above 0"):
             started_now(styletx.TrainSettings(minutes=minutes))
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"log_every": 0}, "--log-every must be at least 1 (got 0)"),
+    ({"steps": 10.5}, "--steps must be a whole number (got 10.5)"),
+    ({"steps": "100"}, "--steps must be a whole number (got '100')"),
+    ({"save_every": -5}, "--save-every must be at least 1 (got -5)"),
+    ({"preview_every": 0}, "--preview-every must be at least 1 (got 0)"),
+    ({"workers": -1}, "--workers must be at least 0 (got -1)"),
+    ({"seed": "abc"}, "--seed must be a whole number (got 'abc')"),
+    ({"size": True}, "--size must be a whole number (got True)"),
+    ({"save_minutes": 0}, "save_minutes must be a number above 0 (got 0)"),
+])
+def test_settings_a_python_caller_gets_wrong_are_refused_before_any_work(tmp_path, given,
+                                                                         message):
+    """A new user's trial: log_every=0 failed with a ZeroDivisionError after the first step
+    (leaving a run folder), steps=10.5 trained 11 steps, save_every=-5 was taken; the CLI's
+    option types refuse them all, and now train() does too, naming the option."""
+    with pytest.raises(styletx.UsageError) as refused:
+        styletx.train(tmp_path / "a", tmp_path / "b", tmp_path / "run",
+                      settings=styletx.TrainSettings(**given))
+    assert str(refused.value) == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_settings_may_be_a_dict_of_its_fields(tmp_path):
+    with pytest.raises(styletx.UsageError, match="^settings: TrainSettings has no 'step'$"):
+        styletx.train(tmp_path / "a", tmp_path / "b", tmp_path / "run", settings={"step": 3})
+    with pytest.raises(styletx.UsageError, match="^A_DIR .*: no such folder$"):  # taken
+        styletx.train(tmp_path / "a", tmp_path / "b", tmp_path / "run", settings={"steps": 3})
+    with pytest.raises(styletx.UsageError, match="^settings must be a TrainSettings, not a "
+                                                 "list$"):
+        styletx.train(tmp_path / "a", tmp_path / "b", tmp_path / "run", settings=[3])
+
+
+@pytest.mark.parametrize("count", [0, -1, 2.5, "two", True])
+def test_set_threads_refuses_what_is_not_a_count_and_sets_nothing(count, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with pytest.raises(styletx.UsageError, match="^set_threads: count must be a whole number "
+                                                 "of at least 1"):
+        styletx.set_threads(count)
+    assert os.environ["OMP_NUM_THREADS"] == "1"
 
 
 def test_train_gives_the_callers_random_state_back(scenes, tmp_path):

@@ -110,6 +110,15 @@ def one_line(exc: BaseException, limit: int = 300, type_name: bool = True) -> st
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped ``train()`` once its last step was saved; the message says
+    which step and how to resume. A KeyboardInterrupt, as ``EvaluationInterrupted`` is, so that
+    an ``except Exception`` around ``train()`` in a loop of runs does not swallow it and go on
+    to the next run. ``exit_code``: the command's exit status (130, or 143 for SIGTERM)."""
+
+    exit_code = 130
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, ``timeout``, ``docker stop``) taken as a Ctrl-C by the command
     line, so that a command stops the same way: whole outputs kept, temporary files removed,

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from styletx.contract.errors import (
@@ -41,7 +42,7 @@ from styletx.contract.errors import (
     out_of_memory_problem,
 )
 from styletx.contract.files import atomic_path, check_output_folder, remove_stale_temporaries
-from styletx.contract.interfaces import Encoder, Sample, direction_sides
+from styletx.contract.interfaces import Domain, Encoder, Sample, direction_sides
 from styletx.contract.registry import Registry, get_registry
 from styletx.engine.apply import (
     BATCH_SIZE,
@@ -268,6 +269,7 @@ class Run:
     def convert_sample(self, sample: Sample, direction: str = "a2b",
                        batch_size: int = BATCH_SIZE) -> Sample:
         """One sample, converted; in pieces (with progress) where the domain cuts it."""
+        _check_not_an_array(self.domain, sample)
         pieces = self.domain.conversion_pieces(sample)
         try:
             if len(pieces) == 1:
@@ -555,6 +557,21 @@ def _check_decoded(encoder: Encoder, decoded: Any, likes: list[Sample]) -> None:
             raise StyletxError(f"the {encoder.name} encoder's decode gave a "
                                f"{type(sample).__module__}.{type(sample).__name__}, not the "
                                f"{type(like).__name__} its domain loads and saves")
+
+
+def _check_not_an_array(domain: Domain, sample: Any) -> None:
+    """``convert_sample`` given an array (it failed inside the encoder with an AttributeError):
+    a UsageError, with the domain's own word on arrays where it refuses them."""
+    if not isinstance(sample, np.ndarray | torch.Tensor):
+        return
+    kind = f"{type(sample).__module__}.{type(sample).__name__}"
+    try:
+        domain.from_array(np.zeros((2, 2, 3), np.float32))
+        hint = "convert_array converts arrays"
+    except (UsageError, NotImplementedError) as refusal:
+        hint = str(refusal) or f"the {domain.name} domain converts no arrays"
+    raise UsageError(f"convert_sample takes a sample of the {domain.name} domain (what its "
+                     f"load gives), not a {kind}; {hint}")
 
 
 class _DecodeRefused(Exception):

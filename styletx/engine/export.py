@@ -273,18 +273,25 @@ def _load(fmt: str, path: Path) -> Callable[[torch.Tensor], torch.Tensor] | None
     return lambda x: torch.from_numpy(session.run([OUTPUT], {INPUT: x.numpy()})[0])
 
 
+# torch's exporter and the ONNX libraries it calls log every rewrite at INFO ("Replaced
+# initializer 'val_21' ...": 35 lines under a user's logging.basicConfig(level=INFO))
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnx_ir", "onnxscript")
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """No deprecation, tracer or exporter chatter while exporting: the check is what counts."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -117,7 +117,9 @@ def build_from_config(config: RunConfig, registry: Registry):
         raise StyletxError(
             f"the run's {cls.name} settings do not fit the installed plugin ({exc})"
         ) from None
-    translator = cls(translator_config, encoders["a"].channels, encoders["b"].channels)
+    with torch.random.fork_rng(devices=[]):  # its random initial weights are replaced by the
+        #                                       saved ones: the caller's random state is kept
+        translator = cls(translator_config, encoders["a"].channels, encoders["b"].channels)
     return domain, encoders, translator
 
 

@@ -426,10 +426,10 @@ def _acquire(path: Path) -> int | None:
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)
-            raise StyletxError(
-                f"{path.parent}: another styletx process{f' (PID {holder})' if holder else ''} "
-                "is training in this run folder; wait for it to finish or use another --out"
-            ) from None
+            who = ("another train() of this process" if holder == str(os.getpid())
+                   else f"another styletx process{f' (PID {holder})' if holder else ''}")
+            raise StyletxError(f"{path.parent}: {who} is training in this run folder; wait for "
+                               "it to finish or use another --out") from None
         except OSError:  # a file system without locks (some network ones): go on unlocked
             return fd
         with contextlib.suppress(OSError):

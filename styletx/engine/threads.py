@@ -50,6 +50,12 @@ def set_threads(count: int | None = None) -> int:
     (torch, Numba, OpenMP) and child processes follow; torch, if already imported, directly."""
     import sys
 
+    from styletx.contract.errors import UsageError
+
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                              or count < 1):  # before OMP_NUM_THREADS is set to it
+        raise UsageError(f"set_threads: count must be a whole number of at least 1, or None "
+                         f"for the default (got {count!r})")
     count = count or default_threads()
     os.environ["OMP_NUM_THREADS"] = str(count)
     if "torch" in sys.modules:

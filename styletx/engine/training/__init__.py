@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
+from styletx.contract.errors import TrainingInterrupted
 from styletx.contract.registry import Registry, get_registry
 from styletx.engine.runs import holds_run_lock
 from styletx.engine.training import loop
 from styletx.engine.training.prepare import Request, prepare
 from styletx.engine.training.settings import (
-    TrainingInterrupted,
     TrainResult,
     TrainSettings,
     balance_as_saved,
@@ -64,7 +64,7 @@ def train(
     model: str | None = None,
     preset: str | None = None,
     overrides: dict[str, Any] | None = None,
-    settings: TrainSettings | None = None,
+    settings: TrainSettings | dict[str, Any] | None = None,
     domain: str | None = None,
     encoder: str | None = None,
     registry: Registry | None = None,
@@ -77,7 +77,8 @@ def train(
     to the saved ones. ``settings.minutes`` counts from this call. Torch's global random state
     is the caller's again afterwards (training seeds it with ``settings.seed``). A paired model
     (pix2pix) pairs the files of the two folders by name; with ``aligned`` it reads pairs side
-    by side from the files of ``a_dir`` alone (``b_dir`` None).
+    by side from the files of ``a_dir`` alone (``b_dir`` None). ``settings`` may be a dict of
+    TrainSettings' fields.
     """
     settings = started_now(settings or TrainSettings())
     check_balance_settings(settings)

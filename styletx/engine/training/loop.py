@@ -24,6 +24,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from styletx.contract.errors import (
     StyletxError,
+    TrainingInterrupted,
     UsageError,
     WriteError,
     device_advice,
@@ -65,7 +66,6 @@ from styletx.engine.training.inputs import (
 from styletx.engine.training.prepare import Prepared
 from styletx.engine.training.settings import (
     TRAIN_DEFAULTS,
-    TrainingInterrupted,
     TrainResult,
     TrainSettings,
 )

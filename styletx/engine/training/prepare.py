@@ -201,8 +201,6 @@ def _default_encoder(dom: Domain, samples: list) -> str:
 def _resumed_run(saved: RunConfig, settings: TrainSettings, out: Path,
                  registry: Registry) -> Prepared | TrainResult:
     if settings.steps is not None:
-        if settings.steps < 1:
-            raise UsageError(f"--steps must be at least 1 (got {settings.steps})")
         saved.train.steps = settings.steps
     dom, encoders, translator = build_from_config(saved, registry)
     check_balance_model(type(translator), settings)

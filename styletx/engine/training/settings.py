@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 import time
 from pathlib import Path
 from typing import Any
 
-from styletx.contract.errors import StyletxError, UsageError
+from styletx.contract.errors import UsageError
 from styletx.contract.interfaces import LatentTranslator, Preset, Translator
 from styletx.engine.balance import BALANCE_BY
 
@@ -131,10 +132,6 @@ def _options(values: dict[str, Any]) -> str:
     return ", ".join("--" + name.replace("_", "-") for name in values)
 
 
-class TrainingInterrupted(StyletxError):
-    exit_code = 130
-
-
 @dataclasses.dataclass
 class TrainResult:
     run: Path
@@ -142,12 +139,51 @@ class TrainResult:
     losses: dict[str, float]
 
 
+# The settings whose values the CLI's option types check, checked alike for a Python caller
+# (whose steps=10.5 trained 11 steps, and log_every=0 failed after the first step):
+# field: (its option, the least value; None: any), and which may be None (the preset's)
+WHOLE_NUMBERS = {"steps": ("--steps", 1), "batch_size": ("--batch-size", 1),
+                 "size": ("--size", 1), "seed": ("--seed", None),
+                 "save_every": ("--save-every", 1), "preview_every": ("--preview-every", 1),
+                 "log_every": ("--log-every", 1), "prefetch": ("--prefetch", 0),
+                 "workers": ("--workers", 0), "balance_every": ("--balance-every", 1)}
+OPTIONAL = {"steps", "batch_size", "size", "save_every", "preview_every", "prefetch", "workers"}
+POSITIVE_NUMBERS = {"minutes": "--minutes", "save_minutes": "save_minutes"}  # the latter: Python's
+
+
+def checked_settings(settings: Any) -> TrainSettings:
+    """``train()``'s ``settings`` (a TrainSettings, or a dict of its fields) with every number
+    of the right kind and range, or a UsageError naming the option as the CLI would."""
+    if isinstance(settings, dict):
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainSettings)})
+        if unknown:
+            raise UsageError(f"settings: TrainSettings has no {', '.join(map(repr, unknown))}")
+        settings = TrainSettings(**settings)
+    if not isinstance(settings, TrainSettings):
+        raise UsageError(f"settings must be a TrainSettings, not a {type(settings).__name__}")
+    for field, (option, least) in WHOLE_NUMBERS.items():
+        value = getattr(settings, field)
+        if value is None and field in OPTIONAL:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise UsageError(f"{option} must be a whole number (got {value!r})")
+        if least is not None and value < least:
+            raise UsageError(f"{option} must be at least {least} (got {value})")
+    for field, option in POSITIVE_NUMBERS.items():
+        value = getattr(settings, field)
+        if value is None and field == "minutes":
+            continue
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                or not 0 < value < math.inf):  # NaN compares false, so is refused
+            raise UsageError(f"{option} must be a number above 0 (got {value!r})")
+    return settings
+
+
 def started_now(settings: TrainSettings) -> TrainSettings:
     """``settings`` checked, with the clock of ``minutes`` started (unless the caller started it
     already): a TrainSettings made long before train(), or used for a second run, gave a run of
     one step, its budget spent before it began."""
-    if settings.minutes is not None and not 0 < settings.minutes < math.inf:
-        raise UsageError(f"--minutes must be a number above 0 (got {settings.minutes})")
+    settings = checked_settings(settings)
     if settings.started is not None:
         return settings
     return dataclasses.replace(settings, started=time.monotonic())
