@@ -81,6 +81,29 @@ def out_of_memory_in_training_step(monkeypatch, failing: int) -> None:
     monkeypatch.setattr(CycleGAN, "training_step", training_step)
 
 
+def test_training_files_that_would_fill_the_memory_stop_the_reading(styletx, data, tmp_path,
+                                                                  monkeypatch):
+    """A mistyped --size 5000 enlarged 27 small photos until the kernel killed the process
+    (22.7 GB, exit 137, no word of why). Here the process grows by 2 GB at each look with
+    10 GB free: at the second file the projection (1 GB a file, 12 files, and the encoded copy)
+    passes half of it, and the reading stops naming --size."""
+    from styletx.engine import memory
+
+    resident = iter(range(0, 10**12, 2 * 10**9))  # 2 GB more at each look
+    monkeypatch.setattr(memory, "resident_bytes", lambda: next(resident))
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10 * 10**9)
+    files = len(list(data["a"].iterdir()))
+    result = styletx("train", data["a"], data["b"], "--out", tmp_path / "run", *TINY,
+                     "--size", "32", "--workers", "0")
+    assert result.exit_code == 2
+    assert result.error_lines == [
+        f"Error: the training files at --size 32 would take about {(4 + files - 2) * 1.5:.1f} "
+        f"GB of memory (2 of the {files} files of A_DIR read: 4.0 GB so far), more than half "
+        "of the 10.0 GB free, and training at that size needs the rest; use a smaller --size "
+        "(or fewer files)"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_training_out_of_memory_says_what_to_lower(styletx, data, tmp_path, monkeypatch):
     out_of_memory_in_training_step(monkeypatch, 1)
     result = styletx("train", data["a"], data["b"], "--out", tmp_path / "run", *TINY,

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from styletx.contract.errors import BadInputError, StyletxError, UsageError
 from styletx.contract.interfaces import Domain, Encoder, Sample
+from styletx.engine.memory import MemoryWatch
 from styletx.engine.progress import progress_bar
 
 log = logging.getLogger("styletx")
@@ -121,6 +122,7 @@ class Reader:
     # (file, factor) of each file training enlarges more than MUCH_ENLARGED times
     enlarged: list[tuple[Path, float]] = dataclasses.field(default_factory=list)
     flawed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)  # training_flaw
+    memory: MemoryWatch | None = None  # stops the reading before the files exhaust memory
 
     def prepare(self, sample: Sample, path: Path) -> Sample:
         factor = self.domain.training_enlargement(sample, self.size)
@@ -171,10 +173,14 @@ class Reader:
             bar = progress_bar(results, total=len(jobs), desc=f"reading {what}", unit="file",
                                leave=False, enabled=self.progress)
             done = []
+            if self.memory is not None:
+                self.memory.new_folder()
             for result in bar:
                 if isinstance(result, StyletxError) and not isinstance(result, BadInputError):
                     raise result
                 done.append(result)
+                if self.memory is not None:
+                    self.memory.check(len(done), len(jobs), what)
             return done
         finally:
             if pool is not None:  # an error or Ctrl-C: the files not yet started are not read

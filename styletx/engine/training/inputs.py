@@ -21,6 +21,7 @@ from styletx.engine.data import (
     list_files,
     load_folder,
 )
+from styletx.engine.memory import MemoryWatch
 from styletx.engine.pairs import (
     MIN_PAIRS,
     AlignmentCache,
@@ -95,7 +96,8 @@ def load_data(dom: Domain, a_dir: Path, b_dir: Path | None, out: Path, size: int
     """Each side's usable samples at training scale; for a paired model, pair i of each side
     belongs together."""
     progress = settings.progress and distributed.rank_from_environment() == 0
-    reader = Reader(dom, size, reading_workers(settings.workers), progress)
+    reader = Reader(dom, size, reading_workers(settings.workers), progress,
+                    memory=MemoryWatch(size))
     if b_dir is None:
         folders = load_aligned(a_dir, reader, exclude=out)
     elif paired:
