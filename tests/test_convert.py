@@ -110,6 +110,34 @@ def test_python_api_errors(trained_run, tmp_path):
         run.convert_sample(np.zeros((8, 8, 3), np.float32))
 
 
+def test_a_file_that_fails_is_a_warning_for_a_python_caller(trained_run, scenes, tmp_path,
+                                                             caplog, monkeypatch):
+    """Without an ``on_file`` callback (the CLI's), a failed file was only in report.failed:
+    a Python user with logging on saw nothing, where training names the files it skips."""
+    import logging
+    import shutil
+
+    from styletx.engine.evaluate import evaluate
+
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
+    held = shutil.copytree(scenes["test_a"], tmp_path / "held")
+    broken = held / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    run = load_run(trained_run, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="styletx"):
+        report = run.convert_files(held, tmp_path / "out")
+    assert [path for path, _ in report.failed] == [broken]
+    assert [r.getMessage() for r in caplog.records] == [f"{broken}: {report.failed[0][1]}"]
+    caplog.clear()
+    truths = shutil.copytree(scenes["test_b"], tmp_path / "truths")
+    (truths / "broken.png").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="styletx"):
+        result = evaluate(run, held, truths)
+    assert len(result.failed) == 1
+    assert f"{broken}: not an image file (unrecognised format)" in [
+        r.getMessage() for r in caplog.records]
+
+
 def test_loading_a_run_keeps_the_callers_random_state(trained_run):
     """The networks are built with random weights before the saved ones replace them; that
     drew from torch's global generator, so a seeded notebook's next draws changed."""

@@ -59,7 +59,7 @@ from styletx.engine.model import (
     load_model_tensors,
     pick_device,
 )
-from styletx.engine.progress import Progress, prefixed_messages
+from styletx.engine.progress import Progress, log_failure, prefixed_messages
 from styletx.engine.run_config import RunConfig
 from styletx.engine.runs import load_weights
 from styletx.engine.tiles import needs_tiles, translate_tiled
@@ -328,13 +328,13 @@ class Run:
     ) -> ConversionReport:
         """Convert files and folders (recursively) into ``out_dir``, mirroring relative paths.
 
-        A file that cannot be read is reported (``on_file(src, None, problem)``) and skipped; the
-        rest are converted. Consecutive inputs of equal encoded shape are translated
-        ``batch_size`` at a time (fewer when large: ``apply.BATCH_ELEMENTS``), while a background
-        thread reads and encodes the next ones. Outputs keep each input's format unless
-        ``out_format`` (a suffix such as "png") says otherwise, and are written atomically, in
-        input order. With a latent model (vaegan), an input unlike the training data is named in
-        a warning. ``on_start(count)`` is told how many files there are before the first one.
+        A file that cannot be read is reported (``on_file(src, None, problem)``; without
+        ``on_file``, a warning on the "styletx" logger) and skipped; the rest are converted.
+        Consecutive inputs of equal encoded shape are translated ``batch_size`` at a time
+        (fewer when large: ``apply.BATCH_ELEMENTS``), while a background thread reads and
+        encodes the next ones. Outputs keep each input's format unless ``out_format`` (a suffix
+        such as "png") says otherwise, and are written atomically, in input order. With a
+        latent model (vaegan), an input unlike the training data is named in a warning. ``on_start(count)`` is told how many files there are before the first one.
         """
         self.translator.check_direction(direction)  # before any work
         if batch_size < 1:
@@ -356,7 +356,7 @@ class Run:
         if on_start is not None:
             on_start(len(jobs))
         report = ConversionReport()
-        on_file = on_file or (lambda *_: None)
+        on_file = on_file or log_failure
         pending: list[tuple[Path, Path, Sample, torch.Tensor]] = []
         check = self.translator.input_check(self, source)  # e.g. unusual inputs
         # A background thread loads and encodes the next files (Pillow, soundfile, numpy and

@@ -26,7 +26,7 @@ from styletx.contract.registry import Registry
 from styletx.engine.convert import Run, as_run
 from styletx.engine.data import check_folder, domain_files
 from styletx.engine.pairs import pair_files, pair_key
-from styletx.engine.progress import prefixed_messages
+from styletx.engine.progress import log_failure, prefixed_messages
 
 log = logging.getLogger("styletx")
 
@@ -99,8 +99,9 @@ def evaluate(
     on_start: Callable[[int], None] | None = None,
 ) -> Evaluation:
     """Convert every paired test input of ``a_test``/``b_test`` in ``direction`` and score it
-    against its pair. A pair whose file is unusable is reported (``on_pair(name, problem)``)
-    and left out; the rest are scored. ``on_start(n)`` is told the number of pairs first.
+    against its pair. A pair whose file is unusable is reported (``on_pair(name, problem)``;
+    without ``on_pair``, a warning on the "styletx" logger) and left out; the rest are
+    scored. ``on_start(n)`` is told the number of pairs first.
     Ctrl-C raises EvaluationInterrupted, which holds the pairs scored until then."""
     direction_sides(direction)  # validates the direction before any work
     model = as_run(run, device, registry)
@@ -111,7 +112,7 @@ def evaluate(
     result = Evaluation(model.path, direction, dict(domain.metrics),
                         test_folders=tuple(Path(f).resolve() for f in (a_test, b_test)
                                            if f is not None))
-    on_pair = on_pair or (lambda *_: None)
+    on_pair = on_pair or log_failure
     pairs = _test_pairs(domain, a_test, b_test, aligned, direction)
     if on_start is not None:
         on_start(len(pairs))

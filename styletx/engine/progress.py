@@ -102,3 +102,11 @@ def prefixed_messages(prefix: str, once: bool = False, level: int = logging.NOTS
         yield
     finally:
         log.removeFilter(prefix_it)
+
+
+def log_failure(name: Any, *rest: Any) -> None:
+    """The per-file callback that ``convert_files``, ``evaluate`` and ``score`` use when their
+    caller gives none (a Python user): a file that failed (``rest``'s last item, its problem)
+    is a warning naming it, as training's skipped files are; the CLI passes its own."""
+    if rest and rest[-1]:
+        log.warning("%s: %s", name, rest[-1])

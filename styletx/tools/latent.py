@@ -71,7 +71,7 @@ from styletx.contract.interfaces import SIDES, Domain, LatentTranslator, Sample
 from styletx.engine.apply import chunk_starts, group_by_shape
 from styletx.engine.data import as_paths, expand_inputs
 from styletx.engine.model import encoded
-from styletx.engine.progress import Progress
+from styletx.engine.progress import Progress, log_failure
 from styletx.engine.report import save_domain_preview
 from styletx.engine.runs import write_json
 
@@ -537,14 +537,15 @@ def score(run: Run | Path | str, inputs: Iterable[Path | str] | Path | str, side
           on_file: Callable[[Path, InputScore | None, str | None], None] | None = None
           ) -> ScoreReport:
     """Score files and folders (recursively) against ``side``'s training data. A file that
-    cannot be read is reported (``on_file(path, None, problem)``) and skipped; the rest are
-    scored (``on_file(path, result, None)``)."""
+    cannot be read is reported (``on_file(path, None, problem)``; without ``on_file``, a
+    warning on the "styletx" logger) and skipped; the rest are scored (``on_file(path,
+    result, None)``)."""
     run, translator = latent_run(run)
     _check_side(side)
     stats = _training_scores(run, side)
     scorer = _Scorer(run, translator, side, stats[side], stats.get("threshold"))
     report = ScoreReport(side, scorer.threshold)
-    on_file = on_file or (lambda *_: None)
+    on_file = on_file or log_failure
     for path in _files(run.domain, inputs):
         try:
             if not run.domain.handles(path):
