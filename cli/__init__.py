@@ -396,7 +396,7 @@ def convert(run, inputs, out_dir, direction, batch_size, out_format, device, kee
     """Convert files and folders (recursively) with the model in RUN."""
     from tqdm import tqdm
 
-    from styletx.engine.convert import load_run
+    from styletx.engine.convert import ConversionInterrupted, load_run
     from styletx.engine.model import parse_settings
     from styletx.engine.progress import Progress
 
@@ -414,11 +414,11 @@ def convert(run, inputs, out_dir, direction, batch_size, out_format, device, kee
             report = model.convert_files(inputs, out_dir, direction, batch_size,
                                          on_file=on_file, out_format=out_format,
                                          on_start=progress.start)
-        except KeyboardInterrupt as stop:  # what is there is whole: say how much that is
+        except ConversionInterrupted as stop:  # what is there is whole: say how much that is
             progress.close()
             click.echo(f"Error: interrupted after {progress.done} of {progress.total or '?'} "
                        f"file(s); those written into {out_dir} are complete", err=True)
-            sys.exit(interrupt_status(stop))
+            sys.exit(stop.status)
     click.echo(f"converted {len(report.converted)} file(s) into {out_dir}"
                + (f"; {len(report.failed)} failed" if report.failed else ""))
     if report.failed:

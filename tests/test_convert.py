@@ -243,6 +243,29 @@ def test_an_interrupted_conversion_says_how_far_it_got(styletx, trained_run, sce
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_an_interrupted_conversion_hands_a_python_caller_what_it_did(trained_run, scenes,
+                                                                     tmp_path, monkeypatch):
+    """A bare KeyboardInterrupt lost the report of the files already written."""
+    from styletx.engine.convert import ConversionInterrupted, Run
+
+    write_file = Run._write
+
+    def interrupted_at_the_third(self, converted, dst):
+        if len(list(dst.parent.glob("*.png"))) == 2:
+            raise KeyboardInterrupt
+        return write_file(self, converted, dst)
+
+    monkeypatch.setattr(Run, "_write", interrupted_at_the_third)
+    run = load_run(trained_run, device="cpu")
+    with pytest.raises(ConversionInterrupted) as stopped:
+        run.convert_files(scenes["test_a"], tmp_path / "out", batch_size=1)
+    assert isinstance(stopped.value, KeyboardInterrupt) and stopped.value.status == 130
+    assert [dst for _, dst in stopped.value.partial.converted] == sorted(
+        (tmp_path / "out").iterdir())
+    assert len(stopped.value.partial.converted) == 2
+    assert str(stopped.value) == "interrupted after 2 file(s) written"
+
+
 def test_quiet_after_the_command_as_before_it(styletx, scenes, tmp_path):
     """`styletx convert ... -q` was "No such option: -q"; only `styletx -q convert` worked."""
     train = ("train", scenes["a"], scenes["b"], "--preset", "tiny", "--steps", "1",

@@ -37,6 +37,7 @@ from styletx.contract.errors import (
     StyletxError,
     UsageError,
     WriteError,
+    interrupt_status,
     is_out_of_memory,
     not_a,
     out_of_memory_problem,
@@ -72,8 +73,21 @@ DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.D
 
 @dataclasses.dataclass
 class ConversionReport:
+    """What ``convert_files`` did: (input, output) of each file written, (input, problem) of
+    each that failed."""
+
     converted: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)
     failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+
+
+class ConversionInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during ``convert_files``: ``partial`` is the ConversionReport of the
+    files before it (each output written is whole), ``status`` the exit status the interrupt
+    asks for (130, or 143 for SIGTERM)."""
+
+    def __init__(self, partial: ConversionReport, status: int = 130):
+        super().__init__(f"interrupted after {len(partial.converted)} file(s) written")
+        self.partial, self.status = partial, status
 
 
 def load_run(path: Path | str, device: str = "auto", registry: Registry | None = None,
@@ -334,7 +348,9 @@ class Run:
         (fewer when large: ``apply.BATCH_ELEMENTS``), while a background thread reads and
         encodes the next ones. Outputs keep each input's format unless ``out_format`` (a suffix
         such as "png") says otherwise, and are written atomically, in input order. With a
-        latent model (vaegan), an input unlike the training data is named in a warning. ``on_start(count)`` is told how many files there are before the first one.
+        latent model (vaegan), an input unlike the training data is named in a warning.
+        ``on_start(count)`` is told how many files there are before the first one. Ctrl-C
+        raises ConversionInterrupted, which holds the report of the files before it.
         """
         self.translator.check_direction(direction)  # before any work
         if batch_size < 1:
@@ -343,19 +359,22 @@ class Run:
         out_dir, jobs = Path(out_dir), self._plan(inputs, Path(out_dir), suffix)
         made = not out_dir.exists()
         _check_writable(out_dir)  # once, before any work: not one error per file
+        report = ConversionReport()
         try:
-            return self._convert_jobs(jobs, direction, batch_size, on_file, on_start)
+            self._convert_jobs(jobs, direction, batch_size, on_file, on_start, report)
+            return report
+        except KeyboardInterrupt as stop:
+            raise ConversionInterrupted(report, interrupt_status(stop)) from None
         finally:  # nothing converted (bad inputs, an error): no empty folder left behind
             if made and not any(out_dir.iterdir()):
                 out_dir.rmdir()
 
     def _convert_jobs(self, jobs: list, direction: str, batch_size: int,
                       on_file: Callable[[Path, Path | None, str | None], None] | None,
-                      on_start: Callable[[int], None] | None) -> ConversionReport:
+                      on_start: Callable[[int], None] | None, report: ConversionReport) -> None:
         source, _ = direction_sides(direction)
         if on_start is not None:
             on_start(len(jobs))
-        report = ConversionReport()
         on_file = on_file or log_failure
         pending: list[tuple[Path, Path, Sample, torch.Tensor]] = []
         check = self.translator.input_check(self, source)  # e.g. unusual inputs
@@ -378,7 +397,6 @@ class Run:
                     self._flush(pending, direction, report, on_file, batch_size)
                 pending.append((src, dst, sample, x))
         self._flush(pending, direction, report, on_file, batch_size)
-        return report
 
     def _load(self, src: Path, dst: Path | None, side: str
               ) -> tuple[Path, Path | None, tuple[Sample, torch.Tensor | list] | BadInputError]:

@@ -83,7 +83,7 @@ class EvaluationInterrupted(KeyboardInterrupt):
     ``status`` the exit status the interrupt asks for (130, or 143 for SIGTERM)."""
 
     def __init__(self, partial: Evaluation, status: int = 130):
-        super().__init__()
+        super().__init__(f"interrupted after {len(partial.scores)} pair(s) scored")
         self.partial, self.status = partial, status
 
 
