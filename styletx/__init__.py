@@ -7,7 +7,8 @@
 
 The public API is what ``__all__`` names here, plus the libraries ``styletx.nn`` (network
 blocks), ``styletx.image`` (the image sample, metrics, preview grids) and ``styletx.audio``
-(the audio sample, DSP, voice metrics), each with its own ``__all__``. Plugins subclass
+(the audio sample, DSP, voice metrics), each with its own ``__all__``, and the latent tools'
+functions ``sample``, ``traverse`` and ``score`` in ``styletx.tools.latent``. Plugins subclass
 ``Domain``, ``Encoder`` and ``Translator`` and register them with ``@styletx.hookimpl``
 functions (docs/plugins.md); the built-in plugins use nothing else. Everything under
 ``styletx.contract``, ``styletx.engine`` and ``styletx.tools`` not named here is internal.
@@ -28,7 +29,11 @@ _HOMES = {
                      "direction_sides"],
                     "styletx.contract.interfaces"),
     **dict.fromkeys(["PadCrop", "crop", "pad_bottom_right"], "styletx.engine.apply"),
-    **dict.fromkeys(["Run", "load_run"], "styletx.engine.convert"),
+    **dict.fromkeys(["Run", "load_run", "ConversionReport", "ConversionInterrupted"],
+                    "styletx.engine.convert"),
+    **dict.fromkeys(["evaluate", "Evaluation", "EvaluationInterrupted"],
+                    "styletx.engine.evaluate"),
+    "export": "styletx.engine.export",
     **dict.fromkeys(["TrainResult", "TrainSettings", "TrainingInterrupted", "train"],
                     "styletx.engine.training"),
     "set_threads": "styletx.engine.threads",
@@ -59,6 +64,7 @@ __all__ = [
     "PadCrop", "pad_bottom_right", "crop",
     # training and conversion from Python
     "train", "TrainSettings", "TrainResult", "TrainingInterrupted", "load_run", "Run",
-    "set_threads",
+    "ConversionReport", "ConversionInterrupted", "evaluate", "Evaluation",
+    "EvaluationInterrupted", "export", "set_threads",
     "__version__",
 ]

@@ -3,6 +3,7 @@ torch's global random state is the caller's again afterwards, bad settings are r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -73,10 +74,16 @@ def test_train_gives_the_callers_random_state_back(scenes, tmp_path):
     torch.manual_seed(1234)
     expected = torch.rand(3)
     torch.manual_seed(1234)
-    styletx.train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny",
-                  settings=styletx.TrainSettings(steps=2, size=16, device="cpu", progress=False,
-                                                 seed=7))
+    settings = styletx.TrainSettings(steps=2, size=16, device="cpu", progress=False, seed=7)
+    result = styletx.train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny",
+                           settings=settings)
     assert torch.equal(torch.rand(3), expected)
+    assert (result.step, result.planned, result.finished) == (2, 2, True) and result.losses
+    again = styletx.train(scenes["a"], scenes["b"], tmp_path / "run", settings=settings)
+    assert (again.step, again.finished, again.losses) == (2, True, {})  # nothing to do
+    more = dataclasses.replace(settings, steps=4)
+    assert styletx.train(scenes["a"], scenes["b"], tmp_path / "run", settings=more).finished
+    assert not styletx.TrainResult(tmp_path / "run", 3, {}, planned=4).finished
 
 
 def test_checkpoint_and_preview_periods_follow_a_revised_plan(scenes, tmp_path, monkeypatch):

@@ -533,7 +533,7 @@ class Loop:
             record_step_time(config.translator, config.preset, config.domain, self.device.type,
                              1 / max(sorted(self.rates)[len(self.rates) // 2], 1e-9))
         log.info("trained %s to step %d; model in %s", self.translator.name, step, out)
-        return TrainResult(out, step, self.losses)
+        return TrainResult(out, step, self.losses, planned=total)
 
     def _on_trained(self) -> None:
         """``Translator.on_trained``; a Ctrl-C there leaves the steps saved and says that the

@@ -212,7 +212,7 @@ def _resumed_run(saved: RunConfig, settings: TrainSettings, out: Path,
                  saved.step, f" of {saved.train.steps}" if saved.step == saved.train.steps
                  else f", past the {saved.train.steps} asked")
         if not translator.trained_outputs_missing(out):
-            return TrainResult(out, saved.step, {})
+            return TrainResult(out, saved.step, {}, planned=saved.train.steps)
         # e.g. a Ctrl-C while latent.json was written: the loop takes no step and writes them
         log.info("%s: what the %s model writes after training is missing; writing it",
                  out, translator.name)

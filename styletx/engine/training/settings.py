@@ -22,6 +22,10 @@ TRAIN_DEFAULTS = {"steps": 10_000, "batch_size": 1, "size": 256}
 
 @dataclasses.dataclass
 class TrainSettings:
+    """How one ``train()`` call trains: each field is the ``styletx train`` option of its name
+    (``batch_size`` is ``--batch-size``; ``styletx train --help`` describes them), None the
+    preset's or the run's value; ``save_minutes`` is Python's alone."""
+
     steps: int | None = None  # total optimisation steps (None: the preset's)
     batch_size: int | None = None  # examples per step (None: the preset's)
     size: int | None = None  # training crop in pixels / frames (None: the preset's)
@@ -134,9 +138,19 @@ def _options(values: dict[str, Any]) -> str:
 
 @dataclasses.dataclass
 class TrainResult:
+    """What ``train()`` left: the run folder, the step its last checkpoint holds, the losses of
+    the last step this call took (the log's lines show means; {} when it took none), and the
+    steps the run plans (``finished``: all of them taken; a ``minutes`` budget spent before
+    them leaves it False, and the same call again trains the rest)."""
+
     run: Path
     step: int
     losses: dict[str, float]
+    planned: int | None = None  # None: not known (a TrainResult made by older code)
+
+    @property
+    def finished(self) -> bool:
+        return self.planned is not None and self.step >= self.planned
 
 
 # The settings whose values the CLI's option types check, checked alike for a Python caller
@@ -154,13 +168,7 @@ POSITIVE_NUMBERS = {"minutes": "--minutes", "save_minutes": "save_minutes"}  # t
 def checked_settings(settings: Any) -> TrainSettings:
     """``train()``'s ``settings`` (a TrainSettings, or a dict of its fields) with every number
     of the right kind and range, or a UsageError naming the option as the CLI would."""
-    if isinstance(settings, dict):
-        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainSettings)})
-        if unknown:
-            raise UsageError(f"settings: TrainSettings has no {', '.join(map(repr, unknown))}")
-        settings = TrainSettings(**settings)
-    if not isinstance(settings, TrainSettings):
-        raise UsageError(f"settings must be a TrainSettings, not a {type(settings).__name__}")
+    settings = _as_settings(settings)
     for field, (option, least) in WHOLE_NUMBERS.items():
         value = getattr(settings, field)
         if value is None and field in OPTIONAL:
@@ -176,6 +184,17 @@ def checked_settings(settings: Any) -> TrainSettings:
         if (isinstance(value, bool) or not isinstance(value, numbers.Real)
                 or not 0 < value < math.inf):  # NaN compares false, so is refused
             raise UsageError(f"{option} must be a number above 0 (got {value!r})")
+    return settings
+
+
+def _as_settings(settings: Any) -> TrainSettings:
+    if isinstance(settings, dict):
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainSettings)})
+        if unknown:
+            raise UsageError(f"settings: TrainSettings has no {', '.join(map(repr, unknown))}")
+        settings = TrainSettings(**settings)
+    if not isinstance(settings, TrainSettings):
+        raise UsageError(f"settings must be a TrainSettings, not a {type(settings).__name__}")
     return settings
 
 
