@@ -472,7 +472,7 @@ def evaluate(run, a_test, b_test, direction, aligned, as_json, device, vocoder, 
             progress.close()
             _print_interrupted(stop.partial, as_json, progress.total, stop.status)
     if vocoder is None and not settings:
-        _keep_in_report(result)
+        result.keep_in_report()
     else:  # the report's table stays the run's own conversion
         variant = ([f"--vocoder {vocoder}"] if vocoder else []) + [f"--set {s}" for s in settings]
         log.info("measured with %s: not added to the run's report", " ".join(variant))
@@ -489,24 +489,6 @@ def _print_interrupted(result, as_json: bool, total: int | None, status: int) ->
                f"pair(s); " + (f"the scores above are of those {scored} scored, not added to "
                                "the run's report" if scored else "none was scored"), err=True)
     sys.exit(status)
-
-
-def _keep_in_report(result) -> None:
-    """The evaluation joins the run's report (RUN/report.html). A run folder that cannot be
-    written (a shared, read-only model) only loses that: a warning, the scores still print."""
-    from styletx.contract.errors import WriteError
-    from styletx.engine.report import REPORT, save_evaluation, write_report
-
-    if not result.scores:
-        return
-    if result.failed:  # a partial evaluation does not replace a whole one (nor its table)
-        log.warning("%s not updated: some pairs could not be scored", result.run / REPORT)
-        return
-    try:
-        save_evaluation(result.run, result.to_json())
-        write_report(result.run)
-    except (OSError, WriteError) as exc:
-        log.warning("%s not updated: %s", result.run / REPORT, one_line(exc, type_name=False))
 
 
 def _print_report(report, as_json: bool, table, what: str) -> None:

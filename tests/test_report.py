@@ -121,6 +121,20 @@ def test_evaluate_adds_its_table(styletx, image_run, scenes):
         image_run / "report.html").read_text()
 
 
+def test_an_evaluation_from_python_joins_the_report_when_asked(image_run, scenes):
+    """``styletx evaluate`` keeps its table in the report; a Python caller's evaluation did
+    not, and the way to it was internal."""
+    import styletx as api
+
+    (image_run / "evaluation-b2a.json").unlink(missing_ok=True)
+    scores = api.evaluate(image_run, scenes["test_b"], scenes["test_a"], direction="b2a")
+    assert not (image_run / "evaluation-b2a.json").exists()  # only when asked
+    assert scores.keep_in_report()
+    saved = json.loads((image_run / "evaluation-b2a.json").read_text())
+    assert saved["direction"] == "b2a" and len(saved["pairs"]) == 3
+    assert "b2a: 3 pair(s) of" in (image_run / "report.html").read_text()
+
+
 def test_report_command(styletx, image_run, tmp_path):
     (image_run / "report.html").unlink()
     result = styletx("report", image_run)

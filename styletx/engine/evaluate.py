@@ -20,7 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from styletx.contract.errors import BadInputError, UsageError, interrupt_status
+from styletx.contract.errors import (
+    BadInputError,
+    UsageError,
+    WriteError,
+    interrupt_status,
+    one_line,
+)
 from styletx.contract.interfaces import direction_sides
 from styletx.contract.registry import Registry
 from styletx.engine.convert import Run, as_run
@@ -42,6 +48,9 @@ class PairScore:
 
 @dataclasses.dataclass
 class Evaluation:
+    """What ``evaluate`` measured: each pair's scores (``scores``), the files that failed, and
+    per metric the means (``means()``) of the conversions and of the untouched inputs."""
+
     run: Path
     direction: str
     metrics: dict[str, str]  # name -> "higher" or "lower" (is better)
@@ -64,6 +73,27 @@ class Evaluation:
         """On how many pairs the conversion beats the baseline by metric ``name``."""
         return sum(self.gain(name, s.converted[name], s.baseline[name]) > 0
                    for s in self.scores)
+
+    def keep_in_report(self) -> bool:
+        """Save this evaluation in the run folder and rewrite its report (``RUN/report.html``),
+        as ``styletx evaluate`` does; True if done. Not when nothing was scored, nor when
+        some pairs failed (a partial evaluation does not replace a whole one), nor where the
+        run folder cannot be written (a shared, read-only model): a warning says so. Keep only
+        evaluations of the run as it converts by itself (no ``load_run`` settings)."""
+        from styletx.engine.report import REPORT, save_evaluation, write_report
+
+        if not self.scores:
+            return False
+        if self.failed:
+            log.warning("%s not updated: some pairs could not be scored", self.run / REPORT)
+            return False
+        try:
+            save_evaluation(self.run, self.to_json())
+            write_report(self.run)
+        except (OSError, WriteError) as exc:
+            log.warning("%s not updated: %s", self.run / REPORT, one_line(exc, type_name=False))
+            return False
+        return True
 
     def to_json(self) -> dict[str, Any]:
         return _finite({
