@@ -146,8 +146,10 @@ def test_loading_a_run_keeps_the_callers_random_state(trained_run):
     torch.manual_seed(1)
     expected = torch.rand(3)
     torch.manual_seed(1)
-    load_run(trained_run, device="cpu")
+    run = load_run(trained_run, device="cpu")
     assert torch.equal(torch.rand(3), expected)
+    assert repr(run) == (f"<Run {str(trained_run)!r}: cyclegan (tiny), image, step {run.step}, "
+                         "on cpu>")
 
 
 def test_python_api_takes_what_a_python_user_passes(trained_run, scenes, tmp_path):

@@ -129,6 +129,8 @@ def test_an_evaluation_from_python_joins_the_report_when_asked(image_run, scenes
     (image_run / "evaluation-b2a.json").unlink(missing_ok=True)
     scores = api.evaluate(image_run, scenes["test_b"], scenes["test_a"], direction="b2a")
     assert not (image_run / "evaluation-b2a.json").exists()  # only when asked
+    assert repr(scores).startswith(f"<Evaluation of {str(image_run)!r} b2a: 3 pair(s); "
+                                   "means: psnr_db ")  # not a screenful of dataclass fields
     assert scores.keep_in_report()
     saved = json.loads((image_run / "evaluation-b2a.json").read_text())
     assert saved["direction"] == "b2a" and len(saved["pairs"]) == 3

@@ -182,6 +182,11 @@ class Run:
             log.warning("--precision bf16: this CPU has no bf16 instructions, so bf16 is "
                         "emulated and slower than fp32")
 
+    def __repr__(self) -> str:
+        config = self.config
+        return (f"<Run {str(self.path)!r}: {config.translator} ({config.preset}), "
+                f"{config.domain}, step {self.step}, on {self.device}>")
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
             return contextlib.nullcontext()

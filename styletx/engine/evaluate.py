@@ -74,6 +74,14 @@ class Evaluation:
         return sum(self.gain(name, s.converted[name], s.baseline[name]) > 0
                    for s in self.scores)
 
+    def __repr__(self) -> str:
+        means = self.means()
+        scored = ", ".join(f"{name} {means['converted'][name]:.4g} (untouched "
+                           f"{means['baseline'][name]:.4g})" for name in self.metrics)
+        failed = f", {len(self.failed)} failed" if self.failed else ""
+        return (f"<Evaluation of {str(self.run)!r} {self.direction}: {len(self.scores)} "
+                f"pair(s){failed}; means: {scored or 'none'}>")
+
     def keep_in_report(self) -> bool:
         """Save this evaluation in the run folder and rewrite its report (``RUN/report.html``),
         as ``styletx evaluate`` does; True if done. Not when nothing was scored, nor when
