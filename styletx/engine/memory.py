@@ -20,7 +20,9 @@ ENCODED_COPY = 1.5  # the data held at the peak, in prepared samples: the sample
 MEMORY_SHARE = 0.5  # of the free memory, the most the data may take: the networks' activations
 #                     at a crop of that --size need the rest (a tiny CycleGAN on 5000-px
 #                     crops took 8 GB beside the 16 GB of its photos, peaking at 23.9 GB of 24)
-MIN_FILES = 2  # files read before a projection is trusted (the first one pulls in codecs)
+MIN_FILES = 2  # files read after a folder's first before a projection is trusted (the first
+#               one is not counted: it pulls in codecs and compiles resamplers, hundreds of MB
+#               that the next files do not add)
 GB = 1e9
 
 
@@ -59,20 +61,24 @@ class MemoryWatch:
         self.size = size
         self.start = resident_bytes()
         self.available = available_bytes()
-        self.folder_start = self.start
+        self.folder_start: int | None = None
 
     def new_folder(self) -> None:
-        self.folder_start = resident_bytes()
+        self.folder_start = None  # set once the folder's first file is in
 
     def check(self, read: int, total: int, what: str) -> None:
         """``read`` of the ``total`` files of ``what`` are in memory: refuse to go on when all of
         them, encoded, will not fit."""
-        if None in (self.start, self.available, self.folder_start) or read < MIN_FILES:
+        if self.start is None or self.available is None:
             return
         now = resident_bytes()
         if now is None:
             return
-        per_file = max(0, now - self.folder_start) / read
+        if read == 1:
+            self.folder_start = now
+        if self.folder_start is None or read < 1 + MIN_FILES:
+            return
+        per_file = max(0, now - self.folder_start) / (read - 1)
         projected = (now - self.start + per_file * (total - read)) * ENCODED_COPY
         if projected > MEMORY_SHARE * self.available:
             raise UsageError(
