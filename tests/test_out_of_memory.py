@@ -84,39 +84,45 @@ def out_of_memory_in_training_step(monkeypatch, failing: int) -> None:
 def test_training_files_that_would_fill_the_memory_stop_the_reading(styletx, data, tmp_path,
                                                                   monkeypatch):
     """A mistyped --size 5000 enlarged 27 small photos until the kernel killed the process
-    (22.7 GB, exit 137, no word of why). Here the process grows by 2 GB a file with 10 GB
-    free: by the third file (the first one's growth, codecs loading, is not projected) the
-    projection passes half of it, and the reading stops naming --size."""
+    (22.7 GB, exit 137, no word of why). Here each prepared file counts 1 GB with 10 GB free:
+    by the third the projection passes half of it, and the reading stops naming --size."""
     from styletx.engine import memory
 
-    resident = iter(range(0, 10**12, 2 * 10**9))  # 2 GB more at each look: a file each
-    monkeypatch.setattr(memory, "resident_bytes", lambda: next(resident))
+    monkeypatch.setattr(memory, "sample_bytes", lambda item: 10**9)
     monkeypatch.setattr(memory, "available_bytes", lambda: 10 * 10**9)
     files = len(list(data["a"].iterdir()))
     result = styletx("train", data["a"], data["b"], "--out", tmp_path / "run", *TINY,
-                     "--size", "32", "--workers", "0")
+                     "--size", "32")  # with the default reading threads
     assert result.exit_code == 2
     assert result.error_lines == [
-        f"Error: the training files at --size 32 would take about "
-        f"{(6 + 2 * (files - 3)) * 1.5:.1f} GB of memory (3 of the {files} files of A_DIR "
-        "read: 6.0 GB so far), more than half "
-        "of the 10.0 GB free, and training at that size needs the rest; use a smaller --size "
-        "(or fewer files)"]
+        f"Error: the training files at --size 32 would take about {files * 1.5:.1f} GB of "
+        f"memory (3 of the {files} files of A_DIR read: 3.0 GB), more than half of the 10.0 "
+        "GB free, and training at that size needs the rest; use a smaller --size (or fewer "
+        "files)"]
     assert not (tmp_path / "run").exists()
 
 
-def test_the_first_files_cost_of_loading_codecs_is_not_projected(monkeypatch):
-    """A voice folder's first file pulls in the resampler (hundreds of MB once); projected over
-    a hundred files that looked like 30 GB."""
+def test_what_a_prepared_sample_holds_is_what_is_counted(monkeypatch):
+    """The samples' own arrays, not the process's memory (which also holds the full-size photos
+    other threads are decoding: a folder of 12-megapixel photos was refused as 55 GB); and a
+    long first recording does not stand for all the files."""
+    from styletx.audio.sample import AudioSample
     from styletx.engine import memory
+    from styletx.image.sample import ImageSample
 
-    looks = iter([0, 3 * 10**9, *range(3 * 10**9, 4 * 10**9, 10**7)])  # +3 GB once, then 10 MB
-    monkeypatch.setattr(memory, "resident_bytes", lambda: next(looks))
-    monkeypatch.setattr(memory, "available_bytes", lambda: 20 * 10**9)
+    image = ImageSample(np.zeros((10, 20, 3), np.float32))
+    voice = AudioSample(np.zeros(1000, np.float32), 16000)
+    assert memory.sample_bytes(image) == 10 * 20 * 3 * 4
+    assert memory.sample_bytes((image, voice)) == 2400 + 4000  # a pair
+    assert memory.sample_bytes(torch.zeros(5, dtype=torch.float16)) == 10
+    assert memory.sample_bytes("a plugin's sample of another kind") == 0
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10 * 10**9)
     watch = memory.MemoryWatch(256)
     watch.new_folder()
-    for read in range(1, 101):
-        watch.check(read, 100, "A_DIR")  # (3 GB + 100 x 10 MB) x 1.5 < 10 GB: no error
+    long_first = AudioSample(np.zeros(10**9 // 4, np.float32), 16000)  # 1 GB
+    watch.check(long_first, 1, 100, "A_DIR")  # 1 GB x 100 would not fit; one file says little
+    for read in range(2, 101):
+        watch.check(voice, read, 100, "A_DIR")  # ~1 GB in all: fits
 
 
 def test_training_out_of_memory_says_what_to_lower(styletx, data, tmp_path, monkeypatch):

@@ -180,7 +180,7 @@ class Reader:
                     raise result
                 done.append(result)
                 if self.memory is not None:
-                    self.memory.check(len(done), len(jobs), what)
+                    self.memory.check(result, len(done), len(jobs), what)
             return done
         finally:
             if pool is not None:  # an error or Ctrl-C: the files not yet started are not read

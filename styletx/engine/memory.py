@@ -1,17 +1,24 @@
-"""How much memory the training data will take, measured while it is read.
+"""How much memory the training data will take, counted while it is read.
 
 A mistyped ``--size 5000`` (for 500) enlarged 27 small photos to 5000 px: the process grew
 until the kernel killed it (22.7 GB, exit 137, no word of why), and a notebook's kernel just
-died. Training data stays in memory for the whole run, so the reader watches how much each
-file it reads adds, projects that over the files still to come and the copy that encoding
-makes, and stops with a usage error naming ``--size`` once the projection passes half of what
-the machine has free. Linux only (``/proc``); elsewhere nothing is watched.
+died. Training data stays in memory for the whole run, so the reader adds up the bytes of the
+prepared samples it has read, projects that over the files still to come and the copy that
+encoding makes, and stops with a usage error naming ``--size`` once the projection passes half
+of what the machine has free. The samples' own bytes, not the process's resident memory: that
+also holds the full-size photos other reading threads are decoding at that moment, which
+projected over a thousand files refused a folder of ordinary photos. Linux only (``/proc``);
+elsewhere nothing is watched.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
 
 from styletx.contract.errors import UsageError
 
@@ -20,38 +27,55 @@ ENCODED_COPY = 1.5  # the data held at the peak, in prepared samples: the sample
 MEMORY_SHARE = 0.5  # of the free memory, the most the data may take: the networks' activations
 #                     at a crop of that --size need the rest (a tiny CycleGAN on 5000-px
 #                     crops took 8 GB beside the 16 GB of its photos, peaking at 23.9 GB of 24)
-MIN_FILES = 2  # files read after a folder's first before a projection is trusted (the first
-#               one is not counted: it pulls in codecs and compiles resamplers, hundreds of MB
-#               that the next files do not add)
+MIN_FILES = 3  # files read before the typical one (their median) is projected over the rest:
+#               one long recording among short ones does not stand for all of them
 GB = 1e9
 
 
-def resident_bytes() -> int | None:
-    """This process's resident memory, or None where it cannot be read."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE")
+def sample_bytes(item: Any) -> int:
+    """The bytes of the arrays and tensors in a prepared sample (its fields), or in a pair of
+    them; 0 for what holds none (a plugin's sample of another kind is not counted)."""
+    if isinstance(item, np.ndarray):
+        return item.nbytes
+    if isinstance(item, torch.Tensor):
+        return item.element_size() * item.nelement()
+    if isinstance(item, tuple | list):
+        return sum(sample_bytes(part) for part in item)
+    fields = getattr(item, "__dict__", None)
+    if fields is None:
+        return 0
+    return sum(sample_bytes(v) for v in fields.values()
+               if isinstance(v, np.ndarray | torch.Tensor))
 
 
 def available_bytes() -> int | None:
     """Memory this process may still take: the kernel's MemAvailable, less where a control
-    group (a container) limits it further; None where it cannot be read."""
+    group (a container) limits it further (its page cache the kernel can reclaim counted as
+    free), shared by the training processes of this machine; None where it cannot be read."""
     try:
         fields = dict(line.split(":", 1) for line in
                       Path("/proc/meminfo").read_text().splitlines() if ":" in line)
         available = int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, ValueError, KeyError):
         return None
+    limited = _control_group_available()
+    if limited is not None:
+        available = min(available, limited)
+    return available // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) or None
+
+
+def _control_group_available() -> int | None:
+    cgroup = Path("/sys/fs/cgroup")
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-        if limit != "max":
-            available = min(available, int(limit) - used)
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        used = int((cgroup / "memory.current").read_text())
+        stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
+        reclaimable = int(stat.get("inactive_file", 0))
     except (OSError, ValueError):
-        pass
-    return available
+        return None
+    return max(0, int(limit) - used + reclaimable) or None
 
 
 class MemoryWatch:
@@ -59,31 +83,27 @@ class MemoryWatch:
 
     def __init__(self, size: int):
         self.size = size
-        self.start = resident_bytes()
         self.available = available_bytes()
-        self.folder_start: int | None = None
+        self.earlier = 0  # bytes of the folders read before this one
+        self.sizes: list[int] = []  # bytes of each sample of this folder so far
 
     def new_folder(self) -> None:
-        self.folder_start = None  # set once the folder's first file is in
+        self.earlier += sum(self.sizes)
+        self.sizes = []
 
-    def check(self, read: int, total: int, what: str) -> None:
-        """``read`` of the ``total`` files of ``what`` are in memory: refuse to go on when all of
-        them, encoded, will not fit."""
-        if self.start is None or self.available is None:
+    def check(self, item: Any, read: int, total: int, what: str) -> None:
+        """``item`` is the ``read``-th of the ``total`` files (or pairs) of ``what``: refuse to
+        go on when all of them, with the folders before, will not fit once encoded."""
+        self.sizes.append(sample_bytes(item))
+        if self.available is None or read < min(MIN_FILES, total):
             return
-        now = resident_bytes()
-        if now is None:
-            return
-        if read == 1:
-            self.folder_start = now
-        if self.folder_start is None or read < 1 + MIN_FILES:
-            return
-        per_file = max(0, now - self.folder_start) / (read - 1)
-        projected = (now - self.start + per_file * (total - read)) * ENCODED_COPY
+        held = self.earlier + sum(self.sizes)
+        projected = (held + float(np.median(self.sizes)) * (total - read)) * ENCODED_COPY
         if projected > MEMORY_SHARE * self.available:
+            unit = "pairs" if what == "pairs" else f"files of {what}"
             raise UsageError(
                 f"the training files at --size {self.size} would take about "
-                f"{projected / GB:.1f} GB of memory ({read} of the {total} files of {what} "
-                f"read: {(now - self.start) / GB:.1f} GB so far), more than half of the "
+                f"{projected / GB:.1f} GB of memory ({read} of the {total} {unit} read: "
+                f"{held / GB:.1f} GB), more than half of the "
                 f"{self.available / GB:.1f} GB free, and training at that size needs the "
                 "rest; use a smaller --size (or fewer files)")
