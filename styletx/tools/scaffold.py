@@ -385,6 +385,8 @@ def test_a_model_trains_and_converts_fields(tmp_path):
     converted = np.load(tmp_path / "out" / "0.npy")
     assert converted.shape == (24, 24) and converted.dtype == np.float32
     assert 0 <= converted.min() and converted.max() <= 1
+    in_memory = run.convert_array(np.load(tmp_path / "a" / "0.npy"))  # samples are arrays
+    assert np.allclose(in_memory, converted, atol=1e-6)
 
 
 def test_a_broken_file_is_named_with_its_problem(tmp_path):
