@@ -19,7 +19,6 @@ import click
 from styletx import __version__
 from styletx.contract.errors import (
     StyletxError,
-    Terminated,
     TrainingInterrupted,
     UsageError,
     interrupt_status,
@@ -72,9 +71,10 @@ def reports_errors(command):
             except (StyletxError, TrainingInterrupted) as err:  # the latter: saved, resumable
                 _exit_with(err)
             except KeyboardInterrupt as stop:
-                click.echo("Error: " + ("terminated (SIGTERM)" if isinstance(stop, Terminated)
+                status = interrupt_status(stop)
+                click.echo("Error: " + ("terminated (SIGTERM)" if status == 143
                                         else "interrupted"), err=True)
-                sys.exit(interrupt_status(stop))
+                sys.exit(status)
             except Exception as exc:
                 explained = _explained(exc)
                 if explained is None:

@@ -51,6 +51,19 @@ def test_settings_a_python_caller_gets_wrong_are_refused_before_any_work(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+def test_numpy_numbers_are_taken_as_python_ones():
+    """A np.int64 from a sweep reached config.json, which the json module cannot write."""
+    import numpy as np
+
+    from styletx.engine.training.settings import checked_settings
+
+    settings = checked_settings(styletx.TrainSettings(steps=np.int64(3), seed=np.int32(2),
+                                                      save_minutes=float("inf")))
+    assert type(settings.steps) is int and type(settings.seed) is int
+    assert settings.save_minutes == float("inf")  # no timed checkpoints
+    assert styletx.set_threads(np.int64(1)) == 1
+
+
 def test_settings_may_be_a_dict_of_its_fields(tmp_path):
     with pytest.raises(styletx.UsageError, match="^settings: TrainSettings has no 'step'$"):
         styletx.train(tmp_path / "a", tmp_path / "b", tmp_path / "run", settings={"step": 3})

@@ -132,5 +132,9 @@ def raise_terminated(signum, frame) -> None:
 
 
 def interrupt_status(exc: BaseException) -> int:
-    """The shell's exit status for an interrupt: 128 + the signal's number."""
+    """The shell's exit status for an interrupt: 128 + the signal's number (an interrupt that
+    carries the status it asks for, as ConversionInterrupted does, gives that)."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status
     return 143 if isinstance(exc, Terminated) else 130

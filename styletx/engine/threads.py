@@ -9,6 +9,7 @@ the training processes torchrun starts on this machine.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
@@ -52,11 +53,11 @@ def set_threads(count: int | None = None) -> int:
 
     from styletx.contract.errors import UsageError
 
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+    if count is not None and (isinstance(count, bool) or not isinstance(count, numbers.Integral)
                               or count < 1):  # before OMP_NUM_THREADS is set to it
         raise UsageError(f"set_threads: count must be a whole number of at least 1, or None "
                          f"for the default (got {count!r})")
-    count = count or default_threads()
+    count = int(count) if count is not None else default_threads()
     os.environ["OMP_NUM_THREADS"] = str(count)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(count)

@@ -169,6 +169,7 @@ def checked_settings(settings: Any) -> TrainSettings:
     """``train()``'s ``settings`` (a TrainSettings, or a dict of its fields) with every number
     of the right kind and range, or a UsageError naming the option as the CLI would."""
     settings = _as_settings(settings)
+    plain = {}  # numpy's numbers as Python's: config.json is written with the json module
     for field, (option, least) in WHOLE_NUMBERS.items():
         value = getattr(settings, field)
         if value is None and field in OPTIONAL:
@@ -177,14 +178,17 @@ def checked_settings(settings: Any) -> TrainSettings:
             raise UsageError(f"{option} must be a whole number (got {value!r})")
         if least is not None and value < least:
             raise UsageError(f"{option} must be at least {least} (got {value})")
+        plain[field] = int(value)
     for field, option in POSITIVE_NUMBERS.items():
         value = getattr(settings, field)
         if value is None and field == "minutes":
             continue
+        ceiling = math.inf if field == "save_minutes" else math.nan  # inf: no timed checkpoints
         if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                or not 0 < value < math.inf):  # NaN compares false, so is refused
+                or not (0 < value < math.inf or value == ceiling)):  # NaN compares false
             raise UsageError(f"{option} must be a number above 0 (got {value!r})")
-    return settings
+        plain[field] = float(value)
+    return dataclasses.replace(settings, **plain)
 
 
 def _as_settings(settings: Any) -> TrainSettings:
