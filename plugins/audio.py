@@ -275,6 +275,7 @@ class MelEncoder(SpectrogramEncoder):
     decodes with the pseudo-inverse alone, as it did."""
 
     name = "mel"
+    stft_frames = True
     defaults = {**FEATURE_DEFAULTS,
                 "gl_iters": 64,  # the learned decoder's sharper harmonics gain from more
                 "decoder_epochs": 40}  # passes of the learned decoder's fit over the
@@ -370,6 +371,7 @@ class StftEncoder(SpectrogramEncoder):
     """Log-magnitude linear spectrogram (n_fft / 2 + 1 bins), inverted by Griffin-Lim."""
 
     name = "stft"
+    stft_frames = True
 
     @property
     def bins(self) -> int:

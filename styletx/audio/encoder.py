@@ -184,6 +184,8 @@ class SpectrogramEncoder(Encoder):
     vocoder = "griffinlim"  # conversion may set it (convert --vocoder; styletx.audio.vocoder)
     decodes_on_device = True  # Griffin-Lim on the GPU when converting on one
     defaults = FEATURE_DEFAULTS  # the settings a subclass takes, with their defaults
+    stft_frames = False  # True where log_spectrogram's frames are stft_magnitude's (n_fft,
+    #                      hop): training then refuses too-short files before the fit
 
     def __init__(self, **params):
         unknown = set(params) - set(self.defaults)
@@ -219,9 +221,12 @@ class SpectrogramEncoder(Encoder):
     def resample(self, sample: AudioSample) -> np.ndarray:
         return resampled(sample, self.params["rate"])
 
-    def width_before_fit(self, sample: AudioSample) -> int:
-        """Frames of the encoded sample: centred STFT frames of the wave at ``rate`` (whose
-        length is librosa's resampled length)."""
+    def width_before_fit(self, sample: AudioSample) -> int | None:
+        """Frames of the encoded sample where ``stft_frames`` says they are the centred STFT's
+        (``stft_magnitude`` with ``hop``) of the wave at ``rate`` (librosa's resampled length);
+        None otherwise: a subclass may frame its spectrogram otherwise."""
+        if not self.stft_frames:
+            return None
         return 1 + resampled_length(sample, self.params["rate"]) // self.params["hop"]
 
     def wave_to_encode(self, sample: AudioSample) -> np.ndarray:
