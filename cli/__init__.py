@@ -471,11 +471,7 @@ def evaluate(run, a_test, b_test, direction, aligned, as_json, device, vocoder, 
         except EvaluationInterrupted as stop:  # show what was scored; the report keeps its own
             progress.close()
             _print_interrupted(stop.partial, as_json, progress.total, stop.status)
-    if vocoder is None and not settings:
-        result.keep_in_report()
-    else:  # the report's table stays the run's own conversion
-        variant = ([f"--vocoder {vocoder}"] if vocoder else []) + [f"--set {s}" for s in settings]
-        log.info("measured with %s: not added to the run's report", " ".join(variant))
+    result.keep_in_report()  # not for a --vocoder or --set variant: it says so
     _print_report(result, as_json, _evaluation_table, "pair(s)")
 
 

@@ -135,6 +135,11 @@ def test_an_evaluation_from_python_joins_the_report_when_asked(image_run, scenes
     saved = json.loads((image_run / "evaluation-b2a.json").read_text())
     assert saved["direction"] == "b2a" and len(saved["pairs"]) == 3
     assert "b2a: 3 pair(s) of" in (image_run / "report.html").read_text()
+    (image_run / "evaluation-b2a.json").unlink()
+    variant = api.load_run(image_run, device="cpu", precision="bf16")  # not the run's own
+    assert variant.variant == ["--precision bf16"]
+    scores = api.evaluate(variant, scenes["test_b"], scenes["test_a"], direction="b2a")
+    assert not scores.keep_in_report() and not (image_run / "evaluation-b2a.json").exists()
 
 
 def test_report_command(styletx, image_run, tmp_path):

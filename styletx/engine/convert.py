@@ -161,6 +161,11 @@ class Run:
         if precision not in PRECISIONS:
             raise UsageError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
         self.path = path
+        # how this conversion differs from the run's own (its evaluations stay out of the
+        # run's report): the options as the CLI names them
+        self.variant = [f"--set {k}={v}" for k, v in (settings or {}).items()]
+        self.variant += ["--keep-dropout"] * keep_dropout
+        self.variant += [f"--precision {precision}"] * (precision != "fp32")
         self.config = RunConfig.read(path)
         if settings:
             _change_conversion_settings(self.config, settings, registry)
@@ -228,6 +233,7 @@ class Run:
             if value not in choices:
                 raise UsageError(f"--{setting} {value}: use one of {', '.join(choices)}")
             setattr(encoder, setting, value)
+        self.variant.append(f"--{setting} {value}")
 
     # -- tensors and samples -----------------------------------------------------------------
     def convert_tensor(self, x: torch.Tensor, direction: str = "a2b",

@@ -57,6 +57,7 @@ class Evaluation:
     scores: list[PairScore] = dataclasses.field(default_factory=list)
     failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     test_folders: tuple[Path, ...] = ()  # A_TEST and B_TEST, or A_TEST alone (aligned)
+    variant: tuple[str, ...] = ()  # how the run converted otherwise than by itself (Run.variant)
 
     def means(self) -> dict[str, dict[str, float]]:
         """Mean of each metric over the pairs, for the converted inputs and the baseline (NaN
@@ -86,11 +87,15 @@ class Evaluation:
         """Save this evaluation in the run folder and rewrite its report (``RUN/report.html``),
         as ``styletx evaluate`` does; True if done. Not when nothing was scored, nor when
         some pairs failed (a partial evaluation does not replace a whole one), nor where the
-        run folder cannot be written (a shared, read-only model): a warning says so. Keep only
-        evaluations of the run as it converts by itself (no ``load_run`` settings)."""
+        run folder cannot be written (a shared, read-only model): a warning says so, nor for a
+        run loaded to convert otherwise than by itself (``load_run``'s settings, vocoder, ...:
+        the report's table stays the run's own)."""
         from styletx.engine.report import REPORT, save_evaluation, write_report
 
         if not self.scores:
+            return False
+        if self.variant:  # the report's table stays the run's own conversion
+            log.info("measured with %s: not added to the run's report", " ".join(self.variant))
             return False
         if self.failed:
             log.warning("%s not updated: some pairs could not be scored", self.run / REPORT)
@@ -149,7 +154,7 @@ def evaluate(
     model.translator.check_direction(direction)  # before the test files are paired
     result = Evaluation(model.path, direction, dict(domain.metrics),
                         test_folders=tuple(Path(f).resolve() for f in (a_test, b_test)
-                                           if f is not None))
+                                           if f is not None), variant=tuple(model.variant))
     on_pair = on_pair or log_failure
     pairs = _test_pairs(domain, a_test, b_test, aligned, direction)
     if on_start is not None:
