@@ -114,9 +114,9 @@ class WorldEncoder(Encoder):
         self.log_f0 = np.array([np.log(150.0), 0.2])  # centre and spread over voiced frames
         self.aperiodicity = np.zeros(0)  # the folder's mean coded aperiodicity per band
         self.level_db = LEVEL_DB  # every wave analysed at this speech level, as the spectrogram
-        #                           encoders do (a recording 20 dB quieter than the training
-        #                           ones converted 0.3-0.6 dB MCD worse); None: at its own
-        #                           level (runs fitted before it)
+        #                           encoders do (sentences 20 / 30 dB quieter than the training
+        #                           ones converted 0.5 / 0.75 dB MCD worse, docs/voice.md);
+        #                           None: at its own level (runs fitted before it)
 
     # -- analysis and synthesis --------------------------------------------------------------
     def analyse(self, sample: AudioSample) -> Analysis:

@@ -110,8 +110,8 @@ def test_state_round_trip_and_decoding_without_a_source(voices, fitted):
 
 @needs_pyworld
 def test_a_quiet_recording_encodes_as_a_loud_one(voices, fitted):
-    """Analysed at one speech level, as the spectrogram encoders encode: a recording 20 dB
-    quieter than the training ones converted 0.3-0.6 dB MCD worse (its envelope's level,
+    """Analysed at one speech level, as the spectrogram encoders encode: sentences 20 dB
+    quieter than the training ones converted 0.5 dB MCD worse (their envelope's level,
     coefficient 0, lay outside what the model saw). A run saved before it (no level_db in
     its state) keeps analysing at the recording's own level."""
     encoder, loud = fitted["low"], voices["low"][0]

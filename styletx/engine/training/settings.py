@@ -22,9 +22,11 @@ TRAIN_DEFAULTS = {"steps": 10_000, "batch_size": 1, "size": 256}
 
 @dataclasses.dataclass
 class TrainSettings:
-    """How one ``train()`` call trains: each field is the ``styletx train`` option of its name
-    (``batch_size`` is ``--batch-size``; ``styletx train --help`` describes them), None the
-    preset's or the run's value; ``save_minutes`` is Python's alone."""
+    """How one ``train()`` call trains. Most fields are the ``styletx train`` option of their
+    name (``batch_size`` is ``--batch-size``, ``log_to`` is ``--log``; ``styletx train --help``
+    describes them); None takes the preset's or the run's value. ``save_minutes``,
+    ``progress`` and ``cudnn_autotune`` have no option; each field's comment says what it
+    does."""
 
     steps: int | None = None  # total optimisation steps (None: the preset's)
     batch_size: int | None = None  # examples per step (None: the preset's)
