@@ -301,8 +301,8 @@ class Run:
             return self._convert_in_pieces(pieces, direction, batch_size, "converting")
         except _DecodeRefused as exc:
             raise exc.__cause__ from None
-        except AttributeError:  # an array where the domain's samples are objects (a plugin's
-            #                     domain may load arrays: those reach here only by its bugs)
+        except AttributeError:  # an array given where the domain's samples are objects (for
+            #                     a domain whose samples are arrays this is its own bug)
             if isinstance(sample, np.ndarray | torch.Tensor):
                 raise _not_a_sample(self.domain, sample) from None
             raise
