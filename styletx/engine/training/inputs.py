@@ -122,9 +122,7 @@ def load_data(dom: Domain, a_dir: Path, b_dir: Path | None, out: Path, size: int
 
 
 def reading_workers(requested: int | None) -> int:
-    if requested is not None:
-        if requested < 0:
-            raise UsageError(f"--workers must be >= 0 (got {requested})")
+    if requested is not None:  # checked_settings: >= 0
         return requested
     # the cores this process may use (container limits included), shared by the
     # LOCAL_WORLD_SIZE training processes torchrun starts on this machine

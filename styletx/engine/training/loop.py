@@ -162,8 +162,6 @@ def _check_settings(translator: Translator, settings: TrainSettings) -> None:
     if settings.compile_mode not in COMPILE_MODES:
         raise UsageError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)} "
                          f"(got {settings.compile_mode})")
-    if settings.prefetch is not None and settings.prefetch < 0:
-        raise UsageError(f"--prefetch must be >= 0 (got {settings.prefetch})")
 
 
 def _sampler(prepared: Prepared, group: distributed.Group):

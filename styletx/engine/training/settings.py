@@ -79,8 +79,6 @@ def check_balance_settings(settings: TrainSettings) -> None:
              if getattr(settings, name) != getattr(TrainSettings, name)}
     if given and not settings.balance:
         raise UsageError(f"{_options(given)} set(s) how --balance draws; add --balance")
-    if settings.balance_every < 1:
-        raise UsageError(f"--balance-every must be at least 1 (got {settings.balance_every})")
     if not 0 <= settings.balance_smoothing < math.inf:  # NaN compares false, so is refused
         raise UsageError(f"--balance-smoothing must be a number >= 0 (got "
                          f"{settings.balance_smoothing})")
