@@ -54,8 +54,7 @@ from styletx.audio import (
     LEVEL_DB,
     NORMALIZE,
     AudioSample,
-    levelled,
-    resampled,
+    encoding_wave,
     resampled_length,
     scaled_output,
 )
@@ -129,10 +128,8 @@ class WorldEncoder(Encoder):
         cached = _ANALYSES.get(key)
         if cached is not None and cached[0]() is sample.wave:
             return cached[1]
-        wave = resampled(sample, p["rate"])
-        if self.level_db is not None:  # the envelope's level follows the recording's gain
-            wave = levelled(wave, p["rate"], self.level_db)
-        analysis = self._analyse(wave)
+        # at one speech level: the envelope's level follows the recording's gain
+        analysis = self._analyse(encoding_wave(sample, p["rate"], self.level_db))
         _ANALYSES[key] = (weakref.ref(sample.wave), analysis)
         weakref.finalize(sample.wave, _ANALYSES.pop, key, None)  # forgotten with the wave
         return analysis

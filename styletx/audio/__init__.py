@@ -5,7 +5,7 @@
     from styletx.audio import resampled, resampled_length, scaled_output  # for other voice
     #                                                encoders (world's)
     from styletx.audio import is_silent  # no sample above -80 dBFS
-    from styletx.audio import levelled, LEVEL_DB  # a wave at one speech level, for encoding
+    from styletx.audio import encoding_wave, LEVEL_DB  # a wave at one speech level, to encode
     from styletx.audio import pieces_at_pauses, joined  # long recordings converted in pieces
     from styletx.audio.dsp import stft_magnitude, mel_filterbank, mel_to_linear, griffinlim
     from styletx.audio.metrics import mcd, log_f0_rmse
@@ -19,8 +19,8 @@ from styletx.audio.encoder import (
     LEVEL_DB,
     NORMALIZE,
     SpectrogramEncoder,
+    encoding_wave,
     is_silent,
-    levelled,
     match_loudness,
     resampled,
     resampled_length,
@@ -29,5 +29,5 @@ from styletx.audio.encoder import (
 from styletx.audio.sample import AudioSample, joined, pieces_at_pauses
 
 __all__ = ["AudioSample", "FEATURE_DEFAULTS", "LEVEL_DB", "NORMALIZE", "SpectrogramEncoder",
-           "is_silent", "joined", "levelled", "match_loudness", "pieces_at_pauses", "resampled",
-           "resampled_length", "scaled_output"]
+           "encoding_wave", "is_silent", "joined", "match_loudness", "pieces_at_pauses",
+           "resampled", "resampled_length", "scaled_output"]

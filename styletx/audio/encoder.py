@@ -150,6 +150,14 @@ def resampled(sample: AudioSample, rate: int) -> np.ndarray:
     return librosa.resample(sample.wave, orig_sr=sample.rate, target_sr=rate)
 
 
+def encoding_wave(sample: AudioSample, rate: int, level_db: float | None) -> np.ndarray:
+    """The sample's wave at ``rate`` and at the speech level ``level_db`` (``levelled``; None:
+    its own level, as runs fitted before it): what a voice encoder analyses, so that a quiet
+    recording converts as a loud one does."""
+    wave = resampled(sample, rate)
+    return wave if level_db is None else levelled(wave, rate, level_db)
+
+
 def resampled_length(sample: AudioSample, rate: int) -> int:
     """``len(resampled(sample, rate))``, without resampling (librosa's rounding)."""
     return math.ceil(sample.wave.shape[-1] * (rate / sample.rate))
@@ -233,9 +241,7 @@ class SpectrogramEncoder(Encoder):
         """The sample's wave at the encoder's rate and speech level (``levelled``): the model
         sees every recording at one level, so a quiet one converts as a loud one does (the
         output is brought back to the input's own loudness, ``scaled_output``)."""
-        wave = self.resample(sample)
-        return wave if self.level_db is None else levelled(wave, self.params["rate"],
-                                                           self.level_db)
+        return encoding_wave(sample, self.params["rate"], self.level_db)
 
     def fit(self, samples: Sequence[AudioSample]) -> None:
         waves = [self.wave_to_encode(s) for s in samples]

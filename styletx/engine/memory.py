@@ -84,26 +84,31 @@ class MemoryWatch:
     def __init__(self, size: int):
         self.size = size
         self.available = available_bytes()
-        self.earlier = 0  # bytes of the folders read before this one
+        self.held = 0  # bytes of every sample read so far
         self.sizes: list[int] = []  # bytes of each sample of this folder so far
+        self.largest = 0  # of them
 
     def new_folder(self) -> None:
-        self.earlier += sum(self.sizes)
-        self.sizes = []
+        self.sizes, self.largest = [], 0
 
     def check(self, item: Any, read: int, total: int, what: str) -> None:
         """``item`` is the ``read``-th of the ``total`` files (or pairs) of ``what``: refuse to
         go on when all of them, with the folders before, will not fit once encoded."""
-        self.sizes.append(sample_bytes(item))
+        size = sample_bytes(item)
+        self.sizes.append(size)
+        self.held += size
+        self.largest = max(self.largest, size)
         if self.available is None or read < min(MIN_FILES, total):
             return
-        held = self.earlier + sum(self.sizes)
-        projected = (held + float(np.median(self.sizes)) * (total - read)) * ENCODED_COPY
-        if projected > MEMORY_SHARE * self.available:
+        limit = MEMORY_SHARE * self.available
+        if (self.held + self.largest * (total - read)) * ENCODED_COPY <= limit:
+            return  # fits even if every file to come were the largest: no median needed
+        projected = (self.held + float(np.median(self.sizes)) * (total - read)) * ENCODED_COPY
+        if projected > limit:
             unit = "pairs" if what == "pairs" else f"files of {what}"
             raise UsageError(
                 f"the training files at --size {self.size} would take about "
                 f"{projected / GB:.1f} GB of memory ({read} of the {total} {unit} read: "
-                f"{held / GB:.1f} GB), more than half of the "
+                f"{self.held / GB:.1f} GB), more than half of the "
                 f"{self.available / GB:.1f} GB free, and training at that size needs the "
                 "rest; use a smaller --size (or fewer files)")

@@ -146,11 +146,11 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
     plan = TrainPlan(**train_values(cls.presets_for(dom.name)[preset], request.settings),
                      seed=request.settings.seed)
     folders = load_data(dom, a_dir, b_dir, out, plan.size, cls.paired, request.settings)
-    encoders = _fitted_encoders(registry, request.encoder, dom, folders,
-                                dom.training_crop(plan.size)[1], cls.paired)
+    crop = dom.training_crop(plan.size)
+    encoders = _fitted_encoders(registry, request.encoder, dom, folders, crop[1], cls.paired)
     shapes = {side: tuple(encoded(enc, folders[side].samples[0]).shape)
               for side, enc in encoders.items()}
-    config = cls.config_for_data(config, shapes, dom.training_crop(plan.size))
+    config = cls.config_for_data(config, shapes, crop)
     run_config = RunConfig(
         translator=cls.name, preset=preset, domain=dom.name,
         config=dataclasses.asdict(config),

@@ -161,8 +161,10 @@ WHOLE_NUMBERS = {"steps": ("--steps", 1), "batch_size": ("--batch-size", 1),
                  "save_every": ("--save-every", 1), "preview_every": ("--preview-every", 1),
                  "log_every": ("--log-every", 1), "prefetch": ("--prefetch", 0),
                  "workers": ("--workers", 0), "balance_every": ("--balance-every", 1)}
-OPTIONAL = {"steps", "batch_size", "size", "save_every", "preview_every", "prefetch", "workers"}
+OPTIONAL = {"steps", "batch_size", "size", "save_every", "preview_every", "prefetch", "workers",
+            "minutes"}
 POSITIVE_NUMBERS = {"minutes": "--minutes", "save_minutes": "save_minutes"}  # the latter: Python's
+UNBOUNDED = {"save_minutes"}  # inf allowed: no timed checkpoints
 
 
 def checked_settings(settings: Any) -> TrainSettings:
@@ -181,11 +183,11 @@ def checked_settings(settings: Any) -> TrainSettings:
         plain[field] = int(value)
     for field, option in POSITIVE_NUMBERS.items():
         value = getattr(settings, field)
-        if value is None and field == "minutes":
+        if value is None and field in OPTIONAL:
             continue
-        ceiling = math.inf if field == "save_minutes" else math.nan  # inf: no timed checkpoints
         if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                or not (0 < value < math.inf or value == ceiling)):  # NaN compares false
+                or not value > 0  # NaN compares false, so is refused
+                or not (math.isfinite(value) or field in UNBOUNDED)):
             raise UsageError(f"{option} must be a number above 0 (got {value!r})")
         plain[field] = float(value)
     return dataclasses.replace(settings, **plain)
