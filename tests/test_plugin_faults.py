@@ -69,6 +69,21 @@ CASES = {
             raise ValueError("the author's bug")
         return losses
 """,
+    "signalledwhilesaving": """
+    failed = False
+
+    def training_step(self, batch, step):
+        if step == 5:
+            self.failed = True
+            raise ValueError("the author's bug")
+        return super().training_step(batch, step)
+
+    def extra_state(self):  # saving the steps trained before the bug: a kill arrives
+        if self.failed:
+            import os, signal
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().extra_state()
+""",
     "tensorloss": """
     def training_step(self, batch, step):
         super().training_step(batch, step)
@@ -178,6 +193,19 @@ def test_a_plugins_bug_mid_training_keeps_the_steps_trained(styletx, scenes, plu
     resumed = train(styletx, scenes, run, "--steps", "8")
     assert resumed.exit_code == 0, resumed.stderr
     assert "from step 5" in resumed.stderr
+
+
+def test_a_signal_while_the_steps_before_a_failure_are_saved_waits_for_the_save(
+        styletx, scenes, plugin, tmp_path):
+    """`--nproc`'s launcher sends a SIGTERM to every training process once one has failed; it
+    reached rank 0 while that saved its last steps, and killed it there without a word."""
+    plugin(CASES["signalledwhilesaving"])
+    run = tmp_path / "run"
+    result = train(styletx, scenes, run, "--steps", "8", "--save-every", "100")
+    assert_one_error(result, 'plugin "faulty"', "the author's bug")
+    assert "SIGTERM: stopping after this step" in result.stderr
+    assert "the 5 step(s) since the last checkpoint are saved" in result.stderr
+    assert json.loads((run / "config.json").read_text())["step"] == 5
 
 
 def test_losses_that_are_not_a_dict_are_refused_by_name(styletx, scenes, plugin, tmp_path):

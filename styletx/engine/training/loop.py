@@ -252,8 +252,15 @@ class Loop:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
+        # the first signal stops after the step here, and during the save after a failure too:
+        # `--nproc`'s launcher sends a SIGTERM to every process once one has failed, whose
+        # default action killed rank 0 while it saved the steps since its last checkpoint
+        with _StopAtStepBoundary() as self.stop:
+            self._train_then_save_on_failure()
+
+    def _train_then_save_on_failure(self) -> None:
         try:
-            with _StopAtStepBoundary() as self.stop, _WeightUpdates() as self.updates:
+            with _WeightUpdates() as self.updates:
                 stopping = False
                 while self.step < self.plan.steps and not stopping:
                     stopping = self._one_step()
