@@ -77,12 +77,42 @@ def _read(path: Path) -> tuple[np.ndarray, int, str]:
         raise styletx.BadInputError(path, "cannot read file (permission denied)") from None
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
-        fmt = sf.info(path).format
+        info = sf.info(path)
     except sf.LibsndfileError as exc:
         data, rate, fmt = _read_with_librosa(path, exc)
     except (RuntimeError, ValueError, OSError) as exc:
         raise styletx.BadInputError(path, f"corrupt or unreadable audio ({exc})") from None
+    else:
+        fmt = info.format
+        if fmt == "MP3":
+            _refuse_truncated_mp3(path, len(data), info.frames, rate)
     return data, rate, fmt
+
+
+MP3_FRAME = 1152  # samples in an MPEG-1 layer III frame
+
+
+def _refuse_truncated_mp3(path: Path, decoded: int, declared: int, rate: int) -> None:
+    """A cut-off MP3 (a download or copy that stopped) decodes without an error, only
+    shorter. Its length header (Xing, Info or VBRI, which encoders write in the first frame)
+    still says how long it was; without such a header libsndfile estimates the length from
+    the file's size, which says nothing of a cut."""
+    if decoded >= declared - max(2 * MP3_FRAME, declared // 100) or not _has_length_header(path):
+        return
+    raise styletx.BadInputError(path, f"truncated: it decodes to {decoded / rate:.1f} s of the "
+                                      f"{declared / rate:.1f} s its header declares")
+
+
+def _has_length_header(path: Path) -> bool:
+    """Whether the first MPEG frame, after any ID3v2 tag, holds a length header."""
+    with path.open("rb") as file:
+        head = file.read(10)
+        if head[:3] == b"ID3" and len(head) == 10:  # skip the tag: 4 bytes of 7 bits each
+            size = sum((byte & 0x7F) << (7 * (3 - i)) for i, byte in enumerate(head[6:10]))
+            file.seek(10 + size + (10 if head[5] & 0x10 else 0))  # with a footer
+            head = b""
+        frame = head + file.read(200)
+    return any(tag in frame for tag in (b"Xing", b"Info", b"VBRI"))
 
 
 # warnings.catch_warnings swaps the process's one filter list: two threads reading at once

@@ -100,6 +100,23 @@ def test_text_named_mp3_is_not_called_a_missing_file(tmp_path):
     assert str(err.value) == f"{path}: corrupt, or not MP3 data (it cannot be decoded)"
 
 
+@pytest.mark.parametrize("tag", [b"", b"ID3\x04\x00\x00\x00\x00\x00\x0c" + b"\x00" * 12])
+def test_a_cut_off_mp3_is_refused_by_its_length_header(tmp_path, tag):
+    """An MP3 whose copy stopped half-way decoded without a word as a shorter recording; its
+    Xing header (after an ID3v2 tag, when there is one) still says how long it was."""
+    whole = tmp_path / "whole.mp3"
+    sf.write(whole, tone(seconds=4.0), RATE)
+    data = tag + whole.read_bytes()
+    whole.write_bytes(data)
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(data[:len(data) // 2])
+    assert AudioDomain().load(whole).seconds == pytest.approx(4.0, abs=0.05)
+    with pytest.raises(BadInputError) as err:
+        AudioDomain().load(cut)
+    assert str(err.value).startswith(f"{cut}: truncated: it decodes to ")
+    assert str(err.value).endswith(" s of the 4.0 s its header declares")
+
+
 def test_unsupported_extension_is_not_handled(tmp_path):
     assert not AudioDomain().handles(tmp_path / "song.aac")
     assert AudioDomain().handles(tmp_path / "SONG.MP3")
