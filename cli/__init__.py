@@ -695,8 +695,10 @@ def export(run, direction, fmt, out, settings):
     report = run_export(model, direction, fmt, out)
     size = f"{report.size_bytes / 1e6:.1f} MB" if report.size_bytes >= 1e5 else (
         f"{report.size_bytes / 1e3:.0f} kB")
-    click.echo(f"exported the {direction} generator of {run} ({report.translator}) to {out} "
-               f"({fmt}, {size})")
+    planned = model.config.train.steps  # a run exported part-way says so
+    step = f"step {report.step}" + (f" of {planned}" if report.step < planned else "")
+    click.echo(f"exported the {direction} generator of {run} ({report.translator}, {step}) to "
+               f"{out} ({fmt}, {size})")
     if report.verified:
         shapes = " and ".join(str(shape) for shape, _ in report.checks)
         click.echo(f"checked on random inputs {shapes}: largest difference from PyTorch "

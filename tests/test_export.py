@@ -3,6 +3,8 @@ they were not captured at, and no file at all when something is wrong."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 
 import numpy as np
@@ -110,6 +112,27 @@ def test_export_translates_like_convert_at_a_size_it_never_saw(styletx, runs, sc
     got = run_exported(out, fmt, x)
     assert got.shape == expected.shape and expected.shape[-2:] == x.shape[-2:]
     assert (got - expected).abs().max().item() <= TOLERANCE
+
+    # the file says what it takes and where it came from; the command names the step
+    metadata = exported_metadata(out, fmt)
+    assert metadata["direction"] == direction and metadata["step"] == run.step > 0
+    assert metadata["translator"] == run.config.translator == run.translator.name
+    assert metadata["input"] == {"side": source, **run.config.encoders[source]}
+    assert metadata["output"]["name"] == run.encoders[direction[-1]].name
+    assert f"({run.translator.name}, step {run.step}) to {out}" in result.stdout
+
+
+def exported_metadata(path, fmt) -> dict:
+    """export_metadata as read back from the file (ONNX: strings, JSON where structured)."""
+    if fmt == "torchscript":
+        extra = {"styletx.json": ""}
+        torch.jit.load(str(path), _extra_files=extra)
+        return json.loads(extra["styletx.json"])
+    import onnx
+
+    props = {p.key.removeprefix("styletx."): p.value for p in onnx.load(str(path)).metadata_props}
+    return {key: value if key in ("version", "translator", "preset", "direction", "layout")
+            else json.loads(value) for key, value in props.items()}
 
 
 def test_onnx_export_from_python_keeps_the_users_info_log_quiet(runs, tmp_path, caplog):
@@ -285,6 +308,24 @@ def test_output_folder_is_refused(styletx, runs, tmp_path):
     result = styletx("export", runs["cyclegan"], "--format", "torchscript", "-o", tmp_path)
     assert result.exit_code == 2 and "is a folder" in result.error_lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_of_the_run_is_not_replaced(styletx, runs, tmp_path):
+    """-o RUN/model.safetensors had replaced the weights (convert then fell back to the
+    previous checkpoint) and -o RUN/config.json left the run unloadable, with exit 0. A new
+    name in the run folder is fine, and so is replacing that export again."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["cyclegan"], run)
+    for name in ("model.safetensors", "config.json", "resume.pt"):
+        before = (run / name).read_bytes()
+        result = styletx("export", run, "--format", "torchscript", "-o", run / name)
+        assert result.exit_code == 2, result.stderr
+        assert result.error_lines[-1] == (f"Error: -o {run / name} is a file of the run {run}, "
+                                          "which the export would replace; give another name")
+        assert (run / name).read_bytes() == before
+    for _ in range(2):
+        assert styletx("export", run, "-o", run / "a2b.pt").exit_code == 0
+    torch.jit.load(str(run / "a2b.pt"))
 
 
 # -- the export-friendly padding --------------------------------------------------------------

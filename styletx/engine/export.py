@@ -32,10 +32,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,6 +57,7 @@ SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts":
 # 1.1e-5 with ONNX Runtime, 0 with TorchScript); a wrong padding differs by 0.1 or more.
 TOLERANCE = 1e-3
 INPUT, OUTPUT = "input", "output"  # the ONNX graph's input and output names
+METADATA_FILE = "styletx.json"  # a TorchScript file's extra file: export_metadata
 CAPTURE_SIZE = (2, 37, 45)  # (N, H, W) of the example the graph is captured with
 CHECK_SIZES = ((1, 29, 53), (3, 45, 30))  # (N, H, W) of the two checks; H is the run's when fixed
 
@@ -71,6 +75,7 @@ class ExportReport:
     checks: list[tuple[tuple[int, ...], float]]  # (input shape, max |exported - PyTorch|)
     verified: bool  # False only for ONNX without onnxruntime: written, not checked
     size_bytes: int = 0
+    step: int = 0  # the run's step that was exported
 
     @property
     def max_abs_diff(self) -> float | None:
@@ -122,6 +127,7 @@ def export(run, direction: str, fmt: str | None, out: Path | str,
     fmt = format_for(out, fmt)  # refuses a contradicting suffix
     if out.is_dir():
         raise UsageError(f"-o {out} is a folder; give the file to write")
+    _refuse_a_file_of_the_run(run.path if isinstance(run, Run) else Path(run), out)
     if not isinstance(run, Run):
         run = load_run(run, device="cpu", registry=registry)
     elif run.device.type != "cpu":
@@ -133,7 +139,7 @@ def export(run, direction: str, fmt: str | None, out: Path | str,
     example = _Examples(run.translator.channels[source], _fixed_height(run, source))
     remove_stale_temporaries(out.parent, of=[out])  # an export killed mid-write left its own
     with atomic_path(out) as tmp:
-        _write(fmt, model, example, tmp, run.translator.name)
+        _write(fmt, model, example, tmp, run.translator.name, export_metadata(run, direction))
         try:
             runner = _load(fmt, tmp)
         except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types
@@ -143,7 +149,47 @@ def export(run, direction: str, fmt: str | None, out: Path | str,
                   for seed, size in enumerate(CHECK_SIZES if runner else (), start=1)]
         size = tmp.stat().st_size
     return ExportReport(out, fmt, direction, run.translator.name, tolerance, checks,
-                        verified=runner is not None, size_bytes=size)
+                        verified=runner is not None, size_bytes=size, step=run.step)
+
+
+def export_metadata(run, direction: str) -> dict[str, Any]:
+    """What an exported file says of itself (ONNX: ``metadata_props``, each key prefixed
+    ``styletx.`` and each value a string, JSON where structured; TorchScript: the extra file
+    ``styletx.json``): the run it came from, and the encoders whose tensors it takes and
+    returns (an app must make its input as the source side's encoder does)."""
+    from styletx import __version__
+
+    source, target = direction_sides(direction)
+    config = run.config
+    return {"version": __version__, "translator": config.translator, "preset": config.preset,
+            "direction": direction, "step": run.step, "settings": config.config,
+            "input": {"side": source, **config.encoders[source]},
+            "output": {"side": target, **config.encoders[target]},
+            "layout": "float32 (batch, channels, height, width)"}
+
+
+def _refuse_a_file_of_the_run(run: Path, out: Path) -> None:
+    """``-o`` naming one of the run folder's own files (its weights, config, checkpoint, log)
+    replaced it, which left the run unloadable or rolled it back to its previous checkpoint.
+    A new name in the folder is fine, and so is replacing an earlier export there: an ONNX
+    file, or a TorchScript archive (a zip holding code/, which torch.save's resume.pt does
+    not)."""
+    try:
+        out.resolve().relative_to(run.resolve())
+    except ValueError:
+        return
+    if not out.exists() or out.suffix.lower() == ".onnx" or _is_torchscript(out):
+        return
+    raise UsageError(f"-o {out} is a file of the run {run}, which the export would replace; "
+                     "give another name")
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in f"/{name}" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 class _Examples:
@@ -158,11 +204,12 @@ class _Examples:
         return torch.rand((n, self.channels, self.height or h, w), generator=generator) * 2 - 1
 
 
-def _write(fmt: str, model: nn.Module, example: _Examples, tmp: Path, name: str) -> None:
+def _write(fmt: str, model: nn.Module, example: _Examples, tmp: Path, name: str,
+           metadata: dict[str, Any]) -> None:
     write = _write_onnx if fmt == "onnx" else _write_torchscript
     try:
         with _quiet(), torch.no_grad():
-            write(model, example(*CAPTURE_SIZE, seed=0), example.height is None, tmp)
+            write(model, example(*CAPTURE_SIZE, seed=0), example.height is None, tmp, metadata)
     except OSError:
         raise  # writing the file failed: atomic_path says so
     except Exception as exc:  # torch.export and tracing fail in many ways; one line
@@ -214,7 +261,7 @@ def _require_onnx_exporter() -> None:
 
 
 def _write_onnx(model: nn.Module, example: torch.Tensor, dynamic_height: bool,
-                path: Path) -> None:
+                path: Path, metadata: dict[str, Any]) -> None:
     """torch.export with every size dynamic (Dim.DYNAMIC), then ONNX. The ONNX exporter's own
     named dynamic axes are not used: with them, ONNX Runtime failed on sizes such as 8 x 16
     (wrong intermediate shapes); the input's and output's axes are renamed afterwards."""
@@ -231,13 +278,17 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, dynamic_height: bool,
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in names:  # (assigning "" would clear a fixed size)
                 dim.dim_param = names[dim.dim_param]
+    for key, value in metadata.items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = f"styletx.{key}", value if isinstance(value, str) else json.dumps(
+            value)
     # one file, weights inside (models under 2 GB), written by Python: a failed write is an
     # OSError (see _write_torchscript)
     path.write_bytes(proto.SerializeToString())
 
 
 def _write_torchscript(model: nn.Module, example: torch.Tensor, dynamic_height: bool,
-                       path: Path) -> None:
+                       path: Path, metadata: dict[str, Any]) -> None:
     buffer = io.BytesIO()  # torch.jit.save to a full disk aborts the process (C++ terminate)
     traced = torch.jit.trace(model, (example,), check_trace=False)
     # Saved as parameters needing no gradient, so that the file's outputs do not either (an
@@ -247,7 +298,7 @@ def _write_torchscript(model: nn.Module, example: torch.Tensor, dynamic_height: 
     try:
         for p in training:
             p.requires_grad_(False)
-        torch.jit.save(traced, buffer)
+        torch.jit.save(traced, buffer, _extra_files={METADATA_FILE: json.dumps(metadata)})
     finally:
         for p in training:
             p.requires_grad_(True)
