@@ -84,6 +84,10 @@ CASES = {
             os.kill(os.getpid(), signal.SIGTERM)
         return super().extra_state()
 """,
+    "nantranslate": """
+    def translate(self, x, direction):
+        return super().translate(x, direction) * float("nan")
+""",
     "tensorloss": """
     def training_step(self, batch, step):
         super().training_step(batch, step)
@@ -313,8 +317,51 @@ def test_an_encoder_giving_the_wrong_channels_is_named(styletx, scenes, plugin, 
     plugin(encoder_body="    def encode(self, sample):\n"
                         "        return super().encode(sample)[:2]\n")
     result = train(styletx, scenes, tmp_path / "run", "--steps", "1", "--encoder", "faultyrgb")
-    assert_one_error(result, "the faultyrgb encoder's encode gave (2, ", "not a tensor (C, H, W) "
-                             "of its 3 channels")
+    assert_one_error(result, "the faultyrgb encoder's encode gave (2, ", "not a floating-point "
+                             "tensor (C, H, W) of its 3 channels")
+
+
+def test_an_encoder_broken_after_training_is_named_with_the_file_at_convert(
+        styletx, scenes, plugin, tmp_path):
+    """Its wrong channel count reached the model: a traceback naming cyclegan's own check."""
+    plugin()
+    run = tmp_path / "run"
+    assert train(styletx, scenes, run, "--steps", "1", "--encoder", "faultyrgb").exit_code == 0
+    plugin(encoder_body="    def encode(self, sample):\n"
+                        "        return super().encode(sample)[:2]\n")
+    result = styletx("convert", run, scenes["test_a"], "-o", tmp_path / "out")
+    first = sorted(scenes["test_a"].glob("*.png"))[0]
+    assert_one_error(result, f"{first}: the faultyrgb encoder's encode gave (2, ")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_an_encoder_giving_nan_is_named_with_the_file_not_called_divergence(
+        styletx, scenes, plugin, tmp_path):
+    plugin(encoder_body="    def encode(self, sample):\n"
+                        "        x = super().encode(sample)\n"
+                        "        x[0, 0, 0] = float('nan')\n"
+                        "        return x\n")
+    result = train(styletx, scenes, tmp_path / "run", "--steps", "1", "--encoder", "faultyrgb")
+    assert_one_error(result, "the faultyrgb encoder's encode gave NaN or infinite values")
+    assert "diverged" not in result.stderr
+
+
+def test_a_translate_giving_nan_is_refused_at_convert_and_in_the_preview(styletx, scenes,
+                                                                          plugin, tmp_path):
+    """NaN had been written as black pixels with exit 0, and drawn in the previews unsaid; the
+    preview's refusal keeps the steps trained since the last checkpoint."""
+    plugin()
+    run = tmp_path / "run"
+    assert train(styletx, scenes, run, "--steps", "2").exit_code == 0
+    plugin(CASES["nantranslate"])
+    result = styletx("convert", run, scenes["test_a"], "-o", tmp_path / "out")
+    assert_one_error(result, "the faulty translator's translate gave NaN or infinite values "
+                             "(a2b)")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    result = train(styletx, scenes, tmp_path / "new", "--steps", "8", "--save-every", "100",
+                   "--preview-every", "5")
+    assert_one_error(result, "the faulty translator's preview holds NaN or infinite values")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["step"] == 5
 
 
 def test_a_run_needing_a_plugin_that_failed_says_so(styletx, scenes, plugin, tmp_path):

@@ -59,6 +59,7 @@ from styletx.engine.model import (
     encoded,
     load_model_tensors,
     pick_device,
+    translated_values_problem,
 )
 from styletx.engine.progress import Progress, log_failure, prefixed_messages
 from styletx.engine.run_config import RunConfig
@@ -290,6 +291,10 @@ class Run:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise StyletxError(f"the {self.translator.name} translator's translate gave {got} "
                                f"for {tuple(x.shape)} ({direction}), not {expected}")
+        problem = translated_values_problem(y)  # NaN had been written as black pixels
+        if problem:
+            raise StyletxError(f"the {self.translator.name} translator's translate gave "
+                               f"{problem} ({direction})")
 
     def convert_sample(self, sample: Sample, direction: str = "a2b",
                        batch_size: int = BATCH_SIZE) -> Sample:
@@ -426,9 +431,11 @@ class Run:
             pieces = self.domain.conversion_pieces(sample)
             if len(pieces) > 1:
                 return src, dst, (sample, pieces)
-            return src, dst, (sample, self.encoders[side].encode(sample))
+            return src, dst, (sample, encoded(self.encoders[side], sample))
         except BadInputError as err:
             return src, dst, err
+        except StyletxError as err:  # the encoder's mistake: named with the file
+            raise StyletxError(f"{src}: {err}") from None
 
     def _joins(self, pending: list, x: torch.Tensor, batch_size: int) -> bool:
         """May ``x`` join the pending batch? Same shape, and the batch within its limits (an

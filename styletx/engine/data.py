@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from styletx.contract.errors import BadInputError, StyletxError, UsageError
 from styletx.contract.interfaces import Domain, Encoder, Sample
 from styletx.engine.memory import MemoryWatch
+from styletx.engine.model import encoded
 from styletx.engine.progress import progress_bar
 
 log = logging.getLogger("styletx")
@@ -215,9 +216,18 @@ def load_folder(folder: Path, reader: Reader, option: str,
     return data
 
 
-def encode_all(samples: Sequence[Sample], encoder: Encoder) -> list[torch.Tensor]:
-    """Encode each sample once; stored as float16 to halve memory (ample precision for crops)."""
-    return [encoder.encode(s).to(torch.float16) for s in samples]
+def encode_all(samples: Sequence[Sample], encoder: Encoder,
+               files: Sequence[Path]) -> list[torch.Tensor]:
+    """Encode each sample (read from ``files``) once, checked (``encoded``: a plugin encoder's
+    mistake is named with the file); stored as float16 to halve memory (ample precision for
+    crops)."""
+    tensors = []
+    for sample, path in zip(samples, files, strict=True):
+        try:
+            tensors.append(encoded(encoder, sample).to(torch.float16))
+        except StyletxError as err:
+            raise StyletxError(f"{path}: {err}") from None
+    return tensors
 
 
 class CropSampler:

@@ -77,14 +77,29 @@ def parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
 
 
 def encoded(encoder: Encoder, sample: Any) -> torch.Tensor:
-    """``encoder.encode(sample)``, checked to be the ``(C, H, W)`` tensor of its ``channels``
-    (a plugin's mistake here failed deep in training or conversion)."""
+    """``encoder.encode(sample)``, checked to be a floating-point ``(C, H, W)`` tensor of its
+    ``channels``, every value finite (a plugin's mistake here failed deep in conversion, or
+    was called training that diverged)."""
     x = encoder.encode(sample)
-    if not (isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[0] == encoder.channels):
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise StyletxError(f"the {encoder.name} encoder's encode gave {got}, not a tensor "
-                           f"(C, H, W) of its {encoder.channels} channels")
+    if not (isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[0] == encoder.channels
+            and x.is_floating_point()):
+        got = (f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+               if isinstance(x, torch.Tensor) else type(x).__name__)
+        raise StyletxError(f"the {encoder.name} encoder's encode gave {got}, not a "
+                           f"floating-point tensor (C, H, W) of its {encoder.channels} channels")
+    if not torch.isfinite(x).all():
+        raise StyletxError(f"the {encoder.name} encoder's encode gave NaN or infinite values")
     return x
+
+
+def translated_values_problem(y: torch.Tensor) -> str | None:
+    """What is wrong with the values ``translate`` gave, if anything: integers (a plugin's
+    cast; they convert to a flat picture without a word) or NaN or infinite values."""
+    if not y.is_floating_point():
+        return f"{str(y.dtype).removeprefix('torch.')} values, not floating-point ones"
+    if not torch.isfinite(y).all():
+        return "NaN or infinite values"
+    return None
 
 
 def encoder_record(encoder: Encoder) -> dict[str, Any]:

@@ -136,7 +136,7 @@ def encode_examples(data: FolderData, encoder: Encoder,
     (one value in each channel: nothing to learn from, see ``styletx.engine.data.FLAT_RANGE``),
     is reported and dropped."""
     kept, short, flat = [], 0, 0
-    for path, tensor in zip(data.files, encode_all(data.samples, encoder)):
+    for path, tensor in zip(data.files, encode_all(data.samples, encoder, data.files)):
         if tensor.shape[-1] < width:
             _warn_short(path, tensor.shape[-1], encoder, width)
             short += 1
@@ -224,7 +224,8 @@ def paired_examples(folders: dict[str, FolderData], encoders: dict[str, Encoder]
     """Encoded pairs whose halves line up element for element (see ``styletx.engine.pairs``; time
     alignments come from and go to the ``alignment`` cache); a pair with a side narrower than
     a training crop is reported and dropped."""
-    a, b = (encode_all(folders[side].samples, encoders[side]) for side in SIDES)
+    a, b = (encode_all(folders[side].samples, encoders[side], folders[side].files)
+            for side in SIDES)
     files = list(zip(folders["a"].files, folders["b"].files))
     kept = [i for i in range(len(a)) if min(a[i].shape[-1], b[i].shape[-1]) >= width]
     for i in sorted(set(range(len(a))) - set(kept)):

@@ -38,7 +38,7 @@ from styletx.engine import distributed, progress
 from styletx.engine.balance import describe as describe_weights
 from styletx.engine.balance import sampling_weights, with_uniform
 from styletx.engine.data import CropSampler, Prefetcher
-from styletx.engine.model import pick_device
+from styletx.engine.model import pick_device, translated_values_problem
 from styletx.engine.pairs import AlignmentCache
 from styletx.engine.progress import progress_bar
 from styletx.engine.report import (
@@ -479,7 +479,13 @@ class Loop:
         translator.train(True)
         restore_rng(rng)
         tensors = [[tensor for _, tensor in row] for row in rows]
-        _check_preview_sizes(translator.name, tensors)
+        try:
+            _check_preview(translator.name, tensors)
+        except StyletxError:
+            if not self._weights_finite():  # NaN weights: diverged, as the next save would say
+                self._diverged()
+            self._save_before_failing()  # the weights may be good: the steps trained are kept
+            raise
         grid = [[p.encoders[side] for side, _ in row] for row in rows]
         stem, titles = p.out / SAMPLES / f"step-{self.step:06d}", preview_titles(translator, rows)
         save_domain_preview(p.domain, tensors, grid, stem, titles)
@@ -685,9 +691,14 @@ class _StopAtStepBoundary:
             signal.signal(number, previous)
 
 
-def _check_preview_sizes(translator: str, rows: list[list[torch.Tensor]]) -> None:
+def _check_preview(translator: str, rows: list[list[torch.Tensor]]) -> None:
     """Every tile of a preview row (input, translated, reconstructed) has the input's height
-    and width: a translate of another size would be drawn stretched, unnoticed until convert."""
+    and width (a translate of another size would be drawn stretched, unnoticed until convert),
+    and values a picture can show."""
+    for tile in (tile for row in rows for tile in row):
+        problem = translated_values_problem(tile)
+        if problem:
+            raise StyletxError(f"the {translator} translator's preview holds {problem}")
     for row in rows:
         sizes = [tuple(tile.shape[-2:]) for tile in row]
         if any(size != sizes[0] for size in sizes):
