@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 import styletx
 from styletx import BadInputError, FolderSamples, UsageError
 from styletx.image import ImageSample, mode_for
+from styletx.image.previews import save_grid
 
 ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}  # formats that can store transparency
 SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}  # formats Pillow writes 16-bit grayscale to
@@ -218,6 +219,13 @@ def _metadata_options(sample: ImageSample) -> dict:
 # the domain
 
 
+def _decoded_for_preview(tile: torch.Tensor, encoder: styletx.Encoder) -> torch.Tensor:
+    """``tile`` decoded by ``encoder`` into pixels, as the ``(C, H, W)`` in [-1, 1] that
+    ``save_grid`` draws."""
+    pixels = encoder.decode(tile.detach().float().cpu()).pixels
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1) * 2 - 1
+
+
 class ImageDomain(styletx.Domain):
     """Image files read and written with Pillow."""
 
@@ -239,6 +247,14 @@ class ImageDomain(styletx.Domain):
                         "have one is dropped (PNG, WebP and TIFF keep it)", fmt)
         _to_pil(sample, fmt).save(path, format=fmt, **SAVE_OPTIONS.get(fmt, {}),
                                   **_metadata_options(sample))
+
+    def save_preview(self, rows: list[list[torch.Tensor]], encoders: list[list[styletx.Encoder]],
+                     stem: Path, titles: list[list[str]] | None = None) -> None:
+        """Each tile as its side's encoder decodes it: a plugin's encoder (CIE-Lab, YCbCr) had
+        its tensors drawn as if they were RGB, in false colours."""
+        pictures = [[_decoded_for_preview(tile, encoder) for tile, encoder in zip(row, sides)]
+                    for row, sides in zip(rows, encoders)]
+        save_grid(pictures, stem.with_suffix(".png"), titles=titles)
 
     def compare_folders(self, samples: dict[str, Sequence[ImageSample]]) -> list[str]:
         """Gray images in part of one folder and none in the other: an unpaired model learns

@@ -448,3 +448,27 @@ def test_gray_images_in_part_of_one_folder_only_are_warned_about(domain, tmp_pat
                      "1", "--size", "16", "--out", tmp_path / "run", "--threads", "1")
     assert result.exit_code == 0, result.stderr
     assert "Warning: 1 of the 2 A_DIR files (1.png) are gray and no B_DIR file is" in result.stderr
+
+
+class _BGREncoder(RGBEncoder):
+    """A plugin's encoder whose tensors are not RGB pixels: channels in reverse order."""
+
+    name = "bgr"
+
+    def encode(self, sample):
+        return super().encode(sample).flip(0)
+
+    def decode(self, tensor, like=None):
+        return super().decode(tensor.flip(0), like)
+
+
+def test_a_preview_draws_each_tile_as_its_encoder_decodes_it(tmp_path):
+    """A Lab or YCbCr encoder's tensors were drawn as if they were RGB: false colours."""
+    red = ImageSample(np.tile(np.array([0.9, 0.1, 0.1], np.float32), (8, 8, 1)))
+    bgr, gray = _BGREncoder(), GrayEncoder()
+    rows = [[bgr.encode(red), gray.encode(red)]]
+    ImageDomain().save_preview(rows, [[bgr, gray]], tmp_path / "step", titles=[["in", "out"]])
+    picture = np.asarray(Image.open(tmp_path / "step.png").convert("RGB"))
+    first, second = picture[-1, 0], picture[-1, -1]  # bottom corners of the two tiles
+    assert first[0] > 200 and first[2] < 50  # red, not blue
+    assert second[0] == second[1] == second[2]  # gray drawn gray
