@@ -222,8 +222,12 @@ def _metadata_options(sample: ImageSample) -> dict:
 def _decoded_for_preview(tile: torch.Tensor, encoder: styletx.Encoder) -> torch.Tensor:
     """``tile`` decoded by ``encoder`` into pixels, as the ``(C, H, W)`` in [-1, 1] that
     ``save_grid`` draws."""
-    pixels = encoder.decode(tile.detach().float().cpu()).pixels
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1) * 2 - 1
+    decoded = encoder.decode(tile.detach().float().cpu())
+    if not isinstance(decoded, ImageSample):
+        raise styletx.StyletxError(f"the {encoder.name} encoder's decode gave a "
+                                   f"{type(decoded).__module__}.{type(decoded).__name__}, not "
+                                   "the ImageSample the image domain loads and saves")
+    return torch.from_numpy(np.ascontiguousarray(decoded.pixels)).permute(2, 0, 1) * 2 - 1
 
 
 class ImageDomain(styletx.Domain):

@@ -321,6 +321,14 @@ def test_an_encoder_giving_the_wrong_channels_is_named(styletx, scenes, plugin, 
                              "tensor (C, H, W) of its 3 channels")
 
 
+def test_an_encoder_without_channels_is_named(styletx, scenes, plugin, tmp_path):
+    """Its first encode had failed with an AttributeError traceback."""
+    plugin(encoder_body="    channels = None\n")
+    result = train(styletx, scenes, tmp_path / "run", "--steps", "1", "--encoder", "faultyrgb")
+    assert_one_error(result, "the faultyrgb encoder's channels is None: it must be the number "
+                             "of channels of the tensors it encodes to")
+
+
 def test_an_encoder_broken_after_training_is_named_with_the_file_at_convert(
         styletx, scenes, plugin, tmp_path):
     """Its wrong channel count reached the model: a traceback naming cyclegan's own check."""
@@ -518,6 +526,25 @@ def test_a_config_field_without_a_default_fails_the_plugin_at_loading(styletx, s
     assert result.error_lines[-1].endswith('; plugins that failed to load: "faulty")')
 
 
+@pytest.mark.parametrize("presets, said", [
+    ('{"default": styletx.Preset(), "fast": styletx.Preset(config={"widht": 4})}',
+     "Faulty's preset 'fast' (presets) sets 'widht', which is neither a field of its Config "
+     "nor one of steps, batch_size, size"),
+    ('{"default": styletx.Preset(train={"stpes": 9})}', "sets 'stpes', which is neither"),
+    ('{"tiny": styletx.Preset()}', 'Faulty.presets has no "default" preset (the one used '
+                                   "without --preset)"),
+])
+def test_a_preset_that_sets_what_is_not_there_fails_the_plugin_by_name(styletx, plugin,
+                                                                       presets, said):
+    """A misspelt key had been reported at train time as if the user had typed it, and one in
+    ``train`` not at all; a table without "default" said "unknown --preset 'default'"."""
+    plugin(f"    presets = {presets}\n")
+    listed = styletx("plugins")
+    assert listed.exit_code == 1
+    assert 'Error loading plugin "faulty": register_translators: TypeError: ' in listed.stderr
+    assert said in listed.stderr
+
+
 def test_a_domain_that_chooses_no_encoder_says_so(styletx, scenes, plugin, tmp_path):
     plugin(domain_body="    default_encoder = styletx.Domain.default_encoder")
     result = train(styletx, scenes, tmp_path / "run", "--steps", "1", "--domain", "faultyimg")
@@ -564,12 +591,14 @@ def test_losses_given_as_tensors_are_read_without_a_warning(styletx, scenes, plu
 def test_a_decoder_giving_no_sample_is_named_not_the_domains_save(styletx, scenes, plugin,
                                                                   tmp_path):
     """A decode that returned a bare array failed in the domain's save, as the domain's bug
-    ("'numpy.ndarray' object has no attribute ..." at save)."""
+    ("'numpy.ndarray' object has no attribute ..." at save). The training preview, which
+    decodes each tile, names it first, and keeps the step trained."""
     plugin(encoder_body="    def decode(self, tensor, like=None):\n"
                         "        return tensor.numpy()\n")
     run = tmp_path / "run"
-    assert train(styletx, scenes, run, "--steps", "1", "--encoder", "faultyrgb",
-                 "--preview-every", "100").exit_code == 0
+    result = train(styletx, scenes, run, "--steps", "1", "--encoder", "faultyrgb")
+    assert_one_error(result, "the faultyrgb encoder's decode gave a numpy.ndarray, not the "
+                             "ImageSample the image domain loads and saves")
     result = styletx("convert", run, scenes["test_a"], "-o", tmp_path / "out")
     assert_one_error(result, "the faultyrgb encoder's decode gave a numpy.ndarray, not the "
                              "ImageSample its domain loads and saves")

@@ -219,12 +219,15 @@ class Encoder(ABC):
         return [self.decode(t, like=like) for t, like in zip(tensors, likes)]
 
 
+PRESET_TRAIN_KEYS = ("steps", "batch_size", "size")  # what a preset's train may set
+
+
 @dataclasses.dataclass
 class Preset:
     """Named settings: overrides for the translator's Config and for the trainer."""
 
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
-    train: dict[str, Any] = dataclasses.field(default_factory=dict)  # steps, batch_size, size
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)  # PRESET_TRAIN_KEYS
     description: str = ""
 
 

@@ -35,7 +35,7 @@ import pluggy
 from styletx import __version__
 from styletx.contract import hookspecs
 from styletx.contract.errors import Terminated, UsageError, not_a, one_line
-from styletx.contract.interfaces import Domain, Encoder, Translator
+from styletx.contract.interfaces import PRESET_TRAIN_KEYS, Domain, Encoder, Translator
 
 log = logging.getLogger("styletx")
 
@@ -183,6 +183,7 @@ class Registry:
                 raise TypeError(f"{cls.__name__} does not implement {missing}")
             if kind == "translators":
                 _check_config_defaults(cls)
+                _check_presets(cls)
             if name in table or name in staged:
                 owner = self._owner(kind, name) or "this plugin"
                 raise ValueError(f'{kind[:-1]} "{name}" is already registered by {owner}')
@@ -263,6 +264,28 @@ def _check_config_defaults(cls: type) -> None:
     if bare:
         raise TypeError(f"{cls.__name__}.Config field(s) {', '.join(bare)} have no default "
                         f"(each needs one: presets and --set give only what they change)")
+
+
+def _check_presets(cls: type) -> None:
+    """Each preset table that has any has a "default" (used without --preset), and each sets only
+    the Config's fields and the trainer's ``PRESET_TRAIN_KEYS``: a misspelt key had been
+    reported at train time as if the user had typed it (or, in ``train``, not at all)."""
+    config = getattr(cls, "Config", None)
+    fields = ({f.name for f in dataclasses.fields(config)} if dataclasses.is_dataclass(config)
+              else None)  # not a dataclass: said when the translator is used, as before
+    tables = {"presets": cls.presets,
+              **{f"domain_presets[{d!r}]": t for d, t in cls.domain_presets.items()}}
+    for where, table in tables.items():
+        if table and "default" not in table:  # (empty: no presets for other domains)
+            raise TypeError(f"{cls.__name__}.{where} has no \"default\" preset (the one used "
+                            f"without --preset)")
+        for name, preset in table.items():
+            unknown = [k for k in preset.config if fields is not None and k not in fields]
+            unknown += [k for k in preset.train if k not in PRESET_TRAIN_KEYS]
+            if unknown:
+                raise TypeError(f"{cls.__name__}'s preset {name!r} ({where}) sets "
+                                f"{', '.join(map(repr, unknown))}, which is neither a field of "
+                                f"its Config nor one of {', '.join(PRESET_TRAIN_KEYS)}")
 
 
 def _package(module: str) -> str:

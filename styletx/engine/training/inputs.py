@@ -81,6 +81,15 @@ def check_encoder(enc: Encoder | type[Encoder], dom: Domain, by_default: bool = 
     raise UsageError(f"--encoder {enc.name} encodes {enc.domain} files, not {dom.name} files")
 
 
+def check_channels(enc: Encoder) -> None:
+    """A plugin's encoder must say how many channels it encodes to (an AttributeError
+    traceback, deep in the first encode, had said it)."""
+    channels = getattr(enc, "channels", None)
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        raise StyletxError(f"the {enc.name} encoder's channels is {channels!r}: it must be the "
+                           "number of channels of the tensors it encodes to (an int, 1 or more)")
+
+
 def check_size_multiple(crop: tuple[int | None, int], translator: Translator) -> None:
     """Crops must be a multiple of the network's and, like conversion's padding, at least two
     multiples (so the coarsest scale keeps more than one element)."""

@@ -479,16 +479,16 @@ class Loop:
         translator.train(True)
         restore_rng(rng)
         tensors = [[tensor for _, tensor in row] for row in rows]
-        try:
+        grid = [[p.encoders[side] for side, _ in row] for row in rows]
+        stem, titles = p.out / SAMPLES / f"step-{self.step:06d}", preview_titles(translator, rows)
+        try:  # a translator's or encoder's broken contract: named (by the check, or decoding)
             _check_preview(translator.name, tensors)
+            save_domain_preview(p.domain, tensors, grid, stem, titles)
         except StyletxError:
             if not self._weights_finite():  # NaN weights: diverged, as the next save would say
                 self._diverged()
             self._save_before_failing()  # the weights may be good: the steps trained are kept
             raise
-        grid = [[p.encoders[side] for side, _ in row] for row in rows]
-        stem, titles = p.out / SAMPLES / f"step-{self.step:06d}", preview_titles(translator, rows)
-        save_domain_preview(p.domain, tensors, grid, stem, titles)
         if not self.marks.titles_saved:  # the same for every preview of the run
             save_preview_titles(p.out, titles)
             self.marks.titles_saved = True

@@ -28,6 +28,7 @@ from styletx.engine.progress import prefixed_messages
 from styletx.engine.run_config import DataSource, RunConfig, TrainPlan
 from styletx.engine.runs import LOCK, has_checkpoint, is_run_folder, load_checkpoint
 from styletx.engine.training.inputs import (
+    check_channels,
     check_encoder,
     check_folders,
     check_paired,
@@ -183,6 +184,7 @@ def _fitted_encoders(registry: Registry, name: str | None, dom: Domain,
                 for side in SIDES}
     for enc in encoders.values():
         check_encoder(enc, dom, by_default=name is None)
+        check_channels(enc)
     refuse_too_short(folders, encoders, width, paired)
     for side, enc in encoders.items():
         with prefixed_messages(f"{side.upper()}: "):  # "A: mel decoder: step 400/2000 ..."

@@ -17,7 +17,7 @@ from styletx.engine.balance import BALANCE_BY
 log = logging.getLogger("styletx")
 
 # Used when neither the user nor the preset says otherwise.
-TRAIN_DEFAULTS = {"steps": 10_000, "batch_size": 1, "size": 256}
+TRAIN_DEFAULTS = {"steps": 10_000, "batch_size": 1, "size": 256}  # PRESET_TRAIN_KEYS
 
 
 @dataclasses.dataclass
