@@ -155,6 +155,8 @@ training-time statistics. Use it with ``styletx train A B --encoder $name``."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -192,7 +194,8 @@ class $cls(styletx.Encoder):
         pixels = np.clip(x * 2 * self.std + self.mean, 0, 1).astype(np.float32)
         if like is None:
             return ImageSample(pixels)
-        return ImageSample(pixels, like.alpha, "", like.format, like.bits)
+        # the source's alpha, format, bit depth and metadata (ICC profile, EXIF, dpi) kept
+        return dataclasses.replace(like, pixels=pixels, mode="")
 
     @staticmethod
     def _rgb(sample: ImageSample) -> np.ndarray:
@@ -348,6 +351,9 @@ def test_fitted_statistics_round_trip_and_reload():
     again = $cls()
     again.load_state_dict(encoder.state_dict())
     assert np.allclose(again.encode(samples[0]).numpy(), x.numpy())
+    # what the source file said of itself (colour profile, camera, dpi) goes with the output
+    like = ImageSample(samples[0].pixels, format="PNG", metadata={"dpi": (300, 300)})
+    assert encoder.decode(x, like=like).metadata == {"dpi": (300, 300)}
 
 
 def test_a_model_trains_and_converts_with_it(tmp_path):
