@@ -106,10 +106,17 @@ def padded_size(size, multiple: int, least: int = 0):
     return blocks * multiple
 
 
-def _pad_index(size, multiple: int, least: int, device: torch.device):
+def _positions(like: torch.Tensor, count) -> torch.Tensor:
+    """``torch.arange(count)`` on ``like``'s device, as ops on ``like``: a traced arange keeps
+    the device it was traced on as a constant, so a TorchScript file traced on the CPU failed
+    on a GPU."""
+    return like.new_ones(count, dtype=torch.long).cumsum(0) - 1
+
+
+def _pad_index(size, multiple: int, least: int, like: torch.Tensor):
     """For one axis of ``size`` padded at the end: the positions, their mirror images (reflect
     padding) and whether reflection is possible (the pad is smaller than the size)."""
-    j = torch.arange(padded_size(size, multiple, least), device=device)
+    j = _positions(like, padded_size(size, multiple, least))
     mirror = 2 * (size - 1) - j
     return j, mirror, mirror[-1:] >= 0
 
@@ -132,7 +139,7 @@ def pad_bottom_right(x: torch.Tensor, multiple: int | tuple[int, int] = 1,
     leasts = (least, least) if isinstance(least, int) else tuple(least)
     axes = [(-2, x.shape[-2], multiples[0], leasts[0]), (-1, x.shape[-1], multiples[1], leasts[1])]
     axes = [axis for axis in axes if axis[2] > 1 or axis[3] > 1]
-    index = [_pad_index(size, m, n, x.device) for _, size, m, n in axes]
+    index = [_pad_index(size, m, n, x) for _, size, m, n in axes]
     if mode == "replicate":
         ok = [torch.zeros_like(can) for _, _, can in index]
     elif joint and len(index) == 2:
@@ -147,8 +154,8 @@ def pad_bottom_right(x: torch.Tensor, multiple: int | tuple[int, int] = 1,
 def crop(y: torch.Tensor, height, width) -> torch.Tensor:
     """``y[..., :height, :width]`` as gathers: a slice whose end may equal the size makes
     torch.export guard on the two being different."""
-    y = y.index_select(-2, torch.arange(height, device=y.device))
-    return y.index_select(-1, torch.arange(width, device=y.device))
+    y = y.index_select(-2, _positions(y, height))
+    return y.index_select(-1, _positions(y, width))
 
 
 class PadCrop(nn.Module):
