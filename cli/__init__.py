@@ -692,13 +692,14 @@ def export(run, direction, fmt, out, settings):
 
     fmt = format_for(out, fmt)  # before the run is loaded: a usage error costs nothing
     model = load_run(run, device="cpu", registry=registry(), settings=parse_settings(settings))
+    replacing = Path(out).exists()  # said, as nothing else would show it
     report = run_export(model, direction, fmt, out)
     size = f"{report.size_bytes / 1e6:.1f} MB" if report.size_bytes >= 1e5 else (
         f"{report.size_bytes / 1e3:.0f} kB")
     planned = model.config.train.steps  # a run exported part-way says so
     step = f"step {report.step}" + (f" of {planned}" if report.step < planned else "")
     click.echo(f"exported the {direction} generator of {run} ({report.translator}, {step}) to "
-               f"{out} ({fmt}, {size})")
+               f"{out} ({fmt}, {size}{'; it replaced the file there' if replacing else ''})")
     if report.verified:
         shapes = " and ".join(str(shape) for shape, _ in report.checks)
         click.echo(f"checked on random inputs {shapes}: largest difference from PyTorch "
