@@ -321,6 +321,27 @@ def test_an_encoder_giving_the_wrong_channels_is_named(styletx, scenes, plugin, 
                              "tensor (C, H, W) of its 3 channels")
 
 
+def test_weights_that_no_longer_fit_a_plugins_networks_name_its_versions(styletx, scenes,
+                                                                          plugin, tmp_path):
+    """config.json records the third-party plugins' versions; when the installed version's
+    networks no longer fit the saved weights, the error says which version trained the run."""
+    plugin()
+    run = tmp_path / "run"
+    assert train(styletx, scenes, run, "--steps", "1").exit_code == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["plugins"] == {"faulty": "?"}  # an entry point of no installed package
+    config["plugins"] = {"faulty": "0.0.1"}
+    (run / "config.json").write_text(json.dumps(config))
+    plugin("""
+    def __init__(self, config, channels_a, channels_b):
+        import dataclasses
+        super().__init__(dataclasses.replace(config, ngf=2 * config.ngf), channels_a, channels_b)
+""")
+    result = styletx("convert", run, scenes["test_a"], "-o", tmp_path / "out")
+    assert_one_error(result, "does not match", "network G_A",
+                     'plugin "faulty" ? is installed, the run was trained with 0.0.1')
+
+
 def test_an_encoder_without_channels_is_named(styletx, scenes, plugin, tmp_path):
     """Its first encode had failed with an AttributeError traceback."""
     plugin(encoder_body="    channels = None\n")

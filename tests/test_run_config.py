@@ -72,7 +72,7 @@ def test_a_resume_may_extend_the_run_and_repeat_its_settings():
 def test_written_back_without_an_extra_key_and_unknown_keys_once():
     written = RunConfig.from_json(copy.deepcopy(OLD)).to_json()
     assert "extra" not in written and written["notes"] == OLD["notes"]
-    assert set(written) == set(OLD) | {"shapes"}
+    assert set(written) == set(OLD) | {"shapes", "plugins"}  # fields added since: defaults
 
 
 @pytest.mark.parametrize("damage", [{"data": None}, {"train": {"steps": 3}}, {"data": "x"}])

@@ -209,10 +209,12 @@ class Registry:
         return None
 
     def _owner(self, kind: str, name: str) -> str | None:
-        for p in self.plugins:
-            if name in p.registers.get(kind, []):
-                return f'plugin "{p.name}"'
-        return None
+        plugin = self.provider(kind, name)
+        return f'plugin "{plugin.name}"' if plugin else None
+
+    def provider(self, kind: str, name: str) -> PluginInfo | None:
+        """The loaded plugin that registered ``name`` among ``kind`` ("translators", ...)."""
+        return next((p for p in self.plugins if name in p.registers.get(kind, [])), None)
 
     # -- lookups with user-facing errors ----------------------------------------------------
     def translator(self, name: str) -> type[Translator]:

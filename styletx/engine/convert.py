@@ -60,6 +60,7 @@ from styletx.engine.model import (
     load_model_tensors,
     pick_device,
     translated_values_problem,
+    versions_note,
 )
 from styletx.engine.progress import Progress, log_failure, prefixed_messages
 from styletx.engine.run_config import RunConfig
@@ -173,7 +174,8 @@ class Run:
         self.domain, self.encoders, self.translator = build_from_config(self.config, registry)
         tensors, self.step = load_weights(path)
         try:
-            load_model_tensors(self.translator, self.encoders, tensors, run=path)
+            load_model_tensors(self.translator, self.encoders, tensors, run=path,
+                               note=versions_note(self.config, registry))
         except UsageError as exc:  # e.g. a match_k larger than the saved matching set
             if not settings:
                 raise

@@ -131,17 +131,42 @@ def build_from_config(config: RunConfig, registry: Registry):
     except TypeError as exc:  # the plugin's settings changed since the run was trained
         raise StyletxError(
             f"the run's {cls.name} settings do not fit the installed plugin ({exc})"
-        ) from None
+            + versions_note(config, registry)) from None
     with torch.random.fork_rng(devices=[]):  # its random initial weights are replaced by the
         #                                       saved ones: the caller's random state is kept
         translator = cls(translator_config, encoders["a"].channels, encoders["b"].channels)
     return domain, encoders, translator
 
 
+def _parts(config: RunConfig) -> list[tuple[str, str]]:
+    """(kind, name) of what the run is made of: translator, domain, encoders."""
+    return [("translators", config.translator), ("domains", config.domain),
+            *(("encoders", config.encoders[side]["name"]) for side in SIDES)]
+
+
+def plugin_versions(config: RunConfig, registry: Registry) -> dict[str, str]:
+    """{plugin: version} of the third-party plugins the run is made of, for config.json."""
+    plugins = [registry.provider(kind, name) for kind, name in _parts(config)]
+    return {p.name: p.version for p in plugins if p is not None and not p.builtin}
+
+
+def versions_note(config: RunConfig, registry: Registry) -> str:
+    """Where a third-party plugin the run is made of has another version than the one that
+    trained it (or the run does not say), "; plugin "x" 0.2.0 is installed, the run was
+    trained with 0.1.0": for the errors of saved weights or settings that no longer fit."""
+    notes = []
+    for name, version in plugin_versions(config, registry).items():
+        trained = config.plugins.get(name)
+        if trained != version:
+            notes.append(f'plugin "{name}" {version} is installed, the run was trained with '
+                         + (trained or "a version it does not record"))
+    return "".join(f"; {note}" for note in notes)
+
+
 def _missing_plugins(config: RunConfig, registry: Registry) -> str:
-    wanted = [("translator", config.translator, registry.translators),
-              ("domain", config.domain, registry.domains)]
-    wanted += [("encoder", config.encoders[s]["name"], registry.encoders) for s in SIDES]
+    tables = {"translators": registry.translators, "domains": registry.domains,
+              "encoders": registry.encoders}
+    wanted = [(kind[:-1], name, tables[kind]) for kind, name in _parts(config)]
     missing = [f"{kind} {name!r}" for kind, name, table in wanted if name not in table]
     return ", ".join(dict.fromkeys(missing))  # the same encoder on both sides: named once
 
@@ -162,11 +187,11 @@ def model_tensors(translator: Translator, encoders: dict[str, Encoder]) -> dict[
 
 def load_model_tensors(
     translator: Translator, encoders: dict[str, Encoder], tensors: dict[str, torch.Tensor],
-    run: Path | None = None,
+    run: Path | None = None, note: str = "",
 ) -> None:
     """The saved tensors into the networks and encoders. With ``run`` (the run folder), tensors
     that do not fit the model its config.json describes are one line naming both files (torch's
-    message runs to a line per tensor)."""
+    message runs to a line per tensor), with ``note`` (``versions_note``) at its end."""
     networks = translator.networks()
     saved = _saved_networks(tensors, list(networks))
     holding = {name for name, net in networks.items() if net.state_dict()}  # saved at all
@@ -175,7 +200,7 @@ def load_model_tensors(
                            f"the {translator.name} translator as installed makes "
                            f"{', '.join(n for n in networks if n in holding)}: the translator "
                            f"changed since the run was trained (install the version that "
-                           f"trained it), or the weights are another run's")
+                           f"trained it), or the weights are another run's{note}")
     parts = [(f"network {name}", net, f"net.{name}.") for name, net in networks.items()]
     parts += [(f"encoder {side}", encoder, f"encoder.{side}.")
               for side, encoder in encoders.items()]
@@ -186,7 +211,7 @@ def load_model_tensors(
             if run is None:
                 raise
             raise StyletxError(f"{run / WEIGHTS}: does not match {run / CONFIG}: {what} "
-                               f"({one_line(exc, limit=200, type_name=False)})") from None
+                               f"({one_line(exc, limit=200, type_name=False)}){note}") from None
 
 
 def _saved_networks(tensors: dict[str, torch.Tensor], names: list[str]) -> set[str]:

@@ -64,6 +64,7 @@ class RunConfig:
     shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # encoded, per side
     step: int = 0  # the step of the checkpoint beside it
     styletx_version: str = ""
+    plugins: dict[str, str] = dataclasses.field(default_factory=dict)  # third-party: version
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # unknown keys, kept
 
     # -- the file ------------------------------------------------------------------------------

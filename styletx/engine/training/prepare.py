@@ -23,6 +23,8 @@ from styletx.engine.model import (
     encoder_record,
     load_model_tensors,
     make_config,
+    plugin_versions,
+    versions_note,
 )
 from styletx.engine.progress import prefixed_messages
 from styletx.engine.run_config import DataSource, RunConfig, TrainPlan
@@ -159,6 +161,7 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
         data=DataSource(str(a_dir), b_dir and str(b_dir), request.aligned), train=plan,
         shapes={side: list(shape) for side, shape in shapes.items()},
         styletx_version=__version__)
+    run_config.plugins = plugin_versions(run_config, registry)
     torch.manual_seed(plan.seed)  # weight initialisation
     translator = cls(config, encoders["a"].channels, encoders["b"].channels)
     return Prepared(out, run_config, dom, encoders, translator, folders, None)
@@ -207,7 +210,8 @@ def _resumed_run(saved: RunConfig, settings: TrainSettings, out: Path,
     dom, encoders, translator = build_from_config(saved, registry)
     check_balance_model(type(translator), settings)
     tensors, state = load_checkpoint(out)
-    load_model_tensors(translator, encoders, tensors, run=out)
+    load_model_tensors(translator, encoders, tensors, run=out,
+                       note=versions_note(saved, registry))
     saved.step = state["step"]
     if saved.step >= saved.train.steps:
         log.info("%s is already trained to step %d%s; raise --steps to continue", out,
