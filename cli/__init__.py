@@ -150,6 +150,10 @@ def registry():
             if os.environ.get("STYLETX_DEBUG") and plugin.error_traceback:
                 click.echo(plugin.error_traceback.rstrip(), err=True)
             _echo_load_error(plugin.name, plugin.error)
+    if any(plugin.error for plugin in reg.plugins):  # one that fails only now (an environment
+        from styletx.engine.user_cache import forget_plugin_listing  # variable, a file it reads)
+
+        forget_plugin_listing()  # must not stay listed as fine by `styletx plugins`
     return reg
 
 

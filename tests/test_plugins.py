@@ -257,6 +257,37 @@ def test_the_cached_listing_is_not_used_once_a_plugins_dependency_is_gone(tmp_pa
         "withdep"]
 
 
+def test_a_plugin_that_fails_in_a_command_is_not_listed_as_fine_from_the_cache(tmp_path):
+    """A failure the cache's key cannot see (here an environment variable) had kept the
+    listing of when the plugin loaded: `styletx plugins` said fine while every command said
+    it failed. A command that meets the failure drops the kept listing."""
+    import subprocess
+
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / "plug_moody.py").write_text(
+        "import os\nif os.environ.get('TRIAL_BREAK'):\n    raise ImportError('moody')\n" + GOOD)
+    entry = ("import importlib.metadata as md, sys\n"
+             "ep = md.EntryPoint('moody', 'plug_moody', 'styletx')\n"
+             "found = md.entry_points\n"
+             "md.entry_points = lambda group: [ep] if group == 'styletx' else found(group=group)\n")
+    listing = entry + ("sys.argv = ['styletx', 'plugins', '--json']\n"
+                       "from styletx.cli import main\nmain()\n")
+    command = entry + "from styletx.cli import registry\nregistry()\n"
+
+    def run(probe, broken=False):
+        env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"),
+               "PYTHONPATH": str(tmp_path / "plug"), **({"TRIAL_BREAK": "1"} if broken else {})}
+        return subprocess.run([sys.executable, "-c", probe], env=env, text=True,
+                              capture_output=True, timeout=300)
+
+    def moody_error(done):
+        return {p["name"]: p["error"] for p in json.loads(done.stdout)}["moody"]
+
+    assert moody_error(run(listing)) is None  # kept
+    assert 'Error loading plugin "moody": ImportError: moody' in run(command, True).stderr
+    assert "ImportError: moody" in moody_error(run(listing, True))
+
+
 def test_plugins_shows_the_step_time_measured_here(styletx, scenes, tmp_path, monkeypatch):
     import styletx as api
 

@@ -42,19 +42,28 @@ def plugin_listing(compute: Callable[[], list[dict[str, Any]]]) -> list[dict[str
     listing with a broken plugin is not kept (installing what it lacked changes none of
     those). The listings of this Python environment's earlier keys are removed (another
     environment sharing the cache keeps its own)."""
-    environment = hashlib.sha256(sys.prefix.encode()).hexdigest()[:8]
-    path = cache_dir() / f"{PLUGIN_LISTING}{environment}-{_installed_plugins_key()}.json"
+    path = cache_dir() / f"{PLUGIN_LISTING}{_environment()}-{_installed_plugins_key()}.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         pass
     listing = compute()
     if not any(plugin.get("error") for plugin in listing):  # a fix may not change the key
-        for old in cache_dir().glob(f"{PLUGIN_LISTING}{environment}-*.json"):
-            with contextlib.suppress(OSError):
-                old.unlink()
+        forget_plugin_listing()
         _write(path, listing)
     return listing
+
+
+def forget_plugin_listing() -> None:
+    """Drop this environment's kept listing: a plugin failed to load where it had listed as
+    fine (its failure depends on what its key does not cover, e.g. an environment variable)."""
+    for old in cache_dir().glob(f"{PLUGIN_LISTING}{_environment()}-*.json"):
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
+def _environment() -> str:
+    return hashlib.sha256(sys.prefix.encode()).hexdigest()[:8]
 
 
 def _installed_plugins_key() -> str:
