@@ -221,7 +221,10 @@ def _metadata_options(sample: ImageSample) -> dict:
 
 def _decoded_for_preview(tile: torch.Tensor, encoder: styletx.Encoder) -> torch.Tensor:
     """``tile`` decoded by ``encoder`` into pixels, as the ``(C, H, W)`` in [-1, 1] that
-    ``save_grid`` draws."""
+    ``save_grid`` draws; a tile that is not of the encoder's channels (a translator's own
+    picture, e.g. a one-channel map beside RGB tiles) is drawn as it is."""
+    if tile.shape[0] != encoder.channels:
+        return tile
     decoded = encoder.decode(tile.detach().float().cpu())
     if not isinstance(decoded, ImageSample):
         raise styletx.StyletxError(f"the {encoder.name} encoder's decode gave a "
@@ -251,6 +254,8 @@ class ImageDomain(styletx.Domain):
                         "have one is dropped (PNG, WebP and TIFF keep it)", fmt)
         _to_pil(sample, fmt).save(path, format=fmt, **SAVE_OPTIONS.get(fmt, {}),
                                   **_metadata_options(sample))
+
+    one_picture_preview = True  # save_preview below still writes one picture
 
     def save_preview(self, rows: list[list[torch.Tensor]], encoders: list[list[styletx.Encoder]],
                      stem: Path, titles: list[list[str]] | None = None) -> None:

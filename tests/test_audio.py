@@ -117,6 +117,17 @@ def test_a_cut_off_mp3_is_refused_by_its_length_header(tmp_path, tag):
     assert str(err.value).endswith(" s of the 4.0 s its header declares")
 
 
+def test_a_cut_mp3_without_a_length_header_is_read_as_it_decodes(tmp_path):
+    """No header to say how long it was (libsndfile then estimates the length from the file's
+    size): nothing to refuse it by, and nothing refused by mistake."""
+    whole = tmp_path / "whole.mp3"
+    sf.write(whole, tone(seconds=4.0), RATE)
+    data = whole.read_bytes().replace(b"Xing", b"Xxxx").replace(b"Info", b"Ixxx")
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(data[:len(data) // 2])
+    assert 0 < AudioDomain().load(cut).seconds < 4.0  # loaded, not refused
+
+
 def test_unsupported_extension_is_not_handled(tmp_path):
     assert not AudioDomain().handles(tmp_path / "song.aac")
     assert AudioDomain().handles(tmp_path / "SONG.MP3")

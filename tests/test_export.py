@@ -331,6 +331,11 @@ def test_a_file_of_the_run_is_not_replaced(styletx, runs, tmp_path):
     first, again = (styletx("export", run, "-o", run / "a2b.pt") for _ in range(2))
     assert first.exit_code == again.exit_code == 0
     assert "replaced" not in first.stdout and "; it replaced the file there)" in again.stdout
+    config = json.loads((run / "config.json").read_text())  # exported part-way: says so
+    config["train"]["steps"] = config["step"] + 6
+    (run / "config.json").write_text(json.dumps(config))
+    partway = styletx("export", run, "-o", tmp_path / "partway.pt")
+    assert f"(cyclegan, step {config['step']} of {config['step'] + 6}) to " in partway.stdout
     torch.jit.load(str(run / "a2b.pt"))
 
 

@@ -465,10 +465,11 @@ class _BGREncoder(RGBEncoder):
 def test_a_preview_draws_each_tile_as_its_encoder_decodes_it(tmp_path):
     """A Lab or YCbCr encoder's tensors were drawn as if they were RGB: false colours."""
     red = ImageSample(np.tile(np.array([0.9, 0.1, 0.1], np.float32), (8, 8, 1)))
-    bgr, gray = _BGREncoder(), GrayEncoder()
-    rows = [[bgr.encode(red), gray.encode(red)]]
-    ImageDomain().save_preview(rows, [[bgr, gray]], tmp_path / "step", titles=[["in", "out"]])
+    bgr = _BGREncoder()
+    mask = torch.full((1, 8, 8), 0.5)  # a translator's own one-channel map: drawn as it is
+    rows = [[bgr.encode(red), mask]]
+    ImageDomain().save_preview(rows, [[bgr, bgr]], tmp_path / "step", titles=[["in", "map"]])
     picture = np.asarray(Image.open(tmp_path / "step.png").convert("RGB"))
     first, second = picture[-1, 0], picture[-1, -1]  # bottom corners of the two tiles
     assert first[0] > 200 and first[2] < 50  # red, not blue
-    assert second[0] == second[1] == second[2]  # gray drawn gray
+    assert list(second) == [191, 191, 191]  # 0.5 in [-1, 1], gray

@@ -74,6 +74,9 @@ class Domain(ABC):
     metrics: ClassVar[dict[str, str]] = {}
     # The translator ``train`` uses for these files when no --model is given.
     default_translator: ClassVar[str] = "cyclegan"
+    # Does ``save_preview`` write one picture, ``stem.png``, of any grid of rows (``styletx
+    # traverse`` then writes all its walks as one)? None: only if it is not overridden.
+    one_picture_preview: ClassVar[bool | None] = None
 
     def handles(self, path: Path) -> bool:
         return path.suffix.lower() in self.extensions

@@ -54,6 +54,7 @@ from styletx.engine.apply import (
 )
 from styletx.engine.data import as_paths, expand_inputs, is_inside, read_ahead
 from styletx.engine.model import (
+    EncodeBroken,
     build_from_config,
     check_setting_type,
     encoded,
@@ -293,10 +294,12 @@ class Run:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise StyletxError(f"the {self.translator.name} translator's translate gave {got} "
                                f"for {tuple(x.shape)} ({direction}), not {expected}")
-        problem = translated_values_problem(y)  # NaN had been written as black pixels
-        if problem:
+        if not y.is_floating_point():
             raise StyletxError(f"the {self.translator.name} translator's translate gave "
-                               f"{problem} ({direction})")
+                               f"{translated_values_problem(y)} ({direction})")
+        if translated_values_problem(y):  # NaN had been written as black pixels
+            raise _NotFinite(f"the {direction} translation holds NaN or infinite values (from "
+                             "the run's weights, or from this input)")
 
     def convert_sample(self, sample: Sample, direction: str = "a2b",
                        batch_size: int = BATCH_SIZE) -> Sample:
@@ -436,8 +439,8 @@ class Run:
             return src, dst, (sample, encoded(self.encoders[side], sample))
         except BadInputError as err:
             return src, dst, err
-        except StyletxError as err:  # the encoder's mistake: named with the file
-            raise StyletxError(f"{src}: {err}") from None
+        except EncodeBroken as err:  # the encoder's mistake: named with the file
+            raise EncodeBroken(f"{src}: {err}") from None
 
     def _joins(self, pending: list, x: torch.Tensor, batch_size: int) -> bool:
         """May ``x`` join the pending batch? Same shape, and the batch within its limits (an
@@ -539,7 +542,7 @@ class Run:
             x = pending[0][3]
             shape = "" if isinstance(x, list) else " at " + "x".join(map(str, x.shape[-1:-3:-1]))
             problem = out_of_memory_problem(exc, f"on {self.device} translating it{shape}")
-        except _DecodeRefused as exc:
+        except (_DecodeRefused, _NotFinite) as exc:
             problem = str(exc)
         if problem is not None:  # here, not in the handler, so the failed tensors are freed
             release_cached_memory(self.device)
@@ -615,6 +618,11 @@ def _not_a_sample(domain: Domain, array: Any) -> UsageError:
         hint = f"see the {domain.name} domain's load"
     return UsageError(f"convert_sample takes a sample of the {domain.name} domain (what its "
                       f"load gives), not a {kind}; {hint}")
+
+
+class _NotFinite(StyletxError):
+    """A translation holds NaN or infinite values: the file fails alone (one input may do it,
+    or every one, from weights gone bad); a StyletxError where one file is converted."""
 
 
 class _DecodeRefused(Exception):

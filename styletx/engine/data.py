@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from styletx.contract.errors import BadInputError, StyletxError, UsageError
 from styletx.contract.interfaces import Domain, Encoder, Sample
 from styletx.engine.memory import MemoryWatch
-from styletx.engine.model import encoded
+from styletx.engine.model import EncodeBroken, encoded
 from styletx.engine.progress import progress_bar
 
 log = logging.getLogger("styletx")
@@ -225,8 +225,8 @@ def encode_all(samples: Sequence[Sample], encoder: Encoder,
     for sample, path in zip(samples, files, strict=True):
         try:
             tensors.append(encoded(encoder, sample).to(torch.float16))
-        except StyletxError as err:
-            raise StyletxError(f"{path}: {err}") from None
+        except EncodeBroken as err:
+            raise EncodeBroken(f"{path}: {err}") from None
     return tensors
 
 

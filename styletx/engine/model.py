@@ -76,6 +76,10 @@ def parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+class EncodeBroken(StyletxError):
+    """``encode`` broke the contract (``encoded``); the caller names the file."""
+
+
 def encoded(encoder: Encoder, sample: Any) -> torch.Tensor:
     """``encoder.encode(sample)``, checked to be a floating-point ``(C, H, W)`` tensor of its
     ``channels``, every value finite (a plugin's mistake here failed deep in conversion, or
@@ -85,10 +89,10 @@ def encoded(encoder: Encoder, sample: Any) -> torch.Tensor:
             and x.is_floating_point()):
         got = (f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
                if isinstance(x, torch.Tensor) else type(x).__name__)
-        raise StyletxError(f"the {encoder.name} encoder's encode gave {got}, not a "
+        raise EncodeBroken(f"the {encoder.name} encoder's encode gave {got}, not a "
                            f"floating-point tensor (C, H, W) of its {encoder.channels} channels")
     if not torch.isfinite(x).all():
-        raise StyletxError(f"the {encoder.name} encoder's encode gave NaN or infinite values")
+        raise EncodeBroken(f"the {encoder.name} encoder's encode gave NaN or infinite values")
     return x
 
 

@@ -823,6 +823,8 @@ def _files(domain: Domain, inputs: Iterable[Path | str] | Path | str) -> list[Pa
 def _one_picture(domain: Domain) -> bool:
     """Does the domain's preview write one picture only (the default), so that any grid of
     rows can be written through it?"""
+    if domain.one_picture_preview is not None:
+        return domain.one_picture_preview
     return type(domain).save_preview is Domain.save_preview
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def check_channels(enc: Encoder) -> None:
     """A plugin's encoder must say how many channels it encodes to (an AttributeError
     traceback, deep in the first encode, had said it)."""
     channels = getattr(enc, "channels", None)
-    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+    if not isinstance(channels, numbers.Integral) or isinstance(channels, bool) or channels < 1:
         raise StyletxError(f"the {enc.name} encoder's channels is {channels!r}: it must be the "
                            "number of channels of the tensors it encodes to (an int, 1 or more)")
 

@@ -343,9 +343,14 @@ class Loop:
     def _non_finite_losses(self) -> list[str]:
         return [name for name, value in self.losses.items() if not math.isfinite(value)]
 
-    def _weights_finite(self) -> bool:
-        params = [p for net in self.translator.networks().values() for p in net.parameters()]
-        return not params or bool(torch.stack([p.isfinite().all() for p in params]).all())
+    def _weights_finite(self, include_buffers: bool = False) -> bool:
+        """Every parameter finite (and, asked, every floating-point buffer: batch norm's
+        running statistics; a plugin's buffer may hold -inf on purpose, so not for saving)."""
+        nets = self.translator.networks().values()
+        tensors = [p for net in nets for p in net.parameters()]
+        if include_buffers:
+            tensors += [b for net in nets for b in net.buffers() if b.is_floating_point()]
+        return not tensors or bool(torch.stack([t.isfinite().all() for t in tensors]).all())
 
     def _diverged(self) -> None:
         bad = self._non_finite_losses()
@@ -405,6 +410,7 @@ class Loop:
         if not self.group.is_main or step <= last or self.non_finite:
             return
         p = self.prepared
+        self.stop.doing = "saving the steps trained before the failure, then stopping"
         try:
             if not self._weights_finite():
                 return
@@ -484,9 +490,11 @@ class Loop:
         try:  # a translator's or encoder's broken contract: named (by the check, or decoding)
             _check_preview(translator.name, tensors)
             save_domain_preview(p.domain, tensors, grid, stem, titles)
+        except WriteError:
+            raise  # the loop says so (a full disk: no checkpoint could be saved either)
         except StyletxError:
-            if not self._weights_finite():  # NaN weights: diverged, as the next save would say
-                self._diverged()
+            if self.non_finite or not self._weights_finite(include_buffers=True):
+                self._diverged()  # not the translator's contract: training went bad
             self._save_before_failing()  # the weights may be good: the steps trained are kept
             raise
         if not self.marks.titles_saved:  # the same for every preview of the run
@@ -670,6 +678,7 @@ class _StopAtStepBoundary:
                signal.SIGTERM: (signal.SIG_DFL, raise_terminated)}
     requested = False
     received: int | None = None  # the signal that asked
+    doing = "stopping after this step"  # what a first signal is told
 
     def __enter__(self) -> _StopAtStepBoundary:
         self._previous: dict[int, Any] = {}
@@ -683,8 +692,9 @@ class _StopAtStepBoundary:
         if self.requested:
             raise KeyboardInterrupt
         self.requested, self.received = True, signum
-        log.warning("%s: stopping after this step (again to stop at once)",
-                    "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name)
+        log.warning("%s: %s (again to stop at once)",
+                    "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name,
+                    self.doing)
 
     def __exit__(self, *exc) -> None:
         for number, previous in self._previous.items():
