@@ -104,6 +104,14 @@ def test_a_blank_file_is_skipped_by_name_and_a_folder_of_them_refused(tmp_path, 
             "to learn from)") in result.stderr
     assert f"{b}: 3 of 4 readable file(s) can be trained on" in result.stderr
 
+    for i in range(7):  # many blank files: five named, the rest counted (6,760 lines before)
+        Image.new("RGB", (40, 40), (i, i, i)).save(b / f"white{i}.png")
+    result = styletx("train", a, b, "--model", "vaegan", "--preset", "tiny", "--steps", "2",
+                     "--out", tmp_path / "many", "--threads", "1")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("one value all over, a blank image") == 5
+    assert f"... and 3 more blank file(s) of {b} skipped" in result.stderr
+
     blank = tmp_path / "blank"
     blank.mkdir()
     for i, colour in enumerate([(0, 0, 0), (10, 200, 30)]):

@@ -14,6 +14,7 @@ from styletx.contract.interfaces import SIDES, Domain, Encoder, FolderSamples, T
 from styletx.contract.registry import Registry
 from styletx.engine import distributed
 from styletx.engine.data import (
+    SHOWN_FLAWED,
     FolderData,
     Reader,
     check_folder,
@@ -148,14 +149,20 @@ def encode_examples(data: FolderData, encoder: Encoder,
     kept, short, flat = [], 0, 0
     for path, tensor in zip(data.files, encode_all(data.samples, encoder, data.files)):
         if tensor.shape[-1] < width:
-            _warn_short(path, tensor.shape[-1], encoder, width)
             short += 1
+            if short <= SHOWN_FLAWED:  # then counted: thousands of lines hid the rest
+                _warn_short(path, tensor.shape[-1], encoder, width)
         elif is_flat(tensor):
-            log.warning("skipping %s: one value all over, a blank image (nothing to learn "
-                        "from)", path)
             flat += 1
+            if flat <= SHOWN_FLAWED:
+                log.warning("skipping %s: one value all over, a blank image (nothing to "
+                            "learn from)", path)
         else:
             kept.append((path, tensor))
+    for count, what in ((short, "too short"), (flat, "blank")):
+        if count > SHOWN_FLAWED:
+            log.warning("... and %d more %s file(s) of %s skipped", count - SHOWN_FLAWED, what,
+                        data.folder)
     if not kept:
         raise _nothing_to_train_on(data, encoder, width, short, flat)
     if len(kept) < len(data.files):
