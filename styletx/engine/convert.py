@@ -54,7 +54,6 @@ from styletx.engine.apply import (
 )
 from styletx.engine.data import as_paths, expand_inputs, is_inside, read_ahead
 from styletx.engine.model import (
-    EncodeBroken,
     build_from_config,
     check_setting_type,
     encoded,
@@ -436,11 +435,9 @@ class Run:
             pieces = self.domain.conversion_pieces(sample)
             if len(pieces) > 1:
                 return src, dst, (sample, pieces)
-            return src, dst, (sample, encoded(self.encoders[side], sample))
+            return src, dst, (sample, encoded(self.encoders[side], sample, src))
         except BadInputError as err:
             return src, dst, err
-        except EncodeBroken as err:  # the encoder's mistake: named with the file
-            raise EncodeBroken(f"{src}: {err}") from None
 
     def _joins(self, pending: list, x: torch.Tensor, batch_size: int) -> bool:
         """May ``x`` join the pending batch? Same shape, and the batch within its limits (an

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from styletx.contract.errors import BadInputError, StyletxError, UsageError
 from styletx.contract.interfaces import Domain, Encoder, Sample
 from styletx.engine.memory import MemoryWatch
-from styletx.engine.model import EncodeBroken, encoded
+from styletx.engine.model import encoded
 from styletx.engine.progress import progress_bar
 
 log = logging.getLogger("styletx")
@@ -221,13 +221,8 @@ def encode_all(samples: Sequence[Sample], encoder: Encoder,
     """Encode each sample (read from ``files``) once, checked (``encoded``: a plugin encoder's
     mistake is named with the file); stored as float16 to halve memory (ample precision for
     crops)."""
-    tensors = []
-    for sample, path in zip(samples, files, strict=True):
-        try:
-            tensors.append(encoded(encoder, sample).to(torch.float16))
-        except EncodeBroken as err:
-            raise EncodeBroken(f"{path}: {err}") from None
-    return tensors
+    return [encoded(encoder, sample, path).to(torch.float16)
+            for sample, path in zip(samples, files, strict=True)]
 
 
 class CropSampler:

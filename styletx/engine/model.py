@@ -76,23 +76,21 @@ def parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-class EncodeBroken(StyletxError):
-    """``encode`` broke the contract (``encoded``); the caller names the file."""
-
-
-def encoded(encoder: Encoder, sample: Any) -> torch.Tensor:
+def encoded(encoder: Encoder, sample: Any, path: Path | None = None) -> torch.Tensor:
     """``encoder.encode(sample)``, checked to be a floating-point ``(C, H, W)`` tensor of its
     ``channels``, every value finite (a plugin's mistake here failed deep in conversion, or
-    was called training that diverged)."""
+    was called training that diverged); the error names ``path``, the sample's file, if given."""
+    where = f"{path}: " if path is not None else ""
     x = encoder.encode(sample)
     if not (isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[0] == encoder.channels
             and x.is_floating_point()):
         got = (f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
                if isinstance(x, torch.Tensor) else type(x).__name__)
-        raise EncodeBroken(f"the {encoder.name} encoder's encode gave {got}, not a "
+        raise StyletxError(f"{where}the {encoder.name} encoder's encode gave {got}, not a "
                            f"floating-point tensor (C, H, W) of its {encoder.channels} channels")
     if not torch.isfinite(x).all():
-        raise EncodeBroken(f"the {encoder.name} encoder's encode gave NaN or infinite values")
+        raise StyletxError(f"{where}the {encoder.name} encoder's encode gave NaN or infinite "
+                           "values")
     return x
 
 

@@ -18,7 +18,6 @@ from styletx.contract.interfaces import SIDES, Domain, Encoder, Translator
 from styletx.contract.registry import Registry
 from styletx.engine.data import FolderData, is_inside
 from styletx.engine.model import (
-    EncodeBroken,
     build_from_config,
     encoded,
     encoder_record,
@@ -152,7 +151,7 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
     folders = load_data(dom, a_dir, b_dir, out, plan.size, cls.paired, request.settings)
     crop = dom.training_crop(plan.size)
     encoders = _fitted_encoders(registry, request.encoder, dom, folders, crop[1], cls.paired)
-    shapes = {side: tuple(_first_encoded(enc, folders[side]).shape)
+    shapes = {side: tuple(encoded(enc, folders[side].samples[0], folders[side].files[0]).shape)
               for side, enc in encoders.items()}
     config = cls.config_for_data(config, shapes, crop)
     run_config = RunConfig(
@@ -194,13 +193,6 @@ def _fitted_encoders(registry: Registry, name: str | None, dom: Domain,
             enc.fit(folders[side].samples)
         check_channels(enc)  # (fit may set it)
     return encoders
-
-
-def _first_encoded(encoder: Encoder, folder: FolderData) -> torch.Tensor:
-    try:
-        return encoded(encoder, folder.samples[0])
-    except EncodeBroken as err:
-        raise EncodeBroken(f"{folder.files[0]}: {err}") from None
 
 
 def _default_encoder(dom: Domain, samples: list) -> str:
