@@ -392,11 +392,14 @@ def _relaunch_with_torchrun(nproc: int) -> None:
               show_default=True,
               help="bf16: faster on GPUs and on CPUs with bf16 instructions, with slightly "
                    "different output.")
+@click.option("--skip-existing", is_flag=True,
+              help="Leave inputs whose output exists (every output written is whole), e.g. "
+                   "to continue an interrupted conversion; default: replace them.")
 @conversion_settings_option
 @threads_option
 @reports_errors
 def convert(run, inputs, out_dir, direction, batch_size, out_format, device, keep_dropout,
-            normalize, vocoder, precision, settings):
+            normalize, vocoder, precision, skip_existing, settings):
     """Convert files and folders (recursively) with the model in RUN."""
     from tqdm import tqdm
 
@@ -417,13 +420,17 @@ def convert(run, inputs, out_dir, direction, batch_size, out_format, device, kee
         try:
             report = model.convert_files(inputs, out_dir, direction, batch_size,
                                          on_file=on_file, out_format=out_format,
-                                         on_start=progress.start)
+                                         on_start=progress.start,
+                                         skip_existing=skip_existing)
         except ConversionInterrupted as stop:  # what is there is whole: say how much that is
             progress.close()
             click.echo(f"Error: interrupted after {progress.done} of {progress.total or '?'} "
-                       f"file(s); those written into {out_dir} are complete", err=True)
+                       f"file(s); those written into {out_dir} are complete, and the same "
+                       f"command with --skip-existing converts the rest", err=True)
             sys.exit(stop.status)
     click.echo(f"converted {len(report.converted)} file(s) into {out_dir}"
+               + (f"; left {len(report.skipped)} whose output was there" if report.skipped
+                  else "")
                + (f"; {len(report.failed)} failed" if report.failed else ""))
     if report.failed:
         sys.exit(1)

@@ -54,6 +54,7 @@ from styletx.nn import (
     norm_layer,
     r1_penalty,
     set_requires_grad,
+    sliced_transport,
     sliced_wasserstein,
 )
 
@@ -145,6 +146,9 @@ class CycleGANConfig:
     sw_patch: int = 1  # its neighbourhood: 1 = pixel colours (global grades), 3 = 3x3
     #                    patches, 0 = whole columns (spectrogram frames)
     sw_pool: int = 32  # real images of each side remembered as its reference distribution
+    sw_transport: bool = False  # each output pixel pulled towards where the transport of the
+    #                             whole domain sends it (styletx.nn.sliced_transport: generated
+    #                             images remembered too), not the transport of its batch of four
     r1: float = 0.0  # R1 penalty weight gamma on D's gradient at real images (e.g. 1); 0 = off
     r1_every: int = 4  # R1 lazily, every this many steps (weighted by it, as StyleGAN2)
     lr_colour: float | None = None  # learning rate of the generators' colour paths; None = lr
@@ -612,6 +616,9 @@ class CycleGAN(styletx.Translator):
         # more than one batch, so that the target distribution is the domain's, not 4 tiles'.
         self.real_pool_A = ImagePool(c.sw_pool if c.lambda_sw else 0)
         self.real_pool_B = ImagePool(c.sw_pool if c.lambda_sw else 0)
+        transport = c.sw_pool if c.lambda_sw and c.sw_transport else 0
+        self.fake_pool_A = ImagePool(transport)  # G_B's recent outputs, for sliced_transport
+        self.fake_pool_B = ImagePool(transport)
 
     def networks(self) -> dict[str, nn.Module]:
         nets = {"G_A": self.G_A, "G_B": self.G_B, "D_A": self.D_A, "D_B": self.D_B}
@@ -762,6 +769,13 @@ class CycleGAN(styletx.Translator):
         self.real_pool_B.query(real_b)
         reference_a = torch.stack(self.real_pool_A.images)
         reference_b = torch.stack(self.real_pool_B.images)
+        if c.sw_transport:
+            self.fake_pool_A.query(fake_a)
+            self.fake_pool_B.query(fake_b)
+            return (sliced_transport(fake_b, torch.stack(self.fake_pool_B.images), reference_b,
+                                     c.sw_patch) * c.lambda_sw,
+                    sliced_transport(fake_a, torch.stack(self.fake_pool_A.images), reference_a,
+                                     c.sw_patch) * c.lambda_sw)
         return (sliced_wasserstein(fake_b, reference_b, c.sw_patch) * c.lambda_sw,
                 sliced_wasserstein(fake_a, reference_a, c.sw_patch) * c.lambda_sw)
 
@@ -799,6 +813,8 @@ class CycleGAN(styletx.Translator):
         pools = [("pool_A", self.pool_A), ("pool_B", self.pool_B)]
         if self.config.lambda_sw:
             pools += [("real_pool_A", self.real_pool_A), ("real_pool_B", self.real_pool_B)]
+        if self.config.lambda_sw and self.config.sw_transport:
+            pools += [("fake_pool_A", self.fake_pool_A), ("fake_pool_B", self.fake_pool_B)]
         return pools
 
     def extra_state(self) -> dict[str, torch.Tensor]:

@@ -428,11 +428,7 @@ def sliced_wasserstein(fake: torch.Tensor, real: torch.Tensor, patch: int = 1,
 
 def _sliced_wasserstein(fake: torch.Tensor, real: torch.Tensor, patch: int,
                         projections: int) -> torch.Tensor:
-    channels = fake.shape[1]
-    height, width = (fake.shape[2], 1) if patch == 0 else (patch, patch)
-    directions = torch.randn(projections, channels * height * width)
-    directions = (directions / directions.norm(dim=1, keepdim=True)).view(
-        projections, channels, height, width).to(fake.device, torch.float32)
+    directions = _directions(fake.shape[1], patch, projections, fake.shape[2]).to(fake.device)
     fake_values = F.conv2d(fake, directions).transpose(0, 1).flatten(1)
     real_values = F.conv2d(real, directions).transpose(0, 1).flatten(1)
     count = fake_values.shape[1]
@@ -443,6 +439,50 @@ def _sliced_wasserstein(fake: torch.Tensor, real: torch.Tensor, patch: int,
         raise ValueError(f"sliced_wasserstein: real holds fewer patches ({real_values.shape[1]}) "
                          f"than fake ({count})")
     return (fake_values.sort(dim=1).values - real_values.sort(dim=1).values).abs().mean()
+
+
+def sliced_transport(fake: torch.Tensor, fake_reference: torch.Tensor,
+                      real_reference: torch.Tensor, patch: int = 1, projections: int = 32,
+                      samples: int = 32768) -> torch.Tensor:
+    """The sliced Wasserstein loss with each of ``fake``'s patches moved towards where the
+    optimal transport of the whole *domain* sends it, not of its own batch: along each random
+    direction, a patch's rank among the projections of ``fake_reference`` (recent generated
+    images, detached, this batch among them) gives its quantile, and the target is the same
+    quantile of ``real_reference``. ``sliced_wasserstein`` matches a batch of four to the
+    domain, so a batch of four dark photos is pushed brighter and one of sky darker, whatever
+    the map between the domains is; on thousands of different photos a side those pushes
+    cancel and a generator learnt no grade at all (22.10 -> 22.15 dB, the best global colour
+    map 32.0). Here the targets follow the domains' own distributions, so the gradient is the
+    one of the distance between the domains. At most ``samples`` patches of each reference
+    are used. Float32, like ``sliced_wasserstein``."""
+    with torch.autocast(fake.device.type, enabled=False):
+        fake = fake.float()
+        directions = _directions(fake.shape[1], patch, projections, fake.shape[2]).to(fake.device)
+        fake_values = F.conv2d(fake, directions).transpose(0, 1).flatten(1)
+        pooled = _projected_sample(fake_reference.detach().float(), directions, samples)
+        real = _projected_sample(real_reference.detach().float(), directions, samples)
+        rank = torch.searchsorted(pooled, fake_values.detach().contiguous())
+        quantile = rank.float() / pooled.shape[1]
+        index = (quantile * (real.shape[1] - 1)).round().long()
+        return (fake_values - real.gather(1, index)).abs().mean()
+
+
+def _directions(channels: int, patch: int, projections: int, height: int = 0) -> torch.Tensor:
+    """``projections`` random unit directions in patch space, as conv2d weights (drawn on the
+    CPU from torch's global RNG, so a resumed run draws the same)."""
+    height, width = (height, 1) if patch == 0 else (patch, patch)
+    directions = torch.randn(projections, channels * height * width)
+    return (directions / directions.norm(dim=1, keepdim=True)).view(
+        projections, channels, height, width)
+
+
+def _projected_sample(images: torch.Tensor, directions: torch.Tensor,
+                      samples: int) -> torch.Tensor:
+    """(projections, n) sorted projections of at most ``samples`` of ``images``' patches."""
+    values = F.conv2d(images, directions).transpose(0, 1).flatten(1)
+    if values.shape[1] > samples:
+        values = values[:, torch.randperm(values.shape[1])[:samples].to(values.device)]
+    return values.sort(dim=1).values
 
 
 def smooth_time(x: torch.Tensor, frames: int) -> torch.Tensor:

@@ -127,6 +127,20 @@ def test_minutes_timing_changes_nothing(scenes, tmp_path, monkeypatch):
     assert_same_weights(tmp_path / "timed", tmp_path / "plain")
 
 
+def test_minutes_mostly_spent_reading_says_so(scenes, tmp_path, monkeypatch, messages):
+    """20,000 files a side with --minutes 1 read for 60 s, then planned and trained one step,
+    exit 0, no warning (a scale trial). Now the reading's share is named in a warning."""
+    from styletx.engine.training import budget
+
+    monkeypatch.setattr(budget, "time_steps", lambda *args: 10.0)
+    result = train(scenes["a"], scenes["b"], tmp_path / "run", preset="tiny",
+                   settings=TrainSettings(minutes=1, size=16, device="cpu", progress=False,
+                                          started=time.monotonic() - 40))
+    assert result.step <= 2
+    assert any("reading the training files took 4" in m and "of the 60, so only" in m
+               for m in messages), messages
+
+
 def test_minutes_spent_saves_and_resumes(scenes, tmp_path, monkeypatch):
     """With --steps too, --minutes is a limit: when it is spent the run saves and returns (no
     error); the same command continues from that step."""

@@ -76,10 +76,12 @@ DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.D
 @dataclasses.dataclass
 class ConversionReport:
     """What ``convert_files`` did: (input, output) of each file written, (input, problem) of
-    each that failed."""
+    each that failed, and (input, output) of each left alone because its output existed
+    (``skip_existing``)."""
 
     converted: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)
     failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)
 
 
 class ConversionInterrupted(KeyboardInterrupt):
@@ -363,6 +365,7 @@ class Run:
         on_file: Callable[[Path, Path | None, str | None], None] | None = None,
         out_format: str | None = None,
         on_start: Callable[[int], None] | None = None,
+        skip_existing: bool = False,
     ) -> ConversionReport:
         """Convert files and folders (recursively) into ``out_dir``, mirroring relative paths.
 
@@ -375,6 +378,9 @@ class Run:
         latent model (vaegan), an input unlike the training data is named in a warning.
         ``on_start(count)`` is told how many files there are before the first one. Ctrl-C
         raises ConversionInterrupted, which holds the report of the files before it.
+        ``skip_existing``: an input whose output exists is left alone (``report.skipped``), so
+        that an interrupted conversion continues where it stopped (every output written is
+        whole); otherwise existing outputs are replaced, with a warning.
         """
         self.translator.check_direction(direction)  # before any work
         if batch_size < 1:
@@ -384,6 +390,11 @@ class Run:
         made = not out_dir.exists()
         _check_writable(out_dir)  # once, before any work: not one error per file
         report = ConversionReport()
+        if skip_existing:
+            report.skipped = [(src, dst) for src, dst in jobs if dst is not None and dst.exists()]
+            jobs = [(src, dst) for src, dst in jobs if dst is None or not dst.exists()]
+        else:
+            _warn_of_replacing(jobs, out_dir)
         try:
             self._convert_jobs(jobs, direction, batch_size, on_file, on_start, report)
             return report
@@ -488,10 +499,6 @@ class Run:
             by_folder.setdefault(dst.parent, []).append(dst)
         for folder, files in by_folder.items():  # what a conversion killed mid-write left
             remove_stale_temporaries(folder, of=files)
-        replaced = [dst for dst in outputs if dst.exists()]
-        if replaced:  # e.g. a second run into the same folder: say so rather than lose them quietly
-            log.warning("replacing %d existing file(s) in %s, e.g. %s",
-                        len(replaced), out_dir, replaced[0])
         return jobs
 
     def _jobs_of(self, item: Path, out_dir: Path, suffix: str | None,
@@ -652,3 +659,11 @@ def _cpu_has_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return True
+
+
+def _warn_of_replacing(jobs: list[tuple[Path, Path | None]], out_dir: Path) -> None:
+    """E.g. a second run into the same folder: say so rather than lose them quietly."""
+    replaced = [dst for _, dst in jobs if dst is not None and dst.exists()]
+    if replaced:
+        log.warning("replacing %d existing file(s) in %s, e.g. %s (--skip-existing leaves "
+                    "them)", len(replaced), out_dir, replaced[0])

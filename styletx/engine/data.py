@@ -25,7 +25,7 @@ from styletx.contract.errors import BadInputError, StyletxError, UsageError
 from styletx.contract.interfaces import Domain, Encoder, Sample
 from styletx.engine.memory import MemoryWatch
 from styletx.engine.model import encoded
-from styletx.engine.progress import progress_bar
+from styletx.engine.progress import Progress
 
 log = logging.getLogger("styletx")
 T = TypeVar("T")
@@ -171,17 +171,19 @@ class Reader:
         pool = ThreadPoolExecutor(workers, "styletx-reader") if workers > 1 else None
         try:
             results = pool.map(_run_job, jobs) if pool else map(_run_job, jobs)
-            bar = progress_bar(results, total=len(jobs), desc=f"reading {what}", unit="file",
-                               leave=False, enabled=self.progress)
             done = []
             if self.memory is not None:
                 self.memory.new_folder()
-            for result in bar:
-                if isinstance(result, StyletxError) and not isinstance(result, BadInputError):
-                    raise result
-                done.append(result)
-                if self.memory is not None:
-                    self.memory.check(result, len(done), len(jobs), what)
+            with Progress(f"reading {what}:", "file(s)", len(jobs), leave=False,
+                          enabled=self.progress, label=f"reading {what}") as progress:
+                for result in results:
+                    if isinstance(result, StyletxError) and not isinstance(result,
+                                                                           BadInputError):
+                        raise result
+                    done.append(result)
+                    progress.update()
+                    if self.memory is not None:
+                        self.memory.check(result, len(done), len(jobs), what)
             return done
         finally:
             if pool is not None:  # an error or Ctrl-C: the files not yet started are not read

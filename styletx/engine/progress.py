@@ -44,11 +44,14 @@ def terminal_columns() -> int:
 class Progress:
     """Counted work that may take minutes: a bar where one is drawn; else (CI, ``| tee``,
     nohup) a plain line every ``LINE_SECONDS`` with the count, the speed and the time left, as
-    training prints, so that quiet work is never taken for a hang."""
+    training prints, so that quiet work is never taken for a hang. ``enabled`` false: no bar,
+    so the lines (at INFO, which -q hides)."""
 
-    def __init__(self, verb: str, unit: str, total: int | None = None, leave: bool = True):
+    def __init__(self, verb: str, unit: str, total: int | None = None, leave: bool = True,
+                 enabled: bool = True, label: str | None = None):
         self.verb, self.unit, self.total, self.done = verb, unit, total, 0
-        self.bar = progress_bar(total=total, unit=unit, leave=leave)
+        self.bar = progress_bar(total=total, unit=unit, leave=leave, enabled=enabled,
+                                desc=label)  # the bar's label
         self.began = self.printed = time.monotonic()
 
     def start(self, total: int) -> None:

@@ -25,6 +25,7 @@ log = logging.getLogger("styletx")
 
 BUDGET_SHARE = 0.9  # of the time left after timing: the rest is for previews, checkpoints and
 #                     steps slower than the timed ones (measured: 3-7% on a busy 2-core CPU)
+MOSTLY_READING = 0.5  # of the budget spent before the first step: a warning that few steps fit
 
 
 def steps_in_budget(translator: Translator, sampler: CropSampler, settings: TrainSettings,
@@ -32,11 +33,18 @@ def steps_in_budget(translator: Translator, sampler: CropSampler, settings: Trai
     """Training steps that fit in what is left of ``settings.minutes``: a few steps are timed
     and then undone (weights, extra state, data order and RNG restored), so the run is the
     same as one started with ``--steps`` of the result; every process takes rank 0's count."""
+    before = time.monotonic() - settings.started  # reading the files, building the model
     per_step = time_steps(translator, sampler, device)
     left = settings.started + 60 * settings.minutes - time.monotonic()
     steps = max(1, int(BUDGET_SHARE * left / per_step))
     steps = int(group.broadcast(torch.tensor([steps]), device))
     log.info("--minutes %g: %.3f s a step, so %d steps", settings.minutes, per_step, steps)
+    if before > MOSTLY_READING * 60 * settings.minutes:
+        # 20,000 files a side with --minutes 1 read for 60 s and trained one step, exit 0
+        log.warning("--minutes %g: reading the training files took %.0f s of the %.0f, so "
+                    "only %d step(s) fit in the rest; the clock counts the reading, so give "
+                    "more minutes, or --steps", settings.minutes, before,
+                    60 * settings.minutes, steps)
     return steps
 
 
