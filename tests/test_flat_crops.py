@@ -122,3 +122,18 @@ def test_a_blank_file_is_skipped_by_name_and_a_folder_of_them_refused(tmp_path, 
     assert result.error_lines == [f"Error: {blank}: none of its 2 readable file(s) can be "
                                   "trained on (2 blank: one value all over)"]
     assert not (tmp_path / "run2").exists()
+
+
+def test_the_preview_shows_the_most_varied_of_the_first_examples():
+    """The preview was the centre crop of the first file, flat sky in a scale trial; now of
+    the first PREVIEW_CHOICE, the one that varies most (for a pair, the A side's choice)."""
+    sky = torch.full((3, 16, 16), 0.4)
+    sky[:, 0, 0] = 0.41  # not blank, nearly flat
+    detail = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    examples = {"a": [sky, detail, sky.clone()], "b": [detail.clone(), sky.clone(), sky]}
+    unpaired = CropSampler(examples, (8, 8), batch_size=1, flip=False, paired=False, seed=0)
+    batch = unpaired.fixed_batch()
+    assert torch.equal(batch["a"][0], detail[:, 4:12, 4:12])
+    assert torch.equal(batch["b"][0], detail[:, 4:12, 4:12])
+    paired = CropSampler(examples, (8, 8), batch_size=1, flip=False, paired=True, seed=0)
+    assert torch.equal(paired.fixed_batch()["b"][0], sky[:, 4:12, 4:12])  # pair 1's B half

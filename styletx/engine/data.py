@@ -40,6 +40,7 @@ T = TypeVar("T")
 FLAT_RANGE = 1e-3  # a channel spanning less than this is flat (one 8-bit level is 2 / 255)
 FLAT_TRIES = 8  # unpaired crops: flat ones are drawn again elsewhere this many times at most,
 FLAT_JITTER = 1e-3  # ... then given uniform noise of this amplitude (1/8 of an 8-bit level)
+PREVIEW_CHOICE = 16  # examples a side whose centre crops the preview picks from
 
 
 def list_files(folder: Path, report: bool = False) -> list[Path]:
@@ -345,8 +346,18 @@ class CropSampler:
         return self._cut(x, ((x.shape[1] - h) // 2, (x.shape[2] - self.crop[1]) // 2, False))
 
     def fixed_batch(self) -> dict[str, torch.Tensor]:
-        """A deterministic centre crop of the first example of each side (for previews)."""
-        return {side: self.centre_crop(side, 0)[None] for side in self.examples}
+        """For previews, a deterministic centre crop of each side: of its first PREVIEW_CHOICE
+        examples, the one whose crop varies most. The first file's alone was a crop of flat
+        sky in a scale trial, which showed nothing of what the model learnt. Paired: the
+        pair whose A crop varies most."""
+        def most_varied(side: str) -> int:
+            count = min(PREVIEW_CHOICE, len(self.examples[side]))
+            return max(range(count), key=lambda i: float(self.centre_crop(side, i).float().std()))
+
+        chosen = {side: most_varied(side) for side in self.examples}
+        if self.paired:
+            chosen = dict.fromkeys(self.examples, chosen["a"])
+        return {side: self.centre_crop(side, i)[None] for side, i in chosen.items()}
 
     def state_dict(self) -> dict[str, Any]:
         """The drawing state (rank 0's, for a checkpoint)."""
