@@ -443,7 +443,7 @@ def _sliced_wasserstein(fake: torch.Tensor, real: torch.Tensor, patch: int,
 
 def sliced_transport(fake: torch.Tensor, fake_reference: torch.Tensor,
                       real_reference: torch.Tensor, patch: int = 1, projections: int = 32,
-                      samples: int = 32768) -> torch.Tensor:
+                      samples: int = 4096) -> torch.Tensor:
     """The sliced Wasserstein loss with each of ``fake``'s patches moved towards where the
     optimal transport of the whole *domain* sends it, not of its own batch: along each random
     direction, a patch's rank among the projections of ``fake_reference`` (recent generated
@@ -478,10 +478,17 @@ def _directions(channels: int, patch: int, projections: int, height: int = 0) ->
 
 def _projected_sample(images: torch.Tensor, directions: torch.Tensor,
                       samples: int) -> torch.Tensor:
-    """(projections, n) sorted projections of at most ``samples`` of ``images``' patches."""
-    values = F.conv2d(images, directions).transpose(0, 1).flatten(1)
-    if values.shape[1] > samples:
-        values = values[:, torch.randperm(values.shape[1])[:samples].to(values.device)]
+    """(projections, n) sorted projections of ``samples`` of ``images``' patches drawn at
+    random (all of them where there are no more)."""
+    if directions.shape[2:] == (1, 1):  # pixels: drawn before projecting, which is cheaper
+        pixels = images.transpose(0, 1).flatten(1)
+        if pixels.shape[1] > samples:
+            pixels = pixels[:, torch.randint(pixels.shape[1], (samples,)).to(pixels.device)]
+        values = directions.flatten(1) @ pixels
+    else:
+        values = F.conv2d(images, directions).transpose(0, 1).flatten(1)
+        if values.shape[1] > samples:
+            values = values[:, torch.randint(values.shape[1], (samples,)).to(values.device)]
     return values.sort(dim=1).values
 
 

@@ -26,6 +26,7 @@ from styletx.nn import (
     linear_decay,
     norm_layer,
     r1_penalty,
+    sliced_transport,
     sliced_wasserstein,
 )
 from styletx.plugins import cyclegan
@@ -881,6 +882,30 @@ def test_sliced_wasserstein_alone_learns_a_grade_from_unpaired_images():
     assert learned < 0.5 * untouched, (learned, untouched)
 
 
+def test_sliced_transport_moves_a_batch_as_the_domain_moves_not_towards_the_domain():
+    """B is A's images 0.1 brighter. A batch of A's four brightest images is brighter than B
+    on average: the batch loss (sliced_wasserstein) pushes it darker, the wrong way, which on
+    thousands of photos a side cancelled into no grade at all. sliced_transport ranks each
+    pixel among generated images of the whole domain and pushes every pixel brighter."""
+    torch.manual_seed(0)
+
+    def images():  # each image mostly one colour of its own: the content of a batch
+        return torch.rand(64, 3, 1, 1) * 0.9 + 0.1 * torch.rand(64, 3, 8, 8)
+
+    domain, real = images(), images() + 0.1
+    bright = domain[domain.mean((1, 2, 3)).argsort()[-4:]]
+    pushes = {}
+    for name, loss in (("transport", lambda x: sliced_transport(x, domain, real)),
+                       ("batch", lambda x: sliced_wasserstein(x, real))):
+        batch = bright.clone().requires_grad_(True)
+        loss(batch).backward()
+        pushes[name] = -batch.grad.sum(1)  # along (1, 1, 1): > 0 is brighter
+    assert (pushes["transport"] > 0).float().mean() > 0.95
+    assert (pushes["batch"] < 0).float().mean() > 0.9
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert sliced_transport(bright, domain, real).dtype == torch.float32
+
+
 def test_sliced_wasserstein_loss_trains_and_remembers_real_images():
     """lambda_sw: the losses are logged, the real images it compares with are remembered
     (sw_pool of them a side) and saved with the run; runs without it save no such pools."""
@@ -898,6 +923,15 @@ def test_sliced_wasserstein_loss_trains_and_remembers_real_images():
     assert all(torch.equal(p, q) for p, q in zip(model.real_pool_A.images,
                                                   fresh.real_pool_A.images))
     assert "real_pool_A.images" not in small_model().extra_state()
+    assert "fake_pool_A.images" not in state  # sw_transport's own pools: only with it
+    transported = small_model(generator="local", colour_path=4, lambda_sw=5.0, sw_pool=3,
+                              sw_transport=True)
+    transported.configure_optimizers(total_steps=10)
+    losses = transported.training_step({"a": torch.rand(2, 3, 16, 16),
+                                        "b": torch.rand(2, 3, 16, 16)}, 0)
+    assert losses["SW_A"] > 0 and losses["SW_B"] > 0
+    state = roundtrip(transported.extra_state())
+    assert state["fake_pool_B.images"].shape == (2, 3, 16, 16)  # G_A's outputs so far
     for bad in (dict(lambda_sw=-1.0), dict(sw_patch=-1), dict(sw_pool=0)):
         with pytest.raises(UsageError):
             CycleGANConfig(**bad)
