@@ -146,9 +146,11 @@ class CycleGANConfig:
     sw_patch: int = 1  # its neighbourhood: 1 = pixel colours (global grades), 3 = 3x3
     #                    patches, 0 = whole columns (spectrogram frames)
     sw_pool: int = 32  # real images of each side remembered as its reference distribution
-    sw_transport: bool = False  # each output pixel pulled towards where the transport of the
-    #                             whole domain sends it (styletx.nn.sliced_transport: generated
-    #                             images remembered too), not the transport of its batch of four
+    sw_transport: bool = False  # and, with the same weight, each output pixel pulled towards
+    #                             where the transport of the whole domain sends it
+    #                             (styletx.nn.sliced_transport: generated images remembered
+    #                             too): on thousands of different photos the batch's pulls
+    #                             cancel out and nothing is learnt (RESULTS.md, "Many files")
     r1: float = 0.0  # R1 penalty weight gamma on D's gradient at real images (e.g. 1); 0 = off
     r1_every: int = 4  # R1 lazily, every this many steps (weighted by it, as StyleGAN2)
     lr_colour: float | None = None  # learning rate of the generators' colour paths; None = lr
@@ -763,21 +765,23 @@ class CycleGAN(styletx.Translator):
     def _distribution_losses(self, fake_b: torch.Tensor, fake_a: torch.Tensor,
                              real_a: torch.Tensor, real_b: torch.Tensor) -> tuple:
         """``lambda_sw`` times the sliced Wasserstein distance of G_A's outputs to the
-        remembered real B images, and of G_B's to the real A images."""
+        remembered real B images, and of G_B's to the real A images; with ``sw_transport``,
+        plus as much of the domain-wide transport loss."""
         c = self.config
         self.real_pool_A.query(real_a)  # stores them
         self.real_pool_B.query(real_b)
         reference_a = torch.stack(self.real_pool_A.images)
         reference_b = torch.stack(self.real_pool_B.images)
+        sw_a = sliced_wasserstein(fake_b, reference_b, c.sw_patch) * c.lambda_sw
+        sw_b = sliced_wasserstein(fake_a, reference_a, c.sw_patch) * c.lambda_sw
         if c.sw_transport:
             self.fake_pool_A.query(fake_a)
             self.fake_pool_B.query(fake_b)
-            return (sliced_transport(fake_b, torch.stack(self.fake_pool_B.images), reference_b,
-                                     c.sw_patch) * c.lambda_sw,
-                    sliced_transport(fake_a, torch.stack(self.fake_pool_A.images), reference_a,
-                                     c.sw_patch) * c.lambda_sw)
-        return (sliced_wasserstein(fake_b, reference_b, c.sw_patch) * c.lambda_sw,
-                sliced_wasserstein(fake_a, reference_a, c.sw_patch) * c.lambda_sw)
+            sw_a = sw_a + sliced_transport(fake_b, torch.stack(self.fake_pool_B.images),
+                                           reference_b, c.sw_patch) * c.lambda_sw
+            sw_b = sw_b + sliced_transport(fake_a, torch.stack(self.fake_pool_A.images),
+                                           reference_a, c.sw_patch) * c.lambda_sw
+        return sw_a, sw_b
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         """What the discriminators see of ``x``: with ``diffaug`` / ``cutout``, a random shift and
