@@ -390,11 +390,13 @@ class Run:
         made = not out_dir.exists()
         _check_writable(out_dir)  # once, before any work: not one error per file
         report = ConversionReport()
+        there = {dst for _, dst in jobs if dst is not None and dst.exists()}
         if skip_existing:
-            report.skipped = [(src, dst) for src, dst in jobs if dst is not None and dst.exists()]
-            jobs = [(src, dst) for src, dst in jobs if dst is None or not dst.exists()]
-        else:
-            _warn_of_replacing(jobs, out_dir)
+            report.skipped = [(src, dst) for src, dst in jobs if dst in there]
+            jobs = [(src, dst) for src, dst in jobs if dst not in there]
+        elif there:  # e.g. a second run into the same folder: say so rather than lose them quietly
+            log.warning("replacing %d existing file(s) in %s, e.g. %s (--skip-existing leaves "
+                        "them)", len(there), out_dir, next(dst for _, dst in jobs if dst in there))
         try:
             self._convert_jobs(jobs, direction, batch_size, on_file, on_start, report)
             return report
@@ -660,10 +662,3 @@ def _cpu_has_bf16() -> bool:
     except (AttributeError, RuntimeError):
         return True
 
-
-def _warn_of_replacing(jobs: list[tuple[Path, Path | None]], out_dir: Path) -> None:
-    """E.g. a second run into the same folder: say so rather than lose them quietly."""
-    replaced = [dst for _, dst in jobs if dst is not None and dst.exists()]
-    if replaced:
-        log.warning("replacing %d existing file(s) in %s, e.g. %s (--skip-existing leaves "
-                    "them)", len(replaced), out_dir, replaced[0])
