@@ -36,6 +36,10 @@ ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 EXIF_DESCRIPTION = {0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298}
 EXIF_DIRECTORIES = (0x8769, 0x8825)
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+# Fewer photos a side than this: warned that an unpaired model takes part of their subjects for
+# the style (8 different photos a side made 3 of 5 held-out photos worse; RESULTS.md, "How hard
+# the colours pull").
+FEW_PHOTOS = 20
 
 log = logging.getLogger("styletx")
 # warnings.catch_warnings swaps the process's one filter list: two threads reading at once
@@ -196,6 +200,16 @@ def _to_pil(sample: ImageSample, fmt: str) -> Image.Image:
     return Image.fromarray(values[:, :, 0] if values.shape[2] == 1 else values)
 
 
+def _few_photos(samples: dict[str, Sequence[ImageSample]]) -> str:
+    """Between a few photos a side the colours differ by what the photos show as much as by
+    the look asked for, and an unpaired model cannot tell the two apart."""
+    a, b = len(samples["a"]), len(samples["b"])
+    return (f"A_DIR holds {a} image(s) and B_DIR {b}: between so few photos the colours "
+            f"differ by their subjects as much as by a style, and an unpaired model learns part "
+            f"of that difference (8 different photos a side made 3 of 5 held-out photos "
+            f"worse); {FEW_PHOTOS} or more a side, of the same kinds of subject, help most")
+
+
 def _looks_gray(sample: ImageSample) -> bool:
     """One channel, or three within two 8-bit levels of each other (a black-and-white photo
     saved as RGB, perhaps as a JPEG)."""
@@ -272,7 +286,8 @@ class ImageDomain(styletx.Domain):
         folder of gray images only is a task of its own (colourising) and not warned about."""
         gray = {side: [i for i, item in enumerate(items) if _looks_gray(item)]
                 for side, items in samples.items()}
-        warnings = []
+        few = len(samples) == 2 and min(map(len, samples.values())) < FEW_PHOTOS
+        warnings = [_few_photos(samples)] if few else []
         for side, other in (("a", "b"), ("b", "a")):
             count = len(samples[side])
             if 0 < len(gray[side]) < count and not gray[other]:

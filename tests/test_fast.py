@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from styletx.contract.registry import get_registry
@@ -76,6 +77,48 @@ def test_fast_preset_beats_the_untouched_input(model, steps, scenes, tmp_path):
           settings=TrainSettings(steps=steps, size=32, device="cpu", progress=False))
     before, after = held_out_psnr(run, folders)
     assert after > before + 1.0, (before, after)
+
+
+def test_the_fast_cyclegans_colour_pull_grows_with_the_files():
+    """2.5 for a few photos a side (their subjects differ as much as a style does), 5 from 96
+    (many photos average their subjects out), as the square root of the count between."""
+    from styletx.plugins.cyclegan import colour_pull_for_files
+
+    pulls = [colour_pull_for_files(n) for n in (1, 9, 24, 25, 54, 95, 96, 2500, 20_000)]
+    assert pulls[:3] == [2.5] * 3 and pulls[-3:] == [5.0] * 3
+    assert pulls[4] == 3.75 and pulls == sorted(pulls) and 2.5 < pulls[3] < pulls[5] < 5
+
+
+def many_small_photos(root, files: int) -> dict[str, object]:
+    rng = np.random.default_rng(0)
+    folders = {side: root / side for side in "ab"}
+    for side, folder in folders.items():
+        folder.mkdir(parents=True)
+        for i in range(files + (side == "b")):  # the smaller side counts
+            pixels = rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return folders
+
+
+def test_a_presets_values_for_the_number_of_files_are_the_runs(tmp_path, messages):
+    """The fast CycleGAN's colour-loss weight depends on the files a side: it is chosen once
+    the folders are read, said, and saved in config.json (what a resume and convert rebuild);
+    the user's --set wins."""
+    folders = many_small_photos(tmp_path, 40)
+    settings = TrainSettings(steps=1, size=32, device="cpu", progress=False)
+
+    def trained_weight(name: str, overrides=None) -> float:
+        train(folders["a"], folders["b"], tmp_path / name, model="cyclegan", preset="fast",
+              overrides=overrides, settings=settings)
+        return json.loads((tmp_path / name / "config.json").read_text())["config"]["lambda_sw"]
+
+    assert trained_weight("run") == pytest.approx(2.5 * (40 / 24) ** 0.5, abs=0.01)
+    assert "fast preset with 40 file(s) on the smaller side: lambda_sw=3.23" in messages
+    messages.clear()
+    assert trained_weight("mine", {"lambda_sw": 1.0}) == 1.0
+    assert not any("smaller side" in m for m in messages)
+    model = load_run(tmp_path / "run", device="cpu")
+    assert model.translator.config.lambda_sw == pytest.approx(3.23)
 
 
 @pytest.fixture

@@ -432,12 +432,14 @@ def test_gray_images_in_part_of_one_folder_only_are_warned_about(domain, tmp_pat
     colour = ImageSample.from_array(gradient_rgb())
     gray = ImageSample.from_array(gradient_rgb()[:, :, 0])
     gray_rgb = ImageSample.from_array(np.repeat(gradient_rgb()[:, :, :1], 3, axis=2))
-    warned = domain.compare_folders({"a": [colour, gray, gray_rgb], "b": [colour, colour]})
-    assert warned == ["2 of the 3 A_DIR files are gray and no B_DIR file is: the model learns "
-                      "to turn gray into colour as part of the style; leave them out, or add "
-                      "gray examples to B_DIR"]
-    assert domain.compare_folders({"a": [gray, gray_rgb], "b": [colour]}) == []
-    assert domain.compare_folders({"a": [colour, gray], "b": [colour, gray]}) == []
+    def gray_warnings(a: list, b: list) -> list[str]:
+        return [w for w in domain.compare_folders({"a": a, "b": b}) if "so few photos" not in w]
+
+    assert gray_warnings([colour, gray, gray_rgb], [colour, colour]) == [
+        "2 of the 3 A_DIR files are gray and no B_DIR file is: the model learns to turn gray "
+        "into colour as part of the style; leave them out, or add gray examples to B_DIR"]
+    assert gray_warnings([gray, gray_rgb], [colour]) == []
+    assert gray_warnings([colour, gray], [colour, gray]) == []
 
     for folder, images in (("a", [gradient_rgb(), gradient_rgb()[:, :, 0]]),
                            ("b", [gradient_rgb()[::-1], gradient_rgb()[:, ::-1]])):
@@ -448,6 +450,18 @@ def test_gray_images_in_part_of_one_folder_only_are_warned_about(domain, tmp_pat
                      "1", "--size", "16", "--out", tmp_path / "run", "--threads", "1")
     assert result.exit_code == 0, result.stderr
     assert "Warning: 1 of the 2 A_DIR files (1.png) are gray and no B_DIR file is" in result.stderr
+
+
+def test_a_few_photos_a_side_are_warned_about(domain):
+    """8 different photos a side made 3 of 5 held-out photos worse (their subjects' colours
+    taken for the style); 20 or more a side are not warned about."""
+    photo = ImageSample.from_array(gradient_rgb())
+    assert domain.compare_folders({"a": [photo] * 8, "b": [photo] * 30}) == [
+        "A_DIR holds 8 image(s) and B_DIR 30: between so few photos the colours differ by "
+        "their subjects as much as by a style, and an unpaired model learns part of that "
+        "difference (8 different photos a side made 3 of 5 held-out photos worse); 20 or more "
+        "a side, of the same kinds of subject, help most"]
+    assert domain.compare_folders({"a": [photo] * 20, "b": [photo] * 20}) == []
 
 
 class _BGREncoder(RGBEncoder):

@@ -567,6 +567,8 @@ def test_what_a_preset_may_train_is_what_the_trainer_takes():
      "Faulty's preset 'fast' (presets) sets 'widht', which is neither a field of its Config "
      "nor one of steps, batch_size, size"),
     ('{"default": styletx.Preset(train={"stpes": 9})}', "sets 'stpes', which is neither"),
+    ('{"default": styletx.Preset(for_files=lambda files: {"widht": files})}',
+     "Faulty's preset 'default' (presets) sets 'widht', which is neither"),
     ('{"tiny": styletx.Preset()}', 'Faulty.presets has no "default" preset (the one used '
                                    "without --preset)"),
     ('{"default": styletx.Preset()}\n    domain_presets = {"image": {"default": '

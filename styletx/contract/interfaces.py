@@ -232,6 +232,16 @@ class Preset:
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     train: dict[str, Any] = dataclasses.field(default_factory=dict)  # PRESET_TRAIN_KEYS
     description: str = ""
+    # Config values that depend on how much data there is: called with the number of files
+    # of the smaller side once the folders are read, its values replace ``config``'s (the
+    # user's --set still wins) and are saved in config.json like the rest.
+    for_files: Callable[[int], dict[str, Any]] | None = None
+
+    def config_for(self, files: int | None) -> dict[str, Any]:
+        """The Config values of this preset for ``files`` files a side (None: not known yet)."""
+        if files is None or self.for_files is None:
+            return dict(self.config)
+        return {**self.config, **self.for_files(files)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -282,7 +282,8 @@ def _check_presets(cls: type) -> None:
             raise TypeError(f"{cls.__name__}.{where} has no \"default\" preset (the one used "
                             f"without --preset)")
         for name, preset in table.items():
-            unknown = [k for k in preset.config if fields is not None and k not in fields]
+            set_keys = {k for files in (1, 1_000_000) for k in preset.config_for(files)}
+            unknown = sorted(k for k in set_keys if fields is not None and k not in fields)
             unknown += [k for k in preset.train if k not in PRESET_TRAIN_KEYS]
             if unknown:
                 raise TypeError(f"{cls.__name__}'s preset {name!r} ({where}) sets "

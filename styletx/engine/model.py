@@ -21,10 +21,11 @@ from styletx.engine.runs import CONFIG, WEIGHTS, split_prefix
 
 
 def make_config(
-    cls: type[Translator], preset: str, overrides: dict[str, Any], domain: str
+    cls: type[Translator], preset: str, overrides: dict[str, Any], domain: str,
+    files: int | None = None,
 ) -> Any:
-    """The translator's Config with the preset's values (for this domain), then the user's
-    overrides, applied."""
+    """The translator's Config with the preset's values (for this domain and, once the folders
+    are read, for ``files`` files a side), then the user's overrides, applied."""
     presets = cls.presets_for(domain)
     if not presets:
         raise UsageError(f"the {cls.name} model does not work on {domain} files")
@@ -33,7 +34,7 @@ def make_config(
             f"unknown --preset {preset!r} for {cls.name} on {domain} files "
             f"(available: {', '.join(presets)})"
         )
-    values = {**presets[preset].config, **overrides}
+    values = {**presets[preset].config_for(files), **overrides}
     if not dataclasses.is_dataclass(cls.Config):
         raise StyletxError(f"the {cls.name} translator's Config must be a dataclass "
                            f"(@dataclasses.dataclass), not {cls.Config!r}")

@@ -516,8 +516,9 @@ class Loop:
         own: then this run's speed is the preset's."""
         config = self.prepared.run_config
         preset = type(self.translator).presets_for(config.domain).get(config.preset)
-        if preset is None or self.group.active or any(
-                config.config.get(k) != v for k, v in preset.config.items()):
+        by_data = set(preset.config_for(1)) - set(preset.config) if preset else set()
+        if preset is None or self.group.active or any(  # (values set by the data: any)
+                config.config.get(k) != v for k, v in preset.config.items() if k not in by_data):
             return False
         values = {**TRAIN_DEFAULTS, **preset.train}
         return (self.plan.size, self.plan.batch_size) == (values["size"], values["batch_size"])

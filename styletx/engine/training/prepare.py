@@ -149,6 +149,7 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
     plan = TrainPlan(**train_values(cls.presets_for(dom.name)[preset], request.settings),
                      seed=request.settings.seed)
     folders = load_data(dom, a_dir, b_dir, out, plan.size, cls.paired, request.settings)
+    config = _config_for_files(cls, preset, request.overrides, dom.name, folders)
     crop = dom.training_crop(plan.size)
     encoders = _fitted_encoders(registry, request.encoder, dom, folders, crop[1], cls.paired)
     shapes = {side: tuple(encoded(enc, folders[side].samples[0], folders[side].files[0]).shape)
@@ -165,6 +166,21 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
     torch.manual_seed(plan.seed)  # weight initialisation
     translator = cls(config, encoders["a"].channels, encoders["b"].channels)
     return Prepared(out, run_config, dom, encoders, translator, folders, None)
+
+
+def _config_for_files(cls: type[Translator], preset: str, overrides: dict[str, Any],
+                      domain: str, folders: dict[str, FolderData]) -> Any:
+    """The Config again, now that the number of files is known (``Preset.for_files``); the
+    values that depend on it are logged, as they are not the preset's description's."""
+    files = min(len(data.files) for data in folders.values())
+    chosen = cls.presets_for(domain)[preset]
+    config = make_config(cls, preset, overrides, domain, files=files)
+    by_data = {k: v for k, v in (chosen.for_files(files) if chosen.for_files else {}).items()
+               if k not in overrides}
+    if by_data:
+        log.info("%s preset with %d file(s) on the smaller side: %s", preset, files,
+                 ", ".join(f"{k}={v}" for k, v in by_data.items()))
+    return config
 
 
 def _loaded(table: dict[str, type], name: str, dom: Domain, option: str) -> str:
