@@ -145,7 +145,7 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
         check_encoder(registry.encoder(request.encoder), dom)
     check_paired(cls, request.aligned)
     preset = request.preset or "default"
-    config = make_config(cls, preset, request.overrides, dom.name)
+    make_config(cls, preset, request.overrides, dom.name)  # a mistyped --set before reading
     plan = TrainPlan(**train_values(cls.presets_for(dom.name)[preset], request.settings),
                      seed=request.settings.seed)
     folders = load_data(dom, a_dir, b_dir, out, plan.size, cls.paired, request.settings)
