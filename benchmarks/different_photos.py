@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from many_files import psnr, score, warm_grade  # noqa: E402
+from many_files import psnr, score, train_and_convert, warm_grade  # noqa: E402
 from quality import find_photos  # noqa: E402
 
 LOMIRI = Path("/usr/share/backgrounds")  # apt-get install lomiri-wallpapers-16.04
@@ -168,15 +167,11 @@ def main() -> None:
                         metavar="KEY=VALUE", help="a translator setting (train --set)")
     parser.add_argument("--tag", default="fast")
     args = parser.parse_args()
-    settings = [arg for s in args.settings for arg in ("--set", s)]
     for name in args.sets.split(","):
         data = make_data(args.out / "data", name)
         run, converted = (args.out / kind / f"{name}-{args.tag}" for kind in ("runs", "converted"))
-        subprocess.run(["styletx", "-q", "train", data / "a", data / "b", "--out", run,
-                        "--preset", "fast", "--steps", str(args.steps), "--threads", "1",
-                        "--seed", str(args.seed), *settings], check=True)
-        subprocess.run(["styletx", "-q", "convert", run, data / "test_a", "-o", converted,
-                        "--threads", "1"], check=True)
+        train_and_convert(data / "a", data / "b", data / "test_a", run, converted, args.steps,
+                          args.seed, args.settings)
         weight = json.loads((run / "config.json").read_text())["config"]["lambda_sw"]
         result = {"set": name, "tag": args.tag, "steps": args.steps, "lambda_sw": weight,
                   **{k: round(v, 2) for k, v in score(data, converted).items()},

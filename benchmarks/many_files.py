@@ -90,6 +90,18 @@ def score(data: Path, converted: Path) -> dict:
             "best_affine": psnr(np.clip(design @ affine, 0, 255), truth)}
 
 
+def train_and_convert(train_a: Path, train_b: Path, test_a: Path, run: Path, converted: Path,
+                      steps: int, seed: int, settings: list[str]) -> None:
+    """``styletx train --preset fast`` (one thread, ``steps`` steps, each KEY=VALUE of
+    ``settings`` as --set), then the held-out ``test_a`` converted into ``converted``."""
+    sets = [arg for s in settings for arg in ("--set", s)]
+    subprocess.run(["styletx", "-q", "train", train_a, train_b, "--out", run, "--preset", "fast",
+                    "--steps", str(steps), "--threads", "1", "--seed", str(seed), *sets],
+                   check=True)
+    subprocess.run(["styletx", "-q", "convert", run, test_a, "-o", converted, "--threads", "1"],
+                   check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -102,14 +114,10 @@ def main() -> None:
     parser.add_argument("--tag", default="fast")
     args = parser.parse_args()
     data, run = args.out / "data", args.out / "runs" / args.tag
-    make_data(data, args.files, args.held)
-    settings = [arg for s in args.settings for arg in ("--set", s)]
-    subprocess.run(["styletx", "-q", "train", data / "train_a", data / "train_b", "--out", run,
-                    "--preset", "fast", "--steps", str(args.steps), "--threads", "1",
-                    "--seed", str(args.seed), *settings], check=True)
     converted = args.out / "converted" / args.tag
-    subprocess.run(["styletx", "-q", "convert", run, data / "test_a", "-o", converted,
-                    "--threads", "1"], check=True)
+    make_data(data, args.files, args.held)
+    train_and_convert(data / "train_a", data / "train_b", data / "test_a", run, converted,
+                      args.steps, args.seed, args.settings)
     result = {"tag": args.tag, "steps": args.steps, "settings": args.settings,
               **{k: round(v, 2) for k, v in score(data, converted).items()}}
     print(json.dumps(result))

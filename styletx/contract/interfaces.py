@@ -237,11 +237,14 @@ class Preset:
     # user's --set still wins) and are saved in config.json like the rest.
     for_files: Callable[[int], dict[str, Any]] | None = None
 
+    def by_files(self, files: int | None) -> dict[str, Any]:
+        """``for_files``' values for ``files`` files a side ({} without it, or before the
+        number is known: None)."""
+        return {} if files is None or self.for_files is None else self.for_files(files)
+
     def config_for(self, files: int | None) -> dict[str, Any]:
         """The Config values of this preset for ``files`` files a side (None: not known yet)."""
-        if files is None or self.for_files is None:
-            return dict(self.config)
-        return {**self.config, **self.for_files(files)}
+        return {**self.config, **self.by_files(files)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -516,7 +516,7 @@ class Loop:
         own: then this run's speed is the preset's."""
         config = self.prepared.run_config
         preset = type(self.translator).presets_for(config.domain).get(config.preset)
-        by_data = set(preset.for_files(1)) if preset and preset.for_files else set()
+        by_data = set(preset.by_files(1)) if preset else set()
         if preset is None or self.group.active or any(  # (values set by the data: any)
                 config.config.get(k) != v for k, v in preset.config.items() if k not in by_data):
             return False

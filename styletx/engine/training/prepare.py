@@ -175,8 +175,7 @@ def _config_for_files(cls: type[Translator], preset: str, overrides: dict[str, A
     files = min(len(data.files) for data in folders.values())
     chosen = cls.presets_for(domain)[preset]
     config = make_config(cls, preset, overrides, domain, files=files)
-    by_data = {k: v for k, v in (chosen.for_files(files) if chosen.for_files else {}).items()
-               if k not in overrides}
+    by_data = {k: v for k, v in chosen.by_files(files).items() if k not in overrides}
     if by_data:
         log.info("%s preset with %d file(s) on the smaller side: %s", preset, files,
                  ", ".join(f"{k}={v}" for k, v in by_data.items()))
