@@ -131,6 +131,30 @@ def test_a_recording_longer_than_a_piece_is_converted_piece_by_piece(voice_run, 
     assert np.abs(api.wave - pieces).max() <= 1 / 32768
 
 
+def test_an_encoder_failing_on_a_piece_names_the_recording(voice_run, tmp_path, monkeypatch):
+    """An encoder's bad output on one piece of a long recording said which encoder, not
+    which file (a plain recording's said both)."""
+    from test_audio import spoken_with_pauses
+
+    import styletx
+    from styletx.audio import pieces_at_pauses
+    from styletx.contract.errors import StyletxError
+    from styletx.plugins.audio import AudioDomain
+
+    wave, _ = spoken_with_pauses()
+    sf.write(tmp_path / "long.wav", wave, RATE)
+    run = styletx.load_run(voice_run, device="cpu")
+    monkeypatch.setattr(AudioDomain, "conversion_pieces",
+                        lambda self, sample: pieces_at_pauses(sample, seconds=3.5, window=1.2))
+    encoder = run.encoders["a"]
+    monkeypatch.setattr(encoder, "encode", lambda sample: type(encoder).encode(
+        encoder, sample).fill_(float("nan")))
+    with pytest.raises(StyletxError, match=f"^{tmp_path / 'long.wav'}: the mel encoder's "
+                                           "encode gave NaN or infinite values"):
+        run.convert_files([tmp_path / "long.wav"], tmp_path / "out")
+    assert not (tmp_path / "out" / "long.wav").exists()
+
+
 def test_short_recordings_are_reported_and_skipped(voices, tmp_path, styletx):
     import shutil
 

@@ -319,17 +319,19 @@ class Run:
             raise
 
     def _convert_in_pieces(self, pieces: list[Sample], direction: str, batch_size: int,
-                           verb: str) -> Sample:
+                           verb: str, path: Path | None = None) -> Sample:
         converted = []
         with Progress(verb, "pieces", len(pieces), leave=False) as progress:
             for piece in pieces:
-                converted.append(self._convert_piece(piece, direction, batch_size))
+                converted.append(self._convert_piece(piece, direction, batch_size, path))
                 progress.update()
         return self.domain.join_converted(converted)
 
-    def _convert_piece(self, sample: Sample, direction: str, batch_size: int) -> Sample:
+    def _convert_piece(self, sample: Sample, direction: str, batch_size: int,
+                       path: Path | None = None) -> Sample:
+        """One sample (or a piece of one) converted; an encoder's error names ``path``."""
         source, target = direction_sides(direction)
-        x = encoded(self.encoders[source], sample)[None]
+        x = encoded(self.encoders[source], sample, path)[None]
         return self._decode(target, self.convert_tensor(x, direction, batch_size), [sample])[0]
 
     def _decode(self, side: str, y: torch.Tensor, likes: list[Sample]) -> list[Sample]:
@@ -589,7 +591,7 @@ class Run:
     def _translate_batch(self, pending, direction: str, batch_size: int) -> list[Sample]:
         if isinstance(pending[0][3], list):  # one input, in pieces
             src, _, _, pieces = pending[0]
-            return [self._convert_in_pieces(pieces, direction, batch_size, src.name)]
+            return [self._convert_in_pieces(pieces, direction, batch_size, src.name, src)]
         out = self.convert_tensor(torch.stack([x for *_, x in pending]), direction, batch_size)
         return self._decode(direction_sides(direction)[1], out,
                             [sample for *_, sample, _ in pending])
