@@ -555,6 +555,19 @@ def test_a_config_field_without_a_default_fails_the_plugin_at_loading(styletx, s
     assert result.error_lines[-1].endswith('; plugins that failed to load: "faulty")')
 
 
+def test_a_config_that_is_no_dataclass_fails_the_plugin_at_loading(styletx, plugin):
+    """A plugin author's trial: it loaded and was listed, and failed only at training."""
+    plugin("""
+    class Config:
+        width = 4
+""")
+    listed = styletx("plugins")
+    assert listed.exit_code == 1
+    assert ('Error loading plugin "faulty": register_translators: TypeError: Faulty.Config must '
+            "be a dataclass of its settings (@dataclasses.dataclass), not <class '"
+            in listed.stderr)
+
+
 def test_what_a_preset_may_train_is_what_the_trainer_takes():
     from styletx.contract.interfaces import PRESET_TRAIN_KEYS
     from styletx.engine.training.settings import TRAIN_DEFAULTS

@@ -325,3 +325,14 @@ def test_a_preset_that_serves_several_domains_is_listed_once(capsys):
         "    --preset tiny (image, heightmap: size 32, batch 4, 300 steps; measured here: "
         "0.05 s a step on cpu (image)): small",
         "    --preset tiny (audio: 64 frames, batch 4, 300 steps): small"]
+
+
+def test_python_m_styletx_runs_the_command_line():
+    """A plugin author's virtual environment had no `styletx` script, and `python -m styletx`
+    said there was no styletx.__main__."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "styletx", "plugins"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "cyclegan" in done.stdout

@@ -256,11 +256,14 @@ class Registry:
 
 
 def _check_config_defaults(cls: type) -> None:
-    """Every field of a translator's ``Config`` needs a default: presets and ``--set`` give
-    only what they change (found here, not as a TypeError when a preset lacks the field)."""
+    """A translator's ``Config`` is a dataclass and every field needs a default: presets and
+    ``--set`` give only what they change (found here, when the plugin loads, not at training:
+    a TypeError when a preset lacks the field, a plain class only when a run was made)."""
     config = getattr(cls, "Config", None)
     if not dataclasses.is_dataclass(config):
-        return  # said when the translator is used, as before
+        got = "missing" if config is None else f"{config!r}"
+        raise TypeError(f"{cls.__name__}.Config must be a dataclass of its settings "
+                        f"(@dataclasses.dataclass), not {got}")
     bare = [f.name for f in dataclasses.fields(config)
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if bare:

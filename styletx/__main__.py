@@ -1,0 +1,3 @@
+from styletx.cli import main
+
+main()
