@@ -65,7 +65,7 @@ def test_a_resume_that_contradicts_the_run_is_refused(given, message):
 def test_a_resume_may_extend_the_run_and_repeat_its_settings():
     config = RunConfig.from_json(copy.deepcopy(OLD))
     config.check_resume({"preset": "tiny", "train.steps": 500, "train.size": None}, {"ngf": 8})
-    with pytest.raises(UsageError, match="trained with --set ngf 8, not 16"):
+    with pytest.raises(UsageError, match="trained with ngf=8, not the --set ngf=16; leave it out"):
         config.check_resume({}, {"ngf": 16})
 
 

@@ -112,8 +112,9 @@ class RunConfig:
             if now != before:
                 _refuse(run, field.metadata["option"], before, now)
         for key, now in overrides.items():
-            if now != self.config.get(key):
-                _refuse(run, f"--set {key}", self.config.get(key), now)
+            if now != self.config.get(key):  # the saved value may be the preset's, not a --set's
+                raise UsageError(f"{run} was trained with {key}={self.config.get(key)}, not the "
+                                 f"--set {key}={now}; leave it out to resume, or use a new --out")
 
     def _fields(self):
         """(path, field, value) of every field with an option, nested ones included."""
