@@ -3,10 +3,12 @@ has them (a scale trial's set, 2026-12-07): does an unpaired model learn it at a
 
     python benchmarks/many_files.py --out /tmp/many --steps 505
     python benchmarks/many_files.py --out /tmp/many --steps 505 --set sw_transport=false
+    python benchmarks/many_files.py --out /tmp/many --steps 505 --grade sharpen --tag sharpen
 
 Data (made once under --out/data): --files random crops (64-160 px a side) a side of the same
 photographs as quality.py (scikit-image's and Debian's MATE backgrounds), side B under a known
-warm grade (a colour matrix, gamma 0.85, blacks lifted); held out, --held other crops and their
+warm grade (a colour matrix, gamma 0.85, blacks lifted; or --grade, one of quality.py's
+tasks, under --out/data-GRADE); held out, --held other crops and their
 graded truths. Each crop is drawn for one side only, so the sides share no picture. Trains
 `styletx train --preset fast` (one thread, a fixed step count), converts the held-out crops and
 prints the pooled PSNR of the conversions against the truth beside that of the untouched inputs
@@ -26,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import find_photos  # noqa: E402
+from quality import TASKS, find_photos, grade  # noqa: E402
 
 WARM = np.array([[1.05, 0.08, 0.00], [0.02, 0.95, 0.03], [0.00, 0.10, 0.78]], np.float32)
 
@@ -38,7 +40,15 @@ def warm_grade(pixels: np.ndarray) -> np.ndarray:
     return (np.clip(graded, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def make_data(root: Path, files: int, held: int, seed: int = 0) -> None:
+def graded(pixels: np.ndarray, task: str) -> np.ndarray:
+    """``pixels`` under the warm grade, or one of quality.py's tasks (sharpen: a change no
+    colour map can make, to see that a model does not invent one)."""
+    if task == "warm":
+        return warm_grade(pixels)
+    return np.asarray(grade(task, Image.fromarray(pixels)))
+
+
+def make_data(root: Path, files: int, held: int, seed: int = 0, task: str = "warm") -> None:
     if (root / "done").exists():
         return
     rng = np.random.default_rng(seed)
@@ -61,14 +71,14 @@ def make_data(root: Path, files: int, held: int, seed: int = 0) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(files):
             pixels = crop()
-            Image.fromarray(warm_grade(pixels) if side == "b" else pixels).save(
+            Image.fromarray(graded(pixels, task) if side == "b" else pixels).save(
                 folder / f"{i:05d}.png")
     for side in ("test_a", "test_b"):
         (root / side).mkdir(exist_ok=True)
     for i in range(held):
         pixels = crop()
         Image.fromarray(pixels).save(root / "test_a" / f"{i:04d}.png")
-        Image.fromarray(warm_grade(pixels)).save(root / "test_b" / f"{i:04d}.png")
+        Image.fromarray(graded(pixels, task)).save(root / "test_b" / f"{i:04d}.png")
     (root / "done").touch()
 
 
@@ -111,14 +121,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--set", dest="settings", action="append", default=[],
                         metavar="KEY=VALUE", help="a translator setting (train --set)")
+    parser.add_argument("--grade", default="warm", choices=("warm", *TASKS),
+                        help="side B's change (the data goes to --out/data-GRADE but warm's)")
     parser.add_argument("--tag", default="fast")
     args = parser.parse_args()
-    data, run = args.out / "data", args.out / "runs" / args.tag
-    converted = args.out / "converted" / args.tag
-    make_data(data, args.files, args.held)
+    data = args.out / ("data" if args.grade == "warm" else f"data-{args.grade}")
+    run, converted = args.out / "runs" / args.tag, args.out / "converted" / args.tag
+    make_data(data, args.files, args.held, task=args.grade)
     train_and_convert(data / "train_a", data / "train_b", data / "test_a", run, converted,
                       args.steps, args.seed, args.settings)
-    result = {"tag": args.tag, "steps": args.steps, "settings": args.settings,
+    result = {"tag": args.tag, "grade": args.grade, "steps": args.steps, "settings": args.settings,
               **{k: round(v, 2) for k, v in score(data, converted).items()}}
     print(json.dumps(result))
 

@@ -937,6 +937,34 @@ def test_sliced_wasserstein_loss_trains_and_remembers_real_images():
             CycleGANConfig(**bad)
 
 
+def test_colour_losses_over_regions_do_not_see_detail():
+    """sw_region: the colour losses compare the means of k x k blocks, so a change of detail
+    that leaves every block's mean alone (sharpening, grain) is no colour difference, and a
+    colour change still is."""
+    torch.manual_seed(0)
+    real = torch.rand(4, 3, 16, 16) * 0.5 + 0.25
+    checks = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(8, 8) * 0.2  # mean 0 per 2x2
+    for region, detail_seen in ((1, True), (4, False)):
+        model = small_model(generator="local", colour_path=4, lambda_sw=1.0, sw_pool=4,
+                            sw_transport=True, sw_region=region)
+        for images in (real, real):  # fills the remembered sets
+            model.real_pool_A.query(images), model.real_pool_B.query(images)
+        detailed = min(map(float, model._distribution_losses(real + checks, real + checks,
+                                                             real, real)))
+        graded = min(map(float, model._distribution_losses(real * 0.8, real * 0.8, real, real)))
+        assert (detailed > 0.02) is detail_seen, (region, detailed)
+        assert graded > 0.02, (region, graded)
+    with pytest.raises(UsageError, match="sw_region must be >= 1"):
+        CycleGANConfig(sw_region=0)
+    with pytest.raises(UsageError, match="and 1 with sw_patch=0"):
+        CycleGANConfig(sw_region=4, sw_patch=0)
+    too_coarse = small_model(lambda_sw=1.0, sw_region=32)
+    too_coarse.configure_optimizers(total_steps=2)
+    with pytest.raises(UsageError, match="16x16 training crops are smaller than the colour "
+                                         "loss's 32x32 regions"):
+        too_coarse.training_step({"a": real, "b": real}, 0)
+
+
 def test_discriminator_regularisers_train_and_are_validated():
     """diffaug, cutout, r1 and lr_colour (issue 14's remedies for a discriminator that memorises
     a small data set): a training step runs with each, R1 is logged as of its last step (a log
