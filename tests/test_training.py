@@ -154,6 +154,25 @@ def test_finished_run_is_not_retrained(scenes, tmp_path, caplog, monkeypatch):
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
 
 
+def test_raising_steps_on_a_finished_run_trains_at_the_new_schedules_rate(scenes, tmp_path):
+    """A finished run ends at lr 0. Raised from 2 to 4 steps, the schedule is the new total's
+    (the full rate for the first half, then linear to 0), so steps 3 and 4 run at the full and
+    at half the rate, not at the 0 the optimizer was saved with; the log shows the rate each
+    step ran at."""
+    run = tmp_path / "run"
+    train(scenes["a"], scenes["b"], run, preset="tiny", settings=settings(2))
+    base = json.loads((run / "config.json").read_text())["config"]["lr"]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"]["G"] for r in log] == [base, base]  # the first half at the full rate
+    assert load_resume(run)["optimizers"]["G"]["param_groups"][0]["lr"] == 0.0
+    before = load_file(run / "model.safetensors")
+    train(scenes["a"], scenes["b"], run, settings=settings(4))
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["lr"]["G"]) for r in log[2:]] == [(3, base), (4, base / 2)]
+    after = load_file(run / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("net.G_A."))
+
+
 def test_crash_between_weights_and_resume_state_still_resumes(scenes, tmp_path, monkeypatch):
     """A kill after resume.pt was renamed into place but before model.safetensors was: the run
     resumes from the previous matching pair (in .previous/) instead of refusing."""

@@ -87,6 +87,27 @@ def load_optimizer_state(translator: Translator, state: dict[str, Any]) -> None:
     for kind in ("optimizers", "schedulers"):
         for name, obj in getattr(translator, kind).items():
             obj.load_state_dict(state[kind][name])
+    for scheduler in translator.schedulers.values():
+        _follow_the_schedule(scheduler)
+
+
+def _follow_the_schedule(scheduler: Any) -> None:
+    """Set the rates a LambdaLR's schedule gives at its step. The loaded optimizer holds the
+    rate of the schedule it was saved under: after ``--steps`` was raised on a finished run
+    that is 0, so the first added step would not train, and after a ``--minutes`` replan the
+    next step would run at the old plan's rate. The same step under the same schedule gives
+    the same float the scheduler's own step computed, so a plain resume stays bit-exact.
+    Other schedulers (a plugin's) keep the rates they saved."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return
+    rates = [base * factor(scheduler.last_epoch)
+             for factor, base in zip(scheduler.lr_lambdas, scheduler.base_lrs, strict=True)]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(rate)
+        else:
+            group["lr"] = rate
+    scheduler._last_lr = [float(group["lr"]) for group in scheduler.optimizer.param_groups]
 
 
 def rng_state() -> dict[str, Any]:

@@ -226,6 +226,7 @@ class Loop:
         self.sampler, self.names = sampler, names
         self.start = self.step = prepared.run_config.step
         self.losses: dict[str, float] = {}
+        self.step_lrs: dict[str, Any] = {}
         self.non_finite = 0  # steps in a row whose losses were not all finite
         self.preview_batch = sampler.fixed_batch()
         self.bar = progress_bar(total=self.plan.steps, initial=self.start, dynamic_ncols=True,
@@ -314,6 +315,7 @@ class Loop:
             torch.compiler.cudagraph_mark_step_begin()
         schedulers = self.translator.schedulers
         epochs = {name: getattr(s, "last_epoch", None) for name, s in schedulers.items()}
+        self.step_lrs = _learning_rates(self.translator)
         self.losses = _checked_losses(self.translator.training_step(batch, self.step),
                                       self.translator.name)
         for name, value in self.losses.items():
@@ -454,7 +456,7 @@ class Loop:
         marks, step = self.marks, self.step
         rate = (step - marks.tick_step) / max(time.perf_counter() - marks.tick, 1e-9)
         marks.tick, marks.tick_step = time.perf_counter(), step
-        lrs = {k: o.param_groups[0]["lr"] for k, o in self.translator.optimizers.items()}
+        lrs = {k: float(lr) for k, lr in self.step_lrs.items()}  # the rates this step ran at
         self.rates.append(rate)
         finite = {k: v if math.isfinite(v) else None for k, v in self.losses.items()}
         append_log(self.prepared.out, {"step": step, "time": time.time(),
@@ -733,6 +735,15 @@ class _WeightUpdates:
 
     def __exit__(self, *exc) -> None:
         self._hook.remove()
+
+
+def _learning_rates(translator: Translator) -> dict[str, Any]:
+    """Each optimizer's (first group's) rate now, as the log shows it. A rate held in a tensor
+    is copied, not read, so that no step waits for the device and the scheduler's step does
+    not change the copy."""
+    rates = {name: opt.param_groups[0]["lr"] for name, opt in translator.optimizers.items()}
+    return {name: rate.clone() if isinstance(rate, torch.Tensor) else rate
+            for name, rate in rates.items()}
 
 
 def _check_stepped_once(translator: str, schedulers: dict[str, Any],
