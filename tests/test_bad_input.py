@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from conftest import TINY
 from PIL import Image
 
@@ -38,6 +39,18 @@ def test_folder_without_images(styletx, data, tmp_path):
     result = styletx(*train_args(texts, data["b"], tmp_path / "run"))
     assert_usage_error(result, str(texts), "no image files")
     assert not (tmp_path / "run").exists()
+
+
+def test_folders_of_different_kinds_of_file(styletx, data, tmp_path):
+    """Photos in A and recordings in B: one error naming both folders' kinds, not a warning
+    that the two domains tie followed by an error about B alone."""
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    sf.write(voices / "a.wav", np.zeros(1600, dtype=np.float32), 16000)
+    result = styletx(*train_args(data["a"], voices, tmp_path / "run"))
+    assert_usage_error(result, f"A_DIR {data['a']} holds image files and B_DIR {voices} audio "
+                               "files: both folders must hold the same kind of file")
+    assert "domains" not in result.stderr and not (tmp_path / "run").exists()
 
 
 def test_missing_folder(styletx, data, tmp_path):

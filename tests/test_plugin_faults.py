@@ -466,8 +466,8 @@ def test_a_domain_whose_default_translator_is_missing_says_so(styletx, scenes, p
                      "choose one with --model")
     guessed = train(styletx, scenes, tmp_path / "guessed", "--steps", "1")  # both read .png
     assert guessed.exit_code == 0, guessed.stderr
-    assert "the image and faultyimg domains all read these files; using image (--domain " \
-           "chooses)" in guessed.stderr
+    assert "the image and faultyimg domains each read as many of these files; using image " \
+           "(--domain chooses)" in guessed.stderr
 
 
 def test_the_blamed_plugin_is_the_one_whose_module_raised():

@@ -250,8 +250,8 @@ class Registry:
             return None
         tied = [name for name, count in counts.items() if count == best]
         if len(tied) > 1:
-            log.warning("the %s domains all read these files; using %s (--domain chooses)",
-                        " and ".join(tied), tied[0])
+            log.warning("the %s domains each read as many of these files; using %s "
+                        "(--domain chooses)", " and ".join(tied), tied[0])
         return self.domains[tied[0]]()
 
 

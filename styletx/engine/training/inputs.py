@@ -61,8 +61,9 @@ def check_paired(cls: type[Translator], aligned: bool) -> None:
 
 def guess_domain(registry: Registry, a_dir: Path, b_dir: Path | None) -> Domain:
     folders = [d for d in (a_dir, b_dir) if d is not None]
-    suffixes = {p.suffix.lower() for d in folders for p in list_files(d)}
-    dom = registry.domain_for(suffixes)
+    kinds = [{p.suffix.lower() for p in list_files(d)} for d in folders]
+    _check_one_kind_of_file(registry, folders, kinds)
+    dom = registry.domain_for(set().union(*kinds))
     if dom is None:
         for option, folder in zip(("A_DIR", "B_DIR"), folders):
             if not list_files(folder):
@@ -71,6 +72,18 @@ def guess_domain(registry: Registry, a_dir: Path, b_dir: Path | None) -> Domain:
         raise UsageError(f"no supported files in {' or '.join(map(str, folders))} "
                          f"(styletx reads {known}{registry.failed_note()})")
     return dom
+
+
+def _check_one_kind_of_file(registry: Registry, folders: list[Path],
+                            kinds: list[set[str]]) -> None:
+    """Both folders must hold files one domain reads: photos in A and recordings in B would
+    otherwise pick a domain by a tie and fail on the other folder (naming only that one)."""
+    readers = [{name for name, cls in registry.domains.items() if suffixes & set(cls.extensions)}
+               for suffixes in kinds]
+    if len(readers) == 2 and all(readers) and not readers[0] & readers[1]:
+        held = [" or ".join(sorted(names)) for names in readers]
+        raise UsageError(f"A_DIR {folders[0]} holds {held[0]} files and B_DIR {folders[1]} "
+                         f"{held[1]} files: both folders must hold the same kind of file")
 
 
 def check_encoder(enc: Encoder | type[Encoder], dom: Domain, by_default: bool = False) -> None:
