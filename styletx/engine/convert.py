@@ -309,7 +309,7 @@ class Run:
             pieces = self.domain.conversion_pieces(sample)
             if len(pieces) == 1:
                 return self._convert_piece(pieces[0], direction, batch_size)
-            return self._convert_in_pieces(pieces, direction, batch_size, "converting")
+            return self._convert_in_pieces(pieces, direction, batch_size)
         except _DecodeRefused as exc:
             raise exc.__cause__ from None
         except AttributeError:  # an array given where the domain's samples are objects (for
@@ -319,9 +319,12 @@ class Run:
             raise
 
     def _convert_in_pieces(self, pieces: list[Sample], direction: str, batch_size: int,
-                           verb: str, path: Path | None = None) -> Sample:
+                           path: Path | None = None) -> Sample:
+        """The pieces of one sample (of the file ``path``, which the progress bar and an
+        encoder's error name), converted and joined."""
         converted = []
-        with Progress(verb, "pieces", len(pieces), leave=False) as progress:
+        label = path.name if path is not None else "converting"
+        with Progress(label, "pieces", len(pieces), leave=False) as progress:
             for piece in pieces:
                 converted.append(self._convert_piece(piece, direction, batch_size, path))
                 progress.update()
@@ -591,7 +594,7 @@ class Run:
     def _translate_batch(self, pending, direction: str, batch_size: int) -> list[Sample]:
         if isinstance(pending[0][3], list):  # one input, in pieces
             src, _, _, pieces = pending[0]
-            return [self._convert_in_pieces(pieces, direction, batch_size, src.name, src)]
+            return [self._convert_in_pieces(pieces, direction, batch_size, src)]
         out = self.convert_tensor(torch.stack([x for *_, x in pending]), direction, batch_size)
         return self._decode(direction_sides(direction)[1], out,
                             [sample for *_, sample, _ in pending])
