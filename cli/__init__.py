@@ -253,6 +253,9 @@ conversion_settings_option = click.option(
               help="Override a translator setting, e.g. --set ngf=32 (repeatable).")
 @click.option("--domain", default=None, help="Force the domain (default: from the files).")
 @click.option("--encoder", default=None, help="Force the encoder (default: the domain's choice).")
+@click.option("--encoder-set", "encoder_settings", multiple=True, metavar="KEY=VALUE",
+              help="Change an encoder setting, e.g. --encoder-set n_mels=80 (repeatable; "
+                   "`styletx plugins` lists each encoder's).")
 @click.option("--save-every", type=click.IntRange(min=1), default=None,
               help="Checkpoint every N steps (default: a tenth of the run, at most 500; and at "
                    "least every 5 minutes).")
@@ -302,8 +305,8 @@ conversion_settings_option = click.option(
 @threads_option
 @reports_errors
 def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, device, seed,
-          settings,
-          domain, encoder, save_every, preview_every, log_every, amp, aligned, balance,
+          settings, domain, encoder, encoder_settings, save_every, preview_every, log_every,
+          amp, aligned, balance,
           balance_by, balance_every, balance_smoothing, balance_share, balance_min_effective,
           channels_last, compile_, compile_mode, log_to, prefetch, workers, nproc):
     """Train a model that turns files like A_DIR's into files like B_DIR's.
@@ -330,6 +333,7 @@ def train(a_dir, b_dir, out, model, preset, steps, minutes, batch_size, size, de
     result = run_training(
         a_dir, b_dir, out, model=model, preset=preset, overrides=parse_settings(settings),
         domain=domain, encoder=encoder, registry=registry(), aligned=aligned,
+        encoder_settings=parse_settings(encoder_settings, "--encoder-set"),
         settings=TrainSettings(
             steps=steps, minutes=minutes, batch_size=batch_size, size=size, seed=seed,
             device=device, amp=amp,
@@ -754,6 +758,10 @@ def plugins(ctx, as_json):
             click.echo(f"  error: {p['error']}")
         for kind, names in p["registers"].items():
             click.echo(f"  {kind}: {', '.join(names)}")
+            for name, values in p.get("encoder_settings", {}).items() if kind == "encoders" \
+                    else []:
+                listed = ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+                click.echo(f"    {name} --encoder-set: {listed}")
             for name in names if kind == "translators" else []:
                 _echo_presets(p["presets"].get(name, {}))
                 changeable = p.get("conversion_settings", {}).get(name)
@@ -780,9 +788,15 @@ def _plugin_listing() -> list[dict]:
         names = plugin.registers.get("translators", [])
         return {name: value(reg.translators[name]) for name in names if name in reg.translators}
 
+    def encoder_settings(plugin) -> dict:  # the settings --encoder-set may change
+        names = plugin.registers.get("encoders", [])
+        return {name: dict(reg.encoders[name].defaults) for name in names
+                if name in reg.encoders and reg.encoders[name].defaults}
+
     return [{**p.listing(),
              "presets": of_translators(p, lambda cls: _presets(cls, reg.domains)),
-             "conversion_settings": of_translators(p, lambda cls: list(cls.conversion_settings))}
+             "conversion_settings": of_translators(p, lambda cls: list(cls.conversion_settings)),
+             "encoder_settings": encoder_settings(p)}
             for p in reg.plugins]
 
 

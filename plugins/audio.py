@@ -315,6 +315,10 @@ class MelEncoder(SpectrogramEncoder):
         super().__init__(**params)
         self.decoder = None  # a fitted styletx.audio.decoder.MelToLinear, or None
 
+    def _needs(self) -> list[tuple[str, bool]]:
+        epochs = self.params["decoder_epochs"]
+        return [*super()._needs(), (f"decoder_epochs >= 0 (decoder_epochs={epochs})", epochs >= 0)]
+
     @property
     def bins(self) -> int:
         return self.params["n_mels"]

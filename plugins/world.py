@@ -97,6 +97,7 @@ class WorldEncoder(Encoder):
     channels = 1
     NORMALIZE = NORMALIZE  # the choices of ``normalize`` (convert --normalize)
     normalize = "loudness"
+    defaults = DEFAULTS
 
     def __init__(self, **params):
         unknown = set(params) - set(DEFAULTS)

@@ -53,6 +53,17 @@ def test_folders_of_different_kinds_of_file(styletx, data, tmp_path):
     assert "domains" not in result.stderr and not (tmp_path / "run").exists()
 
 
+def test_an_encoder_setting_for_images_is_refused(styletx, data, tmp_path):
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "run", "--encoder-set",
+                                 "n_mels=40"))
+    assert_usage_error(result, "--encoder-set n_mels: no image encoder has such a setting")
+    result = styletx(*train_args(data["a"], data["b"], tmp_path / "run", "--encoder", "rgb",
+                                 "--encoder-set", "n_mels=40"))
+    assert_usage_error(result, "--encoder-set n_mels: the rgb encoder has no such setting (it "
+                               "takes none)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_folder(styletx, data, tmp_path):
     result = styletx(*train_args(tmp_path / "nope", data["b"], tmp_path / "run"))
     assert_usage_error(result, "nope", "no such folder")

@@ -193,6 +193,8 @@ def test_plugins_command_reports_broken_plugin(styletx, fake_entry_points, monke
     assert listed["match"]["conversion_settings"] == {
         "match": ["match_k", "match_context", "match_join"]}
     assert listed["vaegan"]["conversion_settings"] == {"vaegan": []}
+    assert listed["audio"]["encoder_settings"]["mel"]["n_mels"] == 128  # --encoder-set's
+    assert listed["image"]["encoder_settings"] == {}  # rgb and gray take none
 
 
 def test_plugins_command_text(styletx):
@@ -202,6 +204,7 @@ def test_plugins_command_text(styletx):
     assert "--preset fast (image: 64 px, batch 4" in result.stdout
     assert "--preset tiny (audio: 64 frames" in result.stdout
     assert "convert and export --set: match_k, match_context, match_join" in result.stdout
+    assert "    mel --encoder-set: rate=22050, n_fft=1024, hop=256, n_mels=128," in result.stdout
 
 
 def test_plugins_listing_is_cached_and_answers_without_torch(tmp_path):

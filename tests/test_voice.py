@@ -270,6 +270,62 @@ def test_stft_encoder_builds_the_generator_for_its_bins(voices, tmp_path):
     assert report.converted and not report.failed
 
 
+def test_encoder_set_changes_the_encoders_settings_and_a_resume_keeps_them(voices, tmp_path,
+                                                                          styletx):
+    """--encoder-set n_mels=40: both sides' mel encoders, the generator's bins and config.json
+    follow it; a resume with another value is refused, with the same value goes on, and the
+    run converts with the saved settings."""
+    import json
+
+    run = tmp_path / "run"
+    args = ("train", voices["a"], voices["b"], "--out", run, "--model", "cyclegan",
+            "--preset", "tiny", "--device", "cpu", "--steps")
+    result = styletx(*args, "1", "--encoder-set", "n_mels=40",
+                     "--encoder-set", "decoder_epochs=0")
+    assert result.exit_code == 0, result.stderr
+    config = json.loads((run / "config.json").read_text())
+    for side in "ab":
+        assert config["encoders"][side]["params"]["n_mels"] == 40
+        assert config["encoders"][side]["params"]["decoder_epochs"] == 0
+    assert config["shapes"]["a"][1] == 40 and config["config"]["bins"] == 40
+    refused = styletx(*args, "2", "--encoder-set", "n_mels=80")
+    assert refused.exit_code == 2 and refused.error_lines == [
+        f"Error: {run} was trained with the mel encoder's n_mels=40, not the --encoder-set "
+        "n_mels=80; leave it out to resume, or use a new --out"]
+    assert styletx(*args, "2", "--encoder-set", "n_mels=40").exit_code == 0
+    assert json.loads((run / "config.json").read_text())["step"] == 2
+    converted = styletx("convert", run, voices["test_a"] / "held000.flac", "-o", tmp_path / "out")
+    assert converted.exit_code == 0, converted.stderr
+
+
+@pytest.mark.parametrize("setting, error", [
+    ("n_mel=40", "--encoder-set n_mel: no audio encoder has such a setting (`styletx plugins` "
+                 "lists each encoder's)"),
+    ("n_mels=40.5", "--encoder-set n_mels=40.5: the mel encoder's n_mels is a whole number "
+                    "(default 128)"),
+    ("n_fft=128", "mel encoder: need n_fft >= hop >= 1 (n_fft=128, hop=256)"),
+    ("log_floor=0", "mel encoder: need log_floor > 0 (log_floor=0)"),
+    ("n_mels", "--encoder-set 'n_mels': expected KEY=VALUE"),
+    # the world encoder's: refused once the files have chosen the domain's encoder (mel)
+    ("frame_period=5", "--encoder-set frame_period: the mel encoder has no such setting (its "
+                       "settings: rate, n_fft, hop, n_mels, fmin, fmax, log_floor, gl_iters, "
+                       "decoder_epochs)"),
+])
+def test_a_bad_encoder_setting_is_refused(voices, tmp_path, styletx, monkeypatch, setting,
+                                          error):
+    """One line naming the setting; before the files are read where the setting is wrong for
+    every encoder that could be chosen."""
+    import sys
+
+    if not setting.startswith("frame_period"):
+        prepare = sys.modules["styletx.engine.training.prepare"]  # (the package's name for
+        monkeypatch.setattr(prepare, "load_data", None)  # it is its function): reading fails
+    result = styletx("train", voices["a"], voices["b"], "--out", tmp_path / "run", "--preset",
+                     "tiny", "--encoder-set", setting)
+    assert result.exit_code == 2 and result.error_lines == [f"Error: {error}"], result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 # -- paired voices (pix2pix): parallel utterances at different paces, aligned by DTW ------------
 
 @pytest.fixture(scope="module")

@@ -200,15 +200,27 @@ class SpectrogramEncoder(Encoder):
         if unknown:
             raise UsageError(f"{self.name} encoder: unknown setting {sorted(unknown)[0]!r}")
         super().__init__(**{**self.defaults, **params})
-        p = self.params
-        if p["hop"] < 1 or p["n_fft"] < p["hop"] or p["rate"] < 1000:
-            raise UsageError(
-                f"{self.name} encoder: need rate >= 1000 and n_fft >= hop >= 1, got {p}"
-            )
+        failed = [need for need, met in self._needs() if not met]
+        if failed:
+            raise UsageError(f"{self.name} encoder: need {'; '.join(failed)}")
         self.mean = np.zeros(self.bins, np.float32)
         self.std = np.ones(self.bins, np.float32)
         self.pitch = None  # [centre, spread] of the voice's log F0, for --vocoder world
         self.level_db = LEVEL_DB  # None: waves encoded at their own level (runs fitted before it)
+
+    def _needs(self) -> list[tuple[str, bool]]:
+        """(condition, met) of every setting, so that a bad one (``--encoder-set``) is refused
+        by name before any file is read, not deep in a fit or as NaN spectrograms."""
+        p = self.params
+        top = p["rate"] / 2 if p["fmax"] is None else p["fmax"]
+        return [(f"rate >= 1000 (rate={p['rate']})", p["rate"] >= 1000),
+                (f"n_fft >= hop >= 1 (n_fft={p['n_fft']}, hop={p['hop']})",
+                 p["n_fft"] >= p["hop"] >= 1),
+                (f"n_mels >= 1 (n_mels={p['n_mels']})", p["n_mels"] >= 1),
+                (f"0 <= fmin < fmax <= rate / 2 (fmin={p['fmin']}, fmax={p['fmax']})",
+                 0 <= p["fmin"] < top <= p["rate"] / 2),
+                (f"log_floor > 0 (log_floor={p['log_floor']})", p["log_floor"] > 0),
+                (f"gl_iters >= 0 (gl_iters={p['gl_iters']})", p["gl_iters"] >= 0)]
 
     # -- subclass parts: the bins, the log spectrogram and its linear magnitude --------------
     @property

@@ -185,6 +185,9 @@ class Encoder(ABC):
     # True: ``decode`` and ``decode_batch`` take tensors on the run's device (a GPU) and decode
     # there (the spectrogram encoders run Griffin-Lim on it); False: they get CPU tensors.
     decodes_on_device: ClassVar[bool] = False
+    # the settings (params) a user may change (``train --encoder-set KEY=VALUE``), with their
+    # defaults; an encoder that declares none takes none from the command line
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **params: Any):
         self.params = params

@@ -63,13 +63,13 @@ def check_setting_type(cls: type[Translator], key: str, value: Any,
         )
 
 
-def parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
+def parse_settings(items: tuple[str, ...], option: str = "--set") -> dict[str, Any]:
     """``("ngf=32", "upsample=resize")`` -> ``{"ngf": 32, "upsample": "resize"}``."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+            raise UsageError(f"{option} {item!r}: expected KEY=VALUE")
         try:
             out[key.strip()] = json.loads(value)
         except ValueError:
@@ -103,6 +103,48 @@ def translated_values_problem(y: torch.Tensor) -> str | None:
     if not torch.isfinite(y).all():
         return "NaN or infinite values"
     return None
+
+
+def encoder_with_settings(cls: type[Encoder], settings: dict[str, Any]) -> Encoder:
+    """``cls`` built with the command's ``--encoder-set`` values, each checked against the
+    settings the encoder declares (``Encoder.defaults``: the name, and the kind of value)."""
+    for key, value in settings.items():
+        check_encoder_setting(cls, key, value)
+    return cls(**settings)
+
+
+def check_encoder_setting(cls: type[Encoder], key: str, value: Any) -> None:
+    known = cls.defaults
+    if key not in known:
+        raise UsageError(f"--encoder-set {key}: the {cls.name} encoder has no such setting "
+                         + (f"(its settings: {', '.join(known)})" if known else
+                            "(it takes none)"))
+    default = known[key]
+    if not _same_kind(value, default):
+        raise UsageError(f"--encoder-set {key}={json.dumps(value)}: the {cls.name} encoder's "
+                         f"{key} is {_kind(default)} (default {json.dumps(default)})")
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """A setting's value is of its default's kind: a whole number where the default is one, a
+    number where it is a float (or None: "not set", e.g. fmax), else the same type."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return type(value) is type(default)
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float) or default is None:
+        return isinstance(value, int | float) or (default is None and value is None)
+    return isinstance(value, type(default))
+
+
+def _kind(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "a whole number"
+    if isinstance(default, float) or default is None:
+        return "a number"
+    return f"a {type(default).__name__}"
 
 
 def encoder_record(encoder: Encoder) -> dict[str, Any]:

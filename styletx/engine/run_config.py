@@ -116,6 +116,18 @@ class RunConfig:
                 raise UsageError(f"{run} was trained with {key}={self.config.get(key)}, not the "
                                  f"--set {key}={now}; leave it out to resume, or use a new --out")
 
+    def check_encoder_settings(self, settings: dict[str, Any],
+                               run: Path | str = "the run folder") -> None:
+        """Refuse ``--encoder-set`` values other than the saved encoders' (the spectrograms
+        the model learnt would change under it)."""
+        params = self.encoders["a"]["params"]
+        for key, now in settings.items():
+            if key not in params or params[key] != now:
+                saved = f"{key}={params[key]}" if key in params else f"no {key} setting"
+                raise UsageError(f"{run} was trained with the {self.encoders['a']['name']} "
+                                 f"encoder's {saved}, not the --encoder-set {key}={now}; leave "
+                                 "it out to resume, or use a new --out")
+
     def _fields(self):
         """(path, field, value) of every field with an option, nested ones included."""
         for field in dataclasses.fields(self):

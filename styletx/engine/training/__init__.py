@@ -69,6 +69,7 @@ def train(
     encoder: str | None = None,
     registry: Registry | None = None,
     aligned: bool = False,
+    encoder_settings: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` to map the files of ``a_dir`` to the style of ``b_dir`` into ``out``.
 
@@ -78,12 +79,13 @@ def train(
     is the caller's again afterwards (training seeds it with ``settings.seed``). A paired model
     (pix2pix) pairs the files of the two folders by name; with ``aligned`` it reads pairs side
     by side from the files of ``a_dir`` alone (``b_dir`` None). ``settings`` may be a dict of
-    TrainSettings' fields.
+    TrainSettings' fields. ``encoder_settings`` change the encoder's (both sides') settings,
+    e.g. ``{"n_mels": 80}`` (``Encoder.defaults`` lists them; a new run only).
     """
     settings = started_now(settings or TrainSettings())
     check_balance_settings(settings)
     request = Request(a_dir, b_dir, out, model, preset, overrides or {}, settings, domain,
-                      encoder, aligned)
+                      encoder, aligned, encoder_settings or {})
     with _callers_random_state():
         prepared = prepare(request, registry or get_registry())
         if isinstance(prepared, TrainResult):  # already trained as far as asked

@@ -19,8 +19,10 @@ from styletx.contract.registry import Registry
 from styletx.engine.data import FolderData, is_inside
 from styletx.engine.model import (
     build_from_config,
+    check_encoder_setting,
     encoded,
     encoder_record,
+    encoder_with_settings,
     load_model_tensors,
     make_config,
     plugin_versions,
@@ -62,6 +64,7 @@ class Request:
     domain: str | None = None
     encoder: str | None = None
     aligned: bool = False
+    encoder_settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # --encoder-set
 
 
 @dataclasses.dataclass
@@ -92,6 +95,7 @@ def prepare(request: Request, registry: Registry) -> Prepared | TrainResult:
     if _same_preset(registry, saved, request.preset):
         given["preset"] = saved.preset  # another name for the same settings: fast is default
     saved.check_resume(given, request.overrides, out)
+    saved.check_encoder_settings(request.encoder_settings, out)
     return _resumed_run(saved, request.settings, out, registry)
 
 
@@ -143,6 +147,7 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
     check_balance_model(cls, request.settings)  # these before the files are read
     if request.encoder:
         check_encoder(registry.encoder(request.encoder), dom)
+    _check_encoder_settings(registry, request, dom)
     check_paired(cls, request.aligned)
     preset = request.preset or "default"
     make_config(cls, preset, request.overrides, dom.name)  # a mistyped --set before reading
@@ -151,7 +156,7 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
     folders = load_data(dom, a_dir, b_dir, out, plan.size, cls.paired, request.settings)
     config = _config_for_files(cls, preset, request.overrides, dom.name, folders)
     crop = dom.training_crop(plan.size)
-    encoders = _fitted_encoders(registry, request.encoder, dom, folders, crop[1], cls.paired)
+    encoders = _fitted_encoders(registry, request, dom, folders, crop[1], cls.paired)
     shapes = {side: tuple(encoded(enc, folders[side].samples[0], folders[side].files[0]).shape)
               for side, enc in encoders.items()}
     config = cls.config_for_data(config, shapes, crop)
@@ -191,14 +196,35 @@ def _loaded(table: dict[str, type], name: str, dom: Domain, option: str) -> str:
     return name
 
 
-def _fitted_encoders(registry: Registry, name: str | None, dom: Domain,
+def _check_encoder_settings(registry: Registry, request: Request, dom: Domain) -> None:
+    """A mistyped ``--encoder-set`` before the files are read: against the encoder asked for,
+    else against the domain's encoders that have the setting (the domain's choice depends on
+    the files; the chosen one's check follows when it is built)."""
+    if request.encoder:
+        candidates = [registry.encoder(request.encoder)]
+    else:
+        candidates = [cls for cls in registry.encoders.values() if cls.domain == dom.name]
+    for key, value in request.encoder_settings.items():
+        having = [cls for cls in candidates if key in cls.defaults] or candidates[:1]
+        if key not in having[0].defaults and len(candidates) > 1:
+            raise UsageError(f"--encoder-set {key}: no {dom.name} encoder has such a setting "
+                             "(`styletx plugins` lists each encoder's)")
+        check_encoder_setting(having[0], key, value)
+    taking = [cls for cls in candidates if set(request.encoder_settings) <= set(cls.defaults)]
+    if request.encoder_settings and taking:
+        taking[0](**request.encoder_settings)  # the values together (say, n_fft >= hop)
+
+
+def _fitted_encoders(registry: Registry, request: Request, dom: Domain,
                      folders: dict[str, FolderData], width: int,
                      paired: bool) -> dict[str, Encoder]:
-    """One encoder per side (``name``, else the domain's choice), fitted on that side once
-    it is known that the folders' encoded files are not all narrower than ``width``."""
-    encoders = {side: registry.encoder(name or _loaded(
+    """One encoder per side (``--encoder``, else the domain's choice, with the
+    ``--encoder-set`` values), fitted on that side once it is known that the folders' encoded
+    files are not all narrower than ``width``."""
+    name = request.encoder
+    encoders = {side: encoder_with_settings(registry.encoder(name or _loaded(
                     registry.encoders, _default_encoder(dom, folders[side].samples), dom,
-                    "--encoder"))()
+                    "--encoder")), request.encoder_settings)
                 for side in SIDES}
     for enc in encoders.values():
         check_encoder(enc, dom, by_default=name is None)
