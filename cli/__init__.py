@@ -686,10 +686,13 @@ def report(run):
                    ".ts; ONNX for any other).")
 @click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
               help="The file to write, e.g. model.onnx or model.pt.")
+@click.option("--opset", type=click.IntRange(min=1), default=None,
+              help="ONNX opset to write (default: the exporter's, 20 with torch 2.13; 18 is "
+                   "the lowest it writes).")
 @conversion_settings_option
 @threads_option
 @reports_errors
-def export(run, direction, fmt, out, settings):
+def export(run, direction, fmt, out, opset, settings):
     """Export RUN's generator for one direction as ONNX or TorchScript.
 
     The exported model takes what the source side's encoder makes of a file, a float32 tensor
@@ -708,9 +711,11 @@ def export(run, direction, fmt, out, settings):
     from styletx.engine.model import parse_settings
 
     fmt = format_for(out, fmt)  # before the run is loaded: a usage error costs nothing
+    if opset is not None and fmt != "onnx":
+        raise UsageError(f"--opset is for ONNX files, not {fmt}")
     model = load_run(run, device="cpu", registry=registry(), settings=parse_settings(settings))
     replacing = Path(out).exists()  # said, as nothing else would show it
-    report = run_export(model, direction, fmt, out)
+    report = run_export(model, direction, fmt, out, opset=opset)
     size = f"{report.size_bytes / 1e6:.1f} MB" if report.size_bytes >= 1e5 else (
         f"{report.size_bytes / 1e3:.0f} kB")
     planned = model.config.train.steps  # a run exported part-way says so

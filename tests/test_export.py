@@ -240,6 +240,29 @@ def test_export_set_exports_the_conversion_with_that_setting(styletx, runs, tmp_
     assert (plain.convert_tensor(x) - expected).abs().max() > 10 * TOLERANCE
 
 
+def test_opset_writes_that_opset_or_refuses(styletx, runs, tmp_path):
+    """--opset 18 writes an opset-18 file that is checked as any export; below 18 torch's
+    exporter falls back to 18 with a warning, which would hand a runtime that needs 17 a
+    file it cannot load: refused instead, nothing written. TorchScript has no opset."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    out = tmp_path / "m.onnx"
+    result = styletx("export", runs["cyclegan"], "-o", out, "--opset", "18")
+    assert result.exit_code == 0 and "largest difference from PyTorch" in result.stdout
+    assert [o.version for o in onnx.load(out).opset_import if o.domain in ("", "ai.onnx")] \
+        == [18]
+    refused = styletx("export", runs["cyclegan"], "-o", tmp_path / "old.onnx", "--opset", "17")
+    assert refused.exit_code == 1 and refused.error_lines == [
+        "Error: --opset 17: torch's ONNX exporter cannot write this model at opset 17 (it "
+        "wrote 18; it writes opsets 18 and later)"]
+    script = styletx("export", runs["cyclegan"], "-o", tmp_path / "m.pt", "--opset", "18")
+    assert script.exit_code == 2
+    assert script.error_lines == ["Error: --opset is for ONNX files, not torchscript"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
 def test_missing_onnx_packages_are_named(styletx, runs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript fails
     result = styletx("export", runs["cyclegan"], "-o", tmp_path / "m.onnx")
@@ -255,7 +278,8 @@ def test_without_onnxruntime_the_file_is_kept_but_said_to_be_unverified(styletx,
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     # the ONNX writing itself is tested above; a stand-in keeps this test fast
     monkeypatch.setattr(export_module, "_write_onnx",
-                        lambda model, example, dynamic, path, metadata: path.write_bytes(b"onnx"))
+                        lambda model, example, dynamic, path, metadata, **options:
+                        path.write_bytes(b"onnx"))
     result = styletx("export", runs["pix2pix"], "-o", tmp_path / "m.onnx")
     assert result.exit_code == 0, result.stderr
     assert "NOT verified: onnxruntime is not installed" in result.stderr

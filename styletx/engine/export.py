@@ -105,11 +105,13 @@ def export_model(run, direction: str) -> nn.Module:
 
 
 def export(run, direction: str, fmt: str | None, out: Path | str,
-           tolerance: float | None = None, registry=None) -> ExportReport:
+           tolerance: float | None = None, registry=None,
+           opset: int | None = None) -> ExportReport:
     """Export ``run``'s (a run folder, or a ``Run`` from ``load_run``) generator for
     ``direction`` ("a2b" or "b2a") as ``fmt`` ("onnx" or "torchscript"; None: as ``out``'s
     suffix says, ``format_for``) to ``out``, check it
-    against PyTorch (see the module docstring) and return the report.
+    against PyTorch (see the module docstring) and return the report. ``opset``: the ONNX
+    opset to write (None: the exporter's default); one the exporter cannot write is refused.
 
     Raises ``UsageError`` for a bad format, direction or output path (nothing is written) and
     ``StyletxError`` when the ONNX packages are missing, the export fails or it differs from
@@ -125,6 +127,8 @@ def export(run, direction: str, fmt: str | None, out: Path | str,
     source, _ = direction_sides(direction)
     out = Path(out)
     fmt = format_for(out, fmt)  # refuses a contradicting suffix
+    if opset is not None and fmt != "onnx":
+        raise UsageError(f"--opset is for ONNX files, not {fmt}")
     if out.is_dir():
         raise UsageError(f"-o {out} is a folder; give the file to write")
     _refuse_a_file_of_the_run(run.path if isinstance(run, Run) else Path(run), out)
@@ -139,7 +143,8 @@ def export(run, direction: str, fmt: str | None, out: Path | str,
     example = _Examples(run.translator.channels[source], _fixed_height(run, source))
     remove_stale_temporaries(out.parent, of=[out])  # an export killed mid-write left its own
     with atomic_path(out) as tmp:
-        _write(fmt, model, example, tmp, run.translator.name, export_metadata(run, direction))
+        _write(fmt, model, example, tmp, run.translator.name, export_metadata(run, direction),
+               opset)
         try:
             runner = _load(fmt, tmp)
         except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types
@@ -205,13 +210,15 @@ class _Examples:
 
 
 def _write(fmt: str, model: nn.Module, example: _Examples, tmp: Path, name: str,
-           metadata: dict[str, Any]) -> None:
+           metadata: dict[str, Any], opset: int | None) -> None:
+    options = {"opset": opset} if fmt == "onnx" else {}
     write = _write_onnx if fmt == "onnx" else _write_torchscript
     try:
         with _quiet(), torch.no_grad():
-            write(model, example(*CAPTURE_SIZE, seed=0), example.height is None, tmp, metadata)
-    except OSError:
-        raise  # writing the file failed: atomic_path says so
+            write(model, example(*CAPTURE_SIZE, seed=0), example.height is None, tmp, metadata,
+                  **options)
+    except (OSError, StyletxError):
+        raise  # writing the file failed (atomic_path says so), or said what went wrong
     except Exception as exc:  # torch.export and tracing fail in many ways; one line
         raise StyletxError(f"{fmt} export of the {name} model failed: "
                            f"{_first_line(exc)}") from exc
@@ -261,7 +268,7 @@ def _require_onnx_exporter() -> None:
 
 
 def _write_onnx(model: nn.Module, example: torch.Tensor, dynamic_height: bool,
-                path: Path, metadata: dict[str, Any]) -> None:
+                path: Path, metadata: dict[str, Any], opset: int | None = None) -> None:
     """torch.export with every size dynamic (Dim.DYNAMIC), then ONNX. The ONNX exporter's own
     named dynamic axes are not used: with them, ONNX Runtime failed on sizes such as 8 x 16
     (wrong intermediate shapes); the input's and output's axes are renamed afterwards."""
@@ -271,7 +278,9 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, dynamic_height: bool,
     program = torch.export.export(model, (example,),
                                   dynamic_shapes=({axis: Dim.DYNAMIC for axis in axes},))
     proto = torch.onnx.export(program, f=None, dynamo=True, verbose=False,
-                              input_names=[INPUT], output_names=[OUTPUT]).model_proto
+                              input_names=[INPUT], output_names=[OUTPUT],
+                              **({} if opset is None else {"opset_version": opset})).model_proto
+    _check_opset(proto, opset)
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     names = {dims[axis].dim_param: name for axis, name in axes.items() if dims[axis].dim_param}
     for value in (*proto.graph.input, *proto.graph.output):
@@ -285,6 +294,15 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, dynamic_height: bool,
     # one file, weights inside (models under 2 GB), written by Python: a failed write is an
     # OSError (see _write_torchscript)
     path.write_bytes(proto.SerializeToString())
+
+
+def _check_opset(proto: Any, asked: int | None) -> None:
+    """The exporter writes its lowest opset (18) when it cannot convert to the one asked for
+    (it only warns), so the file's opset is compared with the request."""
+    wrote = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if asked is not None and wrote != asked:
+        raise StyletxError(f"--opset {asked}: torch's ONNX exporter cannot write this model at "
+                           f"opset {asked} (it wrote {wrote}; it writes opsets 18 and later)")
 
 
 def _write_torchscript(model: nn.Module, example: torch.Tensor, dynamic_height: bool,
