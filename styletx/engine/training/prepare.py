@@ -206,7 +206,7 @@ def _check_encoder_settings(registry: Registry, request: Request, dom: Domain) -
         candidates = [cls for cls in registry.encoders.values() if cls.domain == dom.name]
     for key, value in request.encoder_settings.items():
         having = [cls for cls in candidates if key in cls.defaults] or candidates[:1]
-        if key not in having[0].defaults and len(candidates) > 1:
+        if not having or (key not in having[0].defaults and len(candidates) > 1):
             raise UsageError(f"--encoder-set {key}: no {dom.name} encoder has such a setting "
                              "(`styletx plugins` lists each encoder's)")
         check_encoder_setting(having[0], key, value)
