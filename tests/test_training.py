@@ -173,6 +173,21 @@ def test_raising_steps_on_a_finished_run_trains_at_the_new_schedules_rate(scenes
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("net.G_A."))
 
 
+def test_a_run_whose_weights_are_lost_is_not_started_over(scenes, tmp_path):
+    """model.safetensors deleted and no .previous/ (a run that saved once): its config.json
+    records step 2, so training refuses rather than start at step 1 over its resume state."""
+    run = tmp_path / "run"
+    train(scenes["a"], scenes["b"], run, preset="tiny", settings=settings(2))
+    assert not (run / ".previous").exists()
+    (run / "model.safetensors").unlink()
+    resume = (run / "resume.pt").read_bytes()
+    with pytest.raises(StyletxError, match=r"model.safetensors: the weights file is missing and "
+                       r"no earlier checkpoint is in .previous/, so the run's step 2 cannot be "
+                       r"resumed; restore the file, or train into a new --out"):
+        train(scenes["a"], scenes["b"], run, settings=settings(4))
+    assert (run / "resume.pt").read_bytes() == resume
+
+
 def test_crash_between_weights_and_resume_state_still_resumes(scenes, tmp_path, monkeypatch):
     """A kill after resume.pt was renamed into place but before model.safetensors was: the run
     resumes from the previous matching pair (in .previous/) instead of refusing."""

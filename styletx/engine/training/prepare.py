@@ -30,7 +30,15 @@ from styletx.engine.model import (
 )
 from styletx.engine.progress import prefixed_messages
 from styletx.engine.run_config import DataSource, RunConfig, TrainPlan
-from styletx.engine.runs import LOCK, has_checkpoint, is_run_folder, load_checkpoint
+from styletx.engine.runs import (
+    LOCK,
+    PREVIOUS,
+    WEIGHTS,
+    has_checkpoint,
+    is_run_folder,
+    load_checkpoint,
+    read_config,
+)
 from styletx.engine.training.inputs import (
     check_channels,
     check_encoder,
@@ -115,10 +123,27 @@ def saved_config(out: Path) -> RunConfig | None:
     if not out.exists():
         return None
     if is_run_folder(out):
-        return RunConfig.read(out) if has_checkpoint(out) else None
+        if has_checkpoint(out):
+            return RunConfig.read(out)
+        _refuse_lost_weights(out)
+        return None  # the first save was cut short: nothing to resume
     if any(p.name != LOCK for p in out.iterdir()):  # the lock: see holds_run_lock
         raise UsageError(f"--out {out}: folder exists, is not empty and is not a styletx run")
     return None
+
+
+def _refuse_lost_weights(out: Path) -> None:
+    """A run whose config.json records a saved step but whose weights are gone (deleted, or
+    lost with the disk) and have no earlier copy in .previous/: starting over would overwrite
+    its resume state and log without a word."""
+    try:
+        step = int(read_config(out).get("step") or 0)
+    except (StyletxError, TypeError, ValueError):
+        return  # a config that cannot be read records no step either
+    if step > 0:
+        raise StyletxError(f"{out / WEIGHTS}: the weights file is missing and no earlier "
+                           f"checkpoint is in {PREVIOUS}/, so the run's step {step} cannot be "
+                           "resumed; restore the file, or train into a new --out")
 
 
 def _given(request: Request, a_dir: Path, b_dir: Path | None) -> dict[str, Any]:
