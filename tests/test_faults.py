@@ -594,6 +594,20 @@ def test_sigterm_saves_the_steps_done_as_ctrl_c_does(scenes, tmp_path):
     assert step >= 1 and runs.load_resume(run)["step"] == step and logged[-1] <= step
 
 
+@pytest.mark.parametrize("signum, raised", [(signal.SIGTERM, "Terminated"),
+                                            (signal.SIGINT, "KeyboardInterrupt")])
+def test_a_second_signal_stops_at_once_as_that_signal(signum, raised):
+    """The second SIGTERM raised KeyboardInterrupt, so the command exited 130 ("interrupted"),
+    which a supervisor reads as Ctrl-C; it is Terminated (143) now."""
+    from styletx.engine.training.loop import _StopAtStepBoundary
+
+    stop = _StopAtStepBoundary()
+    stop._handle(signum, None)  # the first: after this step
+    with pytest.raises(KeyboardInterrupt) as caught:
+        stop._handle(signum, None)
+    assert type(caught.value).__name__ == raised
+
+
 def test_debug_shows_the_traceback_above_the_one_line(styletx, tmp_path, monkeypatch):
     plain = styletx("convert", tmp_path / "no-run", "x.png", "-o", tmp_path / "o")
     assert plain.exit_code == 2 and len(plain.stderr.strip().splitlines()) == 1

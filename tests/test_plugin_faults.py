@@ -62,6 +62,19 @@ CASES = {
             raise ValueError("the author's bug")
         return super().training_step(batch, step)
 """,
+    "exits": """
+    def training_step(self, batch, step):
+        if step == 5:
+            import sys
+            sys.exit(5)
+        return super().training_step(batch, step)
+""",
+    "interrupts": """
+    def training_step(self, batch, step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return super().training_step(batch, step)
+""",
     "raisesafterupdating": """
     def training_step(self, batch, step):
         losses = super().training_step(batch, step)
@@ -198,6 +211,23 @@ def test_a_plugins_bug_mid_training_keeps_the_steps_trained(styletx, scenes, plu
     resumed = train(styletx, scenes, run, "--steps", "8")
     assert resumed.exit_code == 0, resumed.stderr
     assert "from step 5" in resumed.stderr
+
+
+def test_a_plugin_that_exits_or_interrupts_mid_training_keeps_the_steps_trained(
+        styletx, scenes, plugin, tmp_path):
+    """sys.exit(5) in a training step ended the command with status 5, no message and the
+    steps since the checkpoint lost; a KeyboardInterrupt of the plugin's own lost them too
+    (only a real second Ctrl-C stops without saving)."""
+    plugin(CASES["exits"])
+    result = train(styletx, scenes, tmp_path / "exits", "--steps", "8", "--save-every", "100")
+    assert_one_error(result, "the faulty translator exited the process (sys.exit(5)) while "
+                             "training after step 5")
+    assert "the 5 step(s) since the last checkpoint are saved" in result.stderr
+    assert json.loads((tmp_path / "exits" / "config.json").read_text())["step"] == 5
+    plugin(CASES["interrupts"])
+    result = train(styletx, scenes, tmp_path / "stops", "--steps", "8", "--save-every", "100")
+    assert result.exit_code == 130, result.stderr
+    assert json.loads((tmp_path / "stops" / "config.json").read_text())["step"] == 5
 
 
 def test_a_signal_while_the_steps_before_a_failure_are_saved_waits_for_the_save(

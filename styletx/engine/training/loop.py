@@ -24,6 +24,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from styletx.contract.errors import (
     StyletxError,
+    Terminated,
     TrainingInterrupted,
     UsageError,
     WriteError,
@@ -282,13 +283,25 @@ class Loop:
             self._save_before_failing()
             self._release()
             raise
-        except BaseException:  # a second Ctrl-C: at once, the last checkpoint stays
-            self._release()
+        except BaseException as exc:
+            self._end_on_an_exit_or_interrupt(exc)
             raise
         else:
             return
         if worth_saving:  # here, with the failed step's tensors freed with its traceback
             self._save_before_failing()
+
+    def _end_on_an_exit_or_interrupt(self, exc: BaseException) -> None:
+        """A second signal stops at once (the last checkpoint stays); a plugin's own
+        KeyboardInterrupt or sys.exit() is a failure like any other: the steps trained are
+        saved, and an exit becomes one line naming the translator (not the plugin's status)."""
+        if not (isinstance(exc, KeyboardInterrupt) and self.stop.requested):
+            self._save_before_failing()
+        self._release()
+        if isinstance(exc, SystemExit):
+            raise StyletxError(f"the {self.translator.name} translator exited the process "
+                               f"(sys.exit({exc.code!r})) while training after step "
+                               f"{self.step}") from None
 
     def _set_periods(self) -> None:
         """Checkpoint and preview periods: as asked, else a tenth of the (revised) plan."""
@@ -692,8 +705,8 @@ class _StopAtStepBoundary:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
+        if self.requested:  # the status says which signal stopped it (143: SIGTERM)
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         self.requested, self.received = True, signum
         log.warning("%s: %s (again to stop at once)",
                     "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name,
