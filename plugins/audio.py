@@ -53,14 +53,18 @@ def _warn_if_not_the_same_words(converted: AudioSample, target: AudioSample) -> 
 
 
 def clipped_share(wave: np.ndarray) -> float:
-    """The share of ``wave``'s samples within two 16-bit steps of its peak. A recording that
-    is not clipped has one or two such samples (real speech: 0.001-0.003 %); one clipped by
-    as little as 1.3x gain, 0.3-1.8 %."""
+    """The share of ``wave``'s samples that lie, with the sample after them, within two 16-bit
+    steps of its peak: the flat tops of clipping (at full scale, or below it when the clipped
+    recording was turned down afterwards). A recording that is not clipped has none or one
+    such pair (real speech: 0.001-0.003 %); one clipped by as little as 1.3x gain, 0.3-1.8 %.
+    Pairs, not single samples: a clip of a few milliseconds has its peak sample as a
+    measurable share of its length without being clipped."""
     magnitude = np.abs(wave)
     peak = float(magnitude.max()) if magnitude.size else 0.0
     if peak < 1e-3:  # silence: every sample is "at the peak"
         return 0.0
-    return float(np.count_nonzero(magnitude >= peak - 2 / 32768)) / magnitude.size
+    at_peak = magnitude >= peak - 2 / 32768
+    return float(np.count_nonzero(at_peak[1:] & at_peak[:-1])) / magnitude.size
 
 
 def _read(path: Path) -> tuple[np.ndarray, int, str]:
@@ -274,7 +278,7 @@ class AudioDomain(styletx.Domain):
         model would learn as part of the voice (and put into every conversion)."""
         share = clipped_share(sample.wave)
         if share > CLIPPED_SHARE:
-            return f"clipped: {100 * share:.1f} % of its samples at full scale"
+            return f"clipped: {100 * share:.1f} % of its samples flat at its peak"
         return None
 
     def training_crop(self, size: int) -> tuple[int | None, int]:

@@ -186,8 +186,20 @@ def test_a_clipped_recording_is_named_before_training(voices, tmp_path, styletx)
     assert result.exit_code == 0, result.stderr
     warned = [line for line in result.stderr.splitlines() if ": clipped: " in line]
     assert len(warned) == 1 and warned[0].startswith(f"Warning: {first}: clipped: "), warned
-    assert warned[0].endswith("% of its samples at full scale; the model learns it as part "
-                              "of the style (leave the file out, or fix it)")
+    assert warned[0].endswith("% of its samples flat at its peak; the model learns it as "
+                              "part of the style (leave the file out, or fix it)")
+
+
+def test_a_short_or_quiet_clip_is_not_called_clipped():
+    """A 10 ms clip had 0.6 % of its samples "at full scale" (its one peak sample), a
+    one-sample file 100 %; only flat tops count now."""
+    from styletx.plugins.audio import CLIPPED_SHARE, clipped_share
+
+    t = np.arange(220, dtype=np.float32) / 22050  # 10 ms
+    assert clipped_share(0.3 * np.sin(2 * np.pi * 200 * t)) == 0.0
+    assert clipped_share(np.array([0.4], np.float32)) == 0.0
+    clipped = np.clip(1.5 * np.sin(2 * np.pi * 200 * np.arange(22050) / 22050), -1, 1)
+    assert clipped_share(clipped.astype(np.float32)) > 100 * CLIPPED_SHARE
 
 
 def test_a_folder_of_only_short_recordings_says_so(voices, tmp_path, styletx):
