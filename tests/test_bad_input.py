@@ -64,6 +64,23 @@ def test_an_encoder_setting_for_images_is_refused(styletx, data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_output_folder_that_cannot_be_written_is_refused_before_reading(styletx, data,
+                                                                          tmp_path, monkeypatch):
+    """A read-only --out was found only at the first write, after every file had been read.
+    (Root writes anywhere but on a read-only mount, so the refusal is injected.)"""
+    import os
+
+    import styletx.contract.files as files
+
+    run, real_access = tmp_path / "run", os.access
+    monkeypatch.setattr(files.os, "access", lambda path, mode: Path(path) != run
+                        and real_access(path, mode))
+    monkeypatch.setattr("styletx.engine.training.inputs.load_folder", None)  # not reached
+    result = styletx(*train_args(data["a"], data["b"], run))  # (the lock made the folder)
+    assert result.exit_code == 1 and result.error_lines == [
+        f"Error: cannot write {run}: {run} cannot be written in (permission denied)"]
+
+
 def test_missing_folder(styletx, data, tmp_path):
     result = styletx(*train_args(tmp_path / "nope", data["b"], tmp_path / "run"))
     assert_usage_error(result, "nope", "no such folder")

@@ -139,10 +139,24 @@ def file_in_the_way(folder: Path) -> Path | None:
 
 
 def check_output_folder(folder: Path, option: str = "-o") -> None:
-    """A usage error naming ``option`` when a file stands where ``folder`` must go."""
+    """A usage error naming ``option`` when a file stands where ``folder`` must go; a
+    ``WriteError`` when the folder (or the nearest existing one above it) cannot be written
+    in: on a read-only mount that was found only when the first file was written, after every
+    input had been read."""
     blocker = file_in_the_way(folder)
     if blocker is not None:
         raise UsageError(f"{option} {folder}: {blocker} is a file, not a folder")
+    place = _nearest_existing(folder)
+    if place is not None and not os.access(place, os.W_OK | os.X_OK):
+        why = "read-only file system" if _read_only(place) else "permission denied"
+        raise WriteError(folder, f"{place} cannot be written in ({why})")
+
+
+def _read_only(place: Path) -> bool:
+    try:
+        return bool(os.statvfs(place).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _disk_full(folder: Path) -> bool:
