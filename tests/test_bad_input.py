@@ -255,6 +255,31 @@ def test_convert_never_overwrites_its_input(styletx, trained_run, data):
     assert src.read_bytes() == before
 
 
+def test_a_file_named_twice_is_converted_once(styletx, trained_run, data, tmp_path):
+    """It was refused ("X and X would both be written to ..."), by any path to it, and when
+    also in a folder named beside it. Two different files for one output still are."""
+    src = data["test_a"] / "held000.png"
+    result = styletx("convert", trained_run, src, src.resolve(), data["test_a"], "-o",
+                     tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        p.name for p in data["test_a"].iterdir())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "held000.png").write_bytes(src.read_bytes())
+    clash = styletx("convert", trained_run, src, other / "held000.png", "-o", tmp_path / "o2")
+    assert_usage_error(clash, "would both be written to")
+
+
+def test_a_folder_where_an_output_goes_is_named_not_replaced(styletx, trained_run, data,
+                                                           tmp_path):
+    (tmp_path / "out" / "held000.png").mkdir(parents=True)
+    result = styletx("convert", trained_run, data["test_a"] / "held000.png", "-o",
+                     tmp_path / "out")
+    assert result.exit_code == 1 and "replacing" not in result.stderr
+    assert "cannot write" in result.stderr and "Is a directory" in result.stderr
+
+
 def test_named_file_of_another_kind_is_reported(styletx, trained_run, data, tmp_path):
     notes = tmp_path / "notes.dat"
     notes.write_bytes((data["test_a"] / "held000.png").read_bytes())

@@ -395,7 +395,8 @@ class Run:
         made = not out_dir.exists()
         _check_writable(out_dir)  # once, before any work: not one error per file
         report = ConversionReport()
-        there = {dst for _, dst in jobs if dst is not None and dst.exists()}
+        # (a folder where an output goes is no output: writing there fails with its name)
+        there = {dst for _, dst in jobs if dst is not None and dst.is_file()}
         if skip_existing:
             report.skipped = [(src, dst) for src, dst in jobs if dst in there]
             jobs = [(src, dst) for src, dst in jobs if dst not in there]
@@ -496,6 +497,7 @@ class Run:
             if item.is_dir() and is_inside(out_dir, item):
                 raise UsageError(f"-o {out_dir} is inside the input folder {item}; choose another")
             jobs += self._jobs_of(item, out_dir, suffix, seen)
+        jobs = _once_each(jobs)
         if not jobs:
             raise UsageError(f"no {self.domain.name} files to convert in "
                              f"{', '.join(map(str, items[:3]))}{' ...' if len(items) > 3 else ''} "
@@ -528,12 +530,12 @@ class Run:
     def _output(self, src: Path, folder: Path, suffix: str | None,
                 seen: dict[Path, Path]) -> Path:
         """Where ``src`` is written in ``folder``; two inputs may not share it, nor an input be
-        overwritten."""
+        overwritten (one file named twice, or named and in a named folder, is one input)."""
         dst = folder / self.domain.output_name(src)
         dst = dst.with_suffix(suffix) if suffix else dst
         if dst.resolve() == src.resolve():
             raise UsageError(f"{src}: the output would overwrite the input; use another -o")
-        if dst in seen:
+        if dst in seen and seen[dst].resolve() != src.resolve():
             raise UsageError(f"{src} and {seen[dst]} would both be written to {dst}")
         seen[dst] = src
         return dst
@@ -598,6 +600,14 @@ class Run:
         out = self.convert_tensor(torch.stack([x for *_, x in pending]), direction, batch_size)
         return self._decode(direction_sides(direction)[1], out,
                             [sample for *_, sample, _ in pending])
+
+
+def _once_each(jobs: list[tuple[Path, Path | None]]) -> list[tuple[Path, Path | None]]:
+    """The jobs without repeats: a file named twice (by any path) is converted once."""
+    once = {}
+    for src, dst in jobs:
+        once.setdefault((src.resolve(), dst), (src, dst))
+    return list(once.values())
 
 
 def _check_decoded(encoder: Encoder, decoded: Any, likes: list[Sample]) -> None:
