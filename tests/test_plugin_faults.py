@@ -127,6 +127,14 @@ CASES = {
         losses = super().training_step(batch, step)
         return {**losses, "G_A": math.nan} if step == 3 else losses
 """,
+    "poisonedonsave": """
+    def training_step(self, batch, step):
+        losses = super().training_step(batch, step)
+        if step == 3:
+            with torch.no_grad():
+                next(self.G_A.parameters()).fill_(math.nan)
+        return losses
+""",
     "poisoned": """
     def training_step(self, batch, step):
         losses = super().training_step(batch, step)
@@ -300,6 +308,18 @@ def test_weights_that_are_not_finite_are_never_saved(styletx, scenes, plugin, tm
     result = train(styletx, scenes, run, "--steps", "8", "--save-every", "2")
     assert_one_error(result, "training diverged: ", " at step 4 (",
                      "the last checkpoint (step 2) is kept")
+    assert json.loads((run / "config.json").read_text())["step"] == 2
+
+
+def test_weights_poisoned_in_a_saving_step_are_named_without_a_count(styletx, scenes, plugin,
+                                                                     tmp_path):
+    """The losses of step 4 were finite, so no count of non-finite steps ("0 step(s) in a
+    row" it said)."""
+    plugin(CASES["poisonedonsave"])
+    run = tmp_path / "run"
+    result = train(styletx, scenes, run, "--steps", "8", "--save-every", "2")
+    assert_one_error(result, "training diverged: the weights hold NaN or infinite values at "
+                             "step 4; stopped, the last checkpoint (step 2) is kept")
     assert json.loads((run / "config.json").read_text())["step"] == 2
 
 

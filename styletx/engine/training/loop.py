@@ -377,10 +377,10 @@ class Loop:
             what = "losses not finite on another process"
         kept = (f"the last checkpoint (step {self.marks.saved}) is kept and the same command "
                 f"resumes from it" if self.marks.saved else "no checkpoint was saved before it")
+        in_a_row = f" ({self.non_finite} step(s) in a row)" if self.non_finite else ""
         raise StyletxError(
-            f"training diverged: {what} at step {self.step} ({self.non_finite} step(s) in a "
-            f"row); stopped, {kept}. A lower learning rate (--set lr=...) or another --seed "
-            f"may train")
+            f"training diverged: {what} at step {self.step}{in_a_row}; stopped, {kept}. A "
+            f"lower learning rate (--set lr=...) or another --seed may train")
 
     def _on_schedule(self, stopping: bool) -> None:
         """Progress, log, preview and checkpoint, each when its period says (and at the end)."""
