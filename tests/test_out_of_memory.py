@@ -5,6 +5,7 @@ input at a time). Real failed allocations: PyTorch's CPU allocator refusing 1 Pi
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -180,3 +181,43 @@ def test_a_gpu_running_out_elsewhere_suggests_the_cpu(styletx, trained_run, tmp_
     assert result.error_lines == ["Error: out of memory (an allocation of 2.00 GiB failed); "
                                   "the CPU may have more: --device cpu"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA and /proc")
+def test_past_the_free_memory_an_allocation_fails_instead_of_the_process(monkeypatch):
+    """With 64 MiB said to be free, 256 MiB cannot be had while training on the CPU, from
+    PyTorch or NumPy, and can again afterwards (the kernel killed a process that grew past the
+    machine, without a word: exit 137)."""
+    import resource
+
+    from styletx.engine import memory
+
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 64 * 2**20)
+    with memory.allocations_fail_past_free_memory("cpu"):
+        with pytest.raises(RuntimeError, match="can't allocate memory"):
+            torch.empty(256 * 2**20, dtype=torch.uint8)
+        with pytest.raises(MemoryError):
+            np.ones(256 * 2**20, np.uint8)
+        torch.ones(16 * 2**20, dtype=torch.uint8)  # what is free stays usable
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
+    assert torch.ones(256 * 2**20, dtype=torch.uint8).sum() == 256 * 2**20
+    with memory.allocations_fail_past_free_memory("cuda"):  # a GPU's driver: not limited
+        assert resource.getrlimit(resource.RLIMIT_DATA) == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA and /proc")
+def test_a_batch_past_the_free_memory_is_one_line_not_a_killed_process(styletx, data,
+                                                                        tmp_path, monkeypatch):
+    """A trial's --batch-size 100000 grew to 22 GB and was killed by the kernel (exit 137)."""
+    from styletx.engine import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 150 * 2**20)
+    result = styletx("train", data["a"], data["b"], "--out", tmp_path / "run", *TINY,
+                     "--steps", "3", "--size", "32", "--batch-size", "8192")
+    assert result.exit_code == 1
+    assert result.error_lines[0].startswith("Error: out of memory on cpu in step 1 (an "
+                                            "allocation of "), result.stderr
+    assert result.error_lines[0].endswith("failed); lower --batch-size (now 8192) or --size "
+                                          "(now 32); no checkpoint was saved")
+    assert not (tmp_path / "run").exists()

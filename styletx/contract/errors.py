@@ -59,11 +59,12 @@ USE_THE_CPU = "the CPU may have more: --device cpu"
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Did PyTorch run out of memory? A GPU's (``torch.OutOfMemoryError``, "CUDA/MPS out of
-    memory") or a CPU allocation the system refused."""
+    memory") or a CPU allocation the system refused (PyTorch's allocator, C++'s, or Python's
+    and NumPy's MemoryError: see ``styletx.engine.memory.allocations_fail_past_free_memory``)."""
     text = str(exc)
-    return isinstance(exc, RuntimeError) and (
+    return isinstance(exc, MemoryError) or isinstance(exc, RuntimeError) and (
         type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text
-        or CPU_ALLOCATION_FAILED in text)
+        or CPU_ALLOCATION_FAILED in text or "std::bad_alloc" in text)
 
 
 def allocation_size(exc: BaseException) -> str:
@@ -73,12 +74,15 @@ def allocation_size(exc: BaseException) -> str:
     if found:
         return f"{int(found.group(1)) / 2**30:.2f} GiB"
     found = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]?i?B)", text)  # CUDA's and MPS's
+    found = found or re.search(r"allocate ([\d.]+ [KMGT]?i?B) for an array", text)  # NumPy's
     return found.group(1) if found else ""
 
 
 def device_advice(exc: BaseException) -> str:
     """For an out-of-memory ``exc``: to use the CPU when a GPU ran out, else nothing."""
-    return "" if CPU_ALLOCATION_FAILED in str(exc) else USE_THE_CPU
+    on_the_cpu = isinstance(exc, MemoryError) or any(
+        sign in str(exc) for sign in (CPU_ALLOCATION_FAILED, "std::bad_alloc"))
+    return "" if on_the_cpu else USE_THE_CPU
 
 
 def out_of_memory_problem(exc: BaseException, doing: str, advice: str | None = None) -> str:

@@ -13,7 +13,9 @@ elsewhere nothing is watched.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +114,43 @@ class MemoryWatch:
                 f"{self.held / GB:.1f} GB), more than half of the "
                 f"{self.available / GB:.1f} GB free, and training at that size needs the "
                 "rest; use a smaller --size (or fewer files)")
+
+
+@contextlib.contextmanager
+def allocations_fail_past_free_memory(device: Any) -> Iterator[None]:
+    """While training on the CPU: an allocation that would take the process past the memory
+    that is free now fails, as PyTorch's "can't allocate memory" or a MemoryError, which the
+    loop reports as running out of memory (lower --batch-size or --size) with its steps
+    saved. Without it the kernel killed the process (exit 137, not a word; a trial's
+    --batch-size 100000 and --size 5000 both). Linux's RLIMIT_DATA, set to the process's data
+    now plus what is free (``available_bytes``); a lower limit already set is kept, and the
+    one before is put back afterwards. Not on a GPU: its driver maps host memory of its own."""
+    held, available = _data_bytes(), available_bytes()
+    if torch.device(device).type != "cpu" or held is None or available is None:
+        yield
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    limit = held + available
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if soft != resource.RLIM_INFINITY and soft <= limit:
+        yield
+        return
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def _data_bytes() -> int | None:
+    """The process's data (VmData: what RLIMIT_DATA counts), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -39,6 +39,7 @@ from styletx.engine import distributed, progress
 from styletx.engine.balance import describe as describe_weights
 from styletx.engine.balance import sampling_weights, with_uniform
 from styletx.engine.data import CropSampler, Prefetcher
+from styletx.engine.memory import allocations_fail_past_free_memory
 from styletx.engine.model import pick_device, translated_values_problem
 from styletx.engine.pairs import AlignmentCache
 from styletx.engine.progress import progress_bar
@@ -91,9 +92,15 @@ COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune",
 
 def run(prepared: Prepared, settings: TrainSettings) -> TrainResult:
     """Train ``prepared`` to its planned step (or until time is up or Ctrl-C)."""
+    _check_settings(prepared.translator, settings)
+    group, device = _join_processes(prepared.translator, settings)
+    with allocations_fail_past_free_memory(device):
+        return _run_on(prepared, settings, group, device)
+
+
+def _run_on(prepared: Prepared, settings: TrainSettings, group: distributed.Group,
+            device: torch.device) -> TrainResult:
     translator, plan = prepared.translator, prepared.run_config.train
-    _check_settings(translator, settings)
-    group, device = _join_processes(translator, settings)
     sampler, names, alignment = _sampler(prepared, group)
     planned = (settings.minutes is not None and prepared.resume_state is None
                and settings.steps is None)
@@ -268,7 +275,7 @@ class Loop:
                     stopping = self._one_step()
                     if self.group.is_main:
                         self._on_schedule(stopping)
-        except (WriteError, RuntimeError) as exc:
+        except (WriteError, RuntimeError, MemoryError) as exc:
             self.failure = _why_training_stopped(exc, self.device, self.step, self.plan,
                                                  self.start, self.group)
             if self.failure is None:
