@@ -97,11 +97,14 @@ def test_unknown_model(styletx, data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("option, value", [("--steps", "0"), ("--size", "-8"),
-                                           ("--batch-size", "0")])
-def test_bad_numbers(styletx, data, tmp_path, option, value):
+@pytest.mark.parametrize("option, value, said", [
+    ("--steps", "0", "0"), ("--size", "-8", "-8"), ("--batch-size", "0", "0"),
+    # a typo trained "forever"; a seed past 64 bits was a traceback
+    ("--steps", "99999999999999999999", "at most 1,000,000,000 (got 99,999,999,999,"),
+    ("--seed", "99999999999999999999", "at most 9,223,372,036,854,775,807")])
+def test_bad_numbers(styletx, data, tmp_path, option, value, said):
     result = styletx(*train_args(data["a"], data["b"], tmp_path / "run", option, value))
-    assert_usage_error(result, option, value)
+    assert_usage_error(result, option, said)
     assert not (tmp_path / "run").exists()
 
 

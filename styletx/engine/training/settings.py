@@ -157,10 +157,13 @@ class TrainResult:
 # (whose steps=10.5 trained 11 steps, and log_every=0 failed after the first step):
 # field: (its option, the least value; None: any), and which may be None (the preset's)
 WHOLE_NUMBERS = {"steps": ("--steps", 1), "batch_size": ("--batch-size", 1),
-                 "size": ("--size", 1), "seed": ("--seed", None),
+                 "size": ("--size", 1), "seed": ("--seed", -(2**63)),
                  "save_every": ("--save-every", 1), "preview_every": ("--preview-every", 1),
                  "log_every": ("--log-every", 1), "prefetch": ("--prefetch", 0),
                  "workers": ("--workers", 0), "balance_every": ("--balance-every", 1)}
+# the most a field may be: a mistyped --steps 99999999999999999999 trained "forever" (its
+# ETA 794153112149543 hours); torch's seed is a 64-bit integer (a larger one: a traceback)
+MOST = {"steps": 10**9, "seed": 2**63 - 1}
 OPTIONAL = {"steps", "batch_size", "size", "save_every", "preview_every", "prefetch", "workers",
             "minutes"}
 POSITIVE_NUMBERS = {"minutes": "--minutes", "save_minutes": "save_minutes"}  # the latter: Python's
@@ -180,6 +183,8 @@ def checked_settings(settings: Any) -> TrainSettings:
             raise UsageError(f"{option} must be a whole number (got {value!r})")
         if least is not None and value < least:
             raise UsageError(f"{option} must be at least {least} (got {value})")
+        if value > MOST.get(field, value):
+            raise UsageError(f"{option} must be at most {MOST[field]:,} (got {value:,})")
         plain[field] = int(value)
     for field, option in POSITIVE_NUMBERS.items():
         value = getattr(settings, field)
