@@ -67,18 +67,23 @@ def test_an_encoder_setting_for_images_is_refused(styletx, data, tmp_path):
 def test_an_output_folder_that_cannot_be_written_is_refused_before_reading(styletx, data,
                                                                           tmp_path, monkeypatch):
     """A read-only --out was found only at the first write, after every file had been read.
-    (Root writes anywhere but on a read-only mount, so the refusal is injected.)"""
-    import os
+    (Root writes anywhere but on a read-only mount, so the refusal is injected where the
+    probe file is written.)"""
+    import errno
 
-    import styletx.contract.files as files
+    write_bytes = Path.write_bytes
 
-    run, real_access = tmp_path / "run", os.access
-    monkeypatch.setattr(files.os, "access", lambda path, mode: Path(path) != run
-                        and real_access(path, mode))
+    def refused(path, data):
+        if ".styletx-write-check" in path.name:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", refused)
     monkeypatch.setattr("styletx.engine.training.inputs.load_folder", None)  # not reached
-    result = styletx(*train_args(data["a"], data["b"], run))  # (the lock made the folder)
+    run = tmp_path / "run"
+    result = styletx(*train_args(data["a"], data["b"], run))
     assert result.exit_code == 1 and result.error_lines == [
-        f"Error: cannot write {run}: {run} cannot be written in (permission denied)"]
+        f"Error: --out {run}: cannot write there (Read-only file system)"]
 
 
 def test_missing_folder(styletx, data, tmp_path):

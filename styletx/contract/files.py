@@ -16,7 +16,7 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from styletx.contract.errors import UsageError, WriteError, is_out_of_memory
+from styletx.contract.errors import StyletxError, UsageError, WriteError, is_out_of_memory
 
 FULL_DISK_BYTES = 1 << 20  # a write that failed with less free space than this ran out of it
 NO_SPACE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
@@ -139,24 +139,25 @@ def file_in_the_way(folder: Path) -> Path | None:
 
 
 def check_output_folder(folder: Path, option: str = "-o") -> None:
-    """A usage error naming ``option`` when a file stands where ``folder`` must go; a
-    ``WriteError`` when the folder (or the nearest existing one above it) cannot be written
-    in: on a read-only mount that was found only when the first file was written, after every
-    input had been read."""
+    """A usage error naming ``option`` when a file stands where ``folder`` must go."""
     blocker = file_in_the_way(folder)
     if blocker is not None:
         raise UsageError(f"{option} {folder}: {blocker} is a file, not a folder")
-    place = _nearest_existing(folder)
-    if place is not None and not os.access(place, os.W_OK | os.X_OK):
-        why = "read-only file system" if _read_only(place) else "permission denied"
-        raise WriteError(folder, f"{place} cannot be written in ({why})")
 
 
-def _read_only(place: Path) -> bool:
+def check_writable(folder: Path, option: str = "-o") -> None:
+    """Make ``folder`` and write a file in it, or stop with one line saying why not (a
+    ``StyletxError``; a full disk stays a ``WriteError``): before any input is read, not at the
+    first output (a read-only mount was found only after every training file was read)."""
+    probe = folder / ".styletx-write-check"
     try:
-        return bool(os.statvfs(place).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
+        with atomic_path(probe) as tmp:
+            tmp.write_bytes(b"")
+        probe.unlink()
+    except WriteError as exc:
+        if exc.disk_full:
+            raise
+        raise StyletxError(f"{option} {folder}: cannot write there ({exc.reason})") from None
 
 
 def _disk_full(folder: Path) -> bool:

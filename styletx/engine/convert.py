@@ -42,7 +42,12 @@ from styletx.contract.errors import (
     not_a,
     out_of_memory_problem,
 )
-from styletx.contract.files import atomic_path, check_output_folder, remove_stale_temporaries
+from styletx.contract.files import (
+    atomic_path,
+    check_output_folder,
+    check_writable,
+    remove_stale_temporaries,
+)
 from styletx.contract.interfaces import Domain, Encoder, Sample, direction_sides
 from styletx.contract.registry import Registry, get_registry
 from styletx.engine.apply import (
@@ -393,7 +398,7 @@ class Run:
         suffix = self._output_suffix(out_format)
         out_dir, jobs = Path(out_dir), self._plan(inputs, Path(out_dir), suffix)
         made = not out_dir.exists()
-        _check_writable(out_dir)  # once, before any work: not one error per file
+        check_writable(out_dir)  # once, before any work: not one error per file
         report = ConversionReport()
         # (a folder where an output goes is no output: writing there fails with its name)
         there = {dst for _, dst in jobs if dst is not None and dst.is_file()}
@@ -649,18 +654,6 @@ class _NotFinite(StyletxError):
 class _DecodeRefused(Exception):
     """The target encoder refused to decode a batch: each of its files is tried alone and, if
     refused again, reported as failed with the encoder's reason; the others are converted."""
-
-
-def _check_writable(folder: Path) -> None:
-    """Make ``folder`` and write a file in it, or stop with one line saying why not."""
-    try:
-        with atomic_path(folder / ".styletx-write-check") as probe:
-            probe.write_bytes(b"")
-        (folder / ".styletx-write-check").unlink()
-    except WriteError as exc:
-        if exc.disk_full:
-            raise
-        raise StyletxError(f"-o {folder}: cannot write there ({exc.reason})") from None
 
 
 def release_cached_memory(device: torch.device) -> None:

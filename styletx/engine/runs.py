@@ -414,8 +414,8 @@ def _make_run_folder(run: Path) -> list[Path] | None:
 
 def _acquire(path: Path) -> int | None:
     """An fd holding the lock on ``path`` (None if the folder cannot hold one, e.g. read-only:
-    training then fails on its first write, with that write's message); StyletxError if
-    another process holds it."""
+    training's write check then says so, before the files are read); StyletxError if another
+    process holds it."""
     for _ in range(3):  # the holder may remove the file between our open and our lock
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)

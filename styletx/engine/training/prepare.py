@@ -13,7 +13,7 @@ import torch
 
 from styletx import __version__
 from styletx.contract.errors import StyletxError, UsageError
-from styletx.contract.files import check_output_folder
+from styletx.contract.files import check_output_folder, check_writable
 from styletx.contract.interfaces import SIDES, Domain, Encoder, Translator
 from styletx.contract.registry import Registry
 from styletx.engine.data import FolderData, is_inside
@@ -178,6 +178,7 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
     make_config(cls, preset, request.overrides, dom.name)  # a mistyped --set before reading
     plan = TrainPlan(**train_values(cls.presets_for(dom.name)[preset], request.settings),
                      seed=request.settings.seed)
+    check_writable(out, "--out")
     folders = load_data(dom, a_dir, b_dir, out, plan.size, cls.paired, request.settings)
     config = _config_for_files(cls, preset, request.overrides, dom.name, folders)
     crop = dom.training_crop(plan.size)
@@ -289,6 +290,7 @@ def _resumed_run(saved: RunConfig, settings: TrainSettings, out: Path,
         log.info("%s: what the %s model writes after training is missing; writing it",
                  out, translator.name)
     data = saved.data
+    check_writable(out, "--out")
     folders = load_data(dom, Path(data.a), data.b and Path(data.b), out, saved.train.size,
                         translator.paired, settings)
     log.info("resuming %s from step %d", out, saved.step)
