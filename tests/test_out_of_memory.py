@@ -185,24 +185,31 @@ def test_a_gpu_running_out_elsewhere_suggests_the_cpu(styletx, trained_run, tmp_
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA and /proc")
 def test_past_the_free_memory_an_allocation_fails_instead_of_the_process(monkeypatch):
-    """With 64 MiB said to be free, 256 MiB cannot be had while training on the CPU, from
+    """With 64 MiB said to be free, 1 GiB cannot be had while training on the CPU, from
     PyTorch or NumPy, and can again afterwards (the kernel killed a process that grew past the
-    machine, without a word: exit 137)."""
+    machine, without a word: exit 137). Overlapping trainings share the limit, the last puts
+    it back; STYLETX_MEMORY_LIMIT=0 and a GPU set none."""
     import resource
 
     from styletx.engine import memory
 
     before = resource.getrlimit(resource.RLIMIT_DATA)
-    monkeypatch.setattr(memory, "available_bytes", lambda: 64 * 2**20)
+    monkeypatch.setattr(memory, "available_bytes", lambda swap=False: 64 * 2**20)
     with memory.allocations_fail_past_free_memory("cpu"):
+        with memory.allocations_fail_past_free_memory("cpu"):  # another thread's training
+            limit = resource.getrlimit(resource.RLIMIT_DATA)
+        assert resource.getrlimit(resource.RLIMIT_DATA) == limit != before
         with pytest.raises(RuntimeError, match="can't allocate memory"):
-            torch.empty(256 * 2**20, dtype=torch.uint8)
+            torch.empty(2**30, dtype=torch.uint8)
         with pytest.raises(MemoryError):
-            np.ones(256 * 2**20, np.uint8)
+            np.ones(2**30, np.uint8)
         torch.ones(16 * 2**20, dtype=torch.uint8)  # what is free stays usable
     assert resource.getrlimit(resource.RLIMIT_DATA) == before
-    assert torch.ones(256 * 2**20, dtype=torch.uint8).sum() == 256 * 2**20
+    assert torch.ones(2**30, dtype=torch.uint8).sum() == 2**30
     with memory.allocations_fail_past_free_memory("cuda"):  # a GPU's driver: not limited
+        assert resource.getrlimit(resource.RLIMIT_DATA) == before
+    monkeypatch.setenv("STYLETX_MEMORY_LIMIT", "0")
+    with memory.allocations_fail_past_free_memory("cpu"):
         assert resource.getrlimit(resource.RLIMIT_DATA) == before
 
 
@@ -212,7 +219,7 @@ def test_a_batch_past_the_free_memory_is_one_line_not_a_killed_process(styletx, 
     """A trial's --batch-size 100000 grew to 22 GB and was killed by the kernel (exit 137)."""
     from styletx.engine import memory
 
-    monkeypatch.setattr(memory, "available_bytes", lambda: 150 * 2**20)
+    monkeypatch.setattr(memory, "available_bytes", lambda swap=False: 150 * 2**20)
     result = styletx("train", data["a"], data["b"], "--out", tmp_path / "run", *TINY,
                      "--steps", "3", "--size", "32", "--batch-size", "8192")
     assert result.exit_code == 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,14 +51,17 @@ def sample_bytes(item: Any) -> int:
                if isinstance(v, np.ndarray | torch.Tensor))
 
 
-def available_bytes() -> int | None:
-    """Memory this process may still take: the kernel's MemAvailable, less where a control
-    group (a container) limits it further (its page cache the kernel can reclaim counted as
-    free), shared by the training processes of this machine; None where it cannot be read."""
+def available_bytes(swap: bool = False) -> int | None:
+    """Memory this process may still take: the kernel's MemAvailable (and, with ``swap``, the
+    free swap), less where a control group (a container) limits it further (its page cache
+    the kernel can reclaim counted as free), shared by the training processes of this
+    machine; None where it cannot be read."""
     try:
         fields = dict(line.split(":", 1) for line in
                       Path("/proc/meminfo").read_text().splitlines() if ":" in line)
         available = int(fields["MemAvailable"].split()[0]) * 1024
+        if swap:
+            available += int(fields.get("SwapFree", "0 kB").split()[0]) * 1024
     except (OSError, ValueError, KeyError):
         return None
     limited = _control_group_available()
@@ -116,33 +120,67 @@ class MemoryWatch:
                 "rest; use a smaller --size (or fewer files)")
 
 
+LIMIT_OFF = "STYLETX_MEMORY_LIMIT"  # set to 0: no limit (allocations as the system allows)
+LIMIT_HEADROOM = 256 * 2**20  # above the free memory: address space a thread's stack or an
+#                               allocator reserves without touching (RLIMIT_DATA counts it)
+_limit = {"holders": 0, "before": None}  # the trainings of this process inside the limit
+_limit_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def allocations_fail_past_free_memory(device: Any) -> Iterator[None]:
     """While training on the CPU: an allocation that would take the process past the memory
-    that is free now fails, as PyTorch's "can't allocate memory" or a MemoryError, which the
-    loop reports as running out of memory (lower --batch-size or --size) with its steps
-    saved. Without it the kernel killed the process (exit 137, not a word; a trial's
+    (and swap) that is free now fails, as PyTorch's "can't allocate memory" or a MemoryError,
+    which the loop reports as running out of memory (lower --batch-size or --size) with its
+    steps saved. Without it the kernel killed the process (exit 137, not a word; a trial's
     --batch-size 100000 and --size 5000 both). Linux's RLIMIT_DATA, set to the process's data
-    now plus what is free (``available_bytes``); a lower limit already set is kept, and the
-    one before is put back afterwards. Not on a GPU: its driver maps host memory of its own."""
-    held, available = _data_bytes(), available_bytes()
-    if torch.device(device).type != "cpu" or held is None or available is None:
+    now plus what is free and ``LIMIT_HEADROOM``; a lower limit already set is kept. Set once
+    for the trainings of a process that overlap (threads of a Python caller) and put back when
+    the last ends. Not on a GPU (its driver maps host memory of its own), nor with
+    STYLETX_MEMORY_LIMIT=0."""
+    if torch.device(device).type != "cpu" or os.environ.get(LIMIT_OFF) == "0":
         yield
         return
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    limit = held + available
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    if soft != resource.RLIM_INFINITY and soft <= limit:
-        yield
-        return
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    with _limit_lock:
+        if _limit["holders"] == 0:
+            _limit["before"] = _set_limit()
+        _limit["holders"] += 1
     try:
         yield
     finally:
-        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+        with _limit_lock:
+            _limit["holders"] -= 1
+            if _limit["holders"] == 0 and _limit["before"] is not None:
+                _restore_limit(_limit["before"])
+                _limit["before"] = None
+
+
+def _set_limit() -> tuple[int, int] | None:
+    """Limit the data segment as above; the limits before, or None where none was set."""
+    import resource
+
+    torch.ones(2**18).add_(1)  # the thread pool started first: its threads' stacks count
+    held, available = _data_bytes(), available_bytes(swap=True)
+    if held is None or available is None:
+        return None
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        limit = held + available + LIMIT_HEADROOM
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        if soft != resource.RLIM_INFINITY and soft <= limit:
+            return None  # a lower limit of the user's own stays
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    except (OSError, ValueError):
+        return None
+    return soft, hard
+
+
+def _restore_limit(before: tuple[int, int]) -> None:
+    import resource
+
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_DATA, before)
 
 
 def _data_bytes() -> int | None:
