@@ -108,9 +108,8 @@ def _explained(exc: Exception) -> StyletxError | None:
         return StyletxError(f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror)
     if is_out_of_memory(exc):
         return StyletxError(out_of_memory_problem(exc, ""))
-    loaded = sys.modules.get("styletx.contract.registry")
-    registry = loaded and loaded._registry  # only a loaded registry has plugins to blame
-    culprit = registry.plugin_in(exc.__traceback__) if registry else None
+    loaded = sys.modules.get("styletx.contract.registry")  # (not imported here for nothing)
+    culprit = loaded.plugin_that_raised(exc.__traceback__) if loaded else None
     if culprit is None:
         return None
     plugin, where = culprit  # a third-party plugin's bug: one line naming it

@@ -228,8 +228,8 @@ def test_a_plugin_that_exits_or_interrupts_mid_training_keeps_the_steps_trained(
     (only a real second Ctrl-C stops without saving)."""
     plugin(CASES["exits"])
     result = train(styletx, scenes, tmp_path / "exits", "--steps", "8", "--save-every", "100")
-    assert_one_error(result, "the faulty translator exited the process (sys.exit(5)) while "
-                             "training after step 5")
+    assert_one_error(result, 'plugin "faulty" (', ") called sys.exit(5) at ",
+                     "plug_faulty.py:", "in training_step while training, after step 5")
     assert "the 5 step(s) since the last checkpoint are saved" in result.stderr
     assert json.loads((tmp_path / "exits" / "config.json").read_text())["step"] == 5
     plugin(CASES["interrupts"])

@@ -375,6 +375,12 @@ def get_registry() -> Registry:
     return _registry
 
 
+def plugin_that_raised(tb: TracebackType | None) -> tuple[PluginInfo, str] | None:
+    """``Registry.plugin_in`` of the process-wide registry, if one is loaded (only a loaded
+    registry has plugins to blame)."""
+    return _registry.plugin_in(tb) if _registry is not None else None
+
+
 def reset_registry() -> None:
     """Forget the loaded plugins (tests, and after installing a plugin at run time)."""
     global _registry

@@ -35,6 +35,7 @@ from styletx.contract.errors import (
     raise_terminated,
 )
 from styletx.contract.interfaces import SIDES, Translator
+from styletx.contract.registry import plugin_that_raised
 from styletx.engine import distributed, progress
 from styletx.engine.balance import describe as describe_weights
 from styletx.engine.balance import sampling_weights, with_uniform
@@ -306,9 +307,11 @@ class Loop:
             self._save_before_failing()
         self._release()
         if isinstance(exc, SystemExit):
-            raise StyletxError(f"the {self.translator.name} translator exited the process "
-                               f"(sys.exit({exc.code!r})) while training after step "
-                               f"{self.step}") from None
+            call, culprit = f"sys.exit({exc.code!r})", plugin_that_raised(exc.__traceback__)
+            raise StyletxError(
+                (f'plugin "{culprit[0].name}" ({culprit[0].version}) called {call} at '
+                 f"{culprit[1]}" if culprit else f"{call} was called")
+                + f" while training, after step {self.step}") from exc
 
     def _set_periods(self) -> None:
         """Checkpoint and preview periods: as asked, else a tenth of the (revised) plan."""
