@@ -410,6 +410,7 @@ class StftEncoder(SpectrogramEncoder):
 
     name = "stft"
     stft_frames = True
+    defaults = {k: v for k, v in FEATURE_DEFAULTS.items() if k not in ("n_mels", "fmin", "fmax")}
 
     @property
     def bins(self) -> int:

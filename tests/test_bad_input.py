@@ -86,6 +86,15 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_reading(style
         f"Error: --out {run}: cannot write there (Read-only file system)"]
 
 
+def test_an_encoder_setting_a_run_lacks_is_refused_on_resume(styletx, data, tmp_path):
+    run = tmp_path / "run"
+    assert styletx(*train_args(data["a"], data["b"], run)).exit_code == 0
+    result = styletx(*train_args(data["a"], data["b"], run, "--steps", "3", "--encoder-set",
+                                 "n_mels=40"))
+    assert_usage_error(result, f"--encoder-set n_mels: the rgb encoder {run} was trained with "
+                               "has no such setting; leave it out to resume")
+
+
 def test_missing_folder(styletx, data, tmp_path):
     result = styletx(*train_args(tmp_path / "nope", data["b"], tmp_path / "run"))
     assert_usage_error(result, "nope", "no such folder")

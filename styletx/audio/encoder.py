@@ -197,9 +197,12 @@ class SpectrogramEncoder(Encoder):
 
     def __init__(self, **params):
         unknown = set(params) - set(self.defaults)
+        stale = unknown & set(FEATURE_DEFAULTS)  # saved by runs of an encoder that ignored
+        unknown -= stale  # them (the stft encoder's n_mels, fmin and fmax, before 0.3)
         if unknown:
             raise UsageError(f"{self.name} encoder: unknown setting {sorted(unknown)[0]!r}")
-        super().__init__(**{**self.defaults, **params})
+        super().__init__(**{**self.defaults,
+                            **{k: v for k, v in params.items() if k not in stale}})
         failed = [need for need, met in self._needs() if not met]
         if failed:
             raise UsageError(f"{self.name} encoder: need {'; '.join(failed)}")
@@ -211,7 +214,7 @@ class SpectrogramEncoder(Encoder):
     def _needs(self) -> list[tuple[str, bool]]:
         """(condition, met) of every setting, so that a bad one (``--encoder-set``) is refused
         by name before any file is read, not deep in a fit or as NaN spectrograms."""
-        p = self.params
+        p = {**FEATURE_DEFAULTS, **self.params}  # (a subclass may not take them all)
         top = p["rate"] / 2 if p["fmax"] is None else p["fmax"]
         return [(f"rate >= 1000 (rate={p['rate']})", p["rate"] >= 1000),
                 (f"n_fft >= hop >= 1 (n_fft={p['n_fft']}, hop={p['hop']})",

@@ -75,7 +75,7 @@ def allocation_size(exc: BaseException) -> str:
         return f"{int(found.group(1)) / 2**30:.2f} GiB"
     found = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]?i?B)", text)  # CUDA's and MPS's
     found = found or re.search(r"allocate ([\d.]+ [KMGT]?i?B) for an array", text)  # NumPy's
-    return found.group(1) if found else ""
+    return found.group(1).replace(". ", " ") if found else ""  # NumPy writes "256. MiB"
 
 
 def device_advice(exc: BaseException) -> str:

@@ -302,7 +302,7 @@ def _check_opset(proto: Any, asked: int | None) -> None:
     wrote = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if asked is not None and wrote != asked:
         raise StyletxError(f"--opset {asked}: torch's ONNX exporter cannot write this model at "
-                           f"opset {asked} (it wrote {wrote}; it writes opsets 18 and later)")
+                           f"opset {asked} (it wrote opset {wrote} instead)")
 
 
 def _write_torchscript(model: nn.Module, example: torch.Tensor, dynamic_height: bool,

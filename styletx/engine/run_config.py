@@ -120,13 +120,16 @@ class RunConfig:
                                run: Path | str = "the run folder") -> None:
         """Refuse ``--encoder-set`` values other than the saved encoders' (the spectrograms
         the model learnt would change under it)."""
-        params = self.encoders["a"]["params"]
         for key, now in settings.items():
-            if key not in params or params[key] != now:
-                saved = f"{key}={params[key]}" if key in params else f"no {key} setting"
-                raise UsageError(f"{run} was trained with the {self.encoders['a']['name']} "
-                                 f"encoder's {saved}, not the --encoder-set {key}={now}; leave "
-                                 "it out to resume, or use a new --out")
+            for record in self.encoders.values():
+                name, params = record["name"], record["params"]
+                if key not in params:
+                    raise UsageError(f"--encoder-set {key}: the {name} encoder {run} was "
+                                     f"trained with has no such setting; leave it out to resume")
+                if params[key] != now:
+                    raise UsageError(f"{run} was trained with the {name} encoder's "
+                                     f"{key}={params[key]}, not the --encoder-set {key}={now}; "
+                                     "leave it out to resume, or use a new --out")
 
     def _fields(self):
         """(path, field, value) of every field with an option, nested ones included."""

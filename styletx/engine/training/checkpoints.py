@@ -97,8 +97,8 @@ def _follow_the_schedule(scheduler: Any) -> None:
     that is 0, so the first added step would not train, and after a ``--minutes`` replan the
     next step would run at the old plan's rate. The same step under the same schedule gives
     the same float the scheduler's own step computed, so a plain resume stays bit-exact.
-    Other schedulers (a plugin's) keep the rates they saved."""
-    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+    Other schedulers (a plugin's, a LambdaLR subclass included) keep the rates they saved."""
+    if type(scheduler) is not torch.optim.lr_scheduler.LambdaLR:
         return
     rates = [base * factor(scheduler.last_epoch)
              for factor, base in zip(scheduler.lr_lambdas, scheduler.base_lrs, strict=True)]
@@ -107,7 +107,8 @@ def _follow_the_schedule(scheduler: Any) -> None:
             group["lr"].fill_(rate)
         else:
             group["lr"] = rate
-    scheduler._last_lr = [float(group["lr"]) for group in scheduler.optimizer.param_groups]
+    scheduler._last_lr = [group["lr"].clone() if isinstance(group["lr"], torch.Tensor)
+                          else group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 def rng_state() -> dict[str, Any]:
