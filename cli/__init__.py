@@ -72,8 +72,9 @@ def reports_errors(command):
                 _exit_with(err)
             except KeyboardInterrupt as stop:
                 status = interrupt_status(stop)
-                click.echo("Error: " + ("terminated (SIGTERM)" if status == 143
-                                        else "interrupted"), err=True)
+                if _rank() == 0:  # every training process of --nproc meets it alike
+                    click.echo("Error: " + ("terminated (SIGTERM)" if status == 143
+                                            else "interrupted"), err=True)
                 sys.exit(status)
             except Exception as exc:
                 explained = _explained(exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -587,3 +588,55 @@ def test_a_closed_terminal_stops_the_processes_as_sigterm_does(monkeypatch):
     finally:
         signal.signal(signal.SIGHUP, previous)
     assert signals == [signal.SIGTERM, signal.SIGTERM]
+
+
+def test_processes_killed_by_a_forwarded_signal_as_they_start_give_its_status(monkeypatch,
+                                                                           caplog):
+    """A SIGTERM to the launcher while its processes read the data (before their handlers)
+    killed them: the status was exit(-15), 241, and nothing was said."""
+    from styletx.engine import distributed
+
+    started, sent = [], []
+
+    class Process:
+        pid, returncode = 0, None
+
+        def __init__(self, *args, **kwargs):
+            started.append(self)
+
+        def poll(self):
+            if len(started) == 2 and not sent:
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGTERM)  # forwarded: both die of it at once
+            return self.returncode
+
+        def send_signal(self, number):
+            self.returncode = -number
+
+        kill = lambda self: self.send_signal(signal.SIGKILL)  # noqa: E731
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", Process)
+    monkeypatch.setattr(logging.getLogger("styletx"), "propagate", True)
+    handler = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with caplog.at_level(logging.WARNING, logger="styletx"):
+            assert distributed.launch(["train"], 2, {}) == 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert "the training processes were stopped by SIGTERM before training began" in caplog.text
+
+
+def test_only_rank_0_probes_the_run_folder_and_others_ignore_its_probe(tmp_path, monkeypatch):
+    """Every --nproc process wrote and removed RUN/.styletx-write-check: one removed the
+    other's (a traceback), or saw it and called the new folder a stranger's."""
+    from styletx.contract.files import WRITE_CHECK
+
+    prepare = sys.modules["styletx.engine.training.prepare"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / WRITE_CHECK).write_bytes(b"")  # rank 0's, at this moment
+    (run / f".{WRITE_CHECK}.tmp-1-2").write_bytes(b"")
+    assert prepare.saved_config(run) is None  # a new run, not "not a styletx run"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(prepare, "check_writable", None)  # would fail if called
+    prepare._check_writable(run)

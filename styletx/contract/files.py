@@ -145,11 +145,15 @@ def check_output_folder(folder: Path, option: str = "-o") -> None:
         raise UsageError(f"{option} {folder}: {blocker} is a file, not a folder")
 
 
+WRITE_CHECK = ".styletx-write-check"  # check_writable's file (and its temporary's name part)
+
+
 def check_writable(folder: Path, option: str = "-o") -> None:
     """Make ``folder`` and write a file in it, or stop with one line saying why not (a
     ``StyletxError``; a full disk stays a ``WriteError``): before any input is read, not at the
-    first output (a read-only mount was found only after every training file was read)."""
-    probe = folder / ".styletx-write-check"
+    first output (a read-only mount was found only after every training file was read). One
+    process at a time per folder: torchrun's processes leave it to rank 0."""
+    probe = folder / WRITE_CHECK
     try:
         with atomic_path(probe) as tmp:
             tmp.write_bytes(b"")

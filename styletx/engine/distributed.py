@@ -321,7 +321,12 @@ def launch(args: list[str], nproc: int, env: dict[str, str]) -> int:
             processes.append(subprocess.Popen(  # a session of its own: out of the terminal's
                 [sys.executable, "-m", "styletx.cli", *args], start_new_session=True,  # group
                 env={**common, "RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0"}))
-        return _wait_for(processes)
+        status = _wait_for(processes)
+        if received and all(process.returncode < 0 for process in processes):
+            # stopped while they read the data, before their own handlers: they said nothing
+            log.warning("the training processes were stopped by %s before training began; "
+                        "nothing was trained", signal.Signals(received[0]).name)
+        return status
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
@@ -351,7 +356,10 @@ def _wait_for(processes: list[subprocess.Popen]) -> int:
             _signal_all(processes, signal.SIGKILL)
             kill_at = float("inf")
         time.sleep(0.1)
-    return failure if failure is not None else processes[0].returncode
+    if failure is not None:
+        return failure
+    code = processes[0].returncode  # one killed by a signal (say, a SIGTERM forwarded while
+    return 128 - code if code < 0 else code  # it started): the shell's 143, not exit(-15)
 
 
 def _signal_all(processes: list[subprocess.Popen], number: int) -> None:

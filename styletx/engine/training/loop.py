@@ -555,8 +555,9 @@ class Loop:
         out, step, total = self.prepared.out, self.step, self.plan.steps
         self._release()
         if self.failure is not None:
-            saved = self.marks.saved
-            raise StyletxError(self.failure + (f"; a rerun resumes from step {saved}" if saved
+            saved = self.marks.saved  # rank 0's: only it saves, so only it can say
+            raise StyletxError(self.failure + ("" if not self.group.is_main else
+                                               f"; a rerun resumes from step {saved}" if saved
                                                else "; no checkpoint was saved"))
         if step < total and (self.budget is None or self.stop.requested):
             self.group.finish()

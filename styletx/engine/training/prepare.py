@@ -13,9 +13,10 @@ import torch
 
 from styletx import __version__
 from styletx.contract.errors import StyletxError, UsageError
-from styletx.contract.files import check_output_folder, check_writable
+from styletx.contract.files import WRITE_CHECK, check_output_folder, check_writable
 from styletx.contract.interfaces import SIDES, Domain, Encoder, Translator
 from styletx.contract.registry import Registry
+from styletx.engine import distributed
 from styletx.engine.data import FolderData, is_inside
 from styletx.engine.model import (
     build_from_config,
@@ -127,9 +128,17 @@ def saved_config(out: Path) -> RunConfig | None:
             return RunConfig.read(out)
         _refuse_lost_weights(out)
         return None  # the first save was cut short: nothing to resume
-    if any(p.name != LOCK for p in out.iterdir()):  # the lock: see holds_run_lock
+    if any(p.name != LOCK and WRITE_CHECK not in p.name  # the lock: see holds_run_lock;
+           for p in out.iterdir()):  # the write check: rank 0's, at this moment
         raise UsageError(f"--out {out}: folder exists, is not empty and is not a styletx run")
     return None
+
+
+def _check_writable(out: Path) -> None:
+    """``check_writable`` by the one process that writes the run (torchrun's rank 0: its
+    processes' probes of one file raced, and the others saw rank 0's as a stranger's file)."""
+    if distributed.rank_from_environment() == 0:
+        check_writable(out, "--out")
 
 
 def _refuse_lost_weights(out: Path) -> None:
@@ -178,7 +187,7 @@ def _new_run(request: Request, a_dir: Path, b_dir: Path | None, out: Path,
     make_config(cls, preset, request.overrides, dom.name)  # a mistyped --set before reading
     plan = TrainPlan(**train_values(cls.presets_for(dom.name)[preset], request.settings),
                      seed=request.settings.seed)
-    check_writable(out, "--out")
+    _check_writable(out)
     folders = load_data(dom, a_dir, b_dir, out, plan.size, cls.paired, request.settings)
     config = _config_for_files(cls, preset, request.overrides, dom.name, folders)
     crop = dom.training_crop(plan.size)
@@ -290,7 +299,7 @@ def _resumed_run(saved: RunConfig, settings: TrainSettings, out: Path,
         log.info("%s: what the %s model writes after training is missing; writing it",
                  out, translator.name)
     data = saved.data
-    check_writable(out, "--out")
+    _check_writable(out)
     folders = load_data(dom, Path(data.a), data.b and Path(data.b), out, saved.train.size,
                         translator.paired, settings)
     log.info("resuming %s from step %d", out, saved.step)
