@@ -367,9 +367,19 @@ def _relaunch_with_torchrun(nproc: int) -> None:
     # The children import styletx by module name: a styletx/ folder in the current directory (a
     # source checkout) must not shadow the installed package there (Python >= 3.11 honours it).
     env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    cores = threads.physical_cores()
     if threads.USER_THREADS is None:  # our default was for one process: share the cores
-        env["OMP_NUM_THREADS"] = str(max(1, threads.physical_cores() // nproc))
+        env["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
+    if nproc > cores and not _has_cuda():
+        log.warning("--nproc %d on %d CPU core(s): the processes take turns on them, which "
+                    "is no faster than --nproc %d", nproc, cores, cores)
     sys.exit(launch(args, nproc, env))
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @cli.command()

@@ -217,6 +217,19 @@ def test_nproc_refuses_to_nest_under_torchrun(styletx, scenes, tmp_path, monkeyp
     assert not (tmp_path / "r").exists()
 
 
+def test_more_processes_than_cores_is_said(styletx, scenes, tmp_path, monkeypatch):
+    from styletx.engine import distributed, threads
+
+    monkeypatch.setattr(sys, "argv", ["styletx", "train", "--nproc", "3"])
+    monkeypatch.setattr(threads, "physical_cores", lambda: 2)
+    monkeypatch.setattr("cli._has_cuda", lambda: False)  # (GPUs would be the processes' own)
+    monkeypatch.setattr(distributed, "launch", lambda args, nproc, env: 0)  # not started here
+    result = styletx("train", scenes["a"], scenes["b"], "--nproc", "3", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.stderr
+    assert ("Warning: --nproc 3 on 2 CPU core(s): the processes take turns on them, which is "
+            "no faster than --nproc 2") in result.stderr
+
+
 def test_batch_norm_becomes_synchronised_in_place():
     """On GPUs pix2pix's batch norm is swapped for SyncBatchNorm inside each network, keeping
     its weights and statistics and the network object the translator holds."""

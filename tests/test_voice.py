@@ -321,7 +321,7 @@ def test_encoder_set_changes_the_encoders_settings_and_a_resume_keeps_them(voice
     # the world encoder's: refused once the files have chosen the domain's encoder (mel)
     ("frame_period=5", "--encoder-set frame_period: the mel encoder has no such setting (its "
                        "settings: rate, n_fft, hop, n_mels, fmin, fmax, log_floor, gl_iters, "
-                       "decoder_epochs)"),
+                       "decoder_epochs); --encoder world takes it"),
 ])
 def test_a_bad_encoder_setting_is_refused(voices, tmp_path, styletx, monkeypatch, setting,
                                           error):

@@ -250,6 +250,21 @@ def _check_encoder_settings(registry: Registry, request: Request, dom: Domain) -
         taking[0](**request.encoder_settings)  # the values together (say, n_fft >= hop)
 
 
+def _encoder_with_settings(registry: Registry, cls: type[Encoder],
+                           settings: dict[str, Any]) -> Encoder:
+    """``encoder_with_settings``; a setting the chosen encoder lacks names the domain's
+    encoder that takes them (the world encoder's frame_period, given without --encoder)."""
+    try:
+        return encoder_with_settings(cls, settings)
+    except UsageError as exc:
+        takers = [other.name for other in registry.encoders.values()
+                  if other.domain == cls.domain and other is not cls
+                  and set(settings) <= set(other.defaults)]
+        if not takers or set(settings) <= set(cls.defaults):
+            raise
+        raise UsageError(f"{exc}; --encoder {takers[0]} takes it") from None
+
+
 def _fitted_encoders(registry: Registry, request: Request, dom: Domain,
                      folders: dict[str, FolderData], width: int,
                      paired: bool) -> dict[str, Encoder]:
@@ -257,7 +272,7 @@ def _fitted_encoders(registry: Registry, request: Request, dom: Domain,
     ``--encoder-set`` values), fitted on that side once it is known that the folders' encoded
     files are not all narrower than ``width``."""
     name = request.encoder
-    encoders = {side: encoder_with_settings(registry.encoder(name or _loaded(
+    encoders = {side: _encoder_with_settings(registry, registry.encoder(name or _loaded(
                     registry.encoders, _default_encoder(dom, folders[side].samples), dom,
                     "--encoder")), request.encoder_settings)
                 for side in SIDES}
