@@ -720,9 +720,7 @@ def export(run, direction, fmt, out, opset, settings):
     from styletx.engine.export import format_for
     from styletx.engine.model import parse_settings
 
-    fmt = format_for(out, fmt)  # before the run is loaded: a usage error costs nothing
-    if opset is not None and fmt != "onnx":
-        raise UsageError(f"--opset is for ONNX files, not {fmt}")
+    fmt = format_for(out, fmt, opset)  # before the run is loaded: a usage error costs nothing
     model = load_run(run, device="cpu", registry=registry(), settings=parse_settings(settings))
     replacing = Path(out).exists()  # said, as nothing else would show it
     report = run_export(model, direction, fmt, out, opset=opset)

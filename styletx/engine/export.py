@@ -82,16 +82,19 @@ class ExportReport:
         return max(diff for _, diff in self.checks) if self.checks else None
 
 
-def format_for(out: Path | str, fmt: str | None) -> str:
+def format_for(out: Path | str, fmt: str | None, opset: int | None = None) -> str:
     """The format to write ``out`` in: ``fmt`` where given, else the one its suffix names
     (ONNX for any other). A ``fmt`` that contradicts the suffix is a ``UsageError``: a
-    TorchScript file named .onnx (or the reverse) would fail in whatever loads it by its name."""
+    TorchScript file named .onnx (or the reverse) would fail in whatever loads it by its name;
+    so is an ``opset`` for another format than ONNX."""
     named = SUFFIXES.get(Path(out).suffix.lower())
     if fmt is None:
-        return named or FORMATS[0]
-    if named is not None and named != fmt:
+        fmt = named or FORMATS[0]
+    elif named is not None and named != fmt:
         raise UsageError(f"-o {out}: a {Path(out).suffix} file is {named}, not {fmt}; name it "
                          f"for the format or leave out --format")
+    if opset is not None and fmt != "onnx":
+        raise UsageError(f"--opset is for ONNX files, not {fmt}")
     return fmt
 
 
@@ -126,9 +129,7 @@ def export(run, direction: str, fmt: str | None, out: Path | str,
         raise UsageError(f"--format {fmt!r}: use {' or '.join(FORMATS)}")
     source, _ = direction_sides(direction)
     out = Path(out)
-    fmt = format_for(out, fmt)  # refuses a contradicting suffix
-    if opset is not None and fmt != "onnx":
-        raise UsageError(f"--opset is for ONNX files, not {fmt}")
+    fmt = format_for(out, fmt, opset)  # refuses a contradicting suffix, a misplaced opset
     if out.is_dir():
         raise UsageError(f"-o {out} is a folder; give the file to write")
     _refuse_a_file_of_the_run(run.path if isinstance(run, Run) else Path(run), out)

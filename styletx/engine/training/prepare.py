@@ -235,19 +235,27 @@ def _check_encoder_settings(registry: Registry, request: Request, dom: Domain) -
     """A mistyped ``--encoder-set`` before the files are read: against the encoder asked for,
     else against the domain's encoders that have the setting (the domain's choice depends on
     the files; the chosen one's check follows when it is built)."""
-    if request.encoder:
-        candidates = [registry.encoder(request.encoder)]
-    else:
-        candidates = [cls for cls in registry.encoders.values() if cls.domain == dom.name]
-    for key, value in request.encoder_settings.items():
-        having = [cls for cls in candidates if key in cls.defaults] or candidates[:1]
-        if not having or (key not in having[0].defaults and len(candidates) > 1):
+    settings = request.encoder_settings
+    candidates = ([registry.encoder(request.encoder)] if request.encoder
+                  else _of_domain(registry, dom.name))
+    for key, value in settings.items():
+        having = [cls for cls in candidates if key in cls.defaults]
+        if not having and len(candidates) != 1:
             raise UsageError(f"--encoder-set {key}: no {dom.name} encoder has such a setting "
                              "(`styletx plugins` lists each encoder's)")
-        check_encoder_setting(having[0], key, value)
-    taking = [cls for cls in candidates if set(request.encoder_settings) <= set(cls.defaults)]
-    if request.encoder_settings and taking:
-        taking[0](**request.encoder_settings)  # the values together (say, n_fft >= hop)
+        check_encoder_setting((having or candidates)[0], key, value)
+    taking = _taking(candidates, settings)
+    if settings and taking:
+        taking[0](**settings)  # the values together (say, n_fft >= hop)
+
+
+def _of_domain(registry: Registry, domain: str) -> list[type[Encoder]]:
+    return [cls for cls in registry.encoders.values() if cls.domain == domain]
+
+
+def _taking(classes: list[type[Encoder]], settings: dict[str, Any]) -> list[type[Encoder]]:
+    """Those of ``classes`` that have every one of ``settings``."""
+    return [cls for cls in classes if set(settings) <= set(cls.defaults)]
 
 
 def _encoder_with_settings(registry: Registry, cls: type[Encoder],
@@ -257,12 +265,11 @@ def _encoder_with_settings(registry: Registry, cls: type[Encoder],
     try:
         return encoder_with_settings(cls, settings)
     except UsageError as exc:
-        takers = [other.name for other in registry.encoders.values()
-                  if other.domain == cls.domain and other is not cls
-                  and set(settings) <= set(other.defaults)]
-        if not takers or set(settings) <= set(cls.defaults):
+        takers = [other for other in _taking(_of_domain(registry, cls.domain), settings)
+                  if other is not cls]
+        if not takers or _taking([cls], settings):
             raise
-        raise UsageError(f"{exc}; --encoder {takers[0]} takes it") from None
+        raise UsageError(f"{exc}; --encoder {takers[0].name} takes it") from None
 
 
 def _fitted_encoders(registry: Registry, request: Request, dom: Domain,
